@@ -1,0 +1,1 @@
+//! flows (placeholder: being written).

@@ -1,0 +1,37 @@
+//! simgate — a carrier-grade IoT protocol-conversion gateway.
+//!
+//! SIM-connected devices speak plaintext HTTP or MQTT to simgate on a carrier's closed network;
+//! simgate forwards their data over TLS to cloud endpoints, holding the cloud credentials.
+//!
+//! ```text
+//!  devices ──SO_REUSEPORT──► shard (io_uring reactor) → proto (sans-IO codecs) → policy (route)
+//!                            → upstream pool (rustls, per shard) ──TLS──► clouds
+//!  control thread (tokio): admin API · /metrics · reload ── bounded channels ──► shards
+//! ```
+//!
+//! Module map (see `docs/architecture.md`):
+//! - [`reactor`]: the per-shard io_uring reactor and executor — the only `unsafe` in the crate.
+//! - [`proto`]: sans-IO codecs (HTTP/1.1, MQTT).
+//! - [`tls`]: rustls unbuffered client driver over reactor buffers.
+//! - [`upstream`]: per-shard pools of TLS connections to destinations.
+//! - [`policy`]: the compiled, immutable plan (listeners, destinations, routes).
+//! - [`config`]: TOML schema, validation with field paths, compilation to a plan.
+//! - [`flows`]: the glue per device protocol (HTTP forward).
+//! - [`shard`]: shard threads, listeners, per-shard state and metrics.
+//! - [`control`]: the control thread: admin API, metrics exposition, reload.
+//! - [`testkit`]: certificate minting, an HTTPS sink and a device simulator for the demo,
+//!   tests and load tests.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod control;
+pub mod flows;
+pub mod policy;
+pub mod proto;
+#[allow(unsafe_code)]
+pub mod reactor;
+pub mod shard;
+pub mod testkit;
+pub mod tls;
+pub mod upstream;

@@ -1,0 +1,2 @@
+//! simgate command line (placeholder: being written).
+fn main() {}

@@ -1,0 +1,259 @@
+//! The compiled plan: the immutable, validated form of a configuration that shards serve from.
+//!
+//! `config` parses and validates TOML and compiles it into a [`Plan`]; shards receive an
+//! `Arc<Plan>` and never look at raw configuration. A plan is built once on the control thread
+//! (at start and on every reload) and is read-only afterwards, so shards share it without locks.
+//!
+//! What this module does: holds listeners, destinations (with their ready-made rustls
+//! `ClientConfig`s), groups and the route table, and answers "which destination serves this
+//! request". What it does not do: parse files, open sockets, or know about SIMs (the identity
+//! issue adds the SIM table; until then every device belongs to the default group).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Index of a listener in [`Plan::listeners`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub u16);
+
+/// Index of a destination in [`Plan::destinations`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestinationId(pub u16);
+
+/// Index of a group in [`Plan::groups`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u16);
+
+/// Gateway-wide settings.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Number of shards (data-plane threads), already resolved from `"auto"`.
+    pub shards: usize,
+    /// Pin shard N to core N (mod core count).
+    pub pin_shards: bool,
+    /// Admin/metrics HTTP endpoint; loopback by default.
+    pub admin: Option<SocketAddr>,
+    /// Group that devices without a SIM entry belong to.
+    pub default_group: GroupId,
+    /// io_uring submission queue entries per shard.
+    pub ring_entries: u32,
+    /// Provided receive buffers per shard (a power of two).
+    pub recv_buffers: u16,
+    /// Size of each provided receive buffer in bytes.
+    pub recv_buffer_size: u32,
+    /// Listen backlog for every listener socket.
+    pub backlog: i32,
+}
+
+/// Device-facing protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 (and 1.0) plaintext.
+    Http,
+}
+
+/// Limits and timeouts applied to device HTTP connections.
+#[derive(Debug, Clone)]
+pub struct HttpListenerLimits {
+    /// Largest request head (request line + headers), bytes. Over it: 431.
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head. Over it: 431.
+    pub max_headers: usize,
+    /// Largest request body (decoded size), bytes. Over it: 413, before it is buffered.
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a whole request head once a connection (or the next request on a
+    /// keep-alive connection) has started sending. Over it: 408.
+    pub header_timeout: Duration,
+    /// Time allowed for a whole request body after its head. Over it: 408.
+    pub body_timeout: Duration,
+    /// An idle keep-alive connection (no bytes of a next request) is closed after this.
+    pub idle_timeout: Duration,
+    /// Requests served on one device connection before it is closed (0 = unlimited).
+    pub max_requests_per_connection: u32,
+}
+
+/// One configured listener.
+#[derive(Debug, Clone)]
+pub struct ListenerPlan {
+    /// Position in [`Plan::listeners`].
+    pub id: ListenerId,
+    /// Name from the config (`listener[].name`).
+    pub name: String,
+    /// Device protocol.
+    pub protocol: ListenerProtocol,
+    /// Address every shard binds (with SO_REUSEPORT).
+    pub bind: SocketAddr,
+    /// HTTP limits (used when `protocol` is `Http`).
+    pub http: HttpListenerLimits,
+}
+
+/// How a destination is spoken to. Cloud-specific adapters are added by later issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdapterKind {
+    /// Any HTTPS server: the device request is forwarded with Host rewritten.
+    GenericHttps,
+}
+
+/// Upstream connection pool settings for one destination (per shard).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections handshaken at start and kept ready, per shard.
+    pub warm: usize,
+    /// Most idle connections kept per shard; extra ones are closed on check-in.
+    pub max_idle: usize,
+    /// Idle connections older than this are retired.
+    pub idle_timeout: Duration,
+    /// TCP connect + TLS handshake must finish within this. Over it: 502.
+    pub connect_timeout: Duration,
+    /// Time from request sent to response head received. Over it: 504.
+    pub response_timeout: Duration,
+    /// First reconnect backoff after a failed connect; doubles per failure, jittered.
+    pub backoff_initial: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+}
+
+/// One upstream (cloud) endpoint.
+#[derive(Clone)]
+pub struct DestinationPlan {
+    /// Position in [`Plan::destinations`].
+    pub id: DestinationId,
+    /// Name from the config.
+    pub name: String,
+    /// Adapter.
+    pub adapter: AdapterKind,
+    /// `host:port` as configured (for Host header and messages).
+    pub endpoint: String,
+    /// Resolved socket addresses of `endpoint` (tried in order).
+    pub addrs: Vec<SocketAddr>,
+    /// TLS server name sent as SNI and verified against the certificate.
+    pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Value of the Host header sent upstream.
+    pub host_header: String,
+    /// Prefix prepended to the device's request path (may be empty; never ends with '/').
+    pub base_path: String,
+    /// rustls client config (roots, optional client certificate, ALPN). Shards clone it to
+    /// install their own session-resumption store.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Pool settings.
+    pub pool: PoolSettings,
+}
+
+impl std::fmt::Debug for DestinationPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DestinationPlan")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("adapter", &self.adapter)
+            .field("endpoint", &self.endpoint)
+            .field("addrs", &self.addrs)
+            .field("server_name", &self.server_name)
+            .field("host_header", &self.host_header)
+            .field("base_path", &self.base_path)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One HTTP route: requests on `listener` whose path starts with `path_prefix` go to
+/// `destination`.
+#[derive(Debug, Clone)]
+pub struct HttpRoute {
+    /// Listener the route applies to.
+    pub listener: ListenerId,
+    /// Path prefix, always starting with '/'. Matches on a segment boundary: `/a` matches `/a`,
+    /// `/a/b` and `/a?x`, not `/ab`.
+    pub path_prefix: String,
+    /// Where matching requests go.
+    pub destination: DestinationId,
+}
+
+/// A group of SIMs sharing a policy (routes). Until the identity issue, every device belongs to
+/// the default group.
+#[derive(Debug, Clone)]
+pub struct GroupPlan {
+    /// Position in [`Plan::groups`].
+    pub id: GroupId,
+    /// Name from the config.
+    pub name: String,
+    /// HTTP routes, sorted longest prefix first so the first match wins.
+    pub http_routes: Vec<HttpRoute>,
+}
+
+/// The whole compiled configuration.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Gateway-wide settings.
+    pub gateway: GatewaySettings,
+    /// Listeners, indexed by [`ListenerId`].
+    pub listeners: Vec<ListenerPlan>,
+    /// Destinations, indexed by [`DestinationId`].
+    pub destinations: Vec<DestinationPlan>,
+    /// Groups, indexed by [`GroupId`].
+    pub groups: Vec<GroupPlan>,
+}
+
+impl Plan {
+    /// The destination for an HTTP request on `listener` with request-target `path`, for a device
+    /// of `group`. Longest matching prefix wins; `None` means no route (404).
+    pub fn route_http(
+        &self,
+        group: GroupId,
+        listener: ListenerId,
+        path: &[u8],
+    ) -> Option<DestinationId> {
+        let group = self.groups.get(usize::from(group.0))?;
+        group
+            .http_routes
+            .iter()
+            .find(|r| r.listener == listener && prefix_matches(r.path_prefix.as_bytes(), path))
+            .map(|r| r.destination)
+    }
+
+    /// The destination with this id.
+    ///
+    /// # Panics
+    /// If `id` did not come from this plan (ids are only minted by plan compilation).
+    pub fn destination(&self, id: DestinationId) -> &DestinationPlan {
+        &self.destinations[usize::from(id.0)]
+    }
+
+    /// The listener with this id.
+    ///
+    /// # Panics
+    /// If `id` did not come from this plan.
+    pub fn listener(&self, id: ListenerId) -> &ListenerPlan {
+        &self.listeners[usize::from(id.0)]
+    }
+}
+
+/// Segment-boundary prefix match: `prefix` matches `path` if equal, or `path` continues with
+/// '/', '?' or '#' right after it. The prefix `/` matches everything.
+pub fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
+    if prefix == b"/" {
+        return path.first() == Some(&b'/');
+    }
+    let prefix = prefix.strip_suffix(b"/").unwrap_or(prefix);
+    match path.strip_prefix(prefix) {
+        Some(rest) => matches!(rest.first(), None | Some(b'/' | b'?' | b'#')),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_matches;
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries() {
+        assert!(prefix_matches(b"/", b"/anything"));
+        assert!(prefix_matches(b"/a", b"/a"));
+        assert!(prefix_matches(b"/a", b"/a/b"));
+        assert!(prefix_matches(b"/a/", b"/a/b"));
+        assert!(prefix_matches(b"/a", b"/a?x=1"));
+        assert!(!prefix_matches(b"/a", b"/ab"));
+        assert!(!prefix_matches(b"/a/b", b"/a"));
+        assert!(!prefix_matches(b"/", b"*"));
+    }
+}

@@ -1,0 +1,1 @@
+//! MQTT codec (placeholder: being written).

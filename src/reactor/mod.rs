@@ -1,0 +1,1 @@
+//! reactor (placeholder: being written).
