@@ -19,12 +19,14 @@
 //! - [`flows`]: the glue per device protocol (HTTP forward).
 //! - [`shard`]: shard threads, listeners, per-shard state and metrics.
 //! - [`control`]: the control thread: admin API, metrics exposition, reload.
+//! - [`demo`]: `simgate demo`, the whole path on loopback.
 //! - [`testkit`]: certificate minting, an HTTPS sink and a device simulator for the demo,
 //!   tests and load tests.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod demo;
 pub mod control;
 pub mod flows;
 pub mod policy;

@@ -1,2 +1,128 @@
-//! simgate command line (placeholder: being written).
-fn main() {}
+//! The `simgate` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// simgate: plaintext IoT devices in, TLS clouds out.
+#[derive(Parser)]
+#[command(name = "simgate", version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. `info`, `simgate=debug` (overrides RUST_LOG).
+    #[arg(long, global = true)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Prints `listening NAME ADDR` per listener, `admin ADDR`, then `ready`.
+    /// SIGHUP reloads the config; SIGINT/SIGTERM drain and stop.
+    Run {
+        /// Configuration file (TOML); see docs/configuration.md.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file; prints each bad field with its path, exits 1 if invalid.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Run the whole path on loopback: generated certificates, a built-in HTTPS cloud, simgate,
+    /// and simulated devices. Prints rate and added latency every second; Ctrl-C for a summary.
+    Demo {
+        /// Simulated device connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Request body size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        body_size: usize,
+        /// Target requests per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Number of shards (default: one per core).
+        #[arg(long)]
+        shards: Option<usize>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log.as_deref());
+    match cli.command {
+        Command::Run { config } => match simgate::control::run(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("simgate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Check { config } => match simgate::config::load_plan(&config) {
+            Ok(plan) => {
+                println!(
+                    "{}: ok ({} listener(s), {} destination(s), {} group(s), {} shard(s))",
+                    config.display(),
+                    plan.listeners.len(),
+                    plan.destinations.len(),
+                    plan.groups.len(),
+                    plan.gateway.shards
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: invalid configuration", config.display());
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Demo {
+            connections,
+            body_size,
+            rate,
+            duration,
+            shards,
+        } => {
+            let opts = simgate::demo::DemoOptions {
+                connections: connections.max(1),
+                body_size,
+                rate,
+                duration: duration.map(Duration::from_secs),
+                shards,
+            };
+            match simgate::demo::run(&opts) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("simgate demo: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Version => {
+            println!("simgate {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn init_logging(filter: Option<&str>) {
+    let filter = filter
+        .map(tracing_subscriber::EnvFilter::new)
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,1 +1,239 @@
-//! control (placeholder: being written).
+//! The control thread: admin HTTP endpoint (health, Prometheus metrics, reload), signal handling
+//! (SIGHUP reloads, SIGINT/SIGTERM drain and stop), and config reloads.
+//!
+//! It is ordinary async Rust on one tokio current-thread runtime, with hyper for the admin
+//! endpoint. It talks to shards only through [`Gateway`] (bounded channels plus an eventfd wake),
+//! never by touching shard state. Blocking calls (config compilation with file reads and DNS,
+//! waiting for shard snapshots) run on tokio's blocking pool so the admin endpoint stays
+//! responsive.
+//!
+//! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
+//! config says so explicitly (`gateway.admin_allow_non_loopback`).
+
+pub mod metrics;
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use parking_lot::Mutex;
+
+use crate::config;
+use crate::shard::{Gateway, GatewayError};
+pub use metrics::ReloadCounters;
+
+/// Why `simgate run` stopped with an error.
+#[derive(Debug)]
+pub enum RunError {
+    /// The config file is invalid (already formatted with field paths).
+    Config(config::ConfigError),
+    /// The data plane could not start.
+    Gateway(GatewayError),
+    /// The control runtime or admin listener could not start.
+    Control(std::io::Error),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Config(e) => write!(f, "invalid configuration:\n{e}"),
+            RunError::Gateway(e) => write!(f, "{e}"),
+            RunError::Control(e) => write!(f, "control thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// State shared by the control thread's tasks.
+pub struct Control {
+    gateway: Mutex<Option<Gateway>>,
+    config_path: Option<PathBuf>,
+    reloads: Mutex<ReloadCounters>,
+}
+
+impl Control {
+    /// Wrap a running gateway. `config_path` is what reloads re-read (None: reload disabled).
+    pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
+        Arc::new(Control {
+            gateway: Mutex::new(Some(gateway)),
+            config_path,
+            reloads: Mutex::new(ReloadCounters::default()),
+        })
+    }
+
+    /// Prometheus exposition of the merged shard metrics. Blocks up to a second per shard.
+    pub fn render_metrics(&self) -> String {
+        let guard = self.gateway.lock();
+        match guard.as_ref() {
+            Some(g) => metrics::render(&g.metrics(), g.shard_count(), *self.reloads.lock()),
+            None => String::new(),
+        }
+    }
+
+    /// Merged metrics, if the gateway is running.
+    pub fn metrics(&self) -> Option<crate::shard::ShardMetrics> {
+        self.gateway.lock().as_ref().map(Gateway::metrics)
+    }
+
+    /// Re-read the config file and hand the new plan to every shard. On any error the running
+    /// plan keeps serving and the error (with field paths) is returned.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = self.try_reload();
+        let mut counters = self.reloads.lock();
+        match &result {
+            Ok(()) => {
+                counters.ok += 1;
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                counters.failed += 1;
+                tracing::error!("reload rejected, previous configuration keeps serving:\n{e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), String> {
+        let path = self
+            .config_path
+            .as_deref()
+            .ok_or_else(|| "reload needs a config file (simgate run --config FILE)".to_string())?;
+        let plan = config::load_plan(path).map_err(|e| e.to_string())?;
+        let mut guard = self.gateway.lock();
+        let gateway = guard.as_mut().ok_or_else(|| "gateway is stopping".to_string())?;
+        if plan.gateway.shards != gateway.shard_count() {
+            return Err(format!(
+                "gateway.shards: changing the shard count ({} -> {}) needs a restart",
+                gateway.shard_count(),
+                plan.gateway.shards
+            ));
+        }
+        gateway.reload(Arc::new(plan)).map_err(|e| e.to_string())
+    }
+
+    /// Stop the data plane: stop accepting, drain, join shards. Idempotent.
+    pub fn shutdown(&self) {
+        let gateway = self.gateway.lock().take();
+        if let Some(g) = gateway {
+            g.shutdown();
+        }
+    }
+}
+
+/// `simgate run`: load the config, start shards, announce listeners on stdout, then serve the
+/// admin endpoint and signals until SIGINT/SIGTERM.
+pub fn run(config_path: &Path) -> Result<(), RunError> {
+    let plan = config::load_plan(config_path).map_err(RunError::Config)?;
+    let admin = plan.gateway.admin;
+    let gateway = Gateway::start(Arc::new(plan)).map_err(RunError::Gateway)?;
+    for (name, addr) in gateway.listener_addrs() {
+        println!("listening {name} {addr}");
+    }
+    let control = Control::new(gateway, Some(config_path.to_path_buf()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("simgate-control")
+        .build()
+        .map_err(RunError::Control)?;
+    let result = runtime.block_on(async {
+        if let Some(addr) = admin {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(RunError::Control)?;
+            let bound = listener.local_addr().map_err(RunError::Control)?;
+            println!("admin {bound}");
+            tokio::spawn(serve_admin(listener, control.clone()));
+        }
+        println!("ready");
+        wait_for_signals(&control).await.map_err(RunError::Control)
+    });
+    let c = control.clone();
+    // Draining joins shard threads: do it off the runtime.
+    let _ = std::thread::spawn(move || c.shutdown()).join();
+    result
+}
+
+async fn wait_for_signals(control: &Arc<Control>) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let c = control.clone();
+                let _ = tokio::task::spawn_blocking(move || c.reload()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    Ok(())
+}
+
+/// Serve the admin endpoint: `GET /healthz`, `GET /metrics`, `POST /-/reload`.
+pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| admin(req, control.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+async fn admin(
+    req: Request<Incoming>,
+    control: Arc<Control>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        Ok(r)
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        (&Method::GET, "/metrics") => {
+            let body = tokio::task::spawn_blocking(move || control.render_metrics())
+                .await
+                .unwrap_or_default();
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+        }
+        (&Method::POST, "/-/reload") => {
+            match tokio::task::spawn_blocking(move || control.reload()).await {
+                Ok(Ok(())) => reply(StatusCode::OK, TEXT, "reloaded\n".into()),
+                Ok(Err(e)) => reply(StatusCode::UNPROCESSABLE_ENTITY, TEXT, format!("{e}\n")),
+                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "reload failed\n".into()),
+            }
+        }
+        (_, "/healthz" | "/metrics" | "/-/reload") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".into())
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            TEXT,
+            "not found; try /healthz, /metrics, POST /-/reload\n".into(),
+        ),
+    }
+}

@@ -1,1 +1,8 @@
-//! flows (placeholder: being written).
+//! The glue per device protocol: read from a device connection with a codec, decide the route,
+//! forward through an upstream pool, relay the answer. One module per flow.
+//!
+//! Flows run as tasks on a shard's reactor; everything they touch is shard-local. They own the
+//! protocol-level decisions the codecs and pools cannot make alone: timeouts per phase, which
+//! error a device sees, when a connection is reusable, and when a retry is safe.
+
+pub mod http_forward;

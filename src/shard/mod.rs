@@ -1,1 +1,498 @@
-//! shard (placeholder: being written).
+//! Shards: one data-plane thread per core, each with its own io_uring reactor, its own
+//! SO_REUSEPORT listener socket for every configured listener, its own upstream pools and its own
+//! metrics. A connection is accepted, served and closed on one shard and never leaves it.
+//!
+//! [`Gateway::start`] binds every listener once per shard (the kernel spreads new connections
+//! across the sockets of a reuse group), spawns the shard threads, and waits until each has its
+//! listeners running. The control thread talks to shards only through bounded crossbeam channels
+//! plus an eventfd [`Notifier`] to wake the shard's ring: commands in ([`ShardCommand`]),
+//! snapshots out.
+//!
+//! What this module does not do: parse protocols (see `flows`) or decide routes (see `policy`).
+//!
+//! Race window: a reload swaps the plan between two requests of a keep-alive connection; a request
+//! already being forwarded finishes on the plan it started with (it holds its own `Arc<Plan>`).
+
+pub mod metrics;
+
+use std::cell::{Cell, RefCell};
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::policy::{DestinationId, ListenerId, ListenerProtocol, Plan};
+use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
+use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
+pub use metrics::{ErrorKind, ShardMetrics};
+
+/// Index of a shard (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardId(pub usize);
+
+/// A command from the control thread to a shard.
+pub enum ShardCommand {
+    /// Serve this plan from now on (listeners must be unchanged).
+    Reload(Arc<Plan>),
+    /// Reply with a copy of the shard's metrics.
+    Snapshot(Sender<ShardMetrics>),
+    /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
+    Shutdown,
+}
+
+/// Why the gateway could not start or reload.
+#[derive(Debug)]
+pub enum GatewayError {
+    /// A listener socket could not be created or bound.
+    Bind {
+        /// Listener name.
+        listener: String,
+        /// Address.
+        addr: SocketAddr,
+        /// OS error.
+        error: std::io::Error,
+    },
+    /// A shard thread failed to start (io_uring setup, thread spawn).
+    ShardStart(String),
+    /// A reload changed listeners, which needs a restart.
+    ListenersChanged,
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayError::Bind {
+                listener,
+                addr,
+                error,
+            } => write!(f, "listener {listener}: cannot bind {addr}: {error}"),
+            GatewayError::ShardStart(why) => write!(f, "shard failed to start: {why}"),
+            GatewayError::ListenersChanged => f.write_str(
+                "reload rejected: listeners (names, protocols or bind addresses) changed; \
+                 restart simgate to apply listener changes",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+struct ShardHandle {
+    commands: Sender<ShardCommand>,
+    notifier: Notifier,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The running data plane: every shard thread and the addresses they listen on.
+pub struct Gateway {
+    shards: Vec<ShardHandle>,
+    listeners: Vec<(String, SocketAddr)>,
+    plan: Arc<Plan>,
+}
+
+/// How long a shard waits for open device connections to finish after `Shutdown`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Gateway {
+    /// Bind listeners, start one shard per `plan.gateway.shards`, and return once every shard is
+    /// accepting.
+    pub fn start(plan: Arc<Plan>) -> Result<Gateway, GatewayError> {
+        let shard_count = plan.gateway.shards.max(1);
+        // sockets[shard][listener]
+        let mut sockets: Vec<Vec<StdTcpListener>> = (0..shard_count).map(|_| Vec::new()).collect();
+        let mut listeners = Vec::new();
+        for l in &plan.listeners {
+            let mut addr = l.bind;
+            for shard_sockets in sockets.iter_mut() {
+                let sock =
+                    bind_reuseport(addr, plan.gateway.backlog).map_err(|error| GatewayError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        error,
+                    })?;
+                // Port 0: the first socket picks the port, the others join its reuse group.
+                if addr.port() == 0 {
+                    addr = sock.local_addr().map_err(|error| GatewayError::Bind {
+                        listener: l.name.clone(),
+                        addr,
+                        error,
+                    })?;
+                }
+                shard_sockets.push(sock);
+            }
+            listeners.push((l.name.clone(), addr));
+        }
+
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(shard_count);
+        let mut shards = Vec::with_capacity(shard_count);
+        for (index, shard_sockets) in sockets.into_iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::bounded(64);
+            let (notifier, notify_listener) =
+                reactor::notifier().map_err(|e| GatewayError::ShardStart(e.to_string()))?;
+            let plan = plan.clone();
+            let core = if plan.gateway.pin_shards && !cores.is_empty() {
+                Some(cores[index % cores.len()])
+            } else {
+                None
+            };
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("simgate-shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    shard_main(ShardId(index), plan, shard_sockets, rx, notify_listener, ready);
+                })
+                .map_err(|e| GatewayError::ShardStart(e.to_string()))?;
+            shards.push(ShardHandle {
+                commands: tx,
+                notifier,
+                thread: Some(thread),
+            });
+        }
+        drop(ready_tx);
+        let mut gateway = Gateway {
+            shards,
+            listeners,
+            plan,
+        };
+        for _ in 0..shard_count {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => {
+                    gateway.stop();
+                    return Err(GatewayError::ShardStart(why));
+                }
+                Err(_) => {
+                    gateway.stop();
+                    return Err(GatewayError::ShardStart("shard thread exited".into()));
+                }
+            }
+        }
+        Ok(gateway)
+    }
+
+    /// `(listener name, bound address)` for every listener, with port 0 resolved.
+    pub fn listener_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The plan currently served.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// Hand a new plan to every shard. Rejected (and nothing changes) if the listeners differ.
+    pub fn reload(&mut self, plan: Arc<Plan>) -> Result<(), GatewayError> {
+        let same = self.plan.listeners.len() == plan.listeners.len()
+            && self
+                .plan
+                .listeners
+                .iter()
+                .zip(&plan.listeners)
+                .all(|(a, b)| a.name == b.name && a.protocol == b.protocol && a.bind == b.bind);
+        if !same {
+            return Err(GatewayError::ListenersChanged);
+        }
+        for shard in &self.shards {
+            let _ = shard.commands.send(ShardCommand::Reload(plan.clone()));
+            let _ = shard.notifier.notify();
+        }
+        self.plan = plan;
+        Ok(())
+    }
+
+    /// Metrics of every shard, merged.
+    pub fn metrics(&self) -> ShardMetrics {
+        let mut total = ShardMetrics::default();
+        for shard in self.per_shard_metrics() {
+            total.merge(&shard);
+        }
+        total
+    }
+
+    /// Metrics of each shard, in shard order (shards that do not answer within a second are
+    /// skipped).
+    pub fn per_shard_metrics(&self) -> Vec<ShardMetrics> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for shard in &self.shards {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if shard.commands.send(ShardCommand::Snapshot(tx)).is_ok() {
+                let _ = shard.notifier.notify();
+                replies.push(rx);
+            }
+        }
+        replies
+            .into_iter()
+            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .collect()
+    }
+
+    /// Stop accepting, drain, and join every shard thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for shard in &self.shards {
+            let _ = shard.commands.send(ShardCommand::Shutdown);
+            let _ = shard.notifier.notify();
+        }
+        for shard in &mut self.shards {
+            if let Some(t) = shard.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<StdTcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
+/// Everything a shard's tasks share. Lives in an `Rc` on the shard thread only.
+pub struct ShardState {
+    /// This shard.
+    pub id: ShardId,
+    plan: RefCell<Arc<Plan>>,
+    generation: Cell<u64>,
+    pools: RefCell<Pools>,
+    /// Counters and histograms (borrow briefly, never across an await).
+    pub metrics: RefCell<ShardMetrics>,
+    draining: Cell<bool>,
+}
+
+impl ShardState {
+    /// The plan to serve the next request from.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.borrow().clone()
+    }
+
+    /// True once shutdown began: connections close after their current request.
+    pub fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// A connection to `dest` of the current plan: a live idle one, else a new one.
+    pub async fn checkout(&self, dest: DestinationId) -> Result<UpstreamConn, UpstreamError> {
+        let idle = self.pools.borrow_mut().take_idle(dest, Instant::now());
+        match idle {
+            Some(conn) => Ok(conn),
+            None => self.connect_new(dest).await,
+        }
+    }
+
+    /// A new connection to `dest` (never an idle one), honouring the destination's backoff.
+    pub async fn connect_new(&self, dest: DestinationId) -> Result<UpstreamConn, UpstreamError> {
+        let params = self.pools.borrow().connect_params(dest, Instant::now())?;
+        let generation = self.generation.get();
+        let result = upstream::connect(params).await;
+        let mut pools = self.pools.borrow_mut();
+        let mut metrics = self.metrics.borrow_mut();
+        let same_generation = pools.generation() == generation;
+        match result {
+            Ok(stream) => {
+                metrics.upstream_connects += 1;
+                if stream.was_resumed() {
+                    metrics.upstream_tls_resumed += 1;
+                }
+                if same_generation {
+                    pools.record_connect(dest, true, Instant::now());
+                }
+                Ok(pools.adopt(dest, stream))
+            }
+            Err(e) => {
+                metrics.upstream_connect_failures += 1;
+                if same_generation {
+                    pools.record_connect(dest, false, Instant::now());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Return a connection whose exchange completed cleanly.
+    pub fn check_in(&self, conn: UpstreamConn) {
+        self.pools.borrow_mut().check_in(conn, Instant::now());
+    }
+}
+
+fn reactor_config(plan: &Plan) -> ReactorConfig {
+    ReactorConfig {
+        ring_entries: plan.gateway.ring_entries,
+        recv_buffers: plan.gateway.recv_buffers,
+        recv_buffer_size: plan.gateway.recv_buffer_size,
+    }
+}
+
+fn shard_main(
+    id: ShardId,
+    plan: Arc<Plan>,
+    sockets: Vec<StdTcpListener>,
+    commands: Receiver<ShardCommand>,
+    notify: NotifyListener,
+    ready: Sender<Result<(), String>>,
+) {
+    let cfg = reactor_config(&plan);
+    let ready_on_error = ready.clone();
+    let result = reactor::block_on(&cfg, async move {
+        let state = Rc::new(ShardState {
+            id,
+            pools: RefCell::new(Pools::new(&plan, 0, seed_for(id))),
+            plan: RefCell::new(plan),
+            generation: Cell::new(0),
+            metrics: RefCell::new(ShardMetrics::default()),
+            draining: Cell::new(false),
+        });
+        let mut accept_tasks = Vec::new();
+        for (index, sock) in sockets.into_iter().enumerate() {
+            let listener = match TcpListener::from_std(sock) {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = ready.send(Err(format!("shard {}: listener: {e}", id.0)));
+                    return;
+                }
+            };
+            let lid = ListenerId(index as u16);
+            accept_tasks.push(reactor::spawn(accept_loop(state.clone(), lid, listener)));
+        }
+        let maintenance = reactor::spawn(maintain_pools(state.clone()));
+        let _ = ready.send(Ok(()));
+        command_loop(&state, commands, notify).await;
+        // Shutdown: stop accepting (dropping the tasks drops the listeners), stop warming,
+        // let open connections finish their current request.
+        state.draining.set(true);
+        drop(accept_tasks);
+        drop(maintenance);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while state.metrics.borrow().connections_open > 0 && Instant::now() < deadline {
+            reactor::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    if let Err(e) = result {
+        let _ = ready_on_error.send(Err(format!("shard {}: io_uring: {e}", id.0)));
+    }
+}
+
+fn seed_for(id: ShardId) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9E37_79B9);
+    t ^ ((id.0 as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+async fn command_loop(state: &Rc<ShardState>, commands: Receiver<ShardCommand>, mut notify: NotifyListener) {
+    loop {
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                ShardCommand::Reload(plan) => {
+                    let generation = state.generation.get() + 1;
+                    state.generation.set(generation);
+                    *state.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(state.id));
+                    *state.plan.borrow_mut() = plan;
+                }
+                ShardCommand::Snapshot(reply) => {
+                    let mut snapshot = state.metrics.borrow().clone();
+                    snapshot.upstream_idle = state.pools.borrow().idle_count() as u64;
+                    let _ = reply.send(snapshot);
+                }
+                ShardCommand::Shutdown => return,
+            }
+        }
+        if notify.wait().await.is_err() {
+            // The eventfd broke: fall back to a slow poll of the channel rather than stalling.
+            reactor::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let protocol = state.plan().listener(listener_id).protocol;
+                {
+                    let mut m = state.metrics.borrow_mut();
+                    m.connections_accepted += 1;
+                    m.connections_open += 1;
+                }
+                match protocol {
+                    ListenerProtocol::Http => {
+                        reactor::spawn(crate::flows::http_forward::serve(
+                            state.clone(),
+                            listener_id,
+                            stream,
+                            peer,
+                        ))
+                        .detach();
+                    }
+                }
+            }
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the kernel keeps
+                // queueing in the backlog meanwhile.
+                tracing::warn!(shard = state.id.0, error = %e, "accept failed");
+                reactor::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Keep each destination's warm connections topped up and retire idle ones, once a second.
+async fn maintain_pools(state: Rc<ShardState>) {
+    loop {
+        let now = Instant::now();
+        let plan = state.plan();
+        let wanted: Vec<(DestinationId, usize)> = {
+            let mut pools = state.pools.borrow_mut();
+            pools.retire_idle(now);
+            plan.destinations
+                .iter()
+                .map(|d| (d.id, pools.reserve_warm(d.id, now)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        for (dest, n) in wanted {
+            for _ in 0..n {
+                let state = state.clone();
+                reactor::spawn(async move {
+                    let generation = state.generation.get();
+                    let result = state.connect_new(dest).await;
+                    if state.generation.get() == generation {
+                        state.pools.borrow_mut().warm_done(dest);
+                    }
+                    match result {
+                        Ok(conn) => state.check_in(conn),
+                        Err(e) => tracing::debug!(shard = state.id.0, error = %e, "warm-up connect failed"),
+                    }
+                })
+                .detach();
+            }
+        }
+        reactor::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,1 +1,354 @@
-//! upstream (placeholder: being written).
+//! Per-shard pools of TLS connections to destinations, with warm-up, idle retirement and
+//! jittered reconnect backoff.
+//!
+//! A shard owns one [`Pools`] (no locks: it lives in the shard's `RefCell`). Each destination of
+//! the current plan gets a [`DestPool`] holding idle, already-handshaken connections; a request
+//! takes one ([`Pools::take_idle`]), or connects a new one with [`connect`], and gives it back
+//! with [`Pools::check_in`] when the exchange left it reusable. Reuse is keyed by the destination
+//! of one plan generation: a reload builds fresh pools, and connections of an older generation are
+//! closed when checked in (their settings or certificates may have changed).
+//!
+//! What this module does not do: HTTP. It knows nothing of requests; `flows` decides whether an
+//! exchange left a connection reusable and whether a retry is safe.
+//!
+//! Concurrency note: all of this runs on one shard thread. Between an `await` in [`connect`] and
+//! the caller's next borrow of the pools, other tasks may have changed them — callers re-borrow
+//! after every await and never hold a borrow across one.
+
+mod transport;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+
+use crate::policy::{DestinationId, Plan, PoolSettings};
+use crate::reactor::{self, TcpStream};
+use crate::tls::{TlsIoError, TlsStream};
+
+/// A TLS connection to a destination over a reactor socket.
+pub type UpstreamStream = TlsStream<TcpStream>;
+
+/// Why an upstream connection could not be used. Every variant is the upstream's (or the
+/// network's) fault, never the device's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// TCP connect failed (refused, unreachable, reset) for every resolved address.
+    Connect(std::io::ErrorKind),
+    /// TCP connect plus TLS handshake did not finish within `connect_timeout`.
+    ConnectTimeout,
+    /// The TLS handshake failed (certificate rejected, protocol error). The text names the
+    /// reason and never carries key material.
+    Tls(String),
+    /// The destination failed recently and is inside its backoff window; no connect attempted.
+    BackingOff {
+        /// Consecutive failed connects so far.
+        failures: u32,
+    },
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(kind) => write!(f, "upstream connect failed: {kind}"),
+            UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
+            UpstreamError::Tls(why) => write!(f, "upstream TLS handshake failed: {why}"),
+            UpstreamError::BackingOff { failures } => write!(
+                f,
+                "upstream unreachable: backing off after {failures} failed connect(s)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+/// A connection taken from (or made for) a pool.
+pub struct UpstreamConn {
+    /// The TLS stream.
+    pub stream: UpstreamStream,
+    /// True when the connection served an earlier request (it came from the idle pool).
+    pub reused: bool,
+    /// Destination the connection belongs to.
+    pub destination: DestinationId,
+    generation: u64,
+}
+
+struct IdleConn {
+    stream: UpstreamStream,
+    since: Instant,
+}
+
+/// What [`connect`] needs, copied out of the pool so no borrow is held across the connect.
+#[derive(Clone)]
+pub struct ConnectParams {
+    addrs: Vec<SocketAddr>,
+    server_name: ServerName<'static>,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+}
+
+/// The pool of one destination on one shard.
+pub struct DestPool {
+    idle: VecDeque<IdleConn>,
+    params: ConnectParams,
+    settings: PoolSettings,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Connects in progress for warm-up, so the warmer does not start more than needed.
+    warming: usize,
+}
+
+/// All pools of one shard for one plan generation.
+pub struct Pools {
+    generation: u64,
+    dests: Vec<DestPool>,
+    rng: XorShift,
+}
+
+impl Pools {
+    /// Empty pools for every destination of `plan`. Each gets a per-shard copy of the
+    /// destination's TLS config with its own session-resumption store.
+    pub fn new(plan: &Plan, generation: u64, seed: u64) -> Pools {
+        let dests = plan
+            .destinations
+            .iter()
+            .map(|d| DestPool {
+                idle: VecDeque::new(),
+                params: ConnectParams {
+                    addrs: d.addrs.clone(),
+                    server_name: d.server_name.clone(),
+                    tls: crate::tls::config::with_session_store(&d.tls, 256),
+                    timeout: d.pool.connect_timeout,
+                },
+                settings: d.pool.clone(),
+                failures: 0,
+                retry_at: None,
+                warming: 0,
+            })
+            .collect();
+        Pools {
+            generation,
+            dests,
+            rng: XorShift::new(seed),
+        }
+    }
+
+    /// Plan generation these pools serve.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Number of destinations.
+    pub fn len(&self) -> usize {
+        self.dests.len()
+    }
+
+    /// True when there are no destinations.
+    pub fn is_empty(&self) -> bool {
+        self.dests.is_empty()
+    }
+
+    /// Idle connections across all destinations.
+    pub fn idle_count(&self) -> usize {
+        self.dests.iter().map(|d| d.idle.len()).sum()
+    }
+
+    /// The most recently used idle connection that is still alive, if any. Connections idle for
+    /// longer than `idle_timeout`, or that the upstream has closed (EOF or data queued while
+    /// idle), are dropped on the way.
+    pub fn take_idle(&mut self, dest: DestinationId, now: Instant) -> Option<UpstreamConn> {
+        let generation = self.generation;
+        let pool = self.dests.get_mut(usize::from(dest.0))?;
+        while let Some(mut idle) = pool.idle.pop_back() {
+            if now.saturating_duration_since(idle.since) >= pool.settings.idle_timeout {
+                continue;
+            }
+            if !idle_connection_alive(&mut idle.stream) {
+                continue;
+            }
+            return Some(UpstreamConn {
+                stream: idle.stream,
+                reused: true,
+                destination: dest,
+                generation,
+            });
+        }
+        None
+    }
+
+    /// Parameters for a new connection, or `BackingOff` while the destination is inside its
+    /// backoff window.
+    pub fn connect_params(
+        &self,
+        dest: DestinationId,
+        now: Instant,
+    ) -> Result<ConnectParams, UpstreamError> {
+        let pool = &self.dests[usize::from(dest.0)];
+        match pool.retry_at {
+            Some(at) if now < at => Err(UpstreamError::BackingOff {
+                failures: pool.failures,
+            }),
+            _ => Ok(pool.params.clone()),
+        }
+    }
+
+    /// Record the outcome of a connect: success clears the backoff; failure doubles it (full
+    /// jitter between half and all of `min(backoff_max, backoff_initial * 2^(failures-1))`).
+    pub fn record_connect(&mut self, dest: DestinationId, ok: bool, now: Instant) {
+        let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
+            return;
+        };
+        if ok {
+            pool.failures = 0;
+            pool.retry_at = None;
+            return;
+        }
+        pool.failures = pool.failures.saturating_add(1);
+        let exp = pool.failures.saturating_sub(1).min(20);
+        let base = pool
+            .settings
+            .backoff_initial
+            .saturating_mul(1u32 << exp)
+            .min(pool.settings.backoff_max);
+        let jittered = base.mul_f64(0.5 + 0.5 * self.rng.next_unit());
+        pool.retry_at = Some(now + jittered);
+    }
+
+    /// Wrap a freshly connected stream as a pool connection of this generation.
+    pub fn adopt(&self, dest: DestinationId, stream: UpstreamStream) -> UpstreamConn {
+        UpstreamConn {
+            stream,
+            reused: false,
+            destination: dest,
+            generation: self.generation,
+        }
+    }
+
+    /// Give a connection back after an exchange that left it reusable. Connections of an older
+    /// plan generation, or beyond `max_idle`, are closed instead.
+    pub fn check_in(&mut self, conn: UpstreamConn, now: Instant) {
+        if conn.generation != self.generation {
+            return;
+        }
+        let Some(pool) = self.dests.get_mut(usize::from(conn.destination.0)) else {
+            return;
+        };
+        if pool.idle.len() >= pool.settings.max_idle {
+            return;
+        }
+        pool.idle.push_back(IdleConn {
+            stream: conn.stream,
+            since: now,
+        });
+    }
+
+    /// Close idle connections older than their destination's `idle_timeout` (oldest first).
+    pub fn retire_idle(&mut self, now: Instant) {
+        for pool in &mut self.dests {
+            let timeout = pool.settings.idle_timeout;
+            while pool
+                .idle
+                .front()
+                .is_some_and(|c| now.saturating_duration_since(c.since) >= timeout)
+            {
+                pool.idle.pop_front();
+            }
+        }
+    }
+
+    /// How many warm connections `dest` is short of (counting connects already under way), and
+    /// reserve that many. The caller reports each reserved connect's end with
+    /// [`Pools::warm_done`].
+    pub fn reserve_warm(&mut self, dest: DestinationId, now: Instant) -> usize {
+        let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
+            return 0;
+        };
+        if pool.retry_at.is_some_and(|at| now < at) {
+            return 0;
+        }
+        let have = pool.idle.len() + pool.warming;
+        let short = pool.settings.warm.saturating_sub(have);
+        pool.warming += short;
+        short
+    }
+
+    /// A reserved warm-up connect ended.
+    pub fn warm_done(&mut self, dest: DestinationId) {
+        if let Some(pool) = self.dests.get_mut(usize::from(dest.0)) {
+            pool.warming = pool.warming.saturating_sub(1);
+        }
+    }
+}
+
+/// Poll the idle stream once without blocking: a pooled connection must have nothing to read.
+/// Data or EOF while idle means the upstream closed it (or broke protocol); either way it cannot
+/// carry a new request.
+fn idle_connection_alive(stream: &mut UpstreamStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let fut = stream.fill();
+    let mut fut = std::pin::pin!(fut);
+    matches!(fut.as_mut().poll(&mut cx), Poll::Pending)
+}
+
+/// Connect to the first reachable address and complete the TLS handshake, all within the
+/// destination's connect timeout. Nothing of any request is sent.
+pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamError> {
+    let attempt = async {
+        let mut last = std::io::ErrorKind::NotFound;
+        for addr in &params.addrs {
+            match TcpStream::connect(*addr).await {
+                Ok(tcp) => {
+                    return TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
+                        .await
+                        .map_err(|e| match e {
+                            TlsIoError::Io(kind, _) => UpstreamError::Connect(kind),
+                            other => UpstreamError::Tls(other.to_string()),
+                        });
+                }
+                Err(e) => last = e.kind(),
+            }
+        }
+        Err(UpstreamError::Connect(last))
+    };
+    match reactor::timeout(params.timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+    }
+}
+
+/// Tiny xorshift64* generator for backoff jitter: not for anything secret.
+struct XorShift(u64);
+
+impl XorShift {
+    fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_unit(&mut self) -> f64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::XorShift;
+
+    #[test]
+    fn jitter_source_stays_in_unit_interval() {
+        let mut r = XorShift::new(42);
+        for _ in 0..10_000 {
+            let v = r.next_unit();
+            assert!((0.0..1.0).contains(&v));
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! HTTP device → HTTPS destination forwarding.
+//!
+//! Per device connection: read one whole request (bounded by the listener's limits and phase
+//! timeouts), route it by `{listener, path prefix}`, send it upstream on a pooled TLS connection
+//! with the head rewritten (Host, X-Forwarded-For, hop-by-hop headers dropped) and the body
+//! forwarded verbatim as slices of the receive buffer, then stream the upstream response back.
+//! Keep-alive on both sides.
+//!
+//! Answers generated here, each with a plain-text reason body:
+//! - 400/413/431/501/505 for bad requests (from the codec), then the connection is closed;
+//! - 408 when a request head or body does not arrive in time, then closed;
+//! - 404 when no route matches (connection kept);
+//! - 502 when the upstream cannot be reached, fails TLS, is backing off, closes early or answers
+//!   with an invalid response; 504 when its response head does not arrive in time (connection
+//!   kept, since the device's request was fully read).
+//!
+//! Retry rule: a request is re-sent on a fresh connection only when the pooled connection it
+//! used turned out dead without a single response byte, and either our write to it failed (the
+//! upstream had already closed: nothing was processed) or the method is idempotent
+//! (RFC 9110 §9.2.2). A POST that reached a live upstream is never sent twice.
+//!
+//! What this module does not do: parse HTTP (see `proto::http1`) or manage connections (see
+//! `upstream`).
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::policy::{DestinationId, HttpListenerLimits, ListenerId, Plan};
+use crate::proto::http1::{
+    self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder,
+    ResponseHead,
+};
+use crate::reactor::{self, TcpStream};
+use crate::shard::{ErrorKind, ShardState};
+use crate::upstream::{UpstreamConn, UpstreamError};
+
+/// Serve one device connection until it closes, fails, or the shard drains.
+pub async fn serve(
+    state: Rc<ShardState>,
+    listener: ListenerId,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _open = OpenConnection(state.clone());
+    let mut conn = DeviceConn {
+        state,
+        listener,
+        stream,
+        peer,
+        buf: BytesMut::new(),
+        served: 0,
+    };
+    conn.run().await;
+}
+
+/// Decrements the open-connection gauge however the connection task ends (including being
+/// dropped at shutdown).
+struct OpenConnection(Rc<ShardState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut m = self.0.metrics.borrow_mut();
+        m.connections_open = m.connections_open.saturating_sub(1);
+    }
+}
+
+struct DeviceConn {
+    state: Rc<ShardState>,
+    listener: ListenerId,
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Bytes received from the device and not yet consumed. Released whenever it empties, so
+    /// an idle keep-alive connection holds no buffer.
+    buf: BytesMut,
+    served: u32,
+}
+
+/// How reading a request ended.
+enum ReadOutcome {
+    Request(Request),
+    /// The device closed, went idle past `idle_timeout`, or the socket failed: close quietly.
+    Closed,
+    /// Answer with this status and reason, then close.
+    Reject {
+        status: u16,
+        reason: String,
+        kind: ErrorKind,
+    },
+}
+
+/// A failed forward: the status and reason the device sees, and what to count.
+struct ForwardError {
+    status: u16,
+    reason: String,
+    kind: ErrorKind,
+}
+
+/// How the relay of an upstream response ended.
+enum Relayed {
+    /// Response fully sent; `keep_device` says whether the device connection may serve more.
+    Done { keep_device: bool, status: u16 },
+    /// The response was partly sent and then broke: the device connection must close.
+    Aborted,
+}
+
+impl DeviceConn {
+    async fn run(&mut self) {
+        loop {
+            let plan = self.state.plan();
+            let limits = plan.listener(self.listener).http.clone();
+            let request = match self.read_request(&limits).await {
+                ReadOutcome::Request(r) => r,
+                ReadOutcome::Closed => return,
+                ReadOutcome::Reject {
+                    status,
+                    reason,
+                    kind,
+                } => {
+                    {
+                        let mut m = self.state.metrics.borrow_mut();
+                        m.requests += 1;
+                        m.error(kind);
+                    }
+                    let _ = self.send_error(status, &reason, false).await;
+                    return;
+                }
+            };
+            let received_at = Instant::now();
+            self.served += 1;
+            if self.buf.is_empty() {
+                self.buf = BytesMut::new();
+            }
+            self.state.metrics.borrow_mut().requests += 1;
+
+            let keep_device = request.head.keep_alive
+                && !self.state.draining()
+                && (limits.max_requests_per_connection == 0
+                    || self.served < limits.max_requests_per_connection);
+
+            let group = plan.gateway.default_group;
+            let Some(dest) = plan.route_http(group, self.listener, &request.head.target) else {
+                self.state.metrics.borrow_mut().error(ErrorKind::NoRoute);
+                let reason = "no route for this path";
+                if self.send_error(404, reason, keep_device).await.is_err() || !keep_device {
+                    return;
+                }
+                continue;
+            };
+
+            match self.forward(&plan, dest, &request, keep_device, received_at).await {
+                Ok(Relayed::Done { keep_device, status }) => {
+                    self.state.metrics.borrow_mut().response(status);
+                    if !keep_device {
+                        return;
+                    }
+                }
+                Ok(Relayed::Aborted) => return,
+                Err(e) => {
+                    self.state.metrics.borrow_mut().error(e.kind);
+                    if self.send_error(e.status, &e.reason, keep_device).await.is_err()
+                        || !keep_device
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read until one whole request is buffered, applying the idle, header and body timeouts
+    /// and answering `Expect: 100-continue`.
+    async fn read_request(&mut self, limits: &HttpListenerLimits) -> ReadOutcome {
+        let mut decoder = RequestDecoder::new(Limits {
+            max_head_bytes: limits.max_head_bytes,
+            max_headers: limits.max_headers,
+            max_body_bytes: limits.max_body_bytes,
+        });
+        let mut head_deadline = (!self.buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
+        let mut body_deadline = None;
+        let mut sent_continue = false;
+        loop {
+            match decoder.decode(&mut self.buf) {
+                Ok(Parsed::Complete(request)) => return ReadOutcome::Request(request),
+                Ok(Parsed::Incomplete) => {}
+                Err(e) => {
+                    return ReadOutcome::Reject {
+                        status: e.status(),
+                        reason: e.to_string(),
+                        kind: ErrorKind::DeviceBadRequest,
+                    }
+                }
+            }
+            let (deadline, idle) = match decoder.head() {
+                Some(head) => {
+                    if head.expect_continue && !sent_continue {
+                        sent_continue = true;
+                        if self
+                            .stream
+                            .send_all(Bytes::from_static(http1::CONTINUE_100))
+                            .await
+                            .is_err()
+                        {
+                            return ReadOutcome::Closed;
+                        }
+                    }
+                    if body_deadline.is_none() {
+                        if let BodyLength::Length(n) = head.body {
+                            // Room for the whole declared body at once: no regrowth copies.
+                            self.buf.reserve(usize::try_from(n).unwrap_or(0));
+                        }
+                    }
+                    (*body_deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout), false)
+                }
+                None => match head_deadline {
+                    Some(d) => (d, false),
+                    None => (Instant::now() + limits.idle_timeout, true),
+                },
+            };
+            match reactor::timeout_at(deadline, self.stream.recv_append(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return ReadOutcome::Closed,
+                Ok(Ok(n)) => {
+                    self.state.metrics.borrow_mut().device_bytes_in += n as u64;
+                    if head_deadline.is_none() {
+                        head_deadline = Some(Instant::now() + limits.header_timeout);
+                    }
+                }
+                Err(_elapsed) if idle => return ReadOutcome::Closed,
+                Err(_elapsed) => {
+                    return ReadOutcome::Reject {
+                        status: 408,
+                        reason: if decoder.head().is_some() {
+                            "request body not received in time".into()
+                        } else {
+                            "request head not received in time".into()
+                        },
+                        kind: ErrorKind::DeviceTimeout,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_error(&mut self, status: u16, reason: &str, keep_alive: bool) -> std::io::Result<()> {
+        let mut out = BytesMut::with_capacity(160 + reason.len());
+        http1::write_error_response(&mut out, status, reason, keep_alive);
+        let len = out.len() as u64;
+        self.stream.send_all(out.freeze()).await?;
+        let mut m = self.state.metrics.borrow_mut();
+        m.device_bytes_out += len;
+        m.response(status);
+        Ok(())
+    }
+
+    /// Send `request` to `dest` and relay the response. Errors returned here happened before
+    /// any response byte reached the device, so the caller can still answer with a status.
+    async fn forward(
+        &mut self,
+        plan: &Plan,
+        dest_id: DestinationId,
+        request: &Request,
+        keep_device: bool,
+        received_at: Instant,
+    ) -> Result<Relayed, ForwardError> {
+        let dest = plan.destination(dest_id);
+        let mut head = BytesMut::with_capacity(512);
+        http1::write_upstream_request_head(
+            &mut head,
+            &request.head,
+            &dest.host_header,
+            &dest.base_path,
+            self.peer.ip(),
+            &[],
+        );
+        let head = head.freeze();
+        let is_head_request = request.head.method.as_ref() == b"HEAD";
+        let idempotent = matches!(
+            request.head.method.as_ref(),
+            b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
+        );
+
+        let mut retried = false;
+        loop {
+            let mut conn = self
+                .state
+                .checkout(dest_id)
+                .await
+                .map_err(|e| upstream_error(&dest.name, &e))?;
+            if conn.reused {
+                self.state.metrics.borrow_mut().upstream_reused += 1;
+            }
+            let write = conn.stream.write_all(&[&head, &request.body]).await;
+            let sent_at = Instant::now();
+            let write_failed = write.is_err();
+            let response = if write_failed {
+                Err(ResponseError::Closed)
+            } else {
+                read_response_head(&mut conn, &dest.pool, is_head_request, sent_at).await
+            };
+            match response {
+                Ok(response_head) => {
+                    let head_at = Instant::now();
+                    let outcome = self
+                        .relay(
+                            conn,
+                            response_head,
+                            is_head_request,
+                            request.head.minor_version,
+                            keep_device,
+                            &dest.pool,
+                        )
+                        .await;
+                    if let Relayed::Done { .. } = outcome {
+                        let done = Instant::now();
+                        let total = done.saturating_duration_since(received_at);
+                        let upstream = head_at.saturating_duration_since(sent_at);
+                        self.state.metrics.borrow_mut().record_latency(
+                            total.as_micros() as u64,
+                            total.saturating_sub(upstream).as_micros() as u64,
+                        );
+                    }
+                    return Ok(outcome);
+                }
+                Err(ResponseError::Closed)
+                    if conn.reused && !retried && (write_failed || idempotent) =>
+                {
+                    retried = true;
+                    self.state.metrics.borrow_mut().upstream_retries += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into_forward_error(&dest.name)),
+            }
+        }
+    }
+
+    /// Stream the response (head already parsed) to the device.
+    async fn relay(
+        &mut self,
+        mut conn: UpstreamConn,
+        head: ResponseHead,
+        is_head_request: bool,
+        device_minor_version: u8,
+        keep_device: bool,
+        pool: &crate::policy::PoolSettings,
+    ) -> Relayed {
+        let until_close = matches!(head.body, BodyLength::UntilClose);
+        // A close-delimited response can only be delimited for the device by closing too.
+        let keep_device = keep_device && !until_close;
+        let status = head.status;
+        let mut out = BytesMut::with_capacity(256);
+        http1::write_device_response_head(&mut out, &head, device_minor_version, keep_device);
+        let mut pending_head = Some(out.freeze());
+        let body_len = if is_head_request { BodyLength::None } else { head.body };
+        let mut body = BodyDecoder::new(body_len);
+        let upstream_reusable = head.keep_alive && !until_close;
+        loop {
+            let step = body.decode(conn.stream.plaintext());
+            let (data, done) = match step {
+                Ok(BodyChunk::Data(b)) => (b, false),
+                Ok(BodyChunk::Done(b)) => (b, true),
+                Ok(BodyChunk::Incomplete) => (Bytes::new(), false),
+                Err(_) => return self.abort_relay(pending_head).await,
+            };
+            // Coalesce the head with the first body bytes; send the head alone only when the
+            // body is not here yet, so the device is not kept waiting on a slow body.
+            let mut parts = Vec::with_capacity(2);
+            if let Some(h) = pending_head.take() {
+                parts.push(h);
+            }
+            if !data.is_empty() {
+                parts.push(data);
+            }
+            if !parts.is_empty() {
+                let len: usize = parts.iter().map(Bytes::len).sum();
+                if self.stream.send_all_vectored(parts).await.is_err() {
+                    return Relayed::Aborted;
+                }
+                self.state.metrics.borrow_mut().device_bytes_out += len as u64;
+            }
+            if done {
+                if upstream_reusable && conn.stream.plaintext().is_empty() {
+                    self.state.check_in(conn);
+                }
+                return Relayed::Done {
+                    keep_device,
+                    status,
+                };
+            }
+            match reactor::timeout(pool.response_timeout, conn.stream.fill()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    // Clean EOF: fine for a close-delimited body, an abort otherwise.
+                    if body.eof().is_ok() {
+                        return Relayed::Done {
+                            keep_device: false,
+                            status,
+                        };
+                    }
+                    return self.abort_relay(pending_head).await;
+                }
+                Ok(Err(_)) | Err(_) => return self.abort_relay(pending_head).await,
+            }
+        }
+    }
+
+    /// The upstream broke mid-body. If the response head has not reached the device yet it gets
+    /// a 502; either way the device connection closes, because its response cannot be completed.
+    async fn abort_relay(&mut self, pending_head: Option<Bytes>) -> Relayed {
+        self.state.metrics.borrow_mut().error(ErrorKind::UpstreamClosed);
+        if pending_head.is_some() {
+            let _ = self
+                .send_error(502, "upstream response broke off", false)
+                .await;
+        }
+        Relayed::Aborted
+    }
+
+}
+
+enum ResponseError {
+    /// The upstream closed (or reset) before a whole response head arrived.
+    Closed,
+    /// No response head within `response_timeout`.
+    Timeout,
+    /// The response head was invalid.
+    Invalid(http1::HttpError),
+    /// TLS failed mid-exchange.
+    Tls(String),
+}
+
+impl ResponseError {
+    fn into_forward_error(self, destination: &str) -> ForwardError {
+        match self {
+            ResponseError::Closed => ForwardError {
+                status: 502,
+                reason: format!("upstream {destination} closed the connection before responding"),
+                kind: ErrorKind::UpstreamClosed,
+            },
+            ResponseError::Timeout => ForwardError {
+                status: 504,
+                reason: format!("upstream {destination} did not respond in time"),
+                kind: ErrorKind::UpstreamTimeout,
+            },
+            ResponseError::Invalid(e) => ForwardError {
+                status: 502,
+                reason: format!("upstream {destination} sent an invalid response: {e}"),
+                kind: ErrorKind::UpstreamProtocol,
+            },
+            ResponseError::Tls(e) => ForwardError {
+                status: 502,
+                reason: format!("upstream {destination} TLS error: {e}"),
+                kind: ErrorKind::UpstreamTls,
+            },
+        }
+    }
+}
+
+fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
+    let kind = match e {
+        UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => ErrorKind::UpstreamConnect,
+        UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
+        UpstreamError::BackingOff { .. } => ErrorKind::UpstreamBackoff,
+    };
+    ForwardError {
+        status: 502,
+        reason: format!("destination {destination}: {e}"),
+        kind,
+    }
+}
+
+/// Read until a final (non-1xx) response head is parsed.
+async fn read_response_head(
+    conn: &mut UpstreamConn,
+    pool: &crate::policy::PoolSettings,
+    is_head_request: bool,
+    sent_at: Instant,
+) -> Result<ResponseHead, ResponseError> {
+    let deadline = sent_at + pool.response_timeout;
+    let limits = Limits {
+        max_head_bytes: 64 * 1024,
+        max_headers: 256,
+        max_body_bytes: u64::MAX,
+    };
+    loop {
+        match http1::decode_response_head(conn.stream.plaintext(), &limits, is_head_request) {
+            Ok(Parsed::Complete(head)) if (100..200).contains(&head.status) => continue,
+            Ok(Parsed::Complete(head)) => return Ok(head),
+            Ok(Parsed::Incomplete) => {}
+            Err(e) => return Err(ResponseError::Invalid(e)),
+        }
+        match reactor::timeout_at(deadline, conn.stream.fill()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err(ResponseError::Closed),
+            Ok(Err(e)) => {
+                return Err(match e {
+                    crate::tls::TlsIoError::Tls(t) => ResponseError::Tls(t.to_string()),
+                    _ => ResponseError::Closed,
+                })
+            }
+            Err(_) => return Err(ResponseError::Timeout),
+        }
+    }
+}

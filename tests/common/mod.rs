@@ -1,0 +1,372 @@
+//! Shared harness for integration tests: mints certificates, starts the built-in HTTPS sink (a
+//! real rustls + hyper server) and a real `simgate run` process with a generated config, and
+//! offers raw-socket and curl devices.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
+
+/// A running `simgate run` process.
+pub struct Simgate {
+    child: Child,
+    /// Device listener address.
+    pub http: SocketAddr,
+    /// Admin endpoint address.
+    pub admin: Option<SocketAddr>,
+    /// Config file it runs from.
+    pub config_path: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl Simgate {
+    /// Start `simgate run --config <dir>/simgate.toml` with `toml`, and wait for its `ready` line.
+    pub fn start(dir: &Path, toml: &str) -> Simgate {
+        let config_path = dir.join("simgate.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        let stderr_path = dir.join("simgate.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_simgate"))
+            .args(["--log", "simgate=debug", "run", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn simgate");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut http = None;
+        let mut admin = None;
+        loop {
+            let line = match lines.next() {
+                Some(Ok(l)) => l,
+                _ => {
+                    let _ = child.wait();
+                    panic!(
+                        "simgate exited before `ready`; stderr:\n{}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                    );
+                }
+            };
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts.as_slice() {
+                ["listening", "http", addr] => http = Some(addr.parse().expect("addr")),
+                ["admin", addr] => admin = Some(addr.parse().expect("admin addr")),
+                ["ready"] => break,
+                _ => {}
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Simgate {
+            child,
+            http: http.expect("simgate printed no `listening http` line"),
+            admin,
+            config_path,
+            stderr_path,
+        }
+    }
+
+    /// What simgate logged so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// GET an admin path; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let addr = self.admin.expect("admin endpoint enabled");
+        let resp = raw_exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+    }
+
+    /// POST /-/reload; returns (status, body).
+    pub fn reload(&self) -> (u16, String) {
+        let addr = self.admin.expect("admin endpoint enabled");
+        let resp = raw_exchange(
+            addr,
+            b"POST /-/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+    }
+
+    /// Send SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait simgate");
+        status.code()
+    }
+}
+
+impl Drop for Simgate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test world: temp dir, CA, an HTTPS sink, and helpers to write configs.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub pki: TestPki,
+    pub sink: HttpsSink,
+}
+
+impl World {
+    /// Sink with default settings (records requests).
+    pub fn new() -> World {
+        World::with_sink(|_| {})
+    }
+
+    /// Sink customised by `f`.
+    pub fn with_sink(f: impl FnOnce(&mut SinkConfig)) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::new(dir.path()).expect("pki");
+        let cert = pki
+            .server_cert("sink", &["localhost", "127.0.0.1"])
+            .expect("server cert");
+        let mut cfg = sink_config(cert);
+        f(&mut cfg);
+        let sink = HttpsSink::start(cfg).expect("start sink");
+        World { dir, pki, sink }
+    }
+
+    /// A config with one http listener on an ephemeral port, admin on an ephemeral port, and one
+    /// destination pointing at the sink. `listener_extra` and `destination_extra` are TOML lines
+    /// appended to those tables.
+    pub fn config(&self, listener_extra: &str, destination_extra: &str) -> String {
+        format!(
+            r#"
+[gateway]
+shards = 2
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "127.0.0.1:0"
+{listener_extra}
+
+[[destination]]
+name = "sink"
+adapter = "https"
+endpoint = "{sink}"
+server_name = "localhost"
+ca = "{ca}"
+{destination_extra}
+
+[[group]]
+name = "default"
+routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
+"#,
+            sink = self.sink.addr(),
+            ca = self.pki.ca_pem.display()
+        )
+    }
+
+    /// Start simgate with `toml` in this world's directory.
+    pub fn simgate(&self, toml: &str) -> Simgate {
+        Simgate::start(self.dir.path(), toml)
+    }
+}
+
+/// Default sink config for tests: records requests, answers 200 "ok".
+pub fn sink_config(cert: CertFiles) -> SinkConfig {
+    SinkConfig {
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        cert,
+        record: true,
+        ..SinkConfig::default()
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A device on a raw TCP connection (keep-alive capable).
+pub struct Device {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Device {
+    pub fn connect(addr: SocketAddr) -> Device {
+        let stream = TcpStream::connect(addr).expect("connect to simgate");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Device {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Read one response (Content-Length or chunked body, or until close).
+    pub fn read_response(&mut self) -> Response {
+        read_response(&mut self.stream, &mut self.buf)
+    }
+
+    /// True if the peer has closed the connection (read returns 0).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0))
+    }
+
+    pub fn request(&mut self, bytes: &[u8]) -> Response {
+        self.send(bytes);
+        self.read_response()
+    }
+}
+
+/// One request on a fresh connection.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Response {
+    Device::connect(addr).request(bytes)
+}
+
+/// A POST with a Content-Length body.
+pub fn post(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: device\r\nContent-Length: {}\r\n{extra_headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 16384];
+    let n = stream.read(&mut chunk).unwrap_or(0);
+    buf.extend_from_slice(&chunk[..n]);
+    n
+}
+
+fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if read_more(stream, buf) == 0 {
+            panic!(
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    buf.drain(..head_end);
+    if status == 100 {
+        return read_response(stream, buf);
+    }
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let body = if let Some(len) = get("content-length") {
+        let len: usize = len.parse().expect("content-length");
+        while buf.len() < len {
+            if read_more(stream, buf) == 0 {
+                panic!("closed mid-body");
+            }
+        }
+        buf.drain(..len).collect()
+    } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                assert!(read_more(stream, buf) > 0, "closed mid-chunk");
+            };
+            let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .expect("chunk size");
+            buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers end with an empty line.
+                loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        let empty = i == 0;
+                        buf.drain(..i + 2);
+                        if empty {
+                            break;
+                        }
+                    } else {
+                        assert!(read_more(stream, buf) > 0, "closed in trailers");
+                    }
+                }
+                break;
+            }
+            while buf.len() < size + 2 {
+                assert!(read_more(stream, buf) > 0, "closed mid-chunk");
+            }
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+        }
+        body
+    } else {
+        while read_more(stream, buf) > 0 {}
+        std::mem::take(buf)
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Run curl with `args`; returns (exit ok, stdout). Fails with a message if curl is missing.
+pub fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl is required for these tests: apt-get install curl (scripts/test.sh does it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
