@@ -1,0 +1,176 @@
+//! The raw TOML schema: what serde reads before any semantic check.
+//!
+//! Every table denies unknown keys, so a typo is an error with its path
+//! (`destination[0].pool.wram`). Scalars are read in wide, permissive types (`i64`, `String`)
+//! and every optional key is an `Option`: ranges, formats, defaults and cross-references are
+//! checked in `compile`, where all problems are collected instead of stopping at the first.
+//! This module does no IO and knows nothing of the `Plan`.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    /// `[gateway]`; all keys optional.
+    #[serde(default)]
+    pub gateway: RawGateway,
+    /// `[[listener]]`.
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    /// `[[credential]]`.
+    #[serde(default)]
+    pub credential: Vec<RawCredential>,
+    /// `[[destination]]`.
+    #[serde(default)]
+    pub destination: Vec<RawDestination>,
+    /// `[[group]]`.
+    #[serde(default)]
+    pub group: Vec<RawGroup>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGateway {
+    pub shards: Option<RawShards>,
+    pub pin_shards: Option<bool>,
+    pub admin: Option<String>,
+    pub admin_allow_non_loopback: Option<bool>,
+    pub default_group: Option<String>,
+    pub ring_entries: Option<i64>,
+    pub recv_buffers: Option<i64>,
+    pub recv_buffer_size: Option<i64>,
+    pub backlog: Option<i64>,
+}
+
+/// `gateway.shards`: the string `"auto"` or an integer. Any other string is kept so that
+/// `compile` can report it alongside the other errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RawShards {
+    /// A string (valid only when `"auto"`).
+    Word(String),
+    /// An integer (valid in 1..=1024).
+    Count(i64),
+}
+
+impl<'de> Deserialize<'de> for RawShards {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ShardsVisitor;
+        impl Visitor<'_> for ShardsVisitor {
+            type Value = RawShards;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"auto\" or an integer")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawShards, E> {
+                Ok(RawShards::Word(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawShards, E> {
+                Ok(RawShards::Count(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawShards, E> {
+                Ok(RawShards::Count(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+        deserializer.deserialize_any(ShardsVisitor)
+    }
+}
+
+/// A duration string such as `"10s"`, parsed in `compile` so that a bad one is collected with
+/// the other errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RawDuration(pub String);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string such as \"250ms\", \"10s\", \"2m\" or \"1h\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_str(DurationVisitor)
+    }
+}
+
+/// `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: String,
+    pub protocol: String,
+    pub bind: String,
+    pub max_head_bytes: Option<i64>,
+    pub max_headers: Option<i64>,
+    pub max_body_bytes: Option<i64>,
+    pub header_timeout: Option<RawDuration>,
+    pub body_timeout: Option<RawDuration>,
+    pub idle_timeout: Option<RawDuration>,
+    pub max_requests_per_connection: Option<i64>,
+}
+
+/// `[[credential]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCredential {
+    pub name: String,
+    pub kind: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[[destination]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDestination {
+    pub name: String,
+    pub adapter: String,
+    pub endpoint: String,
+    pub server_name: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub credential: Option<String>,
+    pub host_header: Option<String>,
+    pub base_path: Option<String>,
+    pub alpn: Option<Vec<String>>,
+    #[serde(default)]
+    pub pool: RawPool,
+}
+
+/// `[destination.pool]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub warm: Option<i64>,
+    pub max_idle: Option<i64>,
+    pub idle_timeout: Option<RawDuration>,
+    pub connect_timeout: Option<RawDuration>,
+    pub response_timeout: Option<RawDuration>,
+    pub backoff_initial: Option<RawDuration>,
+    pub backoff_max: Option<RawDuration>,
+}
+
+/// `[[group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGroup {
+    pub name: String,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// One entry of `group[].routes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRoute {
+    pub listener: String,
+    pub path: String,
+    pub destination: String,
+}

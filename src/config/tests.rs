@@ -1,0 +1,835 @@
+//! Tests for the config module as a whole: real files (rcgen certificates in a temp dir), a
+//! fake environment for DNS / system roots / CPU count, and exact field paths.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use super::compile::Environment;
+use super::{compile_with, load_plan, ConfigError};
+use crate::policy::{AdapterKind, DestinationId, GroupId, ListenerId, ListenerProtocol, Plan};
+
+const SECRET_MARKER: &str = "TOPSECRET-KEY-MATERIAL-7f3a";
+
+/// DNS from a table, fixed system roots and CPU count.
+struct FakeEnv {
+    hosts: HashMap<String, Vec<SocketAddr>>,
+    roots: Vec<CertificateDer<'static>>,
+    cpus: Option<usize>,
+}
+
+impl Environment for FakeEnv {
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        self.hosts
+            .get(host)
+            .map(|addrs| {
+                addrs
+                    .iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect()
+            })
+            .ok_or_else(|| "Name or service not known".to_owned())
+    }
+    fn system_roots(&self) -> Vec<CertificateDer<'static>> {
+        self.roots.clone()
+    }
+    fn available_cpus(&self) -> Option<usize> {
+        self.cpus
+    }
+}
+
+/// A temp dir holding `certs/ca.pem`, `certs/client.crt`, `certs/client.key`,
+/// `certs/other.key` (a key that matches nothing) and a few bad files.
+struct Fixture {
+    dir: tempfile::TempDir,
+    env: FakeEnv,
+    client_key_pem: String,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["sink.test".to_owned()]).unwrap();
+        let client = rcgen::generate_simple_self_signed(vec!["device-gw".to_owned()]).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        let client_key_pem = client.key_pair.serialize_pem();
+        let write = |name: &str, text: &str| std::fs::write(certs.join(name), text).unwrap();
+        write("ca.pem", &ca.cert.pem());
+        write("client.crt", &client.cert.pem());
+        write("client.key", &client_key_pem);
+        write("other.key", &other.serialize_pem());
+        write("empty.pem", "");
+        write("notes.txt", "just some text\n");
+        write("secret.key", &format!("password = \"{SECRET_MARKER}\"\n"));
+        write(
+            "armoured-secret.key",
+            &format!("-----BEGIN PRIVATE KEY-----\n{SECRET_MARKER}!!\n-----END PRIVATE KEY-----\n"),
+        );
+        write(
+            "unterminated-secret.key",
+            &format!("-----BEGIN PRIVATE KEY-----\n{SECRET_MARKER}\n"),
+        );
+        std::fs::create_dir(certs.join("a-directory")).unwrap();
+        let mut hosts = HashMap::new();
+        hosts.insert(
+            "sink.test".to_owned(),
+            vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()],
+        );
+        let env = FakeEnv {
+            hosts,
+            roots: vec![ca.cert.der().clone()],
+            cpus: Some(3),
+        };
+        Fixture {
+            dir,
+            env,
+            client_key_pem,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn compile(&self, text: &str) -> Result<Plan, ConfigError> {
+        compile_with(text, self.path(), &self.env)
+    }
+
+    fn errors(&self, text: &str) -> ConfigError {
+        match self.compile(text) {
+            Ok(_) => panic!("config unexpectedly valid:\n{text}"),
+            Err(e) => e,
+        }
+    }
+}
+
+/// A complete, valid config using every key.
+const FULL: &str = r#"
+[gateway]
+shards = 4
+pin_shards = false
+admin = "127.0.0.1:9999"
+admin_allow_non_loopback = false
+default_group = "farm"
+ring_entries = 1024
+recv_buffers = 512
+recv_buffer_size = 8192
+backlog = 128
+
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "0.0.0.0:8080"
+max_head_bytes = 4096
+max_headers = 50
+max_body_bytes = 65536
+header_timeout = "5s"
+body_timeout = "250ms"
+idle_timeout = "2m"
+max_requests_per_connection = 1000
+
+[[listener]]
+name = "http-alt"
+protocol = "http"
+bind = "127.0.0.1:0"
+
+[[credential]]
+name = "sink-client"
+kind = "x509"
+cert = "certs/client.crt"
+key = "certs/client.key"
+
+[[destination]]
+name = "sink"
+adapter = "https"
+endpoint = "sink.test:8443"
+server_name = "sink.test"
+ca = "certs/ca.pem"
+credential = "sink-client"
+host_header = "ingest.sink.test"
+base_path = "/ingest/"
+alpn = ["http/1.1"]
+[destination.pool]
+warm = 1
+max_idle = 8
+idle_timeout = "30s"
+connect_timeout = "2s"
+response_timeout = "1h"
+backoff_initial = "50ms"
+backoff_max = "5s"
+
+[[destination]]
+name = "backup"
+adapter = "https"
+endpoint = "[::1]:443"
+
+[[group]]
+name = "farm"
+routes = [
+  { listener = "http", path = "/", destination = "backup" },
+  { listener = "http", path = "/telemetry/v1", destination = "sink" },
+  { listener = "http", path = "/telemetry", destination = "backup" },
+  { listener = "http-alt", path = "/x", destination = "sink" },
+]
+
+[[group]]
+name = "default"
+"#;
+
+/// The smallest valid config; everything else defaults.
+const MINIMAL: &str = r#"
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "0.0.0.0:8080"
+
+[[destination]]
+name = "sink"
+adapter = "https"
+endpoint = "sink.test:443"
+
+[[group]]
+name = "default"
+routes = [ { listener = "http", path = "/", destination = "sink" } ]
+"#;
+
+/// `text` with `from` replaced; fails if `from` is absent so that no test silently checks the
+/// unmodified config.
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "test bug: {from:?} not in config");
+    text.replacen(from, to, 1)
+}
+
+fn paths(error: &ConfigError) -> Vec<&str> {
+    error.errors.iter().map(|e| e.path.as_str()).collect()
+}
+
+/// Asserts that `error` has exactly one entry, at `path`, whose message contains `needle`.
+#[track_caller]
+fn assert_single(error: &ConfigError, path: &str, needle: &str) {
+    assert_eq!(paths(error), vec![path], "{error}");
+    assert!(
+        error.errors[0].message.contains(needle),
+        "message {:?} lacks {needle:?}",
+        error.errors[0].message
+    );
+}
+
+#[test]
+fn full_config_compiles_to_the_expected_plan() {
+    let fx = Fixture::new();
+    let plan = fx.compile(FULL).unwrap_or_else(|e| panic!("{e}"));
+
+    let g = &plan.gateway;
+    assert_eq!(g.shards, 4);
+    assert!(!g.pin_shards);
+    assert_eq!(g.admin, Some("127.0.0.1:9999".parse().unwrap()));
+    assert_eq!(g.default_group, GroupId(0));
+    assert_eq!(
+        (
+            g.ring_entries,
+            g.recv_buffers,
+            g.recv_buffer_size,
+            g.backlog
+        ),
+        (1024, 512, 8192, 128)
+    );
+
+    assert_eq!(plan.listeners.len(), 2);
+    let l = &plan.listeners[0];
+    assert_eq!((l.id, l.name.as_str()), (ListenerId(0), "http"));
+    assert_eq!(l.protocol, ListenerProtocol::Http);
+    assert_eq!(l.bind, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(l.http.max_head_bytes, 4096);
+    assert_eq!(l.http.max_headers, 50);
+    assert_eq!(l.http.max_body_bytes, 65536);
+    assert_eq!(l.http.header_timeout, Duration::from_secs(5));
+    assert_eq!(l.http.body_timeout, Duration::from_millis(250));
+    assert_eq!(l.http.idle_timeout, Duration::from_secs(120));
+    assert_eq!(l.http.max_requests_per_connection, 1000);
+    assert_eq!(plan.listeners[1].id, ListenerId(1));
+    assert_eq!(plan.listeners[1].bind, "127.0.0.1:0".parse().unwrap());
+
+    assert_eq!(plan.destinations.len(), 2);
+    let d = &plan.destinations[0];
+    assert_eq!((d.id, d.name.as_str()), (DestinationId(0), "sink"));
+    assert_eq!(d.adapter, AdapterKind::GenericHttps);
+    assert_eq!(d.endpoint, "sink.test:8443");
+    assert_eq!(
+        d.addrs,
+        vec![
+            "127.0.0.1:8443".parse().unwrap(),
+            "[::1]:8443".parse::<SocketAddr>().unwrap()
+        ]
+    );
+    assert_eq!(d.server_name, ServerName::try_from("sink.test").unwrap());
+    assert_eq!(d.host_header, "ingest.sink.test");
+    assert_eq!(d.base_path, "/ingest");
+    assert_eq!(d.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    assert!(d.tls.client_auth_cert_resolver.has_certs());
+    assert_eq!(d.pool.warm, 1);
+    assert_eq!(d.pool.max_idle, 8);
+    assert_eq!(d.pool.idle_timeout, Duration::from_secs(30));
+    assert_eq!(d.pool.connect_timeout, Duration::from_secs(2));
+    assert_eq!(d.pool.response_timeout, Duration::from_secs(3600));
+    assert_eq!(d.pool.backoff_initial, Duration::from_millis(50));
+    assert_eq!(d.pool.backoff_max, Duration::from_secs(5));
+
+    let b = &plan.destinations[1];
+    assert_eq!(b.id, DestinationId(1));
+    assert_eq!(b.addrs, vec!["[::1]:443".parse().unwrap()]);
+    assert_eq!(b.server_name, ServerName::try_from("::1").unwrap());
+    assert_eq!(b.host_header, "[::1]", "default Host omits :443");
+    assert_eq!(b.base_path, "");
+    assert!(!b.tls.client_auth_cert_resolver.has_certs());
+
+    assert_eq!(plan.groups.len(), 2);
+    let farm = &plan.groups[0];
+    assert_eq!((farm.id, farm.name.as_str()), (GroupId(0), "farm"));
+    let table: Vec<(u16, &str, u16)> = farm
+        .http_routes
+        .iter()
+        .map(|r| (r.listener.0, r.path_prefix.as_str(), r.destination.0))
+        .collect();
+    assert_eq!(
+        table,
+        vec![
+            (0, "/telemetry/v1", 0),
+            (0, "/telemetry", 1),
+            (1, "/x", 0),
+            (0, "/", 1)
+        ],
+        "longest prefix first, config order among equals"
+    );
+    assert_eq!(plan.groups[1].http_routes.len(), 0);
+
+    let route = |path: &[u8]| plan.route_http(GroupId(0), ListenerId(0), path);
+    assert_eq!(route(b"/telemetry/v1/x"), Some(DestinationId(0)));
+    assert_eq!(route(b"/telemetry/v2"), Some(DestinationId(1)));
+    assert_eq!(route(b"/other"), Some(DestinationId(1)));
+}
+
+#[test]
+fn omitted_keys_take_their_documented_defaults() {
+    let fx = Fixture::new();
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    let g = &plan.gateway;
+    assert_eq!(g.shards, 3, "auto = available CPUs");
+    assert!(g.pin_shards);
+    assert_eq!(g.admin, Some("127.0.0.1:9180".parse().unwrap()));
+    assert_eq!(g.default_group, GroupId(0));
+    assert_eq!(
+        (
+            g.ring_entries,
+            g.recv_buffers,
+            g.recv_buffer_size,
+            g.backlog
+        ),
+        (4096, 4096, 16384, 4096)
+    );
+    let h = &plan.listeners[0].http;
+    assert_eq!(
+        (h.max_head_bytes, h.max_headers, h.max_body_bytes),
+        (8192, 100, 1 << 20)
+    );
+    assert_eq!(h.header_timeout, Duration::from_secs(10));
+    assert_eq!(h.body_timeout, Duration::from_secs(30));
+    assert_eq!(h.idle_timeout, Duration::from_secs(60));
+    assert_eq!(h.max_requests_per_connection, 0);
+    let d = &plan.destinations[0];
+    assert_eq!(d.server_name, ServerName::try_from("sink.test").unwrap());
+    assert_eq!(d.host_header, "sink.test", "default Host omits :443");
+    assert_eq!(d.base_path, "");
+    assert_eq!(d.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
+    let p = &d.pool;
+    assert_eq!((p.warm, p.max_idle), (2, 64));
+    assert_eq!(p.idle_timeout, Duration::from_secs(60));
+    assert_eq!(p.connect_timeout, Duration::from_secs(5));
+    assert_eq!(p.response_timeout, Duration::from_secs(30));
+    assert_eq!(p.backoff_initial, Duration::from_millis(100));
+    assert_eq!(p.backoff_max, Duration::from_secs(10));
+}
+
+#[test]
+fn default_host_header_keeps_a_non_443_port_and_admin_can_be_off() {
+    let fx = Fixture::new();
+    let text = edit(MINIMAL, "sink.test:443", "sink.test:8443");
+    let text = format!("[gateway]\nadmin = \"off\"\nshards = \"auto\"\n{text}");
+    let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.destinations[0].host_header, "sink.test:8443");
+    assert_eq!(plan.gateway.admin, None);
+}
+
+#[test]
+fn non_loopback_admin_needs_the_explicit_opt_in() {
+    let fx = Fixture::new();
+    let exposed = format!("[gateway]\nadmin = \"0.0.0.0:9180\"\n{MINIMAL}");
+    assert_single(
+        &fx.errors(&exposed),
+        "gateway.admin",
+        "admin_allow_non_loopback",
+    );
+    let allowed = edit(
+        &exposed,
+        "[gateway]\n",
+        "[gateway]\nadmin_allow_non_loopback = true\n",
+    );
+    let plan = fx.compile(&allowed).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.gateway.admin, Some("0.0.0.0:9180".parse().unwrap()));
+}
+
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    let fx = Fixture::new();
+    // The process's working directory is the crate, where certs/ does not exist: only
+    // resolution against the config's directory can find the files.
+    let text = format!(
+        "{MINIMAL}\n[[credential]]\nname = \"c\"\nkind = \"x509\"\ncert = \"certs/client.crt\"\nkey = \"certs/client.key\"\n"
+    );
+    let text = edit(
+        &text,
+        "endpoint = \"sink.test:443\"",
+        "endpoint = \"127.0.0.1:443\"\nca = \"certs/ca.pem\"\ncredential = \"c\"",
+    );
+    let config = fx.path().join("simgate.toml");
+    std::fs::write(&config, &text).unwrap();
+    let plan = load_plan(&config).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.destinations[0]
+        .tls
+        .client_auth_cert_resolver
+        .has_certs());
+
+    // And a missing file is reported with the resolved (joined) path.
+    let text = edit(&text, "certs/ca.pem", "certs/missing-ca.pem");
+    std::fs::write(&config, &text).unwrap();
+    let error = load_plan(&config).unwrap_err();
+    let want = fx.path().join("certs/missing-ca.pem");
+    assert_single(
+        &error,
+        "destination[0].ca",
+        &format!("file not found: {}", want.display()),
+    );
+}
+
+#[test]
+fn absolute_paths_are_used_as_is() {
+    let fx = Fixture::new();
+    let ca: PathBuf = fx.path().join("certs/ca.pem");
+    let text = edit(
+        MINIMAL,
+        "endpoint = \"sink.test:443\"",
+        &format!(
+            "endpoint = \"sink.test:443\"\nca = {:?}",
+            ca.display().to_string()
+        ),
+    );
+    let other_base = tempfile::tempdir().unwrap();
+    compile_with(&text, other_base.path(), &fx.env).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn load_plan_reports_an_unreadable_config_file() {
+    let fx = Fixture::new();
+    let missing = fx.path().join("nope.toml");
+    let error = load_plan(&missing).unwrap_err();
+    assert_eq!(paths(&error), vec![""]);
+    assert!(
+        error.to_string().contains("cannot read config file"),
+        "{error}"
+    );
+}
+
+/// (edit from, edit to, expected path, expected message fragment) applied to FULL.
+const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
+    // Duplicate names, reported with both paths.
+    ("[[group]]\nname = \"farm\"", "[[destination]]\nname = \"sink\"\nadapter = \"https\"\nendpoint = \"[::1]:443\"\n[[group]]\nname = \"farm\"", "destination[2].name", "duplicate destination name \"sink\" (first defined at destination[0].name)"),
+    ("[[listener]]\nname = \"http-alt\"", "[[credential]]\nname = \"sink-client\"\nkind = \"x509\"\ncert = \"certs/client.crt\"\nkey = \"certs/client.key\"\n[[listener]]\nname = \"http-alt\"", "credential[1].name", "duplicate credential name \"sink-client\" (first defined at credential[0].name)"),
+    ("name = \"default\"", "name = \"farm\"", "group[1].name", "duplicate group name \"farm\" (first defined at group[0].name)"),
+    ("name = \"default\"", "name = \"Default Group\"", "group[1].name", "invalid name \"Default Group\""),
+    // Listeners.
+    ("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:8080\"", "listener[1].bind", "127.0.0.1:8080 is already used by listener[0].bind (0.0.0.0:8080)"),
+    ("bind = \"127.0.0.1:0\"", "bind = \"x\"", "listener[1].bind", "invalid socket address \"x\""),
+    ("protocol = \"http\"\nbind = \"127", "protocol = \"mqtt\"\nbind = \"127", "listener[1].protocol", "unsupported protocol \"mqtt\"; supported: \"http\""),
+    ("max_head_bytes = 4096", "max_head_bytes = 100", "listener[0].max_head_bytes", "must be in 256..=1048576, got 100"),
+    ("max_body_bytes = 65536", "max_body_bytes = 1073741825", "listener[0].max_body_bytes", "must be in 0..=1073741824"),
+    ("max_headers = 50", "max_headers = 0", "listener[0].max_headers", "must be in 1..=1024, got 0"),
+    ("max_requests_per_connection = 1000", "max_requests_per_connection = -1", "listener[0].max_requests_per_connection", "must be in 0..=4294967295"),
+    ("header_timeout = \"5s\"", "header_timeout = \"5 s\"", "listener[0].header_timeout", "invalid duration \"5 s\""),
+    ("idle_timeout = \"2m\"", "idle_timeout = \"2d\"", "listener[0].idle_timeout", "unknown unit"),
+    ("connect_timeout = \"2s\"", "connect_timeout = \"0s\"", "destination[0].pool.connect_timeout", "must be between 1ms and 24h, got \"0s\""),
+    ("response_timeout = \"1h\"", "response_timeout = \"25h\"", "destination[0].pool.response_timeout", "must be between 1ms and 24h"),
+    // Gateway.
+    ("shards = 4", "shards = 0", "gateway.shards", "must be in 1..=1024, got 0"),
+    ("shards = 4", "shards = 2000", "gateway.shards", "must be in 1..=1024, got 2000"),
+    ("shards = 4", "shards = \"many\"", "gateway.shards", "expected \"auto\" or an integer in 1..=1024, got \"many\""),
+    ("ring_entries = 1024", "ring_entries = 1000", "gateway.ring_entries", "must be a power of two, got 1000"),
+    ("ring_entries = 1024", "ring_entries = 65536", "gateway.ring_entries", "must be in 64..=32768"),
+    ("recv_buffers = 512", "recv_buffers = 8", "gateway.recv_buffers", "must be in 16..=32768"),
+    ("recv_buffer_size = 8192", "recv_buffer_size = 512", "gateway.recv_buffer_size", "must be in 1024..=1048576"),
+    ("backlog = 128", "backlog = 0", "gateway.backlog", "must be in 1..=65535"),
+    ("default_group = \"farm\"", "default_group = \"orchard\"", "gateway.default_group", "unknown group \"orchard\""),
+    ("admin = \"127.0.0.1:9999\"", "admin = \"localhost:9999\"", "gateway.admin", "invalid socket address \"localhost:9999\""),
+    ("admin = \"127.0.0.1:9999\"", "admin = \"0.0.0.0:9999\"", "gateway.admin", "0.0.0.0:9999 is not a loopback address"),
+    ("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:9999\"", "gateway.admin", "127.0.0.1:9999 is already used by listener[1].bind"),
+    // Routes.
+    ("{ listener = \"http-alt\", path = \"/x\", destination = \"sink\" }", "{ listener = \"http-alt\", path = \"/x\", destination = \"aws\" }", "group[0].routes[3].destination", "unknown destination \"aws\""),
+    ("{ listener = \"http\", path = \"/telemetry/v1\"", "{ listener = \"mqtt\", path = \"/telemetry/v1\"", "group[0].routes[1].listener", "unknown listener \"mqtt\""),
+    ("path = \"/telemetry\",", "path = \"telemetry\",", "group[0].routes[2].path", "must start with '/'"),
+    ("path = \"/telemetry\",", "path = \"/telemetry/v1/\",", "group[0].routes[2].path", "duplicate route: same listener and path \"/telemetry/v1\" as group[0].routes[1]"),
+    // Credentials.
+    ("cert = \"certs/client.crt\"", "cert = \"certs/nope.crt\"", "credential[0].cert", "file not found: "),
+    ("cert = \"certs/client.crt\"", "cert = \"certs/a-directory\"", "credential[0].cert", "cannot read file"),
+    ("cert = \"certs/client.crt\"", "cert = \"certs/notes.txt\"", "credential[0].cert", "no PEM certificate"),
+    ("cert = \"certs/client.crt\"", "cert = \"certs/client.key\"", "credential[0].cert", "no PEM certificate"),
+    ("key = \"certs/client.key\"", "key = \"certs/nope.key\"", "credential[0].key", "file not found: "),
+    ("key = \"certs/client.key\"", "key = \"certs/client.crt\"", "credential[0].key", "no PEM private key"),
+    ("key = \"certs/client.key\"", "key = \"certs/empty.pem\"", "credential[0].key", "no PEM private key"),
+    ("key = \"certs/client.key\"", "key = \"certs/other.key\"", "credential[0].key", "private key does not match the certificate"),
+    ("kind = \"x509\"", "kind = \"sas\"", "credential[0].kind", "unsupported credential kind \"sas\"; supported: \"x509\""),
+    // Destinations.
+    ("adapter = \"https\"\nendpoint = \"sink", "adapter = \"aws-iot-core\"\nendpoint = \"sink", "destination[0].adapter", "unsupported adapter \"aws-iot-core\"; supported: \"https\""),
+    ("endpoint = \"sink.test:8443\"", "endpoint = \"sink.test\"", "destination[0].endpoint", "invalid endpoint \"sink.test\": port required"),
+    ("endpoint = \"sink.test:8443\"", "endpoint = \"https://sink.test\"", "destination[0].endpoint", "without a scheme or path"),
+    ("endpoint = \"[::1]:443\"", "endpoint = \"::1:443\"", "destination[1].endpoint", "brackets"),
+    ("endpoint = \"sink.test:8443\"", "endpoint = \"nowhere.test:8443\"", "destination[0].endpoint", "cannot resolve \"nowhere.test\": Name or service not known"),
+    ("ca = \"certs/ca.pem\"", "ca = \"certs/empty.pem\"", "destination[0].ca", "no PEM certificate"),
+    ("ca = \"certs/ca.pem\"", "ca = \"certs/missing.pem\"", "destination[0].ca", "file not found"),
+    ("credential = \"sink-client\"", "credential = \"aws-prod\"", "destination[0].credential", "unknown credential \"aws-prod\""),
+    ("server_name = \"sink.test\"", "server_name = \"bad name\"", "destination[0].server_name", "invalid server name \"bad name\""),
+    ("host_header = \"ingest.sink.test\"", "host_header = \"a\\r\\nX-Evil: 1\"", "destination[0].host_header", "without line breaks"),
+    ("base_path = \"/ingest/\"", "base_path = \"ingest\"", "destination[0].base_path", "must start with '/'"),
+    ("alpn = [\"http/1.1\"]", "alpn = [\"http/1.1\", \"h2\"]", "destination[0].alpn[1]", "unsupported ALPN protocol \"h2\""),
+    ("warm = 1", "warm = 9", "destination[0].pool.warm", "9 exceeds pool.max_idle (8)"),
+    ("warm = 1", "warm = -1", "destination[0].pool.warm", "must be in 0..=1024"),
+    ("backoff_initial = \"50ms\"", "backoff_initial = \"6s\"", "destination[0].pool.backoff_initial", "6s exceeds pool.backoff_max (5s)"),
+];
+
+#[test]
+fn each_semantic_error_is_reported_at_its_path() {
+    let fx = Fixture::new();
+    let mut failures = Vec::new();
+    for (from, to, path, needle) in SINGLE_ERROR_CASES {
+        let error = match fx.compile(&edit(FULL, from, to)) {
+            Ok(_) => {
+                failures.push(format!("editing {from:?} -> {to:?}: accepted"));
+                continue;
+            }
+            Err(error) => error,
+        };
+        if paths(&error) != vec![*path] || !error.errors[0].message.contains(needle) {
+            failures.push(format!(
+                "editing {from:?} -> {to:?}: want {path}: ...{needle}..., got:\n{error}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn duplicate_listener_names_report_both_paths_and_the_dangling_route() {
+    let fx = Fixture::new();
+    let error = fx.errors(&edit(FULL, "name = \"http-alt\"", "name = \"http\""));
+    let shown = error.to_string();
+    assert_eq!(
+        shown,
+        "listener[1].name: duplicate listener name \"http\" (first defined at listener[0].name)\n\
+         group[0].routes[3].listener: unknown listener \"http-alt\""
+    );
+}
+
+#[test]
+fn a_missing_system_root_store_is_an_error_on_ca() {
+    let mut fx = Fixture::new();
+    fx.env.roots.clear();
+    // destination[1] (backup) has no `ca`; destination[0] has one and is unaffected.
+    assert_single(
+        &fx.errors(FULL),
+        "destination[1].ca",
+        "no system root certificates",
+    );
+}
+
+#[test]
+fn auto_shards_without_a_cpu_count_is_an_error() {
+    let mut fx = Fixture::new();
+    fx.env.cpus = None;
+    assert_single(&fx.errors(MINIMAL), "gateway.shards", "set a number");
+}
+
+#[test]
+fn a_config_without_listeners_or_groups_is_rejected() {
+    let fx = Fixture::new();
+    let error = fx.errors("");
+    assert_eq!(
+        paths(&error),
+        vec!["listener", "gateway.default_group"],
+        "{error}"
+    );
+}
+
+#[test]
+fn bind_port_zero_never_conflicts() {
+    let fx = Fixture::new();
+    let text = edit(FULL, "bind = \"0.0.0.0:8080\"", "bind = \"127.0.0.1:0\"");
+    fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn all_semantic_errors_are_reported_together_one_per_line() {
+    let fx = Fixture::new();
+    let mut text = FULL.to_owned();
+    for (from, to) in [
+        ("shards = 4", "shards = 0"),
+        ("bind = \"127.0.0.1:0\"", "bind = \"x\""),
+        ("header_timeout = \"5s\"", "header_timeout = \"soon\""),
+        ("key = \"certs/client.key\"", "key = \"certs/nope.key\""),
+        ("endpoint = \"sink.test:8443\"", "endpoint = \"sink.test\""),
+        (
+            "destination = \"backup\" },\n  { listener = \"http\", path = \"/telemetry/v1\"",
+            "destination = \"aws\" },\n  { listener = \"http\", path = \"/telemetry/v1\"",
+        ),
+        ("default_group = \"farm\"", "default_group = \"nope\""),
+    ] {
+        text = edit(&text, from, to);
+    }
+    let error = fx.errors(&text);
+    let mut got = paths(&error);
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![
+            "credential[0].key",
+            "destination[0].endpoint",
+            "gateway.default_group",
+            "gateway.shards",
+            "group[0].routes[0].destination",
+            "listener[0].header_timeout",
+            "listener[1].bind",
+        ],
+        "{error}"
+    );
+    let display = error.to_string();
+    assert_eq!(display.lines().count(), 7, "{display}");
+    assert!(display.lines().any(|l| l == "listener[1].bind: invalid socket address \"x\" (expected ip:port, IPv6 in brackets)"), "{display}");
+    assert!(
+        display
+            .lines()
+            .any(|l| l == "group[0].routes[0].destination: unknown destination \"aws\""),
+        "{display}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_at_their_path() {
+    let fx = Fixture::new();
+    let cases = [
+        ("[gateway]\n", "[gateway]\nshard = 2\n", "gateway.shard"),
+        (
+            "[[listener]]\n",
+            "[listeners]\nx = 1\n[[listener]]\n",
+            "listeners",
+        ),
+        (
+            "max_headers = 50",
+            "max_headers = 50\nbnd = \"x\"",
+            "listener[0].bnd",
+        ),
+        (
+            "[destination.pool]\nwarm = 1",
+            "[destination.pool]\nwram = 1",
+            "destination[0].pool.wram",
+        ),
+        (
+            "endpoint = \"[::1]:443\"",
+            "endpoint = \"[::1]:443\"\nmode = \"session\"",
+            "destination[1].mode",
+        ),
+        (
+            "path = \"/x\", destination = \"sink\"",
+            "path = \"/x\", dest = \"sink\"",
+            "group[0].routes[3].dest",
+        ),
+        (
+            "kind = \"x509\"",
+            "kind = \"x509\"\npassphrase = \"p\"",
+            "credential[0].passphrase",
+        ),
+    ];
+    for (from, to, path) in cases {
+        let error = fx.errors(&edit(FULL, from, to));
+        assert_eq!(paths(&error), vec![path], "{error}");
+        assert!(error.errors[0].message.contains("unknown field"), "{error}");
+        assert!(
+            error.errors[0].message.contains("line "),
+            "no location: {error}"
+        );
+    }
+}
+
+#[test]
+fn wrong_types_and_missing_keys_are_errors_at_their_path() {
+    let fx = Fixture::new();
+    let error = fx.errors(&edit(FULL, "backlog = 128", "backlog = \"lots\""));
+    assert_single(&error, "gateway.backlog", "invalid type");
+    let error = fx.errors(&edit(
+        FULL,
+        "body_timeout = \"250ms\"",
+        "body_timeout = 250",
+    ));
+    assert_single(
+        &error,
+        "listener[0].body_timeout",
+        "a duration string such as",
+    );
+    let error = fx.errors(&edit(FULL, "bind = \"127.0.0.1:0\"\n", ""));
+    assert_single(&error, "listener[1]", "missing field `bind`");
+}
+
+#[test]
+fn toml_syntax_errors_give_line_and_column() {
+    let fx = Fixture::new();
+    let text = "[gateway]\nshards = 4\nbacklog = = 3\n";
+    let error = fx.errors(text);
+    assert_eq!(paths(&error), vec![""]);
+    assert!(
+        error.errors[0].message.starts_with("line 3, column 11: "),
+        "{error}"
+    );
+    assert_eq!(error.to_string().lines().count(), 1, "{error}");
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    let fx = Fixture::new();
+    let key_body: Vec<&str> = fx
+        .client_key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(!key_body.is_empty());
+    let mut texts: Vec<String> = [
+        "certs/secret.key",
+        "certs/armoured-secret.key",
+        "certs/unterminated-secret.key",
+    ]
+    .iter()
+    .map(|k| {
+        edit(
+            FULL,
+            "key = \"certs/client.key\"",
+            &format!("key = \"{k}\""),
+        )
+    })
+    .collect();
+    // The secret as a cert, as a CA bundle, and a real key given where a cert belongs.
+    texts.push(edit(
+        FULL,
+        "cert = \"certs/client.crt\"",
+        "cert = \"certs/armoured-secret.key\"",
+    ));
+    texts.push(edit(
+        FULL,
+        "ca = \"certs/ca.pem\"",
+        "ca = \"certs/secret.key\"",
+    ));
+    texts.push(edit(
+        FULL,
+        "cert = \"certs/client.crt\"",
+        "cert = \"certs/client.key\"",
+    ));
+    // A password-like key that does not exist in the schema.
+    texts.push(edit(
+        FULL,
+        "kind = \"x509\"",
+        &format!("kind = \"x509\"\npassword = \"{SECRET_MARKER}\""),
+    ));
+    for text in &texts {
+        let shown = fx.errors(text).to_string();
+        assert!(!shown.contains(SECRET_MARKER), "secret leaked: {shown}");
+        for line in &key_body {
+            assert!(!shown.contains(line), "key material leaked: {shown}");
+        }
+    }
+}
+
+#[test]
+fn the_shipped_example_compiles() {
+    let fx = Fixture::new();
+    let example = include_str!("../../examples/simgate.toml");
+    let mut env_hosts = fx.env.hosts.clone();
+    env_hosts.insert(
+        "ingest.example.com".to_owned(),
+        vec!["192.0.2.10:0".parse().unwrap()],
+    );
+    let env = FakeEnv {
+        hosts: env_hosts,
+        roots: fx.env.roots.clone(),
+        cpus: Some(2),
+    };
+    // The example's certs/ paths match the fixture's file names.
+    let plan = compile_with(example, fx.path(), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.destinations[0].addrs,
+        vec!["192.0.2.10:443".parse().unwrap()]
+    );
+    assert_eq!(plan.destinations[0].base_path, "/v1");
+    assert_eq!(plan.groups[0].http_routes[0].path_prefix, "/telemetry");
+}
+
+#[test]
+fn every_schema_key_is_documented() {
+    let docs = include_str!("../../docs/configuration.md");
+    let keys = [
+        "shards",
+        "pin_shards",
+        "admin",
+        "admin_allow_non_loopback",
+        "default_group",
+        "ring_entries",
+        "recv_buffers",
+        "recv_buffer_size",
+        "backlog",
+        "name",
+        "protocol",
+        "bind",
+        "max_head_bytes",
+        "max_headers",
+        "max_body_bytes",
+        "header_timeout",
+        "body_timeout",
+        "idle_timeout",
+        "max_requests_per_connection",
+        "kind",
+        "cert",
+        "key",
+        "adapter",
+        "endpoint",
+        "server_name",
+        "ca",
+        "credential",
+        "host_header",
+        "base_path",
+        "alpn",
+        "warm",
+        "max_idle",
+        "connect_timeout",
+        "response_timeout",
+        "backoff_initial",
+        "backoff_max",
+        "routes",
+        "listener",
+        "path",
+        "destination",
+    ];
+    for key in keys {
+        assert!(
+            docs.contains(&format!("`{key}`")),
+            "docs/configuration.md lacks `{key}`"
+        );
+    }
+}
