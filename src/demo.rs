@@ -36,9 +36,8 @@ pub fn run(opts: &DemoOptions) -> Result<ShardMetrics, Box<dyn std::error::Error
     let pki = TestPki::new(&dir)?;
     let server = pki.server_cert("sink", &["localhost", "127.0.0.1"])?;
     let sink = HttpsSink::start(SinkConfig {
-        bind: "127.0.0.1:0".parse()?,
-        cert: server,
-        ..SinkConfig::default()
+        record: false,
+        ..SinkConfig::new(server)
     })?;
     let shards = opts
         .shards
@@ -88,13 +87,12 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
             .map_or_else(|| "as fast as they can".to_string(), |r| format!("{r} req/s")),
     );
     let sim = DeviceSim::start(DeviceSimConfig {
-        target,
         connections: opts.connections,
         path: "/telemetry".into(),
         body_size: opts.body_size,
         rate_per_sec: opts.rate,
-        duration: None,
-    });
+        ..DeviceSimConfig::new(target)
+    })?;
 
     let stop = ctrl_c_flag()?;
     let started = Instant::now();

@@ -109,8 +109,7 @@ enum Relayed {
 impl DeviceConn {
     async fn run(&mut self) {
         loop {
-            let plan = self.state.plan();
-            let limits = plan.listener(self.listener).http.clone();
+            let limits = self.state.plan().listener(self.listener).http.clone();
             let request = match self.read_request(&limits).await {
                 ReadOutcome::Request(r) => r,
                 ReadOutcome::Closed => return,
@@ -129,6 +128,8 @@ impl DeviceConn {
                 }
             };
             let received_at = Instant::now();
+            // Route on the plan current now: a reload while this connection idled applies.
+            let plan = self.state.plan();
             self.served += 1;
             if self.buf.is_empty() {
                 self.buf = BytesMut::new();

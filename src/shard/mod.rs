@@ -36,8 +36,9 @@ pub struct ShardId(pub usize);
 
 /// A command from the control thread to a shard.
 pub enum ShardCommand {
-    /// Serve this plan from now on (listeners must be unchanged).
-    Reload(Arc<Plan>),
+    /// Serve this plan from now on (listeners must be unchanged); ack on the sender once the
+    /// plan is in place, so a reload reported as done is in effect on every shard.
+    Reload(Arc<Plan>, Sender<()>),
     /// Reply with a copy of the shard's metrics.
     Snapshot(Sender<ShardMetrics>),
     /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
@@ -60,6 +61,9 @@ pub enum GatewayError {
     ShardStart(String),
     /// A reload changed listeners, which needs a restart.
     ListenersChanged,
+    /// A shard did not confirm a reload within 5 s (it may be stuck or gone); shards that did
+    /// confirm serve the new plan.
+    ReloadNotAcknowledged,
 }
 
 impl std::fmt::Display for GatewayError {
@@ -71,6 +75,9 @@ impl std::fmt::Display for GatewayError {
                 error,
             } => write!(f, "listener {listener}: cannot bind {addr}: {error}"),
             GatewayError::ShardStart(why) => write!(f, "shard failed to start: {why}"),
+            GatewayError::ReloadNotAcknowledged => {
+                f.write_str("a shard did not acknowledge the reload within 5 s")
+            }
             GatewayError::ListenersChanged => f.write_str(
                 "reload rejected: listeners (names, protocols or bind addresses) changed; \
                  restart simgate to apply listener changes",
@@ -132,9 +139,10 @@ impl Gateway {
         let mut shards = Vec::with_capacity(shard_count);
         for (index, shard_sockets) in sockets.into_iter().enumerate() {
             let (tx, rx) = crossbeam_channel::bounded(64);
-            let (notifier, notify_listener) =
-                reactor::notifier().map_err(|e| GatewayError::ShardStart(e.to_string()))?;
-            let plan = plan.clone();
+            // The listening half of the wake-up pair must be created on the shard thread (it is
+            // tied to that thread's reactor); the shard sends the notifying half back.
+            let (notifier_tx, notifier_rx) = crossbeam_channel::bounded::<Notifier>(1);
+            let shard_plan = plan.clone();
             let core = if plan.gateway.pin_shards && !cores.is_empty() {
                 Some(cores[index % cores.len()])
             } else {
@@ -147,9 +155,43 @@ impl Gateway {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    shard_main(ShardId(index), plan, shard_sockets, rx, notify_listener, ready);
+                    let (notifier, notify_listener) = match reactor::notifier() {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("shard {index}: eventfd: {e}")));
+                            return;
+                        }
+                    };
+                    if notifier_tx.send(notifier).is_err() {
+                        return;
+                    }
+                    shard_main(
+                        ShardId(index),
+                        shard_plan,
+                        shard_sockets,
+                        rx,
+                        notify_listener,
+                        ready,
+                    );
                 })
                 .map_err(|e| GatewayError::ShardStart(e.to_string()))?;
+            let notifier = match notifier_rx.recv() {
+                Ok(n) => n,
+                Err(_) => {
+                    let why = match ready_rx.try_recv() {
+                        Ok(Err(why)) => why,
+                        _ => format!("shard {index} exited during start"),
+                    };
+                    let _ = thread.join();
+                    let mut partial = Gateway {
+                        shards,
+                        listeners,
+                        plan: plan.clone(),
+                    };
+                    partial.stop();
+                    return Err(GatewayError::ShardStart(why));
+                }
+            };
             shards.push(ShardHandle {
                 commands: tx,
                 notifier,
@@ -205,11 +247,22 @@ impl Gateway {
         if !same {
             return Err(GatewayError::ListenersChanged);
         }
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(self.shards.len());
         for shard in &self.shards {
-            let _ = shard.commands.send(ShardCommand::Reload(plan.clone()));
+            let _ = shard
+                .commands
+                .send(ShardCommand::Reload(plan.clone(), ack_tx.clone()));
             let _ = shard.notifier.notify();
         }
+        drop(ack_tx);
         self.plan = plan;
+        // Each shard swaps its plan between two tasks' turns: this returns within a loop turn
+        // unless a shard has died (then its channel drops and recv fails fast).
+        for _ in 0..self.shards.len() {
+            if ack_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                return Err(GatewayError::ReloadNotAcknowledged);
+            }
+        }
         Ok(())
     }
 
@@ -265,9 +318,14 @@ impl Drop for Gateway {
 
 fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<StdTcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        // An IPv6 listener serves IPv6 only; config validation relies on this to let an IPv4
+        // and an IPv6 listener share a port.
+        sock.set_only_v6(true)?;
+    }
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
-    sock.set_nodelay(true)?;
+    sock.set_tcp_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(backlog)?;
     Ok(sock.into())
@@ -409,11 +467,12 @@ async fn command_loop(state: &Rc<ShardState>, commands: Receiver<ShardCommand>, 
     loop {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
-                ShardCommand::Reload(plan) => {
+                ShardCommand::Reload(plan, ack) => {
                     let generation = state.generation.get() + 1;
                     state.generation.set(generation);
                     *state.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(state.id));
                     *state.plan.borrow_mut() = plan;
+                    let _ = ack.send(());
                 }
                 ShardCommand::Snapshot(reply) => {
                     let mut snapshot = state.metrics.borrow().clone();

@@ -18,6 +18,7 @@
 mod transport;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -305,7 +306,7 @@ pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamEr
                     return TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
                         .await
                         .map_err(|e| match e {
-                            TlsIoError::Io(kind, _) => UpstreamError::Connect(kind),
+                            TlsIoError::Io { kind, .. } => UpstreamError::Connect(kind),
                             other => UpstreamError::Tls(other.to_string()),
                         });
                 }

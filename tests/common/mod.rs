@@ -180,10 +180,8 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
 /// Default sink config for tests: records requests, answers 200 "ok".
 pub fn sink_config(cert: CertFiles) -> SinkConfig {
     SinkConfig {
-        bind: "127.0.0.1:0".parse().expect("addr"),
-        cert,
         record: true,
-        ..SinkConfig::default()
+        ..SinkConfig::new(cert)
     }
 }
 

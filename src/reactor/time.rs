@@ -1,0 +1,275 @@
+//! Timers: a userspace min-heap per reactor; the event loop sleeps in `io_uring_enter` with an
+//! `EXT_ARG` timespec until the earliest deadline. No `IORING_OP_TIMEOUT` SQEs are used.
+//!
+//! Time is read once per loop turn ([`now`]); deadlines fire at the first turn that starts at or
+//! after them. A dropped [`Sleep`] removes its entry; its heap record becomes stale and is skipped
+//! when popped, and the heap is rebuilt when stale records outnumber live ones (bounded memory
+//! under many short-lived timeouts).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use super::core::{current, Reactor};
+
+struct TimerEntry {
+    seq: u64,
+    waker: Option<Waker>,
+    fired: bool,
+}
+
+/// The per-reactor timer heap.
+#[derive(Default)]
+pub(crate) struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    entries: Slab<TimerEntry>,
+    next_seq: u64,
+    stale: usize,
+}
+
+impl Timers {
+    fn insert(&mut self, deadline: Instant, waker: Waker) -> (usize, u64) {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let key = self.entries.insert(TimerEntry {
+            seq,
+            waker: Some(waker),
+            fired: false,
+        });
+        self.heap.push(Reverse((deadline, seq, key)));
+        (key, seq)
+    }
+
+    fn is_live(&self, key: usize, seq: u64) -> bool {
+        self.entries.get(key).is_some_and(|e| e.seq == seq)
+    }
+
+    /// Returns true if the timer already fired; otherwise stores the waker (returning the old one).
+    fn update(&mut self, key: usize, seq: u64, waker: &Waker) -> (bool, Option<Waker>) {
+        match self.entries.get_mut(key) {
+            Some(e) if e.seq == seq => {
+                if e.fired {
+                    return (true, None);
+                }
+                match &e.waker {
+                    Some(w) if w.will_wake(waker) => (false, None),
+                    _ => (false, e.waker.replace(waker.clone())),
+                }
+            }
+            _ => (true, None),
+        }
+    }
+
+    fn remove(&mut self, key: usize, seq: u64) -> Option<Waker> {
+        if !self.is_live(key, seq) {
+            return None;
+        }
+        let entry = self.entries.remove(key);
+        if !entry.fired {
+            self.stale += 1;
+            if self.stale > 1024 && self.stale > 2 * self.entries.len() {
+                self.compact();
+            }
+        }
+        entry.waker
+    }
+
+    fn compact(&mut self) {
+        let entries = &self.entries;
+        self.heap.retain(|Reverse((_, seq, key))| {
+            entries.get(*key).is_some_and(|e| e.seq == *seq && !e.fired)
+        });
+        self.stale = 0;
+    }
+
+    /// Mark every timer due at `now` as fired and collect its waker.
+    pub(crate) fn fire_due(&mut self, now: Instant, wakers: &mut Vec<Waker>) {
+        while let Some(Reverse((deadline, seq, key))) = self.heap.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.heap.pop();
+            match self.entries.get_mut(key) {
+                Some(e) if e.seq == seq => {
+                    e.fired = true;
+                    wakers.extend(e.waker.take());
+                }
+                _ => self.stale = self.stale.saturating_sub(1),
+            }
+        }
+    }
+
+    /// The earliest live deadline.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, seq, key))) = self.heap.peek().copied() {
+            if self.is_live(key, seq) {
+                return Some(deadline);
+            }
+            self.heap.pop();
+            self.stale = self.stale.saturating_sub(1);
+        }
+        None
+    }
+}
+
+/// The time cached at the top of the current loop turn; `Instant::now()` outside a reactor.
+pub fn now() -> Instant {
+    current().map_or_else(Instant::now, |r| r.now())
+}
+
+/// A future that completes at a deadline. Create it with [`sleep`] or [`sleep_until`]; it must be
+/// polled on the thread of the reactor that will drive it. `!Send`.
+#[must_use = "a Sleep does nothing unless awaited"]
+pub struct Sleep {
+    deadline: Instant,
+    registration: Option<(Rc<Reactor>, usize, u64)>,
+}
+
+/// Sleep for `d` from [`now`].
+pub fn sleep(d: Duration) -> Sleep {
+    sleep_until(now().checked_add(d).unwrap_or_else(far_future))
+}
+
+/// Sleep until `at`.
+pub fn sleep_until(at: Instant) -> Sleep {
+    Sleep {
+        deadline: at,
+        registration: None,
+    }
+}
+
+fn far_future() -> Instant {
+    // ~30 years; only reached by absurd durations.
+    now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+impl Sleep {
+    /// When this sleep completes.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Move the deadline (for example an idle timer pushed back on activity).
+    pub fn reset(&mut self, at: Instant) {
+        self.deregister();
+        self.deadline = at;
+    }
+
+    fn deregister(&mut self) {
+        if let Some((reactor, key, seq)) = self.registration.take() {
+            let waker = reactor.timers.borrow_mut().remove(key, seq);
+            drop(waker);
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    /// # Panics
+    /// If polled on a thread without a reactor while the deadline is in the future.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        match &this.registration {
+            Some((reactor, key, seq)) => {
+                let (fired, old) = reactor.timers.borrow_mut().update(*key, *seq, cx.waker());
+                drop(old);
+                if fired || this.deadline <= reactor.now() {
+                    this.deregister();
+                    return Poll::Ready(());
+                }
+                Poll::Pending
+            }
+            None => {
+                let Some(reactor) = current() else {
+                    if this.deadline <= Instant::now() {
+                        return Poll::Ready(());
+                    }
+                    panic!("reactor::Sleep polled outside reactor::block_on");
+                };
+                if this.deadline <= reactor.now() {
+                    return Poll::Ready(());
+                }
+                let (key, seq) = reactor
+                    .timers
+                    .borrow_mut()
+                    .insert(this.deadline, cx.waker().clone());
+                this.registration = Some((reactor, key, seq));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sleep")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+/// The deadline passed before the future completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("deadline elapsed")
+    }
+}
+
+impl std::error::Error for Elapsed {}
+
+impl From<Elapsed> for std::io::Error {
+    fn from(_: Elapsed) -> Self {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, Elapsed)
+    }
+}
+
+/// Run `f` for at most `d`. On expiry `f` is dropped (its in-flight ops are cancelled).
+pub async fn timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, Elapsed> {
+    timeout_at(now().checked_add(d).unwrap_or_else(far_future), f).await
+}
+
+/// Run `f` until `deadline`. `f` is polled first, so a ready future wins over an expired deadline.
+pub async fn timeout_at<F: Future>(deadline: Instant, f: F) -> Result<F::Output, Elapsed> {
+    let mut f = std::pin::pin!(f);
+    let mut timer = sleep_until(deadline);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = f.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        match Pin::new(&mut timer).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+impl Timers {
+    pub(crate) fn test_insert(&mut self, at: Instant, waker: Waker) -> (usize, u64) {
+        self.insert(at, waker)
+    }
+    pub(crate) fn test_remove(&mut self, key: usize, seq: u64) {
+        drop(self.remove(key, seq));
+    }
+    pub(crate) fn test_heap_len(&self) -> usize {
+        self.heap.len()
+    }
+}
