@@ -83,8 +83,10 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
         "{} device connections, {} B bodies, {}; Ctrl-C for the summary",
         opts.connections,
         opts.body_size,
-        opts.rate
-            .map_or_else(|| "as fast as they can".to_string(), |r| format!("{r} req/s")),
+        opts.rate.map_or_else(
+            || "as fast as they can".to_string(),
+            |r| format!("{r} req/s")
+        ),
     );
     let sim = DeviceSim::start(DeviceSimConfig {
         connections: opts.connections,

@@ -26,8 +26,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
-pub mod demo;
 pub mod control;
+pub mod demo;
 pub mod flows;
 pub mod policy;
 pub mod proto;

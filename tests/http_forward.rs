@@ -39,8 +39,15 @@ fn post_arrives_intact_with_host_rewritten_and_hop_by_hop_dropped() {
     let host = header(&got, "host").expect("host header");
     assert_eq!(host, world.sink.addr().to_string().as_bytes());
     assert_eq!(header(&got, "x-device"), Some(&b"s17"[..]));
-    assert_eq!(header(&got, "x-forwarded-for"), Some(&b"10.9.9.9, 127.0.0.1"[..]));
-    assert_eq!(header(&got, "x-private"), None, "header named in Connection must be dropped");
+    assert_eq!(
+        header(&got, "x-forwarded-for"),
+        Some(&b"10.9.9.9, 127.0.0.1"[..])
+    );
+    assert_eq!(
+        header(&got, "x-private"),
+        None,
+        "header named in Connection must be dropped"
+    );
     assert_eq!(header(&got, "keep-alive"), None);
 }
 
@@ -120,10 +127,17 @@ fn many_keepalive_requests_share_one_device_connection_and_few_upstream_connecti
         let resp = device.request(&post("/k", body.as_bytes(), ""));
         assert_eq!(resp.status, 200, "request {i}: {}", resp.body_text());
     }
-    assert_eq!(world.sink.wait_for_requests(200, Duration::from_secs(10)), 200);
+    assert_eq!(
+        world.sink.wait_for_requests(200, Duration::from_secs(10)),
+        200
+    );
     let reqs = world.sink.requests();
     for (i, r) in reqs.iter().enumerate() {
-        assert_eq!(r.body, format!("msg-{i}").as_bytes(), "order or content changed");
+        assert_eq!(
+            r.body,
+            format!("msg-{i}").as_bytes(),
+            "order or content changed"
+        );
     }
     let mut conns: Vec<u64> = reqs.iter().map(|r| r.connection_id).collect();
     conns.sort_unstable();
@@ -155,10 +169,16 @@ fn concurrent_devices_across_shards() {
     for t in threads {
         t.join().expect("device thread");
     }
-    assert_eq!(world.sink.wait_for_requests(800, Duration::from_secs(20)), 800);
+    assert_eq!(
+        world.sink.wait_for_requests(800, Duration::from_secs(20)),
+        800
+    );
     let (status, metrics) = gw.admin_get("/metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("simgate_http_responses_total{class=\"2xx\"} 800"), "{metrics}");
+    assert!(
+        metrics.contains("simgate_http_responses_total{class=\"2xx\"} 800"),
+        "{metrics}"
+    );
     assert!(metrics.contains("simgate_shards 2"), "{metrics}");
 }
 
@@ -182,21 +202,32 @@ fn upstream_with_untrusted_certificate_is_refused() {
     let world = World::new();
     // Trust a different CA than the one that signed the sink's certificate.
     let other = simgate::testkit::TestPki::new(&world.dir.path().join("other")).expect("pki");
-    let toml = world
-        .config("", "")
-        .replace(&world.pki.ca_pem.display().to_string(), &other.ca_pem.display().to_string());
+    let toml = world.config("", "").replace(
+        &world.pki.ca_pem.display().to_string(),
+        &other.ca_pem.display().to_string(),
+    );
     let gw = world.simgate(&toml);
     let resp = raw_exchange(gw.http, &post("/x", b"data", ""));
     assert_eq!(resp.status, 502, "{}", resp.body_text());
-    assert!(resp.body_text().to_lowercase().contains("tls"), "{}", resp.body_text());
-    assert_eq!(world.sink.requests().len(), 0, "nothing may reach an untrusted upstream");
+    assert!(
+        resp.body_text().to_lowercase().contains("tls"),
+        "{}",
+        resp.body_text()
+    );
+    assert_eq!(
+        world.sink.requests().len(),
+        0,
+        "nothing may reach an untrusted upstream"
+    );
 }
 
 #[test]
 fn mtls_client_certificate_from_named_credential() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = simgate::testkit::TestPki::new(dir.path()).expect("pki");
-    let server = pki.server_cert("sink", &["localhost", "127.0.0.1"]).expect("cert");
+    let server = pki
+        .server_cert("sink", &["localhost", "127.0.0.1"])
+        .expect("cert");
     let client = pki.client_cert("sim-gateway-1").expect("client cert");
     let mut cfg = sink_config(server);
     cfg.client_ca = Some(pki.ca_pem.clone());
@@ -231,7 +262,11 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
             key = client.key.display(),
             addr = sink.addr(),
             ca = pki.ca_pem.display(),
-            cred = if with_cred { "credential = \"gw-cert\"" } else { "" },
+            cred = if with_cred {
+                "credential = \"gw-cert\""
+            } else {
+                ""
+            },
         )
     };
     {
@@ -244,7 +279,11 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
     let gw = Simgate::start(dir.path(), &world_toml(false));
     let resp = raw_exchange(gw.http, &post("/m", b"no-cert", ""));
     assert_eq!(resp.status, 502, "{}", resp.body_text());
-    assert_eq!(sink.requests().len(), 1, "the request without a client cert must not arrive");
+    assert_eq!(
+        sink.requests().len(),
+        1,
+        "the request without a client cert must not arrive"
+    );
 }
 
 /// Each bad request gets its status and a closed connection, while a keep-alive device that
@@ -252,10 +291,7 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
 #[test]
 fn bad_input_gets_its_answer_and_other_connections_keep_working() {
     let world = World::new();
-    let gw = world.simgate(&world.config(
-        "header_timeout = \"500ms\"\nmax_body_bytes = 4096",
-        "",
-    ));
+    let gw = world.simgate(&world.config("header_timeout = \"500ms\"\nmax_body_bytes = 4096", ""));
     let mut bystander = Device::connect(gw.http);
     assert_eq!(bystander.request(&post("/ok", b"before", "")).status, 200);
 
@@ -313,7 +349,12 @@ fn bad_input_gets_its_answer_and_other_connections_keep_working() {
 
     // The bystander is unaffected, and nothing bad reached the upstream.
     assert_eq!(bystander.request(&post("/ok", b"after", "")).status, 200);
-    let bodies: Vec<Vec<u8>> = world.sink.requests().iter().map(|r| r.body.to_vec()).collect();
+    let bodies: Vec<Vec<u8>> = world
+        .sink
+        .requests()
+        .iter()
+        .map(|r| r.body.to_vec())
+        .collect();
     assert_eq!(bodies, vec![b"before".to_vec(), b"after".to_vec()]);
 }
 
@@ -361,9 +402,10 @@ fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
 #[test]
 fn check_names_the_bad_field_and_exits_nonzero() {
     let world = World::new();
-    let toml = world
-        .config("", "")
-        .replace(&world.pki.ca_pem.display().to_string(), "/nonexistent/ca.pem");
+    let toml = world.config("", "").replace(
+        &world.pki.ca_pem.display().to_string(),
+        "/nonexistent/ca.pem",
+    );
     let path = world.dir.path().join("bad.toml");
     std::fs::write(&path, toml).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_simgate"))
@@ -385,21 +427,33 @@ fn bad_reload_is_rejected_and_the_running_config_keeps_serving() {
     let mut d = Device::connect(gw.http);
     assert_eq!(d.request(&post("/a", b"1", "")).status, 200);
 
-    std::fs::write(&gw.config_path, toml.replace("adapter = \"https\"", "adapter = \"nope\""))
-        .expect("write bad config");
+    std::fs::write(
+        &gw.config_path,
+        toml.replace("adapter = \"https\"", "adapter = \"nope\""),
+    )
+    .expect("write bad config");
     let (status, body) = gw.reload();
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("destination[0].adapter"), "{body}");
     assert_eq!(d.request(&post("/a", b"2", "")).status, 200);
 
     // A good reload that narrows the routes takes effect on the same live connection.
-    std::fs::write(&gw.config_path, toml.replace("path = \"/\"", "path = \"/only\""))
-        .expect("write good config");
+    std::fs::write(
+        &gw.config_path,
+        toml.replace("path = \"/\"", "path = \"/only\""),
+    )
+    .expect("write good config");
     let (status, body) = gw.reload();
     assert_eq!(status, 200, "{body}");
     assert_eq!(d.request(&post("/a", b"3", "")).status, 404);
     assert_eq!(d.request(&post("/only/x", b"4", "")).status, 200);
     let (_, metrics) = gw.admin_get("/metrics");
-    assert!(metrics.contains("simgate_config_reloads_total 1"), "{metrics}");
-    assert!(metrics.contains("simgate_config_reload_failures_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("simgate_config_reloads_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("simgate_config_reload_failures_total 1"),
+        "{metrics}"
+    );
 }

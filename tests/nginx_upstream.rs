@@ -25,7 +25,9 @@ fn nginx_binary() -> String {
             return p.to_string();
         }
     }
-    panic!("nginx is required for this test: apt-get install nginx-light (scripts/test.sh does it)");
+    panic!(
+        "nginx is required for this test: apt-get install nginx-light (scripts/test.sh does it)"
+    );
 }
 
 #[test]

@@ -16,7 +16,11 @@ use clap::{Parser, Subcommand};
 use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
 
 #[derive(Parser)]
-#[command(name = "simgate-load", version, about = "Load-test companion of simgate")]
+#[command(
+    name = "simgate-load",
+    version,
+    about = "Load-test companion of simgate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -105,7 +105,9 @@ impl Control {
             .ok_or_else(|| "reload needs a config file (simgate run --config FILE)".to_string())?;
         let plan = config::load_plan(path).map_err(|e| e.to_string())?;
         let mut guard = self.gateway.lock();
-        let gateway = guard.as_mut().ok_or_else(|| "gateway is stopping".to_string())?;
+        let gateway = guard
+            .as_mut()
+            .ok_or_else(|| "gateway is stopping".to_string())?;
         if plan.gateway.shards != gateway.shard_count() {
             return Err(format!(
                 "gateway.shards: changing the shard count ({} -> {}) needs a restart",
@@ -218,18 +220,28 @@ async fn admin(
             let body = tokio::task::spawn_blocking(move || control.render_metrics())
                 .await
                 .unwrap_or_default();
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body)
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body,
+            )
         }
         (&Method::POST, "/-/reload") => {
             match tokio::task::spawn_blocking(move || control.reload()).await {
                 Ok(Ok(())) => reply(StatusCode::OK, TEXT, "reloaded\n".into()),
                 Ok(Err(e)) => reply(StatusCode::UNPROCESSABLE_ENTITY, TEXT, format!("{e}\n")),
-                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "reload failed\n".into()),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "reload failed\n".into(),
+                ),
             }
         }
-        (_, "/healthz" | "/metrics" | "/-/reload") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed\n".into())
-        }
+        (_, "/healthz" | "/metrics" | "/-/reload") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "method not allowed\n".into(),
+        ),
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,

@@ -30,8 +30,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::policy::{DestinationId, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
-    self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder,
-    ResponseHead,
+    self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::{ErrorKind, ShardState};
@@ -151,8 +150,14 @@ impl DeviceConn {
                 continue;
             };
 
-            match self.forward(&plan, dest, &request, keep_device, received_at).await {
-                Ok(Relayed::Done { keep_device, status }) => {
+            match self
+                .forward(&plan, dest, &request, keep_device, received_at)
+                .await
+            {
+                Ok(Relayed::Done {
+                    keep_device,
+                    status,
+                }) => {
                     self.state.metrics.borrow_mut().response(status);
                     if !keep_device {
                         return;
@@ -161,7 +166,10 @@ impl DeviceConn {
                 Ok(Relayed::Aborted) => return,
                 Err(e) => {
                     self.state.metrics.borrow_mut().error(e.kind);
-                    if self.send_error(e.status, &e.reason, keep_device).await.is_err()
+                    if self
+                        .send_error(e.status, &e.reason, keep_device)
+                        .await
+                        .is_err()
                         || !keep_device
                     {
                         return;
@@ -179,7 +187,8 @@ impl DeviceConn {
             max_headers: limits.max_headers,
             max_body_bytes: limits.max_body_bytes,
         });
-        let mut head_deadline = (!self.buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
+        let mut head_deadline =
+            (!self.buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
         let mut body_deadline = None;
         let mut sent_continue = false;
         loop {
@@ -213,7 +222,10 @@ impl DeviceConn {
                             self.buf.reserve(usize::try_from(n).unwrap_or(0));
                         }
                     }
-                    (*body_deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout), false)
+                    (
+                        *body_deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout),
+                        false,
+                    )
                 }
                 None => match head_deadline {
                     Some(d) => (d, false),
@@ -244,7 +256,12 @@ impl DeviceConn {
         }
     }
 
-    async fn send_error(&mut self, status: u16, reason: &str, keep_alive: bool) -> std::io::Result<()> {
+    async fn send_error(
+        &mut self,
+        status: u16,
+        reason: &str,
+        keep_alive: bool,
+    ) -> std::io::Result<()> {
         let mut out = BytesMut::with_capacity(160 + reason.len());
         http1::write_error_response(&mut out, status, reason, keep_alive);
         let len = out.len() as u64;
@@ -353,7 +370,11 @@ impl DeviceConn {
         let mut out = BytesMut::with_capacity(256);
         http1::write_device_response_head(&mut out, &head, device_minor_version, keep_device);
         let mut pending_head = Some(out.freeze());
-        let body_len = if is_head_request { BodyLength::None } else { head.body };
+        let body_len = if is_head_request {
+            BodyLength::None
+        } else {
+            head.body
+        };
         let mut body = BodyDecoder::new(body_len);
         let upstream_reusable = head.keep_alive && !until_close;
         loop {
@@ -409,7 +430,10 @@ impl DeviceConn {
     /// The upstream broke mid-body. If the response head has not reached the device yet it gets
     /// a 502; either way the device connection closes, because its response cannot be completed.
     async fn abort_relay(&mut self, pending_head: Option<Bytes>) -> Relayed {
-        self.state.metrics.borrow_mut().error(ErrorKind::UpstreamClosed);
+        self.state
+            .metrics
+            .borrow_mut()
+            .error(ErrorKind::UpstreamClosed);
         if pending_head.is_some() {
             let _ = self
                 .send_error(502, "upstream response broke off", false)
@@ -417,7 +441,6 @@ impl DeviceConn {
         }
         Relayed::Aborted
     }
-
 }
 
 enum ResponseError {

@@ -159,7 +159,11 @@ impl ShardMetrics {
         self.connections_accepted += other.connections_accepted;
         self.connections_open += other.connections_open;
         self.requests += other.requests;
-        for (a, b) in self.responses_by_class.iter_mut().zip(other.responses_by_class) {
+        for (a, b) in self
+            .responses_by_class
+            .iter_mut()
+            .zip(other.responses_by_class)
+        {
             *a += b;
         }
         for (a, b) in self.errors.iter_mut().zip(other.errors) {

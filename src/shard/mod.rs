@@ -115,12 +115,13 @@ impl Gateway {
         for l in &plan.listeners {
             let mut addr = l.bind;
             for shard_sockets in sockets.iter_mut() {
-                let sock =
-                    bind_reuseport(addr, plan.gateway.backlog).map_err(|error| GatewayError::Bind {
+                let sock = bind_reuseport(addr, plan.gateway.backlog).map_err(|error| {
+                    GatewayError::Bind {
                         listener: l.name.clone(),
                         addr,
                         error,
-                    })?;
+                    }
+                })?;
                 // Port 0: the first socket picks the port, the others join its reuse group.
                 if addr.port() == 0 {
                     addr = sock.local_addr().map_err(|error| GatewayError::Bind {
@@ -463,7 +464,11 @@ fn seed_for(id: ShardId) -> u64 {
     t ^ ((id.0 as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-async fn command_loop(state: &Rc<ShardState>, commands: Receiver<ShardCommand>, mut notify: NotifyListener) {
+async fn command_loop(
+    state: &Rc<ShardState>,
+    commands: Receiver<ShardCommand>,
+    mut notify: NotifyListener,
+) {
     loop {
         while let Ok(cmd) = commands.try_recv() {
             match cmd {

@@ -83,7 +83,10 @@ impl Simgate {
             addr,
             format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
         );
-        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+        (
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        )
     }
 
     /// POST /-/reload; returns (status, body).
@@ -93,7 +96,10 @@ impl Simgate {
             addr,
             b"POST /-/reload HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
         );
-        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+        (
+            resp.status,
+            String::from_utf8_lossy(&resp.body).into_owned(),
+        )
     }
 
     /// Send SIGTERM and wait for a clean exit; returns the exit status code.
