@@ -64,6 +64,7 @@ until grep -q ready "$WORK/simgate.out" 2>/dev/null; do sleep 0.1; done
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGX
 worker_processes 1;
+master_process off;   # one process: its CPU and RSS are the proxy's
 daemon off;
 user root;
 pid $WORK/nginx/nginx.pid;
@@ -98,25 +99,35 @@ taskset -c 0 "$NGINX" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
 NGINX_PID=$!; PIDS+=($NGINX_PID)
 until (exec 3<>/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null; do sleep 0.1; done
 
-ulimit -n 65536 || true
-run_wrk() { # name url
-  # warm-up, then the measured run
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+run_wrk() { # name url pid-or-empty
+  # warm-up (not measured), then the measured run with the proxy's CPU time read around it
   taskset -c 1 wrk -t1 -c"$CONNS" -d3s -s loadtest/post-1k.lua "$2" >/dev/null 2>&1 || true
+  local t0=0 t1=0
+  [ -n "$3" ] && t0=$(cpu_ticks "$3")
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -s loadtest/post-1k.lua "$2" > "$WORK/wrk-$1.txt" 2>&1
-  local rps p50 p99 errs
+  [ -n "$3" ] && t1=$(cpu_ticks "$3")
+  local rps p50 p99 errs reqs cpu us_per_req
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$1.txt")
+  reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk-$1.txt")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk-$1.txt")
   p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk-$1.txt")
   errs=$(awk '/Non-2xx|Socket errors/ {print}' "$WORK/wrk-$1.txt" | tr '\n' ' ')
-  echo "$1|$rps|$p50|$p99|${errs:-none}"
+  if [ -n "$3" ]; then
+    cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$HZ" 'BEGIN{printf "%.1f", (b-a)/hz}')
+    us_per_req=$(awk -v a="$t0" -v b="$t1" -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.1f", (b-a)/hz*1e6/n}')
+  else
+    cpu="-"; us_per_req="-"
+  fi
+  echo "$1|$rps|$p50|$p99|${errs:-none}|$cpu|$us_per_req"
 }
 cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+HZ=$(getconf CLK_TCK)
 
 echo "== wrk: $CONNS connections, ${DUR}s, 1 KiB POST, keep-alive" >&2
-direct=$(run_wrk direct "https://127.0.0.1:$SINK_PORT/telemetry")
-t0=$(cpu_ticks $SIMGATE_PID); simgate=$(run_wrk simgate "http://127.0.0.1:$SIMGATE_PORT/telemetry"); t1=$(cpu_ticks $SIMGATE_PID)
-n0=$(cpu_ticks $NGINX_PID); nginx=$(run_wrk nginx "http://127.0.0.1:$NGINX_PORT/telemetry"); n1=$(cpu_ticks $NGINX_PID)
-HZ=$(getconf CLK_TCK)
+direct=$(run_wrk direct "https://127.0.0.1:$SINK_PORT/telemetry" "")
+simgate=$(run_wrk simgate "http://127.0.0.1:$SIMGATE_PORT/telemetry" $SIMGATE_PID)
+nginx=$(run_wrk nginx "http://127.0.0.1:$NGINX_PORT/telemetry" $NGINX_PID)
 
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 idle_rss() { # pid port
@@ -136,14 +147,11 @@ n_idle=$(idle_rss $NGINX_PID $NGINX_PORT)
 rps_of() { echo "$1" | cut -d'|' -f2; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo
-echo "| path | requests/s | vs nginx | p50 | p99 | proxy CPU s | errors |"
-echo "|---|---|---|---|---|---|---|"
+echo "| path | requests/s | vs nginx | p50 | p99 | proxy CPU s | proxy CPU µs/request | errors |"
+echo "|---|---|---|---|---|---|---|---|"
 for row in "$direct" "$simgate" "$nginx"; do
-  name=$(echo "$row" | cut -d'|' -f1)
-  cpu="-"
-  [ "$name" = simgate ] && cpu=$(awk -v a=$t0 -v b=$t1 -v hz=$HZ 'BEGIN{printf "%.1f", (b-a)/hz}')
-  [ "$name" = nginx ] && cpu=$(awk -v a=$n0 -v b=$n1 -v hz=$HZ 'BEGIN{printf "%.1f", (b-a)/hz}')
-  echo "| $name | $(rps_of "$row") | $(ratio "$(rps_of "$row")" "$(rps_of "$nginx")") | $(echo "$row" | cut -d'|' -f3) | $(echo "$row" | cut -d'|' -f4) | $cpu | $(echo "$row" | cut -d'|' -f5) |"
+  IFS='|' read -r name rps p50 p99 errs cpu uspr <<< "$row"
+  echo "| $name | $rps | $(ratio "$rps" "$(rps_of "$nginx")") | $p50 | $p99 | $cpu | $uspr | $errs |"
 done
 echo
 echo "| 10,000 idle keep-alive device connections | RSS before (KiB) | RSS after (KiB) | bytes per connection |"

@@ -150,10 +150,11 @@ impl DeviceConn {
                 continue;
             };
 
-            match self
-                .forward(&plan, dest, &request, keep_device, received_at)
-                .await
-            {
+            // Boxed: the forward state (TLS connect, relay) is large and lives only while a
+            // request is in flight, so an idle keep-alive connection does not carry it.
+            let forwarded =
+                Box::pin(self.forward(&plan, dest, &request, keep_device, received_at)).await;
+            match forwarded {
                 Ok(Relayed::Done {
                     keep_device,
                     status,
@@ -527,3 +528,4 @@ async fn read_response_head(
         }
     }
 }
+
