@@ -493,6 +493,12 @@ impl Compiler<'_> {
                     protocol,
                     bind,
                     http,
+                    // MQTT listener settings: filled in by the MQTT config work.
+                    mqtt: crate::policy::MqttListenerLimits {
+                        max_packet_size: 256 * 1024,
+                        connect_timeout: std::time::Duration::from_secs(10),
+                        receive_maximum: 64,
+                    },
                 });
             }
         }
@@ -772,6 +778,7 @@ impl Compiler<'_> {
             base_path,
             tls,
             pool,
+            mqtt: None,
         })
     }
 
@@ -976,6 +983,7 @@ impl Compiler<'_> {
                     id: GroupId(id),
                     name: group.name.clone(),
                     http_routes: routes,
+                    mqtt_routes: Vec::new(),
                 }),
                 _ => {}
             }

@@ -43,7 +43,6 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let _open = OpenConnection(state.clone());
     let mut conn = DeviceConn {
         state,
         listener,
@@ -53,17 +52,6 @@ pub async fn serve(
         served: 0,
     };
     conn.run().await;
-}
-
-/// Decrements the open-connection gauge however the connection task ends (including being
-/// dropped at shutdown).
-struct OpenConnection(Rc<ShardState>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        let mut m = self.0.metrics.borrow_mut();
-        m.connections_open = m.connections_open.saturating_sub(1);
-    }
 }
 
 struct DeviceConn {
@@ -528,4 +516,3 @@ async fn read_response_head(
         }
     }
 }
-

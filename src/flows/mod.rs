@@ -6,3 +6,4 @@
 //! error a device sees, when a connection is reusable, and when a retry is safe.
 
 pub mod http_forward;
+pub mod mqtt_bridge;

@@ -9,9 +9,13 @@
 //! request". What it does not do: parse files, open sockets, or know about SIMs (the identity
 //! issue adds the SIM table; until then every device belongs to the default group).
 
+pub mod template;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use template::{Template, TemplateError, TemplateVars};
 
 /// Index of a listener in [`Plan::listeners`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +55,21 @@ pub struct GatewaySettings {
 pub enum ListenerProtocol {
     /// HTTP/1.1 (and 1.0) plaintext.
     Http,
+    /// MQTT 3.1.1 and 5.0 plaintext.
+    Mqtt,
+}
+
+/// Limits applied to device MQTT connections.
+#[derive(Debug, Clone)]
+pub struct MqttListenerLimits {
+    /// Largest MQTT packet accepted from a device, fixed header included (default 256 KiB).
+    /// Over it: DISCONNECT 0x95 (v5) and close, before the packet is buffered.
+    pub max_packet_size: u32,
+    /// Time allowed from accept to a complete CONNECT (default 10 s). Over it: close.
+    pub connect_timeout: Duration,
+    /// QoS 1/2 PUBLISHes a device may have unacknowledged at once (advertised as v5 Receive
+    /// Maximum; default 64). Over it: DISCONNECT 0x93 (v5) / close.
+    pub receive_maximum: u16,
 }
 
 /// Limits and timeouts applied to device HTTP connections.
@@ -86,6 +105,8 @@ pub struct ListenerPlan {
     pub bind: SocketAddr,
     /// HTTP limits (used when `protocol` is `Http`).
     pub http: HttpListenerLimits,
+    /// MQTT limits (used when `protocol` is `Mqtt`).
+    pub mqtt: MqttListenerLimits,
 }
 
 /// How a destination is spoken to. Cloud-specific adapters are added by later issues.
@@ -93,6 +114,69 @@ pub struct ListenerPlan {
 pub enum AdapterKind {
     /// Any HTTPS server: the device request is forwarded with Host rewritten.
     GenericHttps,
+    /// Any MQTT broker over TLS (MQTTS); see [`MqttDestination`].
+    Mqtts,
+}
+
+/// How device MQTT sessions map onto upstream connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttMode {
+    /// 1:1 — each device session gets its own upstream MQTTS connection (clouds where each
+    /// device is its own identity: AWS IoT things, Azure IoT Hub devices).
+    Session,
+    /// N:1 — PUBLISHes of many devices are multiplexed over a few upstream connections per
+    /// shard; topics carry the identity (`topic` template).
+    Aggregate,
+}
+
+/// MQTT protocol version spoken upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttUpstreamVersion {
+    /// MQTT 3.1.1.
+    V311,
+    /// MQTT 5.0.
+    V5,
+    /// Whatever the device spoke (session mode only).
+    SameAsDevice,
+}
+
+/// A secret value loaded from a file. Its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub bytes::Bytes);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// MQTT-specific settings of an `mqtts` destination.
+#[derive(Debug, Clone)]
+pub struct MqttDestination {
+    /// Session (1:1) or aggregate (N:1).
+    pub mode: MqttMode,
+    /// Version spoken upstream.
+    pub version: MqttUpstreamVersion,
+    /// Upstream client id. Session default `{client_id}`; aggregate default
+    /// `simgate-{shard}-{conn}`.
+    pub client_id: Template,
+    /// Upstream username (None: none sent, unless `pass_through_credentials`).
+    pub username: Option<Template>,
+    /// Upstream password, from `password_file`.
+    pub password: Option<Secret>,
+    /// Forward the device's own username/password instead of the configured ones (session
+    /// mode only; default false).
+    pub pass_through_credentials: bool,
+    /// Uplink topic rewrite. Session default `{topic}`; aggregate default
+    /// `devices/{client_id}/{topic}`. Downlink subscriptions are mapped through the same
+    /// template and messages mapped back.
+    pub topic: Template,
+    /// Keep-alive of simgate's own upstream connections (aggregate mode; default 60 s).
+    pub keep_alive: Duration,
+    /// Upstream connections per shard (aggregate mode; default 1).
+    pub connections_per_shard: usize,
+    /// Most unacknowledged QoS 1/2 messages per upstream connection (aggregate; default 256).
+    pub max_inflight: u16,
 }
 
 /// Upstream connection pool settings for one destination (per shard).
@@ -138,6 +222,8 @@ pub struct DestinationPlan {
     pub tls: Arc<rustls::ClientConfig>,
     /// Pool settings.
     pub pool: PoolSettings,
+    /// MQTT settings; `Some` exactly when `adapter` is [`AdapterKind::Mqtts`].
+    pub mqtt: Option<MqttDestination>,
 }
 
 impl std::fmt::Debug for DestinationPlan {
@@ -152,6 +238,7 @@ impl std::fmt::Debug for DestinationPlan {
             .field("host_header", &self.host_header)
             .field("base_path", &self.base_path)
             .field("pool", &self.pool)
+            .field("mqtt", &self.mqtt)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +256,17 @@ pub struct HttpRoute {
     pub destination: DestinationId,
 }
 
+/// One MQTT route: device sessions on `listener` are bridged to `destination`. (Per-topic
+/// routing within one listener arrives with the policy issue; today a listener has one MQTT
+/// route per group.)
+#[derive(Debug, Clone)]
+pub struct MqttRoute {
+    /// Listener the route applies to.
+    pub listener: ListenerId,
+    /// Where sessions on it go (an `mqtts` destination).
+    pub destination: DestinationId,
+}
+
 /// A group of SIMs sharing a policy (routes). Until the identity issue, every device belongs to
 /// the default group.
 #[derive(Debug, Clone)]
@@ -179,6 +277,8 @@ pub struct GroupPlan {
     pub name: String,
     /// HTTP routes, sorted longest prefix first so the first match wins.
     pub http_routes: Vec<HttpRoute>,
+    /// MQTT routes, at most one per listener.
+    pub mqtt_routes: Vec<MqttRoute>,
 }
 
 /// The whole compiled configuration.
@@ -208,6 +308,16 @@ impl Plan {
             .http_routes
             .iter()
             .find(|r| r.listener == listener && prefix_matches(r.path_prefix.as_bytes(), path))
+            .map(|r| r.destination)
+    }
+
+    /// The destination for an MQTT session on `listener` of a device in `group`.
+    pub fn route_mqtt(&self, group: GroupId, listener: ListenerId) -> Option<DestinationId> {
+        let group = self.groups.get(usize::from(group.0))?;
+        group
+            .mqtt_routes
+            .iter()
+            .find(|r| r.listener == listener)
             .map(|r| r.destination)
     }
 

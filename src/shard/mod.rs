@@ -504,17 +504,21 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
                     m.connections_accepted += 1;
                     m.connections_open += 1;
                 }
-                match protocol {
-                    ListenerProtocol::Http => {
-                        reactor::spawn(crate::flows::http_forward::serve(
-                            state.clone(),
-                            listener_id,
-                            stream,
-                            peer,
-                        ))
-                        .detach();
+                let gauge = OpenConnection(state.clone());
+                let state = state.clone();
+                reactor::spawn(async move {
+                    let _gauge = gauge;
+                    match protocol {
+                        ListenerProtocol::Http => {
+                            crate::flows::http_forward::serve(state, listener_id, stream, peer)
+                                .await
+                        }
+                        ListenerProtocol::Mqtt => {
+                            crate::flows::mqtt_bridge::serve(state, listener_id, stream, peer).await
+                        }
                     }
-                }
+                })
+                .detach();
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the kernel keeps
@@ -523,6 +527,17 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
                 reactor::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Decrements the open-connection gauge however a connection task ends (including being
+/// dropped at shutdown).
+struct OpenConnection(Rc<ShardState>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let mut m = self.0.metrics.borrow_mut();
+        m.connections_open = m.connections_open.saturating_sub(1);
     }
 }
 
