@@ -6,4 +6,7 @@
 //! error a device sees, when a connection is reusable, and when a retry is safe.
 
 pub mod http_forward;
+pub mod mqtt_aggregate;
 pub mod mqtt_bridge;
+pub mod mqtt_session;
+pub mod select;

@@ -1,23 +1,178 @@
-//! MQTT device sessions: picks the bridging mode of the session's destination and hands the
-//! connection to [`super::mqtt_session`] (1:1) or [`super::mqtt_aggregate`] (N:1).
+//! MQTT device sessions, the part common to both bridging modes: read the device's CONNECT
+//! (bounded by the listener's `connect_timeout` and `max_packet_size`), find the session's
+//! destination, and hand the session to [`super::mqtt_session`] (1:1) or
+//! [`super::mqtt_aggregate`] (N:1) according to the destination's mode.
 //!
-//! Being built (issue #3): until both modes land, an MQTT listener closes connections it cannot
-//! bridge, and config validation refuses `protocol = "mqtt"` listeners.
+//! A CONNECT that is malformed, oversized or late closes the connection — with a CONNACK
+//! carrying the reason code where the device's version is known (3.1.1 return codes are the
+//! subset 0x01..0x05). A device without a route gets "not authorized" (v5 0x87, v3.1.1 0x05).
+//!
+//! What this module does not do: anything after CONNECT; the mode modules own the session.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::policy::ListenerId;
-use crate::reactor::TcpStream;
+use bytes::{Bytes, BytesMut};
+
+use crate::policy::{DestinationId, ListenerId, MqttMode, Plan};
+use crate::proto::mqtt::{
+    self, ConnAck, Connect, DecodeLimits, Decoded, MqttError, Packet, Properties, ProtocolVersion,
+    ReasonCode,
+};
+use crate::reactor::{self, TcpStream};
 use crate::shard::ShardState;
+
+/// A device session whose CONNECT has been read and routed, handed to a bridging mode.
+pub struct DeviceSession {
+    /// The shard.
+    pub state: Rc<ShardState>,
+    /// The plan the session was routed with (a reload applies to new sessions).
+    pub plan: Arc<Plan>,
+    /// Listener the device connected to.
+    pub listener: ListenerId,
+    /// The session's `mqtts` destination.
+    pub destination: DestinationId,
+    /// The device socket.
+    pub stream: TcpStream,
+    /// The device's address.
+    pub peer: SocketAddr,
+    /// The device's CONNECT, decoded (fields are slices of the receive buffer).
+    pub connect: Connect,
+    /// Bytes the device sent after its CONNECT (pipelined packets), not yet decoded.
+    pub buf: BytesMut,
+}
+
+impl DeviceSession {
+    /// The device's protocol version.
+    pub fn version(&self) -> ProtocolVersion {
+        self.connect.protocol_version
+    }
+}
 
 /// Serve one device MQTT connection.
 pub async fn serve(
     state: Rc<ShardState>,
     listener: ListenerId,
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
 ) {
-    let _ = (state, listener, peer);
-    drop(stream);
+    let plan = state.plan();
+    let limits = plan.listener(listener).mqtt.clone();
+    let mut buf = BytesMut::new();
+    let deadline = Instant::now() + limits.connect_timeout;
+    let decode_limits = DecodeLimits {
+        max_packet_size: limits.max_packet_size,
+    };
+    let connect = loop {
+        match mqtt::decode_connect(&mut buf, &decode_limits) {
+            Ok(Decoded::Complete(c)) => break c,
+            Ok(Decoded::Incomplete { .. }) => {}
+            Err(e) => {
+                refuse_connect(&mut stream, &buf, e).await;
+                return;
+            }
+        }
+        match reactor::timeout_at(deadline, stream.recv_append(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                state.metrics.borrow_mut().device_bytes_in += n as u64;
+            }
+            // EOF, socket error, or no CONNECT in time: nothing to answer.
+            _ => return,
+        }
+    };
+    let group = plan.gateway.default_group;
+    let Some(destination) = plan.route_mqtt(group, listener) else {
+        send_connack(
+            &mut stream,
+            connect.protocol_version,
+            ReasonCode::NOT_AUTHORIZED,
+        )
+        .await;
+        return;
+    };
+    let mode = plan.destination(destination).mqtt.as_ref().map(|m| m.mode);
+    let session = DeviceSession {
+        state,
+        plan,
+        listener,
+        destination,
+        stream,
+        peer,
+        connect,
+        buf,
+    };
+    match mode {
+        Some(MqttMode::Session) => super::mqtt_session::serve(session).await,
+        Some(MqttMode::Aggregate) => super::mqtt_aggregate::serve(session).await,
+        None => {
+            // Config validation routes MQTT listeners only to mqtts destinations.
+            let mut s = session;
+            send_connack(
+                &mut s.stream,
+                s.connect.protocol_version,
+                ReasonCode::SERVER_UNAVAILABLE,
+            )
+            .await;
+        }
+    }
+}
+
+/// Answer a bad CONNECT with a CONNACK carrying its reason code when the version is readable
+/// from the bytes, then let the caller close.
+async fn refuse_connect(stream: &mut TcpStream, buf: &[u8], e: MqttError) {
+    let Some(version) = sniff_version(buf) else {
+        return;
+    };
+    let code = match version {
+        ProtocolVersion::V5 => e.reason_code(),
+        ProtocolVersion::V311 => match e.connack_return_code_v311() {
+            Some(code) => code,
+            None => return,
+        },
+    };
+    send_connack(stream, version, code).await;
+}
+
+/// The protocol level byte of a CONNECT at the front of `buf`, if it can be read.
+fn sniff_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    let (_, _, header_len) = mqtt::peek_remaining_length(buf).ok()??;
+    // Variable header: protocol name (2-byte length + "MQTT"), then the level byte.
+    let level = *buf.get(header_len + 6)?;
+    match level {
+        4 => Some(ProtocolVersion::V311),
+        5 => Some(ProtocolVersion::V5),
+        _ => None,
+    }
+}
+
+/// Send a CONNACK with `code` (for 3.1.1, `code` must be a 3.1.1 return code or a v5 code that
+/// maps onto one) and ignore send errors: the connection closes next anyway.
+pub async fn send_connack(stream: &mut TcpStream, version: ProtocolVersion, code: ReasonCode) {
+    let code = match version {
+        ProtocolVersion::V5 => code,
+        ProtocolVersion::V311 => v311_return_code(code),
+    };
+    let packet = Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: code,
+        properties: Properties::default(),
+    });
+    let mut out = BytesMut::with_capacity(16);
+    if mqtt::encode(&packet, version, &mut out).is_ok() {
+        let _ = stream.send_all(Bytes::from(out)).await;
+    }
+}
+
+/// Map a v5 CONNACK reason code onto the closest 3.1.1 return code (§3.2.2.3).
+pub fn v311_return_code(code: ReasonCode) -> ReasonCode {
+    match code.0 {
+        0x00..=0x05 => code,
+        0x84 => ReasonCode(0x01), // unacceptable protocol version
+        0x85 => ReasonCode(0x02), // identifier rejected
+        0x88 | 0x89 | 0x8B => ReasonCode(0x03), // server unavailable
+        0x86 => ReasonCode(0x04), // bad user name or password
+        _ => ReasonCode(0x05),    // not authorized
+    }
 }

@@ -342,6 +342,8 @@ pub struct ShardState {
     /// Counters and histograms (borrow briefly, never across an await).
     pub metrics: RefCell<ShardMetrics>,
     draining: Cell<bool>,
+    /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
+    pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
 }
 
 impl ShardState {
@@ -425,6 +427,7 @@ fn shard_main(
             generation: Cell::new(0),
             metrics: RefCell::new(ShardMetrics::default()),
             draining: Cell::new(false),
+            mqtt_aggregate: Default::default(),
         });
         let mut accept_tasks = Vec::new();
         for (index, sock) in sockets.into_iter().enumerate() {
