@@ -2,7 +2,8 @@
 # The full test suite, as README's "run all tests" command and CI run it.
 # Installs what the tests need on a fresh Debian machine (needs root or sudo), then runs:
 # format check, clippy (warnings are errors), unit + integration tests (which start real servers:
-# the built-in HTTPS sink, curl as a device, nginx as an upstream), and the fuzz corpus replay.
+# the built-in HTTPS sink, curl as a device, nginx as an upstream, mosquitto as an MQTTS broker
+# with mosquitto_pub/sub as devices), and the fuzz corpus replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # Debian packages the integration tests use. Installed only when missing.
 need_pkgs=()
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
+[ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq

@@ -374,3 +374,5 @@ pub fn curl(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
 }
+
+pub mod mosquitto;

@@ -1,0 +1,313 @@
+//! A real mosquitto broker for integration tests, started by the test itself: a TLS listener
+//! (certificates minted at test time with rcgen through `TestPki`), optionally requiring client
+//! certificates (like AWS IoT) or a password file (like Azure's username/password), plus a
+//! plaintext listener for subscribers that check what arrived at the broker directly. Clients
+//! are the real `mosquitto_pub` / `mosquitto_sub`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use simgate::testkit::TestPki;
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+fn require(binary: &str) {
+    let found = Path::new(binary).exists()
+        || Command::new("which")
+            .arg(binary)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    assert!(
+        found,
+        "{binary} is required for the MQTT tests: apt-get install mosquitto mosquitto-clients \
+         (scripts/test.sh does it)"
+    );
+}
+
+/// Broker options.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// TLS listener demands a client certificate signed by the test CA.
+    pub require_certificate: bool,
+    /// TLS listener demands this username/password.
+    pub password: Option<(String, String)>,
+    /// Keep sessions and queued messages on disk (for kill -9 tests).
+    pub persistence: bool,
+}
+
+/// A running mosquitto.
+pub struct Broker {
+    child: Option<Child>,
+    /// TLS listener port (what simgate connects to).
+    pub tls_port: u16,
+    /// Plaintext listener port (for direct test clients).
+    pub plain_port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+impl Broker {
+    /// Start a broker in `dir` with a server certificate from `pki`.
+    pub fn start(dir: &Path, pki: &TestPki, opts: BrokerOptions) -> Broker {
+        require(MOSQUITTO);
+        let cert = pki
+            .server_cert("broker", &["localhost", "127.0.0.1"])
+            .expect("broker cert");
+        let tls_port = free_port();
+        let plain_port = free_port();
+        let mut conf = format!(
+            "per_listener_settings true\nuser root\nlog_dest stderr\nlog_type all\n\
+             persistence {}\npersistence_location {}/\nautosave_interval 1\n\
+             listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate {}\n",
+            opts.persistence,
+            dir.display(),
+            pki.ca_pem.display(),
+            cert.cert.display(),
+            cert.key.display(),
+            opts.require_certificate,
+        );
+        match &opts.password {
+            Some((user, pass)) => {
+                let passwd = dir.join("broker.passwd");
+                let ok = Command::new("mosquitto_passwd")
+                    .args(["-c", "-b"])
+                    .arg(&passwd)
+                    .args([user, pass])
+                    .status()
+                    .expect("mosquitto_passwd (apt-get install mosquitto)");
+                assert!(ok.success(), "mosquitto_passwd failed");
+                conf.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    passwd.display()
+                ));
+            }
+            None => conf.push_str("allow_anonymous true\n"),
+        }
+        conf.push_str(&format!(
+            "listener {plain_port} 127.0.0.1\nallow_anonymous true\n"
+        ));
+        let conf_path = dir.join(format!("mosquitto-{tls_port}.conf"));
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let mut broker = Broker {
+            child: None,
+            tls_port,
+            plain_port,
+            conf: conf_path,
+            log: dir.join(format!("mosquitto-{tls_port}.log")),
+        };
+        broker.launch();
+        broker
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mosquitto");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = channel::<String>();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                let _ = tx.send(line);
+            }
+        });
+        // mosquitto logs "... running" once both listeners are open.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(" running") => break,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "mosquitto did not start; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL the broker (no clean shutdown, no final persistence write).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the broker again with the same config and ports (after `kill9`).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.launch();
+    }
+
+    /// TOML for an `mqtts` destination pointing at this broker's TLS listener.
+    pub fn destination_toml(&self, name: &str, ca: &Path, mqtt_table: &str) -> String {
+        format!(
+            "[[destination]]\nname = \"{name}\"\nadapter = \"mqtts\"\nendpoint = \"127.0.0.1:{}\"\n\
+             server_name = \"localhost\"\nca = \"{}\"\n[destination.mqtt]\n{mqtt_table}\n",
+            self.tls_port,
+            ca.display()
+        )
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A running `mosquitto_sub -d -v`: waits for its SUBACK on start, then yields received
+/// `topic payload` lines.
+pub struct Sub {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Sub {
+    /// Subscribe to `topic` on 127.0.0.1:`port` with extra mosquitto_sub `args` (e.g.
+    /// `["-V", "mqttv5", "-q", "1"]`). Returns once the broker (or simgate) sent SUBACK.
+    pub fn start(port: u16, topic: &str, args: &[&str]) -> Sub {
+        require("mosquitto_sub");
+        // stdbuf: mosquitto_sub block-buffers stdout into a pipe; we need each line as it comes.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                topic,
+                "-d",
+                "-v",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains("received SUBACK") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().ok();
+                    panic!(
+                        "mosquitto_sub on port {port} got no SUBACK; stderr: {}",
+                        out.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Sub { child, lines: rx }
+    }
+
+    /// The next received message as `topic payload`, skipping mosquitto_sub's debug lines.
+    pub fn next_message(&self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with("Client ") || l.starts_with("Subscribed (mid") => {}
+                Ok(l) => return Some(l),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Collect `n` messages (fails with what arrived if fewer come within `timeout`).
+    pub fn messages(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_message(left) {
+                Some(m) => got.push(m),
+                None => panic!("expected {n} messages, got {}: {got:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// SIGKILL the client (an abnormal disconnect: no DISCONNECT packet).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mosquitto_pub` one message to 127.0.0.1:`port`; returns (success, stderr).
+pub fn publish(port: u16, topic: &str, message: &str, args: &[&str]) -> (bool, String) {
+    require("mosquitto_pub");
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-m",
+            message,
+        ])
+        .args(args)
+        .output()
+        .expect("spawn mosquitto_pub");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
