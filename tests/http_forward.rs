@@ -457,3 +457,31 @@ fn bad_reload_is_rejected_and_the_running_config_keeps_serving() {
         "{metrics}"
     );
 }
+
+#[test]
+fn new_upstream_connections_resume_tls_sessions_per_shard() {
+    let world = World::new();
+    // No pooling: every request needs a new upstream connection, so resumption shows.
+    let mut toml = world.config("", "[destination.pool]\nwarm = 0\nmax_idle = 0");
+    toml = toml.replace("shards = 2", "shards = 1");
+    let gw = world.simgate(&toml);
+    for i in 0..3 {
+        let resp = raw_exchange(gw.http, &post("/r", format!("{i}").as_bytes(), ""));
+        assert_eq!(resp.status, 200, "{}", resp.body_text());
+    }
+    let stats = world.sink.stats();
+    assert_eq!(stats.tls_handshakes, 3, "{stats:?}");
+    assert!(
+        stats.resumed_handshakes >= 2,
+        "later handshakes must resume: {stats:?}"
+    );
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        metrics.contains("simgate_upstream_connects_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("simgate_upstream_tls_resumed_total 0\n"),
+        "{metrics}"
+    );
+}
