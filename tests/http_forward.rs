@@ -485,3 +485,31 @@ fn new_upstream_connections_resume_tls_sessions_per_shard() {
         "{metrics}"
     );
 }
+
+#[test]
+fn chunked_upstream_response_is_relayed_chunked_or_dechunked_for_http10_devices() {
+    let world = World::with_sink(|c| {
+        c.chunked_response = true;
+        c.response_body = bytes::Bytes::from_static(b"chunked answer from the cloud");
+    });
+    let gw = world.simgate(&world.config("", ""));
+
+    // HTTP/1.1 device: chunked framing passes through, connection stays open.
+    let mut d = Device::connect(gw.http);
+    let resp = d.request(&post("/c", b"x", ""));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(resp.body_text(), "chunked answer from the cloud");
+    assert_eq!(d.request(&post("/c", b"y", "")).status, 200);
+
+    // HTTP/1.0 device: no chunked framing (it could not parse it); the body ends at close.
+    let mut d10 = Device::connect(gw.http);
+    d10.send(
+        b"POST /c HTTP/1.0\r\nHost: d\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\nz",
+    );
+    let resp = d10.read_response();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("transfer-encoding"), None);
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert_eq!(resp.body_text(), "chunked answer from the cloud");
+}

@@ -353,8 +353,12 @@ impl DeviceConn {
         pool: &crate::policy::PoolSettings,
     ) -> Relayed {
         let until_close = matches!(head.body, BodyLength::UntilClose);
+        // An HTTP/1.0 device cannot parse chunked framing: strip it and delimit by closing.
+        let mut dechunker =
+            (device_minor_version == 0 && !is_head_request && head.body == BodyLength::Chunked)
+                .then(http1::Dechunker::default);
         // A close-delimited response can only be delimited for the device by closing too.
-        let keep_device = keep_device && !until_close;
+        let keep_device = keep_device && !until_close && dechunker.is_none();
         let status = head.status;
         let mut out = BytesMut::with_capacity(256);
         http1::write_device_response_head(&mut out, &head, device_minor_version, keep_device);
@@ -380,8 +384,10 @@ impl DeviceConn {
             if let Some(h) = pending_head.take() {
                 parts.push(h);
             }
-            if !data.is_empty() {
-                parts.push(data);
+            match dechunker.as_mut() {
+                Some(d) => d.feed(&data, &mut parts),
+                None if !data.is_empty() => parts.push(data),
+                None => {}
             }
             if !parts.is_empty() {
                 let len: usize = parts.iter().map(Bytes::len).sum();

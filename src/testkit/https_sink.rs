@@ -72,6 +72,9 @@ pub struct SinkConfig {
     pub workers: usize,
     /// Wait this long after reading a request before answering (to provoke upstream timeouts).
     pub response_delay: Option<Duration>,
+    /// Send the answer body with `Transfer-Encoding: chunked` (in two chunks) instead of a
+    /// `Content-Length`.
+    pub chunked_response: bool,
 }
 
 impl SinkConfig {
@@ -87,6 +90,7 @@ impl SinkConfig {
             response_body: Bytes::new(),
             workers: 1,
             response_delay: None,
+            chunked_response: false,
         }
     }
 }
@@ -198,7 +202,25 @@ struct Answer {
     status: StatusCode,
     body: Bytes,
     delay: Option<Duration>,
+    chunked: bool,
 }
+
+/// A response body of unknown length (so hyper sends it chunked), yielded as separate frames.
+struct ChunkedBody(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type SinkBody = http_body_util::Either<Full<Bytes>, ChunkedBody>;
 
 /// A running HTTPS sink; shut down by [`HttpsSink::shutdown`] or on drop.
 pub struct HttpsSink {
@@ -245,6 +267,7 @@ impl HttpsSink {
             record: cfg.record,
             status,
             body: cfg.response_body.clone(),
+            chunked: cfg.chunked_response,
             delay: cfg.response_delay,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -459,7 +482,7 @@ impl ConnectionContext {
     async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
-    ) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    ) -> Result<Response<SinkBody>, hyper::Error> {
         let (parts, body) = request.into_parts();
         // An error here (client gone, bad chunk) makes hyper close the connection.
         let body = body.collect().await?.to_bytes();
@@ -493,7 +516,19 @@ impl ConnectionContext {
         if let Some(delay) = self.answer.delay {
             tokio::time::sleep(delay).await;
         }
-        let mut response = Response::new(Full::new(self.answer.body.clone()));
+        let body = if self.answer.chunked {
+            let b = &self.answer.body;
+            let mid = b.len() / 2;
+            http_body_util::Either::Right(ChunkedBody(
+                [b.slice(..mid), b.slice(mid..)]
+                    .into_iter()
+                    .filter(|c| !c.is_empty())
+                    .collect(),
+            ))
+        } else {
+            http_body_util::Either::Left(Full::new(self.answer.body.clone()))
+        };
+        let mut response = Response::new(body);
         *response.status_mut() = self.answer.status;
         let headers = response.headers_mut();
         headers.insert(HeaderName::from_static(SEQ_HEADER), HeaderValue::from(seq));

@@ -107,6 +107,109 @@ impl BodyDecoder {
     }
 }
 
+/// Strips chunked framing from wire bytes that a [`BodyDecoder`] has already validated, for
+/// recipients that cannot parse chunked (HTTP/1.0 devices). Data comes out as slices of the
+/// input, never copied; chunk extensions and trailers are dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Dechunker {
+    state: DechunkState,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum DechunkState {
+    /// In the chunk-size digits; the value so far.
+    #[default]
+    SizeStart,
+    Size(u64),
+    /// After the size (extensions), up to LF.
+    SizeLine(u64),
+    Data(u64),
+    /// CRLF after chunk data: bytes left to skip.
+    DataEnd(u8),
+    /// In the trailer section; `at_line_start` tracks the empty line that ends it.
+    Trailers {
+        at_line_start: bool,
+    },
+    Done,
+}
+
+impl Dechunker {
+    /// Feed the next validated wire bytes; pushes the chunk data they contain onto `out`.
+    pub fn feed(&mut self, wire: &Bytes, out: &mut Vec<Bytes>) {
+        let mut i = 0;
+        while i < wire.len() {
+            let b = wire[i];
+            match self.state {
+                DechunkState::SizeStart | DechunkState::Size(_) => {
+                    let value = match self.state {
+                        DechunkState::Size(v) => v,
+                        _ => 0,
+                    };
+                    match (b as char).to_digit(16) {
+                        Some(d) => {
+                            self.state = DechunkState::Size(
+                                value.saturating_mul(16).saturating_add(d.into()),
+                            );
+                        }
+                        None => self.state = DechunkState::SizeLine(value),
+                    }
+                    // The LF case is handled below for SizeLine on the same byte.
+                    if b == b'\n' {
+                        continue;
+                    }
+                    i += 1;
+                }
+                DechunkState::SizeLine(value) => {
+                    if b == b'\n' {
+                        self.state = if value == 0 {
+                            DechunkState::Trailers {
+                                at_line_start: true,
+                            }
+                        } else {
+                            DechunkState::Data(value)
+                        };
+                    }
+                    i += 1;
+                }
+                DechunkState::Data(remaining) => {
+                    let avail = wire.len() - i;
+                    let take = usize::try_from(remaining).map_or(avail, |r| r.min(avail));
+                    out.push(wire.slice(i..i + take));
+                    i += take;
+                    let left = remaining - take as u64;
+                    self.state = if left == 0 {
+                        DechunkState::DataEnd(2)
+                    } else {
+                        DechunkState::Data(left)
+                    };
+                }
+                DechunkState::DataEnd(n) => {
+                    self.state = if n <= 1 {
+                        DechunkState::SizeStart
+                    } else {
+                        DechunkState::DataEnd(n - 1)
+                    };
+                    i += 1;
+                }
+                DechunkState::Trailers { at_line_start } => {
+                    self.state = match b {
+                        b'\n' if at_line_start => DechunkState::Done,
+                        b'\n' => DechunkState::Trailers {
+                            at_line_start: true,
+                        },
+                        b'\r' => DechunkState::Trailers { at_line_start },
+                        _ => DechunkState::Trailers {
+                            at_line_start: false,
+                        },
+                    };
+                    i += 1;
+                }
+                DechunkState::Done => return,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +305,25 @@ mod tests {
             decoder.decode(&mut buf),
             Err(HttpError::InvalidChunkLineEnding)
         );
+    }
+
+    #[test]
+    fn dechunker_yields_data_slices_across_any_split() {
+        let wire =
+            Bytes::from_static(b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n");
+        for split in 0..=wire.len() {
+            let mut d = Dechunker::default();
+            let mut out = Vec::new();
+            d.feed(&wire.slice(..split), &mut out);
+            d.feed(&wire.slice(split..), &mut out);
+            let joined: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+            assert_eq!(joined, b"hello world", "split at {split}");
+        }
+        // Zero copy: the data slices point into the wire buffer.
+        let mut d = Dechunker::default();
+        let mut out = Vec::new();
+        d.feed(&wire, &mut out);
+        let range = wire.as_ptr() as usize..wire.as_ptr() as usize + wire.len();
+        assert!(out.iter().all(|b| range.contains(&(b.as_ptr() as usize))));
     }
 }

@@ -52,7 +52,7 @@ mod request;
 mod response;
 mod write;
 
-pub use body::{BodyChunk, BodyDecoder, DEFAULT_MAX_TRAILER_BYTES};
+pub use body::{BodyChunk, BodyDecoder, Dechunker, DEFAULT_MAX_TRAILER_BYTES};
 pub use chunked::MAX_CHUNK_LINE_BYTES;
 pub use error::HttpError;
 pub use fuzz::fuzz_decode;

@@ -133,13 +133,19 @@ pub fn write_device_response_head(
     device_minor_version: u8,
     keep_alive: bool,
 ) {
-    let keep_alive = keep_alive && head.body != BodyLength::UntilClose;
+    // An HTTP/1.0 device cannot parse chunked framing (RFC 9112 §6.1): the body is relayed
+    // de-chunked (see `Dechunker`) and delimited by closing the connection.
+    let dechunk = device_minor_version == 0 && head.body == BodyLength::Chunked;
+    let keep_alive = keep_alive && head.body != BodyLength::UntilClose && !dechunk;
     out.put_slice(b"HTTP/1.1 ");
     put_status(out, head.status);
     out.put_u8(b' ');
     out.put_slice(&head.reason);
     out.put_slice(b"\r\n");
     for header in &head.headers {
+        if dechunk && header.is("transfer-encoding") {
+            continue;
+        }
         if !is_hop_by_hop(header, &head.headers) {
             put_header(out, &header.name, &header.value);
         }
@@ -432,6 +438,13 @@ mod tests {
         out.clear();
         write_device_response_head(&mut out, &until_close, 1, true);
         assert_eq!(&out[..], b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+        // HTTP/1.0 device, chunked upstream body: framing header dropped, close-delimited.
+        out.clear();
+        write_device_response_head(&mut out, &head, 0, true);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+        );
     }
 
     #[test]
