@@ -32,7 +32,9 @@ pub struct DemoOptions {
 
 /// Run the demo; returns the final merged gateway metrics.
 pub fn run(opts: &DemoOptions) -> Result<ShardMetrics, Box<dyn std::error::Error>> {
-    let dir = tempdir()?;
+    // A private, unpredictable directory for the generated CA and keys, removed on return.
+    let tmp = tempfile::Builder::new().prefix("simgate-demo-").tempdir()?;
+    let dir = tmp.path().to_path_buf();
     let pki = TestPki::new(&dir)?;
     let server = pki.server_cert("sink", &["localhost", "127.0.0.1"])?;
     let sink = HttpsSink::start(SinkConfig {
@@ -106,7 +108,8 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
         let m = gateway.metrics();
         let now = Instant::now();
         let done = m.responses_by_class[2];
-        let rate = (done - last_requests) as f64 / now.duration_since(last_tick).as_secs_f64();
+        let rate =
+            done.saturating_sub(last_requests) as f64 / now.duration_since(last_tick).as_secs_f64();
         last_requests = done;
         last_tick = now;
         // Percentiles of this second only: the cumulative histogram minus the previous one.
@@ -160,18 +163,12 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
         m.upstream_connects, m.upstream_tls_resumed, m.upstream_reused
     );
     println!("  demo cloud received {} requests", sink.stats().requests);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(tmp);
     Ok(m)
 }
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
-}
-
-fn tempdir() -> std::io::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("simgate-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// A flag set by SIGINT, via a small tokio signal task on its own thread.

@@ -52,6 +52,9 @@ impl std::error::Error for RunError {}
 /// State shared by the control thread's tasks.
 pub struct Control {
     gateway: Mutex<Option<Gateway>>,
+    /// Serialises reloads end to end (read file, compile, apply), so two reloads racing (SIGHUP
+    /// and POST) cannot apply an older file last.
+    reload_lock: Mutex<()>,
     config_path: Option<PathBuf>,
     reloads: Mutex<ReloadCounters>,
 }
@@ -61,6 +64,7 @@ impl Control {
     pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
         Arc::new(Control {
             gateway: Mutex::new(Some(gateway)),
+            reload_lock: Mutex::new(()),
             config_path,
             reloads: Mutex::new(ReloadCounters::default()),
         })
@@ -83,6 +87,7 @@ impl Control {
     /// Re-read the config file and hand the new plan to every shard. On any error the running
     /// plan keeps serving and the error (with field paths) is returned.
     pub fn reload(&self) -> Result<(), String> {
+        let _serial = self.reload_lock.lock();
         let result = self.try_reload();
         let mut counters = self.reloads.lock();
         match &result {
@@ -92,7 +97,7 @@ impl Control {
             }
             Err(e) => {
                 counters.failed += 1;
-                tracing::error!("reload rejected, previous configuration keeps serving:\n{e}");
+                tracing::error!("reload failed:\n{e}");
             }
         }
         result
@@ -185,7 +190,9 @@ pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
+                // EMFILE and friends: pause instead of spinning the control thread.
                 tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

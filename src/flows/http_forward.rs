@@ -34,6 +34,7 @@ use crate::proto::http1::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::{ErrorKind, ShardState};
+use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
 /// Serve one device connection until it closes, fails, or the shard drains.
@@ -50,6 +51,7 @@ pub async fn serve(
         peer,
         buf: BytesMut::new(),
         served: 0,
+        send_timeout: std::time::Duration::from_secs(60),
     };
     conn.run().await;
 }
@@ -63,6 +65,10 @@ struct DeviceConn {
     /// an idle keep-alive connection holds no buffer.
     buf: BytesMut,
     served: u32,
+    /// A send to the device that makes no progress for this long fails (a device that stops
+    /// reading must not pin the task, its upstream connection and its buffers). The listener's
+    /// `idle_timeout`.
+    send_timeout: std::time::Duration,
 }
 
 /// How reading a request ended.
@@ -97,6 +103,7 @@ impl DeviceConn {
     async fn run(&mut self) {
         loop {
             let limits = self.state.plan().listener(self.listener).http.clone();
+            self.send_timeout = limits.idle_timeout;
             let request = match self.read_request(&limits).await {
                 ReadOutcome::Request(r) => r,
                 ReadOutcome::Closed => return,
@@ -116,7 +123,7 @@ impl DeviceConn {
             };
             let received_at = Instant::now();
             // Route on the plan current now: a reload while this connection idled applies.
-            let plan = self.state.plan();
+            let (plan, generation) = self.state.current();
             self.served += 1;
             if self.buf.is_empty() {
                 self.buf = BytesMut::new();
@@ -141,7 +148,8 @@ impl DeviceConn {
             // Boxed: the forward state (TLS connect, relay) is large and lives only while a
             // request is in flight, so an idle keep-alive connection does not carry it.
             let forwarded =
-                Box::pin(self.forward(&plan, dest, &request, keep_device, received_at)).await;
+                Box::pin(self.forward(&plan, generation, dest, &request, keep_device, received_at))
+                    .await;
             match forwarded {
                 Ok(Relayed::Done {
                     keep_device,
@@ -197,8 +205,7 @@ impl DeviceConn {
                     if head.expect_continue && !sent_continue {
                         sent_continue = true;
                         if self
-                            .stream
-                            .send_all(Bytes::from_static(http1::CONTINUE_100))
+                            .send_device(vec![Bytes::from_static(http1::CONTINUE_100)])
                             .await
                             .is_err()
                         {
@@ -207,8 +214,11 @@ impl DeviceConn {
                     }
                     if body_deadline.is_none() {
                         if let BodyLength::Length(n) = head.body {
-                            // Room for the whole declared body at once: no regrowth copies.
-                            self.buf.reserve(usize::try_from(n).unwrap_or(0));
+                            // Room for the declared body at once (no regrowth copies), but only
+                            // up to 64 KiB on the device's word alone: a head claiming 1 MiB
+                            // must not reserve 1 MiB before any of it arrives.
+                            let n = usize::try_from(n).unwrap_or(0).min(64 * 1024);
+                            self.buf.reserve(n);
                         }
                     }
                     (
@@ -245,6 +255,24 @@ impl DeviceConn {
         }
     }
 
+    /// Send to the device, failing if it makes no progress within `send_timeout`.
+    async fn send_device(&mut self, mut parts: Vec<Bytes>) -> std::io::Result<()> {
+        let timeout = self.send_timeout;
+        let stream = &mut self.stream;
+        let send = async move {
+            if parts.len() == 1 {
+                let one = parts.pop().unwrap_or_default();
+                stream.send_all(one).await
+            } else {
+                stream.send_all_vectored(parts).await
+            }
+        };
+        match reactor::timeout(timeout, send).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
     async fn send_error(
         &mut self,
         status: u16,
@@ -254,7 +282,7 @@ impl DeviceConn {
         let mut out = BytesMut::with_capacity(160 + reason.len());
         http1::write_error_response(&mut out, status, reason, keep_alive);
         let len = out.len() as u64;
-        self.stream.send_all(out.freeze()).await?;
+        self.send_device(vec![out.freeze()]).await?;
         let mut m = self.state.metrics.borrow_mut();
         m.device_bytes_out += len;
         m.response(status);
@@ -266,6 +294,7 @@ impl DeviceConn {
     async fn forward(
         &mut self,
         plan: &Plan,
+        generation: u64,
         dest_id: DestinationId,
         request: &Request,
         keep_device: bool,
@@ -290,21 +319,30 @@ impl DeviceConn {
 
         let mut retried = false;
         loop {
-            let mut conn = self
-                .state
-                .checkout(dest_id)
-                .await
-                .map_err(|e| upstream_error(&dest.name, &e))?;
+            // A retry always takes a fresh connection, never another pooled one.
+            let conn = if retried {
+                self.state.connect_new(generation, dest).await
+            } else {
+                self.state.checkout(generation, dest).await
+            };
+            let mut conn = conn.map_err(|e| upstream_error(&dest.name, &e))?;
             if conn.reused {
                 self.state.metrics.borrow_mut().upstream_reused += 1;
             }
-            let write = conn.stream.write_all(&[&head, &request.body]).await;
+            // `response_timeout` covers sending the request and receiving the response head:
+            // an upstream that stops reading is as slow as one that stops answering.
+            let started = Instant::now();
+            let deadline = started + dest.pool.response_timeout;
+            let write =
+                reactor::timeout_at(deadline, conn.stream.write_all(&[&head, &request.body])).await;
             let sent_at = Instant::now();
-            let write_failed = write.is_err();
-            let response = if write_failed {
-                Err(ResponseError::Closed)
-            } else {
-                read_response_head(&mut conn, &dest.pool, is_head_request, sent_at).await
+            let (write_failed, response) = match write {
+                Ok(Ok(())) => (
+                    false,
+                    read_response_head(&mut conn, is_head_request, deadline).await,
+                ),
+                Ok(Err(_)) => (true, Err(ResponseError::Closed)),
+                Err(_) => (true, Err(ResponseError::Timeout)),
             };
             match response {
                 Ok(response_head) => {
@@ -354,9 +392,19 @@ impl DeviceConn {
     ) -> Relayed {
         let until_close = matches!(head.body, BodyLength::UntilClose);
         // An HTTP/1.0 device cannot parse chunked framing: strip it and delimit by closing.
-        let mut dechunker =
-            (device_minor_version == 0 && !is_head_request && head.body == BodyLength::Chunked)
-                .then(http1::Dechunker::default);
+        let dechunk =
+            device_minor_version == 0 && !is_head_request && head.body == BodyLength::Chunked;
+        if dechunk && !only_chunked_coding(&head) {
+            // e.g. `gzip, chunked`: removing the header would hand the device compressed bytes
+            // as plain data, and an HTTP/1.0 device cannot be told otherwise.
+            return self
+                .abort_relay(
+                    true,
+                    "upstream used a transfer coding an HTTP/1.0 device cannot receive",
+                )
+                .await;
+        }
+        let mut dechunker = dechunk.then(http1::Dechunker::default);
         // A close-delimited response can only be delimited for the device by closing too.
         let keep_device = keep_device && !until_close && dechunker.is_none();
         let status = head.status;
@@ -376,7 +424,11 @@ impl DeviceConn {
                 Ok(BodyChunk::Data(b)) => (b, false),
                 Ok(BodyChunk::Done(b)) => (b, true),
                 Ok(BodyChunk::Incomplete) => (Bytes::new(), false),
-                Err(_) => return self.abort_relay(pending_head).await,
+                Err(_) => {
+                    return self
+                        .abort_relay(pending_head.is_some(), "upstream response broke off")
+                        .await
+                }
             };
             // Coalesce the head with the first body bytes; send the head alone only when the
             // body is not here yet, so the device is not kept waiting on a slow body.
@@ -391,7 +443,7 @@ impl DeviceConn {
             }
             if !parts.is_empty() {
                 let len: usize = parts.iter().map(Bytes::len).sum();
-                if self.stream.send_all_vectored(parts).await.is_err() {
+                if self.send_device(parts).await.is_err() {
                     return Relayed::Aborted;
                 }
                 self.state.metrics.borrow_mut().device_bytes_out += len as u64;
@@ -415,32 +467,38 @@ impl DeviceConn {
                             status,
                         };
                     }
-                    return self.abort_relay(pending_head).await;
+                    return self
+                        .abort_relay(pending_head.is_some(), "upstream response broke off")
+                        .await;
                 }
-                Ok(Err(_)) | Err(_) => return self.abort_relay(pending_head).await,
+                Ok(Err(_)) | Err(_) => {
+                    return self
+                        .abort_relay(pending_head.is_some(), "upstream response broke off")
+                        .await
+                }
             }
         }
     }
 
     /// The upstream broke mid-body. If the response head has not reached the device yet it gets
     /// a 502; either way the device connection closes, because its response cannot be completed.
-    async fn abort_relay(&mut self, pending_head: Option<Bytes>) -> Relayed {
+    async fn abort_relay(&mut self, head_unsent: bool, reason: &str) -> Relayed {
         self.state
             .metrics
             .borrow_mut()
             .error(ErrorKind::UpstreamClosed);
-        if pending_head.is_some() {
-            let _ = self
-                .send_error(502, "upstream response broke off", false)
-                .await;
+        if head_unsent {
+            let _ = self.send_error(502, reason, false).await;
         }
         Relayed::Aborted
     }
 }
 
 enum ResponseError {
-    /// The upstream closed (or reset) before a whole response head arrived.
+    /// The upstream closed (or reset) before sending a single response byte.
     Closed,
+    /// The upstream closed after part of a response head.
+    Truncated,
     /// No response head within `response_timeout`.
     Timeout,
     /// The response head was invalid.
@@ -455,6 +513,11 @@ impl ResponseError {
             ResponseError::Closed => ForwardError {
                 status: 502,
                 reason: format!("upstream {destination} closed the connection before responding"),
+                kind: ErrorKind::UpstreamClosed,
+            },
+            ResponseError::Truncated => ForwardError {
+                status: 502,
+                reason: format!("upstream {destination} closed the connection mid-response"),
                 kind: ErrorKind::UpstreamClosed,
             },
             ResponseError::Timeout => ForwardError {
@@ -489,34 +552,56 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
     }
 }
 
-/// Read until a final (non-1xx) response head is parsed.
+/// True if the response's Transfer-Encoding is exactly `chunked` (no other coding).
+fn only_chunked_coding(head: &ResponseHead) -> bool {
+    head.headers
+        .iter()
+        .filter(|h| h.is("transfer-encoding"))
+        .all(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Read until a final (non-1xx) response head is parsed or `deadline` passes.
 async fn read_response_head(
     conn: &mut UpstreamConn,
-    pool: &crate::policy::PoolSettings,
     is_head_request: bool,
-    sent_at: Instant,
+    deadline: Instant,
 ) -> Result<ResponseHead, ResponseError> {
-    let deadline = sent_at + pool.response_timeout;
     let limits = Limits {
         max_head_bytes: 64 * 1024,
         max_headers: 256,
         max_body_bytes: u64::MAX,
     };
+    let mut received_any = false;
     loop {
         match http1::decode_response_head(conn.stream.plaintext(), &limits, is_head_request) {
-            Ok(Parsed::Complete(head)) if (100..200).contains(&head.status) => continue,
+            Ok(Parsed::Complete(head)) if (100..200).contains(&head.status) => {
+                received_any = true;
+                continue;
+            }
             Ok(Parsed::Complete(head)) => return Ok(head),
             Ok(Parsed::Incomplete) => {}
             Err(e) => return Err(ResponseError::Invalid(e)),
         }
         match reactor::timeout_at(deadline, conn.stream.fill()).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Err(ResponseError::Closed),
-            Ok(Err(e)) => {
-                return Err(match e {
-                    crate::tls::TlsIoError::Tls(t) => ResponseError::Tls(t.to_string()),
-                    _ => ResponseError::Closed,
-                })
+            Ok(Ok(true)) => received_any = true,
+            Ok(result) => {
+                // The upstream went away. Without a single response byte that is the
+                // keep-alive race (it closed an idle connection as we used it) — with or
+                // without close_notify, as load balancers often skip it — and the caller may
+                // retry; after some bytes it is a broken response.
+                let closed_cleanly = matches!(
+                    result,
+                    Ok(false)
+                        | Err(TlsIoError::Eof)
+                        | Err(TlsIoError::Tls(TlsError::ClosedWithoutCloseNotify))
+                        | Err(TlsIoError::Io { .. })
+                );
+                return Err(match result {
+                    _ if closed_cleanly && !received_any => ResponseError::Closed,
+                    _ if closed_cleanly => ResponseError::Truncated,
+                    Err(TlsIoError::Tls(t)) => ResponseError::Tls(t.to_string()),
+                    _ => ResponseError::Truncated,
+                });
             }
             Err(_) => return Err(ResponseError::Timeout),
         }

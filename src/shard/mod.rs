@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::policy::{DestinationId, ListenerId, ListenerProtocol, Plan};
+use crate::policy::{DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
 pub use metrics::{ErrorKind, ShardMetrics};
@@ -61,8 +61,8 @@ pub enum GatewayError {
     ShardStart(String),
     /// A reload changed listeners, which needs a restart.
     ListenersChanged,
-    /// A shard did not confirm a reload within 5 s (it may be stuck or gone); shards that did
-    /// confirm serve the new plan.
+    /// A shard did not confirm a reload within 5 s (it may be stuck or gone). The reload is
+    /// then partial: shards that confirmed serve the new plan.
     ReloadNotAcknowledged,
 }
 
@@ -75,9 +75,10 @@ impl std::fmt::Display for GatewayError {
                 error,
             } => write!(f, "listener {listener}: cannot bind {addr}: {error}"),
             GatewayError::ShardStart(why) => write!(f, "shard failed to start: {why}"),
-            GatewayError::ReloadNotAcknowledged => {
-                f.write_str("a shard did not acknowledge the reload within 5 s")
-            }
+            GatewayError::ReloadNotAcknowledged => f.write_str(
+                "a shard did not acknowledge the reload within 5 s: the new configuration \
+                     is applied only on the shards that answered; check the logs and restart",
+            ),
             GatewayError::ListenersChanged => f.write_str(
                 "reload rejected: listeners (names, protocols or bind addresses) changed; \
                  restart simgate to apply listener changes",
@@ -357,38 +358,60 @@ impl ShardState {
         self.draining.get()
     }
 
-    /// A connection to `dest` of the current plan: a live idle one, else a new one.
-    pub async fn checkout(&self, dest: DestinationId) -> Result<UpstreamConn, UpstreamError> {
-        let idle = self.pools.borrow_mut().take_idle(dest, Instant::now());
-        match idle {
-            Some(conn) => Ok(conn),
-            None => self.connect_new(dest).await,
-        }
+    /// The plan to serve the next request from, with its generation (which tells pools apart
+    /// across reloads).
+    pub fn current(&self) -> (Arc<Plan>, u64) {
+        (self.plan.borrow().clone(), self.generation.get())
     }
 
-    /// A new connection to `dest` (never an idle one), honouring the destination's backoff.
-    pub async fn connect_new(&self, dest: DestinationId) -> Result<UpstreamConn, UpstreamError> {
-        let params = self.pools.borrow().connect_params(dest, Instant::now())?;
-        let generation = self.generation.get();
+    /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
+    /// that plan is still current, else a new one.
+    pub async fn checkout(
+        &self,
+        generation: u64,
+        dest: &DestinationPlan,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        if generation == self.generation.get() {
+            let idle = self.pools.borrow_mut().take_idle(dest.id, Instant::now());
+            if let Some(conn) = idle {
+                return Ok(conn);
+            }
+        }
+        self.connect_new(generation, dest).await
+    }
+
+    /// A new connection to `dest` (never an idle one) of the plan of `generation`, honouring
+    /// the destination's backoff while that plan is current. If a reload happens during the
+    /// connect, the connection still serves its request but is never pooled.
+    pub async fn connect_new(
+        &self,
+        generation: u64,
+        dest: &DestinationPlan,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let params = if generation == self.generation.get() {
+            self.pools.borrow().connect_params(dest, Instant::now())?
+        } else {
+            upstream::ConnectParams::for_destination(dest)
+        };
         let result = upstream::connect(params).await;
         let mut pools = self.pools.borrow_mut();
         let mut metrics = self.metrics.borrow_mut();
-        let same_generation = pools.generation() == generation;
+        let still_current = pools.generation() == generation;
         match result {
             Ok(stream) => {
                 metrics.upstream_connects += 1;
                 if stream.was_resumed() {
                     metrics.upstream_tls_resumed += 1;
                 }
-                if same_generation {
-                    pools.record_connect(dest, true, Instant::now());
+                if still_current {
+                    pools.record_connect(dest.id, true, Instant::now());
                 }
-                Ok(pools.adopt(dest, stream))
+                Ok(UpstreamConn::new(stream, dest.id, generation))
             }
             Err(e) => {
                 metrics.upstream_connect_failures += 1;
-                if same_generation {
-                    pools.record_connect(dest, false, Instant::now());
+                if still_current {
+                    pools.record_connect(dest.id, false, Instant::now());
                 }
                 Err(e)
             }
@@ -548,28 +571,32 @@ impl Drop for OpenConnection {
 async fn maintain_pools(state: Rc<ShardState>) {
     loop {
         let now = Instant::now();
-        let plan = state.plan();
-        let wanted: Vec<(DestinationId, usize)> = {
+        let (plan, generation) = state.current();
+        let wanted: Vec<(usize, usize)> = {
             let mut pools = state.pools.borrow_mut();
             pools.retire_idle(now);
             plan.destinations
                 .iter()
-                .map(|d| (d.id, pools.reserve_warm(d.id, now)))
+                .enumerate()
+                .map(|(i, d)| (i, pools.reserve_warm(d.id, now)))
                 .filter(|(_, n)| *n > 0)
                 .collect()
         };
-        for (dest, n) in wanted {
+        for (index, n) in wanted {
             for _ in 0..n {
                 let state = state.clone();
+                let plan = plan.clone();
                 reactor::spawn(async move {
-                    let generation = state.generation.get();
-                    let result = state.connect_new(dest).await;
+                    let dest = &plan.destinations[index];
+                    let result = state.connect_new(generation, dest).await;
                     if state.generation.get() == generation {
-                        state.pools.borrow_mut().warm_done(dest);
+                        state.pools.borrow_mut().warm_done(dest.id);
                     }
                     match result {
                         Ok(conn) => state.check_in(conn),
-                        Err(e) => tracing::debug!(shard = state.id.0, error = %e, "warm-up connect failed"),
+                        Err(e) => {
+                            tracing::debug!(shard = state.id.0, error = %e, "warm-up connect failed")
+                        }
                     }
                 })
                 .detach();

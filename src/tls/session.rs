@@ -173,6 +173,11 @@ impl TlsClientSession {
         }
     }
 
+    /// Whether ciphertext is waiting to be sent.
+    pub fn has_outgoing(&self) -> bool {
+        !self.outgoing.is_empty()
+    }
+
     /// Whether the handshake is still in progress.
     pub fn is_handshaking(&self) -> bool {
         self.connection.is_handshaking()

@@ -85,6 +85,33 @@ impl<T: Transport> TlsStream<T> {
         }
     }
 
+    /// For an idle pooled connection: take in whatever already arrived, without waiting and
+    /// without sending. `false` if the connection can no longer carry a request: application
+    /// data or a close arrived, TLS failed, or TLS now has something to send (a KeyUpdate
+    /// reply) that an idle check must not send half-way.
+    pub fn idle_check(&mut self) -> bool {
+        use std::future::Future;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let polled = {
+                let recv = self.transport.recv_append(self.session.receive_buffer());
+                std::pin::pin!(recv).poll(&mut cx)
+            };
+            match polled {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Ok(0) | Err(_)) => return false,
+                std::task::Poll::Ready(Ok(_)) => {
+                    if self.session.process_received().is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.session.plaintext().is_empty()
+            && !self.session.peer_closed()
+            && !self.session.has_outgoing()
+    }
+
     /// Decrypted bytes received so far; split off what you consume.
     pub fn plaintext(&mut self) -> &mut BytesMut {
         self.session.plaintext()

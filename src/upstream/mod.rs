@@ -18,15 +18,13 @@
 mod transport;
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use crate::policy::{DestinationId, Plan, PoolSettings};
+use crate::policy::{DestinationId, DestinationPlan, Plan, PoolSettings};
 use crate::reactor::{self, TcpStream};
 use crate::tls::{TlsIoError, TlsStream};
 
@@ -68,6 +66,10 @@ impl std::fmt::Display for UpstreamError {
 impl std::error::Error for UpstreamError {}
 
 /// A connection taken from (or made for) a pool.
+///
+/// It remembers the plan generation it was made for; [`Pools::check_in`] closes it if that is
+/// not the pools' generation, so a connection built with an old plan's settings (CA, client
+/// certificate, destination index) is never pooled under a new plan.
 pub struct UpstreamConn {
     /// The TLS stream.
     pub stream: UpstreamStream,
@@ -76,6 +78,22 @@ pub struct UpstreamConn {
     /// Destination the connection belongs to.
     pub destination: DestinationId,
     generation: u64,
+}
+
+impl UpstreamConn {
+    /// A fresh (not reused) connection to `destination`, made for plan `generation`.
+    pub fn new(
+        stream: UpstreamStream,
+        destination: DestinationId,
+        generation: u64,
+    ) -> UpstreamConn {
+        UpstreamConn {
+            stream,
+            reused: false,
+            destination,
+            generation,
+        }
+    }
 }
 
 struct IdleConn {
@@ -90,6 +108,19 @@ pub struct ConnectParams {
     server_name: ServerName<'static>,
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
+}
+
+impl ConnectParams {
+    /// Parameters straight from a destination of a plan (shared TLS config, no per-shard
+    /// session store): for connections that will not be pooled.
+    pub fn for_destination(dest: &DestinationPlan) -> ConnectParams {
+        ConnectParams {
+            addrs: dest.addrs.clone(),
+            server_name: dest.server_name.clone(),
+            tls: dest.tls.clone(),
+            timeout: dest.pool.connect_timeout,
+        }
+    }
 }
 
 /// The pool of one destination on one shard.
@@ -168,7 +199,7 @@ impl Pools {
             if now.saturating_duration_since(idle.since) >= pool.settings.idle_timeout {
                 continue;
             }
-            if !idle_connection_alive(&mut idle.stream) {
+            if !idle.stream.idle_check() {
                 continue;
             }
             return Some(UpstreamConn {
@@ -181,14 +212,17 @@ impl Pools {
         None
     }
 
-    /// Parameters for a new connection, or `BackingOff` while the destination is inside its
-    /// backoff window.
+    /// Parameters for a new connection to `dest`, or `BackingOff` while the destination is
+    /// inside its backoff window. A destination these pools do not know (it belongs to another
+    /// plan) gets its own parameters without backoff or session store.
     pub fn connect_params(
         &self,
-        dest: DestinationId,
+        dest: &DestinationPlan,
         now: Instant,
     ) -> Result<ConnectParams, UpstreamError> {
-        let pool = &self.dests[usize::from(dest.0)];
+        let Some(pool) = self.dests.get(usize::from(dest.id.0)) else {
+            return Ok(ConnectParams::for_destination(dest));
+        };
         match pool.retry_at {
             Some(at) if now < at => Err(UpstreamError::BackingOff {
                 failures: pool.failures,
@@ -217,16 +251,6 @@ impl Pools {
             .min(pool.settings.backoff_max);
         let jittered = base.mul_f64(0.5 + 0.5 * self.rng.next_unit());
         pool.retry_at = Some(now + jittered);
-    }
-
-    /// Wrap a freshly connected stream as a pool connection of this generation.
-    pub fn adopt(&self, dest: DestinationId, stream: UpstreamStream) -> UpstreamConn {
-        UpstreamConn {
-            stream,
-            reused: false,
-            destination: dest,
-            generation: self.generation,
-        }
     }
 
     /// Give a connection back after an exchange that left it reusable. Connections of an older
@@ -285,40 +309,36 @@ impl Pools {
     }
 }
 
-/// Poll the idle stream once without blocking: a pooled connection must have nothing to read.
-/// Data or EOF while idle means the upstream closed it (or broke protocol); either way it cannot
-/// carry a new request.
-fn idle_connection_alive(stream: &mut UpstreamStream) -> bool {
-    let mut cx = Context::from_waker(std::task::Waker::noop());
-    let fut = stream.fill();
-    let mut fut = std::pin::pin!(fut);
-    matches!(fut.as_mut().poll(&mut cx), Poll::Pending)
-}
-
 /// Connect to the first reachable address and complete the TLS handshake, all within the
 /// destination's connect timeout. Nothing of any request is sent.
 pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamError> {
-    let attempt = async {
-        let mut last = std::io::ErrorKind::NotFound;
-        for addr in &params.addrs {
-            match TcpStream::connect(*addr).await {
-                Ok(tcp) => {
-                    return TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
-                        .await
-                        .map_err(|e| match e {
-                            TlsIoError::Io { kind, .. } => UpstreamError::Connect(kind),
-                            other => UpstreamError::Tls(other.to_string()),
-                        });
-                }
-                Err(e) => last = e.kind(),
-            }
+    let deadline = Instant::now() + params.timeout;
+    let mut last = UpstreamError::Connect(std::io::ErrorKind::NotFound);
+    for (i, addr) in params.addrs.iter().enumerate() {
+        // Each remaining address gets an equal share of the time left, so one address that
+        // silently drops packets cannot use up the whole budget.
+        let left = deadline.saturating_duration_since(Instant::now());
+        let remaining = (params.addrs.len() - i) as u32;
+        let attempt = async {
+            let tcp = TcpStream::connect(*addr)
+                .await
+                .map_err(|e| UpstreamError::Connect(e.kind()))?;
+            TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
+                .await
+                .map_err(|e| match e {
+                    TlsIoError::Io { kind, .. } => UpstreamError::Connect(kind),
+                    other => UpstreamError::Tls(other.to_string()),
+                })
+        };
+        match reactor::timeout(left / remaining.max(1), attempt).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            // A certificate problem will not differ on the next address of the same name.
+            Ok(Err(e @ UpstreamError::Tls(_))) => return Err(e),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = UpstreamError::ConnectTimeout,
         }
-        Err(UpstreamError::Connect(last))
-    };
-    match reactor::timeout(params.timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(UpstreamError::ConnectTimeout),
     }
+    Err(last)
 }
 
 /// Tiny xorshift64* generator for backoff jitter: not for anything secret.
