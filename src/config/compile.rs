@@ -3,10 +3,14 @@
 //! Every check pushes a [`FieldError`] with the path of the offending key and carries on, so
 //! one run reports every problem in the file. A plan is assembled only when no error was found.
 //!
-//! IO happens here on purpose (the plan must be ready to serve): credential and CA files are
-//! read, endpoints resolved, system roots loaded. All of it goes through [`Environment`] for DNS,
-//! system roots and CPU count, so tests run without a network. What this does not do: parse
-//! TOML (see `schema`), or start anything.
+//! IO happens here on purpose (the plan must be ready to serve): credential, CA and MQTT
+//! password files are read, endpoints resolved, system roots loaded. DNS, system roots and CPU
+//! count go through [`Environment`], so tests run without a network. What this does not do:
+//! parse TOML (see `schema`), or start anything.
+//!
+//! MQTT rules live here too: which listener keys belong to which protocol, the per-mode
+//! defaults and placeholder sets of `[destination.mqtt]` templates, and that HTTP listeners
+//! route to `https` destinations by path while MQTT listeners route to one `mqtts` destination.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -19,7 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
 
 use super::schema::{
-    RawConfig, RawDestination, RawDuration, RawGateway, RawListener, RawPool, RawShards,
+    RawConfig, RawDestination, RawDuration, RawGateway, RawListener, RawMqtt, RawPool, RawShards,
 };
 use super::tls_material::{self, ClientIdentity};
 use super::values::{
@@ -27,9 +31,12 @@ use super::values::{
     parse_endpoint, Endpoint, EndpointHost, MAX_NAME_LEN,
 };
 use super::FieldError;
+use crate::policy::template::Placeholder;
 use crate::policy::{
     AdapterKind, DestinationId, DestinationPlan, GatewaySettings, GroupId, GroupPlan,
-    HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, Plan, PoolSettings,
+    HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
+    MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Secret,
+    Template, TemplateError,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -78,6 +85,30 @@ pub(crate) mod defaults {
     pub const POOL_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
     /// `destination[].pool.backoff_max`.
     pub const POOL_BACKOFF_MAX: Duration = Duration::from_secs(10);
+    /// `listener[].max_packet_size` (MQTT).
+    pub const MQTT_MAX_PACKET_SIZE: u32 = 256 * 1024;
+    /// `listener[].connect_timeout` (MQTT).
+    pub const MQTT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `listener[].receive_maximum` (MQTT).
+    pub const MQTT_RECEIVE_MAXIMUM: u16 = 64;
+    /// `destination[].pool.warm` of an `mqtts` destination in aggregate mode.
+    pub const POOL_WARM_MQTT_AGGREGATE: usize = 0;
+    /// `destination[].mqtt.client_id` in session mode.
+    pub const MQTT_SESSION_CLIENT_ID: &str = "{client_id}";
+    /// `destination[].mqtt.client_id` in aggregate mode.
+    pub const MQTT_AGGREGATE_CLIENT_ID: &str = "simgate-{shard}-{conn}";
+    /// `destination[].mqtt.topic` in session mode.
+    pub const MQTT_SESSION_TOPIC: &str = "{topic}";
+    /// `destination[].mqtt.topic` in aggregate mode.
+    pub const MQTT_AGGREGATE_TOPIC: &str = "devices/{client_id}/{topic}";
+    /// `destination[].mqtt.keep_alive`.
+    pub const MQTT_KEEP_ALIVE: Duration = Duration::from_secs(60);
+    /// Longest `destination[].mqtt.keep_alive`: the MQTT field is a `u16` of seconds.
+    pub const MQTT_MAX_KEEP_ALIVE: Duration = Duration::from_secs(u16::MAX as u64);
+    /// `destination[].mqtt.connections_per_shard`.
+    pub const MQTT_CONNECTIONS_PER_SHARD: usize = 1;
+    /// `destination[].mqtt.max_inflight`.
+    pub const MQTT_MAX_INFLIGHT: u16 = 256;
     /// Shortest duration accepted anywhere.
     pub const MIN_DURATION: Duration = Duration::from_millis(1);
     /// Longest duration accepted anywhere.
@@ -212,7 +243,10 @@ impl Compiler<'_> {
             .destination
             .iter()
             .enumerate()
-            .map(|(i, d)| self.destination(i, d, &credential_names, &credentials))
+            .map(|(i, d)| {
+                let shards = gateway.as_ref().map(|g| g.shards);
+                self.destination(i, d, &credential_names, &credentials, shards)
+            })
             .collect();
 
         let groups = self.groups(raw, &listener_names, &destination_names);
@@ -454,10 +488,11 @@ impl Compiler<'_> {
             let p = format!("listener[{i}]");
             let protocol = match l.protocol.as_str() {
                 "http" => Some(ListenerProtocol::Http),
+                "mqtt" => Some(ListenerProtocol::Mqtt),
                 other => {
                     self.push(
                         format!("{p}.protocol"),
-                        format!("unsupported protocol {other:?}; supported: \"http\""),
+                        format!("unsupported protocol {other:?}; supported: \"http\", \"mqtt\""),
                     );
                     None
                 }
@@ -484,25 +519,71 @@ impl Compiler<'_> {
                     None
                 }
             };
-            let http = self.http_limits(&p, l);
+            // The other protocol's limits are never used; they keep their defaults.
+            let (http, mqtt) = match protocol {
+                Some(ListenerProtocol::Http) => {
+                    self.reject_keys(&p, "http", &mqtt_keys_set(l));
+                    (self.http_limits(&p, l), Some(default_mqtt_limits()))
+                }
+                Some(ListenerProtocol::Mqtt) => {
+                    self.reject_keys(&p, "mqtt", &http_keys_set(l));
+                    (Some(default_http_limits()), self.mqtt_limits(&p, l))
+                }
+                // Unknown protocol (already reported): still check every value given.
+                None => (self.http_limits(&p, l), self.mqtt_limits(&p, l)),
+            };
             let id = u16::try_from(i).ok().map(ListenerId);
-            if let (Some(id), Some(protocol), Some(bind), Some(http)) = (id, protocol, bind, http) {
+            if let (Some(id), Some(protocol), Some(bind), Some(http), Some(mqtt)) =
+                (id, protocol, bind, http, mqtt)
+            {
                 out.push(ListenerPlan {
                     id,
                     name: l.name.clone(),
                     protocol,
                     bind,
                     http,
-                    // MQTT listener settings: filled in by the MQTT config work.
-                    mqtt: crate::policy::MqttListenerLimits {
-                        max_packet_size: 256 * 1024,
-                        connect_timeout: std::time::Duration::from_secs(10),
-                        receive_maximum: 64,
-                    },
+                    mqtt,
                 });
             }
         }
         (out.len() == raw.len()).then_some(out)
+    }
+
+    /// Reports each key in `present` as belonging to the other protocol than `protocol`.
+    fn reject_keys(&mut self, p: &str, protocol: &str, present: &[(&str, bool)]) {
+        let other = if protocol == "http" { "mqtt" } else { "http" };
+        for (key, _) in present.iter().filter(|(_, set)| *set) {
+            self.push(
+                format!("{p}.{key}"),
+                format!("only for protocol {other:?} (this listener is {protocol:?})"),
+            );
+        }
+    }
+
+    fn mqtt_limits(&mut self, p: &str, l: &RawListener) -> Option<MqttListenerLimits> {
+        let max_packet_size = self.int(
+            &format!("{p}.max_packet_size"),
+            l.max_packet_size,
+            defaults::MQTT_MAX_PACKET_SIZE,
+            // 64 bytes fit any CONNECT worth accepting; 268435455 is the MQTT maximum.
+            64..=268_435_455,
+        );
+        let connect_timeout = self.duration(
+            &format!("{p}.connect_timeout"),
+            l.connect_timeout.as_ref(),
+            defaults::MQTT_CONNECT_TIMEOUT,
+        );
+        let receive_maximum = self.int(
+            &format!("{p}.receive_maximum"),
+            l.receive_maximum,
+            defaults::MQTT_RECEIVE_MAXIMUM,
+            1..=65535,
+        );
+        Some(MqttListenerLimits {
+            max_packet_size: max_packet_size?,
+            connect_timeout: connect_timeout?,
+            receive_maximum: receive_maximum?,
+        })
     }
 
     fn http_limits(&mut self, p: &str, l: &RawListener) -> Option<HttpListenerLimits> {
@@ -613,18 +694,21 @@ impl Compiler<'_> {
         raw: &RawDestination,
         credential_names: &HashMap<&str, usize>,
         credentials: &[Option<Credential>],
+        shards: Option<usize>,
     ) -> Option<DestinationPlan> {
         let p = format!("destination[{i}]");
         let adapter = match raw.adapter.as_str() {
             "https" => Some(AdapterKind::GenericHttps),
+            "mqtts" => Some(AdapterKind::Mqtts),
             other => {
                 self.push(
                     format!("{p}.adapter"),
-                    format!("unsupported adapter {other:?}; supported: \"https\""),
+                    format!("unsupported adapter {other:?}; supported: \"https\", \"mqtts\""),
                 );
                 None
             }
         };
+        let is_mqtts = adapter == Some(AdapterKind::Mqtts);
 
         let endpoint = match parse_endpoint(&raw.endpoint) {
             Ok(e) => Some(e),
@@ -702,7 +786,19 @@ impl Compiler<'_> {
             },
         };
 
+        if is_mqtts {
+            for (key, set) in [
+                ("host_header", raw.host_header.is_some()),
+                ("base_path", raw.base_path.is_some()),
+            ] {
+                if set {
+                    self.push(format!("{p}.{key}"), "only for adapter \"https\"");
+                }
+            }
+        }
+        // An mqtts destination has no Host header and no base path: both stay empty.
         let host_header = match (&raw.host_header, &endpoint) {
+            _ if is_mqtts => Some(String::new()),
             (Some(h), _) if is_valid_header_value(h) => Some(h.clone()),
             (Some(h), _) => {
                 self.push(
@@ -717,6 +813,7 @@ impl Compiler<'_> {
         };
 
         let base_path = match raw.base_path.as_deref() {
+            _ if is_mqtts => Some(String::new()),
             None => Some(String::new()),
             Some(text) => match normalize_path_prefix(text) {
                 Ok(path) if path == "/" => Some(String::new()),
@@ -731,8 +828,38 @@ impl Compiler<'_> {
             },
         };
 
-        let alpn = self.alpn(&p, raw.alpn.as_deref());
-        let pool = self.pool(&p, &raw.pool);
+        // Outer None: an error was reported. Inner None: not an MQTT destination.
+        let mqtt: Option<Option<MqttDestination>> = match (adapter, &raw.mqtt) {
+            (Some(AdapterKind::Mqtts), Some(m)) => self.mqtt(&p, m, shards).map(Some),
+            (Some(AdapterKind::Mqtts), None) => {
+                self.push(
+                    format!("{p}.mqtt"),
+                    "required for adapter \"mqtts\": add a [destination.mqtt] table with at \
+                     least `mode` (\"session\" or \"aggregate\")",
+                );
+                None
+            }
+            (Some(AdapterKind::GenericHttps), Some(_)) => {
+                self.push(format!("{p}.mqtt"), "only for adapter \"mqtts\"");
+                None
+            }
+            (Some(AdapterKind::GenericHttps), None) => Some(None),
+            // Unknown adapter (already reported): still check the table's values.
+            (None, Some(m)) => self.mqtt(&p, m, shards).map(Some),
+            (None, None) => Some(None),
+        };
+
+        let alpn = if is_mqtts {
+            self.mqtts_alpn(&p, raw.alpn.as_deref())
+        } else {
+            self.alpn(&p, raw.alpn.as_deref())
+        };
+        // Aggregate mode keeps its own upstream links: nothing to pre-handshake by default.
+        let default_warm = match &raw.mqtt {
+            Some(m) if is_mqtts && m.mode == "aggregate" => defaults::POOL_WARM_MQTT_AGGREGATE,
+            _ => defaults::POOL_WARM,
+        };
+        let pool = self.pool(&p, &raw.pool, default_warm);
 
         let (
             Some(adapter),
@@ -744,6 +871,7 @@ impl Compiler<'_> {
             Some(base_path),
             Some(alpn),
             Some(pool),
+            Some(mqtt),
             Ok(id),
         ) = (
             adapter,
@@ -755,6 +883,7 @@ impl Compiler<'_> {
             base_path,
             alpn,
             pool,
+            mqtt,
             u16::try_from(i),
         )
         else {
@@ -778,8 +907,367 @@ impl Compiler<'_> {
             base_path,
             tls,
             pool,
-            mqtt: None,
+            mqtt,
         })
+    }
+
+    /// `[destination.mqtt]`; `p` is the destination's path.
+    fn mqtt(&mut self, p: &str, raw: &RawMqtt, shards: Option<usize>) -> Option<MqttDestination> {
+        let p = format!("{p}.mqtt");
+        let mode = match raw.mode.as_str() {
+            "session" => Some(MqttMode::Session),
+            "aggregate" => Some(MqttMode::Aggregate),
+            other => {
+                self.push(
+                    format!("{p}.mode"),
+                    format!("unknown mode {other:?}; expected \"session\" or \"aggregate\""),
+                );
+                None
+            }
+        };
+        let keep_alive = self.keep_alive(&format!("{p}.keep_alive"), raw.keep_alive.as_ref());
+        let connections_per_shard = self.int(
+            &format!("{p}.connections_per_shard"),
+            raw.connections_per_shard,
+            defaults::MQTT_CONNECTIONS_PER_SHARD,
+            1..=64,
+        );
+        let max_inflight = self.int(
+            &format!("{p}.max_inflight"),
+            raw.max_inflight,
+            defaults::MQTT_MAX_INFLIGHT,
+            1..=65535,
+        );
+        // Everything below depends on the mode.
+        let mode = mode?;
+        // False once a rule between keys fails (each value may have parsed on its own).
+        let mut ok = true;
+
+        let version = match (raw.version.as_deref(), mode) {
+            (None, MqttMode::Session) => Some(MqttUpstreamVersion::SameAsDevice),
+            (None, MqttMode::Aggregate) => Some(MqttUpstreamVersion::V311),
+            (Some("device"), MqttMode::Session) => Some(MqttUpstreamVersion::SameAsDevice),
+            (Some("device"), MqttMode::Aggregate) => {
+                self.push(
+                    format!("{p}.version"),
+                    "\"device\" is only for mode \"session\": an aggregate connection carries \
+                     devices of every version; use \"3.1.1\" or \"5\"",
+                );
+                None
+            }
+            (Some("3.1.1"), _) => Some(MqttUpstreamVersion::V311),
+            (Some("5"), _) => Some(MqttUpstreamVersion::V5),
+            (Some(other), MqttMode::Session) => {
+                self.push(
+                    format!("{p}.version"),
+                    format!("unknown version {other:?}; expected \"device\", \"3.1.1\" or \"5\""),
+                );
+                None
+            }
+            (Some(other), MqttMode::Aggregate) => {
+                self.push(
+                    format!("{p}.version"),
+                    format!("unknown version {other:?}; expected \"3.1.1\" or \"5\""),
+                );
+                None
+            }
+        };
+
+        let (default_client_id, default_topic) = match mode {
+            MqttMode::Session => (
+                defaults::MQTT_SESSION_CLIENT_ID,
+                defaults::MQTT_SESSION_TOPIC,
+            ),
+            MqttMode::Aggregate => (
+                defaults::MQTT_AGGREGATE_CLIENT_ID,
+                defaults::MQTT_AGGREGATE_TOPIC,
+            ),
+        };
+        let client_id_path = format!("{p}.client_id");
+        let client_id = self.template(
+            &client_id_path,
+            raw.client_id.as_deref().unwrap_or(default_client_id),
+            IDENTITY_PLACEHOLDERS,
+            excluded_in_mode(mode),
+            mode,
+        );
+        if let Some(template) = &client_id {
+            ok &= self.check_client_id_unique(
+                &client_id_path,
+                template,
+                mode,
+                shards,
+                connections_per_shard,
+            );
+        }
+
+        let username = match raw.username.as_deref() {
+            None => Some(None),
+            Some("") => {
+                self.push(
+                    format!("{p}.username"),
+                    "must not be empty (leave the key out to send no username)",
+                );
+                None
+            }
+            Some(text) => self
+                .template(
+                    &format!("{p}.username"),
+                    text,
+                    IDENTITY_PLACEHOLDERS,
+                    excluded_in_mode(mode),
+                    mode,
+                )
+                .map(Some),
+        };
+
+        let password = match &raw.password_file {
+            None => Some(None),
+            Some(file) => self
+                .password_file(&format!("{p}.password_file"), file)
+                .map(Some),
+        };
+        if raw.password_file.is_some()
+            && raw.username.is_none()
+            && version.is_some_and(|v| v != MqttUpstreamVersion::V5)
+        {
+            self.push(
+                format!("{p}.password_file"),
+                "MQTT 3.1.1 sends a password only together with a username: set username \
+                 too, or version = \"5\"",
+            );
+            ok = false;
+        }
+
+        let pass_through_credentials = raw.pass_through_credentials.unwrap_or(false);
+        if pass_through_credentials {
+            let path = format!("{p}.pass_through_credentials");
+            if mode == MqttMode::Aggregate {
+                self.push(
+                    &path,
+                    "only for mode \"session\": an aggregate connection is shared by many \
+                     devices and cannot carry one device's credentials",
+                );
+                ok = false;
+            } else if raw.username.is_some() || raw.password_file.is_some() {
+                self.push(
+                    &path,
+                    "cannot be combined with username or password_file: either the device's \
+                     credentials are forwarded or the configured ones are sent",
+                );
+                ok = false;
+            }
+        }
+
+        let topic_path = format!("{p}.topic");
+        let topic_text = raw.topic.as_deref().unwrap_or(default_topic);
+        // Rendered per device message in both modes, so no mode excludes a placeholder.
+        let topic = self.template(&topic_path, topic_text, TOPIC_PLACEHOLDERS, &[], mode);
+        if let Some(template) = &topic {
+            if !template.uses(Placeholder::Topic) {
+                self.push(
+                    &topic_path,
+                    "must contain {topic} (the device's topic), so that every device topic maps \
+                     to its own upstream topic and downlink messages can be mapped back",
+                );
+                ok = false;
+            } else if topic_text.contains(['+', '#', '\0']) {
+                self.push(
+                    &topic_path,
+                    "must not contain the wildcards '+' and '#' or a NUL character: the result \
+                     is a topic name that PUBLISHes are sent to",
+                );
+                ok = false;
+            }
+        }
+
+        if !ok {
+            return None;
+        }
+        Some(MqttDestination {
+            mode,
+            version: version?,
+            client_id: client_id?,
+            username: username?,
+            password: password?,
+            pass_through_credentials,
+            topic: topic?,
+            keep_alive: keep_alive?,
+            connections_per_shard: connections_per_shard?,
+            max_inflight: max_inflight?,
+        })
+    }
+
+    /// Parses a template for an MQTT field. `field_allows` is what the field accepts in some
+    /// mode; placeholders in `excluded` (those `mode` cannot fill) get an error saying why.
+    fn template(
+        &mut self,
+        path: &str,
+        text: &str,
+        field_allows: &[Placeholder],
+        excluded: &[Placeholder],
+        mode: MqttMode,
+    ) -> Option<Template> {
+        let allowed_here: Vec<Placeholder> = field_allows
+            .iter()
+            .copied()
+            .filter(|p| !excluded.contains(p))
+            .collect();
+        let listed = placeholder_list(&allowed_here);
+        let template = match Template::parse(text, field_allows) {
+            Ok(template) => template,
+            Err(TemplateError::UnknownPlaceholder(name)) => {
+                self.push(
+                    path,
+                    format!("unknown placeholder {{{name}}}; known: {listed}"),
+                );
+                return None;
+            }
+            Err(TemplateError::NotAllowedHere(name)) => {
+                self.push(
+                    path,
+                    format!("placeholder {{{name}}} is not allowed here; allowed: {listed}"),
+                );
+                return None;
+            }
+            Err(e @ (TemplateError::UnbalancedBrace | TemplateError::RepeatedTopic)) => {
+                self.push(path, format!("invalid template {text:?}: {e}"));
+                return None;
+            }
+        };
+        let mut ok = true;
+        for placeholder in excluded.iter().filter(|p| template.uses(**p)) {
+            let why = match mode {
+                MqttMode::Session => {
+                    "mode \"session\": {shard} and {conn} number aggregate connections, and a \
+                     session connection belongs to one device"
+                }
+                MqttMode::Aggregate => {
+                    "mode \"aggregate\": one upstream connection carries many devices, so it has \
+                     no single device {client_id} or {ip}"
+                }
+            };
+            self.push(
+                path,
+                format!(
+                    "placeholder {{{}}} is not allowed in {why}; allowed: {listed}",
+                    placeholder.name()
+                ),
+            );
+            ok = false;
+        }
+        ok.then_some(template)
+    }
+
+    /// Brokers disconnect the older of two connections with the same client id, so every
+    /// upstream connection needs its own: per device in session mode, per shard and per
+    /// connection in aggregate mode. Returns false if an error was reported.
+    fn check_client_id_unique(
+        &mut self,
+        path: &str,
+        template: &Template,
+        mode: MqttMode,
+        shards: Option<usize>,
+        connections_per_shard: Option<usize>,
+    ) -> bool {
+        let errors_before = self.errors.len();
+        match mode {
+            MqttMode::Session => {
+                if !template.uses(Placeholder::ClientId) && !template.uses(Placeholder::Ip) {
+                    self.push(
+                        path,
+                        "must contain {client_id} or {ip}: with a fixed client id, every device \
+                         session would take over the previous one at the broker",
+                    );
+                }
+            }
+            MqttMode::Aggregate => {
+                if shards.is_some_and(|n| n > 1) && !template.uses(Placeholder::Shard) {
+                    self.push(
+                        path,
+                        format!(
+                            "must contain {{shard}}: with {} shards, each opens its own upstream \
+                             connections, and the broker disconnects a connection whose client \
+                             id is reused",
+                            shards.unwrap_or_default()
+                        ),
+                    );
+                }
+                if connections_per_shard.is_some_and(|n| n > 1) && !template.uses(Placeholder::Conn)
+                {
+                    self.push(
+                        path,
+                        "must contain {conn} when connections_per_shard is more than 1: the \
+                         broker disconnects a connection whose client id is reused",
+                    );
+                }
+            }
+        }
+        self.errors.len() == errors_before
+    }
+
+    /// `mqtt.keep_alive`: whole seconds in 1s..=65535s (the MQTT field is a `u16`).
+    fn keep_alive(&mut self, path: &str, value: Option<&RawDuration>) -> Option<Duration> {
+        let Some(RawDuration(text)) = value else {
+            return Some(defaults::MQTT_KEEP_ALIVE);
+        };
+        let max = defaults::MQTT_MAX_KEEP_ALIVE;
+        match parse_duration(text) {
+            Err(e) => {
+                self.push(path, format!("invalid duration {text:?}: {e}"));
+                None
+            }
+            Ok(d) if d < Duration::from_secs(1) || d > max => {
+                self.push(
+                    path,
+                    format!(
+                        "must be between 1s and {}s (18h12m15s; MQTT keep-alive is a 16-bit \
+                         number of seconds), got {text:?}",
+                        max.as_secs()
+                    ),
+                );
+                None
+            }
+            Ok(d) if d.subsec_nanos() != 0 => {
+                self.push(
+                    path,
+                    format!("must be a whole number of seconds, got {text:?}"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+        }
+    }
+
+    /// Reads an MQTT password file: trailing line breaks trimmed, 1..=65535 bytes left. Errors
+    /// name the file, never its contents.
+    fn password_file(&mut self, path: &str, file: &Path) -> Option<Secret> {
+        let full = self.base_dir.join(file);
+        let mut bytes = match tls_material::read(&full) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.push(path, format!("{e}: {}", full.display()));
+                return None;
+            }
+        };
+        while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
+            self.push(path, format!("password file is empty: {}", full.display()));
+            return None;
+        }
+        if bytes.len() > usize::from(u16::MAX) {
+            self.push(
+                path,
+                format!(
+                    "password longer than 65535 bytes (the MQTT limit): {}",
+                    full.display()
+                ),
+            );
+            return None;
+        }
+        Some(Secret(bytes::Bytes::from(bytes)))
     }
 
     fn resolve(&mut self, p: &str, endpoint: &Endpoint) -> Option<Vec<SocketAddr>> {
@@ -840,13 +1328,36 @@ impl Compiler<'_> {
         ok.then(|| list.to_vec())
     }
 
-    fn pool(&mut self, p: &str, raw: &RawPool) -> Option<PoolSettings> {
-        let warm = self.int(
-            &format!("{p}.pool.warm"),
-            raw.warm,
-            defaults::POOL_WARM,
-            0..=1024,
-        );
+    /// ALPN of an `mqtts` destination: any non-empty protocol names (AWS IoT Core on port 443
+    /// wants `x-amzn-mqtt-ca`); none by default.
+    fn mqtts_alpn(&mut self, p: &str, raw: Option<&[String]>) -> Option<Vec<String>> {
+        let Some(list) = raw else {
+            return Some(Vec::new());
+        };
+        let mut ok = true;
+        for (k, proto) in list.iter().enumerate() {
+            let problem = if proto.is_empty() {
+                Some("must not be empty".to_owned())
+            } else if proto.len() > 255 {
+                Some(format!(
+                    "{} bytes long; an ALPN protocol name is at most 255 bytes",
+                    proto.len()
+                ))
+            } else if list[..k].contains(proto) {
+                Some(format!("duplicate ALPN protocol {proto:?}"))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                self.push(format!("{p}.alpn[{k}]"), message);
+                ok = false;
+            }
+        }
+        ok.then(|| list.to_vec())
+    }
+
+    fn pool(&mut self, p: &str, raw: &RawPool, default_warm: usize) -> Option<PoolSettings> {
+        let warm = self.int(&format!("{p}.pool.warm"), raw.warm, default_warm, 0..=1024);
         let max_idle = self.int(
             &format!("{p}.pool.max_idle"),
             raw.max_idle,
@@ -919,8 +1430,10 @@ impl Compiler<'_> {
     ) -> Option<Vec<GroupPlan>> {
         let mut out = Vec::with_capacity(raw.group.len());
         for (g, group) in raw.group.iter().enumerate() {
-            let mut routes = Vec::with_capacity(group.routes.len());
-            let mut seen: HashMap<(usize, String), usize> = HashMap::new();
+            let mut http_routes = Vec::with_capacity(group.routes.len());
+            let mut mqtt_routes = Vec::new();
+            let mut seen_http: HashMap<(usize, String), usize> = HashMap::new();
+            let mut seen_mqtt: HashMap<usize, usize> = HashMap::new();
             let mut ok = true;
             for (r, route) in group.routes.iter().enumerate() {
                 let p = format!("group[{g}].routes[{r}]");
@@ -938,22 +1451,104 @@ impl Compiler<'_> {
                         format!("unknown destination {:?}", route.destination),
                     );
                 }
-                let path = match normalize_path_prefix(&route.path) {
-                    Ok(path) => Some(path),
-                    Err(e) => {
+                // Protocol and adapter as written; an unsupported value is reported at its own
+                // path, and the route is then not checked against it.
+                let protocol = listener
+                    .and_then(|i| raw.listener.get(i))
+                    .map(|l| l.protocol.as_str());
+                let adapter = destination
+                    .and_then(|i| raw.destination.get(i))
+                    .map(|d| d.adapter.as_str());
+                let is_mqtt = match protocol {
+                    Some("http") => Some(false),
+                    Some("mqtt") => Some(true),
+                    _ => None,
+                };
+                let path = match (is_mqtt, route.path.as_deref()) {
+                    (Some(true), Some(_)) => {
                         self.push(
                             format!("{p}.path"),
-                            format!("invalid path {:?}: {e}", route.path),
+                            format!(
+                                "not allowed: listener {:?} is MQTT, and MQTT routes have no path",
+                                route.listener
+                            ),
                         );
                         None
                     }
+                    (Some(true), None) => Some(None),
+                    (Some(false), None) => {
+                        self.push(
+                            format!("{p}.path"),
+                            format!(
+                                "required: listener {:?} is HTTP, and HTTP routes match a path prefix",
+                                route.listener
+                            ),
+                        );
+                        None
+                    }
+                    (_, Some(text)) => match normalize_path_prefix(text) {
+                        Ok(path) => Some(Some(path)),
+                        Err(e) => {
+                            self.push(format!("{p}.path"), format!("invalid path {text:?}: {e}"));
+                            None
+                        }
+                    },
+                    (None, None) => None,
                 };
-                let (Some(listener), Some(destination), Some(path)) = (listener, destination, path)
+                let adapter_matches = match (is_mqtt, adapter) {
+                    (Some(true), Some("https")) | (Some(false), Some("mqtts")) => {
+                        let (kind, other) = if is_mqtt == Some(true) {
+                            ("MQTT", "https")
+                        } else {
+                            ("HTTP", "mqtts")
+                        };
+                        self.push(
+                            format!("{p}.destination"),
+                            format!(
+                                "listener {:?} is {kind}; destination {:?} is {other}",
+                                route.listener, route.destination
+                            ),
+                        );
+                        false
+                    }
+                    (Some(_), Some("https" | "mqtts")) => true,
+                    _ => false,
+                };
+                let (Some(listener), Some(destination), Some(path), true) =
+                    (listener, destination, path, adapter_matches)
                 else {
                     ok = false;
                     continue;
                 };
-                if let Some(first) = seen.get(&(listener, path.clone())) {
+                let (Ok(listener_id), Ok(destination_id)) =
+                    (u16::try_from(listener), u16::try_from(destination))
+                else {
+                    ok = false;
+                    continue;
+                };
+                let Some(path) = path else {
+                    // An MQTT route: one per listener and group.
+                    if let Some(first) = seen_mqtt.get(&listener) {
+                        self.push(
+                            format!("{p}.listener"),
+                            format!(
+                                "duplicate MQTT route for listener {:?} (first at \
+                                 group[{g}].routes[{first}]); a listener has at most one MQTT \
+                                 route per group",
+                                route.listener
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    seen_mqtt.insert(listener, r);
+                    mqtt_routes.push(MqttRoute {
+                        listener: ListenerId(listener_id),
+                        destination: DestinationId(destination_id),
+                    });
+                    continue;
+                };
+                if let Some(first) = seen_http.get(&(listener, path.clone())) {
                     self.push(
                         format!("{p}.path"),
                         format!(
@@ -963,32 +1558,103 @@ impl Compiler<'_> {
                     ok = false;
                     continue;
                 }
-                seen.insert((listener, path.clone()), r);
-                let (Ok(listener), Ok(destination)) =
-                    (u16::try_from(listener), u16::try_from(destination))
-                else {
-                    ok = false;
-                    continue;
-                };
-                routes.push(HttpRoute {
-                    listener: ListenerId(listener),
+                seen_http.insert((listener, path.clone()), r);
+                http_routes.push(HttpRoute {
+                    listener: ListenerId(listener_id),
                     path_prefix: path,
-                    destination: DestinationId(destination),
+                    destination: DestinationId(destination_id),
                 });
             }
             // Longest prefix first; the sort is stable, so equal lengths keep config order.
-            routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+            http_routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
             match u16::try_from(g) {
                 Ok(id) if ok => out.push(GroupPlan {
                     id: GroupId(id),
                     name: group.name.clone(),
-                    http_routes: routes,
-                    mqtt_routes: Vec::new(),
+                    http_routes,
+                    mqtt_routes,
                 }),
                 _ => {}
             }
         }
         (out.len() == raw.group.len()).then_some(out)
+    }
+}
+
+/// Placeholders of `mqtt.client_id` and `mqtt.username` (before the per-mode exclusions).
+const IDENTITY_PLACEHOLDERS: &[Placeholder] = &[
+    Placeholder::ClientId,
+    Placeholder::Ip,
+    Placeholder::Shard,
+    Placeholder::Conn,
+];
+
+/// Placeholders of `mqtt.topic`.
+const TOPIC_PLACEHOLDERS: &[Placeholder] =
+    &[Placeholder::ClientId, Placeholder::Ip, Placeholder::Topic];
+
+/// Placeholders a mode cannot fill: session connections have no shard-wide numbering,
+/// aggregate connections no single device.
+fn excluded_in_mode(mode: MqttMode) -> &'static [Placeholder] {
+    match mode {
+        MqttMode::Session => &[Placeholder::Shard, Placeholder::Conn],
+        MqttMode::Aggregate => &[Placeholder::ClientId, Placeholder::Ip],
+    }
+}
+
+/// `{a}, {b}, {c}` for messages.
+fn placeholder_list(placeholders: &[Placeholder]) -> String {
+    placeholders
+        .iter()
+        .map(|p| format!("{{{}}}", p.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The HTTP-only listener keys and whether each is set.
+fn http_keys_set(l: &RawListener) -> [(&'static str, bool); 7] {
+    [
+        ("max_head_bytes", l.max_head_bytes.is_some()),
+        ("max_headers", l.max_headers.is_some()),
+        ("max_body_bytes", l.max_body_bytes.is_some()),
+        ("header_timeout", l.header_timeout.is_some()),
+        ("body_timeout", l.body_timeout.is_some()),
+        ("idle_timeout", l.idle_timeout.is_some()),
+        (
+            "max_requests_per_connection",
+            l.max_requests_per_connection.is_some(),
+        ),
+    ]
+}
+
+/// The MQTT-only listener keys and whether each is set.
+fn mqtt_keys_set(l: &RawListener) -> [(&'static str, bool); 3] {
+    [
+        ("max_packet_size", l.max_packet_size.is_some()),
+        ("connect_timeout", l.connect_timeout.is_some()),
+        ("receive_maximum", l.receive_maximum.is_some()),
+    ]
+}
+
+/// HTTP limits of a listener that does not speak HTTP (never used; documented defaults).
+fn default_http_limits() -> HttpListenerLimits {
+    HttpListenerLimits {
+        max_head_bytes: defaults::MAX_HEAD_BYTES,
+        max_headers: defaults::MAX_HEADERS,
+        max_body_bytes: defaults::MAX_BODY_BYTES,
+        header_timeout: defaults::HEADER_TIMEOUT,
+        body_timeout: defaults::BODY_TIMEOUT,
+        idle_timeout: defaults::IDLE_TIMEOUT,
+        max_requests_per_connection: 0,
+    }
+}
+
+/// MQTT limits of a listener that does not speak MQTT (never used; documented defaults).
+fn default_mqtt_limits() -> MqttListenerLimits {
+    MqttListenerLimits {
+        max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
+        connect_timeout: defaults::MQTT_CONNECT_TIMEOUT,
+        receive_maximum: defaults::MQTT_RECEIVE_MAXIMUM,
     }
 }
 

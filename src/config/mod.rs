@@ -13,8 +13,8 @@
 //!    types. Serde stops at the first such error, so this phase reports exactly one, with its
 //!    line and column.
 //! 2. **Meaning** (`compile`): ranges, formats (durations, addresses, names), duplicate names,
-//!    references between sections, credential/CA files, DNS resolution and the rustls client
-//!    configs. Every problem is collected; [`ConfigError`]'s `Display` prints one per line.
+//!    references between sections, credential/CA/password files, DNS resolution and the
+//!    rustls client configs. Every problem is collected; [`ConfigError`]'s `Display` prints one per line.
 //!
 //! Relative file paths in the config resolve against the config file's directory
 //! ([`load_plan`]) or the given base directory ([`compile_str`]). Error messages quote file

@@ -101,13 +101,15 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
-/// `[[listener]]`.
+/// `[[listener]]`. The HTTP keys are valid only with `protocol = "http"`, the MQTT keys only
+/// with `protocol = "mqtt"`; `compile` checks that.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListener {
     pub name: String,
     pub protocol: String,
     pub bind: String,
+    // HTTP keys.
     pub max_head_bytes: Option<i64>,
     pub max_headers: Option<i64>,
     pub max_body_bytes: Option<i64>,
@@ -115,6 +117,10 @@ pub(crate) struct RawListener {
     pub body_timeout: Option<RawDuration>,
     pub idle_timeout: Option<RawDuration>,
     pub max_requests_per_connection: Option<i64>,
+    // MQTT keys.
+    pub max_packet_size: Option<i64>,
+    pub connect_timeout: Option<RawDuration>,
+    pub receive_maximum: Option<i64>,
 }
 
 /// `[[credential]]`.
@@ -142,6 +148,24 @@ pub(crate) struct RawDestination {
     pub alpn: Option<Vec<String>>,
     #[serde(default)]
     pub pool: RawPool,
+    /// `[destination.mqtt]`: required for `adapter = "mqtts"`, an error otherwise.
+    pub mqtt: Option<RawMqtt>,
+}
+
+/// `[destination.mqtt]`. Only `mode` is required; per-mode defaults are applied in `compile`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMqtt {
+    pub mode: String,
+    pub version: Option<String>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub pass_through_credentials: Option<bool>,
+    pub topic: Option<String>,
+    pub keep_alive: Option<RawDuration>,
+    pub connections_per_shard: Option<i64>,
+    pub max_inflight: Option<i64>,
 }
 
 /// `[destination.pool]`.
@@ -166,11 +190,12 @@ pub(crate) struct RawGroup {
     pub routes: Vec<RawRoute>,
 }
 
-/// One entry of `group[].routes`.
+/// One entry of `group[].routes`. `path` is required on HTTP listeners and an error on MQTT
+/// listeners (checked in `compile`, which knows the listener's protocol).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
     pub listener: String,
-    pub path: String,
+    pub path: Option<String>,
     pub destination: String,
 }

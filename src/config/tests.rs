@@ -42,7 +42,8 @@ impl Environment for FakeEnv {
 }
 
 /// A temp dir holding `certs/ca.pem`, `certs/client.crt`, `certs/client.key`,
-/// `certs/other.key` (a key that matches nothing) and a few bad files.
+/// `certs/other.key` (a key that matches nothing), a few bad files, and MQTT password files
+/// under `secrets/`.
 struct Fixture {
     dir: tempfile::TempDir,
     env: FakeEnv,
@@ -75,6 +76,15 @@ impl Fixture {
             &format!("-----BEGIN PRIVATE KEY-----\n{SECRET_MARKER}\n"),
         );
         std::fs::create_dir(certs.join("a-directory")).unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir(&secrets).unwrap();
+        let secret = |name: &str, text: &str| std::fs::write(secrets.join(name), text).unwrap();
+        secret("broker.pass", "s3cret-pass\n");
+        secret("crlf.pass", "crlf-pass\r\n");
+        secret("bare.pass", "no newline");
+        secret("empty.pass", "\n");
+        secret("marker.pass", &format!("{SECRET_MARKER}\n"));
+        std::fs::write(secrets.join("huge.pass"), vec![b'x'; 65536]).unwrap();
         let mut hosts = HashMap::new();
         hosts.insert(
             "sink.test".to_owned(),
@@ -454,7 +464,7 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     // Listeners.
     ("bind = \"127.0.0.1:0\"", "bind = \"127.0.0.1:8080\"", "listener[1].bind", "127.0.0.1:8080 is already used by listener[0].bind (0.0.0.0:8080)"),
     ("bind = \"127.0.0.1:0\"", "bind = \"x\"", "listener[1].bind", "invalid socket address \"x\""),
-    ("protocol = \"http\"\nbind = \"127", "protocol = \"mqtt\"\nbind = \"127", "listener[1].protocol", "unsupported protocol \"mqtt\"; supported: \"http\""),
+    ("protocol = \"http\"\nbind = \"127", "protocol = \"coap\"\nbind = \"127", "listener[1].protocol", "unsupported protocol \"coap\"; supported: \"http\", \"mqtt\""),
     ("max_head_bytes = 4096", "max_head_bytes = 100", "listener[0].max_head_bytes", "must be in 256..=1048576, got 100"),
     ("max_body_bytes = 65536", "max_body_bytes = 1073741825", "listener[0].max_body_bytes", "must be in 0..=1073741824"),
     ("max_headers = 50", "max_headers = 0", "listener[0].max_headers", "must be in 1..=1024, got 0"),
@@ -492,7 +502,7 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("key = \"certs/client.key\"", "key = \"certs/other.key\"", "credential[0].key", "private key does not match the certificate"),
     ("kind = \"x509\"", "kind = \"sas\"", "credential[0].kind", "unsupported credential kind \"sas\"; supported: \"x509\""),
     // Destinations.
-    ("adapter = \"https\"\nendpoint = \"sink", "adapter = \"aws-iot-core\"\nendpoint = \"sink", "destination[0].adapter", "unsupported adapter \"aws-iot-core\"; supported: \"https\""),
+    ("adapter = \"https\"\nendpoint = \"sink", "adapter = \"aws-iot-core\"\nendpoint = \"sink", "destination[0].adapter", "unsupported adapter \"aws-iot-core\"; supported: \"https\", \"mqtts\""),
     ("endpoint = \"sink.test:8443\"", "endpoint = \"sink.test\"", "destination[0].endpoint", "invalid endpoint \"sink.test\": port required"),
     ("endpoint = \"sink.test:8443\"", "endpoint = \"https://sink.test\"", "destination[0].endpoint", "without a scheme or path"),
     ("endpoint = \"[::1]:443\"", "endpoint = \"::1:443\"", "destination[1].endpoint", "brackets"),
@@ -825,6 +835,26 @@ fn every_schema_key_is_documented() {
         "listener",
         "path",
         "destination",
+        // MQTT.
+        "[destination.mqtt]",
+        "max_packet_size",
+        "receive_maximum",
+        "mode",
+        "version",
+        "client_id",
+        "username",
+        "password_file",
+        "pass_through_credentials",
+        "topic",
+        "keep_alive",
+        "connections_per_shard",
+        "max_inflight",
+        "mqtts",
+        "{client_id}",
+        "{topic}",
+        "{ip}",
+        "{shard}",
+        "{conn}",
     ];
     for key in keys {
         assert!(
@@ -832,4 +862,599 @@ fn every_schema_key_is_documented() {
             "docs/configuration.md lacks `{key}`"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT: listeners, mqtts destinations, templates, password files, MQTT routes.
+
+/// A valid config with HTTP and MQTT side by side, using every MQTT key.
+const MQTT_FULL: &str = r#"
+[gateway]
+shards = 2
+
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "0.0.0.0:8080"
+
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "0.0.0.0:1883"
+max_packet_size = 65536
+connect_timeout = "5s"
+receive_maximum = 32
+
+[[listener]]
+name = "mqtt-fleet"
+protocol = "mqtt"
+bind = "0.0.0.0:1884"
+
+[[credential]]
+name = "gw-cert"
+kind = "x509"
+cert = "certs/client.crt"
+key = "certs/client.key"
+
+[[destination]]
+name = "sink"
+adapter = "https"
+endpoint = "sink.test:443"
+
+[[destination]]
+name = "things"
+adapter = "mqtts"
+endpoint = "sink.test:8883"
+ca = "certs/ca.pem"
+credential = "gw-cert"
+alpn = ["x-amzn-mqtt-ca"]
+[destination.pool]
+warm = 4
+[destination.mqtt]
+mode = "session"
+version = "5"
+client_id = "sim-{client_id}"
+username = "gw-{ip}"
+password_file = "secrets/broker.pass"
+topic = "things/{client_id}/{topic}"
+keep_alive = "30s"
+
+[[destination]]
+name = "fleet"
+adapter = "mqtts"
+endpoint = "127.0.0.1:8883"
+server_name = "sink.test"
+[destination.mqtt]
+mode = "aggregate"
+version = "3.1.1"
+client_id = "gw-{shard}-{conn}"
+username = "gateway-{shard}"
+password_file = "secrets/crlf.pass"
+pass_through_credentials = false
+topic = "fleet/{ip}/{client_id}/{topic}"
+keep_alive = "2m"
+connections_per_shard = 4
+max_inflight = 100
+
+[[group]]
+name = "default"
+routes = [
+  { listener = "http", path = "/", destination = "sink" },
+  { listener = "mqtt", destination = "things" },
+  { listener = "mqtt-fleet", destination = "fleet" },
+]
+
+[[group]]
+name = "fleet-only"
+routes = [ { listener = "mqtt", destination = "fleet" } ]
+"#;
+
+/// Smallest MQTT configs: one listener, one destination, only required keys.
+const MQTT_MINIMAL_SESSION: &str = r#"
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "0.0.0.0:1883"
+
+[[destination]]
+name = "broker"
+adapter = "mqtts"
+endpoint = "sink.test:8883"
+[destination.mqtt]
+mode = "session"
+
+[[group]]
+name = "default"
+routes = [ { listener = "mqtt", destination = "broker" } ]
+"#;
+
+fn vars_for_test() -> crate::policy::TemplateVars<'static> {
+    crate::policy::TemplateVars {
+        client_id: b"dev7",
+        topic: b"temp",
+        ip: "10.0.0.17".parse().unwrap(),
+        shard: 1,
+        conn: 3,
+    }
+}
+
+#[test]
+fn mqtt_config_compiles_to_the_expected_plan() {
+    use crate::policy::{MqttMode, MqttUpstreamVersion, Secret};
+    let fx = Fixture::new();
+    let plan = fx.compile(MQTT_FULL).unwrap_or_else(|e| panic!("{e}"));
+
+    let l = &plan.listeners[1];
+    assert_eq!(l.protocol, ListenerProtocol::Mqtt);
+    assert_eq!(l.mqtt.max_packet_size, 65536);
+    assert_eq!(l.mqtt.connect_timeout, Duration::from_secs(5));
+    assert_eq!(l.mqtt.receive_maximum, 32);
+    assert_eq!(plan.listeners[0].protocol, ListenerProtocol::Http);
+
+    let sink = &plan.destinations[0];
+    assert!(sink.mqtt.is_none());
+    assert_eq!(sink.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+    let things = &plan.destinations[1];
+    assert_eq!(things.adapter, AdapterKind::Mqtts);
+    assert_eq!(things.addrs[0], "127.0.0.1:8883".parse().unwrap());
+    assert_eq!(
+        (things.host_header.as_str(), things.base_path.as_str()),
+        ("", "")
+    );
+    assert_eq!(things.tls.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
+    assert!(things.tls.client_auth_cert_resolver.has_certs());
+    assert_eq!(things.pool.warm, 4);
+    let m = things
+        .mqtt
+        .as_ref()
+        .expect("mqtts destination has mqtt settings");
+    assert_eq!(m.mode, MqttMode::Session);
+    assert_eq!(m.version, MqttUpstreamVersion::V5);
+    let vars = vars_for_test();
+    assert_eq!(m.client_id.render(&vars), b"sim-dev7".to_vec());
+    let username = m.username.as_ref().expect("username set");
+    assert_eq!(username.render(&vars), b"gw-10.0.0.17".to_vec());
+    assert_eq!(
+        m.password,
+        Some(Secret(bytes::Bytes::from_static(b"s3cret-pass")))
+    );
+    assert!(!m.pass_through_credentials);
+    assert_eq!(m.topic.render(&vars), b"things/dev7/temp".to_vec());
+    assert_eq!(m.keep_alive, Duration::from_secs(30));
+
+    let fleet = &plan.destinations[2];
+    assert_eq!(
+        fleet.server_name,
+        ServerName::try_from("sink.test").unwrap()
+    );
+    assert!(
+        fleet.tls.alpn_protocols.is_empty(),
+        "mqtts sends no ALPN by default"
+    );
+    assert_eq!(
+        fleet.pool.warm, 0,
+        "aggregate mode defaults to no warm connections"
+    );
+    let m = fleet
+        .mqtt
+        .as_ref()
+        .expect("mqtts destination has mqtt settings");
+    assert_eq!(m.mode, MqttMode::Aggregate);
+    assert_eq!(m.version, MqttUpstreamVersion::V311);
+    assert_eq!(m.client_id.render(&vars), b"gw-1-3".to_vec());
+    assert_eq!(
+        m.username.as_ref().map(|u| u.render(&vars)),
+        Some(b"gateway-1".to_vec())
+    );
+    assert_eq!(
+        m.password,
+        Some(Secret(bytes::Bytes::from_static(b"crlf-pass"))),
+        "CRLF trimmed"
+    );
+    assert_eq!(m.topic.render(&vars), b"fleet/10.0.0.17/dev7/temp".to_vec());
+    assert_eq!(m.keep_alive, Duration::from_secs(120));
+    assert_eq!((m.connections_per_shard, m.max_inflight), (4, 100));
+
+    let default = &plan.groups[0];
+    assert_eq!(default.http_routes.len(), 1);
+    let mqtt_routes: Vec<(u16, u16)> = default
+        .mqtt_routes
+        .iter()
+        .map(|r| (r.listener.0, r.destination.0))
+        .collect();
+    assert_eq!(mqtt_routes, vec![(1, 1), (2, 2)]);
+    assert_eq!(
+        plan.route_mqtt(GroupId(0), ListenerId(1)),
+        Some(DestinationId(1))
+    );
+    assert_eq!(
+        plan.route_mqtt(GroupId(0), ListenerId(2)),
+        Some(DestinationId(2))
+    );
+    assert_eq!(plan.route_mqtt(GroupId(0), ListenerId(0)), None);
+    assert_eq!(
+        plan.route_mqtt(GroupId(1), ListenerId(1)),
+        Some(DestinationId(2))
+    );
+    assert_eq!(plan.route_mqtt(GroupId(1), ListenerId(2)), None);
+    assert_eq!(
+        plan.route_http(GroupId(0), ListenerId(0), b"/x"),
+        Some(DestinationId(0))
+    );
+}
+
+#[test]
+fn mqtt_omitted_keys_take_their_per_mode_defaults() {
+    use crate::policy::{MqttMode, MqttUpstreamVersion};
+    let fx = Fixture::new();
+    let plan = fx
+        .compile(MQTT_MINIMAL_SESSION)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let l = &plan.listeners[0].mqtt;
+    assert_eq!(
+        (l.max_packet_size, l.connect_timeout, l.receive_maximum),
+        (262_144, Duration::from_secs(10), 64)
+    );
+    let d = &plan.destinations[0];
+    assert_eq!(d.pool.warm, 2, "session mode uses the warm pool");
+    assert!(d.tls.alpn_protocols.is_empty());
+    let m = d.mqtt.as_ref().expect("mqtt settings");
+    assert_eq!(m.mode, MqttMode::Session);
+    assert_eq!(m.version, MqttUpstreamVersion::SameAsDevice);
+    assert_eq!(m.client_id.as_str(), "{client_id}");
+    assert_eq!(m.topic.as_str(), "{topic}");
+    assert!(m.username.is_none() && m.password.is_none());
+    assert!(!m.pass_through_credentials);
+    assert_eq!(m.keep_alive, Duration::from_secs(60));
+    assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
+
+    let aggregate = edit(
+        MQTT_MINIMAL_SESSION,
+        "mode = \"session\"",
+        "mode = \"aggregate\"",
+    );
+    let plan = fx.compile(&aggregate).unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.pool.warm, 0);
+    let m = d.mqtt.as_ref().expect("mqtt settings");
+    assert_eq!(m.mode, MqttMode::Aggregate);
+    assert_eq!(m.version, MqttUpstreamVersion::V311);
+    assert_eq!(m.client_id.as_str(), "simgate-{shard}-{conn}");
+    assert_eq!(m.topic.as_str(), "devices/{client_id}/{topic}");
+    assert_eq!(m.keep_alive, Duration::from_secs(60));
+    assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
+
+    // An explicit warm pool is kept in aggregate mode too.
+    let warm = edit(
+        &aggregate,
+        "[destination.mqtt]",
+        "[destination.pool]\nwarm = 1\n[destination.mqtt]",
+    );
+    let plan = fx.compile(&warm).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.destinations[0].pool.warm, 1);
+}
+
+#[test]
+fn mqtt_boundary_values_are_accepted() {
+    let fx = Fixture::new();
+    let cases = [
+        ("max_packet_size = 65536", "max_packet_size = 64"),
+        ("max_packet_size = 65536", "max_packet_size = 268435455"),
+        ("receive_maximum = 32", "receive_maximum = 1"),
+        ("receive_maximum = 32", "receive_maximum = 65535"),
+        ("keep_alive = \"2m\"", "keep_alive = \"1s\""),
+        ("keep_alive = \"2m\"", "keep_alive = \"65535s\""),
+        ("keep_alive = \"2m\"", "keep_alive = \"1000ms\""),
+        ("connections_per_shard = 4", "connections_per_shard = 64"),
+        ("max_inflight = 100", "max_inflight = 1"),
+        ("max_inflight = 100", "max_inflight = 65535"),
+        ("version = \"5\"", "version = \"device\""),
+        ("version = \"5\"", "version = \"3.1.1\""),
+        ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = []"),
+        (
+            "alpn = [\"x-amzn-mqtt-ca\"]",
+            "alpn = [\"mqtt\", \"x-amzn-mqtt-ca\"]",
+        ),
+        // Escaped braces are literal text.
+        (
+            "topic = \"things/{client_id}/{topic}\"",
+            "topic = \"{{x}}/{topic}\"",
+        ),
+        // Session client ids may key on the device's address instead of its client id.
+        (
+            "client_id = \"sim-{client_id}\"",
+            "client_id = \"sim-{ip}\"",
+        ),
+    ];
+    for (from, to) in cases {
+        let text = edit(MQTT_FULL, from, to);
+        if let Err(e) = fx.compile(&text) {
+            panic!("{from:?} -> {to:?} rejected:\n{e}");
+        }
+    }
+}
+
+#[test]
+fn aggregate_client_ids_must_be_unique_per_upstream_connection() {
+    let fx = Fixture::new();
+    let fixed = edit(
+        MQTT_FULL,
+        "client_id = \"gw-{shard}-{conn}\"",
+        "client_id = \"gw\"",
+    );
+    let error = fx.errors(&fixed);
+    assert_eq!(
+        paths(&error),
+        vec![
+            "destination[2].mqtt.client_id",
+            "destination[2].mqtt.client_id"
+        ],
+        "{error}"
+    );
+    assert!(
+        error.errors[0]
+            .message
+            .contains("must contain {shard}: with 2 shards"),
+        "{error}"
+    );
+    assert!(
+        error.errors[1].message.contains("must contain {conn}"),
+        "{error}"
+    );
+    // One shard and one connection per shard: a fixed id is unique.
+    let single = edit(&fixed, "shards = 2", "shards = 1");
+    let single = edit(
+        &single,
+        "connections_per_shard = 4",
+        "connections_per_shard = 1",
+    );
+    let plan = fx.compile(&single).unwrap_or_else(|e| panic!("{e}"));
+    let m = plan.destinations[2].mqtt.as_ref().expect("mqtt settings");
+    assert_eq!(m.client_id.as_str(), "gw");
+}
+
+/// (edit from, edit to, expected path, expected message fragment) applied to MQTT_FULL.
+const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
+    // Listener keys belong to one protocol.
+    ("receive_maximum = 32", "receive_maximum = 32\nmax_head_bytes = 4096", "listener[1].max_head_bytes", "only for protocol \"http\""),
+    ("receive_maximum = 32", "receive_maximum = 32\nidle_timeout = \"1m\"", "listener[1].idle_timeout", "only for protocol \"http\""),
+    ("receive_maximum = 32", "receive_maximum = 32\nmax_requests_per_connection = 5", "listener[1].max_requests_per_connection", "only for protocol \"http\""),
+    ("bind = \"0.0.0.0:8080\"", "bind = \"0.0.0.0:8080\"\nmax_packet_size = 1024", "listener[0].max_packet_size", "only for protocol \"mqtt\""),
+    ("bind = \"0.0.0.0:8080\"", "bind = \"0.0.0.0:8080\"\nconnect_timeout = \"1s\"", "listener[0].connect_timeout", "only for protocol \"mqtt\""),
+    ("bind = \"0.0.0.0:8080\"", "bind = \"0.0.0.0:8080\"\nreceive_maximum = 8", "listener[0].receive_maximum", "only for protocol \"mqtt\""),
+    // MQTT listener ranges.
+    ("max_packet_size = 65536", "max_packet_size = 63", "listener[1].max_packet_size", "must be in 64..=268435455, got 63"),
+    ("max_packet_size = 65536", "max_packet_size = 268435456", "listener[1].max_packet_size", "must be in 64..=268435455"),
+    ("receive_maximum = 32", "receive_maximum = 0", "listener[1].receive_maximum", "must be in 1..=65535, got 0"),
+    ("receive_maximum = 32", "receive_maximum = 65536", "listener[1].receive_maximum", "must be in 1..=65535"),
+    ("connect_timeout = \"5s\"", "connect_timeout = \"0s\"", "listener[1].connect_timeout", "must be between 1ms and 24h"),
+    ("connect_timeout = \"5s\"", "connect_timeout = \"5\"", "listener[1].connect_timeout", "invalid duration \"5\""),
+    ("protocol = \"mqtt\"\nbind = \"0.0.0.0:1884\"", "protocol = \"coap\"\nbind = \"0.0.0.0:1884\"", "listener[2].protocol", "unsupported protocol \"coap\"; supported: \"http\", \"mqtt\""),
+    // Adapter-specific destination keys.
+    ("[[group]]\nname = \"default\"", "[[destination]]\nname = \"bare\"\nadapter = \"mqtts\"\nendpoint = \"sink.test:8883\"\n[[group]]\nname = \"default\"", "destination[3].mqtt", "required for adapter \"mqtts\""),
+    ("[[group]]\nname = \"default\"", "[[destination]]\nname = \"web\"\nadapter = \"https\"\nendpoint = \"sink.test:443\"\n[destination.mqtt]\nmode = \"session\"\n[[group]]\nname = \"default\"", "destination[3].mqtt", "only for adapter \"mqtts\""),
+    ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = [\"x-amzn-mqtt-ca\"]\nhost_header = \"things.test\"", "destination[1].host_header", "only for adapter \"https\""),
+    ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = [\"x-amzn-mqtt-ca\"]\nbase_path = \"/v1\"", "destination[1].base_path", "only for adapter \"https\""),
+    // ALPN: any non-empty names for mqtts; the https rule is unchanged.
+    ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = [\"\"]", "destination[1].alpn[0]", "must not be empty"),
+    ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = [\"mqtt\", \"mqtt\"]", "destination[1].alpn[1]", "duplicate ALPN protocol \"mqtt\""),
+    ("endpoint = \"sink.test:443\"", "endpoint = \"sink.test:443\"\nalpn = [\"mqtt\"]", "destination[0].alpn[0]", "unsupported ALPN protocol \"mqtt\""),
+    // Mode and version.
+    ("mode = \"session\"", "mode = \"relay\"", "destination[1].mqtt.mode", "unknown mode \"relay\"; expected \"session\" or \"aggregate\""),
+    ("version = \"3.1.1\"", "version = \"device\"", "destination[2].mqtt.version", "\"device\" is only for mode \"session\""),
+    ("version = \"5\"", "version = \"5.0\"", "destination[1].mqtt.version", "unknown version \"5.0\"; expected \"device\", \"3.1.1\" or \"5\""),
+    ("version = \"3.1.1\"", "version = \"3\"", "destination[2].mqtt.version", "unknown version \"3\"; expected \"3.1.1\" or \"5\""),
+    // client_id and username templates.
+    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{client_id}-{shard}\"", "destination[1].mqtt.client_id", "placeholder {shard} is not allowed in mode \"session\""),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{client_id}-{conn}\"", "destination[1].mqtt.client_id", "placeholder {conn} is not allowed in mode \"session\""),
+    ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}-{conn}-{client_id}\"", "destination[2].mqtt.client_id", "placeholder {client_id} is not allowed in mode \"aggregate\""),
+    ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}-{conn}-{ip}\"", "destination[2].mqtt.client_id", "no single device {client_id} or {ip}; allowed: {shard}, {conn}"),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{topic}\"", "destination[1].mqtt.client_id", "placeholder {topic} is not allowed here; allowed: {client_id}, {ip}"),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{imsi}\"", "destination[1].mqtt.client_id", "unknown placeholder {imsi}; known: {client_id}, {ip}"),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{client_id\"", "destination[1].mqtt.client_id", "unbalanced brace"),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"gateway\"", "destination[1].mqtt.client_id", "must contain {client_id} or {ip}"),
+    ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{conn}\"", "destination[2].mqtt.client_id", "must contain {shard}"),
+    ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}\"", "destination[2].mqtt.client_id", "must contain {conn}"),
+    ("username = \"gw-{ip}\"", "username = \"gw-{shard}\"", "destination[1].mqtt.username", "placeholder {shard} is not allowed in mode \"session\""),
+    ("username = \"gateway-{shard}\"", "username = \"{client_id}\"", "destination[2].mqtt.username", "placeholder {client_id} is not allowed in mode \"aggregate\""),
+    ("username = \"gw-{ip}\"", "username = \"{sim}\"", "destination[1].mqtt.username", "unknown placeholder {sim}"),
+    ("username = \"gw-{ip}\"", "username = \"\"", "destination[1].mqtt.username", "must not be empty"),
+    // Topic template.
+    ("topic = \"fleet/{ip}/{client_id}/{topic}\"", "topic = \"fleet/{imsi}/{topic}\"", "destination[2].mqtt.topic", "unknown placeholder {imsi}; known: {client_id}, {ip}, {topic}"),
+    ("topic = \"fleet/{ip}/{client_id}/{topic}\"", "topic = \"fleet/{shard}/{topic}\"", "destination[2].mqtt.topic", "placeholder {shard} is not allowed here; allowed: {client_id}, {ip}, {topic}"),
+    ("topic = \"things/{client_id}/{topic}\"", "topic = \"things/{client_id}\"", "destination[1].mqtt.topic", "must contain {topic}"),
+    ("topic = \"things/{client_id}/{topic}\"", "topic = \"{topic}/{topic}\"", "destination[1].mqtt.topic", "{topic} may appear at most once"),
+    ("topic = \"things/{client_id}/{topic}\"", "topic = \"things/+/{topic}\"", "destination[1].mqtt.topic", "must not contain the wildcards"),
+    ("topic = \"things/{client_id}/{topic}\"", "topic = \"things/{topic}/#\"", "destination[1].mqtt.topic", "must not contain the wildcards"),
+    ("topic = \"things/{client_id}/{topic}\"", "topic = \"things}/{topic}\"", "destination[1].mqtt.topic", "unbalanced brace"),
+    // Credentials.
+    ("password_file = \"secrets/broker.pass\"", "password_file = \"secrets/missing.pass\"", "destination[1].mqtt.password_file", "file not found: "),
+    ("password_file = \"secrets/broker.pass\"", "password_file = \"secrets/empty.pass\"", "destination[1].mqtt.password_file", "password file is empty"),
+    ("password_file = \"secrets/broker.pass\"", "password_file = \"secrets/huge.pass\"", "destination[1].mqtt.password_file", "longer than 65535 bytes"),
+    ("password_file = \"secrets/broker.pass\"", "password_file = \"certs/a-directory\"", "destination[1].mqtt.password_file", "cannot read file"),
+    ("username = \"gateway-{shard}\"\n", "", "destination[2].mqtt.password_file", "only together with a username"),
+    ("pass_through_credentials = false", "pass_through_credentials = true", "destination[2].mqtt.pass_through_credentials", "only for mode \"session\""),
+    ("keep_alive = \"30s\"", "keep_alive = \"30s\"\npass_through_credentials = true", "destination[1].mqtt.pass_through_credentials", "cannot be combined with username or password_file"),
+    // Aggregate link settings.
+    ("connections_per_shard = 4", "connections_per_shard = 0", "destination[2].mqtt.connections_per_shard", "must be in 1..=64, got 0"),
+    ("connections_per_shard = 4", "connections_per_shard = 65", "destination[2].mqtt.connections_per_shard", "must be in 1..=64"),
+    ("max_inflight = 100", "max_inflight = 0", "destination[2].mqtt.max_inflight", "must be in 1..=65535, got 0"),
+    ("max_inflight = 100", "max_inflight = 65536", "destination[2].mqtt.max_inflight", "must be in 1..=65535"),
+    ("keep_alive = \"2m\"", "keep_alive = \"0s\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
+    ("keep_alive = \"2m\"", "keep_alive = \"999ms\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
+    ("keep_alive = \"2m\"", "keep_alive = \"65536s\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
+    ("keep_alive = \"2m\"", "keep_alive = \"19h\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
+    ("keep_alive = \"2m\"", "keep_alive = \"1500ms\"", "destination[2].mqtt.keep_alive", "must be a whole number of seconds"),
+    ("keep_alive = \"2m\"", "keep_alive = \"soon\"", "destination[2].mqtt.keep_alive", "invalid duration \"soon\""),
+    // Routes.
+    ("{ listener = \"mqtt\", destination = \"things\" }", "{ listener = \"mqtt\", path = \"/\", destination = \"things\" }", "group[0].routes[1].path", "not allowed: listener \"mqtt\" is MQTT"),
+    ("{ listener = \"mqtt\", destination = \"things\" }", "{ listener = \"mqtt\", destination = \"sink\" }", "group[0].routes[1].destination", "listener \"mqtt\" is MQTT; destination \"sink\" is https"),
+    ("{ listener = \"http\", path = \"/\", destination = \"sink\" }", "{ listener = \"http\", destination = \"sink\" }", "group[0].routes[0].path", "required: listener \"http\" is HTTP"),
+    ("{ listener = \"http\", path = \"/\", destination = \"sink\" }", "{ listener = \"http\", path = \"/\", destination = \"things\" }", "group[0].routes[0].destination", "listener \"http\" is HTTP; destination \"things\" is mqtts"),
+    ("{ listener = \"mqtt-fleet\", destination = \"fleet\" },", "{ listener = \"mqtt-fleet\", destination = \"fleet\" },\n  { listener = \"mqtt\", destination = \"fleet\" },", "group[0].routes[3].listener", "duplicate MQTT route for listener \"mqtt\" (first at group[0].routes[1])"),
+    ("{ listener = \"mqtt\", destination = \"fleet\" }", "{ listener = \"mqtt\", destination = \"cloud\" }", "group[1].routes[0].destination", "unknown destination \"cloud\""),
+];
+
+#[test]
+fn each_mqtt_error_is_reported_at_its_path() {
+    let fx = Fixture::new();
+    let mut failures = Vec::new();
+    for (from, to, path, needle) in MQTT_SINGLE_ERROR_CASES {
+        let error = match fx.compile(&edit(MQTT_FULL, from, to)) {
+            Ok(_) => {
+                failures.push(format!("editing {from:?} -> {to:?}: accepted"));
+                continue;
+            }
+            Err(error) => error,
+        };
+        if paths(&error) != vec![*path] || !error.errors[0].message.contains(needle) {
+            failures.push(format!(
+                "editing {from:?} -> {to:?}: want {path}: ...{needle}..., got:\n{error}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn an_alpn_name_longer_than_255_bytes_is_rejected_for_mqtts() {
+    let fx = Fixture::new();
+    let long = "a".repeat(256);
+    let text = edit(
+        MQTT_FULL,
+        "alpn = [\"x-amzn-mqtt-ca\"]",
+        &format!("alpn = [\"{long}\"]"),
+    );
+    assert_single(
+        &fx.errors(&text),
+        "destination[1].alpn[0]",
+        "at most 255 bytes",
+    );
+    let text = edit(
+        MQTT_FULL,
+        "alpn = [\"x-amzn-mqtt-ca\"]",
+        &format!("alpn = [\"{}\"]", "a".repeat(255)),
+    );
+    fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn switching_an_https_destination_to_mqtts_reports_the_table_and_the_route() {
+    let fx = Fixture::new();
+    let text = edit(
+        MQTT_FULL,
+        "adapter = \"https\"\nendpoint = \"sink.test:443\"",
+        "adapter = \"mqtts\"\nendpoint = \"sink.test:443\"",
+    );
+    let error = fx.errors(&text);
+    assert_eq!(
+        error.to_string(),
+        "destination[0].mqtt: required for adapter \"mqtts\": add a [destination.mqtt] table \
+         with at least `mode` (\"session\" or \"aggregate\")\n\
+         group[0].routes[0].destination: listener \"http\" is HTTP; destination \"sink\" is mqtts"
+    );
+}
+
+#[test]
+fn mqtt_structural_errors_name_the_mqtt_table() {
+    let fx = Fixture::new();
+    let error = fx.errors(&edit(MQTT_FULL, "mode = \"session\"\n", ""));
+    assert_single(&error, "destination[1].mqtt", "missing field `mode`");
+    let error = fx.errors(&edit(
+        MQTT_FULL,
+        "keep_alive = \"30s\"",
+        "keepalive = \"30s\"",
+    ));
+    assert_single(&error, "destination[1].mqtt.keepalive", "unknown field");
+    let error = fx.errors(&edit(
+        MQTT_FULL,
+        "pass_through_credentials = false",
+        "pass_through_credentials = \"no\"",
+    ));
+    assert_single(
+        &error,
+        "destination[2].mqtt.pass_through_credentials",
+        "invalid type",
+    );
+}
+
+#[test]
+fn password_files_are_trimmed_and_never_shown() {
+    // (Resolution against the config directory: every MQTT_FULL compile reads
+    // secrets/*.pass relative to the fixture dir, which is not the working directory.)
+    let fx = Fixture::new();
+    // A file without a trailing newline is taken as is.
+    let text = edit(MQTT_FULL, "secrets/broker.pass", "secrets/bare.pass");
+    let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+    let m = plan.destinations[1].mqtt.as_ref().expect("mqtt settings");
+    assert_eq!(
+        m.password,
+        Some(crate::policy::Secret(bytes::Bytes::from_static(
+            b"no newline"
+        )))
+    );
+
+    // The secret appears neither in the plan's Debug output nor in errors about its key.
+    let text = edit(MQTT_FULL, "secrets/broker.pass", "secrets/marker.pass");
+    let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+    let debug = format!("{plan:?}");
+    assert!(!debug.contains(SECRET_MARKER), "secret in Debug: {debug}");
+    assert!(debug.contains("Secret(<redacted>)"), "{debug}");
+    let broken = [
+        // 3.1.1 without a username, and pass-through together with a password.
+        edit(
+            &edit(MQTT_FULL, "secrets/crlf.pass", "secrets/marker.pass"),
+            "username = \"gateway-{shard}\"\n",
+            "",
+        ),
+        edit(
+            &text,
+            "keep_alive = \"30s\"",
+            "keep_alive = \"30s\"\npass_through_credentials = true",
+        ),
+        // The password file where a CA bundle or a key belongs.
+        edit(
+            MQTT_FULL,
+            "ca = \"certs/ca.pem\"",
+            "ca = \"secrets/marker.pass\"",
+        ),
+        edit(
+            MQTT_FULL,
+            "key = \"certs/client.key\"",
+            "key = \"secrets/marker.pass\"",
+        ),
+    ];
+    for text in &broken {
+        let shown = fx.errors(text).to_string();
+        assert!(!shown.contains(SECRET_MARKER), "secret leaked: {shown}");
+    }
+}
+
+#[test]
+fn the_shipped_mqtt_example_compiles() {
+    use crate::policy::MqttMode;
+    let fx = Fixture::new();
+    let example = include_str!("../../examples/mqtt.toml");
+    let mut hosts = fx.env.hosts.clone();
+    for host in ["iot.example.com", "broker.example.com"] {
+        hosts.insert(host.to_owned(), vec!["192.0.2.10:0".parse().unwrap()]);
+    }
+    let env = FakeEnv {
+        hosts,
+        roots: fx.env.roots.clone(),
+        cpus: Some(2),
+    };
+    // The example's certs/ and secrets/ paths match the fixture's file names.
+    let plan = compile_with(example, fx.path(), &env).unwrap_or_else(|e| panic!("{e}"));
+    let modes: Vec<Option<MqttMode>> = plan
+        .destinations
+        .iter()
+        .map(|d| d.mqtt.as_ref().map(|m| m.mode))
+        .collect();
+    assert_eq!(
+        modes,
+        vec![Some(MqttMode::Session), Some(MqttMode::Aggregate)]
+    );
+    assert_eq!(plan.groups[0].mqtt_routes.len(), 2);
 }

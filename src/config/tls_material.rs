@@ -68,7 +68,9 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
+/// Reads a file the config names (TLS material, MQTT password files), mapping IO errors to
+/// [`TlsFileError`] so that messages stay free of file contents.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, TlsFileError> {
     std::fs::read(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => TlsFileError::NotFound,
         io::ErrorKind::PermissionDenied => TlsFileError::PermissionDenied,
