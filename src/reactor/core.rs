@@ -163,7 +163,16 @@ struct OpSlot {
     waker: Option<Waker>,
     completions: VecDeque<Completion>,
     keep: Keep,
+    /// A multishot recv whose owner fell behind was asked to stop (see
+    /// [`RECV_QUEUE_CAP`]); its final completion is `-ECANCELED`, after which the owner re-arms.
+    pausing: bool,
 }
+
+/// Most received buffers queued for one socket whose owner is not reading. Past it the
+/// multishot recv is cancelled (queued data is kept) and re-armed when the owner reads again,
+/// so the kernel's TCP window pushes back on that one peer instead of it draining the shard's
+/// shared buffer ring and starving every other connection.
+pub(crate) const RECV_QUEUE_CAP: usize = 16;
 
 /// The slow path for wakers invoked off the reactor thread.
 pub(crate) struct Remote {
@@ -274,6 +283,7 @@ struct Counters {
     completions: Cell<u64>,
     loop_turns: Cell<u64>,
     enobufs_rearms: Cell<u64>,
+    recv_pauses: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>) {
@@ -452,6 +462,7 @@ impl Reactor {
             recv_buffers_in_use: self.bufs.in_use(),
             recv_buffers_total: self.bufs.total(),
             enobufs_rearms: self.counters.enobufs_rearms.get(),
+            recv_pauses: self.counters.recv_pauses.get(),
             ops_in_flight: self.ops.borrow().len() as u32,
             tasks_alive: self.tasks.borrow().len() as u32,
             setup_mode: self.setup_mode,
@@ -667,8 +678,23 @@ impl Reactor {
             drop(removed);
         } else {
             slot.completions.push_back(c);
+            let pause = slot.kind == OpKind::Recv
+                && slot.in_flight
+                && !slot.pausing
+                && slot.completions.len() >= RECV_QUEUE_CAP;
+            if pause {
+                slot.pausing = true;
+            }
             let waker = slot.waker.take();
             drop(ops);
+            if pause {
+                bump(&self.counters.recv_pauses);
+                let cancel = opcode::AsyncCancel::new(user_data)
+                    .build()
+                    .user_data(IGNORED_USER_DATA);
+                // If the push fails the recv simply keeps running (no worse than no cap).
+                let _ = self.push(&cancel);
+            }
             if let Some(w) = waker {
                 w.wake();
             }
@@ -716,6 +742,7 @@ impl Reactor {
             waker: None,
             completions: VecDeque::new(),
             keep,
+            pausing: false,
         });
         if key > u32::MAX as usize {
             let slot = self.ops.borrow_mut().remove(key);

@@ -105,6 +105,9 @@ pub struct ReactorStats {
     pub recv_buffers_total: u32,
     /// Multishot recvs re-armed after the kernel ended them with `ENOBUFS`.
     pub enobufs_rearms: u64,
+    /// Multishot recvs paused because their owner had `RECV_QUEUE_CAP` buffers queued unread
+    /// (back-pressure on that one peer).
+    pub recv_pauses: u64,
     /// Op slots still waiting for a final completion (including orphaned ones and the reactor's
     /// own eventfd read used for cross-thread wake-ups).
     pub ops_in_flight: u32,

@@ -254,6 +254,11 @@ impl TcpStream {
                 self.stop_recv();
                 continue;
             }
+            if c.res == -libc::ECANCELED && ended {
+                // Paused because this owner fell behind (see RECV_QUEUE_CAP); everything queued
+                // before the pause has been handed out: re-arm and carry on.
+                continue;
+            }
             if c.res == 0 {
                 self.eof = true;
                 self.stop_recv();

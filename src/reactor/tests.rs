@@ -618,3 +618,54 @@ fn send_dropped_by_timeout_is_cancelled_and_stream_stays_usable() -> io::Result<
         Ok(())
     })?
 }
+
+#[test]
+fn a_peer_nobody_reads_is_paused_instead_of_draining_the_ring() -> io::Result<()> {
+    const LEN: usize = 512 * 1024;
+    let cfg = ReactorConfig {
+        ring_entries: 64,
+        recv_buffers: 128,
+        recv_buffer_size: 1024,
+    };
+    block_on(&cfg, async {
+        let (mut listener, addr) = listen()?;
+        let mut client = TcpStream::connect(addr).await?;
+        let (mut server, _) = timeout(LIMIT, listener.accept()).await??;
+        // Arm the server's multishot recv, then stop reading while the client streams.
+        let first = timeout(Duration::from_millis(1), server.recv()).await;
+        assert!(first.is_err(), "nothing was sent yet");
+        let sender = spawn(async move {
+            client.send_all(Bytes::from(pattern(7, LEN))).await?;
+            client.shutdown_write().await?;
+            Ok::<_, io::Error>(client)
+        });
+        timeout(LIMIT, async {
+            while stats().recv_pauses == 0 {
+                YieldNow(false).await;
+            }
+        })
+        .await?;
+        // Completions already produced in the turn that crossed the cap still land (the
+        // cancel is processed after them), then the stream stops taking buffers.
+        let paused_at = stats().recv_buffers_in_use;
+        for _ in 0..50 {
+            sleep(Duration::from_millis(2)).await;
+        }
+        let s = stats();
+        assert_eq!(
+            s.recv_buffers_in_use, paused_at,
+            "no buffers taken while paused: {s:?}"
+        );
+        assert!(
+            s.recv_buffers_in_use < s.recv_buffers_total,
+            "the ring is not drained by one unread peer: {s:?}"
+        );
+        // Reading again resumes the stream; every byte arrives, in order.
+        let got = timeout(LIMIT, read_to_end(&mut server)).await??;
+        assert_eq!(got.len(), LEN);
+        assert!(got == pattern(7, LEN), "data intact and in order");
+        let _client = timeout(LIMIT, sender).await??;
+        assert_eq!(stats().recv_buffers_in_use, 0);
+        Ok(())
+    })?
+}
