@@ -1,10 +1,11 @@
-//! `simgate-load`: the load-test companion of simgate.
+//! `simgate-load`: the load-test companion of simgate (command line only; the logic lives in
+//! the `simgate_load` library).
 //!
-//! Today it provides the parts the peer comparison in `loadtest/compare-http.sh` needs: minting
-//! certificates, a stand-in HTTPS cloud (the same sink `simgate demo` uses), and an idle fleet
-//! that holds N device connections open to measure memory per connection. The fleet simulator
-//! with open-loop schedules, MQTT devices and per-device source addresses is the load-tester
-//! issue's work.
+//! - `run`: the fleet simulator — a scenario file of HTTP or MQTT devices with per-device source
+//!   addresses, open-loop schedules and coordinated-omission-corrected latency.
+//! - `pki`, `sink`: certificates and the stand-in HTTPS cloud for peer comparisons.
+//! - `idle`: a plain blocking idle fleet kept for `compare-http.sh` (the `idle-fleet` scenario
+//!   does the same with source addresses and `/proc` sampling).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -14,6 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
+use simgate_load::fleet::{self, RunOptions};
+use simgate_load::scenario::Scenario;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +31,32 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a scenario file (see loadtest/scenarios/) and print its report.
+    Run {
+        /// Scenario TOML file.
+        scenario: PathBuf,
+        /// Gateway device listener (overrides the scenario's `target`).
+        #[arg(long)]
+        target: Option<SocketAddr>,
+        /// Gateway process id: sample its CPU and RSS from /proc during the run.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write an HdrHistogram interval log (one histogram per second) to this file.
+        #[arg(long)]
+        hdr_log: Option<PathBuf>,
+        /// Run length in seconds (overrides the scenario's `duration_s`).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// tokio worker threads of the simulator.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Do not print per-second progress lines (stderr).
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Mint a CA (DIR/ca.pem) and a server certificate for localhost/127.0.0.1
     /// (DIR/sink.pem, DIR/sink.key).
     Pki {
@@ -68,6 +97,49 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Run {
+            scenario,
+            target,
+            pid,
+            json,
+            hdr_log,
+            duration,
+            threads,
+            quiet,
+        } => {
+            let text = std::fs::read_to_string(&scenario)
+                .with_context(|| format!("read {}", scenario.display()))?;
+            let parsed = Scenario::parse(&text)
+                .with_context(|| format!("scenario {}", scenario.display()))?;
+            let Some(target) = target.or(parsed.target) else {
+                bail!("no target: give --target or set `target` in the scenario");
+            };
+            let seconds = duration.unwrap_or(parsed.duration_s);
+            if !(seconds.is_finite() && seconds > 0.0) {
+                bail!("--duration must be a positive number of seconds");
+            }
+            let log: Option<Box<dyn Write + Send>> = match &hdr_log {
+                Some(path) => Some(Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("create {}", path.display()))?,
+                ))),
+                None => None,
+            };
+            let options = RunOptions {
+                target,
+                duration: Duration::from_secs_f64(seconds),
+                gateway_pid: pid,
+                threads,
+                progress: !quiet,
+            };
+            let report = fleet::run(&parsed, &options, log)?;
+            print!("{report}");
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text + "\n")
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+        }
         Command::Pki { dir } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             let pki = TestPki::new(&dir)?;

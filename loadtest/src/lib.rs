@@ -1,0 +1,30 @@
+//! `simgate-load`: the fleet simulator that load-tests simgate.
+//!
+//! A run reads a [`scenario::Scenario`] (TOML), simulates its devices — HTTP/1.1 or MQTT
+//! publishers, each connecting from its own 127.a.b.c source address ([`source`]) — on an
+//! open-loop message schedule ([`schedule`]), and measures latency from each message's INTENDED
+//! send time into HDR histograms (coordinated omission corrected, as wrk2 does). [`fleet::run`]
+//! drives it and returns a [`stats::Report`]: achieved rate, errors by kind, percentiles, the
+//! gateway's CPU and RSS from `/proc` ([`procstat`]), per-second progress, and optionally an
+//! HdrHistogram interval log ([`hdrlog`]).
+//!
+//! ```text
+//!  scenario.toml ─► Scenario ─► FleetPlan ─► device tasks (ramped, one per device)
+//!                                              │ record(sent, answer latency, error kind)
+//!                                              ▼
+//!                       Recorder ─(1 s tick)─► progress line · HdrHistogram log · Totals ─► Report
+//! ```
+//!
+//! What it does NOT do: TLS to the gateway, MQTT QoS 2 or subscriptions, loss/duplicate/reorder
+//! accounting against the sink, or distributed load generation over several machines. It is a
+//! client, not the data plane: it runs on an ordinary multi-threaded tokio runtime.
+#![warn(missing_docs)]
+
+pub mod device;
+pub mod fleet;
+pub mod hdrlog;
+pub mod procstat;
+pub mod scenario;
+pub mod schedule;
+pub mod source;
+pub mod stats;
