@@ -141,6 +141,87 @@ pub fn render(m: &ShardMetrics, shards: usize, reloads: ReloadCounters) -> Strin
         "Configuration reloads rejected",
         &[("", reloads.failed)],
     );
+    let a = &m.mqtt_aggregate;
+    counter(
+        w,
+        "simgate_mqtt_sessions_started_total",
+        "Session-mode MQTT device sessions bridged (upstream CONNACK accepted)",
+        &[("", m.mqtt_sessions_started)],
+    );
+    gauge(
+        w,
+        "simgate_mqtt_sessions_open",
+        "MQTT device sessions open, by mode",
+        &[
+            ("mode=\"session\"", m.mqtt_sessions_open),
+            ("mode=\"aggregate\"", a.sessions_open),
+        ],
+    );
+    counter(
+        w,
+        "simgate_mqtt_connects_refused_total",
+        "Session-mode device CONNECTs the upstream broker refused",
+        &[("", m.mqtt_connects_refused)],
+    );
+    counter(
+        w,
+        "simgate_mqtt_publishes_total",
+        "MQTT PUBLISHes forwarded, by mode and direction",
+        &[
+            (
+                "mode=\"session\",direction=\"uplink\"",
+                m.mqtt_publishes_uplink,
+            ),
+            (
+                "mode=\"session\",direction=\"downlink\"",
+                m.mqtt_publishes_downlink,
+            ),
+            (
+                "mode=\"aggregate\",direction=\"uplink\"",
+                a.uplink_publishes,
+            ),
+            (
+                "mode=\"aggregate\",direction=\"downlink\"",
+                a.downlink_messages,
+            ),
+        ],
+    );
+    counter(
+        w,
+        "simgate_mqtt_upstream_acks_total",
+        "Broker PUBACKs for aggregate-mode QoS 1 PUBLISHes",
+        &[("", a.upstream_acks)],
+    );
+    counter(
+        w,
+        "simgate_mqtt_qos0_dropped_total",
+        "Aggregate-mode QoS 0 PUBLISHes dropped while the link was down or behind",
+        &[("", a.qos0_dropped)],
+    );
+    counter(
+        w,
+        "simgate_mqtt_resent_after_reconnect_total",
+        "Unacknowledged QoS 1 PUBLISHes resent in order after an upstream reconnect",
+        &[("", a.resent_after_reconnect)],
+    );
+    counter(
+        w,
+        "simgate_mqtt_link_connects_total",
+        "Aggregate-mode upstream MQTT sessions established",
+        &[("", a.link_connects)],
+    );
+    counter(
+        w,
+        "simgate_mqtt_link_failures_total",
+        "Aggregate-mode upstream MQTT connections lost or refused",
+        &[("", a.link_failures)],
+    );
+    counter(
+        w,
+        "simgate_mqtt_topics_refused_total",
+        "Device PUBLISHes refused because the rewritten topic is invalid",
+        &[("", a.topics_refused)],
+    );
     histogram(
         w,
         "simgate_http_request_duration_seconds",

@@ -1,14 +1,1067 @@
-//! Aggregate mode (N:1) MQTT bridging (being written for issue #3).
+//! Aggregate mode (N:1) MQTT bridging: many device sessions of a shard share a few upstream
+//! MQTTS links per destination ([`crate::upstream::mqtt_link`]); topics carry the device identity
+//! through the destination's `topic` template (e.g. `devices/{client_id}/{topic}`).
+//!
+//! For the device, simgate is the broker: it answers CONNECT with CONNACK (5.0: Receive Maximum =
+//! the listener's `receive_maximum`, Maximum Packet Size = its `max_packet_size`, Topic Alias
+//! Maximum 0, no shared subscriptions, no subscription identifiers), PINGREQ, SUBSCRIBE,
+//! UNSUBSCRIBE and DISCONNECT, and closes a device silent for 1.5x its keep-alive.
+//!
+//! Uplink: each PUBLISH gets its topic rewritten and goes to the link picked by a hash of the
+//! device's client id (so one device's messages keep their order). QoS 0 is fire-and-forget.
+//! QoS 1 is answered with PUBACK only after the broker's PUBACK. **QoS 2** is carried upstream as
+//! QoS 1: the device gets PUBREC after the broker's PUBACK, and PUBCOMP as soon as it sends PUBREL;
+//! a re-sent QoS 2 PUBLISH whose PUBREC was already given is not forwarded again (exactly once
+//! from the device to simgate, at least once from simgate to the broker). A device with
+//! `receive_maximum` messages unacknowledged is not read from until one is acknowledged
+//! (backpressure instead of dropping; its keep-alive clock stops meanwhile).
+//!
+//! Downlink: a device SUBSCRIBE to filter F becomes an upstream subscription to the template
+//! applied to F (once per distinct upstream filter per link, reference counted); the device's
+//! SUBACK waits for the broker's. Messages are mapped back by stripping the template's text around
+//! `{topic}` and delivered **at QoS 0** (the SUBACK grants QoS 0 accordingly; upstream
+//! subscriptions are QoS 1 and acknowledged by the link on receipt).
+//!
+//! Will: on an abnormal end (no DISCONNECT, keep-alive expiry, protocol error, or 5.0 DISCONNECT
+//! 0x04) the device's Will is published upstream with its topic rewritten (QoS 2 as QoS 1; Will
+//! Delay Interval is not honoured: it goes out at once).
+//!
+//! Reloads: [`AggregateShard`] notices a new plan on the next session and keeps the links of
+//! destinations whose link settings did not change; links of changed or removed destinations
+//! are retired (they finish serving their sessions, then disconnect), and new sessions get new
+//! links.
+//!
+//! What this module does not do: persistent device sessions (CONNACK Session Present is always 0
+//! and nothing survives a device reconnect), QoS 1/2 downlink, Topic Aliases, enhanced auth,
+//! shared subscriptions, retained-message policy beyond passing the RETAIN flag through, or
+//! rewriting 5.0 Response Topic.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::num::{NonZeroU16, NonZeroU32};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
 
 use super::mqtt_bridge::{send_connack, DeviceSession};
-use crate::proto::mqtt::ReasonCode;
+use super::select::{select2, Either};
+use crate::policy::{Plan, Template, TemplateVars};
+use crate::proto::mqtt::{
+    self, ConnAck, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
+    PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+};
+use crate::reactor::{self, TcpStream};
+use crate::shard::ShardState;
+use crate::upstream::mqtt_link::{
+    destination_fingerprint, run_link, AggregateCounters, Enqueued, Link, LinkCore, LinkEvent,
+    LinkSettings, PublishOwner, SessionKey, SessionMailbox,
+};
 
-/// Per-shard state of aggregate mode (upstream links, downlink subscriptions).
+/// A device that does not read what simgate sends for this long is closed.
+const DEVICE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The links of one destination on one shard.
+pub struct LinkSet {
+    links: Vec<Rc<Link>>,
+}
+
+impl LinkSet {
+    /// The link for a device: a stable hash of its client id, so one device always uses the same
+    /// link (per-device order).
+    pub fn pick(&self, client_id: &[u8]) -> Option<&Rc<Link>> {
+        if self.links.is_empty() {
+            return None;
+        }
+        // FNV-1a: stable across runs and shards.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in client_id {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.links.get((h % self.links.len() as u64) as usize)
+    }
+
+    fn retire(&self) {
+        for link in &self.links {
+            link.retire();
+        }
+    }
+
+    fn usable(&self) -> bool {
+        self.links.iter().all(|l| !l.is_retired())
+    }
+}
+
 #[derive(Default)]
-pub struct AggregateShard {}
+struct Inner {
+    /// The plan the link sets were last checked against.
+    plan: Option<Arc<Plan>>,
+    /// Link sets by destination name, with the fingerprint they were built for.
+    sets: HashMap<String, (u64, Rc<LinkSet>)>,
+}
+
+/// Per-shard state of aggregate mode: the upstream links of every aggregate destination (created
+/// on the first device session that needs them) and the counters. Interior mutability: it lives
+/// in the shard's `ShardState` and is only touched from the shard thread.
+#[derive(Default)]
+pub struct AggregateShard {
+    inner: RefCell<Inner>,
+    counters: Rc<AggregateCounters>,
+    sessions_open: Cell<u64>,
+}
+
+impl AggregateShard {
+    /// This shard's aggregate-mode counters.
+    pub fn counters(&self) -> &AggregateCounters {
+        &self.counters
+    }
+
+    /// Device sessions currently served in aggregate mode on this shard.
+    pub fn sessions_open(&self) -> u64 {
+        self.sessions_open.get()
+    }
+
+    /// The link set of destination `dest_name` under the shard's current plan, starting its link
+    /// tasks if needed; `None` if the current plan has no aggregate destination of that name.
+    pub fn link_set(&self, state: &Rc<ShardState>, dest_name: &str) -> Option<Rc<LinkSet>> {
+        let plan = state.plan();
+        let mut inner = self.inner.borrow_mut();
+        if !inner.plan.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan)) {
+            // New plan generation: keep link sets whose destination is unchanged, retire others.
+            inner.sets.retain(|name, (fingerprint, set)| {
+                let same = plan
+                    .destinations
+                    .iter()
+                    .find(|d| &d.name == name)
+                    .and_then(destination_fingerprint)
+                    == Some(*fingerprint);
+                if !same {
+                    set.retire();
+                }
+                same
+            });
+            inner.plan = Some(plan.clone());
+        }
+        if let Some((_, set)) = inner.sets.get(dest_name) {
+            if set.usable() {
+                return Some(set.clone());
+            }
+            set.retire();
+        }
+        let dest = plan.destinations.iter().find(|d| d.name == dest_name)?;
+        let fingerprint = destination_fingerprint(dest)?;
+        let count = dest
+            .mqtt
+            .as_ref()
+            .map_or(1, |m| m.connections_per_shard.max(1));
+        let mut links = Vec::with_capacity(count);
+        let mut tasks = Vec::with_capacity(count);
+        for conn in 0..count {
+            let settings = LinkSettings::for_destination(dest, state.id.0, conn)?;
+            let link = Link::new(LinkCore::new(
+                settings.version,
+                settings.max_inflight,
+                self.counters.clone(),
+            ));
+            tasks.push(run_link(
+                state.clone(),
+                link.clone(),
+                dest.name.clone(),
+                fingerprint,
+                settings,
+                self.counters.clone(),
+            ));
+            links.push(link);
+        }
+        let set = Rc::new(LinkSet { links });
+        inner
+            .sets
+            .insert(dest_name.to_string(), (fingerprint, set.clone()));
+        drop(inner);
+        for task in tasks {
+            reactor::spawn(task).detach();
+        }
+        Some(set)
+    }
+}
+
+/// Unregisters a session from its link however the session task ends.
+struct Registration {
+    link: Rc<Link>,
+    key: SessionKey,
+    state: Rc<ShardState>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let key = self.key;
+        self.link.with_core(|c| c.unregister(key));
+        let open = &self.state.mqtt_aggregate.sessions_open;
+        open.set(open.get().saturating_sub(1));
+    }
+}
+
+/// Why a device session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The device sent DISCONNECT (no Will).
+    Normal,
+    /// Abnormal: publish the Will. For 5.0 devices, send DISCONNECT with the code first (if any).
+    Abnormal(Option<ReasonCode>),
+}
+
+/// Per-session state of the device side.
+struct Device {
+    version: ProtocolVersion,
+    client_id: Bytes,
+    ip: IpAddr,
+    shard: usize,
+    topic: Template,
+    /// Text around `{topic}` for this device (None: the template has no `{topic}`).
+    affixes: Option<(Vec<u8>, Vec<u8>)>,
+    receive_maximum: usize,
+    /// Largest packet the device accepts (5.0 CONNECT Maximum Packet Size).
+    device_max_packet: Option<NonZeroU32>,
+    decode_limits: DecodeLimits,
+    /// Device packet ids of QoS 1/2 PUBLISHes waiting for the broker's PUBACK.
+    outstanding: HashSet<u16>,
+    /// QoS 2 ids answered with PUBREC, waiting for the device's PUBREL.
+    awaiting_pubrel: HashSet<u16>,
+    /// Device filter -> upstream filter, for granted or pending subscriptions.
+    subs: HashMap<Bytes, Bytes>,
+    /// Device SUBSCRIBE id -> (codes so far, device filters).
+    pending_subacks: HashMap<u16, (Vec<Option<ReasonCode>>, Vec<Bytes>)>,
+    will: Option<Will>,
+    out: BytesMut,
+}
 
 /// Serve one device session over the shard's shared upstream links.
 pub async fn serve(mut session: DeviceSession) {
+    let state = session.state.clone();
     let version = session.version();
-    send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
+    let plan = session.plan.clone();
+    let dest = plan.destination(session.destination);
+    let Some(mqtt_dest) = dest.mqtt.as_ref() else {
+        send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    };
+    let limits = plan.listener(session.listener).mqtt.clone();
+    let connect = &session.connect;
+
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if version == ProtocolVersion::V311 && !connect.clean_start {
+            // [MQTT-3.1.3-8]: a zero-length id needs Clean Session = 1.
+            send_connack(
+                &mut session.stream,
+                version,
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            )
+            .await;
+            return;
+        }
+        let id = Bytes::from(generated_client_id(state.id.0, session.peer));
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+    if client_id.iter().any(|&b| b == b'+' || b == b'#') {
+        // Wildcards in the id would turn rewritten topics into filters.
+        send_connack(
+            &mut session.stream,
+            version,
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        )
+        .await;
+        return;
+    }
+
+    let Some(set) = state.mqtt_aggregate.link_set(&state, &dest.name) else {
+        // The destination left the plan (or changed mode) since routing: the device reconnects.
+        send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    };
+    let Some(link) = set.pick(&client_id).cloned() else {
+        send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    };
+    let mailbox = Rc::new(SessionMailbox::default());
+    let key = link.with_core(|c| c.register(mailbox.clone()));
+    {
+        let open = &state.mqtt_aggregate.sessions_open;
+        open.set(open.get() + 1);
+    }
+    let _registration = Registration {
+        link: link.clone(),
+        key,
+        state: state.clone(),
+    };
+
+    let vars = TemplateVars {
+        client_id: &client_id,
+        topic: b"",
+        ip: session.peer.ip(),
+        shard: state.id.0,
+        conn: 0,
+    };
+    let mut device = Device {
+        version,
+        client_id: client_id.clone(),
+        ip: session.peer.ip(),
+        shard: state.id.0,
+        affixes: mqtt_dest.topic.topic_affixes(&vars),
+        topic: mqtt_dest.topic.clone(),
+        receive_maximum: usize::from(limits.receive_maximum.max(1)),
+        device_max_packet: connect.properties.maximum_packet_size,
+        decode_limits: DecodeLimits {
+            max_packet_size: limits.max_packet_size,
+        },
+        outstanding: HashSet::new(),
+        awaiting_pubrel: HashSet::new(),
+        subs: HashMap::new(),
+        pending_subacks: HashMap::new(),
+        will: connect.will.clone(),
+        out: BytesMut::with_capacity(64),
+    };
+    let keep_alive = match connect.keep_alive {
+        0 => None,
+        secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
+    };
+
+    let mut props = Properties::default();
+    if version == ProtocolVersion::V5 {
+        props.receive_maximum = NonZeroU16::new(limits.receive_maximum.max(1));
+        props.maximum_packet_size = NonZeroU32::new(limits.max_packet_size);
+        props.topic_alias_maximum = Some(0);
+        props.shared_subscription_available = Some(false);
+        props.subscription_identifier_available = Some(false);
+        props.assigned_client_identifier = assigned;
+    }
+    device.write(&Packet::ConnAck(ConnAck {
+        session_present: false,
+        reason_code: ReasonCode::SUCCESS,
+        properties: props,
+    }));
+
+    let mut buf = std::mem::take(&mut session.buf);
+    let end = run_session(
+        &state,
+        &mut session.stream,
+        &mut buf,
+        &mut device,
+        &link,
+        key,
+        &mailbox,
+        keep_alive,
+    )
+    .await;
+
+    if let End::Abnormal(code) = end {
+        if let (Some(code), ProtocolVersion::V5) = (code, version) {
+            device.write(&Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: Properties::default(),
+            }));
+            let _ = flush(&state, &mut session.stream, &mut device.out).await;
+        }
+        if let Some(will) = device.will.take() {
+            publish_will(&device, &link, will);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_session(
+    state: &Rc<ShardState>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    device: &mut Device,
+    link: &Rc<Link>,
+    key: SessionKey,
+    mailbox: &Rc<SessionMailbox>,
+    keep_alive: Option<Duration>,
+) -> End {
+    let far = Duration::from_secs(365 * 24 * 3600);
+    let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+    let mut was_paused = false;
+    loop {
+        for event in mailbox.drain() {
+            if let Some(end) = device.on_link_event(event) {
+                let _ = flush(state, stream, &mut device.out).await;
+                return end;
+            }
+        }
+        while !device.paused() {
+            match mqtt::decode_packet(buf, device.version, &device.decode_limits) {
+                Ok(Decoded::Complete(packet)) => {
+                    if let Some(end) = device.on_packet(packet, link, key, state) {
+                        let _ = flush(state, stream, &mut device.out).await;
+                        return end;
+                    }
+                }
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(e) => {
+                    let _ = flush(state, stream, &mut device.out).await;
+                    return End::Abnormal(Some(e.reason_code()));
+                }
+            }
+        }
+        if !flush(state, stream, &mut device.out).await {
+            return End::Abnormal(None);
+        }
+        if state.draining() && device.outstanding.is_empty() {
+            return End::Abnormal(Some(ReasonCode::SERVER_SHUTTING_DOWN));
+        }
+        let paused = device.paused();
+        if paused {
+            was_paused = true;
+            // Not reading: the device is waiting for our acknowledgements.
+            mailbox.signal.wait().await;
+            continue;
+        }
+        if was_paused {
+            was_paused = false;
+            deadline = Instant::now() + keep_alive.unwrap_or(far);
+        }
+        match select2(
+            stream.recv_append(buf),
+            select2(mailbox.signal.wait(), reactor::sleep_until(deadline)),
+        )
+        .await
+        {
+            Either::Left(Ok(n)) if n > 0 => {
+                state.metrics.borrow_mut().device_bytes_in += n as u64;
+                deadline = Instant::now() + keep_alive.unwrap_or(far);
+            }
+            // EOF or socket error without DISCONNECT: abnormal.
+            Either::Left(_) => return End::Abnormal(None),
+            Either::Right(Either::Left(())) => {}
+            Either::Right(Either::Right(())) => {
+                return End::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT))
+            }
+        }
+    }
+}
+
+/// Send what the device has queued; false if the device is gone or stuck.
+async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let bytes = out.split().freeze();
+    let n = bytes.len() as u64;
+    match reactor::timeout(DEVICE_WRITE_TIMEOUT, stream.send_all(bytes)).await {
+        Ok(Ok(())) => {
+            state.metrics.borrow_mut().device_bytes_out += n;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
+    let Some(topic) = device.upstream_topic(&will.topic) else {
+        return;
+    };
+    let publish = Publish {
+        dup: false,
+        qos: will.qos.min(QoS::AtLeastOnce),
+        retain: will.retain,
+        topic,
+        packet_id: None,
+        properties: Properties::default(),
+        payload: will.payload,
+    };
+    link.with_core(|c| c.publish(publish, None));
+}
+
+/// `gw-{shard}-{peer}` with the peer address made topic-safe.
+fn generated_client_id(shard: usize, peer: std::net::SocketAddr) -> String {
+    let peer: String = peer
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("simgate-{shard}-{peer}")
+}
+
+impl Device {
+    fn paused(&self) -> bool {
+        self.outstanding.len() >= self.receive_maximum
+    }
+
+    fn write(&mut self, packet: &Packet) {
+        if let Err(e) = mqtt::encode(packet, self.version, &mut self.out) {
+            tracing::debug!(error = ?e, "cannot encode packet for device");
+        }
+    }
+
+    /// The upstream topic for device topic `topic`, if it renders to a valid topic name.
+    fn upstream_topic(&self, topic: &[u8]) -> Option<Bytes> {
+        let vars = TemplateVars {
+            client_id: &self.client_id,
+            topic,
+            ip: self.ip,
+            shard: self.shard,
+            conn: 0,
+        };
+        let rendered = self.topic.render(&vars);
+        if rendered.len() > usize::from(u16::MAX)
+            || mqtt::validate_topic_name(&rendered, false).is_err()
+        {
+            return None;
+        }
+        Some(Bytes::from(rendered))
+    }
+
+    /// The upstream filter for device filter `filter`, or the SUBACK failure code.
+    fn upstream_filter(&self, filter: &[u8]) -> Result<Bytes, ReasonCode> {
+        if self.version == ProtocolVersion::V5 && filter.starts_with(b"$share/") {
+            return Err(ReasonCode(0x9E)); // Shared Subscriptions not supported
+        }
+        let Some((_, suffix)) = &self.affixes else {
+            return Err(ReasonCode::UNSPECIFIED_ERROR);
+        };
+        if filter.ends_with(b"#") && !suffix.is_empty() {
+            return Err(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        let vars = TemplateVars {
+            client_id: &self.client_id,
+            topic: filter,
+            ip: self.ip,
+            shard: self.shard,
+            conn: 0,
+        };
+        let rendered = self.topic.render(&vars);
+        if rendered.len() > usize::from(u16::MAX)
+            || mqtt::validate_topic_filter(&rendered, ProtocolVersion::V311).is_err()
+        {
+            return Err(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        Ok(Bytes::from(rendered))
+    }
+
+    /// The device topic for an upstream topic (template text around `{topic}` stripped).
+    fn device_topic(&self, upstream: &Bytes) -> Option<Bytes> {
+        let (prefix, suffix) = self.affixes.as_ref()?;
+        if upstream.len() < prefix.len() + suffix.len()
+            || !upstream.starts_with(prefix)
+            || !upstream.ends_with(suffix)
+        {
+            return None;
+        }
+        let topic = upstream.slice(prefix.len()..upstream.len() - suffix.len());
+        if topic.is_empty() {
+            return None;
+        }
+        Some(topic)
+    }
+
+    fn failure_code(&self, code: ReasonCode) -> ReasonCode {
+        match self.version {
+            ProtocolVersion::V311 => ReasonCode::UNSPECIFIED_ERROR,
+            ProtocolVersion::V5 => code,
+        }
+    }
+
+    /// Apply one device packet. `Some(end)` closes the session.
+    fn on_packet(
+        &mut self,
+        packet: Packet,
+        link: &Rc<Link>,
+        key: SessionKey,
+        state: &Rc<ShardState>,
+    ) -> Option<End> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p, link, key, state),
+            Packet::PubRel(rel) => {
+                let known = self.awaiting_pubrel.remove(&rel.packet_id.get());
+                let mut comp = PubResponse::success(rel.packet_id);
+                if !known && self.version == ProtocolVersion::V5 {
+                    comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.write(&Packet::PubComp(comp));
+                None
+            }
+            Packet::Subscribe(sub) => {
+                self.on_subscribe(sub, link, key);
+                None
+            }
+            Packet::Unsubscribe(unsub) => {
+                self.on_unsubscribe(unsub, link, key);
+                None
+            }
+            Packet::PingReq => {
+                self.write(&Packet::PingResp);
+                None
+            }
+            Packet::Disconnect(d) => {
+                if d.reason_code == ReasonCode::DISCONNECT_WITH_WILL {
+                    Some(End::Abnormal(None))
+                } else {
+                    Some(End::Normal)
+                }
+            }
+            // Downlink is QoS 0: the device has nothing to acknowledge.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => None,
+            // A second CONNECT, or packets only a server sends.
+            _ => Some(End::Abnormal(Some(ReasonCode::PROTOCOL_ERROR))),
+        }
+    }
+
+    fn on_publish(
+        &mut self,
+        publish: Publish,
+        link: &Rc<Link>,
+        key: SessionKey,
+        state: &Rc<ShardState>,
+    ) -> Option<End> {
+        if publish.properties.topic_alias.is_some() || publish.topic.is_empty() {
+            // We advertised Topic Alias Maximum 0 ([MQTT-3.3.2-9]).
+            return Some(End::Abnormal(Some(ReasonCode(0x94))));
+        }
+        if let Some(id) = publish.packet_id {
+            if self.outstanding.contains(&id.get()) {
+                return None; // a duplicate of one still in flight upstream
+            }
+            if publish.qos == QoS::ExactlyOnce && self.awaiting_pubrel.contains(&id.get()) {
+                // Already forwarded and PUBREC'd: answer again, do not forward twice.
+                self.write(&Packet::PubRec(PubResponse::success(id)));
+                return None;
+            }
+        }
+        let Some(topic) = self.upstream_topic(&publish.topic) else {
+            let c = &state.mqtt_aggregate.counters().topics_refused;
+            c.set(c.get() + 1);
+            return match (self.version, publish.packet_id) {
+                (ProtocolVersion::V5, Some(id)) => {
+                    let mut r = PubResponse::success(id);
+                    r.reason_code = ReasonCode::TOPIC_NAME_INVALID;
+                    self.write(&match publish.qos {
+                        QoS::ExactlyOnce => Packet::PubRec(r),
+                        _ => Packet::PubAck(r),
+                    });
+                    None
+                }
+                (ProtocolVersion::V5, None) => None,
+                (ProtocolVersion::V311, _) => Some(End::Abnormal(None)),
+            };
+        };
+        let properties = if link.core.borrow().version() == ProtocolVersion::V5 {
+            let mut p = publish.properties;
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+            p
+        } else {
+            Properties::default()
+        };
+        let owner = publish.packet_id.map(|id| PublishOwner {
+            session: key,
+            device_packet_id: id,
+            device_qos: publish.qos,
+        });
+        if let Some(id) = publish.packet_id {
+            self.outstanding.insert(id.get());
+        }
+        let upstream = Publish {
+            dup: false,
+            qos: publish.qos,
+            retain: publish.retain,
+            topic,
+            packet_id: None,
+            properties,
+            payload: publish.payload,
+        };
+        if link.with_core(|c| c.publish(upstream, owner)) == Enqueued::Dropped {
+            tracing::trace!("qos 0 publish dropped: link down");
+        }
+        None
+    }
+
+    fn on_subscribe(&mut self, sub: Subscribe, link: &Rc<Link>, key: SessionKey) {
+        let n = sub.subscriptions.len();
+        let mut codes = vec![None; n];
+        let mut filters = Vec::with_capacity(n);
+        let mut requests = Vec::new();
+        for (index, s) in sub.subscriptions.into_iter().enumerate() {
+            filters.push(s.filter.clone());
+            match self.upstream_filter(&s.filter) {
+                Err(code) => codes[index] = Some(self.failure_code(code)),
+                Ok(upstream) => {
+                    self.subs.insert(s.filter.clone(), upstream.clone());
+                    requests.push((upstream, index));
+                }
+            }
+        }
+        let id = sub.packet_id;
+        self.pending_subacks.insert(id.get(), (codes, filters));
+        if requests.is_empty() {
+            self.complete_suback(id);
+            return;
+        }
+        link.with_core(|c| {
+            for (upstream, index) in requests {
+                c.subscribe(key, upstream, id, index);
+            }
+        });
+    }
+
+    fn complete_suback(&mut self, id: NonZeroU16) {
+        let done = self
+            .pending_subacks
+            .get(&id.get())
+            .is_some_and(|(codes, _)| codes.iter().all(Option::is_some));
+        if !done {
+            return;
+        }
+        let Some((codes, _)) = self.pending_subacks.remove(&id.get()) else {
+            return;
+        };
+        let reason_codes = codes
+            .into_iter()
+            .map(|c| c.unwrap_or(ReasonCode::UNSPECIFIED_ERROR))
+            .collect();
+        self.write(&Packet::SubAck(SubAck {
+            packet_id: id,
+            properties: Properties::default(),
+            reason_codes,
+        }));
+    }
+
+    fn on_unsubscribe(&mut self, unsub: Unsubscribe, link: &Rc<Link>, key: SessionKey) {
+        let mut codes = Vec::with_capacity(unsub.filters.len());
+        for filter in &unsub.filters {
+            match self.subs.remove(filter) {
+                Some(upstream) => {
+                    link.with_core(|c| c.unsubscribe(key, &upstream));
+                    codes.push(ReasonCode::SUCCESS);
+                }
+                None => codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED),
+            }
+        }
+        if self.version == ProtocolVersion::V311 {
+            codes.clear();
+        }
+        self.write(&Packet::UnsubAck(UnsubAck {
+            packet_id: unsub.packet_id,
+            properties: Properties::default(),
+            reason_codes: codes,
+        }));
+    }
+
+    /// Apply one event from the link. `Some(end)` closes the session.
+    fn on_link_event(&mut self, event: LinkEvent) -> Option<End> {
+        match event {
+            LinkEvent::Acked {
+                device_packet_id,
+                device_qos,
+                reason,
+            } => {
+                self.outstanding.remove(&device_packet_id.get());
+                let refused = reason.0 >= 0x80;
+                if refused && self.version == ProtocolVersion::V311 {
+                    // 3.1.1 cannot say "refused": close rather than acknowledge.
+                    return Some(End::Abnormal(None));
+                }
+                let mut response = PubResponse::success(device_packet_id);
+                if self.version == ProtocolVersion::V5 {
+                    response.reason_code = reason;
+                }
+                if device_qos == QoS::ExactlyOnce {
+                    if !refused {
+                        self.awaiting_pubrel.insert(device_packet_id.get());
+                    }
+                    self.write(&Packet::PubRec(response));
+                } else {
+                    self.write(&Packet::PubAck(response));
+                }
+                None
+            }
+            LinkEvent::SubscribeResult {
+                device_packet_id,
+                index,
+                code,
+            } => {
+                let failed = code.0 >= 0x80;
+                let device_code = if failed {
+                    self.failure_code(code)
+                } else {
+                    ReasonCode::SUCCESS // granted QoS 0: downlink is delivered at QoS 0
+                };
+                let mut failed_filter = None;
+                if let Some((codes, filters)) =
+                    self.pending_subacks.get_mut(&device_packet_id.get())
+                {
+                    if let Some(slot) = codes.get_mut(index) {
+                        *slot = Some(device_code);
+                    }
+                    if failed {
+                        failed_filter = filters.get(index).cloned();
+                    }
+                }
+                if let Some(f) = failed_filter {
+                    self.subs.remove(&f);
+                }
+                self.complete_suback(device_packet_id);
+                None
+            }
+            LinkEvent::Message(publish) => {
+                self.deliver(*publish);
+                None
+            }
+            LinkEvent::Closed => Some(End::Abnormal(Some(ReasonCode::SERVER_UNAVAILABLE))),
+        }
+    }
+
+    fn deliver(&mut self, publish: Publish) {
+        let Some(topic) = self.device_topic(&publish.topic) else {
+            return;
+        };
+        if !self
+            .subs
+            .keys()
+            .any(|f| crate::upstream::mqtt_link::topic_matches(f, &topic))
+        {
+            return;
+        }
+        let properties = if self.version == ProtocolVersion::V5 {
+            let mut p = publish.properties;
+            p.topic_alias = None;
+            p.subscription_identifiers.clear();
+            p
+        } else {
+            Properties::default()
+        };
+        let packet = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: publish.retain,
+            topic,
+            packet_id: None,
+            properties,
+            payload: publish.payload,
+        });
+        if let Some(max) = self.device_max_packet {
+            match mqtt::encoded_len(&packet, self.version) {
+                Ok(len) if len as u64 <= u64::from(max.get()) => {}
+                // [MQTT-3.1.2-24]: never send a packet over the client's maximum.
+                _ => return,
+            }
+        }
+        self.write(&packet);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::template::Placeholder;
+
+    fn device(template: &str, version: ProtocolVersion) -> Device {
+        let topic = Template::parse(
+            template,
+            &[Placeholder::ClientId, Placeholder::Topic, Placeholder::Ip],
+        )
+        .expect("template");
+        let client_id = Bytes::from_static(b"dev1");
+        let vars = TemplateVars {
+            client_id: &client_id,
+            topic: b"",
+            ip: "10.0.0.1".parse().expect("ip"),
+            shard: 0,
+            conn: 0,
+        };
+        Device {
+            version,
+            affixes: topic.topic_affixes(&vars),
+            topic,
+            client_id,
+            ip: "10.0.0.1".parse().expect("ip"),
+            shard: 0,
+            receive_maximum: 2,
+            device_max_packet: None,
+            decode_limits: DecodeLimits::default(),
+            outstanding: HashSet::new(),
+            awaiting_pubrel: HashSet::new(),
+            subs: HashMap::new(),
+            pending_subacks: HashMap::new(),
+            will: None,
+            out: BytesMut::new(),
+        }
+    }
+
+    fn written(d: &mut Device) -> Vec<Packet> {
+        let mut buf = d.out.split();
+        let mut out = Vec::new();
+        while let Ok(Decoded::Complete(p)) =
+            mqtt::decode_packet(&mut buf, d.version, &DecodeLimits::default())
+        {
+            out.push(p);
+        }
+        out
+    }
+
+    fn nz(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).expect("non-zero")
+    }
+
+    #[test]
+    fn topics_are_rewritten_and_mapped_back() {
+        let d = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
+        assert_eq!(
+            d.upstream_topic(b"temp/1").as_deref(),
+            Some(&b"devices/dev1/temp/1"[..])
+        );
+        assert_eq!(
+            d.upstream_filter(b"cmd/#").as_deref(),
+            Ok(&b"devices/dev1/cmd/#"[..])
+        );
+        assert_eq!(
+            d.device_topic(&Bytes::from_static(b"devices/dev1/cmd/reboot"))
+                .as_deref(),
+            Some(&b"cmd/reboot"[..])
+        );
+        assert_eq!(
+            d.device_topic(&Bytes::from_static(b"devices/dev2/cmd/reboot")),
+            None
+        );
+    }
+
+    #[test]
+    fn filters_that_cannot_map_are_refused() {
+        let d = device("devices/{client_id}/{topic}/up", ProtocolVersion::V5);
+        assert_eq!(
+            d.upstream_filter(b"cmd/#"),
+            Err(ReasonCode::TOPIC_FILTER_INVALID)
+        );
+        assert_eq!(d.upstream_filter(b"$share/g/x"), Err(ReasonCode(0x9E)));
+        let fixed = device("all/devices", ProtocolVersion::V311);
+        assert!(fixed.upstream_filter(b"x").is_err());
+    }
+
+    #[test]
+    fn acks_map_to_puback_pubrec_and_pubrel_completes_qos2() {
+        let mut d = device("{topic}", ProtocolVersion::V311);
+        d.outstanding.insert(3);
+        d.outstanding.insert(4);
+        assert!(d
+            .on_link_event(LinkEvent::Acked {
+                device_packet_id: nz(3),
+                device_qos: QoS::AtLeastOnce,
+                reason: ReasonCode::SUCCESS
+            })
+            .is_none());
+        assert!(d
+            .on_link_event(LinkEvent::Acked {
+                device_packet_id: nz(4),
+                device_qos: QoS::ExactlyOnce,
+                reason: ReasonCode::SUCCESS
+            })
+            .is_none());
+        assert_eq!(
+            written(&mut d),
+            vec![
+                Packet::PubAck(PubResponse::success(nz(3))),
+                Packet::PubRec(PubResponse::success(nz(4)))
+            ]
+        );
+        assert!(d.outstanding.is_empty());
+        assert!(d.awaiting_pubrel.contains(&4));
+    }
+
+    #[test]
+    fn v311_device_is_closed_not_acked_when_the_broker_refuses() {
+        let mut d = device("{topic}", ProtocolVersion::V311);
+        d.outstanding.insert(1);
+        assert_eq!(
+            d.on_link_event(LinkEvent::Acked {
+                device_packet_id: nz(1),
+                device_qos: QoS::AtLeastOnce,
+                reason: ReasonCode::NOT_AUTHORIZED
+            }),
+            Some(End::Abnormal(None))
+        );
+        assert!(written(&mut d).is_empty());
+    }
+
+    #[test]
+    fn suback_waits_for_every_filter() {
+        let mut d = device("devices/{client_id}/{topic}", ProtocolVersion::V5);
+        d.pending_subacks.insert(
+            7,
+            (
+                vec![None, Some(ReasonCode::TOPIC_FILTER_INVALID)],
+                vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            ),
+        );
+        d.subs.insert(
+            Bytes::from_static(b"a"),
+            Bytes::from_static(b"devices/dev1/a"),
+        );
+        d.complete_suback(nz(7));
+        assert!(written(&mut d).is_empty());
+        d.on_link_event(LinkEvent::SubscribeResult {
+            device_packet_id: nz(7),
+            index: 0,
+            code: ReasonCode::GRANTED_QOS_1,
+        });
+        assert_eq!(
+            written(&mut d),
+            vec![Packet::SubAck(SubAck {
+                packet_id: nz(7),
+                properties: Properties::default(),
+                reason_codes: vec![ReasonCode::SUCCESS, ReasonCode::TOPIC_FILTER_INVALID],
+            })]
+        );
+    }
+
+    #[test]
+    fn downlink_goes_only_to_matching_subscriptions_at_qos0() {
+        let mut d = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
+        d.subs.insert(
+            Bytes::from_static(b"cmd/+"),
+            Bytes::from_static(b"devices/dev1/cmd/+"),
+        );
+        let msg = |topic: &'static str| Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: Bytes::from_static(topic.as_bytes()),
+            packet_id: Some(nz(1)),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        };
+        d.on_link_event(LinkEvent::Message(Box::new(msg("devices/dev1/cmd/reboot"))));
+        d.on_link_event(LinkEvent::Message(Box::new(msg(
+            "devices/dev1/other/reboot",
+        ))));
+        d.on_link_event(LinkEvent::Message(Box::new(msg("devices/dev2/cmd/reboot"))));
+        let out = written(&mut d);
+        assert_eq!(out.len(), 1);
+        let Packet::Publish(p) = &out[0] else {
+            panic!("expected PUBLISH, got {out:?}");
+        };
+        assert_eq!(&p.topic[..], b"cmd/reboot");
+        assert_eq!(p.qos, QoS::AtMostOnce);
+    }
+
+    #[test]
+    fn link_pick_is_stable() {
+        let counters = Rc::new(AggregateCounters::default());
+        let set = LinkSet {
+            links: (0..4)
+                .map(|_| Link::new(LinkCore::new(ProtocolVersion::V311, 4, counters.clone())))
+                .collect(),
+        };
+        let a = set.pick(b"device-a").map(Rc::as_ptr);
+        assert_eq!(a, set.pick(b"device-a").map(Rc::as_ptr));
+        let distinct: HashSet<_> = (0..64)
+            .filter_map(|i| set.pick(format!("d{i}").as_bytes()).map(Rc::as_ptr))
+            .collect();
+        assert!(distinct.len() > 1, "devices spread over links");
+    }
 }

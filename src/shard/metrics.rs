@@ -70,6 +70,43 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// Aggregate-mode MQTT counters of a shard (see `upstream::mqtt_link::AggregateCounters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AggregateTotals {
+    /// Device sessions currently served in aggregate mode.
+    pub sessions_open: u64,
+    /// Device PUBLISHes handed to a link.
+    pub uplink_publishes: u64,
+    /// Broker PUBACKs for upstream QoS 1 PUBLISHes.
+    pub upstream_acks: u64,
+    /// QoS 0 PUBLISHes dropped (link down or too far behind).
+    pub qos0_dropped: u64,
+    /// Unacknowledged QoS 1 PUBLISHes sent again (with DUP) after a reconnect.
+    pub resent_after_reconnect: u64,
+    /// Upstream MQTT sessions established.
+    pub link_connects: u64,
+    /// Upstream MQTT connections lost or refused.
+    pub link_failures: u64,
+    /// Downlink messages queued for device sessions.
+    pub downlink_messages: u64,
+    /// Device PUBLISHes refused because the rewritten topic is invalid.
+    pub topics_refused: u64,
+}
+
+impl AggregateTotals {
+    fn merge(&mut self, o: &AggregateTotals) {
+        self.sessions_open += o.sessions_open;
+        self.uplink_publishes += o.uplink_publishes;
+        self.upstream_acks += o.upstream_acks;
+        self.qos0_dropped += o.qos0_dropped;
+        self.resent_after_reconnect += o.resent_after_reconnect;
+        self.link_connects += o.link_connects;
+        self.link_failures += o.link_failures;
+        self.downlink_messages += o.downlink_messages;
+        self.topics_refused += o.topics_refused;
+    }
+}
+
 /// Counters and histograms of one shard (or, after merging, of the whole gateway).
 #[derive(Debug, Clone)]
 pub struct ShardMetrics {
@@ -100,6 +137,18 @@ pub struct ShardMetrics {
     pub upstream_retries: u64,
     /// Idle upstream connections currently pooled.
     pub upstream_idle: u64,
+    /// MQTT session-mode (1:1) device sessions bridged (upstream CONNACK accepted).
+    pub mqtt_sessions_started: u64,
+    /// MQTT session-mode device sessions currently bridged.
+    pub mqtt_sessions_open: u64,
+    /// MQTT device CONNECTs the upstream broker refused (its CONNACK relayed to the device).
+    pub mqtt_connects_refused: u64,
+    /// MQTT PUBLISH packets forwarded device → upstream.
+    pub mqtt_publishes_uplink: u64,
+    /// MQTT PUBLISH packets forwarded upstream → device.
+    pub mqtt_publishes_downlink: u64,
+    /// Aggregate-mode (N:1) counters, copied from the shard's links at snapshot time.
+    pub mqtt_aggregate: AggregateTotals,
     /// Device-observed request time inside simgate, from the request fully received to the
     /// response fully sent, in µs.
     pub request_total_us: Histogram<u64>,
@@ -124,6 +173,12 @@ impl Default for ShardMetrics {
             upstream_reused: 0,
             upstream_retries: 0,
             upstream_idle: 0,
+            mqtt_sessions_started: 0,
+            mqtt_sessions_open: 0,
+            mqtt_connects_refused: 0,
+            mqtt_publishes_uplink: 0,
+            mqtt_publishes_downlink: 0,
+            mqtt_aggregate: AggregateTotals::default(),
             request_total_us: new_histogram(),
             gateway_added_us: new_histogram(),
         }
@@ -177,6 +232,12 @@ impl ShardMetrics {
         self.upstream_reused += other.upstream_reused;
         self.upstream_retries += other.upstream_retries;
         self.upstream_idle += other.upstream_idle;
+        self.mqtt_sessions_started += other.mqtt_sessions_started;
+        self.mqtt_sessions_open += other.mqtt_sessions_open;
+        self.mqtt_connects_refused += other.mqtt_connects_refused;
+        self.mqtt_publishes_uplink += other.mqtt_publishes_uplink;
+        self.mqtt_publishes_downlink += other.mqtt_publishes_downlink;
+        self.mqtt_aggregate.merge(&other.mqtt_aggregate);
         // Both histograms share bounds, so `add` only fails if a value exceeds them, which
         // `saturating_record` already prevents; ignore rather than panic.
         let _ = self.request_total_us.add(&other.request_total_us);

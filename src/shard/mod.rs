@@ -508,6 +508,19 @@ async fn command_loop(
                 ShardCommand::Snapshot(reply) => {
                     let mut snapshot = state.metrics.borrow().clone();
                     snapshot.upstream_idle = state.pools.borrow().idle_count() as u64;
+                    let agg = &state.mqtt_aggregate;
+                    let c = agg.counters();
+                    snapshot.mqtt_aggregate = metrics::AggregateTotals {
+                        sessions_open: agg.sessions_open(),
+                        uplink_publishes: c.uplink_publishes.get(),
+                        upstream_acks: c.upstream_acks.get(),
+                        qos0_dropped: c.qos0_dropped.get(),
+                        resent_after_reconnect: c.resent_after_reconnect.get(),
+                        link_connects: c.link_connects.get(),
+                        link_failures: c.link_failures.get(),
+                        downlink_messages: c.downlink_messages.get(),
+                        topics_refused: c.topics_refused.get(),
+                    };
                     let _ = reply.send(snapshot);
                 }
                 ShardCommand::Shutdown => return,

@@ -15,6 +15,7 @@
 //! the caller's next borrow of the pools, other tasks may have changed them — callers re-borrow
 //! after every await and never hold a borrow across one.
 
+pub mod mqtt_link;
 mod transport;
 
 use std::collections::VecDeque;

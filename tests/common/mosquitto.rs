@@ -36,7 +36,9 @@ pub struct BrokerOptions {
     pub require_certificate: bool,
     /// TLS listener demands this username/password.
     pub password: Option<(String, String)>,
-    /// Keep sessions and queued messages on disk (for kill -9 tests).
+    /// Keep sessions and queued messages on disk (for kill -9 tests). Saved after every change
+    /// (`autosave_on_changes`), so a message the broker acknowledged survives a kill -9; with
+    /// mosquitto's default periodic save it could be lost by the broker itself.
     pub persistence: bool,
 }
 
@@ -69,7 +71,8 @@ impl Broker {
         let plain_port = free_port();
         let mut conf = format!(
             "per_listener_settings true\nuser root\nlog_dest stderr\nlog_type all\n\
-             persistence {}\npersistence_location {}/\nautosave_interval 1\n\
+             persistence {}\npersistence_location {}/\n\
+             autosave_on_changes true\nautosave_interval 1\n\
              listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
              require_certificate {}\n",
             opts.persistence,

@@ -1,0 +1,757 @@
+//! Session-mode (1:1) MQTT bridging against a real mosquitto 2.x with a TLS listener (certs from
+//! `TestPki`), with real mosquitto_pub / mosquitto_sub devices (3.1.1 and 5) on simgate's
+//! plaintext listener and direct subscribers/publishers on the broker's plaintext listener.
+//!
+//! The broker harness here ([`Broker`]) predates `tests/common/mosquitto.rs`; the gateway's plan
+//! is compiled from the MQTT TOML ([`plan_for`]) and runs in-process ([`Gateway::start`]), so
+//! the tests can read its metrics directly.
+//!
+//! No sleeps stand in for synchronisation: every wait is on a client's output line, a broker log
+//! line or a socket, each with a deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use simgate::policy::Plan;
+use simgate::shard::Gateway;
+use simgate::testkit::TestPki;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running mosquitto with a TLS listener (for simgate) and a plaintext one (for direct clients).
+struct Broker {
+    child: Child,
+    tls_port: u16,
+    plain_port: u16,
+    log: PathBuf,
+    /// `Some((user, password))` when the broker requires a password (both listeners).
+    login: Option<(String, String)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BrokerAuth {
+    Anonymous,
+    /// `require_certificate true` on the TLS listener.
+    ClientCertificate,
+    /// A password file with user `gw`, password `right-pass`.
+    Password,
+}
+
+impl Broker {
+    fn start(dir: &Path, pki: &TestPki, auth: BrokerAuth) -> Broker {
+        let cert = pki
+            .server_cert("broker", &["localhost", "127.0.0.1"])
+            .expect("broker cert");
+        let tls_port = free_port();
+        let plain_port = free_port();
+        let log = dir.join("mosquitto.log");
+        let (security, login) = match auth {
+            BrokerAuth::Password => {
+                let file = dir.join("mosquitto.passwd");
+                let status = Command::new("mosquitto_passwd")
+                    .arg("-c")
+                    .arg("-b")
+                    .arg(&file)
+                    .args(["gw", "right-pass"])
+                    .status()
+                    .expect("run mosquitto_passwd");
+                assert!(status.success(), "mosquitto_passwd failed");
+                (
+                    format!("allow_anonymous false\npassword_file {}\n", file.display()),
+                    Some(("gw".to_string(), "right-pass".to_string())),
+                )
+            }
+            _ => ("allow_anonymous true\n".to_string(), None),
+        };
+        let require_cert = if auth == BrokerAuth::ClientCertificate {
+            "require_certificate true\n"
+        } else {
+            ""
+        };
+        let conf = format!(
+            "user root\nper_listener_settings false\nlog_dest file {log}\nlog_type all\n\
+             connection_messages true\n{security}\n\
+             listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n{require_cert}\n\
+             listener {plain_port} 127.0.0.1\n",
+            log = log.display(),
+            ca = pki.ca_pem.display(),
+            cert = cert.cert.display(),
+            key = cert.key.display(),
+        );
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto");
+        let broker = Broker {
+            child,
+            tls_port,
+            plain_port,
+            log,
+            login,
+        };
+        // Wait until both listeners accept.
+        let deadline = Instant::now() + WAIT;
+        for port in [tls_port, plain_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "mosquitto did not listen on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        broker
+    }
+
+    /// Wait until the broker log has a line containing `needle`; returns it.
+    fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker log has no {needle:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn direct_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.plain_port.to_string(),
+        ];
+        if let Some((u, p)) = &self.login {
+            args.extend(["-u".into(), u.clone(), "-P".into(), p.clone()]);
+        }
+        args
+    }
+
+    /// A subscriber connected directly to the broker, ready (SUBACK received) on return.
+    fn subscribe_direct(&self, filter: &str) -> Client {
+        let mut args = self.direct_args();
+        args.extend(
+            [
+                "-i",
+                "direct-sub",
+                "-q",
+                "2",
+                "-t",
+                filter,
+                "-F",
+                "MSG %t %p",
+                "-d",
+            ]
+            .map(String::from),
+        );
+        let client = Client::spawn("mosquitto_sub", &args);
+        client.wait_line(|l| l.contains("received SUBACK"));
+        client
+    }
+
+    /// Publish directly on the broker (waits for the publish to complete).
+    fn publish_direct(&self, topic: &str, payload: &str, extra: &[&str]) {
+        let mut args = self.direct_args();
+        args.extend(["-q", "1", "-t", topic, "-m", payload].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = Command::new("mosquitto_pub")
+            .args(&args)
+            .output()
+            .expect("run mosquitto_pub");
+        assert!(out.status.success(), "direct publish failed: {out:?}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client process whose stdout and stderr lines are collected.
+struct Client {
+    child: Child,
+    lines: Receiver<String>,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl Client {
+    fn spawn(program: &str, args: &[String]) -> Client {
+        // Line-buffered stdout (stdbuf execs the program, so the pid stays the client's).
+        let mut child = Command::new("stdbuf")
+            .arg("-oL")
+            .arg(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let (tx, rx) = channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(line);
+            }
+        });
+        Client {
+            child,
+            lines: rx,
+            seen: Default::default(),
+        }
+    }
+
+    /// Wait for a line matching `pred`; panics with everything seen on timeout.
+    fn wait_line(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.borrow_mut().push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no expected line; saw:\n{}", self.seen.borrow().join("\n")),
+            }
+        }
+    }
+
+    /// Wait for the process to exit; returns (success, all output lines).
+    fn finish(mut self) -> (bool, String) {
+        let status = self.child.wait().expect("wait client");
+        let mut all = self.seen.borrow().clone();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            all.push(line);
+        }
+        (status.success(), all.join("\n"))
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The session-mode destination under test.
+struct Dest {
+    version: &'static str,
+    client_id: &'static str,
+    topic: &'static str,
+    username: Option<&'static str>,
+    password: Option<&'static str>,
+    pass_through: bool,
+    credential: bool,
+}
+
+impl Default for Dest {
+    fn default() -> Self {
+        Dest {
+            version: "device",
+            client_id: "gw-{client_id}",
+            topic: "devices/{client_id}/{topic}",
+            username: None,
+            password: None,
+            pass_through: false,
+            credential: false,
+        }
+    }
+}
+
+/// The gateway config (the MQTT schema of issue #3) for `d`.
+fn mqtt_toml(dir: &Path, pki: &TestPki, broker: &Broker, d: &Dest) -> String {
+    let mut credential_table = String::new();
+    let mut credential_line = String::new();
+    if d.credential {
+        let c = pki.client_cert("gw").expect("client cert");
+        credential_table = format!(
+            "[[credential]]\nname = \"gw-cert\"\nkind = \"x509\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.cert.display(),
+            c.key.display()
+        );
+        credential_line = "credential = \"gw-cert\"\n".into();
+    }
+    let mut mqtt = format!(
+        "mode = \"session\"\nversion = \"{}\"\nclient_id = \"{}\"\ntopic = \"{}\"\npass_through_credentials = {}\n",
+        d.version, d.client_id, d.topic, d.pass_through
+    );
+    if let Some(u) = d.username {
+        mqtt.push_str(&format!("username = \"{u}\"\n"));
+    }
+    if let Some(p) = d.password {
+        let file = dir.join("broker.pass");
+        std::fs::write(&file, p).expect("write password file");
+        mqtt.push_str(&format!("password_file = \"{}\"\n", file.display()));
+    }
+    let common = |protocol: &str, adapter: &str, route: &str, mqtt_table: &str| {
+        format!(
+            "[gateway]\nshards = 1\n\n{credential_table}\n[[listener]]\nname = \"mqtt\"\nprotocol = \"{protocol}\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[destination]]\nname = \"broker\"\nadapter = \"{adapter}\"\nendpoint = \"127.0.0.1:{port}\"\n\
+             server_name = \"localhost\"\nca = \"{ca}\"\n{credential_line}[destination.pool]\nwarm = 2\nconnect_timeout = \"5s\"\n{mqtt_table}\n\
+             [[group]]\nname = \"default\"\nroutes = [ {{ listener = \"mqtt\", {route}destination = \"broker\" }} ]\n",
+            port = broker.tls_port,
+            ca = pki.ca_pem.display(),
+        )
+    };
+    common("mqtt", "mqtts", "", &format!("[destination.mqtt]\n{mqtt}"))
+}
+
+/// The compiled plan for `d`.
+fn plan_for(dir: &Path, pki: &TestPki, broker: &Broker, d: &Dest) -> Plan {
+    let toml = mqtt_toml(dir, pki, broker, d);
+    simgate::config::compile_str(&toml, dir)
+        .unwrap_or_else(|e| panic!("MQTT config rejected: {e}\n{toml}"))
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    broker: Broker,
+    gateway: Gateway,
+    addr: SocketAddr,
+}
+
+fn setup(auth: BrokerAuth, d: Dest) -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let broker = Broker::start(dir.path(), &pki, auth);
+    let plan = plan_for(dir.path(), &pki, &broker, &d);
+    let gateway = Gateway::start(Arc::new(plan)).expect("gateway starts");
+    let addr = gateway
+        .listener_addrs()
+        .iter()
+        .find(|(name, _)| name == "mqtt")
+        .map(|(_, a)| *a)
+        .expect("mqtt listener");
+    Setup {
+        _dir: dir,
+        broker,
+        gateway,
+        addr,
+    }
+}
+
+impl Setup {
+    fn device_args(&self, id: &str, version: &str) -> Vec<String> {
+        [
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.addr.port().to_string(),
+            "-i",
+            id,
+            "-V",
+            version,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// mosquitto_pub through simgate; returns (success, output).
+    fn device_publish(&self, id: &str, version: &str, extra: &[&str]) -> (bool, String) {
+        let mut args = self.device_args(id, version);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push("-d".into());
+        Client::spawn("mosquitto_pub", &args).finish()
+    }
+
+    /// mosquitto_sub through simgate, ready (SUBACK received) on return.
+    fn device_subscribe(&self, id: &str, version: &str, filter: &str, extra: &[&str]) -> Client {
+        let mut args = self.device_args(id, version);
+        args.extend(["-q", "1", "-t", filter, "-F", "MSG %t %p", "-d"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let client = Client::spawn("mosquitto_sub", &args);
+        client.wait_line(|l| l.contains("received SUBACK"));
+        client
+    }
+}
+
+#[test]
+fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
+    let s = setup(BrokerAuth::Anonymous, Dest::default());
+    let sub = s.broker.subscribe_direct("devices/#");
+    for (version, tag) in [("mqttv311", "v3"), ("mqttv5", "v5")] {
+        for qos in ["0", "1", "2"] {
+            let id = format!("up{tag}q{qos}");
+            let payload = format!("hello-{tag}-{qos}");
+            let (ok, out) = s.device_publish(
+                &id,
+                version,
+                &["-q", qos, "-t", "sensors/temp", "-m", &payload],
+            );
+            assert!(ok, "publish {version} qos {qos} failed:\n{out}");
+            if qos == "1" {
+                assert!(out.contains("received PUBACK"), "{out}");
+            }
+            if qos == "2" {
+                assert!(out.contains("received PUBCOMP"), "{out}");
+            }
+            let expected = format!("MSG devices/{id}/sensors/temp {payload}");
+            sub.wait_line(|l| l == expected);
+            // The upstream connection carried the templated client id.
+            s.broker.wait_log(&format!("as gw-{id} "));
+        }
+    }
+    let m = s.gateway.metrics();
+    assert_eq!(m.mqtt_publishes_uplink, 6);
+    assert_eq!(m.mqtt_sessions_started, 6);
+}
+
+#[test]
+fn downlink_and_retained_messages_reach_devices_with_topics_mapped_back() {
+    let s = setup(BrokerAuth::Anonymous, Dest::default());
+    for (version, id) in [("mqttv311", "down3"), ("mqttv5", "down5")] {
+        let dev = s.device_subscribe(id, version, "cmd/#", &[]);
+        s.broker
+            .publish_direct(&format!("devices/{id}/cmd/reboot"), "now", &[]);
+        dev.wait_line(|l| l == "MSG cmd/reboot now");
+        // Retained: published before the device (reconnecting) subscribes.
+        s.broker
+            .publish_direct(&format!("devices/{id}/state"), "on", &["-r"]);
+        drop(dev);
+        let retained = s.device_subscribe(id, version, "state", &[]);
+        retained.wait_line(|l| l == "MSG state on");
+    }
+    assert!(s.gateway.metrics().mqtt_publishes_downlink >= 4);
+}
+
+#[test]
+fn will_is_published_after_abnormal_device_disconnects() {
+    let s = setup(BrokerAuth::Anonymous, Dest::default());
+    let watcher = s.broker.subscribe_direct("devices/+/status");
+    // A mosquitto_sub device killed with SIGKILL.
+    let mut dev = s.device_subscribe(
+        "willdev",
+        "mqttv311",
+        "cmd",
+        &[
+            "--will-topic",
+            "status",
+            "--will-payload",
+            "dead",
+            "--will-qos",
+            "1",
+        ],
+    );
+    dev.kill9();
+    watcher.wait_line(|l| l == "MSG devices/willdev/status dead");
+    // A raw v5 device whose socket is dropped.
+    let mut raw = TcpStream::connect(s.addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    raw.write_all(&connect_v5_with_will(b"rawdev", b"status", b"gone"))
+        .expect("send CONNECT");
+    let connack = read_packet(&mut raw).expect("CONNACK");
+    assert_eq!(connack[0], 0x20);
+    assert_eq!(connack[3], 0x00, "CONNACK reason: {connack:?}");
+    drop(raw);
+    watcher.wait_line(|l| l == "MSG devices/rawdev/status gone");
+    // A clean DISCONNECT publishes no will: a later message arrives with no will before it.
+    let (ok, out) = s.device_publish(
+        "cleandev",
+        "mqttv5",
+        &[
+            "-t",
+            "x",
+            "-m",
+            "1",
+            "--will-topic",
+            "status",
+            "--will-payload",
+            "never",
+        ],
+    );
+    assert!(ok, "{out}");
+    s.broker
+        .publish_direct("devices/marker/status", "after", &[]);
+    let next = watcher.wait_line(|l| l.starts_with("MSG "));
+    assert_eq!(next, "MSG devices/marker/status after");
+}
+
+#[test]
+fn malformed_and_oversized_frames_close_only_that_session() {
+    let s = setup(BrokerAuth::Anonymous, Dest::default());
+    let bystander = s.device_subscribe("bystander", "mqttv5", "cmd", &[]);
+    // v5: PUBLISH with QoS 3 (malformed) -> DISCONNECT 0x81, then EOF.
+    let mut raw = TcpStream::connect(s.addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    raw.write_all(&connect_v5_with_will(b"bad1", b"status", b"x"))
+        .expect("CONNECT");
+    assert_eq!(read_packet(&mut raw).expect("CONNACK")[0], 0x20);
+    raw.write_all(&[0x36, 0x00]).expect("bad frame");
+    let disconnect = read_packet(&mut raw).expect("DISCONNECT");
+    assert_eq!(disconnect[0], 0xE0);
+    assert_eq!(disconnect.get(2), Some(&0x81), "{disconnect:?}");
+    assert!(read_packet(&mut raw).is_none(), "connection closed");
+    // v5: a PUBLISH declaring 1 MiB (> 256 KiB) -> DISCONNECT 0x95 from the header alone.
+    let mut big = TcpStream::connect(s.addr).expect("connect");
+    big.set_read_timeout(Some(WAIT)).expect("timeout");
+    big.write_all(&connect_v5_with_will(b"bad2", b"status", b"x"))
+        .expect("CONNECT");
+    assert_eq!(read_packet(&mut big).expect("CONNACK")[0], 0x20);
+    big.write_all(&[0x30, 0x80, 0x80, 0x40])
+        .expect("oversized header");
+    let disconnect = read_packet(&mut big).expect("DISCONNECT");
+    assert_eq!(disconnect.get(2), Some(&0x95), "{disconnect:?}");
+    // 3.1.1: garbage after CONNECT -> just closed.
+    let mut v3 = TcpStream::connect(s.addr).expect("connect");
+    v3.set_read_timeout(Some(WAIT)).expect("timeout");
+    v3.write_all(&connect_v311(b"bad3")).expect("CONNECT");
+    assert_eq!(
+        read_packet(&mut v3).expect("CONNACK"),
+        vec![0x20, 0x02, 0x00, 0x00]
+    );
+    v3.write_all(&[0x00, 0x00]).expect("bad frame");
+    assert!(read_packet(&mut v3).is_none(), "connection closed");
+    // The other session still works.
+    s.broker
+        .publish_direct("devices/bystander/cmd", "still-here", &[]);
+    bystander.wait_line(|l| l == "MSG cmd still-here");
+    assert!(
+        s.gateway
+            .metrics()
+            .errors_of(simgate::shard::ErrorKind::DeviceBadRequest)
+            >= 3
+    );
+}
+
+#[test]
+fn password_file_credentials_and_wrong_password_refusal() {
+    let good = setup(
+        BrokerAuth::Password,
+        Dest {
+            username: Some("gw"),
+            password: Some("right-pass"),
+            ..Dest::default()
+        },
+    );
+    let sub = good.broker.subscribe_direct("devices/#");
+    let (ok, out) = good.device_publish("pw1", "mqttv311", &["-q", "1", "-t", "t", "-m", "m"]);
+    assert!(ok, "{out}");
+    sub.wait_line(|l| l == "MSG devices/pw1/t m");
+
+    let bad = setup(
+        BrokerAuth::Password,
+        Dest {
+            username: Some("gw"),
+            password: Some("wrong-pass"),
+            ..Dest::default()
+        },
+    );
+    let (ok, out) = bad.device_publish("pw2", "mqttv311", &["-t", "t", "-m", "m"]);
+    assert!(!ok, "publish with a wrong password succeeded:\n{out}");
+    assert!(
+        out.contains("received CONNACK (5)") || out.contains("received CONNACK (4)"),
+        "{out}"
+    );
+    let (ok, out) = bad.device_publish("pw3", "mqttv5", &["-t", "t", "-m", "m"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("received CONNACK (135)") || out.contains("received CONNACK (134)"),
+        "{out}"
+    );
+    assert_eq!(bad.gateway.metrics().mqtt_connects_refused, 2);
+
+    // Pass-through: the device's own credentials are used.
+    let through = setup(
+        BrokerAuth::Password,
+        Dest {
+            pass_through: true,
+            ..Dest::default()
+        },
+    );
+    let (ok, out) = through.device_publish(
+        "pt1",
+        "mqttv5",
+        &["-u", "gw", "-P", "right-pass", "-t", "t", "-m", "m"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = through.device_publish(
+        "pt2",
+        "mqttv5",
+        &["-u", "gw", "-P", "nope", "-t", "t", "-m", "m"],
+    );
+    assert!(!ok, "{out}");
+}
+
+#[test]
+fn mtls_credential_is_presented_and_missing_one_gives_server_unavailable() {
+    let s = setup(
+        BrokerAuth::ClientCertificate,
+        Dest {
+            credential: true,
+            ..Dest::default()
+        },
+    );
+    let sub = s.broker.subscribe_direct("devices/#");
+    let (ok, out) = s.device_publish("mtls1", "mqttv5", &["-q", "1", "-t", "t", "-m", "m"]);
+    assert!(ok, "{out}");
+    sub.wait_line(|l| l == "MSG devices/mtls1/t m");
+
+    let no_cert = setup(BrokerAuth::ClientCertificate, Dest::default());
+    let (ok, out) = no_cert.device_publish("mtls2", "mqttv311", &["-t", "t", "-m", "m"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("received CONNACK (3)"), "{out}");
+    let (ok, out) = no_cert.device_publish("mtls3", "mqttv5", &["-t", "t", "-m", "m"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("received CONNACK (136)"), "{out}");
+}
+
+#[test]
+fn v5_device_over_v311_upstream_still_bridges() {
+    let s = setup(
+        BrokerAuth::Anonymous,
+        Dest {
+            version: "3.1.1",
+            topic: "{topic}",
+            ..Dest::default()
+        },
+    );
+    let sub = s.broker.subscribe_direct("plain/#");
+    let (ok, out) = s.device_publish("x5", "mqttv5", &["-q", "2", "-t", "plain/a", "-m", "b"]);
+    assert!(ok, "{out}");
+    sub.wait_line(|l| l == "MSG plain/a b");
+    s.broker.wait_log("as gw-x5 (p2");
+}
+
+#[test]
+fn silent_device_is_cut_after_one_and_a_half_keep_alives_and_broker_loss_closes_devices() {
+    let mut s = setup(BrokerAuth::Anonymous, Dest::default());
+    let watcher = s.broker.subscribe_direct("devices/+/status");
+    // Keep-alive 1 s, then silence: closed after 1.5 s with DISCONNECT 0x8D, will published.
+    let mut quiet = TcpStream::connect(s.addr).expect("connect");
+    quiet.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut connect = connect_v5_with_will(b"quiet", b"status", b"timed-out");
+    connect[10..12].copy_from_slice(&1u16.to_be_bytes()); // keep-alive field
+    quiet.write_all(&connect).expect("CONNECT");
+    assert_eq!(read_packet(&mut quiet).expect("CONNACK")[0], 0x20);
+    let started = Instant::now();
+    let disconnect = read_packet(&mut quiet).expect("DISCONNECT");
+    let waited = started.elapsed();
+    assert_eq!(disconnect.get(2), Some(&0x8D), "{disconnect:?}");
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "closed too early: {waited:?}"
+    );
+    assert!(read_packet(&mut quiet).is_none(), "connection closed");
+    watcher.wait_line(|l| l == "MSG devices/quiet/status timed-out");
+    drop(watcher);
+
+    // The broker goes away: a v5 device gets DISCONNECT 0x80 (0x88 is CONNACK-only) and is
+    // closed.
+    let mut dev = TcpStream::connect(s.addr).expect("connect");
+    dev.set_read_timeout(Some(WAIT)).expect("timeout");
+    dev.write_all(&connect_v5_with_will(b"orphan", b"status", b"x"))
+        .expect("CONNECT");
+    assert_eq!(read_packet(&mut dev).expect("CONNACK")[0], 0x20);
+    let _ = s.broker.child.kill();
+    let _ = s.broker.child.wait();
+    let disconnect = read_packet(&mut dev).expect("DISCONNECT");
+    assert_eq!(disconnect.get(2), Some(&0x80), "{disconnect:?}");
+    assert!(read_packet(&mut dev).is_none(), "connection closed");
+    // With the broker down, a new device gets CONNACK 0x88.
+    let mut late = TcpStream::connect(s.addr).expect("connect");
+    late.set_read_timeout(Some(WAIT)).expect("timeout");
+    late.write_all(&connect_v5_with_will(b"late", b"status", b"x"))
+        .expect("CONNECT");
+    let connack = read_packet(&mut late).expect("CONNACK");
+    assert_eq!(connack.get(3), Some(&0x88), "{connack:?}");
+}
+
+// ---- raw MQTT helpers ----
+
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    assert!(body.len() < 128);
+    let mut out = vec![first, body.len() as u8];
+    out.extend_from_slice(body);
+    out
+}
+
+fn connect_v5_with_will(client_id: &[u8], will_topic: &[u8], will_payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(5);
+    body.push(0b0000_1110); // will QoS 1, will flag, clean start
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.push(0); // properties
+    string(&mut body, client_id);
+    body.push(0); // will properties
+    string(&mut body, will_topic);
+    string(&mut body, will_payload);
+    frame(0x10, &body)
+}
+
+fn connect_v311(client_id: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(4);
+    body.push(0b0000_0010);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    string(&mut body, client_id);
+    frame(0x10, &body)
+}
+
+/// Read one whole MQTT packet (fixed header included); `None` at EOF.
+fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut first = [0u8; 1];
+    if s.read_exact(&mut first).is_err() {
+        return None;
+    }
+    let mut packet = vec![first[0]];
+    let mut len = 0usize;
+    let mut shift = 0;
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).ok()?;
+        packet.push(b[0]);
+        len |= usize::from(b[0] & 0x7F) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    packet.extend_from_slice(&body);
+    Some(packet)
+}
