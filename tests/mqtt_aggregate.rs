@@ -23,15 +23,7 @@ use simgate::proto::mqtt::{
 };
 use simgate::testkit::TestPki;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// simgate with one MQTT listener on a known port (plus the harness's `http` listener) bridging
-/// in aggregate mode to `broker`.
+/// simgate with one MQTT listener bridging in aggregate mode to `broker`.
 struct Gateway {
     simgate: Simgate,
     mqtt: SocketAddr,
@@ -44,7 +36,6 @@ fn start_gateway(
     shards: usize,
     mqtt_extra: &str,
 ) -> Gateway {
-    let port = free_port();
     let destination = broker.destination_toml(
         "broker",
         &pki.ca_pem,
@@ -57,14 +48,9 @@ shards = {shards}
 admin = "127.0.0.1:0"
 
 [[listener]]
-name = "http"
-protocol = "http"
-bind = "127.0.0.1:0"
-
-[[listener]]
 name = "mqtt"
 protocol = "mqtt"
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 
 {destination}
 [destination.pool]
@@ -78,10 +64,8 @@ routes = [ {{ listener = "mqtt", destination = "broker" }} ]
 "#
     );
     let simgate = Simgate::start(dir, &toml);
-    Gateway {
-        simgate,
-        mqtt: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
+    let mqtt = simgate.listener("mqtt");
+    Gateway { simgate, mqtt }
 }
 
 fn world() -> (tempfile::TempDir, TestPki) {

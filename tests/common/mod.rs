@@ -14,8 +14,10 @@ use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
 /// A running `simgate run` process.
 pub struct Simgate {
     child: Child,
-    /// Device listener address.
+    /// Address of the listener named `http` (or of the first listener if none has that name).
     pub http: SocketAddr,
+    /// Every listener's bound address, by name, as printed on `listening NAME ADDR` lines.
+    pub listeners: Vec<(String, SocketAddr)>,
     /// Admin endpoint address.
     pub admin: Option<SocketAddr>,
     /// Config file it runs from.
@@ -39,7 +41,7 @@ impl Simgate {
             .expect("spawn simgate");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let mut http = None;
+        let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
         let mut admin = None;
         loop {
             let line = match lines.next() {
@@ -54,7 +56,9 @@ impl Simgate {
             };
             let parts: Vec<&str> = line.split_whitespace().collect();
             match parts.as_slice() {
-                ["listening", "http", addr] => http = Some(addr.parse().expect("addr")),
+                ["listening", name, addr] => {
+                    listeners.push((name.to_string(), addr.parse().expect("listener addr")))
+                }
                 ["admin", addr] => admin = Some(addr.parse().expect("admin addr")),
                 ["ready"] => break,
                 _ => {}
@@ -62,13 +66,29 @@ impl Simgate {
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
+        let http = listeners
+            .iter()
+            .find(|(n, _)| n == "http")
+            .or(listeners.first())
+            .map(|(_, a)| *a)
+            .expect("simgate printed no `listening` line");
         Simgate {
             child,
-            http: http.expect("simgate printed no `listening http` line"),
+            http,
+            listeners,
             admin,
             config_path,
             stderr_path,
         }
+    }
+
+    /// The bound address of listener `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no listener named {name}: {:?}", self.listeners))
     }
 
     /// What simgate logged so far.
