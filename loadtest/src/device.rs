@@ -42,10 +42,6 @@ use crate::schedule::{Arrival, Schedule, SplitMix64};
 use crate::source::device_source;
 use crate::stats::{ErrorKind, Recorder};
 
-/// Longest HTTP answer head accepted.
-const MAX_ANSWER_HEAD: usize = 64 * 1024;
-/// Largest HTTP answer body accepted.
-const MAX_ANSWER_BODY: usize = 16 * 1024 * 1024;
 /// First reconnect delay.
 const BACKOFF_START: Duration = Duration::from_millis(10);
 /// Longest reconnect delay.
@@ -530,44 +526,19 @@ async fn http_exchange(
 }
 
 /// Parses the answer head at the start of `buf`: the answer and its total length (head and
-/// body), or `None` when more bytes are needed.
+/// body), or `None` when more bytes are needed. Same minimal parser as simgate's demo devices.
 fn parse_http_answer(buf: &[u8]) -> Result<Option<(HttpAnswer, usize)>, ErrorKind> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let head_len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_ANSWER_HEAD => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_ANSWER_HEAD => return Ok(None),
-        _ => return Err(ErrorKind::Malformed),
-    };
-    let status = response.code.ok_or(ErrorKind::Malformed)?;
-    let mut close = response.version == Some(0);
-    let mut content_length: Option<usize> = None;
-    for header in response.headers.iter() {
-        if header.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|text| text.trim().parse::<usize>().ok())
-                .ok_or(ErrorKind::Malformed)?;
-            if content_length.is_some_and(|seen| seen != value) {
-                return Err(ErrorKind::Malformed);
-            }
-            content_length = Some(value);
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(ErrorKind::Malformed);
-        } else if header.name.eq_ignore_ascii_case("connection") {
-            close |= header
-                .value
-                .split(|&b| b == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
-        }
+    match simgate::testkit::device_sim::parse_answer_head(buf) {
+        Ok(None) => Ok(None),
+        Ok(Some(h)) => Ok(Some((
+            HttpAnswer {
+                status: h.answer.status,
+                close: h.answer.close,
+            },
+            h.head_len + h.body_len,
+        ))),
+        Err(_) => Err(ErrorKind::Malformed),
     }
-    let body_len = match content_length {
-        Some(len) if len > MAX_ANSWER_BODY => return Err(ErrorKind::Malformed),
-        Some(len) => len,
-        None if (100..200).contains(&status) || status == 204 || status == 304 => 0,
-        None => return Err(ErrorKind::Malformed),
-    };
-    Ok(Some((HttpAnswer { status, close }, head_len + body_len)))
 }
 
 /// Sends CONNECT and waits for a successful CONNACK.

@@ -559,25 +559,29 @@ async fn read_more(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<(), 
     }
 }
 
-/// What the simulator keeps of an answer.
+/// What a simulated device keeps of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Answer {
-    status: u16,
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
     /// The server asked to close the connection (`Connection: close` or HTTP/1.0).
-    close: bool,
+    pub close: bool,
 }
 
 /// A parsed answer head and how much of the buffer the whole answer takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AnswerHead {
-    answer: Answer,
-    head_len: usize,
-    body_len: usize,
+pub struct AnswerHead {
+    /// Status and connection handling.
+    pub answer: Answer,
+    /// Bytes of the head.
+    pub head_len: usize,
+    /// Bytes of the body that follows (from `Content-Length`).
+    pub body_len: usize,
 }
 
 /// Why an answer head is unusable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AnswerError {
+pub enum AnswerError {
     /// Not a valid HTTP/1.x response head.
     Syntax,
     /// Head longer than [`MAX_RESPONSE_HEAD`].
@@ -589,7 +593,9 @@ enum AnswerError {
 }
 
 /// Parses the response head at the start of `buf`: `Ok(None)` when more bytes are needed.
-fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, AnswerError> {
+/// Deliberately minimal (simulated devices only talk to simgate or a sink): `Content-Length`
+/// framing only; chunked or close-delimited answers are `UnsupportedFraming`.
+pub fn parse_answer_head(buf: &[u8]) -> Result<Option<AnswerHead>, AnswerError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
