@@ -2,272 +2,56 @@
 //! `TestPki`), with real mosquitto_pub / mosquitto_sub devices (3.1.1 and 5) on simgate's
 //! plaintext listener and direct subscribers/publishers on the broker's plaintext listener.
 //!
-//! The broker harness here ([`Broker`]) predates `tests/common/mosquitto.rs`; the gateway's plan
-//! is compiled from the MQTT TOML ([`plan_for`]) and runs in-process ([`Gateway::start`]), so
-//! the tests can read its metrics directly.
+//! The broker and clients come from the shared harness (`tests/common/mosquitto.rs`); the
+//! gateway's plan is compiled from the MQTT TOML ([`plan_for`]) and runs in-process
+//! ([`Gateway::start`]), so the tests can read its metrics directly.
 //!
 //! No sleeps stand in for synchronisation: every wait is on a client's output line, a broker log
 //! line or a socket, each with a deadline.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::mosquitto::{publish, publish_output, Broker, BrokerOptions, Sub};
 use simgate::policy::Plan;
 use simgate::shard::Gateway;
 use simgate::testkit::TestPki;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A running mosquitto with a TLS listener (for simgate) and a plaintext one (for direct clients).
-struct Broker {
-    child: Child,
-    tls_port: u16,
-    plain_port: u16,
-    log: PathBuf,
-    /// `Some((user, password))` when the broker requires a password (both listeners).
-    login: Option<(String, String)>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum BrokerAuth {
-    Anonymous,
-    /// `require_certificate true` on the TLS listener.
-    ClientCertificate,
-    /// A password file with user `gw`, password `right-pass`.
-    Password,
-}
-
-impl Broker {
-    fn start(dir: &Path, pki: &TestPki, auth: BrokerAuth) -> Broker {
-        let cert = pki
-            .server_cert("broker", &["localhost", "127.0.0.1"])
-            .expect("broker cert");
-        let tls_port = free_port();
-        let plain_port = free_port();
-        let log = dir.join("mosquitto.log");
-        let (security, login) = match auth {
-            BrokerAuth::Password => {
-                let file = dir.join("mosquitto.passwd");
-                let status = Command::new("mosquitto_passwd")
-                    .arg("-c")
-                    .arg("-b")
-                    .arg(&file)
-                    .args(["gw", "right-pass"])
-                    .status()
-                    .expect("run mosquitto_passwd");
-                assert!(status.success(), "mosquitto_passwd failed");
-                (
-                    format!("allow_anonymous false\npassword_file {}\n", file.display()),
-                    Some(("gw".to_string(), "right-pass".to_string())),
-                )
-            }
-            _ => ("allow_anonymous true\n".to_string(), None),
-        };
-        let require_cert = if auth == BrokerAuth::ClientCertificate {
-            "require_certificate true\n"
-        } else {
-            ""
-        };
-        let conf = format!(
-            "user root\nper_listener_settings false\nlog_dest file {log}\nlog_type all\n\
-             connection_messages true\n{security}\n\
-             listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n{require_cert}\n\
-             listener {plain_port} 127.0.0.1\n",
-            log = log.display(),
-            ca = pki.ca_pem.display(),
-            cert = cert.cert.display(),
-            key = cert.key.display(),
-        );
-        let conf_path = dir.join("mosquitto.conf");
-        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto");
-        let broker = Broker {
-            child,
-            tls_port,
-            plain_port,
-            log,
-            login,
-        };
-        // Wait until both listeners accept.
-        let deadline = Instant::now() + WAIT;
-        for port in [tls_port, plain_port] {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "mosquitto did not listen on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        broker
-    }
-
-    /// Wait until the broker log has a line containing `needle`; returns it.
-    fn wait_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker log has no {needle:?}:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn direct_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "-h".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            self.plain_port.to_string(),
-        ];
-        if let Some((u, p)) = &self.login {
-            args.extend(["-u".into(), u.clone(), "-P".into(), p.clone()]);
-        }
-        args
-    }
-
-    /// A subscriber connected directly to the broker, ready (SUBACK received) on return.
-    fn subscribe_direct(&self, filter: &str) -> Client {
-        let mut args = self.direct_args();
-        args.extend(
-            [
-                "-i",
-                "direct-sub",
-                "-q",
-                "2",
-                "-t",
-                filter,
-                "-F",
-                "MSG %t %p",
-                "-d",
-            ]
-            .map(String::from),
-        );
-        let client = Client::spawn("mosquitto_sub", &args);
-        client.wait_line(|l| l.contains("received SUBACK"));
-        client
-    }
-
-    /// Publish directly on the broker (waits for the publish to complete).
-    fn publish_direct(&self, topic: &str, payload: &str, extra: &[&str]) {
-        let mut args = self.direct_args();
-        args.extend(["-q", "1", "-t", topic, "-m", payload].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let out = Command::new("mosquitto_pub")
-            .args(&args)
-            .output()
-            .expect("run mosquitto_pub");
-        assert!(out.status.success(), "direct publish failed: {out:?}");
+/// A broker whose TLS listener requires user `gw`, password `right-pass` (its plaintext listener,
+/// for direct clients, stays anonymous).
+fn password_broker() -> BrokerOptions {
+    BrokerOptions {
+        password: Some(("gw".to_string(), "right-pass".to_string())),
+        ..BrokerOptions::default()
     }
 }
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A broker whose TLS listener requires a client certificate signed by the test CA.
+fn client_certificate_broker() -> BrokerOptions {
+    BrokerOptions {
+        require_certificate: true,
+        ..BrokerOptions::default()
     }
 }
 
-/// A client process whose stdout and stderr lines are collected.
-struct Client {
-    child: Child,
-    lines: Receiver<String>,
-    seen: std::cell::RefCell<Vec<String>>,
+/// A subscriber connected directly to the broker (QoS 2), ready (SUBACK received) on return.
+fn subscribe_direct(broker: &Broker, filter: &str) -> Sub {
+    Sub::start(broker.plain_port, filter, &["-q", "2"])
 }
 
-impl Client {
-    fn spawn(program: &str, args: &[String]) -> Client {
-        // Line-buffered stdout (stdbuf execs the program, so the pid stays the client's).
-        let mut child = Command::new("stdbuf")
-            .arg("-oL")
-            .arg(program)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        let (tx, rx) = channel();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send(line);
-            }
-        });
-        Client {
-            child,
-            lines: rx,
-            seen: Default::default(),
-        }
-    }
-
-    /// Wait for a line matching `pred`; panics with everything seen on timeout.
-    fn wait_line(&self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.borrow_mut().push(line.clone());
-                    if pred(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no expected line; saw:\n{}", self.seen.borrow().join("\n")),
-            }
-        }
-    }
-
-    /// Wait for the process to exit; returns (success, all output lines).
-    fn finish(mut self) -> (bool, String) {
-        let status = self.child.wait().expect("wait client");
-        let mut all = self.seen.borrow().clone();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            all.push(line);
-        }
-        (status.success(), all.join("\n"))
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Publish directly on the broker at QoS 1 (waits for the publish to complete).
+fn publish_direct(broker: &Broker, topic: &str, payload: &str, extra: &[&str]) {
+    let mut args = vec!["-q", "1"];
+    args.extend_from_slice(extra);
+    let (ok, stderr) = publish(broker.plain_port, topic, payload, &args);
+    assert!(ok, "direct publish failed: {stderr}");
 }
 
 /// The session-mode destination under test.
@@ -347,10 +131,10 @@ struct Setup {
     addr: SocketAddr,
 }
 
-fn setup(auth: BrokerAuth, d: Dest) -> Setup {
+fn setup(opts: BrokerOptions, d: Dest) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(dir.path()).expect("pki");
-    let broker = Broker::start(dir.path(), &pki, auth);
+    let broker = Broker::start(dir.path(), &pki, opts);
     let plan = plan_for(dir.path(), &pki, &broker, &d);
     let gateway = Gateway::start(Arc::new(plan)).expect("gateway starts");
     let addr = gateway
@@ -368,53 +152,38 @@ fn setup(auth: BrokerAuth, d: Dest) -> Setup {
 }
 
 impl Setup {
-    fn device_args(&self, id: &str, version: &str) -> Vec<String> {
-        [
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &self.addr.port().to_string(),
-            "-i",
-            id,
-            "-V",
-            version,
-        ]
-        .map(String::from)
-        .to_vec()
+    /// mosquitto_pub -d through simgate; returns (success, output).
+    fn device_publish(
+        &self,
+        id: &str,
+        version: &str,
+        topic: &str,
+        message: &str,
+        extra: &[&str],
+    ) -> (bool, String) {
+        let mut args = vec!["-i", id, "-V", version];
+        args.extend_from_slice(extra);
+        args.push("-d");
+        publish_output(self.addr.port(), topic, message, &args)
     }
 
-    /// mosquitto_pub through simgate; returns (success, output).
-    fn device_publish(&self, id: &str, version: &str, extra: &[&str]) -> (bool, String) {
-        let mut args = self.device_args(id, version);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args.push("-d".into());
-        Client::spawn("mosquitto_pub", &args).finish()
-    }
-
-    /// mosquitto_sub through simgate, ready (SUBACK received) on return.
-    fn device_subscribe(&self, id: &str, version: &str, filter: &str, extra: &[&str]) -> Client {
-        let mut args = self.device_args(id, version);
-        args.extend(["-q", "1", "-t", filter, "-F", "MSG %t %p", "-d"].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let client = Client::spawn("mosquitto_sub", &args);
-        client.wait_line(|l| l.contains("received SUBACK"));
-        client
+    /// mosquitto_sub (QoS 1) through simgate, ready (SUBACK received) on return.
+    fn device_subscribe(&self, id: &str, version: &str, filter: &str, extra: &[&str]) -> Sub {
+        let mut args = vec!["-i", id, "-V", version, "-q", "1"];
+        args.extend_from_slice(extra);
+        Sub::start(self.addr.port(), filter, &args)
     }
 }
 
 #[test]
 fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
-    let s = setup(BrokerAuth::Anonymous, Dest::default());
-    let sub = s.broker.subscribe_direct("devices/#");
+    let s = setup(BrokerOptions::default(), Dest::default());
+    let sub = subscribe_direct(&s.broker, "devices/#");
     for (version, tag) in [("mqttv311", "v3"), ("mqttv5", "v5")] {
         for qos in ["0", "1", "2"] {
             let id = format!("up{tag}q{qos}");
             let payload = format!("hello-{tag}-{qos}");
-            let (ok, out) = s.device_publish(
-                &id,
-                version,
-                &["-q", qos, "-t", "sensors/temp", "-m", &payload],
-            );
+            let (ok, out) = s.device_publish(&id, version, "sensors/temp", &payload, &["-q", qos]);
             assert!(ok, "publish {version} qos {qos} failed:\n{out}");
             if qos == "1" {
                 assert!(out.contains("received PUBACK"), "{out}");
@@ -422,10 +191,10 @@ fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
             if qos == "2" {
                 assert!(out.contains("received PUBCOMP"), "{out}");
             }
-            let expected = format!("MSG devices/{id}/sensors/temp {payload}");
-            sub.wait_line(|l| l == expected);
+            let expected = format!("devices/{id}/sensors/temp {payload}");
+            sub.wait_for(WAIT, |l| l == expected);
             // The upstream connection carried the templated client id.
-            s.broker.wait_log(&format!("as gw-{id} "));
+            s.broker.wait_log(&format!("as gw-{id} "), WAIT);
         }
     }
     let m = s.gateway.metrics();
@@ -435,28 +204,26 @@ fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
 
 #[test]
 fn downlink_and_retained_messages_reach_devices_with_topics_mapped_back() {
-    let s = setup(BrokerAuth::Anonymous, Dest::default());
+    let s = setup(BrokerOptions::default(), Dest::default());
     for (version, id) in [("mqttv311", "down3"), ("mqttv5", "down5")] {
         let dev = s.device_subscribe(id, version, "cmd/#", &[]);
-        s.broker
-            .publish_direct(&format!("devices/{id}/cmd/reboot"), "now", &[]);
-        dev.wait_line(|l| l == "MSG cmd/reboot now");
+        publish_direct(&s.broker, &format!("devices/{id}/cmd/reboot"), "now", &[]);
+        dev.wait_for(WAIT, |l| l == "cmd/reboot now");
         // Retained: published before the device (reconnecting) subscribes.
-        s.broker
-            .publish_direct(&format!("devices/{id}/state"), "on", &["-r"]);
+        publish_direct(&s.broker, &format!("devices/{id}/state"), "on", &["-r"]);
         drop(dev);
         let retained = s.device_subscribe(id, version, "state", &[]);
-        retained.wait_line(|l| l == "MSG state on");
+        retained.wait_for(WAIT, |l| l == "state on");
     }
     assert!(s.gateway.metrics().mqtt_publishes_downlink >= 4);
 }
 
 #[test]
 fn will_is_published_after_abnormal_device_disconnects() {
-    let s = setup(BrokerAuth::Anonymous, Dest::default());
-    let watcher = s.broker.subscribe_direct("devices/+/status");
+    let s = setup(BrokerOptions::default(), Dest::default());
+    let watcher = subscribe_direct(&s.broker, "devices/+/status");
     // A mosquitto_sub device killed with SIGKILL.
-    let mut dev = s.device_subscribe(
+    let dev = s.device_subscribe(
         "willdev",
         "mqttv311",
         "cmd",
@@ -470,7 +237,7 @@ fn will_is_published_after_abnormal_device_disconnects() {
         ],
     );
     dev.kill9();
-    watcher.wait_line(|l| l == "MSG devices/willdev/status dead");
+    watcher.wait_for(WAIT, |l| l == "devices/willdev/status dead");
     // A raw v5 device whose socket is dropped.
     let mut raw = TcpStream::connect(s.addr).expect("connect");
     raw.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -480,32 +247,26 @@ fn will_is_published_after_abnormal_device_disconnects() {
     assert_eq!(connack[0], 0x20);
     assert_eq!(connack[3], 0x00, "CONNACK reason: {connack:?}");
     drop(raw);
-    watcher.wait_line(|l| l == "MSG devices/rawdev/status gone");
+    watcher.wait_for(WAIT, |l| l == "devices/rawdev/status gone");
     // A clean DISCONNECT publishes no will: a later message arrives with no will before it.
     let (ok, out) = s.device_publish(
         "cleandev",
         "mqttv5",
-        &[
-            "-t",
-            "x",
-            "-m",
-            "1",
-            "--will-topic",
-            "status",
-            "--will-payload",
-            "never",
-        ],
+        "x",
+        "1",
+        &["--will-topic", "status", "--will-payload", "never"],
     );
     assert!(ok, "{out}");
-    s.broker
-        .publish_direct("devices/marker/status", "after", &[]);
-    let next = watcher.wait_line(|l| l.starts_with("MSG "));
-    assert_eq!(next, "MSG devices/marker/status after");
+    publish_direct(&s.broker, "devices/marker/status", "after", &[]);
+    let next = watcher
+        .next_message(WAIT)
+        .expect("a message after the marker");
+    assert_eq!(next, "devices/marker/status after");
 }
 
 #[test]
 fn malformed_and_oversized_frames_close_only_that_session() {
-    let s = setup(BrokerAuth::Anonymous, Dest::default());
+    let s = setup(BrokerOptions::default(), Dest::default());
     let bystander = s.device_subscribe("bystander", "mqttv5", "cmd", &[]);
     // v5: PUBLISH with QoS 3 (malformed) -> DISCONNECT 0x81, then EOF.
     let mut raw = TcpStream::connect(s.addr).expect("connect");
@@ -539,9 +300,8 @@ fn malformed_and_oversized_frames_close_only_that_session() {
     v3.write_all(&[0x00, 0x00]).expect("bad frame");
     assert!(read_packet(&mut v3).is_none(), "connection closed");
     // The other session still works.
-    s.broker
-        .publish_direct("devices/bystander/cmd", "still-here", &[]);
-    bystander.wait_line(|l| l == "MSG cmd still-here");
+    publish_direct(&s.broker, "devices/bystander/cmd", "still-here", &[]);
+    bystander.wait_for(WAIT, |l| l == "cmd still-here");
     assert!(
         s.gateway
             .metrics()
@@ -553,33 +313,33 @@ fn malformed_and_oversized_frames_close_only_that_session() {
 #[test]
 fn password_file_credentials_and_wrong_password_refusal() {
     let good = setup(
-        BrokerAuth::Password,
+        password_broker(),
         Dest {
             username: Some("gw"),
             password: Some("right-pass"),
             ..Dest::default()
         },
     );
-    let sub = good.broker.subscribe_direct("devices/#");
-    let (ok, out) = good.device_publish("pw1", "mqttv311", &["-q", "1", "-t", "t", "-m", "m"]);
+    let sub = subscribe_direct(&good.broker, "devices/#");
+    let (ok, out) = good.device_publish("pw1", "mqttv311", "t", "m", &["-q", "1"]);
     assert!(ok, "{out}");
-    sub.wait_line(|l| l == "MSG devices/pw1/t m");
+    sub.wait_for(WAIT, |l| l == "devices/pw1/t m");
 
     let bad = setup(
-        BrokerAuth::Password,
+        password_broker(),
         Dest {
             username: Some("gw"),
             password: Some("wrong-pass"),
             ..Dest::default()
         },
     );
-    let (ok, out) = bad.device_publish("pw2", "mqttv311", &["-t", "t", "-m", "m"]);
+    let (ok, out) = bad.device_publish("pw2", "mqttv311", "t", "m", &[]);
     assert!(!ok, "publish with a wrong password succeeded:\n{out}");
     assert!(
         out.contains("received CONNACK (5)") || out.contains("received CONNACK (4)"),
         "{out}"
     );
-    let (ok, out) = bad.device_publish("pw3", "mqttv5", &["-t", "t", "-m", "m"]);
+    let (ok, out) = bad.device_publish("pw3", "mqttv5", "t", "m", &[]);
     assert!(!ok, "{out}");
     assert!(
         out.contains("received CONNACK (135)") || out.contains("received CONNACK (134)"),
@@ -589,45 +349,38 @@ fn password_file_credentials_and_wrong_password_refusal() {
 
     // Pass-through: the device's own credentials are used.
     let through = setup(
-        BrokerAuth::Password,
+        password_broker(),
         Dest {
             pass_through: true,
             ..Dest::default()
         },
     );
-    let (ok, out) = through.device_publish(
-        "pt1",
-        "mqttv5",
-        &["-u", "gw", "-P", "right-pass", "-t", "t", "-m", "m"],
-    );
+    let (ok, out) =
+        through.device_publish("pt1", "mqttv5", "t", "m", &["-u", "gw", "-P", "right-pass"]);
     assert!(ok, "{out}");
-    let (ok, out) = through.device_publish(
-        "pt2",
-        "mqttv5",
-        &["-u", "gw", "-P", "nope", "-t", "t", "-m", "m"],
-    );
+    let (ok, out) = through.device_publish("pt2", "mqttv5", "t", "m", &["-u", "gw", "-P", "nope"]);
     assert!(!ok, "{out}");
 }
 
 #[test]
 fn mtls_credential_is_presented_and_missing_one_gives_server_unavailable() {
     let s = setup(
-        BrokerAuth::ClientCertificate,
+        client_certificate_broker(),
         Dest {
             credential: true,
             ..Dest::default()
         },
     );
-    let sub = s.broker.subscribe_direct("devices/#");
-    let (ok, out) = s.device_publish("mtls1", "mqttv5", &["-q", "1", "-t", "t", "-m", "m"]);
+    let sub = subscribe_direct(&s.broker, "devices/#");
+    let (ok, out) = s.device_publish("mtls1", "mqttv5", "t", "m", &["-q", "1"]);
     assert!(ok, "{out}");
-    sub.wait_line(|l| l == "MSG devices/mtls1/t m");
+    sub.wait_for(WAIT, |l| l == "devices/mtls1/t m");
 
-    let no_cert = setup(BrokerAuth::ClientCertificate, Dest::default());
-    let (ok, out) = no_cert.device_publish("mtls2", "mqttv311", &["-t", "t", "-m", "m"]);
+    let no_cert = setup(client_certificate_broker(), Dest::default());
+    let (ok, out) = no_cert.device_publish("mtls2", "mqttv311", "t", "m", &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("received CONNACK (3)"), "{out}");
-    let (ok, out) = no_cert.device_publish("mtls3", "mqttv5", &["-t", "t", "-m", "m"]);
+    let (ok, out) = no_cert.device_publish("mtls3", "mqttv5", "t", "m", &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("received CONNACK (136)"), "{out}");
 }
@@ -635,24 +388,24 @@ fn mtls_credential_is_presented_and_missing_one_gives_server_unavailable() {
 #[test]
 fn v5_device_over_v311_upstream_still_bridges() {
     let s = setup(
-        BrokerAuth::Anonymous,
+        BrokerOptions::default(),
         Dest {
             version: "3.1.1",
             topic: "{topic}",
             ..Dest::default()
         },
     );
-    let sub = s.broker.subscribe_direct("plain/#");
-    let (ok, out) = s.device_publish("x5", "mqttv5", &["-q", "2", "-t", "plain/a", "-m", "b"]);
+    let sub = subscribe_direct(&s.broker, "plain/#");
+    let (ok, out) = s.device_publish("x5", "mqttv5", "plain/a", "b", &["-q", "2"]);
     assert!(ok, "{out}");
-    sub.wait_line(|l| l == "MSG plain/a b");
-    s.broker.wait_log("as gw-x5 (p2");
+    sub.wait_for(WAIT, |l| l == "plain/a b");
+    s.broker.wait_log("as gw-x5 (p2", WAIT);
 }
 
 #[test]
 fn silent_device_is_cut_after_one_and_a_half_keep_alives_and_broker_loss_closes_devices() {
-    let mut s = setup(BrokerAuth::Anonymous, Dest::default());
-    let watcher = s.broker.subscribe_direct("devices/+/status");
+    let mut s = setup(BrokerOptions::default(), Dest::default());
+    let watcher = subscribe_direct(&s.broker, "devices/+/status");
     // Keep-alive 1 s, then silence: closed after 1.5 s with DISCONNECT 0x8D, will published.
     let mut quiet = TcpStream::connect(s.addr).expect("connect");
     quiet.set_read_timeout(Some(WAIT)).expect("timeout");
@@ -669,7 +422,7 @@ fn silent_device_is_cut_after_one_and_a_half_keep_alives_and_broker_loss_closes_
         "closed too early: {waited:?}"
     );
     assert!(read_packet(&mut quiet).is_none(), "connection closed");
-    watcher.wait_line(|l| l == "MSG devices/quiet/status timed-out");
+    watcher.wait_for(WAIT, |l| l == "devices/quiet/status timed-out");
     drop(watcher);
 
     // The broker goes away: a v5 device gets DISCONNECT 0x80 (0x88 is CONNACK-only) and is
@@ -679,8 +432,7 @@ fn silent_device_is_cut_after_one_and_a_half_keep_alives_and_broker_loss_closes_
     dev.write_all(&connect_v5_with_will(b"orphan", b"status", b"x"))
         .expect("CONNECT");
     assert_eq!(read_packet(&mut dev).expect("CONNACK")[0], 0x20);
-    let _ = s.broker.child.kill();
-    let _ = s.broker.child.wait();
+    s.broker.kill9();
     let disconnect = read_packet(&mut dev).expect("DISCONNECT");
     assert_eq!(disconnect.get(2), Some(&0x80), "{disconnect:?}");
     assert!(read_packet(&mut dev).is_none(), "connection closed");

@@ -161,6 +161,23 @@ impl Broker {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until the broker log has a line containing `needle`; returns that line (fails with
+    /// the whole log if none appears within `timeout`).
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log();
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker log has no {needle:?}:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL the broker (no clean shutdown, no final persistence write).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -278,6 +295,21 @@ impl Sub {
         got
     }
 
+    /// Skip messages until one matches `pred` and return it (fails with the messages skipped if
+    /// none matches within `timeout`).
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_message(left) {
+                Some(m) if pred(&m) => return m,
+                Some(m) => skipped.push(m),
+                None => panic!("no expected message within {timeout:?}; got {skipped:?}"),
+            }
+        }
+    }
+
     /// SIGKILL the client (an abnormal disconnect: no DISCONNECT packet).
     pub fn kill9(mut self) {
         let _ = self.child.kill();
@@ -294,8 +326,25 @@ impl Drop for Sub {
 
 /// `mosquitto_pub` one message to 127.0.0.1:`port`; returns (success, stderr).
 pub fn publish(port: u16, topic: &str, message: &str, args: &[&str]) -> (bool, String) {
+    let out = run_pub(port, topic, message, args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Like [`publish`], but returns stdout followed by stderr: with `-d`, mosquitto_pub's protocol
+/// trace (`received CONNACK (5)`, `received PUBACK`, ...) is on stdout.
+pub fn publish_output(port: u16, topic: &str, message: &str, args: &[&str]) -> (bool, String) {
+    let out = run_pub(port, topic, message, args);
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn run_pub(port: u16, topic: &str, message: &str, args: &[&str]) -> std::process::Output {
     require("mosquitto_pub");
-    let out = Command::new("mosquitto_pub")
+    Command::new("mosquitto_pub")
         .args([
             "-h",
             "127.0.0.1",
@@ -308,9 +357,5 @@ pub fn publish(port: u16, topic: &str, message: &str, args: &[&str]) -> (bool, S
         ])
         .args(args)
         .output()
-        .expect("spawn mosquitto_pub");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+        .expect("spawn mosquitto_pub")
 }
