@@ -222,7 +222,23 @@ async fn admin(
     };
     const TEXT: &str = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, TEXT, "ok\n".into()),
+        (&Method::GET, "/healthz") => {
+            let dead = control
+                .gateway
+                .lock()
+                .as_ref()
+                .map(Gateway::dead_shards)
+                .unwrap_or_default();
+            if dead.is_empty() {
+                reply(StatusCode::OK, TEXT, "ok\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("shard(s) {dead:?} stopped unexpectedly; restart simgate\n"),
+                )
+            }
+        }
         (&Method::GET, "/metrics") => {
             let body = tokio::task::spawn_blocking(move || control.render_metrics())
                 .await

@@ -227,6 +227,17 @@ impl Gateway {
         &self.listeners
     }
 
+    /// Shards whose thread has exited while the gateway is running (a shard only exits on
+    /// shutdown, so any here died — e.g. a panic). Health checks report them.
+    pub fn dead_shards(&self) -> Vec<usize> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.thread.as_ref().is_some_and(|t| t.is_finished()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.shards.len()
