@@ -513,3 +513,29 @@ fn chunked_upstream_response_is_relayed_chunked_or_dechunked_for_http10_devices(
     assert_eq!(resp.header("connection"), Some("close"));
     assert_eq!(resp.body_text(), "chunked answer from the cloud");
 }
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_closes_idle_connections() {
+    let slow = World::with_sink(|c| c.response_delay = Some(Duration::from_millis(500)));
+    let gw = slow.simgate(&slow.config("", ""));
+    let mut idle = Device::connect(gw.http);
+    assert_eq!(idle.request(&post("/i", b"warm", "")).status, 200);
+
+    // A request in flight when SIGTERM arrives still gets its answer.
+    let mut busy = Device::connect(gw.http);
+    busy.send(&post("/b", b"in-flight", ""));
+    assert_eq!(slow.sink.wait_for_requests(2, Duration::from_secs(10)), 2);
+    let pid = gw.pid();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let resp = busy.read_response();
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    assert_eq!(resp.header("connection"), Some("close"));
+    assert!(busy.is_closed());
+    // The idle keep-alive connection is closed by the drain, and simgate exits cleanly.
+    assert!(idle.is_closed());
+    assert_eq!(gw.wait_exit(), Some(0));
+}

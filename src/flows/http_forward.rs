@@ -28,6 +28,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::select::{select2, Either};
 use crate::policy::{DestinationId, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
@@ -231,7 +232,18 @@ impl DeviceConn {
                     None => (Instant::now() + limits.idle_timeout, true),
                 },
             };
-            match reactor::timeout_at(deadline, self.stream.recv_append(&mut self.buf)).await {
+            let received = reactor::timeout_at(deadline, self.stream.recv_append(&mut self.buf));
+            let received = if idle {
+                // Between requests: also close at once when the shard starts draining (the
+                // recv is cancel-safe; nothing of a request has arrived).
+                match select2(received, self.state.drain.wait()).await {
+                    Either::Left(r) => r,
+                    Either::Right(()) => return ReadOutcome::Closed,
+                }
+            } else {
+                received.await
+            };
+            match received {
                 Ok(Ok(0)) | Ok(Err(_)) => return ReadOutcome::Closed,
                 Ok(Ok(n)) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
@@ -406,7 +418,10 @@ impl DeviceConn {
         }
         let mut dechunker = dechunk.then(http1::Dechunker::default);
         // A close-delimited response can only be delimited for the device by closing too.
-        let keep_device = keep_device && !until_close && dechunker.is_none();
+        // Re-checked here, not only when the request arrived: a drain that started while the
+        // upstream worked is announced with `Connection: close` on this response.
+        let keep_device =
+            keep_device && !until_close && dechunker.is_none() && !self.state.draining();
         let status = head.status;
         let mut out = BytesMut::with_capacity(256);
         http1::write_device_response_head(&mut out, &head, device_minor_version, keep_device);

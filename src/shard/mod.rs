@@ -13,6 +13,7 @@
 //! Race window: a reload swaps the plan between two requests of a keep-alive connection; a request
 //! already being forwarded finishes on the plan it started with (it holds its own `Arc<Plan>`).
 
+pub mod drain;
 pub mod metrics;
 
 use std::cell::{Cell, RefCell};
@@ -353,7 +354,8 @@ pub struct ShardState {
     pools: RefCell<Pools>,
     /// Counters and histograms (borrow briefly, never across an await).
     pub metrics: RefCell<ShardMetrics>,
-    draining: Cell<bool>,
+    /// Fired when shutdown begins; idle connections wait on it to close at once.
+    pub drain: drain::DrainSignal,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
 }
@@ -366,7 +368,7 @@ impl ShardState {
 
     /// True once shutdown began: connections close after their current request.
     pub fn draining(&self) -> bool {
-        self.draining.get()
+        self.drain.fired()
     }
 
     /// The plan to serve the next request from, with its generation (which tells pools apart
@@ -460,7 +462,7 @@ fn shard_main(
             plan: RefCell::new(plan),
             generation: Cell::new(0),
             metrics: RefCell::new(ShardMetrics::default()),
-            draining: Cell::new(false),
+            drain: drain::DrainSignal::default(),
             mqtt_aggregate: Default::default(),
         });
         let mut accept_tasks = Vec::new();
@@ -480,7 +482,7 @@ fn shard_main(
         command_loop(&state, commands, notify).await;
         // Shutdown: stop accepting (dropping the tasks drops the listeners), stop warming,
         // let open connections finish their current request.
-        state.draining.set(true);
+        state.drain.fire();
         drop(accept_tasks);
         drop(maintenance);
         let deadline = Instant::now() + DRAIN_TIMEOUT;

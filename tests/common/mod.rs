@@ -122,6 +122,16 @@ impl Simgate {
         )
     }
 
+    /// Process id of the simgate process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait for the process to exit (after a signal sent elsewhere); returns its exit code.
+    pub fn wait_exit(mut self) -> Option<i32> {
+        self.child.wait().expect("wait simgate").code()
+    }
+
     /// Send SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn stop(mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
