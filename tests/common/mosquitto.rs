@@ -67,55 +67,63 @@ impl Broker {
         let cert = pki
             .server_cert("broker", &["localhost", "127.0.0.1"])
             .expect("broker cert");
-        let tls_port = free_port();
-        let plain_port = free_port();
-        let mut conf = format!(
-            "per_listener_settings true\nuser root\nlog_dest stderr\nlog_type all\n\
+        // Ports are picked free and then bound by mosquitto: another test can take one in
+        // between, so a broker that fails to start is retried on fresh ports.
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            let tls_port = free_port();
+            let plain_port = free_port();
+            let mut conf = format!(
+                "per_listener_settings true\nuser root\nlog_dest stderr\nlog_type all\n\
              persistence {}\npersistence_location {}/\n\
              autosave_on_changes true\nautosave_interval 1\n\
              listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
              require_certificate {}\n",
-            opts.persistence,
-            dir.display(),
-            pki.ca_pem.display(),
-            cert.cert.display(),
-            cert.key.display(),
-            opts.require_certificate,
-        );
-        match &opts.password {
-            Some((user, pass)) => {
-                let passwd = dir.join("broker.passwd");
-                let ok = Command::new("mosquitto_passwd")
-                    .args(["-c", "-b"])
-                    .arg(&passwd)
-                    .args([user, pass])
-                    .status()
-                    .expect("mosquitto_passwd (apt-get install mosquitto)");
-                assert!(ok.success(), "mosquitto_passwd failed");
-                conf.push_str(&format!(
-                    "allow_anonymous false\npassword_file {}\n",
-                    passwd.display()
-                ));
+                opts.persistence,
+                dir.display(),
+                pki.ca_pem.display(),
+                cert.cert.display(),
+                cert.key.display(),
+                opts.require_certificate,
+            );
+            match &opts.password {
+                Some((user, pass)) => {
+                    let passwd = dir.join("broker.passwd");
+                    let ok = Command::new("mosquitto_passwd")
+                        .args(["-c", "-b"])
+                        .arg(&passwd)
+                        .args([user, pass])
+                        .status()
+                        .expect("mosquitto_passwd (apt-get install mosquitto)");
+                    assert!(ok.success(), "mosquitto_passwd failed");
+                    conf.push_str(&format!(
+                        "allow_anonymous false\npassword_file {}\n",
+                        passwd.display()
+                    ));
+                }
+                None => conf.push_str("allow_anonymous true\n"),
             }
-            None => conf.push_str("allow_anonymous true\n"),
+            conf.push_str(&format!(
+                "listener {plain_port} 127.0.0.1\nallow_anonymous true\n"
+            ));
+            let conf_path = dir.join(format!("mosquitto-{tls_port}.conf"));
+            std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+            let mut broker = Broker {
+                child: None,
+                tls_port,
+                plain_port,
+                conf: conf_path,
+                log: dir.join(format!("mosquitto-{tls_port}.log")),
+            };
+            match broker.launch() {
+                Ok(()) => return broker,
+                Err(log) => last_log = log,
+            }
         }
-        conf.push_str(&format!(
-            "listener {plain_port} 127.0.0.1\nallow_anonymous true\n"
-        ));
-        let conf_path = dir.join(format!("mosquitto-{tls_port}.conf"));
-        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
-        let mut broker = Broker {
-            child: None,
-            tls_port,
-            plain_port,
-            conf: conf_path,
-            log: dir.join(format!("mosquitto-{tls_port}.log")),
-        };
-        broker.launch();
-        broker
+        panic!("mosquitto did not start after 5 attempts; last log:\n{last_log}");
     }
 
-    fn launch(&mut self) {
+    fn launch(&mut self) -> Result<(), String> {
         let mut child = Command::new(MOSQUITTO)
             .arg("-c")
             .arg(&self.conf)
@@ -147,13 +155,15 @@ impl Broker {
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains(" running") => break,
                 Ok(_) => {}
-                Err(_) => panic!(
-                    "mosquitto did not start; log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(std::fs::read_to_string(&self.log).unwrap_or_default());
+                }
             }
         }
         self.child = Some(child);
+        Ok(())
     }
 
     /// The broker's log so far.
@@ -189,7 +199,9 @@ impl Broker {
     /// Start the broker again with the same config and ports (after `kill9`).
     pub fn restart(&mut self) {
         self.kill9();
-        self.launch();
+        if let Err(log) = self.launch() {
+            panic!("mosquitto did not restart on its ports; log:\n{log}");
+        }
     }
 
     /// TOML for an `mqtts` destination pointing at this broker's TLS listener.
