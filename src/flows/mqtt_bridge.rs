@@ -52,12 +52,31 @@ impl DeviceSession {
 }
 
 /// Serve one device MQTT connection.
+///
+/// Memory: this future is what an idle device costs, so it holds only a pointer. The CONNECT
+/// phase runs in its own allocation, freed once the session is routed, and the session then
+/// runs in one allocation sized for its mode.
 pub async fn serve(
+    state: Rc<ShardState>,
+    listener: ListenerId,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    if let Some(session) = Box::pin(connect_phase(state, listener, stream, peer)).await {
+        session.await;
+    }
+}
+
+/// A routed device session, boxed at the size of its bridging mode.
+type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Read and route the CONNECT; answer it here if it is refused. Returns the session to run.
+async fn connect_phase(
     state: Rc<ShardState>,
     listener: ListenerId,
     mut stream: TcpStream,
     peer: SocketAddr,
-) {
+) -> Option<SessionFuture> {
     let plan = state.plan();
     let limits = plan.listener(listener).mqtt.clone();
     let mut buf = BytesMut::new();
@@ -71,7 +90,7 @@ pub async fn serve(
             Ok(Decoded::Incomplete { .. }) => {}
             Err(e) => {
                 refuse_connect(&mut stream, &buf, e).await;
-                return;
+                return None;
             }
         }
         match reactor::timeout_at(deadline, stream.recv_append(&mut buf)).await {
@@ -79,7 +98,7 @@ pub async fn serve(
                 state.metrics.borrow_mut().device_bytes_in += n as u64;
             }
             // EOF, socket error, or no CONNECT in time: nothing to answer.
-            _ => return,
+            _ => return None,
         }
     };
     let group = plan.gateway.default_group;
@@ -90,7 +109,7 @@ pub async fn serve(
             ReasonCode::NOT_AUTHORIZED,
         )
         .await;
-        return;
+        return None;
     };
     let mode = plan.destination(destination).mqtt.as_ref().map(|m| m.mode);
     let session = DeviceSession {
@@ -104,8 +123,8 @@ pub async fn serve(
         buf,
     };
     match mode {
-        Some(MqttMode::Session) => super::mqtt_session::serve(session).await,
-        Some(MqttMode::Aggregate) => super::mqtt_aggregate::serve(session).await,
+        Some(MqttMode::Session) => Some(Box::pin(super::mqtt_session::serve(session))),
+        Some(MqttMode::Aggregate) => Some(Box::pin(super::mqtt_aggregate::serve(session))),
         None => {
             // Config validation routes MQTT listeners only to mqtts destinations.
             let mut s = session;
@@ -115,6 +134,7 @@ pub async fn serve(
                 ReasonCode::SERVER_UNAVAILABLE,
             )
             .await;
+            None
         }
     }
 }

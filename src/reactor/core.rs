@@ -488,10 +488,8 @@ impl Reactor {
             key: entry.key(),
             generation,
         };
-        let wrapped = async move {
-            let _guard = guard;
-            fut.await
-        };
+        // Not `async move { let _guard = guard; fut.await }`: that stores `fut` twice.
+        let wrapped = super::guarded::Guarded::new(fut, guard);
         let remote = self.remote.clone();
         let (runnable, task) =
             async_task::spawn_local(wrapped, move |r: Runnable| schedule(&remote, r));

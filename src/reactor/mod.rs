@@ -48,6 +48,7 @@
 
 mod bufring;
 mod core;
+mod guarded;
 mod net;
 mod notify;
 mod time;
@@ -61,6 +62,7 @@ use std::rc::Rc;
 
 pub use self::bufring::RecvBuf;
 pub use self::core::SetupMode;
+pub use self::guarded::Guarded;
 pub use self::net::{TcpListener, TcpStream};
 pub use self::notify::{notifier, Notifier, NotifyListener};
 pub use self::time::{now, sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};

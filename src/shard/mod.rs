@@ -558,19 +558,20 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
                 }
                 let gauge = OpenConnection(state.clone());
                 let state = state.clone();
-                reactor::spawn(async move {
-                    let _gauge = gauge;
-                    match protocol {
-                        ListenerProtocol::Http => {
-                            crate::flows::http_forward::serve(state, listener_id, stream, peer)
-                                .await
-                        }
-                        ListenerProtocol::Mqtt => {
-                            crate::flows::mqtt_bridge::serve(state, listener_id, stream, peer).await
-                        }
+                // One spawn per protocol, so each task is allocated at the size of its own
+                // flow's future rather than the largest of them, and no `async` wrapper (which
+                // would store the flow's future twice): the task is what an idle connection
+                // costs in memory.
+                match protocol {
+                    ListenerProtocol::Http => {
+                        let f = crate::flows::http_forward::serve(state, listener_id, stream, peer);
+                        reactor::spawn(reactor::Guarded::new(f, gauge)).detach();
                     }
-                })
-                .detach();
+                    ListenerProtocol::Mqtt => {
+                        let f = crate::flows::mqtt_bridge::serve(state, listener_id, stream, peer);
+                        reactor::spawn(reactor::Guarded::new(f, gauge)).detach();
+                    }
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the kernel keeps
