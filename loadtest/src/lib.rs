@@ -20,6 +20,7 @@
 //! client, not the data plane: it runs on an ordinary multi-threaded tokio runtime.
 #![warn(missing_docs)]
 
+pub mod connect_time;
 pub mod device;
 pub mod fleet;
 pub mod hdrlog;

@@ -4,6 +4,8 @@
 //! - `run`: the fleet simulator — a scenario file of HTTP or MQTT devices with per-device source
 //!   addresses, open-loop schedules and coordinated-omission-corrected latency.
 //! - `pki`, `sink`: certificates and the stand-in HTTPS cloud for peer comparisons.
+//! - `connect-time`: MQTT TCP-connect-to-CONNACK time, one device at a time (through simgate,
+//!   or directly to a broker over TLS).
 //! - `idle`: a plain blocking idle fleet kept for `compare-http.sh` (the `idle-fleet` scenario
 //!   does the same with source addresses and `/proc` sampling).
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
+use simgate_load::connect_time::{self, ConnectTimeOptions, TlsTarget};
 use simgate_load::fleet::{self, RunOptions};
 use simgate_load::scenario::Scenario;
 
@@ -92,6 +95,31 @@ enum Command {
         /// served traffic and is idle between requests, as a real device's would be).
         #[arg(long)]
         warm_request: bool,
+    },
+    /// Time MQTT connects, one device at a time: TCP connect to CONNACK. Plaintext to a gateway
+    /// listener, or `--tls-ca` for a device connecting to the broker directly over TLS.
+    ConnectTime {
+        /// MQTT listener to connect to.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Connect with TLS, verifying the server against this CA (PEM).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Server name for TLS (SNI and verification).
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+        /// Connections to time.
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        /// Milliseconds between connections (0 = back to back).
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// Client id prefix (the index is appended).
+        #[arg(long, default_value = "connect-time-")]
+        client_id_prefix: String,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }
 
@@ -175,6 +203,40 @@ fn main() -> Result<()> {
             hold,
             warm_request,
         } => idle(target, connections, hold, warm_request)?,
+        Command::ConnectTime {
+            target,
+            tls_ca,
+            server_name,
+            count,
+            interval_ms,
+            client_id_prefix,
+            json,
+        } => {
+            let options = ConnectTimeOptions {
+                target,
+                tls: tls_ca.map(|ca| TlsTarget { ca, server_name }),
+                count,
+                interval: Duration::from_millis(interval_ms),
+                client_id_prefix,
+                timeout: Duration::from_secs(10),
+            };
+            let r = connect_time::run(&options)?;
+            println!(
+                "connect-time {target} ({}): {} connected, {} failed; mean {:.0} µs  p50 {} µs  p90 {} µs  p99 {} µs  max {} µs",
+                if options.tls.is_some() { "TLS" } else { "plaintext" },
+                r.connected, r.failed, r.mean_us, r.p50_us, r.p90_us, r.p99_us, r.max_us
+            );
+            if let Some(e) = &r.first_error {
+                println!("first error: {e}");
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&r)? + "\n")
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+            if r.connected == 0 {
+                bail!("no connection reached CONNACK");
+            }
+        }
     }
     Ok(())
 }

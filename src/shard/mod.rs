@@ -358,6 +358,9 @@ pub struct ShardState {
     pub drain: drain::DrainSignal,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
+    /// A warm connection was taken from a pool: the pool keeper tops it up now rather than at
+    /// its next once-a-second round, so a burst of device connects keeps finding warm ones.
+    pool_taken: crate::upstream::mqtt_link::LocalSignal,
 }
 
 impl ShardState {
@@ -387,6 +390,7 @@ impl ShardState {
         if generation == self.generation.get() {
             let idle = self.pools.borrow_mut().take_idle(dest.id, Instant::now());
             if let Some(conn) = idle {
+                self.pool_taken.notify();
                 return Ok(conn);
             }
         }
@@ -464,6 +468,7 @@ fn shard_main(
             metrics: RefCell::new(ShardMetrics::default()),
             drain: drain::DrainSignal::default(),
             mqtt_aggregate: Default::default(),
+            pool_taken: Default::default(),
         });
         let mut accept_tasks = Vec::new();
         for (index, sock) in sockets.into_iter().enumerate() {
@@ -594,7 +599,8 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Keep each destination's warm connections topped up and retire idle ones, once a second.
+/// Keep each destination's warm connections topped up and retire idle ones: once a second, and
+/// as soon as a warm connection is taken.
 async fn maintain_pools(state: Rc<ShardState>) {
     loop {
         let now = Instant::now();
@@ -629,6 +635,10 @@ async fn maintain_pools(state: Rc<ShardState>) {
                 .detach();
             }
         }
-        reactor::sleep(Duration::from_secs(1)).await;
+        crate::flows::select::select2(
+            reactor::sleep(Duration::from_secs(1)),
+            state.pool_taken.wait(),
+        )
+        .await;
     }
 }
