@@ -3,8 +3,8 @@
 # Installs what the tests need on a fresh Debian machine (needs root or sudo), then runs:
 # format check, clippy (warnings are errors), unit + integration tests (which start real servers:
 # the built-in HTTPS sink, curl as a device, nginx as an upstream, mosquitto as an MQTTS broker
-# with mosquitto_pub/sub as devices, promtool and a real Prometheus scraping /metrics), and the
-# fuzz corpus replay.
+# with mosquitto_pub/sub and Eclipse Paho (paho-mqtt 2.x for Python 3) as devices, promtool and
+# a real Prometheus scraping /metrics), and the fuzz corpus replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,10 +18,32 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+# Python 3 with pip, for the paho-mqtt devices (tests/mqtt_paho.rs). A python3 already on PATH
+# (pyenv, a venv) is used as it is, as long as it has pip.
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)
+if command -v python3 >/dev/null 2>&1 && ! python3 -m pip --version >/dev/null 2>&1; then
+  need_pkgs+=(python3-pip)
+fi
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   echo "== installing ${need_pkgs[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
+fi
+
+# paho-mqtt 2.x (the tests use its VERSION2 callback API), from PyPI, only when missing. Debian's
+# own python3 is "externally managed" (PEP 668): pip refuses there unless told
+# --break-system-packages, so that flag is added only when pip asks for it.
+if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/dev/null 2>&1; then
+  echo "== installing paho-mqtt (pip)"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+  if ! pip_out=$(python3 -m pip install -q --upgrade 'paho-mqtt>=2' 2>&1); then
+    if grep -q externally-managed-environment <<<"$pip_out"; then
+      python3 -m pip install -q --upgrade --break-system-packages 'paho-mqtt>=2'
+    else
+      echo "$pip_out" >&2
+      exit 1
+    fi
+  fi
 fi
 
 echo "== cargo fmt --check"

@@ -406,3 +406,4 @@ pub fn curl(args: &[&str]) -> (bool, String) {
 }
 
 pub mod mosquitto;
+pub mod paho;

@@ -40,6 +40,9 @@ pub struct BrokerOptions {
     /// (`autosave_on_changes`), so a message the broker acknowledged survives a kill -9; with
     /// mosquitto's default periodic save it could be lost by the broker itself.
     pub persistence: bool,
+    /// Extra global mosquitto.conf lines (e.g. `max_queued_messages 0`), written right after
+    /// `per_listener_settings` and before the listeners.
+    pub extra_conf: String,
 }
 
 /// A running mosquitto.
@@ -74,11 +77,12 @@ impl Broker {
             let tls_port = free_port();
             let plain_port = free_port();
             let mut conf = format!(
-                "per_listener_settings true\nuser root\nlog_dest stderr\nlog_type all\n\
+                "per_listener_settings true\n{}\nuser root\nlog_dest stderr\nlog_type all\n\
              persistence {}\npersistence_location {}/\n\
              autosave_on_changes true\nautosave_interval 1\n\
              listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
              require_certificate {}\n",
+                opts.extra_conf,
                 opts.persistence,
                 dir.display(),
                 pki.ca_pem.display(),
