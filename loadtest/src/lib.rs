@@ -23,8 +23,10 @@
 pub mod device;
 pub mod fleet;
 pub mod hdrlog;
+pub mod payload;
 pub mod procstat;
 pub mod scenario;
 pub mod schedule;
 pub mod source;
 pub mod stats;
+pub mod tracker;
