@@ -27,6 +27,7 @@ pub mod payload;
 pub mod procstat;
 pub mod scenario;
 pub mod schedule;
+pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod tracker;
