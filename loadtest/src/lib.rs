@@ -30,4 +30,5 @@ pub mod schedule;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod sut;
 pub mod tracker;
