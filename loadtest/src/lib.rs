@@ -20,10 +20,12 @@
 //! client, not the data plane: it runs on an ordinary multi-threaded tokio runtime.
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod device;
 pub mod fleet;
 pub mod hdrlog;
 pub mod payload;
+pub mod plot;
 pub mod procstat;
 pub mod scenario;
 pub mod schedule;

@@ -4,6 +4,8 @@
 //! - `run`: the fleet simulator — a scenario file of HTTP or MQTT devices with per-device source
 //!   addresses, open-loop schedules and coordinated-omission-corrected latency.
 //! - `pki`, `sink`: certificates and the stand-in HTTPS cloud (hyper, no accounting).
+//! - `compare`: simgate against its peers (nginx, haproxy, mosquitto bridge, stunnel) and a
+//!   direct baseline on one scenario, printed as a markdown table (and optionally an SVG plot).
 //! - `account`: an accounting sink (HTTP(S) or MQTT(S)) on its own; `run --sink` starts one in
 //!   the same process and adds its loss/dup/reorder counts and end-to-end latency to the report,
 //!   `run --subscribe` does the same behind a real broker.
@@ -19,6 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
+use simgate_load::compare::{self, CompareOptions};
 use simgate_load::fleet::{self, RunOptions};
 use simgate_load::scenario::Scenario;
 use simgate_load::sink::{Sink, SinkKind, SinkOptions, Subscriber, SubscriberOptions};
@@ -81,6 +84,36 @@ enum Command {
         /// Server name checked in the broker's certificate with `--subscribe-ca`.
         #[arg(long, default_value = "localhost")]
         subscribe_name: String,
+    },
+    /// Compare simgate with its peers on this scenario (see loadtest/README.md): each system
+    /// in turn, same pinning, same load, one markdown table of ratios.
+    Compare {
+        /// Scenario TOML file (its protocol picks the systems; its `target` is ignored).
+        scenario: PathBuf,
+        /// Seconds per system (overrides the scenario's `duration_s`).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// CPUs of the system under test (taskset list).
+        #[arg(long, default_value = "0")]
+        proxy_cpus: String,
+        /// CPU of this process (devices and sink); negative: do not pin.
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        load_cpu: i64,
+        /// The simgate binary (default: `simgate` next to this executable).
+        #[arg(long)]
+        simgate: Option<PathBuf>,
+        /// Write an SVG percentile-spectrum chart of end-to-end latency, one line per system.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Keep configs, certificates and logs here (default: a temporary directory, removed).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// tokio worker threads of the device simulator.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print per-second progress lines of each run (stderr).
+        #[arg(long)]
+        progress: bool,
     },
     /// Mint a CA (DIR/ca.pem) and a server certificate for localhost/127.0.0.1
     /// (DIR/sink.pem, DIR/sink.key).
@@ -269,6 +302,69 @@ fn main() -> Result<()> {
                     std::io::stdout().flush()?;
                 }
                 last = now;
+            }
+        }
+        Command::Compare {
+            scenario,
+            duration,
+            proxy_cpus,
+            load_cpu,
+            simgate,
+            plot,
+            work_dir,
+            threads,
+            progress,
+        } => {
+            let text = std::fs::read_to_string(&scenario)
+                .with_context(|| format!("read {}", scenario.display()))?;
+            let parsed = Scenario::parse(&text)
+                .with_context(|| format!("scenario {}", scenario.display()))?;
+            let seconds = duration.unwrap_or(parsed.duration_s);
+            if !(seconds.is_finite() && seconds > 0.0) {
+                bail!("--duration must be a positive number of seconds");
+            }
+            let simgate = match simgate {
+                Some(path) => path,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(|dir| dir.join("simgate"))
+                    .context("no directory of the running executable")?,
+            };
+            let temp = tempfile::Builder::new()
+                .prefix("simgate-compare-")
+                .tempdir()?;
+            let work_dir = match work_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    dir
+                }
+                None => temp.path().to_path_buf(),
+            };
+            let options = CompareOptions {
+                duration: Duration::from_secs_f64(seconds),
+                proxy_cpus,
+                load_cpu: usize::try_from(load_cpu).ok(),
+                simgate,
+                work_dir,
+                threads,
+                progress,
+            };
+            let comparison = compare::compare(&parsed, &options)?;
+            println!(
+                "scenario {} ({} devices, {:.0} msg/s offered, {seconds} s per system; proxy on CPU {}, load + sink on CPU {})\n",
+                parsed.name,
+                parsed.fleet.devices,
+                parsed.traffic.rate_per_s,
+                options.proxy_cpus,
+                options
+                    .load_cpu
+                    .map_or_else(|| "any".to_string(), |c| c.to_string())
+            );
+            print!("{comparison}");
+            if let Some(path) = plot {
+                std::fs::write(&path, comparison.svg())
+                    .with_context(|| format!("write {}", path.display()))?;
+                println!("\nplot: {}", path.display());
             }
         }
         Command::Pki { dir } => {
