@@ -9,7 +9,7 @@
 //! - `account`: an accounting sink (HTTP(S) or MQTT(S)) on its own; `run --sink` starts one in
 //!   the same process and adds its loss/dup/reorder counts and end-to-end latency to the report,
 //!   `run --subscribe` does the same behind a real broker.
-//! - `idle`: a plain blocking idle fleet kept for `compare-http.sh` (the `idle-fleet` scenario
+//! - `idle`: a plain blocking idle fleet from 127.0.0.1 (the `idle-fleet` scenario
 //!   does the same with source addresses and `/proc` sampling).
 
 use std::io::Write;
