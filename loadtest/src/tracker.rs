@@ -30,7 +30,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use hdrhistogram::Histogram;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
 use crate::payload;
@@ -238,6 +238,8 @@ impl std::fmt::Display for DeliverySummary {
 #[derive(Debug)]
 pub struct DeliveryTracker {
     inner: Mutex<Tracker>,
+    /// Notified after every recorded arrival (for [`DeliveryTracker::wait_for`]).
+    changed: Condvar,
 }
 
 impl DeliveryTracker {
@@ -245,13 +247,33 @@ impl DeliveryTracker {
     pub fn new(drop_every: Option<u64>) -> Result<Self, HistogramError> {
         Ok(Self {
             inner: Mutex::new(Tracker::new(drop_every)?),
+            changed: Condvar::new(),
         })
     }
 
     /// Accounts one payload received now.
     pub fn record(&self, payload: &[u8]) -> Arrival {
         let now = payload::now_unix_ns();
-        self.inner.lock().record(payload, now)
+        let arrival = self.inner.lock().record(payload, now);
+        self.changed.notify_all();
+        arrival
+    }
+
+    /// Blocks until `done(summary)` holds or `timeout` passes; returns the last summary either
+    /// way (woken by each arrival, no polling).
+    pub fn wait_for(
+        &self,
+        mut done: impl FnMut(&DeliverySummary) -> bool,
+        timeout: std::time::Duration,
+    ) -> DeliverySummary {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut inner = self.inner.lock();
+        loop {
+            let summary = inner.summary();
+            if done(&summary) || self.changed.wait_until(&mut inner, deadline).timed_out() {
+                return inner.summary();
+            }
+        }
     }
 
     /// The counts so far.
@@ -411,6 +433,25 @@ mod tests {
         );
         let s = t.summary();
         assert_eq!((s.dropped_by_sink, s.lost, s.unique), (3, 3, 7));
+    }
+
+    #[test]
+    fn waiting_for_arrivals_wakes_on_the_arrival() {
+        let shared = std::sync::Arc::new(DeliveryTracker::new(None).expect("tracker"));
+        let feeder = {
+            let shared = std::sync::Arc::clone(&shared);
+            std::thread::spawn(move || {
+                for seq in 0..5 {
+                    shared.record(&msg(3, seq, 0));
+                }
+            })
+        };
+        let s = shared.wait_for(|s| s.unique == 5, std::time::Duration::from_secs(30));
+        assert_eq!(s.unique, 5);
+        feeder.join().expect("feeder");
+        // An unmet condition returns the state at the deadline.
+        let s = shared.wait_for(|s| s.unique == 6, std::time::Duration::from_millis(1));
+        assert_eq!(s.unique, 5);
     }
 
     #[test]
