@@ -176,7 +176,6 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
         path: "TCP→TLS",
         outcome: Err("n/a — simgate TCP flow not built yet".into()),
     });
-    let _ = &env.pki;
     Ok(Comparison {
         scenario: scenario.name.clone(),
         peer,
