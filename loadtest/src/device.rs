@@ -20,6 +20,11 @@
 //! reconnecting; its schedule keeps running meanwhile, so messages due during the outage are sent
 //! late and charged for it. The task never ends by itself: the fleet drops it at the deadline.
 //!
+//! Every message carries a stamped payload ([`crate::payload`]): the device number, its own
+//! sequence number (from 0, one per scheduled message, kept across reconnects; a message whose
+//! send failed still uses its number) and the intended send time, so a sink can count loss,
+//! duplicates and reordering and measure end-to-end latency.
+//!
 //! What it does NOT do: TLS, HTTP pipelining, chunked answers, MQTT QoS 2, subscriptions,
 //! retained messages or session resumption checks.
 
@@ -37,6 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use crate::payload;
 use crate::scenario::{MqttSettings, MqttVersion, Scenario};
 use crate::schedule::{Arrival, Schedule, SplitMix64};
 use crate::source::device_source;
@@ -59,17 +65,23 @@ pub struct FleetPlan {
     seed: u64,
     timeout: Duration,
     kind: DeviceKind,
+    /// The same moment on the monotonic and the wall clock: maps intended send times to the
+    /// wall-clock stamps in payloads.
+    anchor: (Instant, u64),
 }
 
 #[derive(Debug)]
 enum DeviceKind {
     Http {
+        /// Head and body template; the stamp goes at `body_offset`.
         request: Bytes,
+        body_offset: usize,
         keepalive: bool,
     },
     Mqtt {
         settings: MqttSettings,
         version: ProtocolVersion,
+        /// Payload template (padding in place).
         payload: Bytes,
     },
 }
@@ -82,15 +94,19 @@ impl FleetPlan {
         let per_device_rate =
             (traffic.rate_per_s > 0.0).then(|| traffic.rate_per_s / devices as f64);
         let kind = match scenario.fleet.protocol {
-            crate::scenario::Protocol::Http => DeviceKind::Http {
-                request: format_request(
+            crate::scenario::Protocol::Http => {
+                let (request, body_offset) = format_request(
                     &scenario.http.path,
                     target,
                     traffic.body_bytes,
                     scenario.http.keepalive,
-                ),
-                keepalive: scenario.http.keepalive,
-            },
+                );
+                DeviceKind::Http {
+                    request,
+                    body_offset,
+                    keepalive: scenario.http.keepalive,
+                }
+            }
             crate::scenario::Protocol::Mqtt => {
                 let settings = scenario.mqtt_settings();
                 let version = match settings.version {
@@ -100,7 +116,7 @@ impl FleetPlan {
                 DeviceKind::Mqtt {
                     settings,
                     version,
-                    payload: body(traffic.body_bytes),
+                    payload: Bytes::from(payload::template(traffic.body_bytes)),
                 }
             }
         };
@@ -114,7 +130,16 @@ impl FleetPlan {
             seed: traffic.seed,
             timeout: Duration::from_millis(traffic.timeout_ms),
             kind,
+            anchor: (Instant::now(), payload::now_unix_ns()),
         }
+    }
+
+    /// `intended` on the wall clock, nanoseconds since the Unix epoch.
+    fn wall_ns(&self, intended: Instant) -> u64 {
+        let since = intended.saturating_duration_since(self.anchor.0);
+        self.anchor
+            .1
+            .saturating_add(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
     }
 
     /// The schedule of device `index` (0-based within the fleet), `None` when idle.
@@ -131,33 +156,30 @@ impl FleetPlan {
     }
 }
 
-/// A body of `len` repeating printable bytes.
-fn body(len: usize) -> Bytes {
-    b"0123456789abcdef"
-        .iter()
-        .copied()
-        .cycle()
-        .take(len)
-        .collect::<Vec<u8>>()
-        .into()
-}
-
 /// `POST {path} HTTP/1.1` with Host, Content-Type, Content-Length (and `Connection: close` when
-/// not keeping the connection) and a `body_size` body.
-fn format_request(path: &str, target: SocketAddr, body_size: usize, keepalive: bool) -> Bytes {
+/// not keeping the connection) and a payload template of `body_size` bytes (at least the stamp's
+/// header); returns the request and the offset of its body.
+fn format_request(
+    path: &str,
+    target: SocketAddr,
+    body_size: usize,
+    keepalive: bool,
+) -> (Bytes, usize) {
     let connection = if keepalive {
         ""
     } else {
         "Connection: close\r\n"
     };
+    let body = payload::template(body_size);
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {target}\r\nContent-Type: application/octet-stream\r\n\
-         {connection}Content-Length: {body_size}\r\n\r\n"
+         {connection}Content-Length: {}\r\n\r\n",
+        body.len()
     );
-    let mut request = Vec::with_capacity(head.len() + body_size);
+    let mut request = Vec::with_capacity(head.len() + body.len());
     request.extend_from_slice(head.as_bytes());
-    request.extend_from_slice(&body(body_size));
-    Bytes::from(request)
+    request.extend_from_slice(&body);
+    (Bytes::from(request), head.len())
 }
 
 /// Reconnect delays: exponential, each drawn between half and the whole step.
@@ -212,16 +234,19 @@ pub async fn run_device(
         schedule: plan.schedule(index),
         origin,
         backoff: Backoff::new(plan.seed.wrapping_add(index) | 1),
+        seq: 0,
     };
     match &plan.kind {
         DeviceKind::Http {
             request,
+            body_offset,
             keepalive: true,
-        } => device.http_keepalive(request).await,
+        } => device.http_keepalive(request.to_vec(), *body_offset).await,
         DeviceKind::Http {
             request,
+            body_offset,
             keepalive: false,
-        } => device.http_one_shot(request).await,
+        } => device.http_one_shot(request.to_vec(), *body_offset).await,
         DeviceKind::Mqtt {
             settings,
             version,
@@ -238,9 +263,25 @@ struct Device<'a> {
     schedule: Option<Schedule>,
     origin: Instant,
     backoff: Backoff,
+    /// Sequence number of the next message.
+    seq: u64,
 }
 
 impl Device<'_> {
+    /// Stamps the next message into `buf` (the payload, padding in place) and uses up its
+    /// sequence number.
+    fn stamp(&mut self, buf: &mut [u8], intended: Instant) {
+        payload::stamp(
+            buf,
+            payload::Stamp {
+                device: self.number,
+                seq: self.seq,
+                sent_unix_ns: self.plan.wall_ns(intended),
+            },
+        );
+        self.seq += 1;
+    }
+
     /// Opens a connection from the device's source address.
     async fn connect(&self) -> Result<TcpStream, ErrorKind> {
         let target = self.plan.target;
@@ -289,7 +330,7 @@ impl Device<'_> {
         u64::try_from(intended.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
-    async fn http_keepalive(mut self, request: &Bytes) {
+    async fn http_keepalive(mut self, mut request: Vec<u8>, body_offset: usize) {
         let mut buffer = BytesMut::with_capacity(4096);
         // A message whose send failed is not retried; its slot is simply used up.
         loop {
@@ -307,8 +348,9 @@ impl Device<'_> {
                     break hold_idle(&mut stream).await.map(|kind| (kind, false));
                 };
                 tokio::time::sleep_until(intended).await;
+                self.stamp(&mut request[body_offset..], intended);
                 self.recorder.sent();
-                let exchange = http_exchange(&mut stream, &mut buffer, request);
+                let exchange = http_exchange(&mut stream, &mut buffer, &request);
                 match tokio::time::timeout(self.plan.timeout, exchange).await {
                     Ok(Ok(answer)) => {
                         let ok = (200..300).contains(&answer.status);
@@ -333,20 +375,21 @@ impl Device<'_> {
         }
     }
 
-    async fn http_one_shot(mut self, request: &Bytes) {
+    async fn http_one_shot(mut self, mut request: Vec<u8>, body_offset: usize) {
         let mut buffer = BytesMut::with_capacity(4096);
         loop {
             let Some(intended) = self.next_intended() else {
                 // Idle one-shot devices: hold one connection, like keep-alive ones.
-                return self.http_keepalive(request).await;
+                return self.http_keepalive(request, body_offset).await;
             };
             tokio::time::sleep_until(intended).await;
+            self.stamp(&mut request[body_offset..], intended);
             self.recorder.sent();
             buffer.clear();
             let attempt = async {
                 let mut stream = self.connect().await?;
                 let _open = self.recorder.connected();
-                http_exchange(&mut stream, &mut buffer, request).await
+                http_exchange(&mut stream, &mut buffer, &request).await
             };
             match tokio::time::timeout(self.plan.timeout, attempt).await {
                 Ok(Ok(answer)) => {
@@ -371,6 +414,7 @@ impl Device<'_> {
             .then(|| Duration::from_secs(u64::from(settings.keep_alive_s)).mul_f64(0.75));
         let mut buffer = BytesMut::with_capacity(4096);
         let mut out = BytesMut::with_capacity(256 + payload.len());
+        let mut stamped = payload.to_vec();
         let mut packet_id: u16 = 0;
         // The intended time of the next message, drawn once and kept across pings and reconnects.
         let mut pending = self.next_intended();
@@ -427,6 +471,7 @@ impl Device<'_> {
                 match pending {
                     Some(intended) if intended <= now => {
                         pending = self.next_intended();
+                        self.stamp(&mut stamped, intended);
                         packet_id = packet_id.wrapping_add(1).max(1);
                         let publish = Packet::Publish(Publish {
                             dup: false,
@@ -437,7 +482,7 @@ impl Device<'_> {
                                 .then_some(NonZeroU16::new(packet_id))
                                 .flatten(),
                             properties: Properties::default(),
-                            payload: payload.clone(),
+                            payload: Bytes::copy_from_slice(&stamped),
                         });
                         out.clear();
                         if mqtt::encode(&publish, version, &mut out).is_err() {
@@ -630,18 +675,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_carry_host_length_body_and_close_when_one_shot() {
+    fn requests_carry_host_length_stamped_body_and_close_when_one_shot() {
         let target = SocketAddr::from(([127, 0, 0, 1], 8080));
-        let keepalive = format_request("/t", target, 20, true);
-        assert_eq!(
-            std::str::from_utf8(&keepalive).expect("ascii"),
-            "POST /t HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/octet-stream\r\n\
-             Content-Length: 20\r\n\r\n0123456789abcdef0123"
-        );
-        let one_shot = format_request("/t", target, 0, false);
-        assert!(std::str::from_utf8(&one_shot)
+        let (keepalive, offset) = format_request("/t", target, 60, true);
+        let head = "POST /t HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: 60\r\n\r\n";
+        assert_eq!(offset, head.len());
+        assert_eq!(&keepalive[..offset], head.as_bytes());
+        assert_eq!(keepalive.len(), offset + 60);
+        assert!(payload::parse(&keepalive[offset..]).is_some());
+        assert_eq!(&keepalive[offset + payload::HEADER_LEN..], b"0123");
+        // A body smaller than the stamp grows to the stamp, and says so.
+        let (one_shot, offset) = format_request("/t", target, 0, false);
+        assert!(std::str::from_utf8(&one_shot[..offset])
             .expect("ascii")
-            .contains("\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"));
+            .ends_with("\r\nConnection: close\r\nContent-Length: 56\r\n\r\n"));
+    }
+
+    #[test]
+    fn intended_times_map_to_the_wall_clock_anchor() {
+        let s = crate::scenario::Scenario::parse("name = \"x\"\n[fleet]\ndevices = 1\n")
+            .expect("scenario");
+        let plan = FleetPlan::new(&s, SocketAddr::from(([127, 0, 0, 1], 1)));
+        let later = plan.anchor.0 + Duration::from_millis(1500);
+        assert_eq!(plan.wall_ns(later), plan.anchor.1 + 1_500_000_000);
+        assert_eq!(plan.wall_ns(plan.anchor.0), plan.anchor.1);
     }
 
     #[test]

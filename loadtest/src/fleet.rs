@@ -24,6 +24,7 @@ use crate::scenario::{Protocol, Scenario};
 use crate::stats::{
     GatewayUsage, HistogramError, LatencySummary, ProgressLine, Recorder, Report, Totals,
 };
+use crate::tracker::DeliveryTracker;
 
 /// How to run a scenario (the command-line overrides).
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// The sink's delivery accounting (built-in sink or subscriber): reset when the run
+    /// starts, summarized into [`Report::delivery`] when it ends.
+    pub delivery: Option<Arc<DeliveryTracker>>,
 }
 
 /// Why a run could not start or finish.
@@ -109,6 +113,9 @@ async fn run_async(
         None => None,
     };
 
+    if let Some(tracker) = &options.delivery {
+        tracker.reset();
+    }
     let start = Instant::now();
     let deadline = start + options.duration;
     let devices = scenario.fleet.devices;
@@ -255,6 +262,7 @@ async fn run_async(
         peak_open,
         gateway,
         intervals,
+        delivery: options.delivery.as_ref().map(|t| t.summary()),
     })
 }
 
@@ -503,6 +511,7 @@ mod tests {
             gateway_pid: None,
             threads: 2,
             progress: false,
+            delivery: None,
         }
     }
 
@@ -662,5 +671,77 @@ mod tests {
         assert!(report.counts.ok >= 15, "ok {}", report.counts.ok);
         assert_eq!(report.counts.error_total(), 0);
         let _ = ProtocolVersion::V311;
+    }
+
+    fn with_sink(target: SocketAddr, millis: u64, sink: &crate::sink::Sink) -> RunOptions {
+        let mut o = options(target, millis);
+        o.delivery = Some(Arc::clone(sink.tracker()));
+        o
+    }
+
+    #[test]
+    fn devices_to_the_built_in_sinks_lose_nothing_and_stamp_every_message() {
+        use crate::sink::{Sink, SinkKind, SinkOptions};
+        for (protocol, extra) in [
+            ("http", ""),
+            ("mqtt", "[mqtt]\nqos = 1\nversion = \"5\"\n"),
+            ("mqtt", "[mqtt]\nqos = 1\n"),
+        ] {
+            let kind = if protocol == "http" {
+                SinkKind::Http
+            } else {
+                SinkKind::Mqtt
+            };
+            let sink = Sink::start(SinkOptions::new(kind)).expect("sink");
+            let s = scenario(&format!(
+                "name = \"d\"\n[fleet]\ndevices = 3\nprotocol = \"{protocol}\"\n\
+                 [traffic]\nrate_per_s = 90\nbody_bytes = 100\n{extra}"
+            ));
+            let report = run(&s, &with_sink(sink.addr(), 700, &sink), None).expect("run");
+            let d = report.delivery.expect("delivery");
+            let c = &report.counts;
+            assert_eq!(c.error_total(), 0, "{protocol}: {:?}", c.errors);
+            assert!(c.ok >= 30, "{protocol}: ok {}", c.ok);
+            // Every answered message reached the sink first; unanswered ones may have too.
+            assert!(
+                (c.ok..=c.sent).contains(&d.unique),
+                "{protocol}: unique {} ok {} sent {}",
+                d.unique,
+                c.ok,
+                c.sent
+            );
+            assert_eq!((d.lost, d.duplicates, d.reordered), (0, 0, 0), "{protocol}");
+            assert_eq!((d.malformed, d.devices), (0, 3), "{protocol}");
+            assert_eq!(d.e2e_latency_us.count, d.unique);
+            assert_eq!(
+                sink.counters()
+                    .protocol_errors
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn loss_injected_at_the_sink_is_counted_exactly() {
+        use crate::sink::{Sink, SinkKind, SinkOptions};
+        let sink = Sink::start(SinkOptions {
+            drop_every: Some(4),
+            ..SinkOptions::new(SinkKind::Http)
+        })
+        .expect("sink");
+        let s = scenario("name = \"loss\"\n[fleet]\ndevices = 2\n[traffic]\nrate_per_s = 80\n");
+        let report = run(&s, &with_sink(sink.addr(), 700, &sink), None).expect("run");
+        let tracker = sink.tracker().snapshot();
+        let d = report.delivery.expect("delivery");
+        // Seq 3, 7, 11, ... of each device are discarded; those below the device's highest
+        // received seq are gaps.
+        let expected: u64 = (0..2)
+            .map(|device| tracker.highest_seq(device).map_or(0, |h| (h + 1) / 4))
+            .sum();
+        assert!(expected >= 4, "too few messages: {d:?}");
+        assert_eq!(d.lost, expected);
+        assert!(d.dropped_by_sink >= d.lost && d.dropped_by_sink <= d.lost + 2);
+        assert_eq!((d.duplicates, d.reordered), (0, 0));
     }
 }

@@ -15,17 +15,30 @@
 //!                       Recorder ─(1 s tick)─► progress line · HdrHistogram log · Totals ─► Report
 //! ```
 //!
-//! What it does NOT do: TLS to the gateway, MQTT QoS 2 or subscriptions, loss/duplicate/reorder
-//! accounting against the sink, or distributed load generation over several machines. It is a
-//! client, not the data plane: it runs on an ordinary multi-threaded tokio runtime.
+//! Every message carries a stamped payload ([`payload`]: device, sequence number, intended send
+//! time). The built-in sinks ([`sink`]: HTTP(S) and MQTT(S) servers, or a subscriber behind a
+//! real broker) feed a [`tracker`] that counts loss, duplicates and reordering per device and
+//! measures end-to-end latency; the report carries it as `delivery`. [`compare`] runs one
+//! scenario through simgate and its peers (processes managed by [`sut`]) and prints the ratios;
+//! [`plot`] draws their latency percentile spectra as SVG.
+//!
+//! What it does NOT do: TLS to the gateway, MQTT QoS 2 devices or device-side subscriptions, or
+//! distributed load generation over several machines. It is a client, not the data plane: it
+//! runs on an ordinary multi-threaded tokio runtime.
 #![warn(missing_docs)]
 
+pub mod compare;
 pub mod connect_time;
 pub mod device;
 pub mod fleet;
 pub mod hdrlog;
+pub mod payload;
+pub mod plot;
 pub mod procstat;
 pub mod scenario;
 pub mod schedule;
+pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod sut;
+pub mod tracker;

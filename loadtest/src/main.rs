@@ -3,23 +3,31 @@
 //!
 //! - `run`: the fleet simulator — a scenario file of HTTP or MQTT devices with per-device source
 //!   addresses, open-loop schedules and coordinated-omission-corrected latency.
-//! - `pki`, `sink`: certificates and the stand-in HTTPS cloud for peer comparisons.
+//! - `pki`, `sink`: certificates and the stand-in HTTPS cloud (hyper, no accounting).
+//! - `compare`: simgate against its peers (nginx, haproxy, mosquitto bridge, stunnel) and a
+//!   direct baseline on one scenario, printed as a markdown table (and optionally an SVG plot).
+//! - `account`: an accounting sink (HTTP(S) or MQTT(S)) on its own; `run --sink` starts one in
+//!   the same process and adds its loss/dup/reorder counts and end-to-end latency to the report,
+//!   `run --subscribe` does the same behind a real broker.
 //! - `connect-time`: MQTT TCP-connect-to-CONNACK time, one device at a time (through simgate,
 //!   or directly to a broker over TLS).
-//! - `idle`: a plain blocking idle fleet kept for `compare-http.sh` (the `idle-fleet` scenario
+//! - `idle`: a plain blocking idle fleet from 127.0.0.1 (the `idle-fleet` scenario
 //!   does the same with source addresses and `/proc` sampling).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
+use simgate_load::compare::{self, CompareOptions};
 use simgate_load::connect_time::{self, ConnectTimeOptions, TlsTarget};
 use simgate_load::fleet::{self, RunOptions};
 use simgate_load::scenario::Scenario;
+use simgate_load::sink::{Sink, SinkKind, SinkOptions, Subscriber, SubscriberOptions};
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +40,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario file (see loadtest/scenarios/) and print its report.
@@ -59,6 +69,54 @@ enum Command {
         /// Do not print per-second progress lines (stderr).
         #[arg(long)]
         quiet: bool,
+        #[command(flatten)]
+        sink: SinkArgs,
+        /// Account delivery behind a real broker: subscribe to `--subscribe-filter` on this
+        /// MQTT broker (e.g. mosquitto standing in for the cloud) before the run.
+        #[arg(long, conflicts_with = "sink")]
+        subscribe: Option<SocketAddr>,
+        /// Topic filter of `--subscribe`.
+        #[arg(long, default_value = "#")]
+        subscribe_filter: String,
+        /// QoS of `--subscribe`.
+        #[arg(long, default_value_t = 1)]
+        subscribe_qos: u8,
+        /// CA file: `--subscribe` over TLS (server name `localhost` unless `--subscribe-name`).
+        #[arg(long)]
+        subscribe_ca: Option<PathBuf>,
+        /// Server name checked in the broker's certificate with `--subscribe-ca`.
+        #[arg(long, default_value = "localhost")]
+        subscribe_name: String,
+    },
+    /// Compare simgate with its peers on this scenario (see loadtest/README.md): each system
+    /// in turn, same pinning, same load, one markdown table of ratios.
+    Compare {
+        /// Scenario TOML file (its protocol picks the systems; its `target` is ignored).
+        scenario: PathBuf,
+        /// Seconds per system (overrides the scenario's `duration_s`).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// CPUs of the system under test (taskset list).
+        #[arg(long, default_value = "0")]
+        proxy_cpus: String,
+        /// CPU of this process (devices and sink); negative: do not pin.
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        load_cpu: i64,
+        /// The simgate binary (default: `simgate` next to this executable).
+        #[arg(long)]
+        simgate: Option<PathBuf>,
+        /// Write an SVG percentile-spectrum chart of end-to-end latency, one line per system.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Keep configs, certificates and logs here (default: a temporary directory, removed).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// tokio worker threads of the device simulator.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print per-second progress lines of each run (stderr).
+        #[arg(long)]
+        progress: bool,
     },
     /// Mint a CA (DIR/ca.pem) and a server certificate for localhost/127.0.0.1
     /// (DIR/sink.pem, DIR/sink.key).
@@ -67,7 +125,14 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Run the stand-in HTTPS cloud until killed. Prints `listening ADDR` when ready.
+    /// Run an accounting sink until killed: prints `listening ADDR`, then a `delivery` line
+    /// (loss, dup, reorder, end-to-end latency) every second in which messages arrived.
+    Account {
+        #[command(flatten)]
+        sink: SinkArgs,
+    },
+    /// Run the stand-in HTTPS cloud (hyper, no accounting) until killed. Prints
+    /// `listening ADDR` when ready.
     Sink {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9443")]
@@ -123,6 +188,60 @@ enum Command {
     },
 }
 
+/// A built-in accounting sink (see `simgate_load::sink`).
+#[derive(clap::Args)]
+struct SinkArgs {
+    /// Start a built-in sink standing in for the cloud: https or mqtts (TLS with the
+    /// certificates of `--pki-dir`), or http / mqtt in plaintext (direct baselines).
+    #[arg(long, value_parser = ["https", "mqtts", "http", "mqtt"])]
+    sink: Option<String>,
+    /// Address of the built-in sink (where the gateway under test forwards to).
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    sink_bind: SocketAddr,
+    /// Directory written by `simgate-load pki` (for https / mqtts).
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+    /// Loss injection: the sink acknowledges but discards every N-th message of each device.
+    #[arg(long)]
+    drop_every: Option<u64>,
+    /// Sink tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    sink_workers: usize,
+}
+
+impl SinkArgs {
+    fn start(&self) -> Result<Option<Sink>> {
+        let Some(kind) = self.sink.as_deref() else {
+            return Ok(None);
+        };
+        let (kind, tls) = match kind {
+            "https" => (SinkKind::Http, true),
+            "mqtts" => (SinkKind::Mqtt, true),
+            "http" => (SinkKind::Http, false),
+            _ => (SinkKind::Mqtt, false),
+        };
+        let tls = if tls {
+            let Some(dir) = &self.pki_dir else {
+                bail!("--sink https/mqtts needs --pki-dir (make one with `simgate-load pki`)");
+            };
+            Some(CertFiles {
+                cert: dir.join("sink.pem"),
+                key: dir.join("sink.key"),
+            })
+        } else {
+            None
+        };
+        let sink = Sink::start(SinkOptions {
+            kind,
+            bind: self.sink_bind,
+            tls,
+            drop_every: self.drop_every,
+            workers: self.sink_workers,
+        })?;
+        Ok(Some(sink))
+    }
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run {
@@ -134,6 +253,12 @@ fn main() -> Result<()> {
             duration,
             threads,
             quiet,
+            sink,
+            subscribe,
+            subscribe_filter,
+            subscribe_qos,
+            subscribe_ca,
+            subscribe_name,
         } => {
             let text = std::fs::read_to_string(&scenario)
                 .with_context(|| format!("read {}", scenario.display()))?;
@@ -153,12 +278,32 @@ fn main() -> Result<()> {
                 ))),
                 None => None,
             };
+            let sink = sink.start()?;
+            if let Some(sink) = &sink {
+                eprintln!("sink listening {}", sink.addr());
+            }
+            let subscriber = match subscribe {
+                Some(broker) => Some(Subscriber::start(SubscriberOptions {
+                    broker,
+                    tls: subscribe_ca.map(|ca| (ca, subscribe_name)),
+                    filter: subscribe_filter,
+                    qos: subscribe_qos,
+                    client_id: format!("simgate-load-sub-{}", std::process::id()),
+                    drop_every: None,
+                })?),
+                None => None,
+            };
+            let delivery = sink
+                .as_ref()
+                .map(|s| Arc::clone(s.tracker()))
+                .or_else(|| subscriber.as_ref().map(|s| Arc::clone(s.tracker())));
             let options = RunOptions {
                 target,
                 duration: Duration::from_secs_f64(seconds),
                 gateway_pid: pid,
                 threads,
                 progress: !quiet,
+                delivery,
             };
             let report = fleet::run(&parsed, &options, log)?;
             print!("{report}");
@@ -166,6 +311,88 @@ fn main() -> Result<()> {
                 let text = serde_json::to_string_pretty(&report)?;
                 std::fs::write(&path, text + "\n")
                     .with_context(|| format!("write {}", path.display()))?;
+            }
+        }
+        Command::Account { sink } => {
+            let Some(sink) = sink.start()? else {
+                bail!("give --sink https|mqtts|http|mqtt");
+            };
+            println!("listening {}", sink.addr());
+            std::io::stdout().flush()?;
+            let mut last = sink.tracker().summary();
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = sink.tracker().summary();
+                if now.received + now.malformed + now.dropped_by_sink
+                    != last.received + last.malformed + last.dropped_by_sink
+                {
+                    print!("{now}");
+                    std::io::stdout().flush()?;
+                }
+                last = now;
+            }
+        }
+        Command::Compare {
+            scenario,
+            duration,
+            proxy_cpus,
+            load_cpu,
+            simgate,
+            plot,
+            work_dir,
+            threads,
+            progress,
+        } => {
+            let text = std::fs::read_to_string(&scenario)
+                .with_context(|| format!("read {}", scenario.display()))?;
+            let parsed = Scenario::parse(&text)
+                .with_context(|| format!("scenario {}", scenario.display()))?;
+            let seconds = duration.unwrap_or(parsed.duration_s);
+            if !(seconds.is_finite() && seconds > 0.0) {
+                bail!("--duration must be a positive number of seconds");
+            }
+            let simgate = match simgate {
+                Some(path) => path,
+                None => std::env::current_exe()?
+                    .parent()
+                    .map(|dir| dir.join("simgate"))
+                    .context("no directory of the running executable")?,
+            };
+            let temp = tempfile::Builder::new()
+                .prefix("simgate-compare-")
+                .tempdir()?;
+            let work_dir = match work_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    dir
+                }
+                None => temp.path().to_path_buf(),
+            };
+            let options = CompareOptions {
+                duration: Duration::from_secs_f64(seconds),
+                proxy_cpus,
+                load_cpu: usize::try_from(load_cpu).ok(),
+                simgate,
+                work_dir,
+                threads,
+                progress,
+            };
+            let comparison = compare::compare(&parsed, &options)?;
+            println!(
+                "scenario {} ({} devices, {:.0} msg/s offered, {seconds} s per system; proxy on CPU {}, load + sink on CPU {})\n",
+                parsed.name,
+                parsed.fleet.devices,
+                parsed.traffic.rate_per_s,
+                options.proxy_cpus,
+                options
+                    .load_cpu
+                    .map_or_else(|| "any".to_string(), |c| c.to_string())
+            );
+            print!("{comparison}");
+            if let Some(path) = plot {
+                std::fs::write(&path, comparison.svg())
+                    .with_context(|| format!("write {}", path.display()))?;
+                println!("\nplot: {}", path.display());
             }
         }
         Command::Pki { dir } => {

@@ -12,8 +12,10 @@
 //! QoS 0 PUBLISH handed to the kernel); failures are counted per [`ErrorKind`]. Messages still
 //! in flight when the run ends are `sent` only.
 //!
-//! What it does NOT do: per-device statistics, or loss/duplicate/reorder accounting (that needs
-//! a sink that reports what it received).
+//! Loss, duplicate and reorder counts and end-to-end latency come from the sink's
+//! [`crate::tracker`] and are attached to the [`Report`] as [`Report::delivery`].
+//!
+//! What it does NOT do: per-device statistics.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
+
+use crate::tracker::DeliverySummary;
 
 /// Highest latency the histograms resolve (one hour in microseconds); larger values saturate.
 pub const MAX_LATENCY_MICROS: u64 = 3_600_000_000;
@@ -366,6 +370,9 @@ pub struct Report {
     pub gateway: Option<GatewayUsage>,
     /// Per-second progress.
     pub intervals: Vec<ProgressLine>,
+    /// What the sink received (loss, duplicates, reordering, end-to-end latency), when the run
+    /// had a built-in sink or subscriber.
+    pub delivery: Option<DeliverySummary>,
 }
 
 impl std::fmt::Display for Report {
@@ -431,6 +438,9 @@ impl std::fmt::Display for Report {
                 write!(f, "  ~{per} B/connection")?;
             }
             writeln!(f)?;
+        }
+        if let Some(d) = &self.delivery {
+            write!(f, "{d}")?;
         }
         Ok(())
     }
