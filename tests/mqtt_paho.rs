@@ -401,8 +401,8 @@ fn session_relays_the_brokers_reason_codes_and_assigned_client_id() {
     assert!(reason(&done) < 0x80, "{done}");
     dev.disconnect();
 
-    // An empty client id from a v5 device: the upstream CONNECT has an empty id too (template
-    // "{client_id}"), the broker assigns one and simgate relays it in the CONNACK.
+    // An empty client id from a v5 device: simgate assigns one, tells the device in the
+    // CONNACK, and the upstream CONNECT carries it (template "{client_id}").
     let dev = w.device("", Version::V5);
     let assigned = dev.connack["properties"]["AssignedClientIdentifier"]
         .as_str()
@@ -439,6 +439,111 @@ fn session_wrong_upstream_password_is_refused_with_the_brokers_code() {
             dev.connack
         );
     }
+}
+
+/// The Assigned Client Identifier of a v5 device's CONNACK (fails if there is none or it is
+/// empty).
+fn assigned_id(dev: &Paho) -> String {
+    let id = dev.connack["properties"]["AssignedClientIdentifier"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no Assigned Client Identifier: {}", dev.connack))
+        .to_string();
+    assert!(!id.is_empty(), "{}", dev.connack);
+    id
+}
+
+#[test]
+fn session_gives_anonymous_v5_devices_distinct_assigned_ids_used_in_templates() {
+    // client_id = "gw-{client_id}", topic = "devices/{client_id}/{topic}".
+    let w = World::start(Mode::Session);
+    let mut checker = w.checker("anon-checker", "devices/#");
+    let mut cloud = w.cloud("anon-cloud");
+    let mut devs: Vec<(Paho, String)> = Vec::new();
+    for persistent in [false, true] {
+        // v5 allows an empty id with Clean Start = 0 too: the server assigns one either way.
+        let mut opts = PahoOptions::new(w.port(), "", Version::V5);
+        opts.persistent = persistent;
+        let dev = w.device_with(opts);
+        let id = assigned_id(&dev);
+        // The upstream session is the assigned id through the client_id template.
+        w.broker
+            .wait_log(&format!("as gw-{id} "), common::paho::EVENT_WAIT);
+        devs.push((dev, id));
+    }
+    assert_ne!(devs[0].1, devs[1].1, "both devices were assigned one id");
+
+    // Both are still connected (the second did not take over the first's upstream session):
+    // each one's QoS 1 publish completes and arrives under its own id.
+    for (dev, id) in devs.iter_mut() {
+        let payload = format!("from-{id}");
+        let done = dev.publish("t", &payload, 1, false);
+        assert!(reason(&done) < 0x80, "{id}: {done}");
+        expect_message(&mut checker, &format!("devices/{id}/t"), &payload);
+    }
+    // Downlink: each gets what is addressed to its id, and nothing addressed to the other.
+    for (dev, _) in devs.iter_mut() {
+        assert_eq!(dev.subscribe("cmd/#", 1), vec![1]);
+    }
+    for (_, id) in &devs {
+        cloud.publish(
+            &format!("devices/{id}/cmd/x"),
+            &format!("to-{id}"),
+            1,
+            false,
+        );
+    }
+    // Markers after both messages: whatever was coming to a device came before its marker.
+    for (_, id) in &devs {
+        cloud.publish(&format!("devices/{id}/cmd/last"), "end", 1, false);
+    }
+    for (dev, id) in devs.iter_mut() {
+        expect_message(dev, "cmd/x", &format!("to-{id}"));
+        expect_message(dev, "cmd/last", "end");
+        let mine = format!("to-{id}");
+        let wrong: Vec<_> = dev
+            .seen()
+            .iter()
+            .filter(|e| {
+                e["event"] == "disconnected"
+                    || (e["event"] == "message"
+                        && e["payload"]
+                            .as_str()
+                            .is_some_and(|p| p.starts_with("to-") && p != mine))
+            })
+            .cloned()
+            .collect();
+        assert!(wrong.is_empty(), "{id}: {wrong:#?}");
+    }
+    assert!(
+        !w.broker.log().contains("as gw- "),
+        "an upstream session under the empty id:\n{}",
+        w.broker.log()
+    );
+    for (dev, _) in devs {
+        dev.disconnect();
+    }
+}
+
+#[test]
+fn session_v311_device_without_client_id_gets_an_assigned_one_in_its_topics() {
+    // (Without a clean session it is refused with return code 2, which paho will not send:
+    // tests/mqtt_session.rs checks that with raw packets.)
+    let w = World::start(Mode::Session);
+    let mut checker = w.checker("v3-anon-checker", "devices/#");
+    let mut dev = w.device("", Version::V311);
+    let done = dev.publish("t", "from-v3-anonymous", 1, false);
+    assert!(reason(&done) < 0x80, "{done}");
+    // 3.1.1 cannot tell the device its id; the topic shows the one simgate assigned.
+    let m = checker.wait_event(|e| e["event"] == "message" && e["payload"] == "from-v3-anonymous");
+    let topic = m["topic"].as_str().expect("topic");
+    let id = topic
+        .strip_prefix("devices/")
+        .and_then(|t| t.strip_suffix("/t"))
+        .unwrap_or_else(|| panic!("unexpected topic {topic}"));
+    assert!(id.starts_with("simgate-"), "{topic}");
+    w.broker
+        .wait_log(&format!("as gw-{id} "), common::paho::EVENT_WAIT);
+    dev.disconnect();
 }
 
 #[test]

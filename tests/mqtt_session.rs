@@ -311,6 +311,33 @@ fn malformed_and_oversized_frames_close_only_that_session() {
 }
 
 #[test]
+fn v311_device_without_client_id_needs_a_clean_session() {
+    let s = setup(BrokerOptions::default(), Dest::default());
+    // Clean Session = 0 and an empty id: return code 2 "identifier rejected" [MQTT-3.1.3-8],
+    // then closed.
+    let mut refused = TcpStream::connect(s.addr).expect("connect");
+    refused.set_read_timeout(Some(WAIT)).expect("timeout");
+    refused
+        .write_all(&connect_v311_flags(b"", 0))
+        .expect("CONNECT");
+    assert_eq!(
+        read_packet(&mut refused).expect("CONNACK"),
+        vec![0x20, 0x02, 0x00, 0x02]
+    );
+    assert!(read_packet(&mut refused).is_none(), "connection closed");
+    // Clean Session = 1: accepted, under an id simgate assigns (never the empty one).
+    let mut anonymous = TcpStream::connect(s.addr).expect("connect");
+    anonymous.set_read_timeout(Some(WAIT)).expect("timeout");
+    anonymous.write_all(&connect_v311(b"")).expect("CONNECT");
+    assert_eq!(
+        read_packet(&mut anonymous).expect("CONNACK"),
+        vec![0x20, 0x02, 0x00, 0x00]
+    );
+    let line = s.broker.wait_log("as gw-simgate-", WAIT);
+    assert!(!s.broker.log().contains("as gw- "), "{line}");
+}
+
+#[test]
 fn password_file_credentials_and_wrong_password_refusal() {
     let good = setup(
         password_broker(),
@@ -474,10 +501,14 @@ fn connect_v5_with_will(client_id: &[u8], will_topic: &[u8], will_payload: &[u8]
 }
 
 fn connect_v311(client_id: &[u8]) -> Vec<u8> {
+    connect_v311_flags(client_id, 0b0000_0010) // clean session
+}
+
+fn connect_v311_flags(client_id: &[u8], flags: u8) -> Vec<u8> {
     let mut body = Vec::new();
     string(&mut body, b"MQTT");
     body.push(4);
-    body.push(0b0000_0010);
+    body.push(flags);
     body.extend_from_slice(&60u16.to_be_bytes());
     string(&mut body, client_id);
     frame(0x10, &body)

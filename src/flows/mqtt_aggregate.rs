@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::mqtt_bridge::{send_connack, DeviceSession};
+use super::mqtt_bridge::{generated_client_id, send_connack, DeviceSession};
 use super::select::{select2, Either};
 use crate::policy::{Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
@@ -477,16 +477,6 @@ fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
         payload: will.payload,
     };
     link.with_core(|c| c.publish(publish, None));
-}
-
-/// `gw-{shard}-{peer}` with the peer address made topic-safe.
-fn generated_client_id(shard: usize, peer: std::net::SocketAddr) -> String {
-    let peer: String = peer
-        .to_string()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    format!("simgate-{shard}-{peer}")
 }
 
 impl Device {

@@ -7,12 +7,16 @@
 //! carrying the reason code where the device's version is known (3.1.1 return codes are the
 //! subset 0x01..0x05). A device without a route gets "not authorized" (v5 0x87, v3.1.1 0x05).
 //!
+//! Both modes give a device that sent an empty client id one of simgate's ([`assign_client_id`]),
+//! so its templates and topics never carry an empty identity.
+//!
 //! What this module does not do: anything after CONNECT; the mode modules own the session.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
@@ -194,5 +198,122 @@ pub fn v311_return_code(code: ReasonCode) -> ReasonCode {
         0x88 | 0x89 | 0x8B => ReasonCode(0x03), // server unavailable
         0x86 => ReasonCode(0x04), // bad user name or password
         _ => ReasonCode(0x05),    // not authorized
+    }
+}
+
+/// The client id simgate assigns to a device whose CONNECT carried an empty one, or why the
+/// CONNECT is refused.
+///
+/// - A non-empty id is the device's own: `Ok(None)`.
+/// - Empty, from a 3.1.1 device asking for a persistent session (Clean Session = 0): refused
+///   with 0x85 "Client Identifier not valid" (3.1.1 return code 0x02) [MQTT-3.1.3-8].
+/// - Empty otherwise: `Ok(Some(id))` with a fresh [`generated_client_id`]. It is what the
+///   destination's templates are filled with, and a v5 device is told it in the CONNACK's
+///   Assigned Client Identifier [MQTT-3.2.2-16].
+pub fn assign_client_id(
+    connect: &Connect,
+    shard: usize,
+    peer: SocketAddr,
+) -> Result<Option<Bytes>, ReasonCode> {
+    if !connect.client_id.is_empty() {
+        return Ok(None);
+    }
+    if connect.protocol_version == ProtocolVersion::V311 && !connect.clean_start {
+        return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+    }
+    Ok(Some(Bytes::from(generated_client_id(shard, peer))))
+}
+
+thread_local! {
+    /// This thread's stamp (µs since the Unix epoch when it assigned its first id) and the
+    /// number of ids it has assigned. Shards are threads, so this needs no atomics.
+    static ASSIGNED: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+}
+
+/// A client id for a device that sent none: `simgate-{shard}-{peer}-{stamp}-{n}`, made only of
+/// ASCII letters, digits and `-` (safe inside topics and broker client ids).
+///
+/// Unique enough not to collide with another assigned id, which matters in session mode where
+/// the broker may keep a session under it: `{shard}` separates the shards of one process,
+/// `{n}` (a per-shard count) the devices of one shard, even one reconnecting from the same
+/// address and port, and `{stamp}` (when the shard assigned its first id, in µs, hex)
+/// separates one run of simgate from the next. `{peer}` is the device's address and port with
+/// other characters replaced by `-`, so an operator can tell whose session it is.
+pub fn generated_client_id(shard: usize, peer: SocketAddr) -> String {
+    let (stamp, n) = ASSIGNED.with(|cell| {
+        let (stamp, n) = cell.get().unwrap_or_else(|| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            (now, 0)
+        });
+        cell.set(Some((stamp, n.wrapping_add(1))));
+        (stamp, n)
+    });
+    let peer: String = peer
+        .to_string()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("simgate-{shard}-{peer}-{stamp:x}-{n}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(version: ProtocolVersion, client_id: &'static [u8], clean_start: bool) -> Connect {
+        Connect {
+            protocol_version: version,
+            clean_start,
+            keep_alive: 30,
+            properties: Properties::default(),
+            client_id: Bytes::from_static(client_id),
+            will: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    #[test]
+    fn a_devices_own_client_id_is_kept() {
+        let peer: SocketAddr = "10.0.0.17:40000".parse().expect("addr");
+        let c = connect(ProtocolVersion::V311, b"dev1", false);
+        assert_eq!(assign_client_id(&c, 0, peer), Ok(None));
+    }
+
+    #[test]
+    fn an_empty_client_id_gets_a_unique_topic_safe_one_unless_311_wants_a_session() {
+        let peer: SocketAddr = "[::1]:40000".parse().expect("addr");
+        let refused = connect(ProtocolVersion::V311, b"", false);
+        assert_eq!(
+            assign_client_id(&refused, 0, peer),
+            Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+        );
+        assert_eq!(
+            v311_return_code(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID).0,
+            0x02
+        );
+        let mut ids = Vec::new();
+        for (version, clean) in [
+            (ProtocolVersion::V311, true),
+            (ProtocolVersion::V5, true),
+            // v5 allows a persistent session under an assigned id.
+            (ProtocolVersion::V5, false),
+        ] {
+            let id = assign_client_id(&connect(version, b"", clean), 3, peer)
+                .expect("accepted")
+                .expect("assigned");
+            assert!(id.starts_with(b"simgate-3----1--40000-"), "{id:?}");
+            assert!(
+                id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-'),
+                "{id:?}"
+            );
+            ids.push(id);
+        }
+        // Same shard, same address and port: still distinct.
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 3);
     }
 }

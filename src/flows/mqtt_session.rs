@@ -11,13 +11,16 @@
 //!    user name from the destination's templates, password from the destination (or the
 //!    device's own user name/password with `pass_through_credentials`), the device's keep-alive,
 //!    clean start and will (topic rewritten through the `topic` template); v5 properties passed
-//!    through when both hops speak v5. Version per [`MqttUpstreamVersion`].
+//!    through when both hops speak v5. Version per [`MqttUpstreamVersion`]. A device that sent
+//!    an empty client id gets one of simgate's ([`assign_client_id`]) and the templates are
+//!    filled with it (3.1.1 with Clean Session = 0: CONNACK 0x02 instead, [MQTT-3.1.3-8]).
 //! 2. Take a TLS connection from the shard's pool (a warm one when there is one: the device
 //!    then connects in one upstream round trip), send CONNECT, wait for CONNACK within the
 //!    destination's `pool.connect_timeout`. A pooled connection found dead before any reply is
 //!    replaced once by a fresh one (a CONNECT that got no answer is safe to repeat).
 //! 3. Relay the CONNACK ([`device_connack`]: reason code mapped across versions; v5 properties
-//!    such as Assigned Client Identifier and Server Keep Alive passed through). Upstream
+//!    such as Server Keep Alive passed through; Assigned Client Identifier is simgate's id for
+//!    a device that sent none, never the broker's). Upstream
 //!    unreachable, TLS failure, timeout or a bad reply: CONNACK 0x88 (3.1.1: 0x03) and close.
 //! 4. Pump both directions with [`select2`]. Packets are decoded, translated by [`Bridge`] and
 //!    re-encoded; packet identifiers pass through unchanged (one session, one id space), so
@@ -52,6 +55,7 @@
 //! other direction (TCP back-pressure).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -59,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::mqtt_bridge::{send_connack, v311_return_code, DeviceSession};
+use super::mqtt_bridge::{assign_client_id, send_connack, v311_return_code, DeviceSession};
 use super::select::{select2, Either};
 use crate::policy::{
     DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
@@ -279,6 +283,23 @@ pub fn upstream_version(setting: MqttUpstreamVersion, device: ProtocolVersion) -
     }
 }
 
+/// The template variables of a device session (`topic` empty): `{client_id}` is the id
+/// simgate `assigned` the device when it sent none, otherwise the device's own.
+pub fn session_vars<'a>(
+    device: &'a Connect,
+    assigned: Option<&'a Bytes>,
+    ip: IpAddr,
+    shard: usize,
+) -> TemplateVars<'a> {
+    TemplateVars {
+        client_id: assigned.unwrap_or(&device.client_id),
+        topic: b"",
+        ip,
+        shard,
+        conn: 0,
+    }
+}
+
 /// The CONNECT simgate sends upstream for a device's CONNECT.
 ///
 /// `vars` describe the device (`vars.topic` is ignored); `max_packet_size` is the largest packet
@@ -363,15 +384,20 @@ pub fn v5_connack_code(code: ReasonCode) -> ReasonCode {
 /// `upstream_version`).
 ///
 /// The reason code is mapped across versions. To a v5 device the broker's properties pass
-/// through (Assigned Client Identifier, Server Keep Alive, Session Expiry, ...), with simgate's
-/// own limits in place of the broker's where simgate stands between: Topic Alias Maximum
-/// ([`DEVICE_TOPIC_ALIAS_MAXIMUM`]), and Maximum Packet Size / Receive Maximum lowered to the
-/// listener's.
+/// through (Server Keep Alive, Session Expiry, ...), with simgate's own limits in place of the
+/// broker's where simgate stands between: Topic Alias Maximum ([`DEVICE_TOPIC_ALIAS_MAXIMUM`]),
+/// and Maximum Packet Size / Receive Maximum lowered to the listener's.
+///
+/// Assigned Client Identifier is `assigned`, the id simgate gave a device that sent none
+/// ([`assign_client_id`]), never the broker's: the device must learn the id its topics are
+/// rewritten with. (simgate never sends the broker an empty id, so a broker has nothing to
+/// assign; one that does anyway names only the upstream session.)
 pub fn device_connack(
     upstream: ConnAck,
     upstream_version: ProtocolVersion,
     device_version: ProtocolVersion,
     limits: &MqttListenerLimits,
+    assigned: Option<Bytes>,
 ) -> ConnAck {
     let v5_code = match upstream_version {
         ProtocolVersion::V5 => upstream.reason_code,
@@ -386,6 +412,7 @@ pub fn device_connack(
         },
         ProtocolVersion::V5 => {
             let mut p = upstream.properties;
+            p.assigned_client_identifier = assigned.filter(|_| accepted);
             if accepted {
                 p.topic_alias_maximum = Some(DEVICE_TOPIC_ALIAS_MAXIMUM);
                 let ours = NonZeroU32::new(limits.max_packet_size);
@@ -753,13 +780,14 @@ pub async fn serve(session: DeviceSession) {
     };
     let limits = plan.listener(listener).mqtt.clone();
     let up_version = upstream_version(mqtt.version, device_version);
-    let vars = TemplateVars {
-        client_id: &connect.client_id,
-        topic: b"",
-        ip: peer.ip(),
-        shard: state.id.0,
-        conn: 0,
+    let assigned = match assign_client_id(&connect, state.id.0, peer) {
+        Ok(assigned) => assigned,
+        Err(code) => {
+            send_connack(&mut stream, device_version, code).await;
+            return;
+        }
     };
+    let vars = session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0);
     let topics = TopicMap::new(&mqtt.topic, &vars);
     let mut connect_bytes = BytesMut::new();
     let built = build_upstream_connect(
@@ -817,7 +845,13 @@ pub async fn serve(session: DeviceSession) {
         }
     };
     let server_keep_alive = upstream_connack.properties.server_keep_alive;
-    let connack = device_connack(upstream_connack, up_version, device_version, &limits);
+    let connack = device_connack(
+        upstream_connack,
+        up_version,
+        device_version,
+        &limits,
+        assigned,
+    );
     let accepted = connack.reason_code == ReasonCode::SUCCESS;
     let mut out = BytesMut::new();
     if mqtt::encode(&Packet::ConnAck(connack), device_version, &mut out).is_err() {
@@ -1328,6 +1362,7 @@ mod tests {
             ProtocolVersion::V5,
             ProtocolVersion::V311,
             &limits(),
+            None,
         );
         assert_eq!(to_v311.reason_code, ReasonCode(0x04));
         let refused_v311 = ConnAck {
@@ -1340,9 +1375,78 @@ mod tests {
             ProtocolVersion::V311,
             ProtocolVersion::V5,
             &limits(),
+            Some(Bytes::from_static(b"not-on-refusal")),
         );
         assert_eq!(to_v5.reason_code, ReasonCode::NOT_AUTHORIZED);
         assert_eq!(to_v5.properties.topic_alias_maximum, None);
+        assert_eq!(to_v5.properties.assigned_client_identifier, None);
+    }
+
+    #[test]
+    fn a_device_without_client_id_gets_an_assigned_one_in_templates_and_connack() {
+        let mqtt = destination("devices/{client_id}/{topic}");
+        let peer: std::net::SocketAddr = "10.0.0.17:40000".parse().expect("addr");
+        let mut device = device_connect(ProtocolVersion::V5);
+        device.client_id = Bytes::new();
+        let mut upstream_ids = Vec::new();
+        for _ in 0..2 {
+            let assigned = assign_client_id(&device, 1, peer)
+                .expect("accepted")
+                .expect("an id is assigned");
+            assert!(!assigned.is_empty());
+            let v = session_vars(&device, Some(&assigned), peer.ip(), 1);
+            assert_eq!(v.client_id, &assigned[..]);
+            let topics = TopicMap::new(&mqtt.topic, &v);
+            let c = build_upstream_connect(&device, &mqtt, &v, ProtocolVersion::V5, &topics, 1000)
+                .expect("builds");
+            let id = std::str::from_utf8(&assigned).expect("ascii");
+            assert_eq!(&c.client_id[..], format!("gw-{id}").as_bytes());
+            assert_eq!(
+                &topics.uplink_topic(&Bytes::from_static(b"t"))[..],
+                format!("devices/{id}/t").as_bytes()
+            );
+            let will = c.will.expect("will kept");
+            assert_eq!(&will.topic[..], format!("devices/{id}/status").as_bytes());
+            // The device is told the id its topics use, not one the broker might name.
+            let accepted = ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::SUCCESS,
+                properties: Properties {
+                    assigned_client_identifier: Some(Bytes::from_static(b"broker-1")),
+                    ..Properties::default()
+                },
+            };
+            let connack = device_connack(
+                accepted,
+                ProtocolVersion::V5,
+                ProtocolVersion::V5,
+                &limits(),
+                Some(assigned.clone()),
+            );
+            assert_eq!(
+                connack.properties.assigned_client_identifier,
+                Some(assigned)
+            );
+            upstream_ids.push(c.client_id);
+        }
+        assert_ne!(
+            upstream_ids[0], upstream_ids[1],
+            "two anonymous devices, one id"
+        );
+
+        // A device with an id keeps it and is told no other.
+        let named = device_connect(ProtocolVersion::V5);
+        assert_eq!(assign_client_id(&named, 1, peer), Ok(None));
+        assert_eq!(session_vars(&named, None, peer.ip(), 1).client_id, b"dev1");
+
+        // 3.1.1 asking for a persistent session without an id: identifier rejected.
+        let mut v311 = device_connect(ProtocolVersion::V311);
+        v311.client_id = Bytes::new();
+        v311.clean_start = false;
+        assert_eq!(
+            assign_client_id(&v311, 1, peer),
+            Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+        );
     }
 
     #[test]
@@ -1364,12 +1468,11 @@ mod tests {
             ProtocolVersion::V5,
             ProtocolVersion::V5,
             &limits(),
+            None,
         );
         assert!(c.session_present);
-        assert_eq!(
-            c.properties.assigned_client_identifier.as_deref(),
-            Some(&b"auto-1"[..])
-        );
+        // The device sent its own id: a broker-assigned one would contradict its templates.
+        assert_eq!(c.properties.assigned_client_identifier, None);
         assert_eq!(c.properties.server_keep_alive, Some(20));
         assert_eq!(
             c.properties.topic_alias_maximum,

@@ -53,6 +53,9 @@ pub struct PahoOptions {
     pub version: Version,
     /// (topic, payload, qos).
     pub will: Option<(String, String, u8)>,
+    /// Ask for a persistent session (3.1.1 Clean Session = 0, 5 Clean Start = 0). paho refuses
+    /// it for 3.1.1 with an empty client id.
+    pub persistent: bool,
 }
 
 impl PahoOptions {
@@ -62,6 +65,7 @@ impl PahoOptions {
             client_id: client_id.to_string(),
             version,
             will: None,
+            persistent: false,
         }
     }
 }
@@ -90,6 +94,9 @@ impl Paho {
             .args(["--port", &opts.port.to_string()])
             .args(["--id", &opts.client_id])
             .args(["--version", opts.version.arg()]);
+        if opts.persistent {
+            cmd.arg("--persistent");
+        }
         if let Some((topic, payload, qos)) = &opts.will {
             cmd.args(["--will-topic", topic, "--will-payload", payload])
                 .args(["--will-qos", &qos.to_string()]);

@@ -5,6 +5,10 @@ The Rust tests (tests/mqtt_paho.rs through tests/common/paho.rs) start one proce
 
     python3 tests/paho/device.py --port PORT --id CLIENT_ID --version 3.1.1|5 [options]
 
+`--persistent` asks for a session kept across connections (3.1.1: Clean Session = 0; 5: Clean
+Start = 0). paho refuses it with an empty `--id` under 3.1.1 (a ValueError, reported on
+stderr), so that case is tested with raw packets (tests/mqtt_session.rs).
+
 It connects once (no automatic reconnect) and then reports everything that happens as one JSON
 object per line on stdout ("connack", "suback", "published", "message", "disconnected",
 "error"). It takes commands as JSON lines on stdin:
@@ -104,6 +108,7 @@ def main():
     ap.add_argument("--will-payload", default="")
     ap.add_argument("--will-qos", type=int, default=0)
     ap.add_argument("--will-retain", action="store_true")
+    ap.add_argument("--persistent", action="store_true", help="Clean Session/Start = 0")
     args = ap.parse_args()
 
     v5 = args.version == "5"
@@ -111,7 +116,7 @@ def main():
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=args.id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-        clean_session=None if v5 else True,
+        clean_session=None if v5 else not args.persistent,
         reconnect_on_failure=False,
     )
     done = threading.Event()
@@ -186,7 +191,11 @@ def main():
     try:
         if v5:
             client.connect(
-                args.host, args.port, args.keepalive, bind_address=args.bind, clean_start=True
+                args.host,
+                args.port,
+                args.keepalive,
+                bind_address=args.bind,
+                clean_start=not args.persistent,
             )
         else:
             client.connect(args.host, args.port, args.keepalive, bind_address=args.bind)
