@@ -1,0 +1,56 @@
+//! Criterion benches for per-message work outside the codecs: rendering an aggregate-mode topic
+//! template (`devices/{client_id}/{topic}`) and recording a request's latencies into the shard's
+//! HDR histograms. Both run once per relayed message. Run with `cargo bench --bench
+//! policy_metrics` on a quiet machine; instruction counts of the same loops are in
+//! benches/instructions.rs (scripts/callgrind.sh).
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use simgate::policy::template::Placeholder;
+use simgate::policy::{Template, TemplateVars};
+use simgate::shard::ShardMetrics;
+
+fn topic_template(c: &mut Criterion) {
+    let template = Template::parse(
+        "devices/{client_id}/{topic}",
+        &[Placeholder::ClientId, Placeholder::Topic],
+    )
+    .expect("fixed template parses");
+    let vars = TemplateVars {
+        client_id: b"440103123456789",
+        topic: b"sensor/telemetry",
+        ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17)),
+        shard: 0,
+        conn: 0,
+    };
+    let mut out = Vec::with_capacity(128);
+    let mut group = c.benchmark_group("topic_template");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("render_client_id_topic", |b| {
+        b.iter(|| {
+            out.clear();
+            template.render_into(black_box(&vars), &mut out);
+            black_box(out.len())
+        })
+    });
+    group.finish();
+}
+
+fn histogram_record(c: &mut Criterion) {
+    let mut metrics = ShardMetrics::default();
+    let mut value = 0u64;
+    let mut group = c.benchmark_group("latency_histograms");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("record_total_and_added", |b| {
+        b.iter(|| {
+            value = (value * 7 + 13) % 50_000;
+            metrics.record_latency(black_box(value + 100), black_box(value / 10 + 1));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, topic_template, histogram_record);
+criterion_main!(benches);
