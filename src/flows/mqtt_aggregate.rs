@@ -161,11 +161,13 @@ impl AggregateShard {
         let mut tasks = Vec::with_capacity(count);
         for conn in 0..count {
             let settings = LinkSettings::for_destination(dest, state.id.0, conn)?;
-            let link = Link::new(LinkCore::new(
+            let mut core = LinkCore::new(
                 settings.version,
                 settings.max_inflight,
                 self.counters.clone(),
-            ));
+            );
+            core.set_name(&settings.client_id);
+            let link = Link::new(core);
             tasks.push(run_link(
                 state.clone(),
                 link.clone(),
@@ -290,7 +292,16 @@ pub async fn serve(mut session: DeviceSession) {
         return;
     };
     let mailbox = Rc::new(SessionMailbox::default());
-    let key = link.with_core(|c| c.register(mailbox.clone()));
+    let key = link.with_core(|c| {
+        let key = c.register(mailbox.clone());
+        tracing::debug!(
+            client_id = %String::from_utf8_lossy(&client_id),
+            link = c.name(),
+            session = key.0,
+            "aggregate session registered"
+        );
+        key
+    });
     {
         let open = &state.mqtt_aggregate.sessions_open;
         open.set(open.get() + 1);
