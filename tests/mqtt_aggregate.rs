@@ -6,21 +6,16 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::num::NonZeroU16;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
+use common::mqtt_client::Client;
 use common::Simgate;
-use simgate::proto::mqtt::{
-    self, Connect, DecodeLimits, Decoded, Packet, Properties, ProtocolVersion, PubResponse,
-    Publish, QoS, Subscribe, Subscription, SubscriptionOptions,
-};
+use simgate::proto::mqtt::{Packet, ProtocolVersion, PubResponse, QoS};
 use simgate::testkit::TestPki;
 
 /// simgate with one MQTT listener bridging in aggregate mode to `broker`.
@@ -72,148 +67,6 @@ fn world() -> (tempfile::TempDir, TestPki) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(dir.path()).expect("pki");
     (dir, pki)
-}
-
-/// A minimal MQTT client over a blocking socket, using simgate's own codec.
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-    version: ProtocolVersion,
-}
-
-/// Why the test client failed (read through `Debug` in panic messages).
-#[derive(Debug)]
-#[allow(dead_code)]
-enum ClientError {
-    Closed,
-    Io(std::io::ErrorKind),
-    Refused(mqtt::ReasonCode),
-    Protocol(String),
-}
-
-impl Client {
-    fn connect(
-        addr: SocketAddr,
-        client_id: &str,
-        version: ProtocolVersion,
-        clean: bool,
-    ) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(addr).map_err(|e| ClientError::Io(e.kind()))?;
-        let _ = stream.set_nodelay(true);
-        let mut client = Client {
-            stream,
-            buf: BytesMut::new(),
-            version,
-        };
-        client.send(&Packet::Connect(Box::new(Connect {
-            protocol_version: version,
-            clean_start: clean,
-            keep_alive: 60,
-            properties: Properties::default(),
-            client_id: Bytes::from(client_id.to_string()),
-            will: None,
-            username: None,
-            password: None,
-        })))?;
-        match client.next(Duration::from_secs(10))? {
-            Some(Packet::ConnAck(ack)) if ack.reason_code == mqtt::ReasonCode::SUCCESS => {
-                Ok(client)
-            }
-            Some(Packet::ConnAck(ack)) => Err(ClientError::Refused(ack.reason_code)),
-            other => Err(ClientError::Protocol(format!(
-                "expected CONNACK, got {other:?}"
-            ))),
-        }
-    }
-
-    fn send(&mut self, packet: &Packet) -> Result<(), ClientError> {
-        let mut out = BytesMut::new();
-        mqtt::encode(packet, self.version, &mut out)
-            .map_err(|e| ClientError::Protocol(format!("{e:?}")))?;
-        self.stream
-            .write_all(&out)
-            .map_err(|e| ClientError::Io(e.kind()))
-    }
-
-    /// The next packet, or `None` if none arrived within `timeout`.
-    fn next(&mut self, timeout: Duration) -> Result<Option<Packet>, ClientError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let limits = DecodeLimits::default();
-            match mqtt::decode_packet(&mut self.buf, self.version, &limits) {
-                Ok(Decoded::Complete(p)) => return Ok(Some(p)),
-                Ok(Decoded::Incomplete { .. }) => {}
-                Err(e) => return Err(ClientError::Protocol(format!("{e:?}"))),
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let _ = self.stream.set_read_timeout(Some(left));
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(ClientError::Closed),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None)
-                }
-                Err(e) => return Err(ClientError::Io(e.kind())),
-            }
-        }
-    }
-
-    fn publish(
-        &mut self,
-        topic: &str,
-        payload: &str,
-        qos: QoS,
-        id: u16,
-    ) -> Result<(), ClientError> {
-        self.send(&Packet::Publish(Publish {
-            dup: false,
-            qos,
-            retain: false,
-            topic: Bytes::from(topic.to_string()),
-            packet_id: if qos == QoS::AtMostOnce {
-                None
-            } else {
-                NonZeroU16::new(id)
-            },
-            properties: Properties::default(),
-            payload: Bytes::from(payload.to_string()),
-        }))
-    }
-
-    fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), ClientError> {
-        self.send(&Packet::Subscribe(Subscribe {
-            packet_id: NonZeroU16::MIN,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: Bytes::from(filter.to_string()),
-                options: SubscriptionOptions::with_qos(qos),
-            }],
-        }))?;
-        loop {
-            match self.next(Duration::from_secs(10))? {
-                Some(Packet::SubAck(ack)) if ack.reason_codes.iter().all(|c| c.0 < 0x80) => {
-                    return Ok(())
-                }
-                Some(Packet::SubAck(ack)) => {
-                    return Err(ClientError::Protocol(format!(
-                        "SUBACK {:?}",
-                        ack.reason_codes
-                    )))
-                }
-                Some(_) => {}
-                None => return Err(ClientError::Protocol("no SUBACK".into())),
-            }
-        }
-    }
 }
 
 #[test]

@@ -413,3 +413,4 @@ pub fn curl(args: &[&str]) -> (bool, String) {
 }
 
 pub mod mosquitto;
+pub mod mqtt_client;

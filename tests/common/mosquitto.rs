@@ -209,6 +209,17 @@ impl Broker {
         assert!(ok, "kill -STOP {pid} failed");
     }
 
+    /// SIGCONT a broker stopped with [`Broker::freeze`].
+    pub fn thaw(&self) {
+        let pid = self.child.as_ref().expect("broker running").id();
+        let ok = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -CONT {pid} failed");
+    }
+
     /// Bytes clients wrote to the TLS listener's connections that the broker has not read yet
     /// (the receive queues of its established sockets on `tls_port`, from /proc/net/tcp).
     pub fn unread_tls_bytes(&self) -> u64 {
