@@ -22,8 +22,14 @@
 //! `{topic}` and delivered **at QoS 0** (the SUBACK grants QoS 0 accordingly; upstream
 //! subscriptions are QoS 1 and acknowledged by the link on receipt).
 //!
-//! Will: on an abnormal end (no DISCONNECT, keep-alive expiry, protocol error, or 5.0 DISCONNECT
-//! 0x04) the device's Will is published upstream with its topic rewritten (QoS 2 as QoS 1; Will
+//! Drain (SIGTERM): the device is no longer read; acknowledgements for what is already upstream
+//! are relayed until none is outstanding (or the drain window is nearly over); then a 5.0
+//! device gets DISCONNECT 0x8B and a 3.1.1 device is closed. That is a server-side close without
+//! the device's DISCONNECT, so its Will is published (below); the shard keeps serving the links
+//! until they have delivered what they carry or the window ends.
+//!
+//! Will: on an abnormal end (no DISCONNECT, keep-alive expiry, protocol error, drain, or 5.0
+//! DISCONNECT 0x04) the device's Will is published upstream with its topic rewritten (QoS 2 as QoS 1; Will
 //! Delay Interval is not honoured: it goes out at once).
 //!
 //! Reloads: [`AggregateShard`] notices a new plan on the next session and keeps the links of
@@ -46,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::mqtt_bridge::{generated_client_id, send_connack, DeviceSession};
+use super::mqtt_bridge::{drain_ack_deadline, generated_client_id, send_connack, DeviceSession};
 use super::select::{select2, Either};
 use crate::policy::{Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
@@ -119,6 +125,19 @@ impl AggregateShard {
         &self.counters
     }
 
+    /// True while a live link of this shard still has PUBLISHes unacknowledged or waiting (the
+    /// shard's drain waits for them, within its window).
+    pub fn links_busy(&self) -> bool {
+        self.inner.borrow().sets.values().any(|(_, set)| {
+            set.links.iter().any(|l| {
+                !l.has_ended() && {
+                    let core = l.core.borrow();
+                    core.inflight_len() > 0 || core.waiting_len() > 0
+                }
+            })
+        })
+    }
+
     /// Device sessions currently served in aggregate mode on this shard.
     pub fn sessions_open(&self) -> u64 {
         self.sessions_open.get()
@@ -161,11 +180,13 @@ impl AggregateShard {
         let mut tasks = Vec::with_capacity(count);
         for conn in 0..count {
             let settings = LinkSettings::for_destination(dest, state.id.0, conn)?;
-            let link = Link::new(LinkCore::new(
+            let mut core = LinkCore::new(
                 settings.version,
                 settings.max_inflight,
                 self.counters.clone(),
-            ));
+            );
+            core.set_name(&settings.client_id);
+            let link = Link::new(core);
             tasks.push(run_link(
                 state.clone(),
                 link.clone(),
@@ -290,7 +311,16 @@ pub async fn serve(mut session: DeviceSession) {
         return;
     };
     let mailbox = Rc::new(SessionMailbox::default());
-    let key = link.with_core(|c| c.register(mailbox.clone()));
+    let key = link.with_core(|c| {
+        let key = c.register(mailbox.clone());
+        tracing::debug!(
+            client_id = %String::from_utf8_lossy(&client_id),
+            link = c.name(),
+            session = key.0,
+            "aggregate session registered"
+        );
+        key
+    });
     {
         let open = &state.mqtt_aggregate.sessions_open;
         open.set(open.get() + 1);
@@ -395,7 +425,10 @@ async fn run_session(
                 return end;
             }
         }
-        while !device.paused() {
+        // Draining: no new device packets (what the device sent and we did not take in, it
+        // sends again elsewhere; it was not acknowledged).
+        let draining = state.draining();
+        while !draining && !device.paused() {
             match mqtt::decode_packet(buf, device.version, &device.decode_limits) {
                 Ok(Decoded::Complete(packet)) => {
                     if let Some(end) = device.on_packet(packet, link, key, state) {
@@ -413,14 +446,21 @@ async fn run_session(
         if !flush(state, stream, &mut device.out).await {
             return End::Abnormal(None);
         }
-        if state.draining() && device.outstanding.is_empty() {
-            return End::Abnormal(Some(ReasonCode::SERVER_SHUTTING_DOWN));
+        if draining {
+            // Relay the broker's acknowledgements of what is already upstream, then say goodbye
+            // (the rest stays unacknowledged if the drain window closes first).
+            let until = drain_ack_deadline(state);
+            if device.outstanding.is_empty() || Instant::now() >= until {
+                return End::Abnormal(Some(ReasonCode::SERVER_SHUTTING_DOWN));
+            }
+            let _ = select2(mailbox.signal.wait(), reactor::sleep_until(until)).await;
+            continue;
         }
         let paused = device.paused();
         if paused {
             was_paused = true;
             // Not reading: the device is waiting for our acknowledgements.
-            mailbox.signal.wait().await;
+            let _ = select2(mailbox.signal.wait(), state.drain.wait()).await;
             continue;
         }
         if was_paused {
@@ -428,17 +468,19 @@ async fn run_session(
             deadline = Instant::now() + keep_alive.unwrap_or(far);
         }
         match select2(
-            stream.recv_append(buf),
+            select2(stream.recv_append(buf), state.drain.wait()),
             select2(mailbox.signal.wait(), reactor::sleep_until(deadline)),
         )
         .await
         {
-            Either::Left(Ok(n)) if n > 0 => {
+            Either::Left(Either::Left(Ok(n))) if n > 0 => {
                 state.metrics.borrow_mut().device_bytes_in += n as u64;
                 deadline = Instant::now() + keep_alive.unwrap_or(far);
             }
             // EOF or socket error without DISCONNECT: abnormal.
-            Either::Left(_) => return End::Abnormal(None),
+            Either::Left(Either::Left(_)) => return End::Abnormal(None),
+            // The shard started draining: handled at the top of the loop.
+            Either::Left(Either::Right(())) => {}
             Either::Right(Either::Left(())) => {}
             Either::Right(Either::Right(())) => {
                 return End::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT))

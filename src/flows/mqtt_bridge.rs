@@ -10,13 +10,19 @@
 //! Both modes give a device that sent an empty client id one of simgate's ([`assign_client_id`]),
 //! so its templates and topics never carry an empty identity.
 //!
+//! Both modes end a session the same way when the shard drains (SIGTERM): stop reading the
+//! device, wait until the broker has acknowledged the device's QoS 1/2 PUBLISHes already
+//! forwarded (relaying those acknowledgements) or until [`drain_ack_deadline`], then send a v5
+//! device DISCONNECT 0x8B "Server shutting down" (a 3.1.1 device has no server DISCONNECT: its
+//! connection is just closed). Nothing unacknowledged is acknowledged.
+//!
 //! What this module does not do: anything after CONNECT; the mode modules own the session.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
@@ -27,6 +33,21 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::ShardState;
+
+/// Time left at the end of the shard's drain window for the goodbyes (DISCONNECT to the device,
+/// DISCONNECT or close upstream) after a draining session stops waiting for acknowledgements.
+const DRAIN_GOODBYE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Until when a draining MQTT session waits for the broker's acknowledgements of what it already
+/// forwarded: shortly before the shard's drain deadline (at once if the drain has none).
+pub fn drain_ack_deadline(state: &ShardState) -> Instant {
+    let now = Instant::now();
+    state
+        .drain
+        .deadline()
+        .and_then(|d| d.checked_sub(DRAIN_GOODBYE_MARGIN))
+        .map_or(now, |d| d.max(now))
+}
 
 /// A device session whose CONNECT has been read and routed, handed to a bridging mode.
 pub struct DeviceSession {

@@ -46,15 +46,20 @@
 //!   device closed, upstream dropped without DISCONNECT;
 //! - upstream DISCONNECT, close or error: the device (v5) gets the broker's DISCONNECT, or
 //!   DISCONNECT 0x80 (0x88 "Server unavailable" is a CONNACK-only code), then is closed.
+//! - shard drain (SIGTERM): the device is no longer read; the broker's answers to the device's
+//!   QoS 1/2 PUBLISHes already forwarded are relayed until none is outstanding (or the drain
+//!   window is nearly over), then a v5 device gets DISCONNECT 0x8B (a 3.1.1 device is closed).
+//!   Upstream, a v5 broker gets DISCONNECT 0x04 "Disconnect with Will Message" and a 3.1.1
+//!   broker a TLS close without DISCONNECT: the device did not leave, so its will stands (it
+//!   is published, after its Will Delay Interval, unless the device reconnects first).
 //!
 //! What this module does NOT do: enhanced authentication (an AUTH exchange before CONNACK is
 //! refused with 0x83), enforcement of the listener's Receive Maximum (it is only advertised;
 //! the broker enforces its own), persistence of anything across an upstream reconnect (the
-//! device reconnects and its broker session resumes), graceful DISCONNECT 0x8B on shard drain
-//! (sessions are cut when the shard exits), or buffering: a side that stops reading stalls the
-//! other direction (TCP back-pressure).
+//! device reconnects and its broker session resumes), or buffering: a side that stops reading
+//! stalls the other direction (TCP back-pressure).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::rc::Rc;
@@ -63,7 +68,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::mqtt_bridge::{assign_client_id, send_connack, v311_return_code, DeviceSession};
+use super::mqtt_bridge::{
+    assign_client_id, drain_ack_deadline, send_connack, v311_return_code, DeviceSession,
+};
 use super::select::{select2, Either};
 use crate::policy::{
     DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
@@ -71,7 +78,7 @@ use crate::policy::{
 };
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
-    ProtocolVersion, PubResponse, Publish, ReasonCode, SubAck, Subscribe, Subscription,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, Subscription,
     SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
@@ -112,6 +119,10 @@ pub enum SessionEnd {
     /// The broker refused a 3.1.1 device's QoS 1/2 PUBLISH (v5 PUBACK/PUBREC ≥ 0x80), which
     /// 3.1.1 cannot express: the device is disconnected rather than acknowledged.
     UpstreamRejectedPublish(ReasonCode),
+    /// The shard drained (SIGTERM): a v5 device gets DISCONNECT 0x8B; upstream, a v5 broker
+    /// gets DISCONNECT 0x04 "Disconnect with Will Message" and a 3.1.1 broker a close without
+    /// DISCONNECT — the device did not leave, so its will stands (see docs/operations.md).
+    ServerShuttingDown,
 }
 
 impl SessionEnd {
@@ -124,6 +135,7 @@ impl SessionEnd {
             | SessionEnd::DeviceClosed
             | SessionEnd::UpstreamDisconnected(_) => None,
             SessionEnd::DeviceKeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            SessionEnd::ServerShuttingDown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             SessionEnd::DeviceProtocol(code) | SessionEnd::UpstreamRejectedPublish(code) => {
                 Some(code)
             }
@@ -143,9 +155,22 @@ impl SessionEnd {
         )
     }
 
+    /// The DISCONNECT reason sent upstream before a graceful close when the session ends for
+    /// the gateway's own reasons (drain), for an upstream speaking `version`; `None`: no
+    /// DISCONNECT (a 3.1.1 broker cannot be asked to keep the will, so it is closed without).
+    pub fn upstream_goodbye(self, version: ProtocolVersion) -> Option<ReasonCode> {
+        match (self, version) {
+            (SessionEnd::ServerShuttingDown, ProtocolVersion::V5) => {
+                Some(ReasonCode::DISCONNECT_WITH_WILL)
+            }
+            _ => None,
+        }
+    }
+
     /// The error counted for this ending, if it is one.
     pub fn error_kind(self) -> Option<ErrorKind> {
         match self {
+            SessionEnd::ServerShuttingDown => None,
             SessionEnd::DeviceDisconnected
             | SessionEnd::DeviceDisconnectedWithWill
             | SessionEnd::DeviceClosed
@@ -447,6 +472,9 @@ pub struct Bridge {
     /// Filter counts of device UNSUBSCRIBEs awaiting a 3.1.1 UNSUBACK, for a v5 device (whose
     /// UNSUBACK needs one reason code per filter).
     pending_unsubscribes: HashMap<u16, usize>,
+    /// Packet ids of device QoS 1/2 PUBLISHes forwarded and not yet answered by the broker
+    /// (PUBACK / PUBREC): what a draining session waits for.
+    uplink_unacked: HashSet<u16>,
 }
 
 impl Bridge {
@@ -458,7 +486,13 @@ impl Bridge {
             topics,
             device_aliases: HashMap::new(),
             pending_unsubscribes: HashMap::new(),
+            uplink_unacked: HashSet::new(),
         }
+    }
+
+    /// Device QoS 1/2 PUBLISHes forwarded to the broker and not yet acknowledged by it.
+    pub fn uplink_unacknowledged(&self) -> usize {
+        self.uplink_unacked.len()
     }
 
     fn props_up(&self, p: Properties) -> Properties {
@@ -487,6 +521,11 @@ impl Bridge {
                 let mut props = self.props_up(std::mem::take(&mut publish.properties));
                 props.response_topic = props.response_topic.map(|t| self.topics.uplink_topic(&t));
                 publish.properties = props;
+                if let (Some(id), QoS::AtLeastOnce | QoS::ExactlyOnce) =
+                    (publish.packet_id, publish.qos)
+                {
+                    self.uplink_unacked.insert(id.get());
+                }
                 Action::Forward(Packet::Publish(publish))
             }
             Packet::PubAck(r) => Action::Forward(Packet::PubAck(self.response_up(r))),
@@ -578,8 +617,14 @@ impl Bridge {
                 publish.properties = props;
                 Action::Forward(Packet::Publish(publish))
             }
-            Packet::PubAck(r) => self.response_down(r, Packet::PubAck),
-            Packet::PubRec(r) => self.response_down(r, Packet::PubRec),
+            Packet::PubAck(r) => {
+                self.uplink_unacked.remove(&r.packet_id.get());
+                self.response_down(r, Packet::PubAck)
+            }
+            Packet::PubRec(r) => {
+                self.uplink_unacked.remove(&r.packet_id.get());
+                self.response_down(r, Packet::PubRec)
+            }
             Packet::PubRel(r) => self.response_down(r, Packet::PubRel),
             Packet::PubComp(r) => self.response_down(r, Packet::PubComp),
             Packet::SubAck(s) => {
@@ -898,6 +943,20 @@ pub async fn serve(session: DeviceSession) {
     }
     if end.upstream_clean() {
         let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.close()).await;
+    } else if end == SessionEnd::ServerShuttingDown {
+        // The gateway leaves, not the device: the broker keeps the will (v5: it is told so with
+        // 0x04; 3.1.1: no DISCONNECT at all), and the TLS connection is closed properly.
+        if let Some(code) = end.upstream_goodbye(up_version) {
+            let mut bye = BytesMut::new();
+            let packet = Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: Properties::default(),
+            });
+            if mqtt::encode(&packet, up_version, &mut bye).is_ok() {
+                let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.write_all(&[&bye])).await;
+            }
+        }
+        let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.close()).await;
     }
     // Otherwise `upstream` drops here: the TCP connection closes without DISCONNECT (nor
     // close_notify), and the broker publishes the device's will.
@@ -1027,27 +1086,46 @@ impl Pump<'_> {
         let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
         let mut out = BytesMut::new();
         loop {
+            // Draining: the device is no longer read (what it sent and we did not forward was
+            // not acknowledged; it sends it again elsewhere).
+            let draining = self.state.draining();
             // Bytes already buffered first: pipelined after CONNECT, or after the CONNACK.
-            if let Some(end) = self.drain_device(&mut out).await {
-                return end;
+            if !draining {
+                if let Some(end) = self.drain_device(&mut out).await {
+                    return end;
+                }
             }
             if let Some(end) = self.drain_upstream(&mut out).await {
                 return end;
+            }
+            if draining {
+                // Relay the broker's answers to what is already upstream, then leave.
+                let until = drain_ack_deadline(self.state);
+                if self.bridge.uplink_unacknowledged() == 0 || Instant::now() >= until {
+                    return SessionEnd::ServerShuttingDown;
+                }
+                match select2(self.upstream.stream.fill(), reactor::sleep_until(until)).await {
+                    Either::Left(Ok(true)) | Either::Right(()) => continue,
+                    Either::Left(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
+                }
             }
             if self.device_buf.is_empty() {
                 // Release the buffer's memory between bursts: an idle session holds none.
                 self.device_buf = BytesMut::new();
             }
             let device_read = read_device(self.device, &mut self.device_buf, deadline);
-            match select2(device_read, self.upstream.stream.fill()).await {
-                Either::Left(DeviceRead::Bytes(n)) => {
+            let device_or_drain = select2(device_read, self.state.drain.wait());
+            match select2(device_or_drain, self.upstream.stream.fill()).await {
+                Either::Left(Either::Left(DeviceRead::Bytes(n))) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
                     deadline = self.keep_alive.map(|k| Instant::now() + k);
                 }
-                Either::Left(DeviceRead::Closed) => return SessionEnd::DeviceClosed,
-                Either::Left(DeviceRead::KeepAliveExpired) => {
+                Either::Left(Either::Left(DeviceRead::Closed)) => return SessionEnd::DeviceClosed,
+                Either::Left(Either::Left(DeviceRead::KeepAliveExpired)) => {
                     return SessionEnd::DeviceKeepAliveTimeout
                 }
+                // The shard started draining: handled at the top of the loop.
+                Either::Left(Either::Right(())) => {}
                 Either::Right(Ok(true)) => {}
                 Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
             }
@@ -1482,6 +1560,48 @@ mod tests {
         assert_eq!(
             c.properties.maximum_packet_size.map(|m| m.get()),
             Some(1000)
+        );
+    }
+
+    #[test]
+    fn uplink_publishes_count_as_unacknowledged_until_the_broker_answers() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        let with = |qos: QoS, n: u16| {
+            let mut p = publish(b"t", None);
+            p.qos = qos;
+            p.packet_id = (qos != QoS::AtMostOnce).then(|| id(n));
+            Packet::Publish(p)
+        };
+        b.uplink(with(QoS::AtLeastOnce, 1));
+        b.uplink(with(QoS::ExactlyOnce, 2));
+        b.uplink(with(QoS::AtMostOnce, 0));
+        assert_eq!(b.uplink_unacknowledged(), 2);
+        // A PUBACK the device sends (for a downlink message) is not the broker's answer.
+        b.uplink(Packet::PubAck(PubResponse::success(id(1))));
+        assert_eq!(b.uplink_unacknowledged(), 2);
+        b.downlink(Packet::PubAck(PubResponse::success(id(1))));
+        assert_eq!(b.uplink_unacknowledged(), 1);
+        b.downlink(Packet::PubRec(PubResponse::success(id(2))));
+        assert_eq!(b.uplink_unacknowledged(), 0);
+    }
+
+    #[test]
+    fn drain_tells_a_v5_device_0x8b_and_keeps_the_will_upstream() {
+        let end = SessionEnd::ServerShuttingDown;
+        assert_eq!(end.device_reason(), Some(ReasonCode::SERVER_SHUTTING_DOWN));
+        assert!(
+            !end.upstream_clean(),
+            "no normal DISCONNECT: it would delete the will"
+        );
+        assert_eq!(
+            end.upstream_goodbye(ProtocolVersion::V5),
+            Some(ReasonCode::DISCONNECT_WITH_WILL)
+        );
+        assert_eq!(end.upstream_goodbye(ProtocolVersion::V311), None);
+        assert_eq!(end.error_kind(), None);
+        assert_eq!(
+            SessionEnd::DeviceDisconnected.upstream_goodbye(ProtocolVersion::V5),
+            None
         );
     }
 

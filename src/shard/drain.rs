@@ -5,11 +5,17 @@
 //! Single-threaded (shard-local): `Cell`/`RefCell`, no atomics. Each waiter holds a slot in a
 //! slab for as long as its [`DrainSignal::wait`] future lives; dropping the future frees it, so
 //! the slab never holds more entries than there are waiting connections.
+//!
+//! The signal also carries the drain's deadline ([`DrainSignal::fire_until`]), so a connection
+//! that must finish something first (an MQTT session waiting for the broker's acknowledgements
+//! before it says goodbye) knows how long it has. It does not enforce the deadline: the shard
+//! stops waiting for connections then.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use slab::Slab;
 
@@ -17,6 +23,7 @@ use slab::Slab;
 #[derive(Default)]
 pub struct DrainSignal {
     fired: Cell<bool>,
+    deadline: Cell<Option<Instant>>,
     waiters: RefCell<Slab<Waker>>,
 }
 
@@ -28,6 +35,17 @@ impl DrainSignal {
         for w in wakers {
             w.wake();
         }
+    }
+
+    /// Start draining, to end by `deadline`: wake every waiter.
+    pub fn fire_until(&self, deadline: Instant) {
+        self.deadline.set(Some(deadline));
+        self.fire();
+    }
+
+    /// When the drain ends, if it was started with [`DrainSignal::fire_until`].
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.get()
     }
 
     /// True once fired.
@@ -106,5 +124,15 @@ mod tests {
         assert!(a.as_mut().poll(&mut cx).is_ready());
         assert!(Box::pin(signal.wait()).as_mut().poll(&mut cx).is_ready());
         assert_eq!(signal.waiters.borrow().len(), 0);
+    }
+
+    #[test]
+    fn fire_until_records_the_deadline() {
+        let signal = DrainSignal::default();
+        assert_eq!(signal.deadline(), None);
+        let at = Instant::now();
+        signal.fire_until(at);
+        assert!(signal.fired());
+        assert_eq!(signal.deadline(), Some(at));
     }
 }

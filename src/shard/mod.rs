@@ -487,11 +487,15 @@ fn shard_main(
         command_loop(&state, commands, notify).await;
         // Shutdown: stop accepting (dropping the tasks drops the listeners), stop warming,
         // let open connections finish their current request.
-        state.drain.fire();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        state.drain.fire_until(deadline);
         drop(accept_tasks);
         drop(maintenance);
-        let deadline = Instant::now() + DRAIN_TIMEOUT;
-        while state.metrics.borrow().connections_open > 0 && Instant::now() < deadline {
+        // MQTT aggregate links still carrying messages (e.g. the Wills of sessions closed by
+        // the drain) are waited for too.
+        while (state.metrics.borrow().connections_open > 0 || state.mqtt_aggregate.links_busy())
+            && Instant::now() < deadline
+        {
             reactor::sleep(Duration::from_millis(20)).await;
         }
     });

@@ -249,6 +249,8 @@ struct UpstreamSub {
 
 /// The sans-IO state of one upstream link. See the module docs for the delivery rules.
 pub struct LinkCore {
+    /// The upstream client id, for logs.
+    name: String,
     version: ProtocolVersion,
     max_inflight: usize,
     window: usize,
@@ -279,6 +281,7 @@ impl LinkCore {
     ) -> Self {
         let max_inflight = usize::from(max_inflight.max(1));
         LinkCore {
+            name: String::new(),
             version,
             max_inflight,
             window: max_inflight,
@@ -296,6 +299,16 @@ impl LinkCore {
             pending_subscribes: HashMap::new(),
             counters,
         }
+    }
+
+    /// Name the link in logs (its upstream client id).
+    pub fn set_name(&mut self, name: &[u8]) {
+        self.name = String::from_utf8_lossy(name).into_owned();
+    }
+
+    /// The name given with [`LinkCore::set_name`].
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The protocol version spoken upstream.
@@ -443,8 +456,9 @@ impl LinkCore {
 
     /// The upstream session is established (CONNACK accepted). `broker_receive_maximum` is the
     /// 5.0 CONNACK's Receive Maximum. Re-sends unacknowledged PUBLISHes in order with DUP,
-    /// re-subscribes, then sends what waited.
-    pub fn on_connected(&mut self, broker_receive_maximum: Option<NonZeroU16>) {
+    /// re-subscribes, then sends what waited. Returns how many PUBLISHes were sent again (not
+    /// counting those that were waiting and go out for the first time).
+    pub fn on_connected(&mut self, broker_receive_maximum: Option<NonZeroU16>) -> usize {
         self.connected = true;
         self.ever_connected = true;
         self.outbox.clear();
@@ -453,9 +467,11 @@ impl LinkCore {
             None => self.max_inflight,
         };
         let inflight = std::mem::take(&mut self.inflight);
+        let resent = inflight.len();
         for mut out in inflight {
             out.publish.dup = true;
             bump(&self.counters.resent_after_reconnect);
+            trace_publish(&self.name, "uplink publish resent", &out);
             self.write(&Packet::Publish(out.publish.clone()));
             self.inflight.push_back(out);
         }
@@ -469,6 +485,7 @@ impl LinkCore {
             self.send_subscribe(filter);
         }
         self.pump();
+        resent
     }
 
     /// The connection is gone. Unacknowledged QoS 1 PUBLISHes are kept for the next connection;
@@ -572,13 +589,20 @@ impl LinkCore {
             .iter()
             .position(|o| o.publish.packet_id == Some(id))
         else {
-            return; // not ours (or a duplicate PUBACK): nothing to release
+            // Not ours (or a duplicate PUBACK): nothing to release.
+            tracing::debug!(
+                link = %self.name,
+                upstream_id = id.get(),
+                "broker PUBACK for no in-flight PUBLISH ignored"
+            );
+            return;
         };
         let Some(done) = self.inflight.remove(pos) else {
             return;
         };
         self.free_id(id);
         bump(&self.counters.upstream_acks);
+        trace_publish(&self.name, "broker PUBACK", &done);
         if let Some(owner) = done.owner {
             if let Some(mailbox) = self.sessions.get(&owner.session) {
                 mailbox.push(LinkEvent::Acked {
@@ -687,6 +711,7 @@ impl LinkCore {
             };
             out.publish.packet_id = Some(id);
             self.write(&Packet::Publish(out.publish.clone()));
+            trace_publish(&self.name, "uplink publish sent", &out);
             self.inflight.push_back(out);
         }
     }
@@ -711,6 +736,19 @@ impl LinkCore {
     fn free_id(&mut self, id: NonZeroU16) {
         self.ids_in_use.remove(&id.get());
     }
+}
+
+/// Per-message trace of the QoS 1 hop mapping: upstream packet id <-> (session, device packet
+/// id). Ids only: no topic, no payload.
+fn trace_publish(link: &str, what: &'static str, out: &Outgoing) {
+    tracing::trace!(
+        link,
+        upstream_id = out.publish.packet_id.map_or(0, NonZeroU16::get),
+        dup = out.publish.dup,
+        session = out.owner.map_or(0, |o| o.session.0),
+        device_id = out.owner.map_or(0, |o| o.device_packet_id.get()),
+        "{what}"
+    );
 }
 
 /// Whether topic `name` matches topic `filter` (§4.7): `+` is one level, `#` the rest (including
@@ -893,10 +931,7 @@ pub async fn run_link(
                     Ok(receive_maximum) => {
                         bump(&counters.link_connects);
                         delay = settings.backoff_initial;
-                        let resent = link.with_core(|c| {
-                            c.on_connected(receive_maximum);
-                            c.inflight_len()
-                        });
+                        let resent = link.with_core(|c| c.on_connected(receive_maximum));
                         tracing::info!(shard = state.id.0, dest = %dest_name, resent, "mqtt link up");
                         let end = serve_connection(&mut tls, &link, &settings).await;
                         link.core.borrow_mut().on_disconnected();
@@ -1193,7 +1228,7 @@ mod tests {
         c.publish(publish("t", QoS::AtLeastOnce, "1"), owner(s, 1));
         c.publish(publish("t", QoS::AtLeastOnce, "2"), owner(s, 2));
         assert!(c.take_outbox().is_none());
-        c.on_connected(None);
+        assert_eq!(c.on_connected(None), 0, "first sends are not resends");
         c.publish(publish("t", QoS::AtLeastOnce, "3"), owner(s, 3));
         let first = publishes(&mut c);
         // Window of 2: "3" waits.
@@ -1209,7 +1244,11 @@ mod tests {
             Enqueued::Dropped
         );
         c.publish(publish("t", QoS::AtLeastOnce, "4"), owner(s, 4));
-        c.on_connected(None);
+        assert_eq!(
+            c.on_connected(None),
+            2,
+            "only the two in flight count as resent"
+        );
         let again = publishes(&mut c);
         assert_eq!(
             again
@@ -1246,6 +1285,51 @@ mod tests {
             })
             .collect();
         assert_eq!(acked, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_puback_acknowledges_only_the_publish_in_flight_under_its_id() {
+        let mut c = core(4);
+        let mailbox = Rc::new(SessionMailbox::default());
+        let s = c.register(mailbox.clone());
+        c.on_connected(None);
+        c.publish(publish("t", QoS::AtLeastOnce, "1"), owner(s, 11));
+        c.publish(publish("t", QoS::AtLeastOnce, "2"), owner(s, 12));
+        let sent = publishes(&mut c);
+        let (a, b) = (
+            sent[0].packet_id.expect("id"),
+            sent[1].packet_id.expect("id"),
+        );
+        // An id nothing is in flight under (a stale PUBACK) acknowledges nothing.
+        let stale = id(a.get().wrapping_add(100));
+        c.handle(Packet::PubAck(PubResponse::success(stale)))
+            .expect("valid");
+        assert!(mailbox.drain().is_empty());
+        // The broker dies; on the new connection "1" and "2" go again under their ids, and
+        // each PUBACK acknowledges its own message once; a repeated PUBACK acknowledges nothing.
+        c.on_disconnected();
+        assert_eq!(c.on_connected(None), 2);
+        let again = publishes(&mut c);
+        assert_eq!(
+            again.iter().map(|p| p.packet_id).collect::<Vec<_>>(),
+            vec![Some(a), Some(b)]
+        );
+        c.handle(Packet::PubAck(PubResponse::success(b)))
+            .expect("valid");
+        c.handle(Packet::PubAck(PubResponse::success(b)))
+            .expect("valid");
+        let acked: Vec<u16> = mailbox
+            .drain()
+            .into_iter()
+            .filter_map(|e| match e {
+                LinkEvent::Acked {
+                    device_packet_id, ..
+                } => Some(device_packet_id.get()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(acked, vec![12]);
+        assert_eq!(c.inflight_len(), 1, "\"1\" is still unacknowledged");
     }
 
     #[test]

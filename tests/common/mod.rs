@@ -27,13 +27,20 @@ pub struct Simgate {
 
 impl Simgate {
     /// Start `simgate run --config <dir>/simgate.toml` with `toml`, and wait for its `ready` line.
+    /// Logs at `simgate=debug` unless `SIMGATE_TEST_LOG` gives another filter (e.g.
+    /// `simgate=debug,simgate::upstream::mqtt_link=trace` for the per-message MQTT trace).
     pub fn start(dir: &Path, toml: &str) -> Simgate {
         let config_path = dir.join("simgate.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let stderr_path = dir.join("simgate.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_simgate"))
-            .args(["--log", "simgate=debug", "run", "--config"])
+            .args([
+                "--log",
+                &std::env::var("SIMGATE_TEST_LOG").unwrap_or_else(|_| "simgate=debug".into()),
+                "run",
+                "--config",
+            ])
             .arg(&config_path)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -406,4 +413,5 @@ pub fn curl(args: &[&str]) -> (bool, String) {
 }
 
 pub mod mosquitto;
+pub mod mqtt_client;
 pub mod paho;

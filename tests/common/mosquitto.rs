@@ -37,8 +37,11 @@ pub struct BrokerOptions {
     /// TLS listener demands this username/password.
     pub password: Option<(String, String)>,
     /// Keep sessions and queued messages on disk (for kill -9 tests). Saved after every change
-    /// (`autosave_on_changes`), so a message the broker acknowledged survives a kill -9; with
-    /// mosquitto's default periodic save it could be lost by the broker itself.
+    /// (`autosave_on_changes` with `autosave_interval 1`) rather than on mosquitto's default
+    /// 30-minute timer. Even so, mosquitto writes its database at the end of an event-loop
+    /// iteration, *after* it has sent the PUBACKs of that iteration: a SIGKILL between the two
+    /// loses messages the broker already acknowledged (see docs/operations.md, "MQTT delivery
+    /// guarantees and broker persistence"). The log (`log_type all`) shows where each save fell.
     pub persistence: bool,
     /// Extra global mosquitto.conf lines (e.g. `max_queued_messages 0`), written right after
     /// `per_listener_settings` and before the listeners.
@@ -48,6 +51,9 @@ pub struct BrokerOptions {
 /// A running mosquitto.
 pub struct Broker {
     child: Option<Child>,
+    /// Copies the running instance's stderr into `log`; joined when the instance is killed so
+    /// the log is complete before a restarted instance appends to it.
+    log_thread: Option<std::thread::JoinHandle<()>>,
     /// TLS listener port (what simgate connects to).
     pub tls_port: u16,
     /// Plaintext listener port (for direct test clients).
@@ -114,6 +120,7 @@ impl Broker {
             std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
             let mut broker = Broker {
                 child: None,
+                log_thread: None,
                 tls_port,
                 plain_port,
                 conf: conf_path,
@@ -138,7 +145,7 @@ impl Broker {
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = channel::<String>();
         let log = self.log.clone();
-        std::thread::spawn(move || {
+        let log_thread = std::thread::spawn(move || {
             use std::io::Write;
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
@@ -162,11 +169,13 @@ impl Broker {
                 Err(_) => {
                     let _ = child.kill();
                     let _ = child.wait();
+                    let _ = log_thread.join();
                     return Err(std::fs::read_to_string(&self.log).unwrap_or_default());
                 }
             }
         }
         self.child = Some(child);
+        self.log_thread = Some(log_thread);
         Ok(())
     }
 
@@ -192,11 +201,57 @@ impl Broker {
         }
     }
 
-    /// SIGKILL the broker (no clean shutdown, no final persistence write).
+    /// SIGSTOP the broker: it stops reading, answering and saving, with its sockets open (what
+    /// clients write piles up unread in the kernel). `kill9` still works on it.
+    pub fn freeze(&self) {
+        let pid = self.child.as_ref().expect("broker running").id();
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -STOP {pid} failed");
+    }
+
+    /// SIGCONT a broker stopped with [`Broker::freeze`].
+    pub fn thaw(&self) {
+        let pid = self.child.as_ref().expect("broker running").id();
+        let ok = Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -CONT {pid} failed");
+    }
+
+    /// Bytes clients wrote to the TLS listener's connections that the broker has not read yet
+    /// (the receive queues of its established sockets on `tls_port`, from /proc/net/tcp).
+    pub fn unread_tls_bytes(&self) -> u64 {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+        let port = format!(":{:04X}", self.tls_port);
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                // sl local rem st tx_queue:rx_queue ...; st 01 = ESTABLISHED
+                (f.len() > 4 && f[1].ends_with(&port) && f[3] == "01")
+                    .then(|| f[4].split_once(':'))
+                    .flatten()
+                    .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+            })
+            .sum()
+    }
+
+    /// SIGKILL the broker (no clean shutdown, no final persistence write). Returns once the
+    /// process is gone and everything it logged is in [`Broker::log`].
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(t) = self.log_thread.take() {
+            let _ = t.join();
         }
     }
 

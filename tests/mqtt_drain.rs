@@ -1,0 +1,119 @@
+//! Graceful drain of MQTT sessions against a real mosquitto over TLS, in both bridging modes:
+//! on SIGTERM a v5 device with a QoS 1 message still unacknowledged upstream first gets that
+//! PUBACK (once the broker gives it), then DISCONNECT 0x8B "Server shutting down"; a 3.1.1
+//! device is closed at once (it has nothing in flight); nothing the device sends during the
+//! drain is acknowledged; simgate exits 0.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::mosquitto::{Broker, BrokerOptions};
+use common::mqtt_client::Client;
+use common::Simgate;
+use simgate::proto::mqtt::{Packet, ProtocolVersion, QoS, ReasonCode};
+use simgate::testkit::TestPki;
+
+fn start_gateway(dir: &Path, pki: &TestPki, broker: &Broker, mqtt: &str) -> Simgate {
+    let destination = broker.destination_toml("broker", &pki.ca_pem, mqtt);
+    let toml = format!(
+        r#"
+[gateway]
+shards = 1
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
+{destination}
+[destination.pool]
+warm = 0
+
+[[group]]
+name = "default"
+routes = [ {{ listener = "mqtt", destination = "broker" }} ]
+"#
+    );
+    Simgate::start(dir, &toml)
+}
+
+/// Publish QoS 1 and wait for its PUBACK (the upstream path is up end to end).
+fn publish_acked(c: &mut Client, id: u16) {
+    c.publish("warm", "w", QoS::AtLeastOnce, id)
+        .expect("publish");
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::PubAck(a))) if a.packet_id.get() == id => {}
+        other => panic!("expected PUBACK {id}, got {other:?}"),
+    }
+}
+
+fn drain_scenario(mqtt: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let gw = start_gateway(dir.path(), &pki, &broker, mqtt);
+    let addr: SocketAddr = gw.listener("mqtt");
+    let mut v5 = Client::connect(addr, "drain-v5", ProtocolVersion::V5, true).expect("v5");
+    let mut v3 = Client::connect(addr, "drain-v3", ProtocolVersion::V311, true).expect("v3");
+    publish_acked(&mut v5, 1);
+    publish_acked(&mut v3, 1);
+
+    // A QoS 1 message upstream that the (frozen) broker has not acknowledged yet.
+    broker.freeze();
+    v5.publish("in-flight", "m7", QoS::AtLeastOnce, 7)
+        .expect("publish 7");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker.unread_tls_bytes() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "simgate never forwarded the PUBLISH"
+        );
+        std::thread::sleep(Duration::from_millis(5)); // polling the kernel's socket queues
+    }
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -TERM simgate failed");
+    // The 3.1.1 device has nothing in flight: closed at once, without any packet.
+    let v3_got = v3.until_closed(Duration::from_secs(10));
+    assert!(v3_got.is_empty(), "3.1.1 device got {v3_got:?}");
+    // Draining has begun (the 3.1.1 device is gone): what the v5 device sends now is not read.
+    let _ = v5.publish("too-late", "m8", QoS::AtLeastOnce, 8);
+    broker.thaw();
+    let v5_got = v5.until_closed(Duration::from_secs(10));
+    let acks: Vec<u16> = v5_got
+        .iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(a) => Some(a.packet_id.get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![7], "v5 device got {v5_got:?}");
+    match v5_got.last() {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::SERVER_SHUTTING_DOWN),
+        other => panic!("v5 device's last packet: {other:?} (all: {v5_got:?})"),
+    }
+    let log = gw.stderr();
+    assert_eq!(gw.wait_exit(), Some(0), "simgate exit code; log:\n{log}");
+}
+
+#[test]
+fn sigterm_drains_aggregate_sessions_v5_gets_disconnect_0x8b_after_its_puback() {
+    drain_scenario("mode = \"aggregate\"\nkeep_alive = \"10s\"\n");
+}
+
+#[test]
+fn sigterm_drains_session_mode_v5_gets_disconnect_0x8b_after_its_puback() {
+    drain_scenario(
+        "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
+         topic = \"devices/{client_id}/{topic}\"\n",
+    );
+}
