@@ -44,7 +44,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -52,11 +52,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::mqtt_bridge::{drain_ack_deadline, generated_client_id, send_connack, DeviceSession};
+use super::mqtt_bridge::{
+    assign_client_id, drain_ack_deadline, send_connack, DeviceSession, SessionFuture,
+};
 use super::select::{select2, Either};
-use crate::policy::{Plan, Template, TemplateVars};
+use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
-    self, ConnAck, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
+    self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
@@ -255,61 +257,79 @@ struct Device {
     subs: HashMap<Bytes, Bytes>,
     /// Device SUBSCRIBE id -> (codes so far, device filters).
     pending_subacks: HashMap<u16, (Vec<Option<ReasonCode>>, Vec<Bytes>)>,
-    will: Option<Will>,
+    /// Boxed: most devices have none, and this struct is what every idle device costs.
+    will: Option<Box<Will>>,
     out: BytesMut,
 }
 
-/// Serve one device session over the shard's shared upstream links.
-pub async fn serve(mut session: DeviceSession) {
-    let state = session.state.clone();
-    let version = session.version();
-    let plan = session.plan.clone();
-    let dest = plan.destination(session.destination);
-    let Some(mqtt_dest) = dest.mqtt.as_ref() else {
-        send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
-        return;
-    };
-    let limits = plan.listener(session.listener).mqtt.clone();
-    let connect = &session.connect;
+/// A device session admitted to an upstream link: everything the running session needs, and
+/// nothing of the CONNECT it came from.
+struct Admitted {
+    device: Device,
+    link: Rc<Link>,
+    key: SessionKey,
+    mailbox: Rc<SessionMailbox>,
+    registration: Registration,
+    keep_alive: Option<Duration>,
+}
 
-    let mut assigned = None;
-    let client_id = if connect.client_id.is_empty() {
-        if version == ProtocolVersion::V311 && !connect.clean_start {
-            // [MQTT-3.1.3-8]: a zero-length id needs Clean Session = 1.
-            send_connack(
-                &mut session.stream,
-                version,
-                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-            )
-            .await;
-            return;
-        }
-        let id = Bytes::from(generated_client_id(state.id.0, session.peer));
-        assigned = Some(id.clone());
-        id
-    } else {
-        connect.client_id.clone()
-    };
-    if client_id.iter().any(|&b| b == b'+' || b == b'#') {
-        // Wildcards in the id would turn rewritten topics into filters.
-        send_connack(
-            &mut session.stream,
-            version,
-            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
-        )
-        .await;
-        return;
+/// Admit one device session to the shard's shared upstream links and return the future that
+/// serves it (or answers its refusal).
+///
+/// Memory: the returned future lives as long as the device is connected, idle or not, so
+/// admission (checking the client id, picking a link, building the device state and the
+/// CONNACK) happens here, synchronously: the CONNECT, the plan and the CONNACK's properties
+/// are never stored in the session's future, which is boxed at the size of a running session.
+pub fn start(session: DeviceSession) -> SessionFuture {
+    let DeviceSession {
+        state,
+        plan,
+        listener,
+        destination,
+        stream,
+        peer,
+        connect,
+        buf,
+    } = session;
+    match admit(&state, &plan, listener, destination, &connect, peer) {
+        Ok(admitted) => Box::pin(run(state, stream, buf, admitted)),
+        Err(code) => Box::pin(refuse(stream, connect.protocol_version, code)),
     }
+}
 
-    let Some(set) = state.mqtt_aggregate.link_set(&state, &dest.name) else {
-        // The destination left the plan (or changed mode) since routing: the device reconnects.
-        send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
-        return;
-    };
-    let Some(link) = set.pick(&client_id).cloned() else {
-        send_connack(&mut session.stream, version, ReasonCode::SERVER_UNAVAILABLE).await;
-        return;
-    };
+async fn refuse(mut stream: TcpStream, version: ProtocolVersion, code: ReasonCode) {
+    send_connack(&mut stream, version, code).await;
+}
+
+/// Check the device's client id, pick its link, register it there, and build its state with
+/// the CONNACK queued in its output. `Err` is the CONNACK reason code of a refusal.
+fn admit(
+    state: &Rc<ShardState>,
+    plan: &Plan,
+    listener: ListenerId,
+    destination: DestinationId,
+    connect: &Connect,
+    peer: SocketAddr,
+) -> Result<Admitted, ReasonCode> {
+    let version = connect.protocol_version;
+    let dest = plan.destination(destination);
+    let mqtt_dest = dest.mqtt.as_ref().ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
+    let limits = &plan.listener(listener).mqtt;
+    let assigned = assign_client_id(connect, &mqtt_dest.topic, state.id.0, peer)?;
+    let client_id = assigned
+        .clone()
+        .unwrap_or_else(|| connect.client_id.clone());
+
+    // No link set: the destination left the plan (or changed mode) since routing; the device
+    // reconnects.
+    let set = state
+        .mqtt_aggregate
+        .link_set(state, &dest.name)
+        .ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
+    let link = set
+        .pick(&client_id)
+        .cloned()
+        .ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
     let mailbox = Rc::new(SessionMailbox::default());
     let key = link.with_core(|c| {
         let key = c.register(mailbox.clone());
@@ -325,7 +345,7 @@ pub async fn serve(mut session: DeviceSession) {
         let open = &state.mqtt_aggregate.sessions_open;
         open.set(open.get() + 1);
     }
-    let _registration = Registration {
+    let registration = Registration {
         link: link.clone(),
         key,
         state: state.clone(),
@@ -334,16 +354,16 @@ pub async fn serve(mut session: DeviceSession) {
     let vars = TemplateVars {
         client_id: &client_id,
         topic: b"",
-        ip: session.peer.ip(),
+        ip: peer.ip(),
         shard: state.id.0,
         conn: 0,
     };
     let mut device = Device {
         version,
-        client_id: client_id.clone(),
-        ip: session.peer.ip(),
-        shard: state.id.0,
         affixes: mqtt_dest.topic.topic_affixes(&vars),
+        client_id,
+        ip: peer.ip(),
+        shard: state.id.0,
         topic: mqtt_dest.topic.clone(),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
         device_max_packet: connect.properties.maximum_packet_size,
@@ -354,7 +374,7 @@ pub async fn serve(mut session: DeviceSession) {
         awaiting_pubrel: HashSet::new(),
         subs: HashMap::new(),
         pending_subacks: HashMap::new(),
-        will: connect.will.clone(),
+        will: connect.will.clone().map(Box::new),
         out: BytesMut::with_capacity(64),
     };
     let keep_alive = match connect.keep_alive {
@@ -376,11 +396,30 @@ pub async fn serve(mut session: DeviceSession) {
         reason_code: ReasonCode::SUCCESS,
         properties: props,
     }));
+    Ok(Admitted {
+        device,
+        link,
+        key,
+        mailbox,
+        registration,
+        keep_alive,
+    })
+}
 
-    let mut buf = std::mem::take(&mut session.buf);
+/// Serve an admitted device session until it ends.
+async fn run(state: Rc<ShardState>, mut stream: TcpStream, mut buf: BytesMut, admitted: Admitted) {
+    let Admitted {
+        mut device,
+        link,
+        key,
+        mailbox,
+        registration: _registration,
+        keep_alive,
+    } = admitted;
+    let version = device.version;
     let end = run_session(
         &state,
-        &mut session.stream,
+        &mut stream,
         &mut buf,
         &mut device,
         &link,
@@ -396,10 +435,10 @@ pub async fn serve(mut session: DeviceSession) {
                 reason_code: code,
                 properties: Properties::default(),
             }));
-            let _ = flush(&state, &mut session.stream, &mut device.out).await;
+            let _ = flush(&state, &mut stream, &mut device.out).await;
         }
         if let Some(will) = device.will.take() {
-            publish_will(&device, &link, will);
+            publish_will(&device, &link, *will);
         }
     }
 }

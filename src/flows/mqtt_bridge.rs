@@ -26,7 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::policy::{DestinationId, ListenerId, MqttMode, Plan};
+use crate::policy::template::Placeholder;
+use crate::policy::{DestinationId, ListenerId, MqttMode, Plan, Template};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, MqttError, Packet, Properties, ProtocolVersion,
     ReasonCode,
@@ -93,7 +94,7 @@ pub async fn serve(
 }
 
 /// A routed device session, boxed at the size of its bridging mode.
-type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+pub(crate) type SessionFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// Read and route the CONNECT; answer it here if it is refused. Returns the session to run.
 async fn connect_phase(
@@ -149,7 +150,7 @@ async fn connect_phase(
     };
     match mode {
         Some(MqttMode::Session) => Some(Box::pin(super::mqtt_session::serve(session))),
-        Some(MqttMode::Aggregate) => Some(Box::pin(super::mqtt_aggregate::serve(session))),
+        Some(MqttMode::Aggregate) => Some(super::mqtt_aggregate::start(session)),
         None => {
             // Config validation routes MQTT listeners only to mqtts destinations.
             let mut s = session;
@@ -225,7 +226,11 @@ pub fn v311_return_code(code: ReasonCode) -> ReasonCode {
 /// The client id simgate assigns to a device whose CONNECT carried an empty one, or why the
 /// CONNECT is refused.
 ///
-/// - A non-empty id is the device's own: `Ok(None)`.
+/// - A non-empty id is the device's own: `Ok(None)`, unless it could break out of its topic
+///   space: `+` or `#` anywhere (the rewritten topics and filters would become wildcards
+///   matching other devices' topics), or `/` when the destination's `topic` template uses
+///   `{client_id}` (an id `a/b` would publish under device `a`'s topics). Those are refused
+///   with 0x85 "Client Identifier not valid".
 /// - Empty, from a 3.1.1 device asking for a persistent session (Clean Session = 0): refused
 ///   with 0x85 "Client Identifier not valid" (3.1.1 return code 0x02) [MQTT-3.1.3-8].
 /// - Empty otherwise: `Ok(Some(id))` with a fresh [`generated_client_id`]. It is what the
@@ -233,10 +238,16 @@ pub fn v311_return_code(code: ReasonCode) -> ReasonCode {
 ///   Assigned Client Identifier [MQTT-3.2.2-16].
 pub fn assign_client_id(
     connect: &Connect,
+    topic: &Template,
     shard: usize,
     peer: SocketAddr,
 ) -> Result<Option<Bytes>, ReasonCode> {
     if !connect.client_id.is_empty() {
+        let id_in_topics = topic.uses(Placeholder::ClientId);
+        let escapes = |&b: &u8| b == b'+' || b == b'#' || (id_in_topics && b == b'/');
+        if connect.client_id.iter().any(escapes) {
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
         return Ok(None);
     }
     if connect.protocol_version == ProtocolVersion::V311 && !connect.clean_start {
@@ -296,11 +307,46 @@ mod tests {
         }
     }
 
+    fn topic(text: &str) -> Template {
+        Template::parse(text, &[Placeholder::ClientId, Placeholder::Topic]).expect("template")
+    }
+
     #[test]
     fn a_devices_own_client_id_is_kept() {
         let peer: SocketAddr = "10.0.0.17:40000".parse().expect("addr");
         let c = connect(ProtocolVersion::V311, b"dev1", false);
-        assert_eq!(assign_client_id(&c, 0, peer), Ok(None));
+        assert_eq!(
+            assign_client_id(&c, &topic("devices/{client_id}/{topic}"), 0, peer),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_client_id_that_would_escape_its_topic_space_is_refused() {
+        let peer: SocketAddr = "10.0.0.17:40000".parse().expect("addr");
+        let per_device = topic("devices/{client_id}/{topic}");
+        let shared = topic("plant/{topic}");
+        for id in [&b"+"[..], b"#", b"dev+1", b"dev/#"] {
+            let c = Connect {
+                client_id: Bytes::copy_from_slice(id),
+                ..connect(ProtocolVersion::V5, b"", true)
+            };
+            for t in [&per_device, &shared] {
+                assert_eq!(
+                    assign_client_id(&c, t, 0, peer),
+                    Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+                    "{id:?} with {}",
+                    t.as_str()
+                );
+            }
+        }
+        // `/` only matters where the id is part of the topic.
+        let slashed = connect(ProtocolVersion::V5, b"line1/dev7", true);
+        assert_eq!(
+            assign_client_id(&slashed, &per_device, 0, peer),
+            Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+        );
+        assert_eq!(assign_client_id(&slashed, &shared, 0, peer), Ok(None));
     }
 
     #[test]
@@ -308,7 +354,7 @@ mod tests {
         let peer: SocketAddr = "[::1]:40000".parse().expect("addr");
         let refused = connect(ProtocolVersion::V311, b"", false);
         assert_eq!(
-            assign_client_id(&refused, 0, peer),
+            assign_client_id(&refused, &topic("{topic}"), 0, peer),
             Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
         );
         assert_eq!(
@@ -322,7 +368,7 @@ mod tests {
             // v5 allows a persistent session under an assigned id.
             (ProtocolVersion::V5, false),
         ] {
-            let id = assign_client_id(&connect(version, b"", clean), 3, peer)
+            let id = assign_client_id(&connect(version, b"", clean), &topic("{topic}"), 3, peer)
                 .expect("accepted")
                 .expect("assigned");
             assert!(id.starts_with(b"simgate-3----1--40000-"), "{id:?}");

@@ -825,7 +825,7 @@ pub async fn serve(session: DeviceSession) {
     };
     let limits = plan.listener(listener).mqtt.clone();
     let up_version = upstream_version(mqtt.version, device_version);
-    let assigned = match assign_client_id(&connect, state.id.0, peer) {
+    let assigned = match assign_client_id(&connect, &mqtt.topic, state.id.0, peer) {
         Ok(assigned) => assigned,
         Err(code) => {
             send_connack(&mut stream, device_version, code).await;
@@ -1468,7 +1468,7 @@ mod tests {
         device.client_id = Bytes::new();
         let mut upstream_ids = Vec::new();
         for _ in 0..2 {
-            let assigned = assign_client_id(&device, 1, peer)
+            let assigned = assign_client_id(&device, &mqtt.topic, 1, peer)
                 .expect("accepted")
                 .expect("an id is assigned");
             assert!(!assigned.is_empty());
@@ -1514,7 +1514,7 @@ mod tests {
 
         // A device with an id keeps it and is told no other.
         let named = device_connect(ProtocolVersion::V5);
-        assert_eq!(assign_client_id(&named, 1, peer), Ok(None));
+        assert_eq!(assign_client_id(&named, &mqtt.topic, 1, peer), Ok(None));
         assert_eq!(session_vars(&named, None, peer.ip(), 1).client_id, b"dev1");
 
         // 3.1.1 asking for a persistent session without an id: identifier rejected.
@@ -1522,8 +1522,27 @@ mod tests {
         v311.client_id = Bytes::new();
         v311.clean_start = false;
         assert_eq!(
-            assign_client_id(&v311, 1, peer),
+            assign_client_id(&v311, &mqtt.topic, 1, peer),
             Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+        );
+
+        // Ids that would escape the device's topic space are refused: wildcards always, `/`
+        // when the topic template contains the id.
+        for bad in [&b"+"[..], b"a#", b"dev/1"] {
+            let mut d = device_connect(ProtocolVersion::V5);
+            d.client_id = Bytes::copy_from_slice(bad);
+            assert_eq!(
+                assign_client_id(&d, &mqtt.topic, 1, peer),
+                Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID),
+                "{bad:?}"
+            );
+        }
+        let no_id_in_topics = destination("plant/{topic}");
+        let mut slashed = device_connect(ProtocolVersion::V5);
+        slashed.client_id = Bytes::from_static(b"line1/dev7");
+        assert_eq!(
+            assign_client_id(&slashed, &no_id_in_topics.topic, 1, peer),
+            Ok(None)
         );
     }
 
