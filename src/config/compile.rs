@@ -13,7 +13,7 @@
 //! route to `https` destinations by path while MQTT listeners route to one `mqtts` destination.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
@@ -133,15 +133,13 @@ pub(crate) trait Environment {
     fn available_cpus(&self) -> Option<usize>;
 }
 
-/// The real environment: system resolver, native root store, `available_parallelism`.
+/// The real environment: system resolver (see `dns`), native root store,
+/// `available_parallelism`.
 pub(crate) struct SystemEnvironment;
 
 impl Environment for SystemEnvironment {
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-        (host, port)
-            .to_socket_addrs()
-            .map(Iterator::collect)
-            .map_err(|e| e.to_string())
+        super::dns::resolve_system(host, port)
     }
 
     fn system_roots(&self) -> Vec<CertificateDer<'static>> {
