@@ -249,8 +249,7 @@ pub async fn run(control: Arc<Control>, resolver: Arc<dyn Resolver>) {
                 }
                 let outcome = watches.complete(index, result, Instant::now());
                 let Some((destination, _)) = watches.current(index) else { continue };
-                let name = watches.plan().destination(destination).name.clone();
-                handle_outcome(&control, &plan, destination, &name, outcome).await;
+                handle_outcome(&control, &plan, destination, outcome).await;
             }
         }
     }
@@ -260,15 +259,18 @@ async fn handle_outcome(
     control: &Arc<Control>,
     plan: &Arc<Plan>,
     destination: DestinationId,
-    name: &str,
     outcome: Outcome,
 ) {
+    // Name and `host:port` only: a destination holds no secret in either.
+    let dest = plan.destination(destination);
+    let (name, endpoint) = (dest.name.as_str(), dest.endpoint.as_str());
     match outcome {
         Outcome::Unchanged => {}
         Outcome::Failed(error) => {
             control.count_dns(name, false);
             tracing::warn!(
                 destination = %name,
+                %endpoint,
                 %error,
                 "re-resolving the endpoint failed; keeping the last good addresses"
             );
@@ -276,6 +278,7 @@ async fn handle_outcome(
         Outcome::Changed { previous, addrs } => {
             tracing::info!(
                 destination = %name,
+                %endpoint,
                 ?previous,
                 new = ?addrs,
                 "endpoint addresses changed; new connections use the new addresses"
