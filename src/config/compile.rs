@@ -13,7 +13,7 @@
 //! route to `https` destinations by path while MQTT listeners route to one `mqtts` destination.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
@@ -35,8 +35,8 @@ use crate::policy::template::Placeholder;
 use crate::policy::{
     AdapterKind, DestinationId, DestinationPlan, GatewaySettings, GroupId, GroupPlan,
     HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
-    MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Secret,
-    Template, TemplateError,
+    MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Reresolve,
+    Secret, Template, TemplateError,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -109,6 +109,11 @@ pub(crate) mod defaults {
     pub const MQTT_CONNECTIONS_PER_SHARD: usize = 1;
     /// `destination[].mqtt.max_inflight`.
     pub const MQTT_MAX_INFLIGHT: u16 = 256;
+    /// `destination[].resolve_interval`.
+    pub const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+    /// Shortest non-zero `destination[].resolve_interval`: lookups more often than this only
+    /// load the resolver.
+    pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
     /// Shortest duration accepted anywhere.
     pub const MIN_DURATION: Duration = Duration::from_millis(1);
     /// Longest duration accepted anywhere.
@@ -128,15 +133,13 @@ pub(crate) trait Environment {
     fn available_cpus(&self) -> Option<usize>;
 }
 
-/// The real environment: system resolver, native root store, `available_parallelism`.
+/// The real environment: system resolver (see `dns`), native root store,
+/// `available_parallelism`.
 pub(crate) struct SystemEnvironment;
 
 impl Environment for SystemEnvironment {
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-        (host, port)
-            .to_socket_addrs()
-            .map(Iterator::collect)
-            .map_err(|e| e.to_string())
+        super::dns::resolve_system(host, port)
     }
 
     fn system_roots(&self) -> Vec<CertificateDer<'static>> {
@@ -721,6 +724,20 @@ impl Compiler<'_> {
             }
         };
         let addrs = endpoint.as_ref().and_then(|e| self.resolve(&p, e));
+        // Outer None: an error was reported. Inner None: never looked up again.
+        let interval = self.resolve_interval(&p, raw.resolve_interval.as_ref());
+        let resolve: Option<Option<Reresolve>> = match (&endpoint, interval) {
+            (_, None) => None,
+            (Some(e), Some(Some(interval))) => Some(match &e.host {
+                EndpointHost::Dns(host) => Some(Reresolve {
+                    host: host.clone(),
+                    port: e.port,
+                    interval,
+                }),
+                EndpointHost::Ip(_) => None,
+            }),
+            (_, Some(_)) => Some(None),
+        };
 
         let server_name = match (&raw.server_name, &endpoint) {
             (Some(name), _) => match ServerName::try_from(name.clone()) {
@@ -872,6 +889,7 @@ impl Compiler<'_> {
             Some(alpn),
             Some(pool),
             Some(mqtt),
+            Some(resolve),
             Ok(id),
         ) = (
             adapter,
@@ -884,6 +902,7 @@ impl Compiler<'_> {
             alpn,
             pool,
             mqtt,
+            resolve,
             u16::try_from(i),
         )
         else {
@@ -902,6 +921,7 @@ impl Compiler<'_> {
             adapter,
             endpoint: raw.endpoint.clone(),
             addrs,
+            resolve,
             server_name,
             host_header,
             base_path,
@@ -1268,6 +1288,46 @@ impl Compiler<'_> {
             return None;
         }
         Some(Secret(bytes::Bytes::from(bytes)))
+    }
+
+    /// `destination.resolve_interval`: `Some(None)` when off (`"off"`, `"0"` or a zero
+    /// duration), `None` after reporting an error.
+    fn resolve_interval(
+        &mut self,
+        p: &str,
+        value: Option<&RawDuration>,
+    ) -> Option<Option<Duration>> {
+        let path = format!("{p}.resolve_interval");
+        let Some(RawDuration(text)) = value else {
+            return Some(Some(defaults::RESOLVE_INTERVAL));
+        };
+        if text == "off" || text == "0" {
+            return Some(None);
+        }
+        let min = defaults::MIN_RESOLVE_INTERVAL;
+        let max = defaults::MAX_DURATION;
+        match parse_duration(text) {
+            Err(e) => {
+                self.push(
+                    path,
+                    format!("invalid duration {text:?}: {e}, or \"off\" (or \"0\") to disable"),
+                );
+                None
+            }
+            Ok(d) if d.is_zero() => Some(None),
+            Ok(d) if d < min || d > max => {
+                self.push(
+                    path,
+                    format!(
+                        "must be between {} and {}, or \"off\" (or \"0\") to disable, got {text:?}",
+                        format_duration(min),
+                        format_duration(max)
+                    ),
+                );
+                None
+            }
+            Ok(d) => Some(Some(d)),
+        }
     }
 
     fn resolve(&mut self, p: &str, endpoint: &Endpoint) -> Option<Vec<SocketAddr>> {

@@ -25,6 +25,7 @@
 //! The reference for users is `docs/configuration.md`.
 
 mod compile;
+mod dns;
 mod schema;
 mod tls_material;
 mod values;
@@ -38,6 +39,7 @@ use std::path::Path;
 use crate::policy::Plan;
 
 use compile::{Environment, SystemEnvironment};
+pub use dns::{resolve_system, test_hosts_override, TEST_HOSTS_FILE_ENV};
 use schema::RawConfig;
 
 /// One problem in a config, located by the path of the key it concerns.
@@ -118,6 +120,21 @@ pub fn load_plan(path: &Path) -> Result<Plan, ConfigError> {
 /// Blocking, like [`load_plan`].
 pub fn compile_str(toml_text: &str, base_dir: &Path) -> Result<Plan, ConfigError> {
     compile_with(toml_text, base_dir, &SystemEnvironment)
+}
+
+/// The environment seam, for tests elsewhere in the crate that need a compiled plan without
+/// real DNS.
+#[cfg(test)]
+pub(crate) use compile::Environment as TestEnvironment;
+
+/// [`compile_str`] with an injected environment, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn compile_for_tests(
+    toml_text: &str,
+    base_dir: &Path,
+    env: &dyn Environment,
+) -> Result<Plan, ConfigError> {
+    compile_with(toml_text, base_dir, env)
 }
 
 /// [`compile_str`] with an injected environment (DNS, system roots, CPU count).

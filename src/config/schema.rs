@@ -146,6 +146,8 @@ pub(crate) struct RawDestination {
     pub host_header: Option<String>,
     pub base_path: Option<String>,
     pub alpn: Option<Vec<String>>,
+    /// `"off"`, `"0"` or a duration; parsed in `compile`.
+    pub resolve_interval: Option<RawDuration>,
     #[serde(default)]
     pub pool: RawPool,
     /// `[destination.mqtt]`: required for `adapter = "mqtts"`, an error otherwise.

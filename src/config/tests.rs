@@ -10,7 +10,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use super::compile::Environment;
 use super::{compile_with, load_plan, ConfigError};
-use crate::policy::{AdapterKind, DestinationId, GroupId, ListenerId, ListenerProtocol, Plan};
+use crate::policy::{
+    AdapterKind, DestinationId, GroupId, ListenerId, ListenerProtocol, Plan, Reresolve,
+};
 
 const SECRET_MARKER: &str = "TOPSECRET-KEY-MATERIAL-7f3a";
 
@@ -164,6 +166,7 @@ credential = "sink-client"
 host_header = "ingest.sink.test"
 base_path = "/ingest/"
 alpn = ["http/1.1"]
+resolve_interval = "2m"
 [destination.pool]
 warm = 1
 max_idle = 8
@@ -289,8 +292,17 @@ fn full_config_compiles_to_the_expected_plan() {
     assert_eq!(d.pool.response_timeout, Duration::from_secs(3600));
     assert_eq!(d.pool.backoff_initial, Duration::from_millis(50));
     assert_eq!(d.pool.backoff_max, Duration::from_secs(5));
+    assert_eq!(
+        d.resolve,
+        Some(Reresolve {
+            host: "sink.test".to_owned(),
+            port: 8443,
+            interval: Duration::from_secs(120),
+        })
+    );
 
     let b = &plan.destinations[1];
+    assert_eq!(b.resolve, None, "an IP literal is never looked up again");
     assert_eq!(b.id, DestinationId(1));
     assert_eq!(b.addrs, vec!["[::1]:443".parse().unwrap()]);
     assert_eq!(b.server_name, ServerName::try_from("::1").unwrap());
@@ -831,6 +843,7 @@ fn every_schema_key_is_documented() {
         "response_timeout",
         "backoff_initial",
         "backoff_max",
+        "resolve_interval",
         "routes",
         "listener",
         "path",
@@ -1457,4 +1470,53 @@ fn the_shipped_mqtt_example_compiles() {
         vec![Some(MqttMode::Session), Some(MqttMode::Aggregate)]
     );
     assert_eq!(plan.groups[0].mqtt_routes.len(), 2);
+}
+
+#[test]
+fn resolve_interval_defaults_to_30s_and_can_be_switched_off() {
+    let fx = Fixture::new();
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    let r = plan.destinations[0]
+        .resolve
+        .as_ref()
+        .expect("a DNS endpoint is re-resolved");
+    assert_eq!((r.host.as_str(), r.port), ("sink.test", 443));
+    assert_eq!(r.interval, Duration::from_secs(30));
+    for off in ["off", "0", "0s", "0ms"] {
+        let text = edit(
+            MINIMAL,
+            "endpoint = \"sink.test:443\"",
+            &format!("endpoint = \"sink.test:443\"\nresolve_interval = \"{off}\""),
+        );
+        let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{off}: {e}"));
+        assert_eq!(plan.destinations[0].resolve, None, "{off}");
+    }
+}
+
+#[test]
+fn bad_resolve_interval_is_reported_with_its_path() {
+    let fx = Fixture::new();
+    for (value, needle) in [
+        ("soon", "invalid duration \"soon\""),
+        ("500ms", "must be between 1s and 24h"),
+        ("25h", "must be between 1s and 24h"),
+        ("1.5s", "invalid duration"),
+    ] {
+        let text = edit(
+            MINIMAL,
+            "endpoint = \"sink.test:443\"",
+            &format!("endpoint = \"sink.test:443\"\nresolve_interval = \"{value}\""),
+        );
+        assert_single(&fx.errors(&text), "destination[0].resolve_interval", needle);
+    }
+    // A number instead of a string is a structural error, located by serde.
+    let text = edit(
+        MINIMAL,
+        "endpoint = \"sink.test:443\"",
+        "endpoint = \"sink.test:443\"\nresolve_interval = 30",
+    );
+    assert_eq!(
+        paths(&fx.errors(&text)),
+        vec!["destination[0].resolve_interval"]
+    );
 }

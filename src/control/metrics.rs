@@ -5,6 +5,7 @@
 //! HDR histograms; `_sum` is the HDR mean times the count (HDR keeps no exact sum), which is
 //! within the histogram's 3-significant-digit precision.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use hdrhistogram::Histogram;
@@ -20,6 +21,15 @@ pub struct ReloadCounters {
     pub failed: u64,
 }
 
+/// Re-resolution counters of one destination, kept by the control thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DnsCounters {
+    /// Lookups that changed the destination's addresses (applied on every shard).
+    pub changes: u64,
+    /// Lookups that failed or returned no address (the last good addresses stayed).
+    pub failures: u64,
+}
+
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS_SECONDS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -27,7 +37,12 @@ const BUCKETS_SECONDS: [f64; 17] = [
 ];
 
 /// Render the exposition text.
-pub fn render(m: &ShardMetrics, shards: usize, reloads: ReloadCounters) -> String {
+pub fn render(
+    m: &ShardMetrics,
+    shards: usize,
+    reloads: ReloadCounters,
+    dns: &BTreeMap<String, DnsCounters>,
+) -> String {
     let mut out = String::with_capacity(8 * 1024);
     let w = &mut out;
     gauge(
@@ -140,6 +155,31 @@ pub fn render(m: &ShardMetrics, shards: usize, reloads: ReloadCounters) -> Strin
         "simgate_config_reload_failures_total",
         "Configuration reloads rejected",
         &[("", reloads.failed)],
+    );
+    // Destination names are [a-z0-9_-]: nothing to escape in the label value.
+    let dns_labels: Vec<(String, DnsCounters)> = dns
+        .iter()
+        .map(|(name, c)| (format!("destination=\"{name}\""), *c))
+        .collect();
+    let changes: Vec<(&str, u64)> = dns_labels
+        .iter()
+        .map(|(l, c)| (l.as_str(), c.changes))
+        .collect();
+    let failures: Vec<(&str, u64)> = dns_labels
+        .iter()
+        .map(|(l, c)| (l.as_str(), c.failures))
+        .collect();
+    counter(
+        w,
+        "simgate_upstream_dns_changes_total",
+        "Periodic re-resolutions of a destination's endpoint that changed its addresses",
+        &changes,
+    );
+    counter(
+        w,
+        "simgate_upstream_dns_failures_total",
+        "Periodic re-resolutions of a destination's endpoint that failed or found no address",
+        &failures,
     );
     let a = &m.mqtt_aggregate;
     counter(
@@ -291,7 +331,17 @@ mod tests {
         m.response(200);
         m.record_latency(80, 20);
         m.record_latency(3_000, 40);
-        let text = render(&m, 2, ReloadCounters::default());
+        let mut dns = BTreeMap::new();
+        dns.insert(
+            "aws-iot".to_owned(),
+            DnsCounters {
+                changes: 2,
+                failures: 1,
+            },
+        );
+        let text = render(&m, 2, ReloadCounters::default(), &dns);
+        assert!(text.contains("simgate_upstream_dns_changes_total{destination=\"aws-iot\"} 2\n"));
+        assert!(text.contains("simgate_upstream_dns_failures_total{destination=\"aws-iot\"} 1\n"));
         assert!(text.contains("simgate_http_requests_total 3\n"));
         assert!(text.contains("simgate_http_responses_total{class=\"2xx\"} 1\n"));
         assert!(text.contains("simgate_http_request_duration_seconds_bucket{le=\"0.0001\"} 1\n"));

@@ -7,12 +7,18 @@
 //! waiting for shard snapshots) run on tokio's blocking pool so the admin endpoint stays
 //! responsive.
 //!
+//! It also runs the periodic re-resolution of destination DNS names ([`resolve`]): lookups on
+//! the blocking pool, changed addresses handed to shards with [`Control::apply_addrs`].
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback`).
 
 pub mod metrics;
+pub mod resolve;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,8 +29,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use parking_lot::Mutex;
 
 use crate::config;
+use crate::policy::{DestinationId, Plan};
 use crate::shard::{Gateway, GatewayError};
-pub use metrics::ReloadCounters;
+pub use metrics::{DnsCounters, ReloadCounters};
 
 /// Why `simgate run` stopped with an error.
 #[derive(Debug)]
@@ -57,24 +64,80 @@ pub struct Control {
     reload_lock: Mutex<()>,
     config_path: Option<PathBuf>,
     reloads: Mutex<ReloadCounters>,
+    /// The plan the gateway serves, published after every reload for the re-resolution loop
+    /// (which must not block the runtime on the gateway lock to learn it).
+    plan_tx: tokio::sync::watch::Sender<Arc<Plan>>,
+    /// Re-resolution counters by destination name; kept across reloads (counters never go
+    /// back).
+    dns: Mutex<BTreeMap<String, DnsCounters>>,
 }
 
 impl Control {
     /// Wrap a running gateway. `config_path` is what reloads re-read (None: reload disabled).
     pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
+        let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
         Arc::new(Control {
             gateway: Mutex::new(Some(gateway)),
             reload_lock: Mutex::new(()),
             config_path,
             reloads: Mutex::new(ReloadCounters::default()),
+            plan_tx,
+            dns: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// The served plan, updated after every reload that changed it.
+    pub fn plan_updates(&self) -> tokio::sync::watch::Receiver<Arc<Plan>> {
+        self.plan_tx.subscribe()
+    }
+
+    /// Make sure every re-resolved destination has counters (so `/metrics` shows them at 0).
+    pub fn register_dns_destinations<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let mut dns = self.dns.lock();
+        for name in names {
+            dns.entry(name.to_owned()).or_default();
+        }
+    }
+
+    /// Count a re-resolution of destination `name`: `changed` (applied on every shard) or a
+    /// failure.
+    pub fn count_dns(&self, name: &str, changed: bool) {
+        let mut dns = self.dns.lock();
+        let c = dns.entry(name.to_owned()).or_default();
+        if changed {
+            c.changes += 1;
+        } else {
+            c.failures += 1;
+        }
+    }
+
+    /// Hand new addresses of `destination` to every shard, if `plan` is still the one served.
+    /// `Ok(false)`: a reload replaced `plan` (its own resolution stands) or the gateway is
+    /// stopping. Blocking: waits for every shard's acknowledgement.
+    pub fn apply_addrs(
+        &self,
+        plan: &Arc<Plan>,
+        destination: DestinationId,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<bool, String> {
+        let mut guard = self.gateway.lock();
+        let Some(gateway) = guard.as_mut() else {
+            return Ok(false);
+        };
+        gateway
+            .update_addrs(plan, destination, addrs)
+            .map_err(|e| e.to_string())
     }
 
     /// Prometheus exposition of the merged shard metrics. Blocks up to a second per shard.
     pub fn render_metrics(&self) -> String {
         let guard = self.gateway.lock();
         match guard.as_ref() {
-            Some(g) => metrics::render(&g.metrics(), g.shard_count(), *self.reloads.lock()),
+            Some(g) => {
+                let shards = g.metrics();
+                let dns = self.dns.lock().clone();
+                metrics::render(&shards, g.shard_count(), *self.reloads.lock(), &dns)
+            }
             None => String::new(),
         }
     }
@@ -120,7 +183,15 @@ impl Control {
                 plan.gateway.shards
             ));
         }
-        gateway.reload(Arc::new(plan)).map_err(|e| e.to_string())
+        let result = gateway.reload(Arc::new(plan)).map_err(|e| e.to_string());
+        // Even a partly acknowledged reload changed the served plan.
+        let served = gateway.plan().clone();
+        self.plan_tx.send_if_modified(|current| {
+            let changed = !Arc::ptr_eq(current, &served);
+            *current = served;
+            changed
+        });
+        result
     }
 
     /// Stop the data plane: stop accepting, drain, join shards. Idempotent.
@@ -147,7 +218,18 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         .thread_name("simgate-control")
         .build()
         .map_err(RunError::Control)?;
+    if let Some(file) = config::test_hosts_override() {
+        tracing::warn!(
+            file = %file.display(),
+            "{} is set: endpoint names resolve from this file, not DNS (test-only)",
+            config::TEST_HOSTS_FILE_ENV
+        );
+    }
     let result = runtime.block_on(async {
+        tokio::spawn(resolve::run(
+            control.clone(),
+            Arc::new(resolve::SystemResolver),
+        ));
         if let Some(addr) = admin {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -162,6 +244,8 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
     let c = control.clone();
     // Draining joins shard threads: do it off the runtime.
     let _ = std::thread::spawn(move || c.shutdown()).join();
+    // A DNS lookup stuck in getaddrinfo on the blocking pool must not hold up the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
 

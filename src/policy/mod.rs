@@ -198,6 +198,18 @@ pub struct PoolSettings {
     pub backoff_max: Duration,
 }
 
+/// How a destination's DNS name is looked up again while simgate runs
+/// (`destination.resolve_interval`). Absent for IP-literal endpoints and when disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reresolve {
+    /// The DNS name of `endpoint`.
+    pub host: String,
+    /// The port of `endpoint`.
+    pub port: u16,
+    /// Time between lookups (at least 1 s).
+    pub interval: Duration,
+}
+
 /// One upstream (cloud) endpoint.
 #[derive(Clone)]
 pub struct DestinationPlan {
@@ -209,8 +221,13 @@ pub struct DestinationPlan {
     pub adapter: AdapterKind,
     /// `host:port` as configured (for Host header and messages).
     pub endpoint: String,
-    /// Resolved socket addresses of `endpoint` (tried in order).
+    /// Resolved socket addresses of `endpoint` (tried in order), as resolved when the plan was
+    /// compiled. The plan never changes afterwards: periodic re-resolution ([`Self::resolve`])
+    /// hands newer addresses to the shards' pools, not to the plan.
     pub addrs: Vec<SocketAddr>,
+    /// Periodic re-resolution of `endpoint`'s DNS name; `None` for an IP literal or when
+    /// `resolve_interval` is off.
+    pub resolve: Option<Reresolve>,
     /// TLS server name sent as SNI and verified against the certificate.
     pub server_name: rustls::pki_types::ServerName<'static>,
     /// Value of the Host header sent upstream.
@@ -234,6 +251,7 @@ impl std::fmt::Debug for DestinationPlan {
             .field("adapter", &self.adapter)
             .field("endpoint", &self.endpoint)
             .field("addrs", &self.addrs)
+            .field("resolve", &self.resolve)
             .field("server_name", &self.server_name)
             .field("host_header", &self.host_header)
             .field("base_path", &self.base_path)

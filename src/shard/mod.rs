@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::policy::{DestinationPlan, ListenerId, ListenerProtocol, Plan};
+use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
 pub use metrics::{ErrorKind, ShardMetrics};
@@ -40,6 +40,19 @@ pub enum ShardCommand {
     /// Serve this plan from now on (listeners must be unchanged); ack on the sender once the
     /// plan is in place, so a reload reported as done is in effect on every shard.
     Reload(Arc<Plan>, Sender<()>),
+    /// New addresses for one destination of `plan` (periodic re-resolution found a different
+    /// set): new connects use them; pooled connections stay. Ignored unless `plan` is the
+    /// shard's current plan (a reload already resolved afresh). Ack on the sender either way.
+    UpdateAddrs {
+        /// The plan the addresses were resolved for.
+        plan: Arc<Plan>,
+        /// Destination of that plan.
+        destination: DestinationId,
+        /// The new addresses (never empty).
+        addrs: Vec<SocketAddr>,
+        /// Acknowledgement.
+        ack: Sender<()>,
+    },
     /// Reply with a copy of the shard's metrics.
     Snapshot(Sender<ShardMetrics>),
     /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
@@ -65,6 +78,9 @@ pub enum GatewayError {
     /// A shard did not confirm a reload within 5 s (it may be stuck or gone). The reload is
     /// then partial: shards that confirmed serve the new plan.
     ReloadNotAcknowledged,
+    /// A shard did not confirm an address update within 5 s; shards that confirmed use the
+    /// new addresses.
+    AddrsNotAcknowledged,
 }
 
 impl std::fmt::Display for GatewayError {
@@ -79,6 +95,10 @@ impl std::fmt::Display for GatewayError {
             GatewayError::ReloadNotAcknowledged => f.write_str(
                 "a shard did not acknowledge the reload within 5 s: the new configuration \
                      is applied only on the shards that answered; check the logs and restart",
+            ),
+            GatewayError::AddrsNotAcknowledged => f.write_str(
+                "a shard did not acknowledge an address update within 5 s: only the shards \
+                 that answered use the new addresses; check the logs",
             ),
             GatewayError::ListenersChanged => f.write_str(
                 "reload rejected: listeners (names, protocols or bind addresses) changed; \
@@ -278,6 +298,38 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// Hand new addresses of `destination` to every shard and wait for each to confirm.
+    /// `Ok(false)` without sending anything when `plan` is no longer the served plan (a reload
+    /// resolved every endpoint afresh). Neither the plan nor its generation changes, so warm
+    /// pools of every destination stay.
+    pub fn update_addrs(
+        &mut self,
+        plan: &Arc<Plan>,
+        destination: DestinationId,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<bool, GatewayError> {
+        if !Arc::ptr_eq(&self.plan, plan) || addrs.is_empty() {
+            return Ok(false);
+        }
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(self.shards.len());
+        for shard in &self.shards {
+            let _ = shard.commands.send(ShardCommand::UpdateAddrs {
+                plan: plan.clone(),
+                destination,
+                addrs: addrs.clone(),
+                ack: ack_tx.clone(),
+            });
+            let _ = shard.notifier.notify();
+        }
+        drop(ack_tx);
+        for _ in 0..self.shards.len() {
+            if ack_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                return Err(GatewayError::AddrsNotAcknowledged);
+            }
+        }
+        Ok(true)
     }
 
     /// Metrics of every shard, merged.
@@ -525,6 +577,17 @@ async fn command_loop(
                     state.generation.set(generation);
                     *state.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(state.id));
                     *state.plan.borrow_mut() = plan;
+                    let _ = ack.send(());
+                }
+                ShardCommand::UpdateAddrs {
+                    plan,
+                    destination,
+                    addrs,
+                    ack,
+                } => {
+                    if Arc::ptr_eq(&plan, &state.plan.borrow()) {
+                        state.pools.borrow_mut().set_addrs(destination, addrs);
+                    }
                     let _ = ack.send(());
                 }
                 ShardCommand::Snapshot(reply) => {

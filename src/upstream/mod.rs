@@ -6,7 +6,9 @@
 //! takes one ([`Pools::take_idle`]), or connects a new one with [`connect`], and gives it back
 //! with [`Pools::check_in`] when the exchange left it reusable. Reuse is keyed by the destination
 //! of one plan generation: a reload builds fresh pools, and connections of an older generation are
-//! closed when checked in (their settings or certificates may have changed).
+//! closed when checked in (their settings or certificates may have changed). Periodic DNS
+//! re-resolution is not a reload: [`Pools::set_addrs`] swaps the addresses new connects try
+//! and keeps the pools (and their idle connections to the old addresses) as they are.
 //!
 //! What this module does not do: HTTP. It knows nothing of requests; `flows` decides whether an
 //! exchange left a connection reusable and whether a retry is safe.
@@ -232,6 +234,29 @@ impl Pools {
         }
     }
 
+    /// New addresses for `dest` (periodic re-resolution): new connects try them in order.
+    /// Idle connections to the old addresses stay and serve until they close or idle out. The
+    /// backoff is cleared, since the failures it counts were against the old addresses.
+    /// Empty lists are ignored: a destination never loses its last good addresses.
+    pub fn set_addrs(&mut self, dest: DestinationId, addrs: Vec<SocketAddr>) {
+        let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
+            return;
+        };
+        if addrs.is_empty() {
+            return;
+        }
+        pool.params.addrs = addrs;
+        pool.failures = 0;
+        pool.retry_at = None;
+    }
+
+    /// The addresses new connects to `dest` try, in order.
+    pub fn addrs(&self, dest: DestinationId) -> Option<&[SocketAddr]> {
+        self.dests
+            .get(usize::from(dest.0))
+            .map(|p| p.params.addrs.as_slice())
+    }
+
     /// Record the outcome of a connect: success clears the backoff; failure doubles it (full
     /// jitter between half and all of `min(backoff_max, backoff_initial * 2^(failures-1))`).
     pub fn record_connect(&mut self, dest: DestinationId, ok: bool, now: Instant) {
@@ -363,7 +388,81 @@ impl XorShift {
 
 #[cfg(test)]
 mod tests {
-    use super::XorShift;
+    use super::*;
+
+    struct OneName;
+
+    impl crate::config::TestEnvironment for OneName {
+        fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+            match host {
+                "cloud.test" => Ok(vec![SocketAddr::from(([192, 0, 2, 1], port))]),
+                _ => Err("Name or service not known".into()),
+            }
+        }
+        fn system_roots(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+            Vec::new()
+        }
+        fn available_cpus(&self) -> Option<usize> {
+            Some(1)
+        }
+    }
+
+    fn plan() -> Plan {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["cloud.test".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).unwrap();
+        let text = r#"
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "127.0.0.1:0"
+[[destination]]
+name = "cloud"
+adapter = "https"
+endpoint = "cloud.test:443"
+ca = "ca.pem"
+[[group]]
+name = "default"
+routes = [ { listener = "http", path = "/", destination = "cloud" } ]
+"#;
+        crate::config::compile_for_tests(text, dir.path(), &OneName)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn new_addresses_replace_the_connect_list_clear_backoff_and_never_empty_it() {
+        let plan = plan();
+        let dest = &plan.destinations[0];
+        let mut pools = Pools::new(&plan, 0, 7);
+        let now = Instant::now();
+        assert_eq!(pools.addrs(dest.id), Some(&dest.addrs[..]));
+        pools.record_connect(dest.id, false, now);
+        assert!(matches!(
+            pools.connect_params(dest, now),
+            Err(UpstreamError::BackingOff { failures: 1 })
+        ));
+
+        let new: Vec<SocketAddr> = vec!["192.0.2.7:443".parse().unwrap()];
+        pools.set_addrs(dest.id, new.clone());
+        assert_eq!(pools.addrs(dest.id), Some(&new[..]));
+        let params = pools
+            .connect_params(dest, now)
+            .expect("the backoff against the old addresses is cleared");
+        assert_eq!(params.addrs, new);
+        assert_eq!(pools.generation(), 0, "no new generation: pools stay warm");
+
+        pools.set_addrs(dest.id, Vec::new());
+        assert_eq!(
+            pools.addrs(dest.id),
+            Some(&new[..]),
+            "empty lists are ignored"
+        );
+        assert_eq!(
+            dest.addrs,
+            vec!["192.0.2.1:443".parse().unwrap()],
+            "the plan is untouched"
+        );
+    }
 
     #[test]
     fn jitter_source_stays_in_unit_interval() {

@@ -30,6 +30,11 @@ impl Simgate {
     /// Logs at `simgate=debug` unless `SIMGATE_TEST_LOG` gives another filter (e.g.
     /// `simgate=debug,simgate::upstream::mqtt_link=trace` for the per-message MQTT trace).
     pub fn start(dir: &Path, toml: &str) -> Simgate {
+        Simgate::start_with_env(dir, toml, &[])
+    }
+
+    /// [`Simgate::start`] with extra environment variables for the simgate process.
+    pub fn start_with_env(dir: &Path, toml: &str, env: &[(&str, &Path)]) -> Simgate {
         let config_path = dir.join("simgate.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let stderr_path = dir.join("simgate.stderr");
@@ -44,6 +49,7 @@ impl Simgate {
             .arg(&config_path)
             .stdout(Stdio::piped())
             .stderr(stderr)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .spawn()
             .expect("spawn simgate");
         let stdout = child.stdout.take().expect("stdout");
