@@ -9,38 +9,15 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use simgate::proto::http1::{write_upstream_request_head, Limits, Parsed, RequestDecoder};
 
+#[path = "fixtures/mod.rs"]
+mod fixtures;
+use fixtures::device_post;
+
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17));
 const EXTRA: &[(&str, &[u8])] = &[
     ("X-Sim-Imsi", b"440103123456789"),
     ("X-Sim-Imei", b"356938035643809"),
 ];
-
-/// A device POST with ~8 header fields and a body of `body_len` bytes.
-fn device_post(body_len: usize, chunked: bool) -> Vec<u8> {
-    let mut request = b"POST /telemetry/v1/sensor-17?batch=1 HTTP/1.1\r\n\
-        Host: gateway.iot.carrier.example\r\n\
-        User-Agent: SIM7600-modem/2.3.1\r\n\
-        Accept: application/json\r\n\
-        Content-Type: application/json\r\n\
-        X-Device-Id: sensor-17\r\n\
-        X-Request-Id: 7f3a9c2e-5b1d-4e8f-9a6c-0d2b4e6f8a1c\r\n\
-        Connection: keep-alive\r\n"
-        .to_vec();
-    let body: Vec<u8> = (0..body_len).map(|i| b'a' + (i % 26) as u8).collect();
-    if chunked {
-        request.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
-        for chunk in body.chunks(512) {
-            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-            request.extend_from_slice(chunk);
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"0\r\n\r\n");
-    } else {
-        request.extend_from_slice(format!("Content-Length: {body_len}\r\n\r\n").as_bytes());
-        request.extend_from_slice(&body);
-    }
-    request
-}
 
 /// Decodes one request from a fresh buffer and writes its upstream head.
 fn decode_and_rewrite(wire: &[u8], out: &mut BytesMut) -> usize {

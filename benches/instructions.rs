@@ -13,17 +13,17 @@
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::num::NonZeroU16;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use simgate::policy::template::Placeholder;
 use simgate::policy::{Template, TemplateVars};
 use simgate::proto::http1::{write_upstream_request_head, Limits, Parsed, RequestDecoder};
-use simgate::proto::mqtt::{
-    decode_packet, encode, DecodeLimits, Decoded, Packet, Properties, ProtocolVersion, Publish,
-    QoS, UserProperty,
-};
+use simgate::proto::mqtt::{decode_packet, encode, DecodeLimits, Decoded, Packet, ProtocolVersion};
 use simgate::shard::ShardMetrics;
+
+#[path = "fixtures/mod.rs"]
+mod fixtures;
+use fixtures::{device_post, publish, wire};
 
 /// One hot path: prepared once, then `run` is called per iteration and returns a checksum.
 struct Case {
@@ -32,54 +32,10 @@ struct Case {
     run: Box<dyn FnMut() -> usize>,
 }
 
-fn http_post_1k() -> Vec<u8> {
-    let mut request = b"POST /telemetry/v1/sensor-17?batch=1 HTTP/1.1\r\n\
-        Host: gateway.iot.carrier.example\r\n\
-        User-Agent: SIM7600-modem/2.3.1\r\n\
-        Accept: application/json\r\n\
-        Content-Type: application/json\r\n\
-        X-Device-Id: sensor-17\r\n\
-        X-Request-Id: 7f3a9c2e-5b1d-4e8f-9a6c-0d2b4e6f8a1c\r\n\
-        Connection: keep-alive\r\n\
-        Content-Length: 1024\r\n\r\n"
-        .to_vec();
-    request.extend((0..1024).map(|i| b'a' + (i % 26) as u8));
-    request
-}
-
-fn publish(version: ProtocolVersion) -> Packet {
-    let properties = match version {
-        ProtocolVersion::V311 => Properties::default(),
-        ProtocolVersion::V5 => Properties {
-            payload_format_indicator: Some(false),
-            user_properties: vec![UserProperty {
-                name: Bytes::from_static(b"imsi"),
-                value: Bytes::from_static(b"440103123456789"),
-            }],
-            ..Properties::default()
-        },
-    };
-    Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: Bytes::from_static(b"devices/sensor-17/telemetry"),
-        packet_id: NonZeroU16::new(42),
-        properties,
-        payload: Bytes::from(vec![0xA5; 100]),
-    })
-}
-
-fn wire(packet: &Packet, version: ProtocolVersion) -> Bytes {
-    let mut out = BytesMut::new();
-    encode(packet, version, &mut out).expect("fixed packet encodes");
-    out.freeze()
-}
-
 fn cases() -> Vec<Case> {
     let mut cases = Vec::new();
 
-    let request = http_post_1k();
+    let request = device_post(1024, false);
     let mut out = BytesMut::with_capacity(2048);
     cases.push(Case {
         name: "http1_decode_rewrite_1k",
@@ -118,7 +74,7 @@ fn cases() -> Vec<Case> {
             "MQTT 5.0: decode a QoS 1 PUBLISH, 100 B payload, 2 properties",
         ),
     ] {
-        let bytes = wire(&publish(version), version);
+        let bytes = wire(&publish(version, 100), version);
         cases.push(Case {
             name,
             what,
@@ -144,7 +100,7 @@ fn cases() -> Vec<Case> {
             "MQTT 5.0: encode a QoS 1 PUBLISH, 100 B payload, 2 properties",
         ),
     ] {
-        let packet = publish(version);
+        let packet = publish(version, 100);
         let mut out = BytesMut::with_capacity(256);
         cases.push(Case {
             name,

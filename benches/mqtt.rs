@@ -5,48 +5,17 @@
 //!
 //! Run: `cargo bench --bench mqtt` (on a quiet machine; not in CI).
 
-use std::num::NonZeroU16;
-
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use simgate::proto::mqtt::{
-    decode_packet, encode, DecodeLimits, Decoded, Packet, Properties, ProtocolVersion, Publish,
-    QoS, UserProperty,
-};
+use simgate::proto::mqtt::{decode_packet, encode, DecodeLimits, Decoded, ProtocolVersion};
+
+#[path = "fixtures/mod.rs"]
+mod fixtures;
+use fixtures::{publish, wire};
 
 const PAYLOAD_SIZES: [(usize, &str); 3] = [(100, "100B"), (1024, "1KiB"), (64 * 1024, "64KiB")];
 const VERSIONS: [(ProtocolVersion, &str); 2] =
     [(ProtocolVersion::V311, "v311"), (ProtocolVersion::V5, "v5")];
-
-fn publish(version: ProtocolVersion, payload_len: usize) -> Packet {
-    let properties = match version {
-        ProtocolVersion::V311 => Properties::default(),
-        ProtocolVersion::V5 => Properties {
-            payload_format_indicator: Some(false),
-            user_properties: vec![UserProperty {
-                name: Bytes::from_static(b"imsi"),
-                value: Bytes::from_static(b"440103123456789"),
-            }],
-            ..Properties::default()
-        },
-    };
-    Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: Bytes::from_static(b"devices/sensor-17/telemetry"),
-        packet_id: NonZeroU16::new(42),
-        properties,
-        payload: Bytes::from(vec![0xA5; payload_len]),
-    })
-}
-
-fn wire(packet: &Packet, version: ProtocolVersion) -> Bytes {
-    let mut out = BytesMut::new();
-    // Benchmark setup: a fixed, valid packet; failing here is a bench bug.
-    encode(packet, version, &mut out).expect("bench packet encodes");
-    out.freeze()
-}
 
 fn bench_decode(c: &mut Criterion) {
     let limits = DecodeLimits {

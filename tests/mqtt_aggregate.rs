@@ -31,32 +31,11 @@ fn start_gateway(
     shards: usize,
     mqtt_extra: &str,
 ) -> Gateway {
-    let destination = broker.destination_toml(
-        "broker",
+    let toml = broker.gateway_toml(
+        shards,
         &pki.ca_pem,
         &format!("mode = \"aggregate\"\nkeep_alive = \"10s\"\n{mqtt_extra}"),
-    );
-    let toml = format!(
-        r#"
-[gateway]
-shards = {shards}
-admin = "127.0.0.1:0"
-
-[[listener]]
-name = "mqtt"
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-{destination}
-[destination.pool]
-warm = 0
-backoff_initial = "50ms"
-backoff_max = "400ms"
-
-[[group]]
-name = "default"
-routes = [ {{ listener = "mqtt", destination = "broker" }} ]
-"#
+        "warm = 0\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
     );
     let simgate = Simgate::start(dir, &toml);
     let mqtt = simgate.listener("mqtt");

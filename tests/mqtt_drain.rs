@@ -18,27 +18,7 @@ use simgate::proto::mqtt::{Packet, ProtocolVersion, QoS, ReasonCode};
 use simgate::testkit::TestPki;
 
 fn start_gateway(dir: &Path, pki: &TestPki, broker: &Broker, mqtt: &str) -> Simgate {
-    let destination = broker.destination_toml("broker", &pki.ca_pem, mqtt);
-    let toml = format!(
-        r#"
-[gateway]
-shards = 1
-admin = "127.0.0.1:0"
-
-[[listener]]
-name = "mqtt"
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-{destination}
-[destination.pool]
-warm = 0
-
-[[group]]
-name = "default"
-routes = [ {{ listener = "mqtt", destination = "broker" }} ]
-"#
-    );
+    let toml = broker.gateway_toml(1, &pki.ca_pem, mqtt, "warm = 0");
     Simgate::start(dir, &toml)
 }
 

@@ -237,27 +237,7 @@ fn thousand_devices(mode: &str) {
         "session" => "mode = \"session\"\ntopic = \"devices/{client_id}/{topic}\"\n",
         _ => "mode = \"aggregate\"\nconnections_per_shard = 2\n",
     };
-    let destination = broker.destination_toml("broker", &pki.ca_pem, mqtt);
-    let toml = format!(
-        r#"
-[gateway]
-shards = 2
-admin = "127.0.0.1:0"
-
-[[listener]]
-name = "mqtt"
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-{destination}
-[destination.pool]
-connect_timeout = "30s"
-
-[[group]]
-name = "default"
-routes = [ {{ listener = "mqtt", destination = "broker" }} ]
-"#
-    );
+    let toml = broker.gateway_toml(2, &pki.ca_pem, mqtt, "connect_timeout = \"30s\"");
     let simgate = Simgate::start(dir.path(), &toml);
     let (gw_soft, _) = nofile(&simgate.pid().to_string());
     assert!(

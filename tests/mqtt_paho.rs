@@ -83,28 +83,8 @@ impl World {
             ),
         };
         let mqtt_table = merge_keys(&mqtt_table, mqtt_extra);
-        let destination = broker.destination_toml("broker", &pki.ca_pem, &mqtt_table);
-        let toml = format!(
-            r#"
-[gateway]
-shards = 2
-admin = "127.0.0.1:0"
-
-[[listener]]
-name = "mqtt"
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-
-{destination}
-[destination.pool]
-warm = {warm}
-connect_timeout = "5s"
-
-[[group]]
-name = "default"
-routes = [ {{ listener = "mqtt", destination = "broker" }} ]
-"#
-        );
+        let pool = format!("warm = {warm}\nconnect_timeout = \"5s\"");
+        let toml = broker.gateway_toml(2, &pki.ca_pem, &mqtt_table, &pool);
         let simgate = Simgate::start(dir.path(), &toml);
         World {
             _dir: dir,

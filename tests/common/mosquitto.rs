@@ -263,6 +263,33 @@ impl Broker {
         }
     }
 
+    /// A whole gateway config: `shards` shards, an admin endpoint on a free loopback port, one
+    /// MQTT listener "mqtt" on a free port routed to destination "broker" (this broker, with the
+    /// `[destination.mqtt]` keys `mqtt_table`), and `pool` as the `[destination.pool]` keys.
+    pub fn gateway_toml(&self, shards: usize, ca: &Path, mqtt_table: &str, pool: &str) -> String {
+        let destination = self.destination_toml("broker", ca, mqtt_table);
+        format!(
+            r#"
+[gateway]
+shards = {shards}
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
+{destination}
+[destination.pool]
+{pool}
+
+[[group]]
+name = "default"
+routes = [ {{ listener = "mqtt", destination = "broker" }} ]
+"#
+        )
+    }
+
     /// TOML for an `mqtts` destination pointing at this broker's TLS listener.
     pub fn destination_toml(&self, name: &str, ca: &Path, mqtt_table: &str) -> String {
         format!(
