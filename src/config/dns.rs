@@ -11,7 +11,10 @@
 //! read again on every lookup, so a test can change what a name resolves to while simgate
 //! runs. A name missing from the file is an error (no fallback to real DNS, so a test cannot
 //! pass by accident through the network). It exists because `/etc/hosts` is not reliably
-//! writable in CI; never set it in production (`simgate run` logs a warning when it is set).
+//! writable in CI. It is compiled into debug builds only (`debug_assertions`, which the test
+//! suite's `simgate` binary is): a release build ignores the variable, so whoever controls a
+//! production service's environment cannot redirect its endpoints with it. A debug build logs
+//! a warning at start when it is set.
 //!
 //! What this does not do: cache, honour TTLs, or choose among addresses.
 
@@ -24,8 +27,8 @@ pub const TEST_HOSTS_FILE_ENV: &str = "SIMGATE_TEST_HOSTS_FILE";
 /// Resolve `host` to socket addresses with `port`. The error is a human-readable reason that
 /// names neither secrets nor file contents beyond the looked-up name.
 pub fn resolve_system(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-    if let Some(file) = std::env::var_os(TEST_HOSTS_FILE_ENV).filter(|f| !f.is_empty()) {
-        return resolve_in_hosts_file(Path::new(&file), host, port);
+    if let Some(file) = test_hosts_override() {
+        return resolve_in_hosts_file(&file, host, port);
     }
     (host, port)
         .to_socket_addrs()
@@ -33,8 +36,11 @@ pub fn resolve_system(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> 
         .map_err(|e| e.to_string())
 }
 
-/// True when the test-only hosts-file override is in effect.
+/// The test-only hosts file, when the override is in effect (debug builds only).
 pub fn test_hosts_override() -> Option<std::path::PathBuf> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
     std::env::var_os(TEST_HOSTS_FILE_ENV)
         .filter(|f| !f.is_empty())
         .map(Into::into)

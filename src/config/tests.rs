@@ -1520,3 +1520,40 @@ fn bad_resolve_interval_is_reported_with_its_path() {
         vec!["destination[0].resolve_interval"]
     );
 }
+
+#[test]
+fn aggregate_link_fingerprint_ignores_dns_answer_order_and_subset() {
+    // A reload (or DNS) that returns the same name's addresses in another order or subset must
+    // not retire aggregate-mode links: that would reconnect every device on them.
+    let fx = Fixture::new();
+    let text = edit(
+        MQTT_FULL,
+        "endpoint = \"127.0.0.1:8883\"",
+        "endpoint = \"sink.test:8883\"",
+    );
+    let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+    let fleet = plan
+        .destinations
+        .iter()
+        .find(|d| d.name == "fleet")
+        .expect("fleet destination");
+    let before = crate::upstream::mqtt_link::destination_fingerprint(fleet);
+    assert!(before.is_some(), "aggregate destination has a fingerprint");
+    let mut rotated = fleet.clone();
+    rotated.addrs.reverse();
+    rotated.addrs.truncate(1);
+    assert_ne!(rotated.addrs, fleet.addrs);
+    assert_eq!(
+        crate::upstream::mqtt_link::destination_fingerprint(&rotated),
+        before
+    );
+    // A setting the links depend on still changes it.
+    let mut other = fleet.clone();
+    other.server_name = rustls::pki_types::ServerName::try_from("other.test")
+        .expect("name")
+        .to_owned();
+    assert_ne!(
+        crate::upstream::mqtt_link::destination_fingerprint(&other),
+        before
+    );
+}

@@ -202,6 +202,16 @@ impl Watches {
     }
 }
 
+impl Watches {
+    /// Undo a change `complete` reported but the shards did not apply: `previous` becomes the
+    /// last good set again, so the next lookup reports the change again.
+    pub fn revert(&mut self, index: usize, previous: Vec<SocketAddr>) {
+        if let Some(w) = self.watches.get_mut(index) {
+            w.last_good = previous;
+        }
+    }
+}
+
 /// Equal as sets: order and duplicates do not matter (round-robin DNS rotates its answers).
 fn same_set(a: &[SocketAddr], b: &[SocketAddr]) -> bool {
     a.iter().collect::<BTreeSet<_>>() == b.iter().collect::<BTreeSet<_>>()
@@ -249,23 +259,28 @@ pub async fn run(control: Arc<Control>, resolver: Arc<dyn Resolver>) {
                 }
                 let outcome = watches.complete(index, result, Instant::now());
                 let Some((destination, _)) = watches.current(index) else { continue };
-                handle_outcome(&control, &plan, destination, outcome).await;
+                if let Some(previous) = handle_outcome(&control, &plan, destination, outcome).await {
+                    // Not applied: forget the change so the next lookup sends it again.
+                    watches.revert(index, previous);
+                }
             }
         }
     }
 }
 
+/// Log, count and apply one lookup's outcome. Returns the previous addresses when a change
+/// could not be applied (a shard did not acknowledge it), so the caller can forget the change.
 async fn handle_outcome(
     control: &Arc<Control>,
     plan: &Arc<Plan>,
     destination: DestinationId,
     outcome: Outcome,
-) {
+) -> Option<Vec<SocketAddr>> {
     // Name and `host:port` only: a destination holds no secret in either.
     let dest = plan.destination(destination);
     let (name, endpoint) = (dest.name.as_str(), dest.endpoint.as_str());
     match outcome {
-        Outcome::Unchanged => {}
+        Outcome::Unchanged => None,
         Outcome::Failed(error) => {
             control.count_dns(name, false);
             tracing::warn!(
@@ -274,6 +289,7 @@ async fn handle_outcome(
                 %error,
                 "re-resolving the endpoint failed; keeping the last good addresses"
             );
+            None
         }
         Outcome::Changed { previous, addrs } => {
             tracing::info!(
@@ -288,11 +304,22 @@ async fn handle_outcome(
             let applied =
                 tokio::task::spawn_blocking(move || c.apply_addrs(&p, destination, addrs)).await;
             match applied {
-                Ok(Ok(true)) => control.count_dns(name, true),
+                Ok(Ok(true)) => {
+                    control.count_dns(name, true);
+                    None
+                }
                 // A reload replaced the plan meanwhile; it resolved the name itself.
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(destination = %name, error = %e, "address update"),
-                Err(_) => tracing::error!(destination = %name, "address update task failed"),
+                Ok(Ok(false)) => None,
+                Ok(Err(e)) => {
+                    control.count_dns(name, false);
+                    tracing::error!(destination = %name, error = %e, "address update not applied; retrying at the next lookup");
+                    Some(previous)
+                }
+                Err(_) => {
+                    control.count_dns(name, false);
+                    tracing::error!(destination = %name, "address update task failed; retrying at the next lookup");
+                    Some(previous)
+                }
             }
         }
     }
@@ -484,6 +511,32 @@ routes = [ { listener = "http", path = "/", destination = "a" } ]
                 DestinationId(0),
                 &addrs(&["192.0.2.11:443", "192.0.2.12:443"])[..]
             ))
+        );
+    }
+
+    #[test]
+    fn a_change_the_shards_did_not_apply_is_reported_again_at_the_next_lookup() {
+        let r = FakeResolver::default();
+        let t0 = Instant::now();
+        let mut w = Watches::new(plan(), t0);
+        r.set("a.test", Ok(vec!["192.0.2.11:0"]));
+        r.set("b.test", Ok(vec!["192.0.2.20:0", "192.0.2.21:0"]));
+        let t = t0 + Duration::from_secs(60);
+        let out = round(&mut w, &r, t);
+        let Some((_, Outcome::Changed { previous, .. })) = out.into_iter().next() else {
+            panic!("a.test changed");
+        };
+        w.revert(0, previous);
+        let out = round(&mut w, &r, t + Duration::from_secs(10));
+        assert_eq!(
+            out,
+            [(
+                "a".to_owned(),
+                Outcome::Changed {
+                    previous: addrs(&["192.0.2.10:443"]),
+                    addrs: addrs(&["192.0.2.11:443"]),
+                }
+            )]
         );
     }
 

@@ -53,7 +53,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::mqtt_bridge::{
-    assign_client_id, drain_ack_deadline, send_connack, DeviceSession, SessionFuture,
+    assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
+    SessionFuture,
 };
 use super::select::{select2, Either};
 use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
@@ -430,15 +431,18 @@ async fn run(state: Rc<ShardState>, mut stream: TcpStream, mut buf: BytesMut, ad
     .await;
 
     if let End::Abnormal(code) = end {
+        // The will first: it is queued on the link at once, so a device that does not read its
+        // DISCONNECT cannot hold it back past the shard's drain window.
+        if let Some(will) = device.will.take() {
+            publish_will(&device, &link, *will);
+        }
         if let (Some(code), ProtocolVersion::V5) = (code, version) {
             device.write(&Packet::Disconnect(Disconnect {
                 reason_code: code,
                 properties: Properties::default(),
             }));
-            let _ = flush(&state, &mut stream, &mut device.out).await;
-        }
-        if let Some(will) = device.will.take() {
-            publish_will(&device, &link, *will);
+            let until = goodbye_deadline(&state, DEVICE_WRITE_TIMEOUT);
+            let _ = reactor::timeout_at(until, flush(&state, &mut stream, &mut device.out)).await;
         }
     }
 }
@@ -884,7 +888,10 @@ impl Device {
                 self.deliver(*publish);
                 None
             }
-            LinkEvent::Closed => Some(End::Abnormal(Some(ReasonCode::SERVER_UNAVAILABLE))),
+            // The link was retired (its destination changed or left the plan). 0x88 "Server
+            // unavailable" is a CONNACK code only; DISCONNECT says 0x80, and the device
+            // reconnects to the current plan.
+            LinkEvent::Closed => Some(End::Abnormal(Some(ReasonCode::UNSPECIFIED_ERROR))),
         }
     }
 

@@ -50,6 +50,16 @@ pub fn drain_ack_deadline(state: &ShardState) -> Instant {
         .map_or(now, |d| d.max(now))
 }
 
+/// Until when a goodbye (a DISCONNECT, a TLS close) may take: `limit` from now, and never past
+/// the shard's drain deadline while draining, so goodbyes end before the shard drops its tasks.
+pub fn goodbye_deadline(state: &ShardState, limit: std::time::Duration) -> Instant {
+    let by_limit = Instant::now() + limit;
+    match state.drain.deadline() {
+        Some(drain) if state.draining() => by_limit.min(drain),
+        _ => by_limit,
+    }
+}
+
 /// A device session whose CONNECT has been read and routed, handed to a bridging mode.
 pub struct DeviceSession {
     /// The shard.
@@ -229,8 +239,10 @@ pub fn v311_return_code(code: ReasonCode) -> ReasonCode {
 /// - A non-empty id is the device's own: `Ok(None)`, unless it could break out of its topic
 ///   space: `+` or `#` anywhere (the rewritten topics and filters would become wildcards
 ///   matching other devices' topics), or `/` when the destination's `topic` template uses
-///   `{client_id}` (an id `a/b` would publish under device `a`'s topics). Those are refused
-///   with 0x85 "Client Identifier not valid".
+///   `{client_id}` (an id `a/b` would publish under device `a`'s topics), or a leading `$`
+///   there (`$SYS`, `$share`). Those are refused with 0x85 "Client Identifier not valid".
+///   This keeps a device inside the topic space of the id it claims; it does not stop a device
+///   from claiming another's id — binding ids to the SIM's identity is the identity issue's job.
 /// - Empty, from a 3.1.1 device asking for a persistent session (Clean Session = 0): refused
 ///   with 0x85 "Client Identifier not valid" (3.1.1 return code 0x02) [MQTT-3.1.3-8].
 /// - Empty otherwise: `Ok(Some(id))` with a fresh [`generated_client_id`]. It is what the
@@ -245,7 +257,10 @@ pub fn assign_client_id(
     if !connect.client_id.is_empty() {
         let id_in_topics = topic.uses(Placeholder::ClientId);
         let escapes = |&b: &u8| b == b'+' || b == b'#' || (id_in_topics && b == b'/');
-        if connect.client_id.iter().any(escapes) {
+        // A leading `$` would make a rewritten topic or filter start with `$` (`$SYS/#`,
+        // `$share/...`): broker-internal topics or shared subscriptions, not device topics.
+        let system = id_in_topics && connect.client_id.first() == Some(&b'$');
+        if system || connect.client_id.iter().any(escapes) {
             return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
         }
         return Ok(None);
@@ -340,6 +355,11 @@ mod tests {
                 );
             }
         }
+        let dollar = connect(ProtocolVersion::V5, b"$SYS", true);
+        assert_eq!(
+            assign_client_id(&dollar, &per_device, 0, peer),
+            Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID)
+        );
         // `/` only matters where the id is part of the topic.
         let slashed = connect(ProtocolVersion::V5, b"line1/dev7", true);
         assert_eq!(

@@ -69,7 +69,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::mqtt_bridge::{
-    assign_client_id, drain_ack_deadline, send_connack, v311_return_code, DeviceSession,
+    assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, v311_return_code,
+    DeviceSession,
 };
 use super::select::{select2, Either};
 use crate::policy::{
@@ -910,7 +911,11 @@ pub async fn serve(session: DeviceSession) {
     if !accepted {
         state.metrics.borrow_mut().mqtt_connects_refused += 1;
         let _ = send_device(&state, &mut stream, out.freeze()).await;
-        let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.close()).await;
+        let _ = reactor::timeout_at(
+            goodbye_deadline(&state, GOODBYE_TIMEOUT),
+            upstream.stream.close(),
+        )
+        .await;
         return;
     }
     let _open = OpenSession::start(&state);
@@ -938,11 +943,19 @@ pub async fn serve(session: DeviceSession) {
     if device_version == ProtocolVersion::V5 {
         if let Some(reason_code) = end.device_reason() {
             let bye = encode_device_disconnect(reason_code);
-            let _ = reactor::timeout(GOODBYE_TIMEOUT, send_device(&state, &mut stream, bye)).await;
+            let _ = reactor::timeout_at(
+                goodbye_deadline(&state, GOODBYE_TIMEOUT),
+                send_device(&state, &mut stream, bye),
+            )
+            .await;
         }
     }
     if end.upstream_clean() {
-        let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.close()).await;
+        let _ = reactor::timeout_at(
+            goodbye_deadline(&state, GOODBYE_TIMEOUT),
+            upstream.stream.close(),
+        )
+        .await;
     } else if end == SessionEnd::ServerShuttingDown {
         // The gateway leaves, not the device: the broker keeps the will (v5: it is told so with
         // 0x04; 3.1.1: no DISCONNECT at all), and the TLS connection is closed properly.
@@ -953,10 +966,18 @@ pub async fn serve(session: DeviceSession) {
                 properties: Properties::default(),
             });
             if mqtt::encode(&packet, up_version, &mut bye).is_ok() {
-                let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.write_all(&[&bye])).await;
+                let _ = reactor::timeout_at(
+                    goodbye_deadline(&state, GOODBYE_TIMEOUT),
+                    upstream.stream.write_all(&[&bye]),
+                )
+                .await;
             }
         }
-        let _ = reactor::timeout(GOODBYE_TIMEOUT, upstream.stream.close()).await;
+        let _ = reactor::timeout_at(
+            goodbye_deadline(&state, GOODBYE_TIMEOUT),
+            upstream.stream.close(),
+        )
+        .await;
     }
     // Otherwise `upstream` drops here: the TCP connection closes without DISCONNECT (nor
     // close_notify), and the broker publishes the device's will.

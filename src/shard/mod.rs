@@ -410,8 +410,9 @@ pub struct ShardState {
     pub drain: drain::DrainSignal,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
-    /// A warm connection was taken from a pool: the pool keeper tops it up now rather than at
-    /// its next once-a-second round, so a burst of device connects keeps finding warm ones.
+    /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
+    /// now rather than at its next once-a-second round, so a burst of device connects keeps
+    /// finding warm ones.
     pool_taken: crate::upstream::mqtt_link::LocalSignal,
 }
 
@@ -440,9 +441,16 @@ impl ShardState {
         dest: &DestinationPlan,
     ) -> Result<UpstreamConn, UpstreamError> {
         if generation == self.generation.get() {
-            let idle = self.pools.borrow_mut().take_idle(dest.id, Instant::now());
-            if let Some(conn) = idle {
+            let mut pools = self.pools.borrow_mut();
+            let idle = pools.take_idle(dest.id, Instant::now());
+            // Wake the pool keeper only when there is warming to do, not on every request
+            // served from a pool with no `warm` setting.
+            let refill = idle.is_some() && pools.below_warm(dest.id);
+            drop(pools);
+            if refill {
                 self.pool_taken.notify();
+            }
+            if let Some(conn) = idle {
                 return Ok(conn);
             }
         }

@@ -215,6 +215,14 @@ impl Pools {
         None
     }
 
+    /// True if `dest` has fewer idle plus warming connections than its `warm` setting (the
+    /// pool keeper has work to do).
+    pub fn below_warm(&self, dest: DestinationId) -> bool {
+        self.dests
+            .get(usize::from(dest.0))
+            .is_some_and(|p| p.idle.len() + p.warming < p.settings.warm)
+    }
+
     /// Parameters for a new connection to `dest`, or `BackingOff` while the destination is
     /// inside its backoff window. A destination these pools do not know (it belongs to another
     /// plan) gets its own parameters without backoff or session store.
@@ -236,7 +244,9 @@ impl Pools {
 
     /// New addresses for `dest` (periodic re-resolution): new connects try them in order.
     /// Idle connections to the old addresses stay and serve until they close or idle out. The
-    /// backoff is cleared, since the failures it counts were against the old addresses.
+    /// backoff is cleared only if none of the old addresses remains (the failures it counts
+    /// were against other hosts); a rotating subset of the same hosts, as load-balanced names
+    /// answer, keeps it, so an outage is not retried by every shard at each resolution.
     /// Empty lists are ignored: a destination never loses its last good addresses.
     pub fn set_addrs(&mut self, dest: DestinationId, addrs: Vec<SocketAddr>) {
         let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
@@ -245,9 +255,12 @@ impl Pools {
         if addrs.is_empty() {
             return;
         }
+        let all_new = !addrs.iter().any(|a| pool.params.addrs.contains(a));
         pool.params.addrs = addrs;
-        pool.failures = 0;
-        pool.retry_at = None;
+        if all_new {
+            pool.failures = 0;
+            pool.retry_at = None;
+        }
     }
 
     /// The addresses new connects to `dest` try, in order.
@@ -430,7 +443,7 @@ routes = [ { listener = "http", path = "/", destination = "cloud" } ]
     }
 
     #[test]
-    fn new_addresses_replace_the_connect_list_clear_backoff_and_never_empty_it() {
+    fn new_addresses_replace_the_connect_list_clear_backoff_if_all_new_and_never_empty_it() {
         let plan = plan();
         let dest = &plan.destinations[0];
         let mut pools = Pools::new(&plan, 0, 7);
@@ -450,6 +463,25 @@ routes = [ { listener = "http", path = "/", destination = "cloud" } ]
             .expect("the backoff against the old addresses is cleared");
         assert_eq!(params.addrs, new);
         assert_eq!(pools.generation(), 0, "no new generation: pools stay warm");
+
+        // A new answer that still contains a failing address keeps the backoff.
+        pools.record_connect(dest.id, false, now);
+        let rotated: Vec<SocketAddr> = vec![
+            "192.0.2.8:443".parse().unwrap(),
+            "192.0.2.7:443".parse().unwrap(),
+        ];
+        pools.set_addrs(dest.id, rotated.clone());
+        assert_eq!(pools.addrs(dest.id), Some(&rotated[..]));
+        assert!(matches!(
+            pools.connect_params(dest, now),
+            Err(UpstreamError::BackingOff { failures: 1 })
+        ));
+        let new = vec!["192.0.2.9:443".parse().unwrap()];
+        pools.set_addrs(dest.id, new.clone());
+        assert!(
+            pools.connect_params(dest, now).is_ok(),
+            "all-new hosts: cleared"
+        );
 
         pools.set_addrs(dest.id, Vec::new());
         assert_eq!(

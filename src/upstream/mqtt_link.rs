@@ -1112,6 +1112,11 @@ async fn serve_connection(
 /// A hash of every destination setting a link depends on (endpoint, TLS name, version, client
 /// id, credentials, keep-alive, links per shard, in-flight bound); `None` unless the destination
 /// is in aggregate mode. Two plans whose fingerprints match can share links.
+///
+/// The endpoint's resolved addresses are deliberately left out: DNS may return them in another
+/// order or another subset at every reload, and a changed fingerprint retires the links (every
+/// device on them reconnects). Links connect through the shard pool's current addresses, which
+/// DNS re-resolution updates in place.
 pub fn destination_fingerprint(dest: &DestinationPlan) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mqtt = dest
@@ -1120,7 +1125,6 @@ pub fn destination_fingerprint(dest: &DestinationPlan) -> Option<u64> {
         .filter(|m| m.mode == MqttMode::Aggregate)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     dest.endpoint.hash(&mut h);
-    dest.addrs.hash(&mut h);
     format!("{:?}", dest.server_name).hash(&mut h);
     format!("{:?}", mqtt.version).hash(&mut h);
     mqtt.client_id.as_str().hash(&mut h);
