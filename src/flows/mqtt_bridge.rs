@@ -277,15 +277,17 @@ thread_local! {
     static ASSIGNED: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
 }
 
-/// A client id for a device that sent none: `simgate-{shard}-{peer}-{stamp}-{n}`, made only of
-/// ASCII letters, digits and `-` (safe inside topics and broker client ids).
+/// A client id for a device that sent none: `simgate-{shard}-{stamp}-{n}`, made only of ASCII
+/// letters, digits and `-` (safe inside topics and broker client ids), and short: 23 bytes or
+/// fewer for shards below 10 and the first 1,296 ids of a shard's run, the length every MQTT
+/// 3.1.1 server must accept [MQTT-3.1.3-5].
 ///
 /// Unique enough not to collide with another assigned id, which matters in session mode where
 /// the broker may keep a session under it: `{shard}` separates the shards of one process,
-/// `{n}` (a per-shard count) the devices of one shard, even one reconnecting from the same
-/// address and port, and `{stamp}` (when the shard assigned its first id, in µs, hex)
-/// separates one run of simgate from the next. `{peer}` is the device's address and port with
-/// other characters replaced by `-`, so an operator can tell whose session it is.
+/// `{n}` (a per-shard count, base 36) the devices of one shard, even one reconnecting from the
+/// same address and port, and `{stamp}` (when the shard assigned its first id, µs since the
+/// epoch, base 36) separates one run of simgate from the next. The device's address is not in
+/// the id (it would double its length); the assignment is logged at debug level with it.
 pub fn generated_client_id(shard: usize, peer: SocketAddr) -> String {
     let (stamp, n) = ASSIGNED.with(|cell| {
         let (stamp, n) = cell.get().unwrap_or_else(|| {
@@ -297,12 +299,24 @@ pub fn generated_client_id(shard: usize, peer: SocketAddr) -> String {
         cell.set(Some((stamp, n.wrapping_add(1))));
         (stamp, n)
     });
-    let peer: String = peer
-        .to_string()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    format!("simgate-{shard}-{peer}-{stamp:x}-{n}")
+    let id = format!("simgate-{shard}-{}-{}", base36(stamp), base36(n));
+    tracing::debug!(%peer, client_id = %id, "client id assigned to a device that sent none");
+    id
+}
+
+/// `v` in base 36 (digits and lower-case letters).
+fn base36(mut v: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
 }
 
 #[cfg(test)]
@@ -391,13 +405,20 @@ mod tests {
             let id = assign_client_id(&connect(version, b"", clean), &topic("{topic}"), 3, peer)
                 .expect("accepted")
                 .expect("assigned");
-            assert!(id.starts_with(b"simgate-3----1--40000-"), "{id:?}");
+            assert!(id.starts_with(b"simgate-3-"), "{id:?}");
+            assert!(
+                id.len() <= 23,
+                "fits MQTT 3.1.1's guaranteed length: {id:?}"
+            );
             assert!(
                 id.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-'),
                 "{id:?}"
             );
             ids.push(id);
         }
+        assert_eq!(base36(0), "0");
+        assert_eq!(base36(35), "z");
+        assert_eq!(base36(36 * 36), "100");
         // Same shard, same address and port: still distinct.
         ids.sort();
         ids.dedup();
