@@ -46,6 +46,11 @@ if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/
   fi
 fi
 
+# Builds are not incremental here (a one-shot run gains nothing from it and its cache doubles the
+# target dir); free disk is printed so a "No space left on device" failure explains itself.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+echo "== free disk where target/ goes: $(df -h --output=avail . | tail -1 | tr -d ' ')"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
