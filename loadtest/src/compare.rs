@@ -53,6 +53,13 @@ pub struct CompareOptions {
     pub threads: usize,
     /// Print per-run progress lines.
     pub progress: bool,
+    /// Systems to run (table names, lower case, spaces as dashes); empty: all.
+    pub only: Vec<String>,
+}
+
+/// The `--only` spelling of a table's system name: "simgate aggregate" → "simgate-aggregate".
+fn system_slug(system: &str) -> String {
+    system.to_lowercase().replace(' ', "-")
 }
 
 /// One row of the comparison.
@@ -134,7 +141,29 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
     };
     let mut rows = Vec::new();
     let mut missing = Vec::new();
-    let mut row = |system: &str, path: &'static str, result: Result<Measured>| {
+    let systems: &[&str] = match scenario.fleet.protocol {
+        Protocol::Http => &["direct", "simgate", "nginx", "haproxy", "stunnel"],
+        Protocol::Mqtt => &[
+            "direct",
+            "simgate-aggregate",
+            "simgate-session",
+            "mosquitto-bridge",
+            "stunnel",
+        ],
+    };
+    if let Some(unknown) = options.only.iter().find(|o| !systems.contains(&o.as_str())) {
+        bail!(
+            "--only: no system {unknown:?} for this scenario (it has: {})",
+            systems.join(", ")
+        );
+    }
+    let wanted =
+        |system: &str| options.only.is_empty() || options.only.contains(&system_slug(system));
+    let mut row = |system: &str, path: &'static str, run: &dyn Fn() -> Result<Measured>| {
+        if !wanted(system) {
+            return;
+        }
+        let result = run();
         let outcome = result.map_err(|e| {
             let text = format!("{e:#}");
             if let Some(package) = text.split("apt-get install ").nth(1) {
@@ -154,28 +183,30 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
     let peer = match scenario.fleet.protocol {
         Protocol::Http => {
             let p = "HTTP→HTTPS";
-            row("direct", p, env.direct(SinkKind::Http));
-            row("simgate", p, env.simgate_http());
-            row("nginx", p, env.nginx());
-            row("haproxy", p, env.haproxy());
-            row("stunnel", "TCP→TLS", env.stunnel(SinkKind::Http));
+            row("direct", p, &|| env.direct(SinkKind::Http));
+            row("simgate", p, &|| env.simgate_http());
+            row("nginx", p, &|| env.nginx());
+            row("haproxy", p, &|| env.haproxy());
+            row("stunnel", "TCP→TLS", &|| env.stunnel(SinkKind::Http));
             "nginx"
         }
         Protocol::Mqtt => {
             let p = "MQTT→MQTTS";
-            row("direct", p, env.direct(SinkKind::Mqtt));
-            row("simgate aggregate", p, env.simgate_mqtt("aggregate"));
-            row("simgate session", p, env.simgate_mqtt("session"));
-            row("mosquitto bridge", p, env.mosquitto_bridge());
-            row("stunnel", "TCP→TLS", env.stunnel(SinkKind::Mqtt));
+            row("direct", p, &|| env.direct(SinkKind::Mqtt));
+            row("simgate aggregate", p, &|| env.simgate_mqtt("aggregate"));
+            row("simgate session", p, &|| env.simgate_mqtt("session"));
+            row("mosquitto bridge", p, &|| env.mosquitto_bridge());
+            row("stunnel", "TCP→TLS", &|| env.stunnel(SinkKind::Mqtt));
             "mosquitto bridge"
         }
     };
-    rows.push(Row {
-        system: "simgate TCP".into(),
-        path: "TCP→TLS",
-        outcome: Err("n/a — simgate TCP flow not built yet".into()),
-    });
+    if options.only.is_empty() {
+        rows.push(Row {
+            system: "simgate TCP".into(),
+            path: "TCP→TLS",
+            outcome: Err("n/a — simgate TCP flow not built yet".into()),
+        });
+    }
     Ok(Comparison {
         scenario: scenario.name.clone(),
         peer,

@@ -111,6 +111,11 @@ enum Command {
         /// Keep configs, certificates and logs here (default: a temporary directory, removed).
         #[arg(long)]
         work_dir: Option<PathBuf>,
+        /// Run only these systems (comma-separated, names as in the table, lower case, spaces as
+        /// dashes: direct, simgate, simgate-aggregate, simgate-session, nginx, haproxy, stunnel,
+        /// mosquitto-bridge). Default: all of the scenario's protocol.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
         /// tokio worker threads of the device simulator.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -340,6 +345,7 @@ fn main() -> Result<()> {
             simgate,
             plot,
             work_dir,
+            only,
             threads,
             progress,
         } => {
@@ -376,6 +382,7 @@ fn main() -> Result<()> {
                 work_dir,
                 threads,
                 progress,
+                only,
             };
             let comparison = compare::compare(&parsed, &options)?;
             println!(
