@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
-use common::mqtt_client::Client;
+use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
 use simgate::proto::mqtt::{Packet, ProtocolVersion, PubResponse, QoS};
 use simgate::testkit::TestPki;
@@ -122,6 +122,92 @@ fn two_hundred_devices_at_once_all_arrive() {
         .map(|i| format!("devices/many-{i}/up {i}"))
         .collect();
     assert_eq!(got, expected);
+}
+
+#[test]
+fn a_lingering_link_delivers_everything_in_order_and_acks_after_the_broker() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let checker = Sub::start(broker.plain_port, "devices/#", &["-q", "1"]);
+    // The longest linger: a lone message must still leave on the timer, and a burst well past
+    // one TLS record (16 KiB) on size.
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "linger = \"100ms\"");
+    let mut c = Client::connect(gw.mqtt, "lingerer", ProtocolVersion::V311, true)
+        .unwrap_or_else(|e| panic!("connect: {e:?}\n{}", gw.simgate.stderr()));
+
+    c.publish("lone", "alone", QoS::AtMostOnce, 0)
+        .expect("publish");
+    assert_eq!(
+        checker.next_message(Duration::from_secs(10)).as_deref(),
+        Some("devices/lingerer/lone alone"),
+        "a lone QoS 0 message is written when the linger time is up\n{}",
+        gw.simgate.stderr()
+    );
+
+    const BURST: u16 = 60;
+    let filler = "x".repeat(1000);
+    for i in 1..=BURST {
+        c.publish("burst", &format!("{i:03}-{filler}"), QoS::AtLeastOnce, i)
+            .expect("publish");
+    }
+    let mut acked = Vec::new();
+    while acked.len() < usize::from(BURST) {
+        match c.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::PubAck(PubResponse {
+                packet_id,
+                reason_code,
+                ..
+            }))) if reason_code.0 < 0x80 => acked.push(packet_id.get()),
+            other => panic!(
+                "expected PUBACK {} of {BURST}, got {other:?}\n{}",
+                acked.len() + 1,
+                gw.simgate.stderr()
+            ),
+        }
+    }
+    assert_eq!(acked, (1..=BURST).collect::<Vec<_>>(), "acks in order");
+    let got: Vec<String> = checker
+        .messages(usize::from(BURST), Duration::from_secs(10))
+        .into_iter()
+        .map(|line| line[..line.len().min("devices/lingerer/burst 000".len())].to_string())
+        .collect();
+    let expected: Vec<String> = (1..=BURST)
+        .map(|i| format!("devices/lingerer/burst {i:03}"))
+        .collect();
+    assert_eq!(got, expected, "every message, in order");
+}
+
+#[test]
+fn a_pinging_device_stays_and_a_silent_one_is_cut_after_one_and_a_half_keep_alives() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "");
+    let mut c = Client::connect_keep_alive(gw.mqtt, "pinger", ProtocolVersion::V5, true, 1)
+        .unwrap_or_else(|e| panic!("connect: {e:?}\n{}", gw.simgate.stderr()));
+    // Well past the first 1.5 s deadline, kept alive by PINGREQs.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(400));
+        c.send(&Packet::PingReq).expect("PINGREQ");
+        match c.next(Duration::from_secs(5)) {
+            Ok(Some(Packet::PingResp)) => {}
+            other => panic!("expected PINGRESP, got {other:?}\n{}", gw.simgate.stderr()),
+        }
+    }
+    // Then silence: DISCONNECT 0x8D (Keep Alive timeout) after 1.5 keep-alives, then closed.
+    let silent_since = Instant::now();
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code.0, 0x8D, "{d:?}"),
+        other => panic!("expected DISCONNECT 0x8D, got {other:?}"),
+    }
+    let waited = silent_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "cut before 1.5 keep-alives of silence: {waited:?}"
+    );
+    assert!(
+        matches!(c.next(Duration::from_secs(5)), Err(ClientError::Closed)),
+        "connection closed after the DISCONNECT"
+    );
 }
 
 #[test]

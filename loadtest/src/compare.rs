@@ -10,7 +10,7 @@
 //! | protocol | rows |
 //! |---|---|
 //! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), simgate, nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
-//! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), simgate aggregate, simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
+//! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), simgate aggregate, simgate aggregate linger (`linger = "1ms"`), simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
 //! | TCP → TLS (same scenario, carried as bytes) | stunnel (client mode, verifying the sink), simgate: "n/a — simgate TCP flow not built yet" |
 //!
 //! Columns: messages delivered to the sink per second; that rate over direct's and over the
@@ -56,6 +56,9 @@ pub struct CompareOptions {
     /// Systems to run (table names, lower case, spaces as dashes); empty: all.
     pub only: Vec<String>,
 }
+
+/// `destination.mqtt.linger` of the "simgate aggregate linger" row.
+const AGGREGATE_LINGER: &str = "1ms";
 
 /// The `--only` spelling of a table's system name: "simgate aggregate" → "simgate-aggregate".
 fn system_slug(system: &str) -> String {
@@ -146,6 +149,7 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
         Protocol::Mqtt => &[
             "direct",
             "simgate-aggregate",
+            "simgate-aggregate-linger",
             "simgate-session",
             "mosquitto-bridge",
             "stunnel",
@@ -193,8 +197,13 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
         Protocol::Mqtt => {
             let p = "MQTT→MQTTS";
             row("direct", p, &|| env.direct(SinkKind::Mqtt));
-            row("simgate aggregate", p, &|| env.simgate_mqtt("aggregate"));
-            row("simgate session", p, &|| env.simgate_mqtt("session"));
+            row("simgate aggregate", p, &|| {
+                env.simgate_mqtt("aggregate", None)
+            });
+            row("simgate aggregate linger", p, &|| {
+                env.simgate_mqtt("aggregate", Some(AGGREGATE_LINGER))
+            });
+            row("simgate session", p, &|| env.simgate_mqtt("session", None));
             row("mosquitto bridge", p, &|| env.mosquitto_bridge());
             row("stunnel", "TCP→TLS", &|| env.stunnel(SinkKind::Mqtt));
             "mosquitto bridge"
@@ -306,7 +315,8 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
         self.run_simgate("simgate-http", &config, &sink)
     }
 
-    fn simgate_mqtt(&self, mode: &str) -> Result<Measured> {
+    /// simgate with one MQTT destination in `mode`; `linger` sets `destination.mqtt.linger`.
+    fn simgate_mqtt(&self, mode: &str, linger: Option<&str>) -> Result<Measured> {
         let sink = self.sink(SinkKind::Mqtt, true)?;
         let pool = if mode == "session" {
             "[destination.pool]\nwarm = 16\nmax_idle = 256\n"
@@ -330,14 +340,19 @@ server_name = "localhost"
 ca = "{ca}"
 {pool}[destination.mqtt]
 mode = "{mode}"
-[[group]]
+{linger}[[group]]
 name = "default"
 routes = [ {{ listener = "mqtt", destination = "sink" }} ]
 "#,
             sink = sink.addr(),
-            ca = self.ca()
+            ca = self.ca(),
+            linger = linger.map_or(String::new(), |l| format!("linger = \"{l}\"\n")),
         );
-        self.run_simgate(&format!("simgate-{mode}"), &config, &sink)
+        let name = match linger {
+            Some(_) => format!("simgate-{mode}-linger"),
+            None => format!("simgate-{mode}"),
+        };
+        self.run_simgate(&name, &config, &sink)
     }
 
     /// Starts a peer from its config, waits for its port, measures.

@@ -36,7 +36,7 @@ use crate::policy::{
     AdapterKind, DestinationId, DestinationPlan, GatewaySettings, GroupId, GroupPlan,
     HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
     MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Reresolve,
-    Secret, Template, TemplateError,
+    Secret, Template, TemplateError, MQTT_LINGER_MAX,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -958,6 +958,7 @@ impl Compiler<'_> {
             defaults::MQTT_MAX_INFLIGHT,
             1..=65535,
         );
+        let linger = self.linger(&format!("{p}.linger"), raw.linger.as_ref());
         // Everything below depends on the mode.
         let mode = mode?;
         // False once a rule between keys fails (each value may have parsed on its own).
@@ -1059,6 +1060,14 @@ impl Compiler<'_> {
             ok = false;
         }
 
+        if mode == MqttMode::Session && linger.is_some_and(|l| !l.is_zero()) {
+            self.push(
+                format!("{p}.linger"),
+                "only for mode \"aggregate\": a session connection carries one device, whose \
+                 messages are written as they arrive",
+            );
+            ok = false;
+        }
         let pass_through_credentials = raw.pass_through_credentials.unwrap_or(false);
         if pass_through_credentials {
             let path = format!("{p}.pass_through_credentials");
@@ -1115,6 +1124,7 @@ impl Compiler<'_> {
             keep_alive: keep_alive?,
             connections_per_shard: connections_per_shard?,
             max_inflight: max_inflight?,
+            linger: linger?,
         })
     }
 
@@ -1224,6 +1234,30 @@ impl Compiler<'_> {
             }
         }
         self.errors.len() == errors_before
+    }
+
+    /// `mqtt.linger`: 0 (the default) up to [`MQTT_LINGER_MAX`].
+    fn linger(&mut self, path: &str, value: Option<&RawDuration>) -> Option<Duration> {
+        let Some(RawDuration(text)) = value else {
+            return Some(Duration::ZERO);
+        };
+        match parse_duration(text) {
+            Err(e) => {
+                self.push(path, format!("invalid duration {text:?}: {e}"));
+                None
+            }
+            Ok(d) if d > MQTT_LINGER_MAX => {
+                self.push(
+                    path,
+                    format!(
+                        "must be between 0s and {} (it delays every uplink message), got {text:?}",
+                        format_duration(MQTT_LINGER_MAX)
+                    ),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+        }
     }
 
     /// `mqtt.keep_alive`: whole seconds in 1s..=65535s (the MQTT field is a `u16`).

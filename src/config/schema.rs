@@ -168,6 +168,7 @@ pub(crate) struct RawMqtt {
     pub keep_alive: Option<RawDuration>,
     pub connections_per_shard: Option<i64>,
     pub max_inflight: Option<i64>,
+    pub linger: Option<RawDuration>,
 }
 
 /// `[destination.pool]`.

@@ -862,6 +862,7 @@ fn every_schema_key_is_documented() {
         "keep_alive",
         "connections_per_shard",
         "max_inflight",
+        "linger",
         "mqtts",
         "{client_id}",
         "{topic}",
@@ -948,6 +949,7 @@ topic = "fleet/{ip}/{client_id}/{topic}"
 keep_alive = "2m"
 connections_per_shard = 4
 max_inflight = 100
+linger = "2ms"
 
 [[group]]
 name = "default"
@@ -1068,6 +1070,7 @@ fn mqtt_config_compiles_to_the_expected_plan() {
     assert_eq!(m.topic.render(&vars), b"fleet/10.0.0.17/dev7/temp".to_vec());
     assert_eq!(m.keep_alive, Duration::from_secs(120));
     assert_eq!((m.connections_per_shard, m.max_inflight), (4, 100));
+    assert_eq!(m.linger, Duration::from_millis(2));
 
     let default = &plan.groups[0];
     assert_eq!(default.http_routes.len(), 1);
@@ -1121,6 +1124,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     assert!(!m.pass_through_credentials);
     assert_eq!(m.keep_alive, Duration::from_secs(60));
     assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
+    assert_eq!(m.linger, Duration::ZERO);
 
     let aggregate = edit(
         MQTT_MINIMAL_SESSION,
@@ -1137,6 +1141,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     assert_eq!(m.topic.as_str(), "devices/{client_id}/{topic}");
     assert_eq!(m.keep_alive, Duration::from_secs(60));
     assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
+    assert_eq!(m.linger, Duration::ZERO);
 
     // An explicit warm pool is kept in aggregate mode too.
     let warm = edit(
@@ -1162,6 +1167,8 @@ fn mqtt_boundary_values_are_accepted() {
         ("connections_per_shard = 4", "connections_per_shard = 64"),
         ("max_inflight = 100", "max_inflight = 1"),
         ("max_inflight = 100", "max_inflight = 65535"),
+        ("linger = \"2ms\"", "linger = \"0ms\""),
+        ("linger = \"2ms\"", "linger = \"100ms\""),
         ("version = \"5\"", "version = \"device\""),
         ("version = \"5\"", "version = \"3.1.1\""),
         ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = []"),
@@ -1294,6 +1301,10 @@ const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("connections_per_shard = 4", "connections_per_shard = 65", "destination[2].mqtt.connections_per_shard", "must be in 1..=64"),
     ("max_inflight = 100", "max_inflight = 0", "destination[2].mqtt.max_inflight", "must be in 1..=65535, got 0"),
     ("max_inflight = 100", "max_inflight = 65536", "destination[2].mqtt.max_inflight", "must be in 1..=65535"),
+    ("linger = \"2ms\"", "linger = \"101ms\"", "destination[2].mqtt.linger", "must be between 0s and 100ms"),
+    ("linger = \"2ms\"", "linger = \"1s\"", "destination[2].mqtt.linger", "must be between 0s and 100ms"),
+    ("linger = \"2ms\"", "linger = \"fast\"", "destination[2].mqtt.linger", "invalid duration"),
+    ("keep_alive = \"30s\"", "keep_alive = \"30s\"\nlinger = \"1ms\"", "destination[1].mqtt.linger", "only for mode \"aggregate\""),
     ("keep_alive = \"2m\"", "keep_alive = \"0s\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
     ("keep_alive = \"2m\"", "keep_alive = \"999ms\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
     ("keep_alive = \"2m\"", "keep_alive = \"65536s\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),

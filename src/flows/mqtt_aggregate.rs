@@ -459,7 +459,11 @@ async fn run_session(
     keep_alive: Option<Duration>,
 ) -> End {
     let far = Duration::from_secs(365 * 24 * 3600);
-    let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+    let keep_alive = keep_alive.unwrap_or(far);
+    // Received bytes only move `last_heard`; the timer is re-armed when it fires early, so a
+    // busy device costs no timer-heap work per message.
+    let mut last_heard = reactor::now();
+    let mut keep_alive_timer = reactor::sleep_until(last_heard + keep_alive);
     let mut was_paused = false;
     loop {
         for event in mailbox.drain() {
@@ -508,17 +512,17 @@ async fn run_session(
         }
         if was_paused {
             was_paused = false;
-            deadline = Instant::now() + keep_alive.unwrap_or(far);
+            last_heard = reactor::now();
         }
         match select2(
             select2(stream.recv_append(buf), state.drain.wait()),
-            select2(mailbox.signal.wait(), reactor::sleep_until(deadline)),
+            select2(mailbox.signal.wait(), &mut keep_alive_timer),
         )
         .await
         {
             Either::Left(Either::Left(Ok(n))) if n > 0 => {
                 state.metrics.borrow_mut().device_bytes_in += n as u64;
-                deadline = Instant::now() + keep_alive.unwrap_or(far);
+                last_heard = reactor::now();
             }
             // EOF or socket error without DISCONNECT: abnormal.
             Either::Left(Either::Left(_)) => return End::Abnormal(None),
@@ -526,7 +530,11 @@ async fn run_session(
             Either::Left(Either::Right(())) => {}
             Either::Right(Either::Left(())) => {}
             Either::Right(Either::Right(())) => {
-                return End::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT))
+                let expiry = last_heard + keep_alive;
+                if reactor::now() >= expiry {
+                    return End::Abnormal(Some(ReasonCode::KEEP_ALIVE_TIMEOUT));
+                }
+                keep_alive_timer.reset(expiry);
             }
         }
     }

@@ -1297,6 +1297,7 @@ mod tests {
             keep_alive: Duration::from_secs(60),
             connections_per_shard: 1,
             max_inflight: 256,
+            linger: Duration::ZERO,
         }
     }
 

@@ -177,7 +177,14 @@ pub struct MqttDestination {
     pub connections_per_shard: usize,
     /// Most unacknowledged QoS 1/2 messages per upstream connection (aggregate; default 256).
     pub max_inflight: u16,
+    /// How long an aggregate connection holds queued uplink messages before writing them, so
+    /// that several travel in one TLS record and one `send` (aggregate mode; default 0: write
+    /// as soon as the connection task runs). At most [`MQTT_LINGER_MAX`].
+    pub linger: Duration,
 }
+
+/// Longest `destination[].mqtt.linger`.
+pub const MQTT_LINGER_MAX: Duration = Duration::from_millis(100);
 
 /// Upstream connection pool settings for one destination (per shard).
 #[derive(Debug, Clone)]

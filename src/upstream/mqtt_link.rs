@@ -69,6 +69,10 @@ const QUEUED_QOS0_LIMIT: usize = 4096;
 /// Outbox size beyond which new QoS 0 PUBLISHes are dropped rather than buffered (a slow broker).
 const OUTBOX_QOS0_LIMIT: usize = 4 * 1024 * 1024;
 
+/// Queued uplink bytes at which a lingering link writes without waiting out `linger`: one full
+/// TLS record (2^14 bytes of plaintext).
+const LINGER_FLUSH_BYTES: usize = 16 * 1024;
+
 /// A wake-up flag for one waiting task on the same thread (no atomics: shard-local).
 ///
 /// [`notify`](Self::notify) before [`wait`](Self::wait) is remembered, so no wake-up is lost;
@@ -791,6 +795,8 @@ pub struct LinkSettings {
     pub backoff_initial: Duration,
     /// Delay ceiling.
     pub backoff_max: Duration,
+    /// How long queued uplink bytes may wait for more before being written (0: none).
+    pub linger: Duration,
 }
 
 impl LinkSettings {
@@ -824,6 +830,7 @@ impl LinkSettings {
             connack_timeout: dest.pool.connect_timeout.max(Duration::from_secs(1)),
             backoff_initial: dest.pool.backoff_initial.max(Duration::from_millis(10)),
             backoff_max: dest.pool.backoff_max.max(dest.pool.backoff_initial),
+            linger: mqtt.linger,
         })
     }
 }
@@ -849,12 +856,19 @@ impl Link {
         })
     }
 
-    /// Run `f` on the core, then wake the driver if the core has bytes to send.
+    /// Run `f` on the core, then wake the driver if the outbox just became non-empty or just
+    /// reached [`LINGER_FLUSH_BYTES`]. The driver never sleeps on a non-empty outbox except while
+    /// lingering (until its flush time or that size), so other additions need no wake-up: one
+    /// wake per batch, not per message.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut LinkCore) -> R) -> R {
         let (r, wake) = {
             let mut core = self.core.borrow_mut();
+            let before = core.outbox.len();
             let r = f(&mut core);
-            (r, !core.outbox.is_empty())
+            let after = core.outbox.len();
+            let wake = (before == 0 && after > 0)
+                || (before < LINGER_FLUSH_BYTES && after >= LINGER_FLUSH_BYTES);
+            (r, wake)
         };
         if wake {
             self.wake.notify();
@@ -1041,8 +1055,25 @@ async fn serve_connection(
     let write_timeout = settings.keep_alive.max(Duration::from_secs(5));
     let mut next_ping = Instant::now() + half;
     let mut ping_deadline: Option<Instant> = None;
+    // While lingering: when the queued bytes are written even if no more arrive.
+    let mut flush_at: Option<Instant> = None;
     loop {
-        let out = link.core.borrow_mut().take_outbox();
+        let out = {
+            let mut core = link.core.borrow_mut();
+            let queued = core.outbox.len();
+            let write_now = queued > 0
+                && (settings.linger.is_zero()
+                    || queued >= LINGER_FLUSH_BYTES
+                    || link.retired.get()
+                    || reactor::now()
+                        >= *flush_at.get_or_insert_with(|| reactor::now() + settings.linger));
+            if write_now {
+                flush_at = None;
+                core.take_outbox()
+            } else {
+                None
+            }
+        };
         if let Some(out) = out {
             match reactor::timeout(write_timeout, tls.write_all(&[&out])).await {
                 Ok(Ok(())) => {}
@@ -1052,7 +1083,7 @@ async fn serve_connection(
             // More may have been queued while writing: go round before sleeping.
             continue;
         }
-        if link.idle_and_retired() {
+        if flush_at.is_none() && link.idle_and_retired() {
             let mut bye = BytesMut::new();
             let disconnect = Packet::Disconnect(Disconnect {
                 reason_code: mqtt::ReasonCode::SUCCESS,
@@ -1063,7 +1094,8 @@ async fn serve_connection(
             }
             return ConnectionEnd::Retired;
         }
-        let deadline = ping_deadline.unwrap_or(next_ping);
+        let ping_at = ping_deadline.unwrap_or(next_ping);
+        let deadline = flush_at.map_or(ping_at, |f| f.min(ping_at));
         match select2(
             tls.fill(),
             select2(link.wake.wait(), reactor::sleep_until(deadline)),
@@ -1090,6 +1122,9 @@ async fn serve_connection(
             Either::Left(Ok(false)) => return ConnectionEnd::Lost("broker closed".into()),
             Either::Left(Err(e)) => return ConnectionEnd::Lost(e.to_string()),
             Either::Right(Either::Left(())) => {}
+            Either::Right(Either::Right(())) if reactor::now() < ping_at => {
+                // The linger time is up: written at the top of the loop.
+            }
             Either::Right(Either::Right(())) => {
                 if ping_deadline.is_some() {
                     return ConnectionEnd::Lost("no PINGRESP within keep-alive".into());
@@ -1133,6 +1168,7 @@ pub fn destination_fingerprint(dest: &DestinationPlan) -> Option<u64> {
     mqtt.keep_alive.hash(&mut h);
     mqtt.connections_per_shard.hash(&mut h);
     mqtt.max_inflight.hash(&mut h);
+    mqtt.linger.hash(&mut h);
     Some(h.finish())
 }
 

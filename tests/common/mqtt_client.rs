@@ -38,6 +38,17 @@ impl Client {
         version: ProtocolVersion,
         clean: bool,
     ) -> Result<Client, ClientError> {
+        Self::connect_keep_alive(addr, client_id, version, clean, 60)
+    }
+
+    /// [`connect`](Self::connect) announcing `keep_alive` seconds.
+    pub fn connect_keep_alive(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+        clean: bool,
+        keep_alive: u16,
+    ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).map_err(|e| ClientError::Io(e.kind()))?;
         let _ = stream.set_nodelay(true);
         let mut client = Client {
@@ -48,7 +59,7 @@ impl Client {
         client.send(&Packet::Connect(Box::new(Connect {
             protocol_version: version,
             clean_start: clean,
-            keep_alive: 60,
+            keep_alive,
             properties: Properties::default(),
             client_id: Bytes::from(client_id.to_string()),
             will: None,
