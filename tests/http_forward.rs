@@ -151,6 +151,31 @@ fn many_keepalive_requests_share_one_device_connection_and_few_upstream_connecti
 }
 
 #[test]
+fn pooled_connections_are_reused_until_max_age_then_replaced() {
+    let world = World::new();
+    let gw = world.simgate(&world.config("", "[destination.pool]\nwarm = 0\nmax_age = \"500ms\""));
+    let mut device = Device::connect(gw.http);
+    let mut send = |i: usize| {
+        let resp = device.request(&post("/age", format!("{i}").as_bytes(), ""));
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.body_text());
+    };
+    send(0);
+    send(1);
+    // Time passing is what is under test: the connection outlives max_age while idle.
+    std::thread::sleep(Duration::from_millis(700));
+    send(2);
+    assert_eq!(world.sink.wait_for_requests(3, Duration::from_secs(10)), 3);
+    let conns: Vec<u64> = world
+        .sink
+        .requests()
+        .iter()
+        .map(|r| r.connection_id)
+        .collect();
+    assert_eq!(conns[0], conns[1], "reused while young: {conns:?}");
+    assert_ne!(conns[1], conns[2], "replaced once past max_age: {conns:?}");
+}
+
+#[test]
 fn concurrent_devices_across_shards() {
     let world = World::new();
     let gw = world.simgate(&world.config("", ""));

@@ -77,6 +77,8 @@ pub(crate) mod defaults {
     pub const POOL_MAX_IDLE: usize = 64;
     /// `destination[].pool.idle_timeout`.
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `destination[].pool.max_age`.
+    pub const POOL_MAX_AGE: Duration = Duration::from_secs(300);
     /// `destination[].pool.connect_timeout`.
     pub const POOL_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// `destination[].pool.response_timeout`.
@@ -1473,6 +1475,11 @@ impl Compiler<'_> {
             raw.idle_timeout.as_ref(),
             defaults::POOL_IDLE_TIMEOUT,
         );
+        let max_age = self.duration(
+            &format!("{p}.pool.max_age"),
+            raw.max_age.as_ref(),
+            defaults::POOL_MAX_AGE,
+        );
         let connect_timeout = self.duration(
             &format!("{p}.pool.connect_timeout"),
             raw.connect_timeout.as_ref(),
@@ -1509,6 +1516,7 @@ impl Compiler<'_> {
             warm: warm?,
             max_idle: max_idle?,
             idle_timeout: idle_timeout?,
+            max_age: max_age?,
             connect_timeout: connect_timeout?,
             response_timeout: response_timeout?,
             backoff_initial: backoff_initial?,

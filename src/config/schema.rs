@@ -178,6 +178,7 @@ pub(crate) struct RawPool {
     pub warm: Option<i64>,
     pub max_idle: Option<i64>,
     pub idle_timeout: Option<RawDuration>,
+    pub max_age: Option<RawDuration>,
     pub connect_timeout: Option<RawDuration>,
     pub response_timeout: Option<RawDuration>,
     pub backoff_initial: Option<RawDuration>,

@@ -195,6 +195,9 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// Idle connections older than this are retired.
     pub idle_timeout: Duration,
+    /// Connections made longer ago than this are not reused (closed when next idle), so a
+    /// pool follows DNS changes and spreads over a load balancer's hosts.
+    pub max_age: Duration,
     /// TCP connect + TLS handshake must finish within this. Over it: 502.
     pub connect_timeout: Duration,
     /// Time from request sent to response head received. Over it: 504.

@@ -81,6 +81,7 @@ pub struct UpstreamConn {
     /// Destination the connection belongs to.
     pub destination: DestinationId,
     generation: u64,
+    connected_at: Instant,
 }
 
 impl UpstreamConn {
@@ -95,6 +96,7 @@ impl UpstreamConn {
             reused: false,
             destination,
             generation,
+            connected_at: Instant::now(),
         }
     }
 }
@@ -102,6 +104,15 @@ impl UpstreamConn {
 struct IdleConn {
     stream: UpstreamStream,
     since: Instant,
+    connected_at: Instant,
+}
+
+impl IdleConn {
+    /// Past `idle_timeout` since its last use, or past `max_age` since it was made.
+    fn expired(&self, settings: &PoolSettings, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= settings.idle_timeout
+            || now.saturating_duration_since(self.connected_at) >= settings.max_age
+    }
 }
 
 /// What [`connect`] needs, copied out of the pool so no borrow is held across the connect.
@@ -193,13 +204,13 @@ impl Pools {
     }
 
     /// The most recently used idle connection that is still alive, if any. Connections idle for
-    /// longer than `idle_timeout`, or that the upstream has closed (EOF or data queued while
-    /// idle), are dropped on the way.
+    /// longer than `idle_timeout`, made longer ago than `max_age`, or that the upstream has
+    /// closed (EOF or data queued while idle), are dropped on the way.
     pub fn take_idle(&mut self, dest: DestinationId, now: Instant) -> Option<UpstreamConn> {
         let generation = self.generation;
         let pool = self.dests.get_mut(usize::from(dest.0))?;
         while let Some(mut idle) = pool.idle.pop_back() {
-            if now.saturating_duration_since(idle.since) >= pool.settings.idle_timeout {
+            if idle.expired(&pool.settings, now) {
                 continue;
             }
             if !idle.stream.idle_check() {
@@ -210,6 +221,7 @@ impl Pools {
                 reused: true,
                 destination: dest,
                 generation,
+                connected_at: idle.connected_at,
             });
         }
         None
@@ -293,7 +305,7 @@ impl Pools {
     }
 
     /// Give a connection back after an exchange that left it reusable. Connections of an older
-    /// plan generation, or beyond `max_idle`, are closed instead.
+    /// plan generation, older than `max_age`, or beyond `max_idle`, are closed instead.
     pub fn check_in(&mut self, conn: UpstreamConn, now: Instant) {
         if conn.generation != self.generation {
             return;
@@ -301,26 +313,23 @@ impl Pools {
         let Some(pool) = self.dests.get_mut(usize::from(conn.destination.0)) else {
             return;
         };
-        if pool.idle.len() >= pool.settings.max_idle {
+        if pool.idle.len() >= pool.settings.max_idle
+            || now.saturating_duration_since(conn.connected_at) >= pool.settings.max_age
+        {
             return;
         }
         pool.idle.push_back(IdleConn {
             stream: conn.stream,
             since: now,
+            connected_at: conn.connected_at,
         });
     }
 
-    /// Close idle connections older than their destination's `idle_timeout` (oldest first).
+    /// Close idle connections past their destination's `idle_timeout` or `max_age`.
     pub fn retire_idle(&mut self, now: Instant) {
         for pool in &mut self.dests {
-            let timeout = pool.settings.idle_timeout;
-            while pool
-                .idle
-                .front()
-                .is_some_and(|c| now.saturating_duration_since(c.since) >= timeout)
-            {
-                pool.idle.pop_front();
-            }
+            let settings = &pool.settings;
+            pool.idle.retain(|c| !c.expired(settings, now));
         }
     }
 
