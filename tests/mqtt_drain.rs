@@ -2,7 +2,8 @@
 //! on SIGTERM a v5 device with a QoS 1 message still unacknowledged upstream first gets that
 //! PUBACK (once the broker gives it), then DISCONNECT 0x8B "Server shutting down"; a 3.1.1
 //! device is closed at once (it has nothing in flight); nothing the device sends during the
-//! drain is acknowledged; simgate exits 0.
+//! drain is acknowledged; simgate exits 0. The Wills of devices closed by the drain reach the
+//! broker.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mosquitto::{Broker, BrokerOptions};
+use common::mosquitto::{Broker, BrokerOptions, Sub};
 use common::mqtt_client::Client;
 use common::Simgate;
 use simgate::proto::mqtt::{Packet, ProtocolVersion, QoS, ReasonCode};
@@ -93,6 +94,61 @@ fn sigterm_drains_aggregate_sessions_v5_gets_disconnect_0x8b_after_its_puback() 
 #[test]
 fn sigterm_drains_session_mode_v5_gets_disconnect_0x8b_after_its_puback() {
     drain_scenario(
+        "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
+         topic = \"devices/{client_id}/{topic}\"\n",
+    );
+}
+
+/// A device's Will is published when simgate shuts down under it: the drain closes the device's
+/// connection without a DISCONNECT from the device, which is exactly when MQTT says the Will
+/// goes out (MQTT 5.0 section 3.1.2.5). simgate still exits 0.
+fn will_on_drain_scenario(mqtt: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let checker = Sub::start(broker.plain_port, "devices/+/status", &["-q", "1"]);
+    let gw = start_gateway(dir.path(), &pki, &broker, mqtt);
+    let addr: SocketAddr = gw.listener("mqtt");
+    // A device with a Will; its SUBACK (which `Sub::start` waits for) shows it is connected.
+    let device = Sub::start(
+        addr.port(),
+        "cmd",
+        &[
+            "-i",
+            "will-dev",
+            "--will-topic",
+            "status",
+            "--will-payload",
+            "gateway-gone",
+            "--will-qos",
+            "1",
+        ],
+    );
+    let ok = Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -TERM simgate failed");
+    assert_eq!(
+        checker.next_message(Duration::from_secs(10)).as_deref(),
+        Some("devices/will-dev/status gateway-gone"),
+        "the Will reaches the broker; simgate log:\n{}",
+        gw.stderr()
+    );
+    let log = gw.stderr();
+    assert_eq!(gw.wait_exit(), Some(0), "simgate exit code; log:\n{log}");
+    drop(device);
+}
+
+#[test]
+fn sigterm_publishes_the_wills_of_aggregate_devices() {
+    will_on_drain_scenario("mode = \"aggregate\"\nkeep_alive = \"10s\"\n");
+}
+
+#[test]
+fn sigterm_publishes_the_wills_of_session_mode_devices() {
+    will_on_drain_scenario(
         "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
          topic = \"devices/{client_id}/{topic}\"\n",
     );
