@@ -92,6 +92,83 @@ impl Measured {
         let d = self.report.delivery.map_or(0, |d| d.unique);
         d as f64 / self.report.duration_s.max(1e-9)
     }
+
+    /// The proxy's user + system CPU per delivered message, in µs (rows with a proxy only).
+    fn cpu_us_per_msg(&self) -> Option<f64> {
+        match (&self.report.gateway, self.proxy) {
+            (Some(g), true) => {
+                let delivered = self.report.delivery.map_or(0, |d| d.unique).max(1);
+                Some(g.cpu_seconds * 1e6 / delivered as f64)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` if empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 0 {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+/// Per system over several rounds: its proxy CPU µs/msg in each round and their median, and
+/// its per-core ratio against the peer (peer's µs/msg ÷ the system's, both from the same round)
+/// in each round and their median. Rows without a proxy (direct) or that failed are left out.
+pub fn rounds_summary(rounds: &[Comparison]) -> String {
+    let Some(first) = rounds.first() else {
+        return String::new();
+    };
+    let peer = first.peer;
+    let mut out = format!(
+        "rounds summary ({} rounds): proxy CPU µs/msg, and per-core ratio vs {peer} (its µs/msg ÷ the system's, same round)\n\n\
+         | system | CPU µs/msg by round | median | vs {peer} by round | median ratio |\n|---|---|---|---|---|\n",
+        rounds.len()
+    );
+    let cpu = |c: &Comparison, system: &str| {
+        c.rows
+            .iter()
+            .find(|r| r.system == system)
+            .and_then(|r| r.outcome.as_ref().ok())
+            .and_then(Measured::cpu_us_per_msg)
+    };
+    let list = |v: &[Option<f64>], digits: usize| {
+        v.iter()
+            .map(|x| x.map_or_else(|| "-".to_string(), |x| format!("{x:.digits$}")))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for row in &first.rows {
+        let per_round: Vec<Option<f64>> = rounds.iter().map(|c| cpu(c, &row.system)).collect();
+        if per_round.iter().all(Option::is_none) {
+            continue;
+        }
+        let ratios: Vec<Option<f64>> = rounds
+            .iter()
+            .map(|c| match (cpu(c, peer), cpu(c, &row.system)) {
+                (Some(p), Some(s)) if s > 0.0 => Some(p / s),
+                _ => None,
+            })
+            .collect();
+        let med = |v: &[Option<f64>]| median(&v.iter().flatten().copied().collect::<Vec<_>>());
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row.system,
+            list(&per_round, 1),
+            med(&per_round).map_or_else(|| "-".into(), |m| format!("{m:.1}")),
+            list(&ratios, 2),
+            med(&ratios).map_or_else(|| "-".into(), |m| format!("{m:.2}×")),
+        ));
+    }
+    out
 }
 
 /// The comparison's rows, in table order, and the name of the peer the ratios refer to.
@@ -544,15 +621,12 @@ impl std::fmt::Display for Comparison {
                         ),
                         None => (m.report.latency_us, "-".into()),
                     };
-                    let (cpu, rss) = match (&m.report.gateway, m.proxy) {
-                        (Some(g), true) => {
-                            let delivered = m.report.delivery.map_or(0, |d| d.unique).max(1);
-                            (
-                                format!("{:.1}", g.cpu_seconds * 1e6 / delivered as f64),
-                                format!("{:.1} MiB", g.rss_kib_peak as f64 / 1024.0),
-                            )
-                        }
-                        _ => ("-".into(), "-".into()),
+                    let cpu = m
+                        .cpu_us_per_msg()
+                        .map_or_else(|| "-".into(), |us| format!("{us:.1}"));
+                    let rss = match (&m.report.gateway, m.proxy) {
+                        (Some(g), true) => format!("{:.1} MiB", g.rss_kib_peak as f64 / 1024.0),
+                        _ => "-".into(),
                     };
                     writeln!(
                         f,
@@ -596,5 +670,22 @@ impl Comparison {
             &format!("{}: end-to-end latency by percentile", self.scenario),
             &series,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty_lists() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(
+            median(&[f64::NAN, 5.0]),
+            Some(5.0),
+            "non-finite values are ignored"
+        );
     }
 }

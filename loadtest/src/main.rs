@@ -112,10 +112,15 @@ enum Command {
         #[arg(long)]
         work_dir: Option<PathBuf>,
         /// Run only these systems (comma-separated, names as in the table, lower case, spaces as
-        /// dashes: direct, simgate, simgate-aggregate, simgate-session, nginx, haproxy, stunnel,
-        /// mosquitto-bridge). Default: all of the scenario's protocol.
+        /// dashes: direct, simgate, simgate-aggregate, simgate-aggregate-linger, simgate-session,
+        /// nginx, haproxy, stunnel, mosquitto-bridge). Default: all of the scenario's protocol.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Run the whole comparison this many times in a row and end with the median proxy CPU
+        /// per message and the median per-core ratio against the peer (each round's ratio is
+        /// taken within that round): on a shared machine one round's absolute figures drift.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+        rounds: u32,
         /// tokio worker threads of the device simulator.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -346,6 +351,7 @@ fn main() -> Result<()> {
             plot,
             work_dir,
             only,
+            rounds,
             threads,
             progress,
         } => {
@@ -384,18 +390,32 @@ fn main() -> Result<()> {
                 progress,
                 only,
             };
-            let comparison = compare::compare(&parsed, &options)?;
-            println!(
-                "scenario {} ({} devices, {:.0} msg/s offered, {seconds} s per system; proxy on CPU {}, load + sink on CPU {})\n",
-                parsed.name,
-                parsed.fleet.devices,
-                parsed.traffic.rate_per_s,
-                options.proxy_cpus,
-                options
-                    .load_cpu
-                    .map_or_else(|| "any".to_string(), |c| c.to_string())
-            );
-            print!("{comparison}");
+            let mut all = Vec::new();
+            for round in 1..=rounds {
+                let comparison = compare::compare(&parsed, &options)?;
+                let of = if rounds > 1 {
+                    format!(", round {round} of {rounds}")
+                } else {
+                    String::new()
+                };
+                println!(
+                    "scenario {} ({} devices, {:.0} msg/s offered, {seconds} s per system; proxy on CPU {}, load + sink on CPU {}{of})\n",
+                    parsed.name,
+                    parsed.fleet.devices,
+                    parsed.traffic.rate_per_s,
+                    options.proxy_cpus,
+                    options
+                        .load_cpu
+                        .map_or_else(|| "any".to_string(), |c| c.to_string())
+                );
+                print!("{comparison}");
+                std::io::stdout().flush()?;
+                all.push(comparison);
+            }
+            if rounds > 1 {
+                println!("\n{}", compare::rounds_summary(&all));
+            }
+            let comparison = all.pop().context("no round ran")?;
             if let Some(path) = plot {
                 std::fs::write(&path, comparison.svg())
                     .with_context(|| format!("write {}", path.display()))?;
