@@ -33,7 +33,7 @@ use simgate::testkit::{CertFiles, TestPki};
 use crate::fleet::{self, RunOptions};
 use crate::scenario::{Protocol, Scenario};
 use crate::sink::{Sink, SinkKind, SinkOptions};
-use crate::stats::Report;
+use crate::stats::{LatencySummary, Report};
 use crate::sut::{self, Child};
 
 /// How to compare.
@@ -55,6 +55,9 @@ pub struct CompareOptions {
     pub progress: bool,
     /// Systems to run (table names, lower case, spaces as dashes); empty: all.
     pub only: Vec<String>,
+    /// Leave the first part of each run (connection ramp, first handshakes) out of the latency
+    /// and CPU columns; zero: measure the whole run.
+    pub warmup: Duration,
 }
 
 /// `destination.mqtt.linger` of the "simgate aggregate linger" row.
@@ -81,10 +84,20 @@ pub struct Row {
 pub struct Measured {
     /// The run's report (delivery always set).
     pub report: Report,
-    /// End-to-end latency at the sink (µs).
+    /// End-to-end latency at the sink (µs), of the messages that arrived after the warm-up.
     pub e2e: Histogram<u64>,
     /// Whether the CPU/RSS columns are the proxy's (false for direct).
     pub proxy: bool,
+    /// The proxy's CPU µs per message delivered after the warm-up (None without a warm-up:
+    /// the whole run's figure from the report is used).
+    pub steady_cpu_us_per_msg: Option<f64>,
+}
+
+/// What had been delivered, and the proxy's CPU, when the warm-up ended.
+struct WarmMark {
+    latency: Histogram<u64>,
+    unique: u64,
+    cpu_ticks: Option<u64>,
 }
 
 impl Measured {
@@ -93,8 +106,12 @@ impl Measured {
         d as f64 / self.report.duration_s.max(1e-9)
     }
 
-    /// The proxy's user + system CPU per delivered message, in µs (rows with a proxy only).
+    /// The proxy's user + system CPU per delivered message, in µs (rows with a proxy only;
+    /// after the warm-up when there was one).
     fn cpu_us_per_msg(&self) -> Option<f64> {
+        if self.steady_cpu_us_per_msg.is_some() {
+            return self.steady_cpu_us_per_msg;
+        }
         match (&self.report.gateway, self.proxy) {
             (Some(g), true) => {
                 let delivered = self.report.delivery.map_or(0, |d| d.unique).max(1);
@@ -332,11 +349,45 @@ impl Env<'_> {
             progress: self.options.progress,
             delivery: Some(Arc::clone(sink.tracker())),
         };
+        let warmup = self.options.warmup;
+        // At the end of the warm-up, note what the sink has seen and the proxy's CPU so far;
+        // the row's latency and CPU columns are what came after.
+        let marker = (!warmup.is_zero() && warmup < self.options.duration).then(|| {
+            let tracker = Arc::clone(sink.tracker());
+            std::thread::spawn(move || {
+                std::thread::sleep(warmup); // the measurement schedule, not a synchronisation
+                let snapshot = tracker.snapshot();
+                WarmMark {
+                    latency: snapshot.latency().clone(),
+                    unique: snapshot.summary().unique,
+                    cpu_ticks: pid
+                        .and_then(|p| crate::procstat::sample(p).ok().map(|s| s.cpu_ticks)),
+                }
+            })
+        });
         let report = fleet::run(self.scenario, &options, None)?;
+        let end_ticks = pid.and_then(|p| crate::procstat::sample(p).ok().map(|s| s.cpu_ticks));
+        let mut e2e = sink.tracker().snapshot().latency().clone();
+        let mut steady_cpu_us_per_msg = None;
+        if let Some(marker) = marker {
+            let mark = marker
+                .join()
+                .map_err(|_| anyhow::anyhow!("warm-up marker thread panicked"))?;
+            e2e.subtract(&mark.latency)
+                .context("subtract the warm-up's latencies")?;
+            let unique = report.delivery.map_or(0, |d| d.unique);
+            let delivered = unique.saturating_sub(mark.unique).max(1);
+            if let (Some(end), Some(start)) = (end_ticks, mark.cpu_ticks) {
+                let seconds =
+                    end.saturating_sub(start) as f64 / crate::procstat::CLOCK_TICKS_PER_SEC as f64;
+                steady_cpu_us_per_msg = Some(seconds * 1e6 / delivered as f64);
+            }
+        }
         Ok(Measured {
-            e2e: sink.tracker().snapshot().latency().clone(),
+            e2e,
             report,
             proxy: pid.is_some(),
+            steady_cpu_us_per_msg,
         })
     }
 
@@ -616,7 +667,7 @@ impl std::fmt::Display for Comparison {
                     let rate = m.delivered_per_s();
                     let (e2e, lost) = match m.report.delivery {
                         Some(d) => (
-                            d.e2e_latency_us,
+                            LatencySummary::of(&m.e2e),
                             format!("{} / {} / {}", d.lost, d.duplicates, d.reordered),
                         ),
                         None => (m.report.latency_us, "-".into()),

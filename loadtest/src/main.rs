@@ -121,6 +121,11 @@ enum Command {
         /// taken within that round): on a shared machine one round's absolute figures drift.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
         rounds: u32,
+        /// Seconds at the start of each run (device ramp, first upstream handshakes) left out of
+        /// the e2e latency and CPU columns; the delivered and lost counts still cover the whole
+        /// run. Must be shorter than the duration.
+        #[arg(long, default_value_t = 0.0)]
+        warmup: f64,
         /// tokio worker threads of the device simulator.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -352,6 +357,7 @@ fn main() -> Result<()> {
             work_dir,
             only,
             rounds,
+            warmup,
             threads,
             progress,
         } => {
@@ -362,6 +368,9 @@ fn main() -> Result<()> {
             let seconds = duration.unwrap_or(parsed.duration_s);
             if !(seconds.is_finite() && seconds > 0.0) {
                 bail!("--duration must be a positive number of seconds");
+            }
+            if !(warmup.is_finite() && warmup >= 0.0 && warmup < seconds) {
+                bail!("--warmup must be at least 0 and shorter than the duration ({seconds} s)");
             }
             let simgate = match simgate {
                 Some(path) => path,
@@ -389,6 +398,7 @@ fn main() -> Result<()> {
                 threads,
                 progress,
                 only,
+                warmup: Duration::from_secs_f64(warmup),
             };
             let mut all = Vec::new();
             for round in 1..=rounds {
