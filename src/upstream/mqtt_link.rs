@@ -12,8 +12,10 @@
 //!   for a device session go to that session's [`SessionMailbox`].
 //! - [`run_link`] drives one core over a TLS connection from the shard's pool: connect (with the
 //!   pool's jittered backoff plus its own for MQTT-level refusals), CONNECT/CONNACK, one TLS write
-//!   per event-loop turn for everything queued in that turn, PINGREQ every half keep-alive, and a
-//!   link declared dead when a PINGRESP does not come back within the other half.
+//!   per event-loop turn for everything queued in that turn (or, with `linger`, for everything
+//!   queued within that time or until one TLS record's worth is queued), PINGREQ every half
+//!   keep-alive, and a link declared dead when a PINGRESP does not come back within the other
+//!   half.
 //!
 //! ```text
 //!  device tasks ──publish/subscribe──► LinkCore ──outbox (one buffer per turn)──► TLS write
