@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -173,6 +174,57 @@ fn pooled_connections_are_reused_until_max_age_then_replaced() {
         .collect();
     assert_eq!(conns[0], conns[1], "reused while young: {conns:?}");
     assert_ne!(conns[1], conns[2], "replaced once past max_age: {conns:?}");
+}
+
+/// Requests at an upstream that accepts TCP but never answers the TLS handshake: with
+/// `max_connecting = 1` the three concurrent requests open one connection between them (the
+/// others wait, then meet the backoff its failure started); with no limit each opens its own.
+/// Every device gets 502 either way.
+#[test]
+fn max_connecting_bounds_the_connects_a_burst_of_requests_opens() {
+    fn burst(max_connecting: Option<usize>) -> usize {
+        let world = World::new();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let silent_addr = silent.local_addr().expect("addr");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let held = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in silent.incoming().map_while(Result::ok) {
+                held.lock().unwrap().push(stream); // held open, never answered
+            }
+        });
+        let limit = max_connecting.map_or(String::new(), |n| format!("max_connecting = {n}\n"));
+        let toml = world
+            .config(
+                "",
+                &format!(
+                    "[destination.pool]\nwarm = 0\n{limit}connect_timeout = \"1s\"\n\
+                     backoff_initial = \"10s\"\nbackoff_max = \"10s\""
+                ),
+            )
+            .replace(&world.sink.addr().to_string(), &silent_addr.to_string())
+            .replace("shards = 2", "shards = 1");
+        let gw = world.simgate(&toml);
+        let addr = gw.http;
+        let devices: Vec<_> = (0..3)
+            .map(|i| {
+                std::thread::spawn(move || {
+                    raw_exchange(addr, &post("/burst", format!("{i}").as_bytes(), "")).status
+                })
+            })
+            .collect();
+        for d in devices {
+            assert_eq!(d.join().expect("device"), 502, "{}", gw.stderr());
+        }
+        let n = accepted.lock().unwrap().len();
+        n
+    }
+    assert_eq!(
+        burst(Some(1)),
+        1,
+        "max_connecting = 1: one connect for the burst"
+    );
+    assert_eq!(burst(None), 3, "no limit: one connect per waiting request");
 }
 
 #[test]

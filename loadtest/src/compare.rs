@@ -55,6 +55,9 @@ pub struct CompareOptions {
     pub progress: bool,
     /// Systems to run (table names, lower case, spaces as dashes); empty: all.
     pub only: Vec<String>,
+    /// Extra `[destination.pool]` settings of every simgate row (TOML lines such as
+    /// `max_connecting = 8`).
+    pub simgate_pool: Vec<String>,
     /// Leave the first part of each run (connection ramp, first handshakes) out of the latency
     /// and CPU columns; zero: measure the whole run.
     pub warmup: Duration,
@@ -413,6 +416,15 @@ impl Env<'_> {
         measured
     }
 
+    /// `--simgate-pool` lines for a `[destination.pool]` table, each ending in a newline.
+    fn pool_extra(&self) -> String {
+        self.options
+            .simgate_pool
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect()
+    }
+
     fn simgate_http(&self) -> Result<Measured> {
         let sink = self.sink(SinkKind::Http, true)?;
         let config = format!(
@@ -433,12 +445,13 @@ ca = "{ca}"
 [destination.pool]
 warm = 8
 max_idle = 256
-[[group]]
+{extra}[[group]]
 name = "default"
 routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
 "#,
             sink = sink.addr(),
-            ca = self.ca()
+            ca = self.ca(),
+            extra = self.pool_extra(),
         );
         self.run_simgate("simgate-http", &config, &sink)
     }
@@ -446,10 +459,13 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
     /// simgate with one MQTT destination in `mode`; `linger` sets `destination.mqtt.linger`.
     fn simgate_mqtt(&self, mode: &str, linger: Option<&str>) -> Result<Measured> {
         let sink = self.sink(SinkKind::Mqtt, true)?;
+        let extra = self.pool_extra();
         let pool = if mode == "session" {
-            "[destination.pool]\nwarm = 16\nmax_idle = 256\n"
+            format!("[destination.pool]\nwarm = 16\nmax_idle = 256\n{extra}")
+        } else if extra.is_empty() {
+            String::new()
         } else {
-            ""
+            format!("[destination.pool]\n{extra}")
         };
         let config = format!(
             r#"[gateway]

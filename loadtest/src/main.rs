@@ -126,6 +126,11 @@ enum Command {
         /// run. Must be shorter than the duration.
         #[arg(long, default_value_t = 0.0)]
         warmup: f64,
+        /// A `[destination.pool]` setting for every simgate row, as a TOML line (repeatable),
+        /// e.g. `--simgate-pool 'max_connecting = 8'`. simgate refuses unknown keys, and the row
+        /// then shows its error.
+        #[arg(long)]
+        simgate_pool: Vec<String>,
         /// tokio worker threads of the device simulator.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -358,6 +363,7 @@ fn main() -> Result<()> {
             only,
             rounds,
             warmup,
+            simgate_pool,
             threads,
             progress,
         } => {
@@ -399,6 +405,7 @@ fn main() -> Result<()> {
                 progress,
                 only,
                 warmup: Duration::from_secs_f64(warmup),
+                simgate_pool,
             };
             let mut all = Vec::new();
             for round in 1..=rounds {

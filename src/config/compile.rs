@@ -77,6 +77,8 @@ pub(crate) mod defaults {
     pub const POOL_MAX_IDLE: usize = 64;
     /// `destination[].pool.idle_timeout`.
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `destination[].pool.max_connecting` (0: no limit).
+    pub const POOL_MAX_CONNECTING: usize = 0;
     /// `destination[].pool.max_age`.
     pub const POOL_MAX_AGE: Duration = Duration::from_secs(300);
     /// `destination[].pool.connect_timeout`.
@@ -1475,6 +1477,12 @@ impl Compiler<'_> {
             raw.idle_timeout.as_ref(),
             defaults::POOL_IDLE_TIMEOUT,
         );
+        let max_connecting = self.int(
+            &format!("{p}.pool.max_connecting"),
+            raw.max_connecting,
+            defaults::POOL_MAX_CONNECTING,
+            0..=65535,
+        );
         let max_age = self.duration(
             &format!("{p}.pool.max_age"),
             raw.max_age.as_ref(),
@@ -1517,6 +1525,7 @@ impl Compiler<'_> {
             max_idle: max_idle?,
             idle_timeout: idle_timeout?,
             max_age: max_age?,
+            max_connecting: max_connecting?,
             connect_timeout: connect_timeout?,
             response_timeout: response_timeout?,
             backoff_initial: backoff_initial?,

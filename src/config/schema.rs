@@ -179,6 +179,7 @@ pub(crate) struct RawPool {
     pub max_idle: Option<i64>,
     pub idle_timeout: Option<RawDuration>,
     pub max_age: Option<RawDuration>,
+    pub max_connecting: Option<i64>,
     pub connect_timeout: Option<RawDuration>,
     pub response_timeout: Option<RawDuration>,
     pub backoff_initial: Option<RawDuration>,

@@ -172,6 +172,7 @@ warm = 1
 max_idle = 8
 idle_timeout = "30s"
 max_age = "10m"
+max_connecting = 4
 connect_timeout = "2s"
 response_timeout = "1h"
 backoff_initial = "50ms"
@@ -290,6 +291,7 @@ fn full_config_compiles_to_the_expected_plan() {
     assert_eq!(d.pool.max_idle, 8);
     assert_eq!(d.pool.idle_timeout, Duration::from_secs(30));
     assert_eq!(d.pool.max_age, Duration::from_secs(600));
+    assert_eq!(d.pool.max_connecting, 4);
     assert_eq!(d.pool.connect_timeout, Duration::from_secs(2));
     assert_eq!(d.pool.response_timeout, Duration::from_secs(3600));
     assert_eq!(d.pool.backoff_initial, Duration::from_millis(50));
@@ -374,6 +376,7 @@ fn omitted_keys_take_their_documented_defaults() {
     assert_eq!((p.warm, p.max_idle), (2, 64));
     assert_eq!(p.idle_timeout, Duration::from_secs(60));
     assert_eq!(p.max_age, Duration::from_secs(300));
+    assert_eq!(p.max_connecting, 0, "no limit by default");
     assert_eq!(p.connect_timeout, Duration::from_secs(5));
     assert_eq!(p.response_timeout, Duration::from_secs(30));
     assert_eq!(p.backoff_initial, Duration::from_millis(100));
@@ -487,6 +490,8 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("header_timeout = \"5s\"", "header_timeout = \"5 s\"", "listener[0].header_timeout", "invalid duration \"5 s\""),
     ("idle_timeout = \"2m\"", "idle_timeout = \"2d\"", "listener[0].idle_timeout", "unknown unit"),
     ("connect_timeout = \"2s\"", "connect_timeout = \"0s\"", "destination[0].pool.connect_timeout", "must be between 1ms and 24h, got \"0s\""),
+    ("max_connecting = 4", "max_connecting = -1", "destination[0].pool.max_connecting", "must be in 0..=65535, got -1"),
+    ("max_connecting = 4", "max_connecting = 65536", "destination[0].pool.max_connecting", "must be in 0..=65535"),
     ("max_age = \"10m\"", "max_age = \"0s\"", "destination[0].pool.max_age", "must be between 1ms and 24h, got \"0s\""),
     ("max_age = \"10m\"", "max_age = \"25h\"", "destination[0].pool.max_age", "must be between 1ms and 24h"),
     ("response_timeout = \"1h\"", "response_timeout = \"25h\"", "destination[0].pool.response_timeout", "must be between 1ms and 24h"),
@@ -832,6 +837,7 @@ fn every_schema_key_is_documented() {
         "idle_timeout",
         "max_requests_per_connection",
         "max_age",
+        "max_connecting",
         "kind",
         "cert",
         "key",

@@ -198,6 +198,10 @@ pub struct PoolSettings {
     /// Connections made longer ago than this are not reused (closed when next idle), so a
     /// pool follows DNS changes and spreads over a load balancer's hosts.
     pub max_age: Duration,
+    /// Connects (warm-up included) under way at once, per shard; a request that finds no idle
+    /// connection while this many are under way waits for one to come back or a connect to end.
+    /// 0: no limit (every such request connects).
+    pub max_connecting: usize,
     /// TCP connect + TLS handshake must finish within this. Over it: 502.
     pub connect_timeout: Duration,
     /// Time from request sent to response head received. Over it: 504.

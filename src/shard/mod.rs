@@ -414,6 +414,65 @@ pub struct ShardState {
     /// now rather than at its next once-a-second round, so a burst of device connects keeps
     /// finding warm ones.
     pool_taken: crate::upstream::mqtt_link::LocalSignal,
+    /// Requests waiting for a connection to come back to a pool, or for a connect to end (so
+    /// that they may start one): woken on every check-in and every connect's end.
+    pool_waiters: PoolWaiters,
+}
+
+/// A shard-local broadcast: every waiter wakes at the next [`PoolWaiters::notify_all`]. Each
+/// waiter registers its waker once; wakers of waits dropped in between are discarded at the
+/// next notification.
+#[derive(Default)]
+struct PoolWaiters {
+    epoch: Cell<u64>,
+    wakers: RefCell<Vec<std::task::Waker>>,
+}
+
+impl PoolWaiters {
+    fn notify_all(&self) {
+        self.epoch.set(self.epoch.get().wrapping_add(1));
+        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
+    /// Completes at the first notification after this call.
+    async fn changed(&self) {
+        let start = self.epoch.get();
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            if self.epoch.get() != start {
+                return std::task::Poll::Ready(());
+            }
+            if !registered {
+                self.wakers.borrow_mut().push(cx.waker().clone());
+                registered = true;
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// A request connect counted against `max_connecting`; released (and the waiters told) when
+/// dropped, whether the connect ended or the request was abandoned.
+struct ConnectSlot<'a> {
+    state: &'a ShardState,
+    generation: u64,
+    dest: DestinationId,
+}
+
+impl Drop for ConnectSlot<'_> {
+    fn drop(&mut self) {
+        {
+            let mut pools = self.state.pools.borrow_mut();
+            if pools.generation() == self.generation {
+                pools.connect_done(self.dest);
+            }
+        }
+        self.state.pool_waiters.notify_all();
+    }
 }
 
 impl ShardState {
@@ -434,27 +493,50 @@ impl ShardState {
     }
 
     /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
-    /// that plan is still current, else a new one.
+    /// that plan is still current, else a new one. While `max_connecting` connects to `dest`
+    /// are under way, the request waits (up to `connect_timeout`) for a connection to come
+    /// back or a connect to end, rather than opening one more: a burst of requests is served
+    /// by the connections it returns, not by one handshake each.
     pub async fn checkout(
         &self,
         generation: u64,
         dest: &DestinationPlan,
     ) -> Result<UpstreamConn, UpstreamError> {
-        if generation == self.generation.get() {
-            let mut pools = self.pools.borrow_mut();
-            let idle = pools.take_idle(dest.id, Instant::now());
-            // Wake the pool keeper only when there is warming to do, not on every request
-            // served from a pool with no `warm` setting.
-            let refill = idle.is_some() && pools.below_warm(dest.id);
-            drop(pools);
+        let give_up = Instant::now() + dest.pool.connect_timeout;
+        loop {
+            if generation != self.generation.get() {
+                return self.connect_new(generation, dest).await;
+            }
+            let (idle, refill, slot) = {
+                let mut pools = self.pools.borrow_mut();
+                let idle = pools.take_idle(dest.id, Instant::now());
+                // Wake the pool keeper only when there is warming to do, not on every request
+                // served from a pool with no `warm` setting.
+                let refill = idle.is_some() && pools.below_warm(dest.id);
+                let slot = idle.is_none() && pools.try_reserve_connect(dest.id);
+                (idle, refill, slot)
+            };
             if refill {
                 self.pool_taken.notify();
             }
             if let Some(conn) = idle {
                 return Ok(conn);
             }
+            if slot {
+                let _slot = ConnectSlot {
+                    state: self,
+                    generation,
+                    dest: dest.id,
+                };
+                return self.connect_new(generation, dest).await;
+            }
+            if reactor::timeout_at(give_up, self.pool_waiters.changed())
+                .await
+                .is_err()
+            {
+                return Err(UpstreamError::ConnectTimeout);
+            }
         }
-        self.connect_new(generation, dest).await
     }
 
     /// A new connection to `dest` (never an idle one) of the plan of `generation`, honouring
@@ -495,9 +577,10 @@ impl ShardState {
         }
     }
 
-    /// Return a connection whose exchange completed cleanly.
+    /// Return a connection whose exchange completed cleanly (and tell waiting requests).
     pub fn check_in(&self, conn: UpstreamConn) {
         self.pools.borrow_mut().check_in(conn, Instant::now());
+        self.pool_waiters.notify_all();
     }
 }
 
@@ -529,6 +612,7 @@ fn shard_main(
             drain: drain::DrainSignal::default(),
             mqtt_aggregate: Default::default(),
             pool_taken: Default::default(),
+            pool_waiters: Default::default(),
         });
         let mut accept_tasks = Vec::new();
         for (index, sock) in sockets.into_iter().enumerate() {
@@ -700,6 +784,8 @@ async fn maintain_pools(state: Rc<ShardState>) {
                     if state.generation.get() == generation {
                         state.pools.borrow_mut().warm_done(dest.id);
                     }
+                    // A connect slot is free (and, on success, a connection is coming).
+                    state.pool_waiters.notify_all();
                     match result {
                         Ok(conn) => state.check_in(conn),
                         Err(e) => {

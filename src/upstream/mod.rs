@@ -146,6 +146,8 @@ pub struct DestPool {
     retry_at: Option<Instant>,
     /// Connects in progress for warm-up, so the warmer does not start more than needed.
     warming: usize,
+    /// Connects in progress for requests that found no idle connection.
+    connecting: usize,
 }
 
 /// All pools of one shard for one plan generation.
@@ -174,6 +176,7 @@ impl Pools {
                 failures: 0,
                 retry_at: None,
                 warming: 0,
+                connecting: 0,
             })
             .collect();
         Pools {
@@ -347,6 +350,28 @@ impl Pools {
         let short = pool.settings.warm.saturating_sub(have);
         pool.warming += short;
         short
+    }
+
+    /// Reserve a request connect to `dest` if fewer than `max_connecting` connects (warm-up
+    /// included) are under way, or it is 0 (no limit); false if the request should wait instead. Release with
+    /// [`Pools::connect_done`]. Destinations these pools do not know always get one.
+    pub fn try_reserve_connect(&mut self, dest: DestinationId) -> bool {
+        let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
+            return true;
+        };
+        let limit = pool.settings.max_connecting;
+        if limit != 0 && pool.connecting + pool.warming >= limit {
+            return false;
+        }
+        pool.connecting += 1;
+        true
+    }
+
+    /// A connect reserved with [`Pools::try_reserve_connect`] ended.
+    pub fn connect_done(&mut self, dest: DestinationId) {
+        if let Some(pool) = self.dests.get_mut(usize::from(dest.0)) {
+            pool.connecting = pool.connecting.saturating_sub(1);
+        }
     }
 
     /// A reserved warm-up connect ended.
