@@ -669,6 +669,8 @@ async fn command_loop(
                     state.generation.set(generation);
                     *state.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(state.id));
                     *state.plan.borrow_mut() = plan;
+                    // Requests waiting on the old pools go on with the plan they started with.
+                    state.pool_waiters.notify_all();
                     let _ = ack.send(());
                 }
                 ShardCommand::UpdateAddrs {
