@@ -602,12 +602,7 @@ fn sigterm_drains_in_flight_requests_and_closes_idle_connections() {
     let mut busy = Device::connect(gw.http);
     busy.send(&post("/b", b"in-flight", ""));
     assert_eq!(slow.sink.wait_for_requests(2, Duration::from_secs(10)), 2);
-    let pid = gw.pid();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    gw.terminate();
     let resp = busy.read_response();
     assert_eq!(resp.status, 200, "{}", resp.body_text());
     assert_eq!(resp.header("connection"), Some("close"));

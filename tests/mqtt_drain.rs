@@ -9,7 +9,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::mosquitto::{Broker, BrokerOptions, Sub};
@@ -57,12 +56,7 @@ fn drain_scenario(mqtt: &str) {
         std::thread::sleep(Duration::from_millis(5)); // polling the kernel's socket queues
     }
 
-    let ok = Command::new("kill")
-        .args(["-TERM", &gw.pid().to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -TERM simgate failed");
+    gw.terminate();
     // The 3.1.1 device has nothing in flight: closed at once, without any packet.
     let v3_got = v3.until_closed(Duration::from_secs(10));
     assert!(v3_got.is_empty(), "3.1.1 device got {v3_got:?}");
@@ -86,17 +80,19 @@ fn drain_scenario(mqtt: &str) {
     assert_eq!(gw.wait_exit(), Some(0), "simgate exit code; log:\n{log}");
 }
 
+/// `[destination.mqtt]` of the two bridging modes under test.
+const AGGREGATE: &str = "mode = \"aggregate\"\nkeep_alive = \"10s\"\n";
+const SESSION: &str = "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
+                       topic = \"devices/{client_id}/{topic}\"\n";
+
 #[test]
 fn sigterm_drains_aggregate_sessions_v5_gets_disconnect_0x8b_after_its_puback() {
-    drain_scenario("mode = \"aggregate\"\nkeep_alive = \"10s\"\n");
+    drain_scenario(AGGREGATE);
 }
 
 #[test]
 fn sigterm_drains_session_mode_v5_gets_disconnect_0x8b_after_its_puback() {
-    drain_scenario(
-        "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
-         topic = \"devices/{client_id}/{topic}\"\n",
-    );
+    drain_scenario(SESSION);
 }
 
 /// A device's Will is published when simgate shuts down under it: the drain closes the device's
@@ -124,12 +120,7 @@ fn will_on_drain_scenario(mqtt: &str) {
             "1",
         ],
     );
-    let ok = Command::new("kill")
-        .args(["-TERM", &gw.pid().to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "kill -TERM simgate failed");
+    gw.terminate();
     assert_eq!(
         checker.next_message(Duration::from_secs(10)).as_deref(),
         Some("devices/will-dev/status gateway-gone"),
@@ -143,13 +134,10 @@ fn will_on_drain_scenario(mqtt: &str) {
 
 #[test]
 fn sigterm_publishes_the_wills_of_aggregate_devices() {
-    will_on_drain_scenario("mode = \"aggregate\"\nkeep_alive = \"10s\"\n");
+    will_on_drain_scenario(AGGREGATE);
 }
 
 #[test]
 fn sigterm_publishes_the_wills_of_session_mode_devices() {
-    will_on_drain_scenario(
-        "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
-         topic = \"devices/{client_id}/{topic}\"\n",
-    );
+    will_on_drain_scenario(SESSION);
 }

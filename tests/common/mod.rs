@@ -145,10 +145,18 @@ impl Simgate {
         self.child.wait().expect("wait simgate").code()
     }
 
+    /// Send SIGTERM (start the drain) without waiting; panics if it cannot be sent.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(sent, "kill -TERM simgate failed");
+    }
+
     /// Send SIGTERM and wait for a clean exit; returns the exit status code.
     pub fn stop(mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.terminate();
         let status = self.child.wait().expect("wait simgate");
         status.code()
     }
