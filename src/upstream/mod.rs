@@ -352,9 +352,10 @@ impl Pools {
         short
     }
 
-    /// Reserve a request connect to `dest` if fewer than `max_connecting` connects (warm-up
-    /// included) are under way, or it is 0 (no limit); false if the request should wait instead. Release with
-    /// [`Pools::connect_done`]. Destinations these pools do not know always get one.
+    /// Reserve a request connect to `dest` if `max_connecting` is 0 (no limit) or more than the
+    /// connects (warm-up included) under way; false if the request should wait instead.
+    /// Release with [`Pools::connect_done`]. Destinations these pools do not know always get
+    /// one.
     pub fn try_reserve_connect(&mut self, dest: DestinationId) -> bool {
         let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
             return true;
