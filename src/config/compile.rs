@@ -1124,7 +1124,7 @@ impl Compiler<'_> {
             username: username?,
             password: password?,
             pass_through_credentials,
-            topic: topic?,
+            topic: Arc::new(topic?),
             keep_alive: keep_alive?,
             connections_per_shard: connections_per_shard?,
             max_inflight: max_inflight?,

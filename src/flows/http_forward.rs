@@ -118,7 +118,9 @@ impl DeviceConn {
                         m.requests += 1;
                         m.error(kind);
                     }
-                    let _ = self.send_error(status, &reason, false).await;
+                    // Boxed, as are the other rare sends below: the connection task is allocated at the
+                    // size of its largest await, and an idle connection should not pay for them.
+                    let _ = Box::pin(self.send_error(status, &reason, false)).await;
                     return;
                 }
             };
@@ -140,7 +142,11 @@ impl DeviceConn {
             let Some(dest) = plan.route_http(group, self.listener, &request.head.target) else {
                 self.state.metrics.borrow_mut().error(ErrorKind::NoRoute);
                 let reason = "no route for this path";
-                if self.send_error(404, reason, keep_device).await.is_err() || !keep_device {
+                if Box::pin(self.send_error(404, reason, keep_device))
+                    .await
+                    .is_err()
+                    || !keep_device
+                {
                     return;
                 }
                 continue;
@@ -205,8 +211,7 @@ impl DeviceConn {
                 Some(head) => {
                     if head.expect_continue && !sent_continue {
                         sent_continue = true;
-                        if self
-                            .send_device(vec![Bytes::from_static(http1::CONTINUE_100)])
+                        if Box::pin(self.send_device(vec![Bytes::from_static(http1::CONTINUE_100)]))
                             .await
                             .is_err()
                         {
@@ -503,7 +508,7 @@ impl DeviceConn {
             .borrow_mut()
             .error(ErrorKind::UpstreamClosed);
         if head_unsent {
-            let _ = self.send_error(502, reason, false).await;
+            let _ = Box::pin(self.send_error(502, reason, false)).await;
         }
         Relayed::Aborted
     }

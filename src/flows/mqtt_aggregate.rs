@@ -243,13 +243,25 @@ struct Device {
     client_id: Bytes,
     ip: IpAddr,
     shard: usize,
-    topic: Template,
+    topic: Arc<Template>,
     /// Text around `{topic}` for this device (None: the template has no `{topic}`).
     affixes: Option<(Vec<u8>, Vec<u8>)>,
     receive_maximum: usize,
     /// Largest packet the device accepts (5.0 CONNECT Maximum Packet Size).
     device_max_packet: Option<NonZeroU32>,
     decode_limits: DecodeLimits,
+    /// Acknowledgement and subscription state; allocated the first time the device needs it.
+    tracking: Option<Box<Tracking>>,
+    /// Boxed: most devices have none, and this struct is what every idle device costs.
+    will: Option<Box<Will>>,
+    out: BytesMut,
+}
+
+/// What a device has in flight and subscribed. Boxed in [`Device`] and allocated on first use:
+/// a device that only publishes at QoS 0 never needs it, and four empty hash tables inline would
+/// add ~190 bytes to every idle device's session.
+#[derive(Default)]
+struct Tracking {
     /// Device packet ids of QoS 1/2 PUBLISHes waiting for the broker's PUBACK.
     outstanding: HashSet<u16>,
     /// QoS 2 ids answered with PUBREC, waiting for the device's PUBREL.
@@ -258,10 +270,10 @@ struct Device {
     subs: HashMap<Bytes, Bytes>,
     /// Device SUBSCRIBE id -> (codes so far, device filters).
     pending_subacks: HashMap<u16, (Vec<Option<ReasonCode>>, Vec<Bytes>)>,
-    /// Boxed: most devices have none, and this struct is what every idle device costs.
-    will: Option<Box<Will>>,
-    out: BytesMut,
 }
+
+/// The [`Tracking`] of a device that has none yet.
+static NO_TRACKING: std::sync::LazyLock<Tracking> = std::sync::LazyLock::new(Tracking::default);
 
 /// A device session admitted to an upstream link: everything the running session needs, and
 /// nothing of the CONNECT it came from.
@@ -293,7 +305,7 @@ pub fn start(session: DeviceSession) -> SessionFuture {
         buf,
     } = session;
     match admit(&state, &plan, listener, destination, &connect, peer) {
-        Ok(admitted) => Box::pin(run(state, stream, buf, admitted)),
+        Ok(admitted) => Box::pin(serve(Session::new(state, stream, buf, admitted))),
         Err(code) => Box::pin(refuse(stream, connect.protocol_version, code)),
     }
 }
@@ -371,10 +383,7 @@ fn admit(
         decode_limits: DecodeLimits {
             max_packet_size: limits.max_packet_size,
         },
-        outstanding: HashSet::new(),
-        awaiting_pubrel: HashSet::new(),
-        subs: HashMap::new(),
-        pending_subacks: HashMap::new(),
+        tracking: None,
         will: connect.will.clone().map(Box::new),
         out: BytesMut::with_capacity(64),
     };
@@ -407,57 +416,92 @@ fn admit(
     })
 }
 
-/// Serve an admitted device session until it ends.
-async fn run(state: Rc<ShardState>, mut stream: TcpStream, mut buf: BytesMut, admitted: Admitted) {
-    let Admitted {
-        mut device,
-        link,
-        key,
-        mailbox,
-        registration: _registration,
-        keep_alive,
-    } = admitted;
-    let version = device.version;
-    let end = run_session(
-        &state,
-        &mut stream,
-        &mut buf,
-        &mut device,
-        &link,
-        key,
-        &mailbox,
-        keep_alive,
-    )
-    .await;
+/// Everything a running session owns, as one value: the session future holds it once (an
+/// `async fn` that destructured its arguments into locals would hold them twice, and this
+/// future lives as long as the device is connected).
+struct Session {
+    state: Rc<ShardState>,
+    stream: TcpStream,
+    buf: BytesMut,
+    device: Device,
+    link: Rc<Link>,
+    key: SessionKey,
+    mailbox: Rc<SessionMailbox>,
+    keep_alive: Option<Duration>,
+    /// Unregisters the session from its link when the session ends.
+    _registration: Registration,
+}
 
-    if let End::Abnormal(code) = end {
-        // The will first: it is queued on the link at once, so a device that does not read its
-        // DISCONNECT cannot hold it back past the shard's drain window.
-        if let Some(will) = device.will.take() {
-            publish_will(&device, &link, *will);
-        }
-        if let (Some(code), ProtocolVersion::V5) = (code, version) {
-            device.write(&Packet::Disconnect(Disconnect {
-                reason_code: code,
-                properties: Properties::default(),
-            }));
-            let until = goodbye_deadline(&state, DEVICE_WRITE_TIMEOUT);
-            let _ = reactor::timeout_at(until, flush(&state, &mut stream, &mut device.out)).await;
+impl Session {
+    fn new(state: Rc<ShardState>, stream: TcpStream, buf: BytesMut, admitted: Admitted) -> Self {
+        let Admitted {
+            device,
+            link,
+            key,
+            mailbox,
+            registration,
+            keep_alive,
+        } = admitted;
+        Session {
+            state,
+            stream,
+            buf,
+            device,
+            link,
+            key,
+            mailbox,
+            keep_alive,
+            _registration: registration,
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_session(
-    state: &Rc<ShardState>,
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    device: &mut Device,
-    link: &Rc<Link>,
-    key: SessionKey,
-    mailbox: &Rc<SessionMailbox>,
-    keep_alive: Option<Duration>,
-) -> End {
+/// Serve an admitted device session until it ends.
+///
+/// Not an `async fn`: that would move `s` from its argument slot into a local, and the future
+/// would hold both copies; an `async move` block that only borrows `s` holds it once.
+#[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
+    async move {
+        let end = run_session(&mut s).await;
+        let Session {
+            state,
+            stream,
+            device,
+            link,
+            ..
+        } = &mut s;
+        if let End::Abnormal(code) = end {
+            // The will first: it is queued on the link at once, so a device that does not read its
+            // DISCONNECT cannot hold it back past the shard's drain window.
+            if let Some(will) = device.will.take() {
+                publish_will(device, link, *will);
+            }
+            if let (Some(code), ProtocolVersion::V5) = (code, device.version) {
+                device.write(&Packet::Disconnect(Disconnect {
+                    reason_code: code,
+                    properties: Properties::default(),
+                }));
+                let until = goodbye_deadline(state, DEVICE_WRITE_TIMEOUT);
+                let _ = reactor::timeout_at(until, flush(state, stream, &mut device.out)).await;
+            }
+        }
+    }
+}
+
+async fn run_session(s: &mut Session) -> End {
+    let Session {
+        state,
+        stream,
+        buf,
+        device,
+        link,
+        key,
+        mailbox,
+        keep_alive,
+        ..
+    } = s;
+    let key = *key;
     let far = Duration::from_secs(365 * 24 * 3600);
     let keep_alive = keep_alive.unwrap_or(far);
     // Received bytes only move `last_heard`; the timer is re-armed when it fires early, so a
@@ -476,18 +520,16 @@ async fn run_session(
         // sends again elsewhere; it was not acknowledged).
         let draining = state.draining();
         while !draining && !device.paused() {
-            match mqtt::decode_packet(buf, device.version, &device.decode_limits) {
-                Ok(Decoded::Complete(packet)) => {
-                    if let Some(end) = device.on_packet(packet, link, key, state) {
-                        let _ = flush(state, stream, &mut device.out).await;
-                        return end;
-                    }
-                }
+            // The decoded packet is consumed before any await: kept in the match scrutinee, it
+            // would be stored in the session future for the device's whole life.
+            let end = match mqtt::decode_packet(buf, device.version, &device.decode_limits) {
+                Ok(Decoded::Complete(packet)) => device.on_packet(packet, link, key, state),
                 Ok(Decoded::Incomplete { .. }) => break,
-                Err(e) => {
-                    let _ = flush(state, stream, &mut device.out).await;
-                    return End::Abnormal(Some(e.reason_code()));
-                }
+                Err(e) => Some(End::Abnormal(Some(e.reason_code()))),
+            };
+            if let Some(end) = end {
+                let _ = flush(state, stream, &mut device.out).await;
+                return end;
             }
         }
         if !flush(state, stream, &mut device.out).await {
@@ -497,7 +539,7 @@ async fn run_session(
             // Relay the broker's acknowledgements of what is already upstream, then say goodbye
             // (the rest stays unacknowledged if the drain window closes first).
             let until = drain_ack_deadline(state);
-            if device.outstanding.is_empty() || Instant::now() >= until {
+            if device.tracked().outstanding.is_empty() || Instant::now() >= until {
                 return End::Abnormal(Some(ReasonCode::SERVER_SHUTTING_DOWN));
             }
             let _ = select2(mailbox.signal.wait(), reactor::sleep_until(until)).await;
@@ -545,9 +587,8 @@ async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMu
     if out.is_empty() {
         return true;
     }
-    let bytes = out.split().freeze();
-    let n = bytes.len() as u64;
-    match reactor::timeout(DEVICE_WRITE_TIMEOUT, stream.send_all(bytes)).await {
+    let n = out.len() as u64;
+    match reactor::timeout(DEVICE_WRITE_TIMEOUT, stream.send_all(out.split().freeze())).await {
         Ok(Ok(())) => {
             state.metrics.borrow_mut().device_bytes_out += n;
             true
@@ -573,8 +614,18 @@ fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
 }
 
 impl Device {
+    /// The device's tracking state (empty if it has none yet).
+    fn tracked(&self) -> &Tracking {
+        self.tracking.as_deref().unwrap_or(&NO_TRACKING)
+    }
+
+    /// The device's tracking state, allocated if it has none yet.
+    fn tracking_mut(&mut self) -> &mut Tracking {
+        self.tracking.get_or_insert_with(Box::default)
+    }
+
     fn paused(&self) -> bool {
-        self.outstanding.len() >= self.receive_maximum
+        self.tracked().outstanding.len() >= self.receive_maximum
     }
 
     fn write(&mut self, packet: &Packet) {
@@ -662,7 +713,10 @@ impl Device {
         match packet {
             Packet::Publish(p) => self.on_publish(p, link, key, state),
             Packet::PubRel(rel) => {
-                let known = self.awaiting_pubrel.remove(&rel.packet_id.get());
+                let known = self
+                    .tracking_mut()
+                    .awaiting_pubrel
+                    .remove(&rel.packet_id.get());
                 let mut comp = PubResponse::success(rel.packet_id);
                 if !known && self.version == ProtocolVersion::V5 {
                     comp.reason_code = ReasonCode::PACKET_IDENTIFIER_NOT_FOUND;
@@ -708,10 +762,11 @@ impl Device {
             return Some(End::Abnormal(Some(ReasonCode(0x94))));
         }
         if let Some(id) = publish.packet_id {
-            if self.outstanding.contains(&id.get()) {
+            if self.tracked().outstanding.contains(&id.get()) {
                 return None; // a duplicate of one still in flight upstream
             }
-            if publish.qos == QoS::ExactlyOnce && self.awaiting_pubrel.contains(&id.get()) {
+            if publish.qos == QoS::ExactlyOnce && self.tracked().awaiting_pubrel.contains(&id.get())
+            {
                 // Already forwarded and PUBREC'd: answer again, do not forward twice.
                 self.write(&Packet::PubRec(PubResponse::success(id)));
                 return None;
@@ -748,7 +803,7 @@ impl Device {
             device_qos: publish.qos,
         });
         if let Some(id) = publish.packet_id {
-            self.outstanding.insert(id.get());
+            self.tracking_mut().outstanding.insert(id.get());
         }
         let upstream = Publish {
             dup: false,
@@ -775,13 +830,17 @@ impl Device {
             match self.upstream_filter(&s.filter) {
                 Err(code) => codes[index] = Some(self.failure_code(code)),
                 Ok(upstream) => {
-                    self.subs.insert(s.filter.clone(), upstream.clone());
+                    self.tracking_mut()
+                        .subs
+                        .insert(s.filter.clone(), upstream.clone());
                     requests.push((upstream, index));
                 }
             }
         }
         let id = sub.packet_id;
-        self.pending_subacks.insert(id.get(), (codes, filters));
+        self.tracking_mut()
+            .pending_subacks
+            .insert(id.get(), (codes, filters));
         if requests.is_empty() {
             self.complete_suback(id);
             return;
@@ -795,13 +854,14 @@ impl Device {
 
     fn complete_suback(&mut self, id: NonZeroU16) {
         let done = self
+            .tracked()
             .pending_subacks
             .get(&id.get())
             .is_some_and(|(codes, _)| codes.iter().all(Option::is_some));
         if !done {
             return;
         }
-        let Some((codes, _)) = self.pending_subacks.remove(&id.get()) else {
+        let Some((codes, _)) = self.tracking_mut().pending_subacks.remove(&id.get()) else {
             return;
         };
         let reason_codes = codes
@@ -818,7 +878,7 @@ impl Device {
     fn on_unsubscribe(&mut self, unsub: Unsubscribe, link: &Rc<Link>, key: SessionKey) {
         let mut codes = Vec::with_capacity(unsub.filters.len());
         for filter in &unsub.filters {
-            match self.subs.remove(filter) {
+            match self.tracking_mut().subs.remove(filter) {
                 Some(upstream) => {
                     link.with_core(|c| c.unsubscribe(key, &upstream));
                     codes.push(ReasonCode::SUCCESS);
@@ -844,7 +904,9 @@ impl Device {
                 device_qos,
                 reason,
             } => {
-                self.outstanding.remove(&device_packet_id.get());
+                self.tracking_mut()
+                    .outstanding
+                    .remove(&device_packet_id.get());
                 let refused = reason.0 >= 0x80;
                 if refused && self.version == ProtocolVersion::V311 {
                     // 3.1.1 cannot say "refused": close rather than acknowledge.
@@ -856,7 +918,9 @@ impl Device {
                 }
                 if device_qos == QoS::ExactlyOnce {
                     if !refused {
-                        self.awaiting_pubrel.insert(device_packet_id.get());
+                        self.tracking_mut()
+                            .awaiting_pubrel
+                            .insert(device_packet_id.get());
                     }
                     self.write(&Packet::PubRec(response));
                 } else {
@@ -876,8 +940,10 @@ impl Device {
                     ReasonCode::SUCCESS // granted QoS 0: downlink is delivered at QoS 0
                 };
                 let mut failed_filter = None;
-                if let Some((codes, filters)) =
-                    self.pending_subacks.get_mut(&device_packet_id.get())
+                if let Some((codes, filters)) = self
+                    .tracking_mut()
+                    .pending_subacks
+                    .get_mut(&device_packet_id.get())
                 {
                     if let Some(slot) = codes.get_mut(index) {
                         *slot = Some(device_code);
@@ -887,7 +953,7 @@ impl Device {
                     }
                 }
                 if let Some(f) = failed_filter {
-                    self.subs.remove(&f);
+                    self.tracking_mut().subs.remove(&f);
                 }
                 self.complete_suback(device_packet_id);
                 None
@@ -908,6 +974,7 @@ impl Device {
             return;
         };
         if !self
+            .tracked()
             .subs
             .keys()
             .any(|f| crate::upstream::mqtt_link::topic_matches(f, &topic))
@@ -964,17 +1031,14 @@ mod tests {
         Device {
             version,
             affixes: topic.topic_affixes(&vars),
-            topic,
+            topic: topic.into(),
             client_id,
             ip: "10.0.0.1".parse().expect("ip"),
             shard: 0,
             receive_maximum: 2,
             device_max_packet: None,
             decode_limits: DecodeLimits::default(),
-            outstanding: HashSet::new(),
-            awaiting_pubrel: HashSet::new(),
-            subs: HashMap::new(),
-            pending_subacks: HashMap::new(),
+            tracking: None,
             will: None,
             out: BytesMut::new(),
         }
@@ -1032,8 +1096,8 @@ mod tests {
     #[test]
     fn acks_map_to_puback_pubrec_and_pubrel_completes_qos2() {
         let mut d = device("{topic}", ProtocolVersion::V311);
-        d.outstanding.insert(3);
-        d.outstanding.insert(4);
+        d.tracking_mut().outstanding.insert(3);
+        d.tracking_mut().outstanding.insert(4);
         assert!(d
             .on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(3),
@@ -1055,14 +1119,14 @@ mod tests {
                 Packet::PubRec(PubResponse::success(nz(4)))
             ]
         );
-        assert!(d.outstanding.is_empty());
-        assert!(d.awaiting_pubrel.contains(&4));
+        assert!(d.tracked().outstanding.is_empty());
+        assert!(d.tracked().awaiting_pubrel.contains(&4));
     }
 
     #[test]
     fn v311_device_is_closed_not_acked_when_the_broker_refuses() {
         let mut d = device("{topic}", ProtocolVersion::V311);
-        d.outstanding.insert(1);
+        d.tracking_mut().outstanding.insert(1);
         assert_eq!(
             d.on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(1),
@@ -1077,14 +1141,14 @@ mod tests {
     #[test]
     fn suback_waits_for_every_filter() {
         let mut d = device("devices/{client_id}/{topic}", ProtocolVersion::V5);
-        d.pending_subacks.insert(
+        d.tracking_mut().pending_subacks.insert(
             7,
             (
                 vec![None, Some(ReasonCode::TOPIC_FILTER_INVALID)],
                 vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
             ),
         );
-        d.subs.insert(
+        d.tracking_mut().subs.insert(
             Bytes::from_static(b"a"),
             Bytes::from_static(b"devices/dev1/a"),
         );
@@ -1108,7 +1172,7 @@ mod tests {
     #[test]
     fn downlink_goes_only_to_matching_subscriptions_at_qos0() {
         let mut d = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
-        d.subs.insert(
+        d.tracking_mut().subs.insert(
             Bytes::from_static(b"cmd/+"),
             Bytes::from_static(b"devices/dev1/cmd/+"),
         );

@@ -1293,7 +1293,7 @@ mod tests {
             username: Some(template("user-{ip}")),
             password: Some(Secret(Bytes::from_static(b"s3cret"))),
             pass_through_credentials: false,
-            topic: template(topic),
+            topic: template(topic).into(),
             keep_alive: Duration::from_secs(60),
             connections_per_shard: 1,
             max_inflight: 256,

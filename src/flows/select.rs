@@ -6,8 +6,8 @@
 //! until a later call takes them); sends are not.
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Which of two futures finished first.
 #[derive(Debug)]
@@ -19,19 +19,38 @@ pub enum Either<A, B> {
 }
 
 /// Run `a` and `b` concurrently and return the first output; `a` wins a tie.
-pub async fn select2<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
-    let mut a = pin!(a);
-    let mut b = pin!(b);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = a.as_mut().poll(cx) {
+///
+/// A named future rather than an `async fn`: an `async fn` stores its arguments and, once
+/// pinned, a second copy of them, so nested selects doubled at every level. Idle connection
+/// tasks sit in a select for their whole life, so its size is paid per idle device.
+pub fn select2<A: Future, B: Future>(a: A, b: B) -> Select2<A, B> {
+    Select2 { a, b }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`select2`].
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Select2<A, B> {
+        #[pin]
+        a: A,
+        #[pin]
+        b: B,
+    }
+}
+
+impl<A: Future, B: Future> Future for Select2<A, B> {
+    type Output = Either<A::Output, B::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.a.poll(cx) {
             return Poll::Ready(Either::Left(v));
         }
-        if let Poll::Ready(v) = b.as_mut().poll(cx) {
+        if let Poll::Ready(v) = this.b.poll(cx) {
             return Poll::Ready(Either::Right(v));
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ pub struct MqttDestination {
     /// Uplink topic rewrite. Session default `{topic}`; aggregate default
     /// `devices/{client_id}/{topic}`. Downlink subscriptions are mapped through the same
     /// template and messages mapped back.
-    pub topic: Template,
+    pub topic: Arc<Template>,
     /// Keep-alive of simgate's own upstream connections (aggregate mode; default 60 s).
     pub keep_alive: Duration,
     /// Upstream connections per shard (aggregate mode; default 1).

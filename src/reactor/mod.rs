@@ -65,7 +65,7 @@ pub use self::core::SetupMode;
 pub use self::guarded::Guarded;
 pub use self::net::{TcpListener, TcpStream};
 pub use self::notify::{notifier, Notifier, NotifyListener};
-pub use self::time::{now, sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep};
+pub use self::time::{now, sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep, Timeout};
 
 use self::core::Reactor;
 

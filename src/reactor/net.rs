@@ -9,7 +9,7 @@
 //! Sockets are kept in blocking mode: io_uring then arms its internal poll instead of failing with
 //! `EAGAIN`. Sends use `MSG_NOSIGNAL` (no `SIGPIPE`).
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -295,26 +295,32 @@ impl TcpStream {
     /// the kernel is done with them, so dropping this future is safe (the send is cancelled; how
     /// much was sent is then unknown).
     ///
+    /// Not an `async fn`, which would hold `data` twice (argument and local) in every
+    /// connection task that awaits a send.
+    ///
     /// # Errors
     /// `BrokenPipe`, `ConnectionReset`, ... from the kernel; `WriteZero` if the kernel sends nothing.
-    pub async fn send_all(&mut self, mut data: Bytes) -> io::Result<()> {
-        while !data.is_empty() {
-            let len = data.len().min(i32::MAX as usize) as u32;
-            let entry = opcode::Send::new(types::Fd(self.fd.as_raw_fd()), data.as_ptr(), len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build();
-            let key = self
-                .reactor
-                .submit(entry, OpKind::Single, Keep::Bytes(data))?;
-            let (c, keep) = Op::new(self.reactor.clone(), key).await;
-            data = match keep {
-                Keep::Bytes(b) => b,
-                _ => return Err(os_error(c.res.min(-libc::ECANCELED))),
-            };
-            check_sent(c.res)?;
-            data.advance(c.res as usize);
+    #[allow(clippy::manual_async_fn)] // deliberately not `async fn`: see above
+    pub fn send_all(&mut self, mut data: Bytes) -> impl Future<Output = io::Result<()>> + '_ {
+        async move {
+            while !data.is_empty() {
+                let len = data.len().min(i32::MAX as usize) as u32;
+                let entry = opcode::Send::new(types::Fd(self.fd.as_raw_fd()), data.as_ptr(), len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build();
+                let key = self
+                    .reactor
+                    .submit(entry, OpKind::Single, Keep::Bytes(data))?;
+                let (c, keep) = Op::new(self.reactor.clone(), key).await;
+                data = match keep {
+                    Keep::Bytes(b) => b,
+                    _ => return Err(os_error(c.res.min(-libc::ECANCELED))),
+                };
+                check_sent(c.res)?;
+                data.advance(c.res as usize);
+            }
+            Ok(())
         }
-        Ok(())
     }
 
     /// Send all slices with `sendmsg` (up to 1024 iovecs per op), handling short sends.

@@ -241,24 +241,43 @@ impl From<Elapsed> for std::io::Error {
 }
 
 /// Run `f` for at most `d`. On expiry `f` is dropped (its in-flight ops are cancelled).
-pub async fn timeout<F: Future>(d: Duration, f: F) -> Result<F::Output, Elapsed> {
-    timeout_at(now().checked_add(d).unwrap_or_else(far_future), f).await
+pub fn timeout<F: Future>(d: Duration, f: F) -> Timeout<F> {
+    timeout_at(now().checked_add(d).unwrap_or_else(far_future), f)
 }
 
 /// Run `f` until `deadline`. `f` is polled first, so a ready future wins over an expired deadline.
-pub async fn timeout_at<F: Future>(deadline: Instant, f: F) -> Result<F::Output, Elapsed> {
-    let mut f = std::pin::pin!(f);
-    let mut timer = sleep_until(deadline);
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = f.as_mut().poll(cx) {
+pub fn timeout_at<F: Future>(deadline: Instant, f: F) -> Timeout<F> {
+    Timeout {
+        inner: f,
+        timer: sleep_until(deadline),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future returned by [`timeout`] and [`timeout_at`]: `f` and its timer side by side
+    /// (a named future, not an `async fn`, which would hold `f` twice — once as its argument,
+    /// once pinned — in every connection task that awaits a timed operation).
+    #[must_use = "futures do nothing unless awaited"]
+    pub struct Timeout<F> {
+        #[pin]
+        inner: F,
+        timer: Sleep,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(Ok(out));
         }
-        match Pin::new(&mut timer).poll(cx) {
+        match Pin::new(this.timer).poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
-    })
-    .await
+    }
 }
 
 #[cfg(test)]
