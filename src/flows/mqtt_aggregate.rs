@@ -329,9 +329,11 @@ fn admit(
     let mqtt_dest = dest.mqtt.as_ref().ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
     let limits = &plan.listener(listener).mqtt;
     let assigned = assign_client_id(connect, &mqtt_dest.topic, state.id.0, peer)?;
+    // A copy, not a slice of the receive buffer: the slice would keep the whole CONNECT (and
+    // its shared-buffer header) alive for the session's life.
     let client_id = assigned
         .clone()
-        .unwrap_or_else(|| connect.client_id.clone());
+        .unwrap_or_else(|| Bytes::copy_from_slice(&connect.client_id));
 
     // No link set: the destination left the plan (or changed mode) since routing; the device
     // reconnects.
@@ -385,7 +387,7 @@ fn admit(
         },
         tracking: None,
         will: connect.will.clone().map(Box::new),
-        out: BytesMut::with_capacity(64),
+        out: BytesMut::new(),
     };
     let keep_alive = match connect.keep_alive {
         0 => None,
@@ -556,6 +558,10 @@ async fn run_session(s: &mut Session) -> End {
             was_paused = false;
             last_heard = reactor::now();
         }
+        if buf.is_empty() {
+            // Idle until the device's next packet: hold no receive buffer meanwhile.
+            *buf = BytesMut::new();
+        }
         match select2(
             select2(stream.recv_append(buf), state.drain.wait()),
             select2(mailbox.signal.wait(), &mut keep_alive_timer),
@@ -588,7 +594,10 @@ async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMu
         return true;
     }
     let n = out.len() as u64;
-    match reactor::timeout(DEVICE_WRITE_TIMEOUT, stream.send_all(out.split().freeze())).await {
+    // Take the whole buffer rather than `split` it: a split turns it into a shared buffer whose
+    // header and spare capacity an idle device would then hold; the next write allocates anew.
+    let bytes = std::mem::take(out).freeze();
+    match reactor::timeout(DEVICE_WRITE_TIMEOUT, stream.send_all(bytes)).await {
         Ok(Ok(())) => {
             state.metrics.borrow_mut().device_bytes_out += n;
             true

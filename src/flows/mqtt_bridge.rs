@@ -92,14 +92,20 @@ impl DeviceSession {
 /// Memory: this future is what an idle device costs, so it holds only a pointer. The CONNECT
 /// phase runs in its own allocation, freed once the session is routed, and the session then
 /// runs in one allocation sized for its mode.
-pub async fn serve(
+/// Not an `async fn`: that would keep its arguments (~80 bytes) beside the pointer for the
+/// device's whole life; here they go straight into the CONNECT phase's box.
+#[allow(clippy::manual_async_fn)]
+pub fn serve(
     state: Rc<ShardState>,
     listener: ListenerId,
     stream: TcpStream,
     peer: SocketAddr,
-) {
-    if let Some(session) = Box::pin(connect_phase(state, listener, stream, peer)).await {
-        session.await;
+) -> impl std::future::Future<Output = ()> {
+    let connect = Box::pin(connect_phase(state, listener, stream, peer));
+    async move {
+        if let Some(session) = connect.await {
+            session.await;
+        }
     }
 }
 
