@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 DUR=${1:-15}
 SCENARIO=${2:-loadtest/scenarios/http-1k-keepalive.toml}
 shift $(( $# > 2 ? 2 : $# ))
+bash loadtest/install-peers.sh
 cargo build --release -q -p simgate -p simgate-load
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 exec target/release/simgate-load compare "$SCENARIO" --duration "$DUR" "$@"

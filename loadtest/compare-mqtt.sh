@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-15}
 shift $(( $# > 0 ? 1 : 0 ))
+bash loadtest/install-peers.sh
 cargo build --release -q -p simgate -p simgate-load
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 for s in mqtt-qos0-aggregate mqtt-qos1-session; do
