@@ -350,6 +350,7 @@ impl Env<'_> {
             gateway_pid: pid,
             threads: self.options.threads,
             progress: self.options.progress,
+            label: None,
             delivery: Some(Arc::clone(sink.tracker())),
         };
         let warmup = self.options.warmup;

@@ -39,6 +39,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Prefix of the progress lines (`[label] t= ...`), telling apart the parts of a mixed
+    /// scenario running side by side; None for a lone run.
+    pub label: Option<String>,
     /// The sink's delivery accounting (built-in sink or subscriber): reset when the run
     /// starts, summarized into [`Report::delivery`] when it ends.
     pub delivery: Option<Arc<DeliveryTracker>>,
@@ -211,7 +214,10 @@ async fn run_async(
             .map_err(|e| RunError::HdrLog(e.kind()))?;
         }
         if options.progress {
-            eprintln!("{line}");
+            match &options.label {
+                Some(label) => eprintln!("[{label}] {line}"),
+                None => eprintln!("{line}"),
+            }
         }
         totals.add(&interval);
         intervals.push(line);
@@ -511,6 +517,7 @@ mod tests {
             gateway_pid: None,
             threads: 2,
             progress: false,
+            label: None,
             delivery: None,
         }
     }

@@ -32,6 +32,7 @@ pub mod connect_time;
 pub mod device;
 pub mod fleet;
 pub mod hdrlog;
+pub mod mix;
 pub mod payload;
 pub mod plot;
 pub mod procstat;

@@ -26,6 +26,7 @@ use simgate::testkit::{CertFiles, HttpsSink, SinkConfig, TestPki};
 use simgate_load::compare::{self, CompareOptions};
 use simgate_load::connect_time::{self, ConnectTimeOptions, TlsTarget};
 use simgate_load::fleet::{self, RunOptions};
+use simgate_load::mix::Mix;
 use simgate_load::scenario::Scenario;
 use simgate_load::sink::{Sink, SinkKind, SinkOptions, Subscriber, SubscriberOptions};
 
@@ -262,6 +263,64 @@ impl SinkArgs {
     }
 }
 
+/// `run MIX.toml`: the parts side by side, one report each (see `simgate_load::mix`).
+fn run_mix(
+    path: &std::path::Path,
+    text: &str,
+    pid: Option<u32>,
+    json: Option<PathBuf>,
+    duration: Option<f64>,
+    threads: usize,
+    quiet: bool,
+) -> Result<()> {
+    let mix = Mix::parse(text).with_context(|| format!("mixed scenario {}", path.display()))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let parts = mix
+        .load_parts(base)
+        .map_err(|e| anyhow::anyhow!("mixed scenario {}: {e}", path.display()))?;
+    let seconds = duration.unwrap_or(mix.duration_s);
+    if !(seconds.is_finite() && seconds > 0.0) {
+        bail!("--duration must be a positive number of seconds");
+    }
+    let runs: Vec<(Scenario, RunOptions)> = parts
+        .into_iter()
+        .map(|(_, scenario)| {
+            let options = RunOptions {
+                // load_parts checked that every part has one.
+                target: scenario.target.unwrap_or_else(|| unreachable!()),
+                duration: Duration::from_secs_f64(seconds),
+                gateway_pid: pid,
+                threads,
+                progress: !quiet,
+                label: Some(scenario.name.clone()),
+                delivery: None,
+            };
+            (scenario, options)
+        })
+        .collect();
+    eprintln!(
+        "mix {}: {} parts side by side for {seconds} s",
+        mix.name,
+        runs.len()
+    );
+    let reports = simgate_load::mix::run(&runs)?;
+    for (index, report) in reports.iter().enumerate() {
+        println!(
+            "## part {}/{}: {}",
+            index + 1,
+            reports.len(),
+            report.scenario
+        );
+        print!("{report}");
+    }
+    if let Some(json_path) = json {
+        let value = serde_json::json!({ "mix": mix.name, "parts": reports });
+        std::fs::write(&json_path, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("write {}", json_path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Run {
@@ -282,6 +341,21 @@ fn main() -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&scenario)
                 .with_context(|| format!("read {}", scenario.display()))?;
+            if Mix::is_mix(&text) {
+                if target.is_some()
+                    || hdr_log.is_some()
+                    || sink.sink.is_some()
+                    || subscribe.is_some()
+                {
+                    bail!(
+                        "{} is a mixed scenario: its parts name their own targets, and \
+                         --target, --hdr-log, --sink and --subscribe apply to one scenario at a \
+                         time (run the parts alone for those)",
+                        scenario.display()
+                    );
+                }
+                return run_mix(&scenario, &text, pid, json, duration, threads, quiet);
+            }
             let parsed = Scenario::parse(&text)
                 .with_context(|| format!("scenario {}", scenario.display()))?;
             let Some(target) = target.or(parsed.target) else {
@@ -323,6 +397,7 @@ fn main() -> Result<()> {
                 gateway_pid: pid,
                 threads,
                 progress: !quiet,
+                label: None,
                 delivery,
             };
             let report = fleet::run(&parsed, &options, log)?;
@@ -369,6 +444,13 @@ fn main() -> Result<()> {
         } => {
             let text = std::fs::read_to_string(&scenario)
                 .with_context(|| format!("read {}", scenario.display()))?;
+            if Mix::is_mix(&text) {
+                bail!(
+                    "{} is a mixed scenario; compare runs one scenario at a time against \
+                     gateways it configures itself (compare its parts one by one)",
+                    scenario.display()
+                );
+            }
             let parsed = Scenario::parse(&text)
                 .with_context(|| format!("scenario {}", scenario.display()))?;
             let seconds = duration.unwrap_or(parsed.duration_s);

@@ -63,6 +63,7 @@ fn a_subscriber_accounts_delivery_through_a_real_mosquitto() {
                 gateway_pid: Some(broker.pid()),
                 threads: 2,
                 progress: false,
+                label: None,
                 delivery: Some(Arc::clone(subscriber.tracker())),
             },
             None,

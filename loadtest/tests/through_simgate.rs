@@ -4,6 +4,9 @@
 //! nothing lost, duplicated or reordered; and, with loss injected at a sink (every 5th message of
 //! each device discarded), exactly the injected loss counted.
 //!
+//! A mix (HTTP and MQTT devices side by side, `simgate_load::mix`) is checked the same way, each
+//! part accounted by its own sink.
+//!
 //! The simgate binary is built by this test through cargo (`cargo build -p simgate --bin
 //! simgate`, the path taken from cargo's JSON messages), so it is never a stale one.
 
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use simgate::testkit::TestPki;
 use simgate_load::fleet::{self, RunOptions};
+use simgate_load::mix;
 use simgate_load::scenario::Scenario;
 use simgate_load::sink::{Sink, SinkKind, SinkOptions};
 use simgate_load::stats::Report;
@@ -142,6 +146,12 @@ fn world() -> World {
 }
 
 fn run_through(world: &World, listener: &str, sink: &Sink, protocol_toml: &str) -> Report {
+    let (scenario, options) = part(world, listener, sink, protocol_toml);
+    fleet::run(&scenario, &options, None).expect("run")
+}
+
+/// The scenario and options of a run of 4 devices through `listener` into `sink`.
+fn part(world: &World, listener: &str, sink: &Sink, protocol_toml: &str) -> (Scenario, RunOptions) {
     let target: SocketAddr = world.simgate.listeners[listener];
     let scenario = Scenario::parse(&format!(
         "name = \"through-{listener}\"\n[fleet]\ndevices = 4\n{protocol_toml}"
@@ -153,9 +163,10 @@ fn run_through(world: &World, listener: &str, sink: &Sink, protocol_toml: &str) 
         gateway_pid: Some(world.simgate.child.pid()),
         threads: 2,
         progress: false,
+        label: None,
         delivery: Some(Arc::clone(sink.tracker())),
     };
-    fleet::run(&scenario, &options, None).expect("run")
+    (scenario, options)
 }
 
 const HTTP: &str = "protocol = \"http\"\n[traffic]\nrate_per_s = 200\nbody_bytes = 1024\n";
@@ -235,4 +246,20 @@ fn http_and_mqtt_aggregate_through_simgate_to_the_tls_sinks() {
     assert_injected_loss_counted(&http, &world.http_lossy);
     let mqtt = run_through(&world, "mqtt-lossy", &world.mqtt_lossy, MQTT);
     assert_injected_loss_counted(&mqtt, &world.mqtt_lossy);
+}
+
+#[test]
+fn a_mix_runs_http_and_mqtt_devices_side_by_side_each_accounted_by_its_sink() {
+    let world = world();
+    let reports = mix::run(&[
+        part(&world, "http", &world.http, HTTP),
+        part(&world, "mqtt", &world.mqtt, MQTT),
+    ])
+    .expect("mix runs");
+    assert_eq!(reports.len(), 2);
+    assert_eq!(reports[0].protocol, "http");
+    assert_eq!(reports[1].protocol, "mqtt");
+    for report in &reports {
+        assert_clean(report);
+    }
 }
