@@ -178,11 +178,11 @@ fn pooled_connections_are_reused_until_max_age_then_replaced() {
 
 /// Requests at an upstream that accepts TCP but never answers the TLS handshake: with
 /// `max_connecting = 1` the three concurrent requests open one connection between them (the
-/// others wait, then meet the backoff its failure started); with no limit each opens its own.
-/// Every device gets 502 either way.
+/// others wait, then meet the backoff its failure started); with no limit each opens its own,
+/// except where warm-up connects already under way cover them. Every device gets 502.
 #[test]
 fn max_connecting_bounds_the_connects_a_burst_of_requests_opens() {
-    fn burst(max_connecting: Option<usize>) -> usize {
+    fn burst(max_connecting: Option<usize>, warm: usize) -> usize {
         let world = World::new();
         let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let silent_addr = silent.local_addr().expect("addr");
@@ -198,7 +198,7 @@ fn max_connecting_bounds_the_connects_a_burst_of_requests_opens() {
             .config(
                 "",
                 &format!(
-                    "[destination.pool]\nwarm = 0\n{limit}connect_timeout = \"1s\"\n\
+                    "[destination.pool]\nwarm = {warm}\n{limit}connect_timeout = \"3s\"\n\
                      backoff_initial = \"10s\"\nbackoff_max = \"10s\""
                 ),
             )
@@ -206,6 +206,15 @@ fn max_connecting_bounds_the_connects_a_burst_of_requests_opens() {
             .replace("shards = 2", "shards = 1");
         let gw = world.simgate(&toml);
         let addr = gw.http;
+        // The warm-up connects must be under way before the burst: wait for their accepts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while accepted.lock().unwrap().len() < warm {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warm-up connects never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let devices: Vec<_> = (0..3)
             .map(|i| {
                 std::thread::spawn(move || {
@@ -220,11 +229,95 @@ fn max_connecting_bounds_the_connects_a_burst_of_requests_opens() {
         n
     }
     assert_eq!(
-        burst(Some(1)),
+        burst(Some(1), 0),
         1,
         "max_connecting = 1: one connect for the burst"
     );
-    assert_eq!(burst(None), 3, "no limit: one connect per waiting request");
+    assert_eq!(
+        burst(None, 0),
+        3,
+        "no limit: one connect per waiting request"
+    );
+    // Two warm-up connects are under way (hanging like the rest) when the burst arrives: they
+    // cover two of the three waiting requests, so the burst adds one connect, not three.
+    assert_eq!(
+        burst(None, 2),
+        3,
+        "warm = 2: two warm-up connects plus one for the request they do not cover"
+    );
+}
+
+/// A request that finds no idle connection connects, and keeps watching the pool meanwhile: here
+/// its handshake is held up (a relay delays every upstream connection but the first by 3 s)
+/// while the only pooled connection, made by a first request, is busy with a slow answer
+/// (300 ms). When that connection
+/// comes back, the waiting request takes it and abandons its handshake, counted in
+/// `simgate_upstream_connects_abandoned_total` (without the race it would wait out its own
+/// 3 s handshake and the counter would stay 0).
+#[test]
+fn a_waiting_request_takes_a_returned_connection_before_its_own_handshake_ends() {
+    let world = World::with_sink(|c| c.response_delay = Some(Duration::from_millis(300)));
+    let relay = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+    let relay_addr = relay.local_addr().expect("addr");
+    let sink_addr = world.sink.addr();
+    let relayed = Arc::new(Mutex::new(0usize));
+    let count = Arc::clone(&relayed);
+    std::thread::spawn(move || {
+        for (n, inbound) in relay.incoming().map_while(Result::ok).enumerate() {
+            *count.lock().unwrap() += 1;
+            std::thread::spawn(move || {
+                if n > 0 {
+                    std::thread::sleep(Duration::from_secs(3)); // the held-up handshake
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(sink_addr) else {
+                    return;
+                };
+                let (mut a_in, mut a_out) = (inbound.try_clone().unwrap(), inbound);
+                let (mut b_in, mut b_out) = (outbound.try_clone().unwrap(), outbound);
+                std::thread::spawn(move || std::io::copy(&mut a_in, &mut b_out));
+                let _ = std::io::copy(&mut b_in, &mut a_out);
+            });
+        }
+    });
+    // No warm-up: a warming connect would cover the waiting request, which would then wait
+    // without connecting. A first request makes the pool's one connection.
+    let toml = world
+        .config(
+            "",
+            "[destination.pool]\nwarm = 0\nconnect_timeout = \"10s\"",
+        )
+        .replace(&sink_addr.to_string(), &relay_addr.to_string())
+        .replace("shards = 2", "shards = 1");
+    let gw = world.simgate(&toml);
+    assert_eq!(raw_exchange(gw.http, &post("/prime", b"p", "")).status, 200);
+    let addr = gw.http;
+    let first = std::thread::spawn(move || raw_exchange(addr, &post("/a", b"a", "")).status);
+    // The first request holds the pooled connection for 300 ms; wait until it has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = gw.admin_get("/metrics");
+        if metrics.contains("simgate_upstream_idle_connections 0\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first request never took the connection"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = raw_exchange(addr, &post("/b", b"b", "")).status;
+    assert_eq!(first.join().expect("first device"), 200);
+    assert_eq!(second, 200, "{}", gw.stderr());
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        metrics.contains("simgate_upstream_connects_abandoned_total 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        *relayed.lock().unwrap(),
+        2,
+        "the warm connection and the abandoned one"
+    );
 }
 
 #[test]

@@ -128,6 +128,12 @@ pub fn render(
     );
     counter(
         w,
+        "simgate_upstream_connects_abandoned_total",
+        "Upstream connects abandoned because a pooled connection reached the request first",
+        &[("", m.upstream_connects_abandoned)],
+    );
+    counter(
+        w,
         "simgate_upstream_reused_total",
         "Requests sent on a pooled upstream connection",
         &[("", m.upstream_reused)],

@@ -130,6 +130,8 @@ pub struct ShardMetrics {
     pub upstream_connect_failures: u64,
     /// Upstream TLS handshakes that resumed a session.
     pub upstream_tls_resumed: u64,
+    /// Upstream connects a request abandoned because a pooled connection reached it first.
+    pub upstream_connects_abandoned: u64,
     /// Requests sent on a pooled (reused) upstream connection.
     pub upstream_reused: u64,
     /// Requests retried on a fresh connection because the pooled one was found dead before
@@ -170,6 +172,7 @@ impl Default for ShardMetrics {
             upstream_connects: 0,
             upstream_connect_failures: 0,
             upstream_tls_resumed: 0,
+            upstream_connects_abandoned: 0,
             upstream_reused: 0,
             upstream_retries: 0,
             upstream_idle: 0,
@@ -229,6 +232,7 @@ impl ShardMetrics {
         self.upstream_connects += other.upstream_connects;
         self.upstream_connect_failures += other.upstream_connect_failures;
         self.upstream_tls_resumed += other.upstream_tls_resumed;
+        self.upstream_connects_abandoned += other.upstream_connects_abandoned;
         self.upstream_reused += other.upstream_reused;
         self.upstream_retries += other.upstream_retries;
         self.upstream_idle += other.upstream_idle;

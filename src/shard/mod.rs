@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::flows::select::{select2, Either};
 use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
@@ -475,6 +476,23 @@ impl Drop for ConnectSlot<'_> {
     }
 }
 
+/// A request counted as waiting for a connection to one destination (see
+/// [`Pools::add_waiter`]); uncounted when dropped, unless the pools were replaced meanwhile.
+struct PoolWaiter<'a> {
+    state: &'a ShardState,
+    generation: u64,
+    dest: DestinationId,
+}
+
+impl Drop for PoolWaiter<'_> {
+    fn drop(&mut self) {
+        let mut pools = self.state.pools.borrow_mut();
+        if pools.generation() == self.generation {
+            pools.remove_waiter(self.dest);
+        }
+    }
+}
+
 impl ShardState {
     /// The plan to serve the next request from.
     pub fn plan(&self) -> Arc<Plan> {
@@ -503,6 +521,8 @@ impl ShardState {
         dest: &DestinationPlan,
     ) -> Result<UpstreamConn, UpstreamError> {
         let give_up = Instant::now() + dest.pool.connect_timeout;
+        // Registered as waiting on the first miss, until this returns (see try_reserve_connect).
+        let mut waiter: Option<PoolWaiter<'_>> = None;
         loop {
             if generation != self.generation.get() {
                 return self.connect_new(generation, dest).await;
@@ -513,6 +533,14 @@ impl ShardState {
                 // Wake the pool keeper only when there is warming to do, not on every request
                 // served from a pool with no `warm` setting.
                 let refill = idle.is_some() && pools.below_warm(dest.id);
+                if idle.is_none() && waiter.is_none() {
+                    pools.add_waiter(dest.id);
+                    waiter = Some(PoolWaiter {
+                        state: self,
+                        generation,
+                        dest: dest.id,
+                    });
+                }
                 let slot = idle.is_none() && pools.try_reserve_connect(dest.id);
                 (idle, refill, slot)
             };
@@ -528,13 +556,43 @@ impl ShardState {
                     generation,
                     dest: dest.id,
                 };
-                return self.connect_new(generation, dest).await;
+                // Whichever comes first: this request's own connect, or a connection another
+                // request returns (or the pool keeper warms) meanwhile. A connect that loses is
+                // dropped, its handshake abandoned: in a burst, returned connections serve the
+                // waiting requests and the pool grows only as far as requests actually wait.
+                return match select2(
+                    self.connect_new(generation, dest),
+                    self.next_idle(generation, dest.id),
+                )
+                .await
+                {
+                    Either::Left(result) => result,
+                    Either::Right(conn) => {
+                        self.metrics.borrow_mut().upstream_connects_abandoned += 1;
+                        Ok(conn)
+                    }
+                };
             }
             if reactor::timeout_at(give_up, self.pool_waiters.changed())
                 .await
                 .is_err()
             {
                 return Err(UpstreamError::ConnectTimeout);
+            }
+        }
+    }
+
+    /// The next idle connection to `dest` that appears in the pool (returned by a request or
+    /// warmed by the pool keeper), while the plan of `generation` is current.
+    async fn next_idle(&self, generation: u64, dest: DestinationId) -> UpstreamConn {
+        loop {
+            self.pool_waiters.changed().await;
+            if generation != self.generation.get() {
+                // The pools were replaced: only the connect of the caller can still serve it.
+                std::future::pending::<()>().await;
+            }
+            if let Some(conn) = self.pools.borrow_mut().take_idle(dest, Instant::now()) {
+                return conn;
             }
         }
     }
@@ -563,14 +621,14 @@ impl ShardState {
                     metrics.upstream_tls_resumed += 1;
                 }
                 if still_current {
-                    pools.record_connect(dest.id, true, Instant::now());
+                    pools.record_connect(dest.id, None, Instant::now());
                 }
                 Ok(UpstreamConn::new(stream, dest.id, generation))
             }
             Err(e) => {
                 metrics.upstream_connect_failures += 1;
                 if still_current {
-                    pools.record_connect(dest.id, false, Instant::now());
+                    pools.record_connect(dest.id, Some(&e), Instant::now());
                 }
                 Err(e)
             }

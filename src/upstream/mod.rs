@@ -49,6 +49,9 @@ pub enum UpstreamError {
     BackingOff {
         /// Consecutive failed connects so far.
         failures: u32,
+        /// Why the last of them failed (the `Display` of its error), for the device's 502 and
+        /// the logs: requests that waited on a connect that failed learn why.
+        last: Option<String>,
     },
 }
 
@@ -58,10 +61,16 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Connect(kind) => write!(f, "upstream connect failed: {kind}"),
             UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
             UpstreamError::Tls(why) => write!(f, "upstream TLS handshake failed: {why}"),
-            UpstreamError::BackingOff { failures } => write!(
-                f,
-                "upstream unreachable: backing off after {failures} failed connect(s)"
-            ),
+            UpstreamError::BackingOff { failures, last } => {
+                write!(
+                    f,
+                    "upstream unreachable: backing off after {failures} failed connect(s)"
+                )?;
+                match last {
+                    Some(last) => write!(f, "; last: {last}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -148,6 +157,10 @@ pub struct DestPool {
     warming: usize,
     /// Connects in progress for requests that found no idle connection.
     connecting: usize,
+    /// Requests waiting for a connection (racing a connect of their own or not).
+    waiting: usize,
+    /// Why the last failed connect failed, while failures are counted.
+    last_failure: Option<String>,
 }
 
 /// All pools of one shard for one plan generation.
@@ -177,6 +190,8 @@ impl Pools {
                 retry_at: None,
                 warming: 0,
                 connecting: 0,
+                waiting: 0,
+                last_failure: None,
             })
             .collect();
         Pools {
@@ -252,6 +267,7 @@ impl Pools {
         match pool.retry_at {
             Some(at) if now < at => Err(UpstreamError::BackingOff {
                 failures: pool.failures,
+                last: pool.last_failure.clone(),
             }),
             _ => Ok(pool.params.clone()),
         }
@@ -285,17 +301,26 @@ impl Pools {
             .map(|p| p.params.addrs.as_slice())
     }
 
-    /// Record the outcome of a connect: success clears the backoff; failure doubles it (full
-    /// jitter between half and all of `min(backoff_max, backoff_initial * 2^(failures-1))`).
-    pub fn record_connect(&mut self, dest: DestinationId, ok: bool, now: Instant) {
+    /// Record the outcome of a connect (`failure`: None when it succeeded): success clears the
+    /// backoff; failure doubles it (full jitter between half and all of
+    /// `min(backoff_max, backoff_initial * 2^(failures-1))`) and is remembered as the reason
+    /// given while backing off.
+    pub fn record_connect(
+        &mut self,
+        dest: DestinationId,
+        failure: Option<&UpstreamError>,
+        now: Instant,
+    ) {
         let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
             return;
         };
-        if ok {
+        let Some(failure) = failure else {
             pool.failures = 0;
             pool.retry_at = None;
+            pool.last_failure = None;
             return;
-        }
+        };
+        pool.last_failure = Some(failure.to_string());
         pool.failures = pool.failures.saturating_add(1);
         let exp = pool.failures.saturating_sub(1).min(20);
         let base = pool
@@ -352,20 +377,45 @@ impl Pools {
         short
     }
 
-    /// Reserve a request connect to `dest` if `max_connecting` is 0 (no limit) or more than the
-    /// connects (warm-up included) under way; false if the request should wait instead.
+    /// Reserve a connect to `dest` for a waiting request (registered with
+    /// [`Pools::add_waiter`]) if the connects under way (warm-up included) do not already cover
+    /// every waiting request, and `max_connecting` (0: no limit) allows one more; false if the
+    /// request should wait for a connection to come back or a connect to end instead.
     /// Release with [`Pools::connect_done`]. Destinations these pools do not know always get
     /// one.
+    ///
+    /// This is what keeps a burst from becoming a handshake storm: while returned connections
+    /// serve the waiting requests, connects in flight already outnumber them and no new one
+    /// starts; a burst that outruns the returns still gets a connect per uncovered request.
     pub fn try_reserve_connect(&mut self, dest: DestinationId) -> bool {
         let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
             return true;
         };
+        let under_way = pool.connecting + pool.warming;
+        if under_way >= pool.waiting {
+            return false;
+        }
         let limit = pool.settings.max_connecting;
-        if limit != 0 && pool.connecting + pool.warming >= limit {
+        if limit != 0 && under_way >= limit {
             return false;
         }
         pool.connecting += 1;
         true
+    }
+
+    /// A request found no idle connection to `dest` and waits for one; undo with
+    /// [`Pools::remove_waiter`] however the wait ends.
+    pub fn add_waiter(&mut self, dest: DestinationId) {
+        if let Some(pool) = self.dests.get_mut(usize::from(dest.0)) {
+            pool.waiting += 1;
+        }
+    }
+
+    /// A request registered with [`Pools::add_waiter`] stopped waiting.
+    pub fn remove_waiter(&mut self, dest: DestinationId) {
+        if let Some(pool) = self.dests.get_mut(usize::from(dest.0)) {
+            pool.waiting = pool.waiting.saturating_sub(1);
+        }
     }
 
     /// A connect reserved with [`Pools::try_reserve_connect`] ended.
@@ -484,10 +534,10 @@ routes = [ { listener = "http", path = "/", destination = "cloud" } ]
         let mut pools = Pools::new(&plan, 0, 7);
         let now = Instant::now();
         assert_eq!(pools.addrs(dest.id), Some(&dest.addrs[..]));
-        pools.record_connect(dest.id, false, now);
+        pools.record_connect(dest.id, Some(&UpstreamError::ConnectTimeout), now);
         assert!(matches!(
             pools.connect_params(dest, now),
-            Err(UpstreamError::BackingOff { failures: 1 })
+            Err(UpstreamError::BackingOff { failures: 1, .. })
         ));
 
         let new: Vec<SocketAddr> = vec!["192.0.2.7:443".parse().unwrap()];
@@ -500,17 +550,21 @@ routes = [ { listener = "http", path = "/", destination = "cloud" } ]
         assert_eq!(pools.generation(), 0, "no new generation: pools stay warm");
 
         // A new answer that still contains a failing address keeps the backoff.
-        pools.record_connect(dest.id, false, now);
+        pools.record_connect(dest.id, Some(&UpstreamError::ConnectTimeout), now);
         let rotated: Vec<SocketAddr> = vec![
             "192.0.2.8:443".parse().unwrap(),
             "192.0.2.7:443".parse().unwrap(),
         ];
         pools.set_addrs(dest.id, rotated.clone());
         assert_eq!(pools.addrs(dest.id), Some(&rotated[..]));
-        assert!(matches!(
-            pools.connect_params(dest, now),
-            Err(UpstreamError::BackingOff { failures: 1 })
-        ));
+        assert_eq!(
+            pools.connect_params(dest, now).err(),
+            Some(UpstreamError::BackingOff {
+                failures: 1,
+                last: Some("upstream connect timed out".into()),
+            }),
+            "backing off, with the reason of the failure that started it"
+        );
         let new = vec!["192.0.2.9:443".parse().unwrap()];
         pools.set_addrs(dest.id, new.clone());
         assert!(
