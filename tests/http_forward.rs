@@ -250,10 +250,9 @@ fn max_connecting_bounds_the_connects_a_burst_of_requests_opens() {
 /// A request that finds no idle connection connects, and keeps watching the pool meanwhile: here
 /// its handshake is held up (a relay delays every upstream connection but the first by 3 s)
 /// while the only pooled connection, made by a first request, is busy with a slow answer
-/// (300 ms). When that connection
-/// comes back, the waiting request takes it and abandons its handshake, counted in
-/// `simgate_upstream_connects_abandoned_total` (without the race it would wait out its own
-/// 3 s handshake and the counter would stay 0).
+/// (300 ms). When that connection comes back, the waiting request takes it, counted in
+/// `simgate_upstream_connects_overtaken_total` (without the race it would wait out its own
+/// 3 s handshake and the counter would stay 0); its connect goes on and joins the pool.
 #[test]
 fn a_waiting_request_takes_a_returned_connection_before_its_own_handshake_ends() {
     let world = World::with_sink(|c| c.response_delay = Some(Duration::from_millis(300)));
@@ -310,7 +309,7 @@ fn a_waiting_request_takes_a_returned_connection_before_its_own_handshake_ends()
     assert_eq!(second, 200, "{}", gw.stderr());
     let (_, metrics) = gw.admin_get("/metrics");
     assert!(
-        metrics.contains("simgate_upstream_connects_abandoned_total 1\n"),
+        metrics.contains("simgate_upstream_connects_overtaken_total 1\n"),
         "{metrics}"
     );
     assert_eq!(

@@ -128,9 +128,9 @@ pub fn render(
     );
     counter(
         w,
-        "simgate_upstream_connects_abandoned_total",
-        "Upstream connects abandoned because a pooled connection reached the request first",
-        &[("", m.upstream_connects_abandoned)],
+        "simgate_upstream_connects_overtaken_total",
+        "Upstream connects overtaken by a returned pooled connection (they finish into the pool)",
+        &[("", m.upstream_connects_overtaken)],
     );
     counter(
         w,

@@ -997,7 +997,7 @@ async fn send_device(
 /// Take a connection (warm if possible), send CONNECT and wait for the CONNACK. A pooled
 /// connection that turns out dead before any reply is replaced once by a fresh one.
 async fn open_upstream(
-    state: &ShardState,
+    state: &Rc<ShardState>,
     generation: u64,
     destination: &DestinationPlan,
     connect_timeout: Duration,

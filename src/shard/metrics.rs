@@ -130,8 +130,9 @@ pub struct ShardMetrics {
     pub upstream_connect_failures: u64,
     /// Upstream TLS handshakes that resumed a session.
     pub upstream_tls_resumed: u64,
-    /// Upstream connects a request abandoned because a pooled connection reached it first.
-    pub upstream_connects_abandoned: u64,
+    /// Upstream connects whose request was served first by a returned pooled connection (the
+    /// connect finished on its own and its connection joined the pool).
+    pub upstream_connects_overtaken: u64,
     /// Requests sent on a pooled (reused) upstream connection.
     pub upstream_reused: u64,
     /// Requests retried on a fresh connection because the pooled one was found dead before
@@ -172,7 +173,7 @@ impl Default for ShardMetrics {
             upstream_connects: 0,
             upstream_connect_failures: 0,
             upstream_tls_resumed: 0,
-            upstream_connects_abandoned: 0,
+            upstream_connects_overtaken: 0,
             upstream_reused: 0,
             upstream_retries: 0,
             upstream_idle: 0,
@@ -232,7 +233,7 @@ impl ShardMetrics {
         self.upstream_connects += other.upstream_connects;
         self.upstream_connect_failures += other.upstream_connect_failures;
         self.upstream_tls_resumed += other.upstream_tls_resumed;
-        self.upstream_connects_abandoned += other.upstream_connects_abandoned;
+        self.upstream_connects_overtaken += other.upstream_connects_overtaken;
         self.upstream_reused += other.upstream_reused;
         self.upstream_retries += other.upstream_retries;
         self.upstream_idle += other.upstream_idle;

@@ -457,14 +457,15 @@ impl PoolWaiters {
 }
 
 /// A request connect counted against `max_connecting`; released (and the waiters told) when
-/// dropped, whether the connect ended or the request was abandoned.
-struct ConnectSlot<'a> {
-    state: &'a ShardState,
+/// dropped, whether the connect ended or the request was abandoned. Owned, because a connect
+/// its request no longer needs finishes in a task of its own.
+struct ConnectSlot {
+    state: Rc<ShardState>,
     generation: u64,
     dest: DestinationId,
 }
 
-impl Drop for ConnectSlot<'_> {
+impl Drop for ConnectSlot {
     fn drop(&mut self) {
         {
             let mut pools = self.state.pools.borrow_mut();
@@ -516,7 +517,7 @@ impl ShardState {
     /// back or a connect to end, rather than opening one more: a burst of requests is served
     /// by the connections it returns, not by one handshake each.
     pub async fn checkout(
-        &self,
+        self: &Rc<Self>,
         generation: u64,
         dest: &DestinationPlan,
     ) -> Result<UpstreamConn, UpstreamError> {
@@ -551,24 +552,37 @@ impl ShardState {
                 return Ok(conn);
             }
             if slot {
-                let _slot = ConnectSlot {
-                    state: self,
+                let slot = ConnectSlot {
+                    state: Rc::clone(self),
                     generation,
                     dest: dest.id,
                 };
+                // The generation is current (checked above, no await since): so is this plan.
+                let plan = self.plan();
+                let index = usize::from(dest.id.0);
+                let state = Rc::clone(self);
+                let mut connect = Box::pin(async move {
+                    let _slot = slot;
+                    state
+                        .connect_new(generation, &plan.destinations[index])
+                        .await
+                });
                 // Whichever comes first: this request's own connect, or a connection another
-                // request returns (or the pool keeper warms) meanwhile. A connect that loses is
-                // dropped, its handshake abandoned: in a burst, returned connections serve the
-                // waiting requests and the pool grows only as far as requests actually wait.
-                return match select2(
-                    self.connect_new(generation, dest),
-                    self.next_idle(generation, dest.id),
-                )
-                .await
-                {
+                // request returns (or the pool keeper warms) meanwhile. An overtaken connect is
+                // not abandoned: it finishes in a task of its own and its connection joins the
+                // pool, so a burst is served by returned connections as far as they reach
+                // while the pool still grows by the connects it started.
+                return match select2(connect.as_mut(), self.next_idle(generation, dest.id)).await {
                     Either::Left(result) => result,
                     Either::Right(conn) => {
-                        self.metrics.borrow_mut().upstream_connects_abandoned += 1;
+                        self.metrics.borrow_mut().upstream_connects_overtaken += 1;
+                        let state = Rc::clone(self);
+                        reactor::spawn(async move {
+                            if let Ok(conn) = connect.await {
+                                state.check_in(conn);
+                            }
+                        })
+                        .detach();
                         Ok(conn)
                     }
                 };
