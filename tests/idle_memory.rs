@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::mosquitto::{Broker, BrokerOptions};
+use common::World;
 use simgate::proto::mqtt::{self, Connect, Packet, Properties, ProtocolVersion};
-use simgate::testkit::{HttpsSink, SinkConfig, TestPki};
+use simgate::testkit::TestPki;
 
 /// Counts bytes allocated and not yet freed, process-wide.
 struct Counting;
@@ -251,47 +252,13 @@ fn idle_http_keep_alive_device_after_one_request_holds_under_2_kib_of_heap() {
     // The sink answers 200 with an empty body; simgate relays it with its own head.
     const REQUEST: &[u8] = b"POST /telemetry HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi";
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let pki = TestPki::new(dir.path()).expect("pki");
-    let cert = pki
-        .server_cert("sink", &["localhost", "127.0.0.1"])
-        .expect("server cert");
     // Not recording: the sink runs in this process, and its allocations count too.
-    let sink = HttpsSink::start(SinkConfig {
-        record: false,
-        ..SinkConfig::new(cert)
-    })
-    .expect("start sink");
-    let toml = format!(
-        r#"
-[gateway]
-shards = 1
-recv_buffers = 64
-admin = "off"
-
-[[listener]]
-name = "http"
-protocol = "http"
-bind = "127.0.0.1:0"
-
-[[destination]]
-name = "sink"
-adapter = "https"
-endpoint = "{sink}"
-server_name = "localhost"
-ca = "{ca}"
-
-[destination.pool]
-warm = 1
-
-[[group]]
-name = "default"
-routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
-"#,
-        sink = sink.addr(),
-        ca = pki.ca_pem.display()
-    );
-    let (gateway, addr) = start_gateway(dir.path(), &toml, "http");
+    let world = World::with_sink(|c| c.record = false);
+    let toml = world
+        .config("", "[destination.pool]\nwarm = 1")
+        .replace("shards = 2", "shards = 1\nrecv_buffers = 64")
+        .replace("admin = \"127.0.0.1:0\"", "admin = \"off\"");
+    let (gateway, addr) = start_gateway(world.dir.path(), &toml, "http");
 
     let hellos: Vec<Vec<u8>> = (0..WARM + MEASURED).map(|_| REQUEST.to_vec()).collect();
     let per_device = live_heap_per_device(addr, &hellos, WARM, &read_response);

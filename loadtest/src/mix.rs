@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::fleet::{self, RunError, RunOptions};
-use crate::scenario::{Scenario, ScenarioError};
+use crate::scenario::{deserialize_with_path, Scenario, ScenarioError};
 use crate::stats::Report;
 
 /// A parsed mix file: its parts not yet loaded.
@@ -54,20 +54,7 @@ impl Mix {
 
     /// Parses and validates a mix file.
     pub fn parse(text: &str) -> Result<Self, ScenarioError> {
-        let deserializer = toml::Deserializer::new(text);
-        let mix: Mix = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let message = err
-                .inner()
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            ScenarioError {
-                path: err.path().to_string(),
-                message,
-            }
-        })?;
+        let mix: Mix = deserialize_with_path(text)?;
         let error = |path: &str, message: &str| ScenarioError {
             path: path.to_owned(),
             message: message.to_owned(),

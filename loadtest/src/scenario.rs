@@ -273,22 +273,29 @@ impl std::error::Error for ScenarioError {}
 /// Largest accepted message body, to keep a typo from allocating gigabytes per device.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// Deserializes TOML into `T`, or names the dotted path of the bad key and what is wrong.
+pub(crate) fn deserialize_with_path<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<T, ScenarioError> {
+    let deserializer = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        // toml's message carries a source excerpt over several lines; the first says it all.
+        let message = err
+            .inner()
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        ScenarioError { path, message }
+    })
+}
+
 impl Scenario {
     /// Parses and validates scenario TOML.
     pub fn parse(text: &str) -> Result<Self, ScenarioError> {
-        let deserializer = toml::Deserializer::new(text);
-        let scenario: Scenario = serde_path_to_error::deserialize(deserializer).map_err(|err| {
-            let path = err.path().to_string();
-            // toml's message carries a source excerpt over several lines; the first says it all.
-            let message = err
-                .inner()
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            ScenarioError { path, message }
-        })?;
+        let scenario: Scenario = deserialize_with_path(text)?;
         scenario.validate()?;
         Ok(scenario)
     }
