@@ -512,10 +512,11 @@ impl ShardState {
     }
 
     /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
-    /// that plan is still current, else a new one. While `max_connecting` connects to `dest`
-    /// are under way, the request waits (up to `connect_timeout`) for a connection to come
-    /// back or a connect to end, rather than opening one more: a burst of requests is served
-    /// by the connections it returns, not by one handshake each.
+    /// that plan is still current, else a new one. A request that finds none connects only if
+    /// the connects under way (warm-ups included) do not already cover every waiting request
+    /// and fewer than `max_connecting` (if set) are under way; otherwise it waits (up to
+    /// `connect_timeout`) for a connection to come back or a connect to end. One that connects
+    /// also takes a returned connection if that comes first.
     pub async fn checkout(
         self: &Rc<Self>,
         generation: u64,
