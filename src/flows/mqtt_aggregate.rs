@@ -282,7 +282,8 @@ struct Admitted {
     link: Rc<Link>,
     key: SessionKey,
     mailbox: Rc<SessionMailbox>,
-    registration: Registration,
+    /// Unregisters the session from its link when the session ends.
+    _registration: Registration,
     keep_alive: Option<Duration>,
 }
 
@@ -305,7 +306,12 @@ pub fn start(session: DeviceSession) -> SessionFuture {
         buf,
     } = session;
     match admit(&state, &plan, listener, destination, &connect, peer) {
-        Ok(admitted) => Box::pin(serve(Session::new(state, stream, buf, admitted))),
+        Ok(admitted) => Box::pin(serve(Session {
+            state,
+            stream,
+            buf,
+            admitted,
+        })),
         Err(code) => Box::pin(refuse(stream, connect.protocol_version, code)),
     }
 }
@@ -413,7 +419,7 @@ fn admit(
         link,
         key,
         mailbox,
-        registration,
+        _registration: registration,
         keep_alive,
     })
 }
@@ -425,37 +431,7 @@ struct Session {
     state: Rc<ShardState>,
     stream: TcpStream,
     buf: BytesMut,
-    device: Device,
-    link: Rc<Link>,
-    key: SessionKey,
-    mailbox: Rc<SessionMailbox>,
-    keep_alive: Option<Duration>,
-    /// Unregisters the session from its link when the session ends.
-    _registration: Registration,
-}
-
-impl Session {
-    fn new(state: Rc<ShardState>, stream: TcpStream, buf: BytesMut, admitted: Admitted) -> Self {
-        let Admitted {
-            device,
-            link,
-            key,
-            mailbox,
-            registration,
-            keep_alive,
-        } = admitted;
-        Session {
-            state,
-            stream,
-            buf,
-            device,
-            link,
-            key,
-            mailbox,
-            keep_alive,
-            _registration: registration,
-        }
-    }
+    admitted: Admitted,
 }
 
 /// Serve an admitted device session until it ends.
@@ -469,8 +445,7 @@ fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
         let Session {
             state,
             stream,
-            device,
-            link,
+            admitted: Admitted { device, link, .. },
             ..
         } = &mut s;
         if let End::Abnormal(code) = end {
@@ -496,12 +471,15 @@ async fn run_session(s: &mut Session) -> End {
         state,
         stream,
         buf,
-        device,
-        link,
-        key,
-        mailbox,
-        keep_alive,
-        ..
+        admitted:
+            Admitted {
+                device,
+                link,
+                key,
+                mailbox,
+                keep_alive,
+                ..
+            },
     } = s;
     let key = *key;
     let far = Duration::from_secs(365 * 24 * 3600);
