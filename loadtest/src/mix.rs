@@ -116,7 +116,11 @@ pub fn run(parts: &[(Scenario, RunOptions)]) -> Result<Vec<Report>, RunError> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or(Err(RunError::Histogram)))
+            // A part that panicked is a bug in the runner: surface it, not a made-up error.
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
             .collect()
     });
     results.into_iter().collect()
