@@ -118,7 +118,7 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
             interval = m.gateway_added_us.clone();
         }
         last_added = m.gateway_added_us.clone();
-        let errors: u64 = m.errors.iter().sum();
+        let errors: u64 = m.errors.iter().flatten().sum();
         println!(
             "{:>4}s  {:>9.0} req/s  added by simgate p50 {:>7.3} ms  p99 {:>7.3} ms  upstream conns {}  errors {}",
             now.duration_since(started).as_secs(),
@@ -143,7 +143,7 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
         "  requests relayed  {} ({:.0}/s), simgate errors {}, device-side errors {}",
         m.responses_by_class[2],
         m.responses_by_class[2] as f64 / secs,
-        m.errors.iter().sum::<u64>(),
+        m.errors.iter().flatten().sum::<u64>(),
         device_view.errors
     );
     println!(

@@ -303,10 +303,10 @@ fn malformed_and_oversized_frames_close_only_that_session() {
     publish_direct(&s.broker, "devices/bystander/cmd", "still-here", &[]);
     bystander.wait_for(WAIT, |l| l == "cmd still-here");
     assert!(
-        s.gateway
-            .metrics()
-            .errors_of(simgate::shard::ErrorKind::DeviceBadRequest)
-            >= 3
+        s.gateway.metrics().errors_of(
+            simgate::shard::Protocol::Mqtt,
+            simgate::shard::ErrorKind::DeviceBadRequest
+        ) >= 3
     );
 }
 
@@ -537,4 +537,46 @@ fn read_packet(s: &mut TcpStream) -> Option<Vec<u8>> {
     s.read_exact(&mut body).ok()?;
     packet.extend_from_slice(&body);
     Some(packet)
+}
+
+/// The value of the sample `name{labels}` in exposition `text` (0 when absent).
+fn sample(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue #10 part 6: with the broker gone, session-mode CONNECTs that fail upstream are MQTT
+/// errors in `/metrics`, never `simgate_http_errors_total` (which used to rise by one each).
+#[test]
+fn upstream_failures_of_mqtt_sessions_are_counted_as_mqtt_errors() {
+    let mut s = setup(BrokerOptions::default(), Dest::default());
+    s.broker.kill9();
+    for i in 0..5 {
+        let (ok, out) = s.device_publish(&format!("down{i}"), "mqttv5", "t", "m", &[]);
+        assert!(!ok, "publish with the broker down must fail: {out}");
+        assert!(out.contains("received CONNACK (136)"), "{out}");
+    }
+    let text = simgate::control::metrics::render(
+        &s.gateway.metrics(),
+        1,
+        Default::default(),
+        &Default::default(),
+    );
+    let upstream_kinds = [
+        "upstream_connect",
+        "upstream_tls",
+        "upstream_backoff",
+        "upstream_closed",
+        "upstream_protocol",
+        "upstream_timeout",
+    ];
+    let count = |family: &str| -> u64 {
+        upstream_kinds
+            .iter()
+            .map(|k| sample(&text, &format!("{family}{{kind=\"{k}\"}}")))
+            .sum()
+    };
+    assert_eq!(count("simgate_http_errors_total"), 0, "{text}");
+    assert_eq!(count("simgate_mqtt_errors_total"), 5, "{text}");
 }

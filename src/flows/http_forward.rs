@@ -34,7 +34,7 @@ use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
 };
 use crate::reactor::{self, TcpStream};
-use crate::shard::{ErrorKind, ShardState};
+use crate::shard::{ErrorKind, Protocol, ShardState};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -116,7 +116,7 @@ impl DeviceConn {
                     {
                         let mut m = self.state.metrics.borrow_mut();
                         m.requests += 1;
-                        m.error(kind);
+                        m.error(Protocol::Http, kind);
                     }
                     // Boxed, as are the other rare sends below: the connection task is allocated at the
                     // size of its largest await, and an idle connection should not pay for them.
@@ -140,7 +140,10 @@ impl DeviceConn {
 
             let group = plan.gateway.default_group;
             let Some(dest) = plan.route_http(group, self.listener, &request.head.target) else {
-                self.state.metrics.borrow_mut().error(ErrorKind::NoRoute);
+                self.state
+                    .metrics
+                    .borrow_mut()
+                    .error(Protocol::Http, ErrorKind::NoRoute);
                 let reason = "no route for this path";
                 if Box::pin(self.send_error(404, reason, keep_device))
                     .await
@@ -169,7 +172,10 @@ impl DeviceConn {
                 }
                 Ok(Relayed::Aborted) => return,
                 Err(e) => {
-                    self.state.metrics.borrow_mut().error(e.kind);
+                    self.state
+                        .metrics
+                        .borrow_mut()
+                        .error(Protocol::Http, e.kind);
                     if self
                         .send_error(e.status, &e.reason, keep_device)
                         .await
@@ -506,7 +512,7 @@ impl DeviceConn {
         self.state
             .metrics
             .borrow_mut()
-            .error(ErrorKind::UpstreamClosed);
+            .error(Protocol::Http, ErrorKind::UpstreamClosed);
         if head_unsent {
             let _ = Box::pin(self.send_error(502, reason, false)).await;
         }

@@ -83,7 +83,7 @@ use crate::proto::mqtt::{
     SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
-use crate::shard::{ErrorKind, ShardState};
+use crate::shard::{ErrorKind, Protocol, ShardState};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -855,7 +855,7 @@ pub async fn serve(session: DeviceSession) {
         state
             .metrics
             .borrow_mut()
-            .error(ErrorKind::UpstreamProtocol);
+            .error(Protocol::Mqtt, ErrorKind::UpstreamProtocol);
         send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -885,7 +885,10 @@ pub async fn serve(session: DeviceSession) {
     let (mut upstream, upstream_connack) = match opened {
         Ok(ok) => ok,
         Err(e) => {
-            state.metrics.borrow_mut().error(e.error_kind());
+            state
+                .metrics
+                .borrow_mut()
+                .error(Protocol::Mqtt, e.error_kind());
             send_connack(&mut stream, device_version, e.connack_code()).await;
             return;
         }
@@ -904,7 +907,7 @@ pub async fn serve(session: DeviceSession) {
         state
             .metrics
             .borrow_mut()
-            .error(ErrorKind::UpstreamProtocol);
+            .error(Protocol::Mqtt, ErrorKind::UpstreamProtocol);
         send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -938,7 +941,7 @@ pub async fn serve(session: DeviceSession) {
     };
     let end = pump.run().await;
     if let Some(kind) = end.error_kind() {
-        state.metrics.borrow_mut().error(kind);
+        state.metrics.borrow_mut().error(Protocol::Mqtt, kind);
     }
     if device_version == ProtocolVersion::V5 {
         if let Some(reason_code) = end.device_reason() {

@@ -24,13 +24,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use crate::flows::select::{select2, Either};
 use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
-pub use metrics::{ErrorKind, ShardMetrics};
+pub use metrics::{ErrorKind, Protocol, ShardMetrics};
 
 /// Index of a shard (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -384,7 +384,11 @@ impl Drop for Gateway {
 }
 
 fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<StdTcpListener> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     if addr.is_ipv6() {
         // An IPv6 listener serves IPv6 only; config validation relies on this to let an IPv4
         // and an IPv6 listener share a port.
