@@ -72,12 +72,14 @@ fn main() -> ExitCode {
         Command::Check { config } => match simgate::config::load_plan(&config) {
             Ok(plan) => {
                 println!(
-                    "{}: ok ({} listener(s), {} destination(s), {} group(s), {} shard(s))",
+                    "{}: ok ({} listener(s), {} destination(s), {} group(s), {} shard(s), \
+                     at most {} device connections)",
                     config.display(),
                     plan.listeners.len(),
                     plan.destinations.len(),
                     plan.groups.len(),
-                    plan.gateway.shards
+                    plan.gateway.shards,
+                    plan.gateway.max_connections
                 );
                 ExitCode::SUCCESS
             }

@@ -57,6 +57,16 @@ pub(crate) mod defaults {
     pub const RECV_BUFFER_SIZE: u32 = 16384;
     /// `gateway.backlog`.
     pub const BACKLOG: i32 = 4096;
+    /// `gateway.reserved_fds` default: this share of the open-file limit, ...
+    pub const RESERVED_FDS_DIVISOR: u64 = 16;
+    /// ... but at least this many ...
+    pub const RESERVED_FDS_MIN: u64 = 32;
+    /// ... and at most this many.
+    pub const RESERVED_FDS_MAX: u64 = 1024;
+    /// `gateway.max_connections` when the open-file limit is unknown or unlimited.
+    pub const MAX_CONNECTIONS_UNKNOWN_LIMIT: usize = 65_536;
+    /// Highest `max_connections` accepted (gateway or listener).
+    pub const MAX_CONNECTIONS_CAP: i64 = 100_000_000;
     /// `listener[].max_head_bytes`.
     pub const MAX_HEAD_BYTES: usize = 8192;
     /// `listener[].max_headers`.
@@ -135,6 +145,8 @@ pub(crate) trait Environment {
     fn system_roots(&self) -> Vec<CertificateDer<'static>>;
     /// CPUs this process may run on.
     fn available_cpus(&self) -> Option<usize>;
+    /// The process's open-file limit (soft `RLIMIT_NOFILE`), if known.
+    fn open_files_limit(&self) -> Option<u64>;
 }
 
 /// The real environment: system resolver (see `dns`), native root store,
@@ -154,6 +166,10 @@ impl Environment for SystemEnvironment {
         std::thread::available_parallelism()
             .ok()
             .map(std::num::NonZeroUsize::get)
+    }
+
+    fn open_files_limit(&self) -> Option<u64> {
+        super::fd_limit::soft_limit()
     }
 }
 
@@ -462,6 +478,7 @@ impl Compiler<'_> {
             1024..=1_048_576,
         );
         let backlog = self.int("gateway.backlog", raw.backlog, defaults::BACKLOG, 1..=65535);
+        let (max_connections, reserved_fds) = self.connection_caps(raw);
 
         Some(GatewaySettings {
             shards: shards?,
@@ -472,7 +489,68 @@ impl Compiler<'_> {
             recv_buffers: recv_buffers?,
             recv_buffer_size: recv_buffer_size?,
             backlog: backlog?,
+            max_connections: max_connections?,
+            reserved_fds: reserved_fds?,
+            open_files_limit: self.env.open_files_limit(),
         })
+    }
+
+    /// `gateway.max_connections` and `gateway.reserved_fds`. Defaults come from the open-file
+    /// limit: a reserve of 1/16 of it (32..=1024 descriptors) for upstream headroom, admin,
+    /// listeners, rings and files, and half of the rest for device connections, because each
+    /// device connection may hold an upstream connection too (session-mode MQTT always does,
+    /// HTTP while a request is in flight). An explicit `max_connections` may use all of the
+    /// rest (aggregate MQTT devices need one descriptor each) but not more.
+    fn connection_caps(&mut self, raw: &RawGateway) -> (Option<usize>, Option<usize>) {
+        let limit = self
+            .env
+            .open_files_limit()
+            .filter(|&l| l < u64::from(u32::MAX));
+        let default_reserve = limit.map_or(defaults::RESERVED_FDS_MIN, |l| {
+            (l / defaults::RESERVED_FDS_DIVISOR)
+                .clamp(defaults::RESERVED_FDS_MIN, defaults::RESERVED_FDS_MAX)
+        });
+        let reserved = self.int(
+            "gateway.reserved_fds",
+            raw.reserved_fds,
+            default_reserve as usize,
+            0..=1_000_000,
+        );
+        let Some(reserved_n) = reserved else {
+            return (None, None);
+        };
+        let usable = limit.map(|l| l.saturating_sub(reserved_n as u64) as usize);
+        if let (Some(l), Some(0)) = (limit, usable) {
+            self.push(
+                "gateway.reserved_fds",
+                format!(
+                    "{reserved_n} leaves no descriptor for devices under the open-file limit \
+                     of {l}; raise the limit (ulimit -n, systemd LimitNOFILE=) or lower it"
+                ),
+            );
+            return (None, reserved);
+        }
+        let derived = usable.map_or(defaults::MAX_CONNECTIONS_UNKNOWN_LIMIT, |u| (u / 2).max(1));
+        let max = self.int(
+            "gateway.max_connections",
+            raw.max_connections,
+            derived,
+            1..=defaults::MAX_CONNECTIONS_CAP,
+        );
+        if let (Some(m), Some(l), Some(u)) = (max, limit, usable) {
+            if m > u {
+                self.push(
+                    "gateway.max_connections",
+                    format!(
+                        "{m} device connections cannot be served under the open-file limit of \
+                         {l} with {reserved_n} reserved (at most {u}); raise the limit \
+                         (ulimit -n, systemd LimitNOFILE=) or lower max_connections"
+                    ),
+                );
+                return (None, reserved);
+            }
+        }
+        (max, reserved)
     }
 
     fn auto_shards(&mut self) -> Option<usize> {
@@ -539,15 +617,33 @@ impl Compiler<'_> {
                 // Unknown protocol (already reported): still check every value given.
                 None => (self.http_limits(&p, l), self.mqtt_limits(&p, l)),
             };
+            let max_connections = match l.max_connections {
+                None => Some(None),
+                Some(_) => self
+                    .int(
+                        &format!("{p}.max_connections"),
+                        l.max_connections,
+                        0usize,
+                        1..=defaults::MAX_CONNECTIONS_CAP,
+                    )
+                    .map(Some),
+            };
             let id = u16::try_from(i).ok().map(ListenerId);
-            if let (Some(id), Some(protocol), Some(bind), Some(http), Some(mqtt)) =
-                (id, protocol, bind, http, mqtt)
+            if let (
+                Some(id),
+                Some(protocol),
+                Some(bind),
+                Some(http),
+                Some(mqtt),
+                Some(max_connections),
+            ) = (id, protocol, bind, http, mqtt, max_connections)
             {
                 out.push(ListenerPlan {
                     id,
                     name: l.name.clone(),
                     protocol,
                     bind,
+                    max_connections,
                     http,
                     mqtt,
                 });

@@ -26,6 +26,7 @@
 
 mod compile;
 mod dns;
+pub mod fd_limit;
 mod schema;
 mod tls_material;
 mod values;

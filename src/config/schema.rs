@@ -46,6 +46,8 @@ pub(crate) struct RawGateway {
     pub recv_buffers: Option<i64>,
     pub recv_buffer_size: Option<i64>,
     pub backlog: Option<i64>,
+    pub max_connections: Option<i64>,
+    pub reserved_fds: Option<i64>,
 }
 
 /// `gateway.shards`: the string `"auto"` or an integer. Any other string is kept so that
@@ -109,6 +111,7 @@ pub(crate) struct RawListener {
     pub name: String,
     pub protocol: String,
     pub bind: String,
+    pub max_connections: Option<i64>,
     // HTTP keys.
     pub max_head_bytes: Option<i64>,
     pub max_headers: Option<i64>,

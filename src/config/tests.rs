@@ -21,6 +21,7 @@ struct FakeEnv {
     hosts: HashMap<String, Vec<SocketAddr>>,
     roots: Vec<CertificateDer<'static>>,
     cpus: Option<usize>,
+    open_files: Option<u64>,
 }
 
 impl Environment for FakeEnv {
@@ -40,6 +41,9 @@ impl Environment for FakeEnv {
     }
     fn available_cpus(&self) -> Option<usize> {
         self.cpus
+    }
+    fn open_files_limit(&self) -> Option<u64> {
+        self.open_files
     }
 }
 
@@ -96,6 +100,7 @@ impl Fixture {
             hosts,
             roots: vec![ca.cert.der().clone()],
             cpus: Some(3),
+            open_files: Some(20_000),
         };
         Fixture {
             dir,
@@ -132,11 +137,14 @@ ring_entries = 1024
 recv_buffers = 512
 recv_buffer_size = 8192
 backlog = 128
+max_connections = 5000
+reserved_fds = 512
 
 [[listener]]
 name = "http"
 protocol = "http"
 bind = "0.0.0.0:8080"
+max_connections = 1000
 max_head_bytes = 4096
 max_headers = 50
 max_body_bytes = 65536
@@ -267,6 +275,11 @@ fn full_config_compiles_to_the_expected_plan() {
     assert_eq!(l.http.body_timeout, Duration::from_millis(250));
     assert_eq!(l.http.idle_timeout, Duration::from_secs(120));
     assert_eq!(l.http.max_requests_per_connection, 1000);
+    assert_eq!(l.max_connections, Some(1000));
+    assert_eq!(plan.listeners[1].max_connections, None);
+    assert_eq!(plan.gateway.max_connections, 5000);
+    assert_eq!(plan.gateway.reserved_fds, 512);
+    assert_eq!(plan.gateway.open_files_limit, Some(20_000));
     assert_eq!(plan.listeners[1].id, ListenerId(1));
     assert_eq!(plan.listeners[1].bind, "127.0.0.1:0".parse().unwrap());
 
@@ -539,6 +552,11 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("warm = 1", "warm = 9", "destination[0].pool.warm", "9 exceeds pool.max_idle (8)"),
     ("warm = 1", "warm = -1", "destination[0].pool.warm", "must be in 0..=1024"),
     ("backoff_initial = \"50ms\"", "backoff_initial = \"6s\"", "destination[0].pool.backoff_initial", "6s exceeds pool.backoff_max (5s)"),
+    // Connection caps (the fixture's open-file limit is 20,000).
+    ("max_connections = 5000", "max_connections = 19489", "gateway.max_connections", "cannot be served under the open-file limit of 20000 with 512 reserved (at most 19488)"),
+    ("max_connections = 5000", "max_connections = 0", "gateway.max_connections", "must be in 1..="),
+    ("reserved_fds = 512", "reserved_fds = 20000", "gateway.reserved_fds", "leaves no descriptor for devices under the open-file limit of 20000"),
+    ("max_connections = 1000", "max_connections = -1", "listener[0].max_connections", "must be in 1..="),
 ];
 
 #[test]
@@ -802,6 +820,7 @@ fn the_shipped_example_compiles() {
         hosts: env_hosts,
         roots: fx.env.roots.clone(),
         cpus: Some(2),
+        open_files: Some(20_000),
     };
     // The example's certs/ paths match the fixture's file names.
     let plan = compile_with(example, fx.path(), &env).unwrap_or_else(|e| panic!("{e}"));
@@ -1480,6 +1499,7 @@ fn the_shipped_mqtt_example_compiles() {
         hosts,
         roots: fx.env.roots.clone(),
         cpus: Some(2),
+        open_files: Some(20_000),
     };
     // The example's certs/ and secrets/ paths match the fixture's file names.
     let plan = compile_with(example, fx.path(), &env).unwrap_or_else(|e| panic!("{e}"));
@@ -1578,5 +1598,36 @@ fn aggregate_link_fingerprint_ignores_dns_answer_order_and_subset() {
     assert_ne!(
         crate::upstream::mqtt_link::destination_fingerprint(&other),
         before
+    );
+}
+
+#[test]
+fn connection_cap_defaults_derive_from_the_open_file_limit() {
+    let mut fx = Fixture::new();
+    // (soft limit, reserved, max_connections): a 1/16 reserve within 32..=1024, then half of
+    // the rest (a device connection may hold an upstream connection too).
+    for (limit, reserved, max) in [
+        (Some(20_000), 1024, 9488),
+        (Some(256), 32, 112),
+        (Some(1024), 64, 480),
+        (Some(1_048_576), 1024, 523_776),
+        (None, 32, 65_536),
+    ] {
+        fx.env.open_files = limit;
+        let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (plan.gateway.reserved_fds, plan.gateway.max_connections),
+            (reserved, max),
+            "limit {limit:?}"
+        );
+        assert_eq!(plan.listeners[0].max_connections, None);
+    }
+    // A limit too small for the default reserve is reported, not served with no room.
+    fx.env.open_files = Some(32);
+    let error = fx.errors(MINIMAL);
+    assert_single(
+        &error,
+        "gateway.reserved_fds",
+        "leaves no descriptor for devices",
     );
 }

@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 use hdrhistogram::Histogram;
 
-use crate::shard::{ErrorKind, Protocol, ShardMetrics};
+use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
 
 /// Reload counters kept by the control thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,6 +69,28 @@ pub fn render(
         "Device connections open",
         &[("", m.connections_open)],
     );
+    let caps: Vec<(String, u64)> = CapReason::ALL
+        .iter()
+        .map(|r| {
+            (
+                format!("reason=\"{}\"", r.label()),
+                m.connections_rejected[r.index()],
+            )
+        })
+        .collect();
+    let cap_refs: Vec<(&str, u64)> = caps.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_connections_rejected_total",
+        "Device connections closed at accept because a connection cap was reached",
+        &cap_refs,
+    );
+    counter(
+        w,
+        "simgate_accept_errors_total",
+        "Accepts that failed in the kernel (EMFILE, ENFILE, ENOBUFS); accepting goes on",
+        &[("", m.accept_errors)],
+    );
     counter(
         w,
         "simgate_http_requests_total",
@@ -126,6 +148,12 @@ pub fn render(
         "simgate_upstream_connect_failures_total",
         "Upstream connects (TCP or TLS) that failed",
         &[("", m.upstream_connect_failures)],
+    );
+    counter(
+        w,
+        "simgate_upstream_connects_local_failures_total",
+        "Upstream connects not started: simgate out of file descriptors or socket memory",
+        &[("", m.upstream_connects_local_failures)],
     );
     counter(
         w,

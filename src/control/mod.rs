@@ -206,7 +206,25 @@ impl Control {
 /// `simgate run`: load the config, start shards, announce listeners on stdout, then serve the
 /// admin endpoint and signals until SIGINT/SIGTERM.
 pub fn run(config_path: &Path) -> Result<(), RunError> {
+    // Before the plan is compiled: its connection caps derive from the raised limit.
+    match config::fd_limit::raise_soft_to_hard() {
+        Ok(Some((before, after))) => {
+            tracing::info!(
+                before,
+                after,
+                "raised the open-file soft limit to the hard limit"
+            )
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file soft limit"),
+    }
     let plan = config::load_plan(config_path).map_err(RunError::Config)?;
+    tracing::info!(
+        max_connections = plan.gateway.max_connections,
+        reserved_fds = plan.gateway.reserved_fds,
+        open_files_limit = ?plan.gateway.open_files_limit,
+        "device connection cap"
+    );
     let admin = plan.gateway.admin;
     let gateway = Gateway::start(Arc::new(plan)).map_err(RunError::Gateway)?;
     for (name, addr) in gateway.listener_addrs() {

@@ -421,6 +421,9 @@ routes = [ { listener = "http", path = "/", destination = "a" } ]
         fn available_cpus(&self) -> Option<usize> {
             Some(1)
         }
+        fn open_files_limit(&self) -> Option<u64> {
+            Some(1024)
+        }
     }
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {

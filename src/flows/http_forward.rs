@@ -570,9 +570,13 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
         UpstreamError::Connect(_) | UpstreamError::ConnectTimeout => ErrorKind::UpstreamConnect,
         UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
         UpstreamError::BackingOff { .. } => ErrorKind::UpstreamBackoff,
+        UpstreamError::LocalResources(_) => ErrorKind::LocalResources,
     };
+    // Out of descriptors is simgate's own fault, not a bad gateway: 503, and the device may
+    // retry later.
+    let status = if e.is_local() { 503 } else { 502 };
     ForwardError {
-        status: 502,
+        status,
         reason: format!("destination {destination}: {e}"),
         kind,
     }

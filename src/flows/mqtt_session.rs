@@ -770,6 +770,7 @@ impl OpenError {
             }
             OpenError::Connect(UpstreamError::Tls(_)) | OpenError::Tls => ErrorKind::UpstreamTls,
             OpenError::Connect(UpstreamError::BackingOff { .. }) => ErrorKind::UpstreamBackoff,
+            OpenError::Connect(UpstreamError::LocalResources(_)) => ErrorKind::LocalResources,
             OpenError::Closed => ErrorKind::UpstreamClosed,
             OpenError::Timeout => ErrorKind::UpstreamTimeout,
             OpenError::Protocol | OpenError::AuthUnsupported => ErrorKind::UpstreamProtocol,

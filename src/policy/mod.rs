@@ -48,6 +48,15 @@ pub struct GatewaySettings {
     pub recv_buffer_size: u32,
     /// Listen backlog for every listener socket.
     pub backlog: i32,
+    /// Device connections of all listeners together, across shards; more are closed at
+    /// accept. Explicit, or derived from the open-file limit (see [`GatewaySettings::reserved_fds`]).
+    pub max_connections: usize,
+    /// File descriptors kept back from device connections for upstream connections'
+    /// headroom, the admin endpoint, listeners, rings, DNS and files.
+    pub reserved_fds: usize,
+    /// The process's open-file limit (soft `RLIMIT_NOFILE`) the defaults were derived from,
+    /// if known.
+    pub open_files_limit: Option<u64>,
 }
 
 /// Device-facing protocol of a listener.
@@ -103,6 +112,9 @@ pub struct ListenerPlan {
     pub protocol: ListenerProtocol,
     /// Address every shard binds (with SO_REUSEPORT).
     pub bind: SocketAddr,
+    /// Device connections open on this listener at most (all shards together); `None`: only
+    /// the gateway-wide cap applies.
+    pub max_connections: Option<usize>,
     /// HTTP limits (used when `protocol` is `Http`).
     pub http: HttpListenerLimits,
     /// MQTT limits (used when `protocol` is `Mqtt`).

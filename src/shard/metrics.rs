@@ -100,6 +100,33 @@ impl ErrorKind {
     }
 }
 
+/// Which connection cap closed a device connection at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReason {
+    /// `gateway.max_connections`: device connections of all listeners together.
+    Gateway,
+    /// `listener[].max_connections` of the listener it arrived on.
+    Listener,
+}
+
+impl CapReason {
+    /// Every reason, in exposition order.
+    pub const ALL: [CapReason; 2] = [CapReason::Gateway, CapReason::Listener];
+
+    /// Label value used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CapReason::Gateway => "gateway_max_connections",
+            CapReason::Listener => "listener_max_connections",
+        }
+    }
+
+    /// Position in [`ShardMetrics::connections_rejected`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds: 1 µs .. 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
@@ -149,6 +176,11 @@ pub struct ShardMetrics {
     pub connections_accepted: u64,
     /// Device connections currently open.
     pub connections_open: u64,
+    /// Device connections closed at accept because a connection cap was reached, by
+    /// [`CapReason`].
+    pub connections_rejected: [u64; CapReason::ALL.len()],
+    /// Accepts the kernel failed (EMFILE, ENFILE, ENOBUFS, ...); the listener keeps accepting.
+    pub accept_errors: u64,
     /// Device requests fully received (including ones answered with an error).
     pub requests: u64,
     /// Responses sent to devices by status class: index 1..=5 for 1xx..5xx.
@@ -164,6 +196,9 @@ pub struct ShardMetrics {
     pub upstream_connects: u64,
     /// Upstream connects (TCP or TLS) that failed.
     pub upstream_connect_failures: u64,
+    /// Upstream connects that could not start because simgate was out of descriptors or
+    /// socket memory (not counted in `upstream_connect_failures`, no backoff).
+    pub upstream_connects_local_failures: u64,
     /// Upstream TLS handshakes that resumed a session.
     pub upstream_tls_resumed: u64,
     /// Upstream connects whose request was served first by a returned pooled connection (the
@@ -201,6 +236,8 @@ impl Default for ShardMetrics {
         ShardMetrics {
             connections_accepted: 0,
             connections_open: 0,
+            connections_rejected: [0; CapReason::ALL.len()],
+            accept_errors: 0,
             requests: 0,
             responses_by_class: [0; 6],
             errors: [[0; ErrorKind::ALL.len()]; Protocol::ALL.len()],
@@ -208,6 +245,7 @@ impl Default for ShardMetrics {
             device_bytes_out: 0,
             upstream_connects: 0,
             upstream_connect_failures: 0,
+            upstream_connects_local_failures: 0,
             upstream_tls_resumed: 0,
             upstream_connects_overtaken: 0,
             upstream_reused: 0,
@@ -253,6 +291,14 @@ impl ShardMetrics {
     pub fn merge(&mut self, other: &ShardMetrics) {
         self.connections_accepted += other.connections_accepted;
         self.connections_open += other.connections_open;
+        for (a, b) in self
+            .connections_rejected
+            .iter_mut()
+            .zip(other.connections_rejected)
+        {
+            *a += b;
+        }
+        self.accept_errors += other.accept_errors;
         self.requests += other.requests;
         for (a, b) in self
             .responses_by_class
@@ -270,6 +316,7 @@ impl ShardMetrics {
         self.device_bytes_out += other.device_bytes_out;
         self.upstream_connects += other.upstream_connects;
         self.upstream_connect_failures += other.upstream_connect_failures;
+        self.upstream_connects_local_failures += other.upstream_connects_local_failures;
         self.upstream_tls_resumed += other.upstream_tls_resumed;
         self.upstream_connects_overtaken += other.upstream_connects_overtaken;
         self.upstream_reused += other.upstream_reused;

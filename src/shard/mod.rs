@@ -13,6 +13,7 @@
 //! Race window: a reload swaps the plan between two requests of a keep-alive connection; a request
 //! already being forwarded finishes on the plan it started with (it holds its own `Arc<Plan>`).
 
+pub mod caps;
 pub mod drain;
 pub mod metrics;
 
@@ -30,7 +31,7 @@ use crate::flows::select::{select2, Either};
 use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
-pub use metrics::{ErrorKind, Protocol, ShardMetrics};
+pub use metrics::{CapReason, ErrorKind, Protocol, ShardMetrics};
 
 /// Index of a shard (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,6 +159,7 @@ impl Gateway {
             listeners.push((l.name.clone(), addr));
         }
 
+        let counts = Arc::new(caps::ConnectionCounts::new(plan.listeners.len()));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -167,6 +169,7 @@ impl Gateway {
             // tied to that thread's reactor); the shard sends the notifying half back.
             let (notifier_tx, notifier_rx) = crossbeam_channel::bounded::<Notifier>(1);
             let shard_plan = plan.clone();
+            let shard_counts = counts.clone();
             let core = if plan.gateway.pin_shards && !cores.is_empty() {
                 Some(cores[index % cores.len()])
             } else {
@@ -192,6 +195,7 @@ impl Gateway {
                     shard_main(
                         ShardId(index),
                         shard_plan,
+                        shard_counts,
                         shard_sockets,
                         rx,
                         notify_listener,
@@ -413,6 +417,12 @@ pub struct ShardState {
     pub metrics: RefCell<ShardMetrics>,
     /// Fired when shutdown begins; idle connections wait on it to close at once.
     pub drain: drain::DrainSignal,
+    /// Open device connections of every shard, checked against the connection caps.
+    connections: Arc<caps::ConnectionCounts>,
+    /// Keeps "connection refused at accept" to one log line per interval.
+    cap_log: caps::LogThrottle,
+    /// Keeps "accept failed" to one log line per interval.
+    accept_error_log: caps::LogThrottle,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
@@ -644,6 +654,12 @@ impl ShardState {
                 }
                 Ok(UpstreamConn::new(stream, dest.id, generation))
             }
+            // Out of descriptors here says nothing about the destination: no backoff, not its
+            // failure.
+            Err(e) if e.is_local() => {
+                metrics.upstream_connects_local_failures += 1;
+                Err(e)
+            }
             Err(e) => {
                 metrics.upstream_connect_failures += 1;
                 if still_current {
@@ -672,6 +688,7 @@ fn reactor_config(plan: &Plan) -> ReactorConfig {
 fn shard_main(
     id: ShardId,
     plan: Arc<Plan>,
+    connections: Arc<caps::ConnectionCounts>,
     sockets: Vec<StdTcpListener>,
     commands: Receiver<ShardCommand>,
     notify: NotifyListener,
@@ -687,6 +704,9 @@ fn shard_main(
             generation: Cell::new(0),
             metrics: RefCell::new(ShardMetrics::default()),
             drain: drain::DrainSignal::default(),
+            connections,
+            cap_log: caps::LogThrottle::new(LOG_THROTTLE),
+            accept_error_log: caps::LogThrottle::new(LOG_THROTTLE),
             mqtt_aggregate: Default::default(),
             pool_taken: Default::default(),
             pool_waiters: Default::default(),
@@ -789,17 +809,50 @@ async fn command_loop(
     }
 }
 
+/// How often a repeating accept-path fault (refusals over a cap, accept errors) is logged.
+const LOG_THROTTLE: Duration = Duration::from_secs(10);
+
 async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let protocol = state.plan().listener(listener_id).protocol;
+                let plan = state.plan();
+                let listener_plan = plan.listener(listener_id);
+                let protocol = listener_plan.protocol;
+                if let Err(reason) = state.connections.admit(
+                    listener_id,
+                    plan.gateway.max_connections,
+                    listener_plan.max_connections,
+                ) {
+                    // Closed at once (the stream drops here): the device sees the connection
+                    // end before any byte, and may retry later.
+                    state.metrics.borrow_mut().connections_rejected[reason.index()] += 1;
+                    if let Some(held_back) = state.cap_log.allow(reactor::now()) {
+                        let cap = match reason {
+                            CapReason::Gateway => plan.gateway.max_connections,
+                            CapReason::Listener => listener_plan.max_connections.unwrap_or(0),
+                        };
+                        tracing::warn!(
+                            shard = state.id.0,
+                            listener = %listener_plan.name,
+                            %peer,
+                            cap,
+                            reason = reason.label(),
+                            refused_since_last_line = held_back,
+                            "connection cap reached: closing new device connections at accept"
+                        );
+                    }
+                    continue;
+                }
                 {
                     let mut m = state.metrics.borrow_mut();
                     m.connections_accepted += 1;
                     m.connections_open += 1;
                 }
-                let gauge = OpenConnection(state.clone());
+                let gauge = OpenConnection {
+                    state: state.clone(),
+                    listener: listener_id,
+                };
                 let state = state.clone();
                 // One spawn per protocol, so each task is allocated at the size of its own
                 // flow's future rather than the largest of them, and no `async` wrapper (which
@@ -818,21 +871,35 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: back off briefly instead of spinning; the kernel keeps
-                // queueing in the backlog meanwhile.
-                tracing::warn!(shard = state.id.0, error = %e, "accept failed");
+                // queueing in the backlog meanwhile, and accepting resumes by itself once
+                // descriptors free up. Counted every time, logged once per interval.
+                state.metrics.borrow_mut().accept_errors += 1;
+                if let Some(held_back) = state.accept_error_log.allow(reactor::now()) {
+                    tracing::warn!(
+                        shard = state.id.0,
+                        error = %e,
+                        failed_since_last_line = held_back,
+                        "accept failed; retrying in 50 ms (raise the open-file limit or lower \
+                         max_connections if this repeats)"
+                    );
+                }
                 reactor::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
-/// Decrements the open-connection gauge however a connection task ends (including being
-/// dropped at shutdown).
-struct OpenConnection(Rc<ShardState>);
+/// Decrements the open-connection gauge and the connection caps' counts however a
+/// connection task ends (including being dropped at shutdown).
+struct OpenConnection {
+    state: Rc<ShardState>,
+    listener: ListenerId,
+}
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        let mut m = self.0.metrics.borrow_mut();
+        self.state.connections.release(self.listener);
+        let mut m = self.state.metrics.borrow_mut();
         m.connections_open = m.connections_open.saturating_sub(1);
     }
 }

@@ -53,6 +53,38 @@ pub enum UpstreamError {
         /// the logs: requests that waited on a connect that failed learn why.
         last: Option<String>,
     },
+    /// simgate itself is out of a local resource (EMFILE/ENFILE: no file descriptor left;
+    /// ENOBUFS/ENOMEM: no socket memory) and could not even open the socket. Nothing about the
+    /// destination is known, so this is never recorded as its failure and never backs it off.
+    LocalResources(std::io::ErrorKind),
+}
+
+impl UpstreamError {
+    /// The error of a failed TCP connect: a local resource shortage (see
+    /// [`UpstreamError::LocalResources`]) or a failure to reach the destination.
+    pub fn from_connect_io(e: &std::io::Error) -> UpstreamError {
+        if is_local_resource_error(e) {
+            UpstreamError::LocalResources(e.kind())
+        } else {
+            UpstreamError::Connect(e.kind())
+        }
+    }
+
+    /// True when the failure says nothing about the destination (a local shortage): it must
+    /// not count as the destination's failure or put it into backoff.
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::LocalResources(_))
+    }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: this process or host ran out of descriptors or socket
+/// memory (std files these under "uncategorized" or "out of memory", which would otherwise be
+/// blamed on the cloud).
+pub fn is_local_resource_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -71,6 +103,11 @@ impl std::fmt::Display for UpstreamError {
                     None => Ok(()),
                 }
             }
+            UpstreamError::LocalResources(kind) => write!(
+                f,
+                "no local resources for an upstream connection ({kind}): \
+                 simgate is out of file descriptors or socket memory"
+            ),
         }
     }
 }
@@ -446,7 +483,7 @@ pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamEr
         let attempt = async {
             let tcp = TcpStream::connect(*addr)
                 .await
-                .map_err(|e| UpstreamError::Connect(e.kind()))?;
+                .map_err(|e| UpstreamError::from_connect_io(&e))?;
             TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
                 .await
                 .map_err(|e| match e {
@@ -458,6 +495,8 @@ pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamEr
             Ok(Ok(stream)) => return Ok(stream),
             // A certificate problem will not differ on the next address of the same name.
             Ok(Err(e @ UpstreamError::Tls(_))) => return Err(e),
+            // Out of descriptors here: the next address would fail the same way.
+            Ok(Err(e @ UpstreamError::LocalResources(_))) => return Err(e),
             Ok(Err(e)) => last = e,
             Err(_) => last = UpstreamError::ConnectTimeout,
         }
@@ -502,6 +541,9 @@ mod tests {
         }
         fn available_cpus(&self) -> Option<usize> {
             Some(1)
+        }
+        fn open_files_limit(&self) -> Option<u64> {
+            Some(1024)
         }
     }
 

@@ -35,11 +35,35 @@ impl Simgate {
 
     /// [`Simgate::start`] with extra environment variables for the simgate process.
     pub fn start_with_env(dir: &Path, toml: &str, env: &[(&str, &Path)]) -> Simgate {
+        Simgate::start_full(dir, toml, env, None)
+    }
+
+    /// [`Simgate::start`] under an open-file limit of `fd_limit` (soft and hard, as
+    /// `ulimit -n` sets them), so that descriptor exhaustion is cheap to reach.
+    pub fn start_with_fd_limit(dir: &Path, toml: &str, fd_limit: u64) -> Simgate {
+        Simgate::start_full(dir, toml, &[], Some(fd_limit))
+    }
+
+    fn start_full(dir: &Path, toml: &str, env: &[(&str, &Path)], fd_limit: Option<u64>) -> Simgate {
         let config_path = dir.join("simgate.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let stderr_path = dir.join("simgate.stderr");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_simgate"))
+        let binary = env!("CARGO_BIN_EXE_simgate");
+        let mut command = match fd_limit {
+            // The shell sets the limit and then becomes simgate (exec), so the child is simgate.
+            Some(limit) => {
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    binary,
+                ]);
+                c
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args([
                 "--log",
                 &std::env::var("SIMGATE_TEST_LOG").unwrap_or_else(|_| "simgate=debug".into()),

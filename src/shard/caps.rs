@@ -1,0 +1,148 @@
+//! Connection caps: how many device connections may be open at once, gateway-wide
+//! (`gateway.max_connections`) and per listener (`listener[].max_connections`), counted across
+//! every shard. A connection over a cap is closed at accept, before it costs more than its
+//! descriptor for a moment, so simgate keeps descriptors for upstream connections and its admin
+//! endpoint when a flood (or a fleet reconnecting at once) arrives.
+//!
+//! The counts are atomics shared by the shards: touched once when a connection is accepted
+//! and once when it closes, never per message. A shard-local split of the cap would need no
+//! atomics, but the kernel's SO_REUSEPORT spread is uneven and one shard could refuse while
+//! another has room.
+//!
+//! Also here: [`LogThrottle`], which keeps a fault that repeats per connection (accept errors,
+//! refusals) to one log line per interval with a count of what it held back.
+//!
+//! What this module does not do: pick the caps (`config` derives them from the open-file
+//! limit) or close anything itself (the accept loop does).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::metrics::CapReason;
+use crate::policy::ListenerId;
+
+/// Open device connections, in total and per listener, of every shard together.
+#[derive(Debug)]
+pub struct ConnectionCounts {
+    total: AtomicUsize,
+    per_listener: Box<[AtomicUsize]>,
+}
+
+impl ConnectionCounts {
+    /// Counts for `listeners` listeners, all zero.
+    pub fn new(listeners: usize) -> ConnectionCounts {
+        ConnectionCounts {
+            total: AtomicUsize::new(0),
+            per_listener: (0..listeners).map(|_| AtomicUsize::new(0)).collect(),
+        }
+    }
+
+    /// Count one more connection on `listener` if neither cap is reached; otherwise count
+    /// nothing and say which cap refused it. Every `Ok` must be matched by one
+    /// [`ConnectionCounts::release`].
+    pub fn admit(
+        &self,
+        listener: ListenerId,
+        gateway_cap: usize,
+        listener_cap: Option<usize>,
+    ) -> Result<(), CapReason> {
+        let Some(on_listener) = self.per_listener.get(usize::from(listener.0)) else {
+            return Err(CapReason::Listener);
+        };
+        // Relaxed is enough: the counts order nothing else, they only bound a number.
+        if self.total.fetch_add(1, Ordering::Relaxed) >= gateway_cap {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(CapReason::Gateway);
+        }
+        let before = on_listener.fetch_add(1, Ordering::Relaxed);
+        if listener_cap.is_some_and(|cap| before >= cap) {
+            on_listener.fetch_sub(1, Ordering::Relaxed);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err(CapReason::Listener);
+        }
+        Ok(())
+    }
+
+    /// A connection admitted on `listener` closed.
+    pub fn release(&self, listener: ListenerId) {
+        if let Some(on_listener) = self.per_listener.get(usize::from(listener.0)) {
+            on_listener.fetch_sub(1, Ordering::Relaxed);
+            self.total.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Connections open now, all listeners.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// One log line per `interval` for a fault that repeats: [`LogThrottle::allow`] says whether
+/// to log now and how many occurrences were held back since the last line.
+#[derive(Debug)]
+pub struct LogThrottle {
+    interval: Duration,
+    next: Cell<Option<Instant>>,
+    held_back: Cell<u64>,
+}
+
+impl LogThrottle {
+    /// A throttle letting one line through per `interval`.
+    pub const fn new(interval: Duration) -> LogThrottle {
+        LogThrottle {
+            interval,
+            next: Cell::new(None),
+            held_back: Cell::new(0),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be logged at `now`; `None` (and
+    /// the occurrence counted) otherwise.
+    pub fn allow(&self, now: Instant) -> Option<u64> {
+        if self.next.get().is_some_and(|next| now < next) {
+            self.held_back.set(self.held_back.get() + 1);
+            return None;
+        }
+        self.next.set(Some(now + self.interval));
+        Some(self.held_back.replace(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_and_listener_caps_refuse_and_release_restores_room() {
+        let counts = ConnectionCounts::new(2);
+        let (a, b) = (ListenerId(0), ListenerId(1));
+        assert_eq!(counts.admit(a, 3, Some(2)), Ok(()));
+        assert_eq!(counts.admit(a, 3, Some(2)), Ok(()));
+        assert_eq!(counts.admit(a, 3, Some(2)), Err(CapReason::Listener));
+        assert_eq!(counts.admit(b, 3, None), Ok(()));
+        assert_eq!(counts.admit(b, 3, None), Err(CapReason::Gateway));
+        assert_eq!(counts.total(), 3);
+        counts.release(a);
+        assert_eq!(counts.admit(b, 3, None), Ok(()));
+        assert_eq!(counts.admit(a, 3, Some(2)), Err(CapReason::Gateway));
+        // A lowered cap (a reload) refuses new connections until enough close.
+        assert_eq!(counts.admit(b, 2, None), Err(CapReason::Gateway));
+        assert_eq!(counts.total(), 3);
+        assert_eq!(
+            counts.admit(ListenerId(9), 10, None),
+            Err(CapReason::Listener)
+        );
+    }
+
+    #[test]
+    fn throttle_lets_one_line_per_interval_and_counts_the_rest() {
+        let t = LogThrottle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(t.allow(start), Some(0));
+        assert_eq!(t.allow(start + Duration::from_secs(1)), None);
+        assert_eq!(t.allow(start + Duration::from_secs(9)), None);
+        assert_eq!(t.allow(start + Duration::from_secs(10)), Some(2));
+        assert_eq!(t.allow(start + Duration::from_secs(11)), None);
+    }
+}
