@@ -703,3 +703,66 @@ fn sigterm_drains_in_flight_requests_and_closes_idle_connections() {
     assert!(idle.is_closed());
     assert_eq!(gw.wait_exit(), Some(0));
 }
+
+/// Issue #10 (A): with `base_path = "/tenant-a"`, no request path may reach the upstream that a
+/// normalising server (RFC 3986 §5.2.4) would resolve outside `/tenant-a`. Dot segments, encoded
+/// dots and slashes, `..;` path parameters and empty segments are refused with 400 (and the
+/// connection closed); a clean path still goes through, prefixed.
+#[test]
+fn dot_segments_cannot_escape_the_base_path() {
+    let world = World::new();
+    let gw = world.simgate(&world.config("", "base_path = \"/tenant-a\""));
+    let targets = [
+        "/../tenant-b/secret",
+        "/%2e%2e/tenant-b/secret",
+        "/%2E%2E/tenant-b/secret",
+        "/.%2e/tenant-b/secret",
+        "/./../tenant-b/secret",
+        "/x/./y",
+        "/x/..",
+        "/x/..;/tenant-b/secret",
+        "//tenant-b/secret",
+        "/x//y",
+        "/x/..%2ftenant-b",
+        "/x%2F..%2F..%2Ftenant-b",
+        "/x/..%5ctenant-b",
+        "http://gw/../tenant-b/secret",
+    ];
+    for target in targets {
+        let mut d = Device::connect(gw.http);
+        let resp = d.request(format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+        assert_eq!(resp.status, 400, "{target}: {}", resp.body_text());
+        assert!(d.is_closed(), "{target}: connection must be closed");
+    }
+    // curl keeps the dot segments only with --path-as-is.
+    let url = format!("http://{}/../tenant-b/secret", gw.http);
+    let (ok, out) = curl(&[
+        "-sS",
+        "--path-as-is",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert!(ok, "curl failed: {out}");
+    assert_eq!(out, "400");
+
+    // Clean paths (a trailing slash and dots inside a segment included) are forwarded, prefixed.
+    for target in ["/ok/path/", "/v1/file.json?x=/../y", "http://gw/abs"] {
+        let resp = raw_exchange(
+            gw.http,
+            format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{target}: {}", resp.body_text());
+    }
+    let paths: Vec<String> = world.sink.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/tenant-a/ok/path/",
+            "/tenant-a/v1/file.json?x=/../y",
+            "/tenant-a/abs"
+        ]
+    );
+}

@@ -7,7 +7,9 @@
 //! Keep-alive on both sides.
 //!
 //! Answers generated here, each with a plain-text reason body:
-//! - 400/413/431/501/505 for bad requests (from the codec), then the connection is closed;
+//! - 400/413/431/501/505 for bad requests (from the codec), then the connection is closed; this
+//!   includes paths with dot segments, empty segments or encoded separators, which could
+//!   otherwise escape the destination's `base_path` upstream;
 //! - 408 when a request head or body does not arrive in time, then closed;
 //! - 404 when no route matches (connection kept);
 //! - 502 when the upstream cannot be reached, fails TLS, is backing off, closes early or answers
@@ -139,7 +141,10 @@ impl DeviceConn {
                     || self.served < limits.max_requests_per_connection);
 
             let group = plan.gateway.default_group;
-            let Some(dest) = plan.route_http(group, self.listener, &request.head.target) else {
+            // Routed on the target's path, which the decoder has checked is in normal form (no
+            // dot or empty segments, no encoded separators): exactly the path forwarded after the
+            // destination's base_path, and one no upstream can resolve outside it.
+            let Some(dest) = plan.route_http(group, self.listener, request.head.path()) else {
                 self.state.metrics.borrow_mut().error(ErrorKind::NoRoute);
                 let reason = "no route for this path";
                 if Box::pin(self.send_error(404, reason, keep_device))

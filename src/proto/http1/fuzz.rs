@@ -2,7 +2,8 @@
 //!
 //! Beyond "never panic", it checks properties, and panics (so the fuzzer reports it) when one
 //! fails: decoding split at arbitrary boundaries gives the same result as decoding all at once;
-//! a rewritten upstream request head re-decodes to the same framing and body; response bodies
+//! a rewritten upstream request head re-decodes to the same framing and body, with the path
+//! that was routed on behind the base path (and still in normal form); response bodies
 //! are delimited without losing or inventing bytes; a rewritten device response head keeps the
 //! response's framing.
 
@@ -91,6 +92,17 @@ fn check_upstream_rewrite(request: &Request) {
                 "rewrite changed the framing"
             );
             assert_eq!(again.body, request.body, "rewrite changed the body");
+            // The path routed on is the path forwarded after the base path.
+            let routed = request.head.path();
+            let forwarded = again.head.path();
+            if routed != b"*" {
+                let suffix = forwarded.strip_prefix(b"/base");
+                assert_eq!(
+                    suffix,
+                    Some(routed),
+                    "forwarded path is not base + routed path"
+                );
+            }
             assert!(out.is_empty(), "rewrite left bytes after the request");
         }
         other => panic!("rewritten request does not decode: {other:?}"),

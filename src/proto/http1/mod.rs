@@ -31,7 +31,9 @@
 //! and `Transfer-Encoding` in HTTP/1.0 are refused; chunk lines must end with CRLF. The request
 //! target must be origin-form, `*` for `OPTIONS`, or absolute-form with the `http` scheme (a
 //! device that was told the gateway is its proxy); for absolute-form only the path and query are
-//! forwarded. Authority-form (`CONNECT`) and `https://` targets are refused.
+//! forwarded. Authority-form (`CONNECT`) and `https://` targets are refused. Paths that are not in
+//! normal form (dot segments, empty segments, encoded `.`, `/` or `\`) are refused with 400, so
+//! the path routed on is the path any upstream resolves (see [`check_request_path`]).
 //!
 //! What it does not do: no sockets, no clock, no timeouts (the caller times requests out); no
 //! content codings (gzip bodies are opaque bytes); no de-chunking, so a chunked upstream response
@@ -48,6 +50,7 @@ mod chunked;
 mod error;
 mod fuzz;
 mod head;
+mod path;
 mod request;
 mod response;
 mod write;
@@ -56,6 +59,7 @@ pub use body::{BodyChunk, BodyDecoder, Dechunker, DEFAULT_MAX_TRAILER_BYTES};
 pub use chunked::MAX_CHUNK_LINE_BYTES;
 pub use error::HttpError;
 pub use fuzz::fuzz_decode;
+pub use path::check_request_path;
 pub use request::{Request, RequestDecoder, RequestHead};
 pub use response::{decode_response_head, ResponseHead};
 pub use write::{

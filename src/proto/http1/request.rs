@@ -10,6 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::chunked::ChunkedScanner;
 use super::head::{first_line, map_httparse_error, summarize, HeadScanner, TransferEncoding};
+use super::path::check_request_path;
 use super::{owned_headers, BodyLength, Header, HttpError, Limits, Parsed};
 
 /// Header slots kept on the stack; a larger `Limits::max_headers` uses a heap buffer.
@@ -40,6 +41,22 @@ impl RequestHead {
     #[must_use]
     pub fn header(&self, name: &str) -> Option<&Bytes> {
         self.headers.iter().find(|h| h.is(name)).map(|h| &h.value)
+    }
+
+    /// The path component of the target, without the query: what routes match on, and what is
+    /// forwarded after `base_path` (followed by the query). `/` for an absolute-form target
+    /// without a path, `*` for asterisk-form. The decoder has checked it with
+    /// [`check_request_path`](super::check_request_path).
+    #[must_use]
+    pub fn path(&self) -> &[u8] {
+        let (prefix, rest) = self.origin_form_parts();
+        if !prefix.is_empty() {
+            return prefix;
+        }
+        match rest.iter().position(|&b| b == b'?') {
+            Some(query) => &rest[..query],
+            None => rest,
+        }
     }
 
     /// The target to forward: origin-form as received, or the path and query of an absolute-form
@@ -244,7 +261,7 @@ fn parse_request_head(head_bytes: Bytes, limits: &Limits) -> Result<RequestHead,
     } else {
         summary.connection_keep_alive && !summary.connection_close
     };
-    Ok(RequestHead {
+    let head = RequestHead {
         method: head_bytes.slice_ref(method.as_bytes()),
         target: head_bytes.slice_ref(target.as_bytes()),
         minor_version: version,
@@ -252,7 +269,11 @@ fn parse_request_head(head_bytes: Bytes, limits: &Limits) -> Result<RequestHead,
         body,
         keep_alive,
         expect_continue: version == 1 && summary.expect_continue,
-    })
+    };
+    // After the framing checks, so that a request both smuggling and traversing reports the
+    // framing error.
+    check_request_path(head.path())?;
+    Ok(head)
 }
 
 /// RFC 9112 §6.1 and §6.3 for requests.
@@ -567,6 +588,47 @@ mod tests {
         assert_eq!(bare.head.origin_form_parts(), (&b"/"[..], &b""[..]));
         let query = one(b"GET http://gw?q=1 HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
         assert_eq!(query.head.origin_form_parts(), (&b"/"[..], &b"?q=1"[..]));
+    }
+
+    #[test]
+    fn paths_not_in_normal_form_are_refused() {
+        for target in [
+            &b"/../b"[..],
+            b"/a/%2e%2E/b",
+            b"/a//b",
+            b"/a/..;/b",
+            b"/a%2f..",
+            b"http://gw/a/../b?q",
+            b"http://gw//b",
+        ] {
+            let mut input = b"GET ".to_vec();
+            input.extend_from_slice(target);
+            input.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                error_of(&input),
+                HttpError::UnsafeRequestPath,
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
+        }
+        assert_eq!(HttpError::UnsafeRequestPath.status(), 400);
+        // Only the path is checked: the query may hold anything.
+        let query = one(b"GET /a?next=/../b//c HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(query.head.path(), b"/a");
+    }
+
+    #[test]
+    fn path_is_the_target_path_without_the_query() {
+        let path = |input: &[u8]| one(input).unwrap().head.path().to_vec();
+        assert_eq!(path(b"GET /a/b/?q=1 HTTP/1.1\r\nHost: a\r\n\r\n"), b"/a/b/");
+        assert_eq!(path(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"), b"/a");
+        assert_eq!(
+            path(b"GET http://gw/a?q HTTP/1.1\r\nHost: a\r\n\r\n"),
+            b"/a"
+        );
+        assert_eq!(path(b"GET http://gw?q HTTP/1.1\r\nHost: a\r\n\r\n"), b"/");
+        assert_eq!(path(b"GET http://gw HTTP/1.1\r\nHost: a\r\n\r\n"), b"/");
+        assert_eq!(path(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), b"*");
     }
 
     #[test]
