@@ -766,3 +766,31 @@ fn dot_segments_cannot_escape_the_base_path() {
         ]
     );
 }
+
+/// Issue #10 (B): trailer fields that must not appear in a trailer section (RFC 9110 §6.5.1:
+/// framing, routing, authentication, request modifiers, content format, hop-by-hop) never reach
+/// the upstream; the others do, and the dropped ones are counted in
+/// `simgate_http_trailer_fields_dropped_total`.
+#[test]
+fn forbidden_trailer_fields_are_dropped_before_the_upstream() {
+    let world = World::new();
+    let gw = world.simgate(&world.config("", ""));
+    let req = b"POST /t HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n0\r\nContent-Length: 5\r\nX-Checksum: abc\r\nHost: evil.example\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\nAuthorization: Bearer x\r\n\
+        X-Forwarded-For: 1.2.3.4\r\nServer-Timing: t;dur=1\r\n\r\n";
+    let resp = raw_exchange(gw.http, req);
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    assert_eq!(world.sink.wait_for_requests(1, Duration::from_secs(10)), 1);
+    let got = world.sink.requests().remove(0);
+    assert_eq!(&got.body[..], b"hello");
+    let names: Vec<&str> = got.trailers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["x-checksum", "server-timing"], "{:?}", got.trailers);
+    let host = header(&got, "host").expect("host header");
+    assert_eq!(host, world.sink.addr().to_string().as_bytes());
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        metrics.contains("simgate_http_trailer_fields_dropped_total 6\n"),
+        "{metrics}"
+    );
+}

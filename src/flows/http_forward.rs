@@ -3,7 +3,9 @@
 //! Per device connection: read one whole request (bounded by the listener's limits and phase
 //! timeouts), route it by `{listener, path prefix}`, send it upstream on a pooled TLS connection
 //! with the head rewritten (Host, X-Forwarded-For, hop-by-hop headers dropped) and the body
-//! forwarded verbatim as slices of the receive buffer, then stream the upstream response back.
+//! forwarded verbatim as slices of the receive buffer (minus the trailer fields RFC 9110 §6.5.1
+//! keeps out of trailers, counted in `simgate_http_trailer_fields_dropped_total`), then stream
+//! the upstream response back (its trailers relayed as received).
 //! Keep-alive on both sides.
 //!
 //! Answers generated here, each with a plain-text reason body:
@@ -333,6 +335,14 @@ impl DeviceConn {
             &[],
         );
         let head = head.freeze();
+        // The head, then the body: verbatim, minus trailer fields that must not be forwarded.
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
+        parts.push(&head);
+        let dropped = request.forward_body(&[], &mut parts);
+        if dropped > 0 {
+            self.state.metrics.borrow_mut().http_trailer_fields_dropped += dropped as u64;
+            tracing::debug!(peer = %self.peer, dropped, "trailer fields dropped");
+        }
         let is_head_request = request.head.method.as_ref() == b"HEAD";
         let idempotent = matches!(
             request.head.method.as_ref(),
@@ -355,8 +365,7 @@ impl DeviceConn {
             // an upstream that stops reading is as slow as one that stops answering.
             let started = Instant::now();
             let deadline = started + dest.pool.response_timeout;
-            let write =
-                reactor::timeout_at(deadline, conn.stream.write_all(&[&head, &request.body])).await;
+            let write = reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await;
             let sent_at = Instant::now();
             let (write_failed, response) = match write {
                 Ok(Ok(())) => (

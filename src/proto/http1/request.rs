@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::chunked::ChunkedScanner;
 use super::head::{first_line, map_httparse_error, summarize, HeadScanner, TransferEncoding};
 use super::path::check_request_path;
+use super::trailers::filter_trailer_section;
 use super::{owned_headers, BodyLength, Header, HttpError, Limits, Parsed};
 
 /// Header slots kept on the stack; a larger `Limits::max_headers` uses a heap buffer.
@@ -82,8 +83,41 @@ pub struct Request {
     /// The parsed head.
     pub head: RequestHead,
     /// The body's raw wire bytes, verbatim (for chunked bodies: chunk framing, extensions and
-    /// trailers included). Empty when there is no body.
+    /// trailers included). Empty when there is no body. Forward it with
+    /// [`forward_body`](Self::forward_body), which drops forbidden trailer fields.
     pub body: Bytes,
+    /// Offset in `body` where the trailer section of a chunked body starts (its field lines and
+    /// the final CRLF); `body.len()` when the body is not chunked.
+    trailer_start: usize,
+}
+
+impl Request {
+    /// The trailer section of a chunked body: its field lines and the final CRLF, as received
+    /// (`"\r\n"` alone when there are no trailer fields). Empty for other bodies.
+    #[must_use]
+    pub fn trailer_section(&self) -> &[u8] {
+        &self.body[self.trailer_start..]
+    }
+
+    /// Appends the body to send upstream to `out`, as slices of [`body`](Self::body), and
+    /// returns how many trailer fields were dropped.
+    ///
+    /// The body goes verbatim, except that trailer fields which must not appear in a trailer
+    /// section (RFC 9110 §6.5.1; see [`is_forbidden_trailer_field`](super::is_forbidden_trailer_field))
+    /// or whose name is in `extra_denied` (the header names the gateway sets itself) are left
+    /// out. The chunk framing and data are never touched. Without trailer fields this is one
+    /// slice, the whole body.
+    pub fn forward_body<'a>(&'a self, extra_denied: &[&str], out: &mut Vec<&'a [u8]>) -> usize {
+        let section = self.trailer_section();
+        if section.len() <= 2 {
+            if !self.body.is_empty() {
+                out.push(&self.body);
+            }
+            return 0;
+        }
+        out.push(&self.body[..self.trailer_start]);
+        filter_trailer_section(section, extra_denied, out)
+    }
 }
 
 #[derive(Debug)]
@@ -201,9 +235,9 @@ impl RequestDecoder {
         let State::Body { progress, .. } = &mut self.state else {
             return Ok(Parsed::Incomplete);
         };
-        let body_len = match progress {
+        let (body_len, trailer_start) = match progress {
             BodyProgress::Length(len) => match usize::try_from(*len) {
-                Ok(len) if len <= buf.len() => len,
+                Ok(len) if len <= buf.len() => (len, len),
                 _ => return Ok(Parsed::Incomplete),
             },
             BodyProgress::Chunked { scanner, scanned } => {
@@ -211,12 +245,21 @@ impl RequestDecoder {
                 if !scanner.is_done() {
                     return Ok(Parsed::Incomplete);
                 }
-                *scanned
+                // A finished chunked body has seen its last chunk; the section starts inside it.
+                let start = scanner
+                    .trailer_start()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .map_or(*scanned, |s| s.min(*scanned));
+                (*scanned, start)
             }
         };
         let body = buf.split_to(body_len).freeze();
         match std::mem::replace(&mut self.state, State::Head(HeadScanner::default())) {
-            State::Body { head, .. } => Ok(Parsed::Complete(Request { head, body })),
+            State::Body { head, .. } => Ok(Parsed::Complete(Request {
+                head,
+                body,
+                trailer_start,
+            })),
             State::Head(_) | State::Failed(_) => Ok(Parsed::Incomplete),
         }
     }
@@ -434,6 +477,53 @@ mod tests {
         assert_eq!(request.head.body, BodyLength::Chunked);
         let head_len = CHUNKED.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
         assert_eq!(&request.body[..], &CHUNKED[head_len..]);
+    }
+
+    #[test]
+    fn forward_body_drops_forbidden_trailer_fields_only() {
+        let request = one(CHUNKED).unwrap();
+        assert_eq!(
+            request.trailer_section(),
+            b"Checksum: abc\r\nX-T: 1\r\n\r\n"
+        );
+        let mut parts = Vec::new();
+        assert_eq!(request.forward_body(&[], &mut parts), 0);
+        assert_eq!(parts.concat(), &request.body[..]);
+        // Denied by name: the kept lines and the final CRLF follow the chunks.
+        let mut parts = Vec::new();
+        assert_eq!(request.forward_body(&["x-t"], &mut parts), 1);
+        assert_eq!(
+            parts.concat(),
+            b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nChecksum: abc\r\n\r\n"
+        );
+
+        let smuggler = one(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              1\r\nx\r\n0\r\nContent-Length: 9\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\nX-Ok: 1\r\n\r\n",
+        )
+        .unwrap();
+        let mut parts = Vec::new();
+        assert_eq!(smuggler.forward_body(&[], &mut parts), 4);
+        assert_eq!(parts.concat(), b"1\r\nx\r\n0\r\nX-Ok: 1\r\n\r\n");
+        // Zero copy: every part is a slice of the received body.
+        let range = smuggler.body.as_ptr_range();
+        assert!(parts.iter().all(|p| range.contains(&p.as_ptr())));
+
+        // Without trailer fields, or without a chunked body: the body, whole, once.
+        for input in [
+            POST,
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            let request = one(input).unwrap();
+            let mut parts = Vec::new();
+            assert_eq!(request.forward_body(&[], &mut parts), 0);
+            assert_eq!(parts, vec![&request.body[..]]);
+        }
+        let get = one(GET).unwrap();
+        let mut parts = Vec::new();
+        assert_eq!(get.forward_body(&[], &mut parts), 0);
+        assert!(parts.is_empty());
     }
 
     #[test]
