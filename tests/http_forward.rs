@@ -371,7 +371,8 @@ fn upstream_with_untrusted_certificate_is_refused() {
     let world = World::new();
     // Trust a different CA than the one that signed the sink's certificate.
     let other = simgate::testkit::TestPki::new(&world.dir.path().join("other")).expect("pki");
-    let toml = world.config("", "").replace(
+    // `error_detail = "full"`: the device sees why (the default is a generic text).
+    let toml = world.config("error_detail = \"full\"", "").replace(
         &world.pki.ca_pem.display().to_string(),
         &other.ca_pem.display().to_string(),
     );
@@ -793,4 +794,59 @@ fn forbidden_trailer_fields_are_dropped_before_the_upstream() {
         metrics.contains("simgate_http_trailer_fields_dropped_total 6\n"),
         "{metrics}"
     );
+}
+
+/// Issue #10 (C): by default a device answered by simgate itself for an upstream failure gets a
+/// short generic body: no destination name, no address, no TLS or certificate detail. The
+/// detail stays in the log and the error counters; `error_detail = "full"` on the listener
+/// brings it back in the body.
+#[test]
+fn upstream_errors_give_devices_a_generic_body_unless_full_detail_is_configured() {
+    let world = World::new();
+    let other = simgate::testkit::TestPki::new(&world.dir.path().join("other")).expect("pki");
+    let untrusted = |listener_extra: &str| {
+        world.config(listener_extra, "").replace(
+            &world.pki.ca_pem.display().to_string(),
+            &other.ca_pem.display().to_string(),
+        )
+    };
+    let gw = world.simgate(&untrusted(""));
+    let resp = raw_exchange(gw.http, &post("/x", b"data", ""));
+    assert_eq!(resp.status, 502, "{}", resp.body_text());
+    assert_eq!(resp.body_text(), "upstream unavailable\n");
+    // Counted by cause: a TLS failure, or the backoff that failed warm-up handshakes started.
+    let (_, metrics) = gw.admin_get("/metrics");
+    let upstream_errors: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("simgate_http_errors_total{kind=\"upstream_tls\"}")
+                || l.starts_with("simgate_http_errors_total{kind=\"upstream_backoff\"}")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(upstream_errors, 1, "{metrics}");
+    let stderr = gw.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("gateway error") && l.contains("certificate rejected")),
+        "the detail must be logged: {stderr}"
+    );
+    drop(gw);
+
+    let gw = world.simgate(&untrusted("error_detail = \"full\""));
+    let resp = raw_exchange(gw.http, &post("/x", b"data", ""));
+    assert_eq!(resp.status, 502, "{}", resp.body_text());
+    let body = resp.body_text();
+    assert!(body.contains("destination sink"), "{body}");
+    assert!(body.contains("certificate"), "{body}");
+    drop(gw);
+
+    // 504: the same rule.
+    let slow = World::with_sink(|c| c.response_delay = Some(Duration::from_secs(3)));
+    let gw = slow.simgate(&slow.config("", "[destination.pool]\nresponse_timeout = \"300ms\""));
+    let resp = raw_exchange(gw.http, &post("/x", b"d", ""));
+    assert_eq!(resp.status, 504, "{}", resp.body_text());
+    assert_eq!(resp.body_text(), "upstream did not respond in time\n");
+    assert_eq!(world.sink.requests().len(), 0);
 }

@@ -16,7 +16,11 @@
 //! - 404 when no route matches (connection kept);
 //! - 502 when the upstream cannot be reached, fails TLS, is backing off, closes early or answers
 //!   with an invalid response; 504 when its response head does not arrive in time (connection
-//!   kept, since the device's request was fully read).
+//!   kept, since the device's request was fully read). Their body is a generic text
+//!   (`upstream unavailable`, `upstream did not respond in time`) unless the listener has
+//!   `error_detail = "full"`; the full reason (destination, upstream error) is logged at info
+//!   level and the cause counted in `simgate_http_errors_total` either way. The 4xx reasons
+//!   above are fixed texts about the device's own request and are sent in both modes.
 //!
 //! Retry rule: a request is re-sent on a fresh connection only when the pooled connection it
 //! used turned out dead without a single response byte, and either our write to it failed (the
@@ -33,7 +37,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::select::{select2, Either};
-use crate::policy::{DestinationId, HttpListenerLimits, ListenerId, Plan};
+use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
 };
@@ -57,6 +61,7 @@ pub async fn serve(
         buf: BytesMut::new(),
         served: 0,
         send_timeout: std::time::Duration::from_secs(60),
+        error_detail: ErrorDetail::Generic,
     };
     conn.run().await;
 }
@@ -74,6 +79,8 @@ struct DeviceConn {
     /// reading must not pin the task, its upstream connection and its buffers). The listener's
     /// `idle_timeout`.
     send_timeout: std::time::Duration,
+    /// The listener's `error_detail`: what a 502/504 body says.
+    error_detail: ErrorDetail,
 }
 
 /// How reading a request ended.
@@ -89,7 +96,8 @@ enum ReadOutcome {
     },
 }
 
-/// A failed forward: the status and reason the device sees, and what to count.
+/// A failed forward: the status, the full reason (logged; shown to the device only with
+/// `error_detail = "full"`), and what to count.
 struct ForwardError {
     status: u16,
     reason: String,
@@ -109,6 +117,7 @@ impl DeviceConn {
         loop {
             let limits = self.state.plan().listener(self.listener).http.clone();
             self.send_timeout = limits.idle_timeout;
+            self.error_detail = limits.error_detail;
             let request = match self.read_request(&limits).await {
                 ReadOutcome::Request(r) => r,
                 ReadOutcome::Closed => return,
@@ -177,8 +186,16 @@ impl DeviceConn {
                 Ok(Relayed::Aborted) => return,
                 Err(e) => {
                     self.state.metrics.borrow_mut().error(e.kind);
+                    tracing::info!(
+                        peer = %self.peer,
+                        status = e.status,
+                        kind = e.kind.label(),
+                        detail = %e.reason,
+                        "request answered with a gateway error"
+                    );
+                    let reason = device_reason(self.error_detail, e.status, &e.reason);
                     if self
-                        .send_error(e.status, &e.reason, keep_device)
+                        .send_error(e.status, reason, keep_device)
                         .await
                         .is_err()
                         || !keep_device
@@ -521,7 +538,16 @@ impl DeviceConn {
             .metrics
             .borrow_mut()
             .error(ErrorKind::UpstreamClosed);
+        tracing::info!(
+            peer = %self.peer,
+            status = 502,
+            kind = ErrorKind::UpstreamClosed.label(),
+            detail = reason,
+            head_sent = !head_unsent,
+            "request answered with a gateway error"
+        );
         if head_unsent {
+            let reason = device_reason(self.error_detail, 502, reason);
             let _ = Box::pin(self.send_error(502, reason, false)).await;
         }
         Relayed::Aborted
@@ -583,6 +609,17 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
         status: 502,
         reason: format!("destination {destination}: {e}"),
         kind,
+    }
+}
+
+/// The body text of a 502/504 that simgate generates for an upstream failure: `full` as is
+/// with `error_detail = "full"`, else a fixed text that names no destination, address or TLS
+/// detail.
+fn device_reason(detail: ErrorDetail, status: u16, full: &str) -> &str {
+    match detail {
+        ErrorDetail::Full => full,
+        ErrorDetail::Generic if status == 504 => "upstream did not respond in time",
+        ErrorDetail::Generic => "upstream unavailable",
     }
 }
 
