@@ -194,6 +194,7 @@ fn running_out_of_descriptors_is_a_local_error_never_an_upstream_failure_or_back
 
     let r = old_device.request(&post("/during", b"2", ""));
     assert_eq!(r.status, 503, "{}", r.body_text());
+    assert_eq!(r.body_text(), "gateway busy, retry later\n");
 
     drop(flood);
     let text = wait_metrics(&gw, "the flood's connections to close", |t| {

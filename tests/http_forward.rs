@@ -371,7 +371,8 @@ fn upstream_with_untrusted_certificate_is_refused() {
     let world = World::new();
     // Trust a different CA than the one that signed the sink's certificate.
     let other = simgate::testkit::TestPki::new(&world.dir.path().join("other")).expect("pki");
-    let toml = world.config("", "").replace(
+    // `error_detail = "full"`: the device sees why (the default is a generic text).
+    let toml = world.config("error_detail = \"full\"", "").replace(
         &world.pki.ca_pem.display().to_string(),
         &other.ca_pem.display().to_string(),
     );
@@ -702,4 +703,150 @@ fn sigterm_drains_in_flight_requests_and_closes_idle_connections() {
     // The idle keep-alive connection is closed by the drain, and simgate exits cleanly.
     assert!(idle.is_closed());
     assert_eq!(gw.wait_exit(), Some(0));
+}
+
+/// Issue #10 (A): with `base_path = "/tenant-a"`, no request path may reach the upstream that a
+/// normalising server (RFC 3986 §5.2.4) would resolve outside `/tenant-a`. Dot segments, encoded
+/// dots and slashes, `..;` path parameters and empty segments are refused with 400 (and the
+/// connection closed); a clean path still goes through, prefixed.
+#[test]
+fn dot_segments_cannot_escape_the_base_path() {
+    let world = World::new();
+    let gw = world.simgate(&world.config("", "base_path = \"/tenant-a\""));
+    let targets = [
+        "/../tenant-b/secret",
+        "/%2e%2e/tenant-b/secret",
+        "/%2E%2E/tenant-b/secret",
+        "/.%2e/tenant-b/secret",
+        "/./../tenant-b/secret",
+        "/x/./y",
+        "/x/..",
+        "/x/..;/tenant-b/secret",
+        "//tenant-b/secret",
+        "/x//y",
+        "/x/..%2ftenant-b",
+        "/x%2F..%2F..%2Ftenant-b",
+        "/x/..%5ctenant-b",
+        "http://gw/../tenant-b/secret",
+    ];
+    for target in targets {
+        let mut d = Device::connect(gw.http);
+        let resp = d.request(format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes());
+        assert_eq!(resp.status, 400, "{target}: {}", resp.body_text());
+        assert!(d.is_closed(), "{target}: connection must be closed");
+    }
+    // curl keeps the dot segments only with --path-as-is.
+    let url = format!("http://{}/../tenant-b/secret", gw.http);
+    let (ok, out) = curl(&[
+        "-sS",
+        "--path-as-is",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert!(ok, "curl failed: {out}");
+    assert_eq!(out, "400");
+
+    // Clean paths (a trailing slash and dots inside a segment included) are forwarded, prefixed.
+    for target in ["/ok/path/", "/v1/file.json?x=/../y", "http://gw/abs"] {
+        let resp = raw_exchange(
+            gw.http,
+            format!("GET {target} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{target}: {}", resp.body_text());
+    }
+    let paths: Vec<String> = world.sink.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/tenant-a/ok/path/",
+            "/tenant-a/v1/file.json?x=/../y",
+            "/tenant-a/abs"
+        ]
+    );
+}
+
+/// Issue #10 (B): trailer fields that must not appear in a trailer section (RFC 9110 §6.5.1:
+/// framing, routing, authentication, request modifiers, content format, hop-by-hop) never reach
+/// the upstream; the others do, and the dropped ones are counted in
+/// `simgate_http_trailer_fields_dropped_total`.
+#[test]
+fn forbidden_trailer_fields_are_dropped_before_the_upstream() {
+    let world = World::new();
+    let gw = world.simgate(&world.config("", ""));
+    let req = b"POST /t HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5\r\nhello\r\n0\r\nContent-Length: 5\r\nX-Checksum: abc\r\nHost: evil.example\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\nAuthorization: Bearer x\r\n\
+        X-Forwarded-For: 1.2.3.4\r\nServer-Timing: t;dur=1\r\n\r\n";
+    let resp = raw_exchange(gw.http, req);
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    assert_eq!(world.sink.wait_for_requests(1, Duration::from_secs(10)), 1);
+    let got = world.sink.requests().remove(0);
+    assert_eq!(&got.body[..], b"hello");
+    let names: Vec<&str> = got.trailers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["x-checksum", "server-timing"], "{:?}", got.trailers);
+    let host = header(&got, "host").expect("host header");
+    assert_eq!(host, world.sink.addr().to_string().as_bytes());
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        metrics.contains("simgate_http_trailer_fields_dropped_total 6\n"),
+        "{metrics}"
+    );
+}
+
+/// Issue #10 (C): by default a device answered by simgate itself for an upstream failure gets a
+/// short generic body: no destination name, no address, no TLS or certificate detail. The
+/// detail stays in the log and the error counters; `error_detail = "full"` on the listener
+/// brings it back in the body.
+#[test]
+fn upstream_errors_give_devices_a_generic_body_unless_full_detail_is_configured() {
+    let world = World::new();
+    let other = simgate::testkit::TestPki::new(&world.dir.path().join("other")).expect("pki");
+    let untrusted = |listener_extra: &str| {
+        world.config(listener_extra, "").replace(
+            &world.pki.ca_pem.display().to_string(),
+            &other.ca_pem.display().to_string(),
+        )
+    };
+    let gw = world.simgate(&untrusted(""));
+    let resp = raw_exchange(gw.http, &post("/x", b"data", ""));
+    assert_eq!(resp.status, 502, "{}", resp.body_text());
+    assert_eq!(resp.body_text(), "upstream unavailable\n");
+    // Counted by cause: a TLS failure, or the backoff that failed warm-up handshakes started.
+    let (_, metrics) = gw.admin_get("/metrics");
+    let upstream_errors: u64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("simgate_http_errors_total{kind=\"upstream_tls\"}")
+                || l.starts_with("simgate_http_errors_total{kind=\"upstream_backoff\"}")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(upstream_errors, 1, "{metrics}");
+    let stderr = gw.stderr();
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("gateway error") && l.contains("certificate rejected")),
+        "the detail must be logged: {stderr}"
+    );
+    drop(gw);
+
+    let gw = world.simgate(&untrusted("error_detail = \"full\""));
+    let resp = raw_exchange(gw.http, &post("/x", b"data", ""));
+    assert_eq!(resp.status, 502, "{}", resp.body_text());
+    let body = resp.body_text();
+    assert!(body.contains("destination sink"), "{body}");
+    assert!(body.contains("certificate"), "{body}");
+    drop(gw);
+
+    // 504: the same rule.
+    let slow = World::with_sink(|c| c.response_delay = Some(Duration::from_secs(3)));
+    let gw = slow.simgate(&slow.config("", "[destination.pool]\nresponse_timeout = \"300ms\""));
+    let resp = raw_exchange(gw.http, &post("/x", b"d", ""));
+    assert_eq!(resp.status, 504, "{}", resp.body_text());
+    assert_eq!(resp.body_text(), "upstream did not respond in time\n");
+    assert_eq!(world.sink.requests().len(), 0);
 }

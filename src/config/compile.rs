@@ -33,7 +33,7 @@ use super::values::{
 use super::FieldError;
 use crate::policy::template::Placeholder;
 use crate::policy::{
-    AdapterKind, DestinationId, DestinationPlan, GatewaySettings, GroupId, GroupPlan,
+    AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId, GroupPlan,
     HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
     MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Reresolve,
     Secret, Template, TemplateError, MQTT_LINGER_MAX,
@@ -729,6 +729,17 @@ impl Compiler<'_> {
             0u32,
             0..=i64::from(u32::MAX),
         );
+        let error_detail = match l.error_detail.as_deref() {
+            None | Some("generic") => Some(ErrorDetail::Generic),
+            Some("full") => Some(ErrorDetail::Full),
+            Some(other) => {
+                self.push(
+                    format!("{p}.error_detail"),
+                    format!("unknown value {other:?}; expected \"generic\" or \"full\""),
+                );
+                None
+            }
+        };
         Some(HttpListenerLimits {
             max_head_bytes: max_head_bytes?,
             max_headers: max_headers?,
@@ -737,6 +748,7 @@ impl Compiler<'_> {
             body_timeout: body_timeout?,
             idle_timeout: idle_timeout?,
             max_requests_per_connection: max_requests_per_connection?,
+            error_detail: error_detail?,
         })
     }
 
@@ -1819,7 +1831,7 @@ fn placeholder_list(placeholders: &[Placeholder]) -> String {
 }
 
 /// The HTTP-only listener keys and whether each is set.
-fn http_keys_set(l: &RawListener) -> [(&'static str, bool); 7] {
+fn http_keys_set(l: &RawListener) -> [(&'static str, bool); 8] {
     [
         ("max_head_bytes", l.max_head_bytes.is_some()),
         ("max_headers", l.max_headers.is_some()),
@@ -1831,6 +1843,7 @@ fn http_keys_set(l: &RawListener) -> [(&'static str, bool); 7] {
             "max_requests_per_connection",
             l.max_requests_per_connection.is_some(),
         ),
+        ("error_detail", l.error_detail.is_some()),
     ]
 }
 
@@ -1853,6 +1866,7 @@ fn default_http_limits() -> HttpListenerLimits {
         body_timeout: defaults::BODY_TIMEOUT,
         idle_timeout: defaults::IDLE_TIMEOUT,
         max_requests_per_connection: 0,
+        error_detail: ErrorDetail::Generic,
     }
 }
 

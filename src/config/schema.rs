@@ -120,6 +120,8 @@ pub(crate) struct RawListener {
     pub body_timeout: Option<RawDuration>,
     pub idle_timeout: Option<RawDuration>,
     pub max_requests_per_connection: Option<i64>,
+    /// `"generic"` or `"full"`; checked in `compile`.
+    pub error_detail: Option<String>,
     // MQTT keys.
     pub max_packet_size: Option<i64>,
     pub connect_timeout: Option<RawDuration>,

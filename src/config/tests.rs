@@ -11,7 +11,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use super::compile::Environment;
 use super::{compile_with, load_plan, ConfigError};
 use crate::policy::{
-    AdapterKind, DestinationId, GroupId, ListenerId, ListenerProtocol, Plan, Reresolve,
+    AdapterKind, DestinationId, ErrorDetail, GroupId, ListenerId, ListenerProtocol, Plan, Reresolve,
 };
 
 const SECRET_MARKER: &str = "TOPSECRET-KEY-MATERIAL-7f3a";
@@ -152,6 +152,7 @@ header_timeout = "5s"
 body_timeout = "250ms"
 idle_timeout = "2m"
 max_requests_per_connection = 1000
+error_detail = "full"
 
 [[listener]]
 name = "http-alt"
@@ -280,6 +281,7 @@ fn full_config_compiles_to_the_expected_plan() {
     assert_eq!(plan.gateway.max_connections, 5000);
     assert_eq!(plan.gateway.reserved_fds, 512);
     assert_eq!(plan.gateway.open_files_limit, Some(20_000));
+    assert_eq!(l.http.error_detail, ErrorDetail::Full);
     assert_eq!(plan.listeners[1].id, ListenerId(1));
     assert_eq!(plan.listeners[1].bind, "127.0.0.1:0".parse().unwrap());
 
@@ -380,6 +382,7 @@ fn omitted_keys_take_their_documented_defaults() {
     assert_eq!(h.body_timeout, Duration::from_secs(30));
     assert_eq!(h.idle_timeout, Duration::from_secs(60));
     assert_eq!(h.max_requests_per_connection, 0);
+    assert_eq!(h.error_detail, ErrorDetail::Generic);
     let d = &plan.destinations[0];
     assert_eq!(d.server_name, ServerName::try_from("sink.test").unwrap());
     assert_eq!(d.host_header, "sink.test", "default Host omits :443");
@@ -501,6 +504,8 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("max_headers = 50", "max_headers = 0", "listener[0].max_headers", "must be in 1..=1024, got 0"),
     ("max_requests_per_connection = 1000", "max_requests_per_connection = -1", "listener[0].max_requests_per_connection", "must be in 0..=4294967295"),
     ("header_timeout = \"5s\"", "header_timeout = \"5 s\"", "listener[0].header_timeout", "invalid duration \"5 s\""),
+    ("error_detail = \"full\"", "error_detail = \"verbose\"", "listener[0].error_detail", "unknown value \"verbose\"; expected \"generic\" or \"full\""),
+    ("error_detail = \"full\"", "error_detail = \"Full\"", "listener[0].error_detail", "unknown value \"Full\""),
     ("idle_timeout = \"2m\"", "idle_timeout = \"2d\"", "listener[0].idle_timeout", "unknown unit"),
     ("connect_timeout = \"2s\"", "connect_timeout = \"0s\"", "destination[0].pool.connect_timeout", "must be between 1ms and 24h, got \"0s\""),
     ("max_connecting = 4", "max_connecting = -1", "destination[0].pool.max_connecting", "must be in 0..=65535, got -1"),
@@ -855,6 +860,9 @@ fn every_schema_key_is_documented() {
         "body_timeout",
         "idle_timeout",
         "max_requests_per_connection",
+        "error_detail",
+        "\"generic\"",
+        "\"full\"",
         "max_age",
         "max_connecting",
         "kind",
@@ -1271,6 +1279,7 @@ const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("receive_maximum = 32", "receive_maximum = 32\nmax_head_bytes = 4096", "listener[1].max_head_bytes", "only for protocol \"http\""),
     ("receive_maximum = 32", "receive_maximum = 32\nidle_timeout = \"1m\"", "listener[1].idle_timeout", "only for protocol \"http\""),
     ("receive_maximum = 32", "receive_maximum = 32\nmax_requests_per_connection = 5", "listener[1].max_requests_per_connection", "only for protocol \"http\""),
+    ("receive_maximum = 32", "receive_maximum = 32\nerror_detail = \"full\"", "listener[1].error_detail", "only for protocol \"http\""),
     ("bind = \"0.0.0.0:8080\"", "bind = \"0.0.0.0:8080\"\nmax_packet_size = 1024", "listener[0].max_packet_size", "only for protocol \"mqtt\""),
     ("bind = \"0.0.0.0:8080\"", "bind = \"0.0.0.0:8080\"\nconnect_timeout = \"1s\"", "listener[0].connect_timeout", "only for protocol \"mqtt\""),
     ("bind = \"0.0.0.0:8080\"", "bind = \"0.0.0.0:8080\"\nreceive_maximum = 8", "listener[0].receive_maximum", "only for protocol \"mqtt\""),

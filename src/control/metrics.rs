@@ -127,6 +127,12 @@ pub fn render(
     }
     counter(
         w,
+        "simgate_http_trailer_fields_dropped_total",
+        "Trailer fields of chunked device requests dropped before forwarding (RFC 9110 6.5.1)",
+        &[("", m.http_trailer_fields_dropped)],
+    );
+    counter(
+        w,
         "simgate_device_received_bytes_total",
         "Bytes received from devices",
         &[("", m.device_bytes_in)],

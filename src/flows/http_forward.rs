@@ -3,16 +3,24 @@
 //! Per device connection: read one whole request (bounded by the listener's limits and phase
 //! timeouts), route it by `{listener, path prefix}`, send it upstream on a pooled TLS connection
 //! with the head rewritten (Host, X-Forwarded-For, hop-by-hop headers dropped) and the body
-//! forwarded verbatim as slices of the receive buffer, then stream the upstream response back.
+//! forwarded verbatim as slices of the receive buffer (minus the trailer fields RFC 9110 §6.5.1
+//! keeps out of trailers, counted in `simgate_http_trailer_fields_dropped_total`), then stream
+//! the upstream response back (its trailers relayed as received).
 //! Keep-alive on both sides.
 //!
 //! Answers generated here, each with a plain-text reason body:
-//! - 400/413/431/501/505 for bad requests (from the codec), then the connection is closed;
+//! - 400/413/431/501/505 for bad requests (from the codec), then the connection is closed; this
+//!   includes paths with dot segments, empty segments or encoded separators, which could
+//!   otherwise escape the destination's `base_path` upstream;
 //! - 408 when a request head or body does not arrive in time, then closed;
 //! - 404 when no route matches (connection kept);
 //! - 502 when the upstream cannot be reached, fails TLS, is backing off, closes early or answers
 //!   with an invalid response; 504 when its response head does not arrive in time (connection
-//!   kept, since the device's request was fully read).
+//!   kept, since the device's request was fully read). Their body is a generic text
+//!   (`upstream unavailable`, `upstream did not respond in time`) unless the listener has
+//!   `error_detail = "full"`; the full reason (destination, upstream error) is logged at info
+//!   level and the cause counted in `simgate_http_errors_total` either way. The 4xx reasons
+//!   above are fixed texts about the device's own request and are sent in both modes.
 //!
 //! Retry rule: a request is re-sent on a fresh connection only when the pooled connection it
 //! used turned out dead without a single response byte, and either our write to it failed (the
@@ -29,7 +37,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::select::{select2, Either};
-use crate::policy::{DestinationId, HttpListenerLimits, ListenerId, Plan};
+use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
 };
@@ -53,6 +61,7 @@ pub async fn serve(
         buf: BytesMut::new(),
         served: 0,
         send_timeout: std::time::Duration::from_secs(60),
+        error_detail: ErrorDetail::Generic,
     };
     conn.run().await;
 }
@@ -70,6 +79,8 @@ struct DeviceConn {
     /// reading must not pin the task, its upstream connection and its buffers). The listener's
     /// `idle_timeout`.
     send_timeout: std::time::Duration,
+    /// The listener's `error_detail`: what a 502/504 body says.
+    error_detail: ErrorDetail,
 }
 
 /// How reading a request ended.
@@ -85,7 +96,8 @@ enum ReadOutcome {
     },
 }
 
-/// A failed forward: the status and reason the device sees, and what to count.
+/// A failed forward: the status, the full reason (logged; shown to the device only with
+/// `error_detail = "full"`), and what to count.
 struct ForwardError {
     status: u16,
     reason: String,
@@ -105,6 +117,7 @@ impl DeviceConn {
         loop {
             let limits = self.state.plan().listener(self.listener).http.clone();
             self.send_timeout = limits.idle_timeout;
+            self.error_detail = limits.error_detail;
             let request = match self.read_request(&limits).await {
                 ReadOutcome::Request(r) => r,
                 ReadOutcome::Closed => return,
@@ -139,7 +152,10 @@ impl DeviceConn {
                     || self.served < limits.max_requests_per_connection);
 
             let group = plan.gateway.default_group;
-            let Some(dest) = plan.route_http(group, self.listener, &request.head.target) else {
+            // Routed on the target's path, which the decoder has checked is in normal form (no
+            // dot or empty segments, no encoded separators): exactly the path forwarded after the
+            // destination's base_path, and one no upstream can resolve outside it.
+            let Some(dest) = plan.route_http(group, self.listener, request.head.path()) else {
                 self.state
                     .metrics
                     .borrow_mut()
@@ -176,8 +192,10 @@ impl DeviceConn {
                         .metrics
                         .borrow_mut()
                         .error(Protocol::Http, e.kind);
+                    self.log_gateway_error(e.status, e.kind, &e.reason, false);
+                    let reason = device_reason(self.error_detail, e.status, &e.reason);
                     if self
-                        .send_error(e.status, &e.reason, keep_device)
+                        .send_error(e.status, reason, keep_device)
                         .await
                         .is_err()
                         || !keep_device
@@ -334,6 +352,14 @@ impl DeviceConn {
             &[],
         );
         let head = head.freeze();
+        // The head, then the body: verbatim, minus trailer fields that must not be forwarded.
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
+        parts.push(&head);
+        let dropped = request.forward_body(&[], &mut parts);
+        if dropped > 0 {
+            self.state.metrics.borrow_mut().http_trailer_fields_dropped += dropped as u64;
+            tracing::debug!(peer = %self.peer, dropped, "trailer fields dropped");
+        }
         let is_head_request = request.head.method.as_ref() == b"HEAD";
         let idempotent = matches!(
             request.head.method.as_ref(),
@@ -356,8 +382,7 @@ impl DeviceConn {
             // an upstream that stops reading is as slow as one that stops answering.
             let started = Instant::now();
             let deadline = started + dest.pool.response_timeout;
-            let write =
-                reactor::timeout_at(deadline, conn.stream.write_all(&[&head, &request.body])).await;
+            let write = reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await;
             let sent_at = Instant::now();
             let (write_failed, response) = match write {
                 Ok(Ok(())) => (
@@ -506,6 +531,32 @@ impl DeviceConn {
         }
     }
 
+    /// Log a gateway-generated error answer with its full detail (the device may see only a
+    /// generic text): at info once per 10 s per shard with a count of the lines held back
+    /// meanwhile (an outage fails every request), every one at debug.
+    fn log_gateway_error(&self, status: u16, kind: ErrorKind, detail: &str, head_sent: bool) {
+        if let Some(held_back) = self.state.gateway_error_log.allow(reactor::now()) {
+            tracing::info!(
+                peer = %self.peer,
+                status,
+                kind = kind.label(),
+                detail,
+                head_sent,
+                similar_since_last_line = held_back,
+                "request answered with a gateway error"
+            );
+        } else {
+            tracing::debug!(
+                peer = %self.peer,
+                status,
+                kind = kind.label(),
+                detail,
+                head_sent,
+                "request answered with a gateway error"
+            );
+        }
+    }
+
     /// The upstream broke mid-body. If the response head has not reached the device yet it gets
     /// a 502; either way the device connection closes, because its response cannot be completed.
     async fn abort_relay(&mut self, head_unsent: bool, reason: &str) -> Relayed {
@@ -513,7 +564,9 @@ impl DeviceConn {
             .metrics
             .borrow_mut()
             .error(Protocol::Http, ErrorKind::UpstreamClosed);
+        self.log_gateway_error(502, ErrorKind::UpstreamClosed, reason, !head_unsent);
         if head_unsent {
+            let reason = device_reason(self.error_detail, 502, reason);
             let _ = Box::pin(self.send_error(502, reason, false)).await;
         }
         Relayed::Aborted
@@ -579,6 +632,19 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
         status,
         reason: format!("destination {destination}: {e}"),
         kind,
+    }
+}
+
+/// The body text of a 502/504 that simgate generates for an upstream failure: `full` as is
+/// with `error_detail = "full"`, else a fixed text that names no destination, address or TLS
+/// detail.
+fn device_reason(detail: ErrorDetail, status: u16, full: &str) -> &str {
+    match detail {
+        ErrorDetail::Full => full,
+        ErrorDetail::Generic if status == 504 => "upstream did not respond in time",
+        // simgate's own shortage (out of descriptors): the device should retry later.
+        ErrorDetail::Generic if status == 503 => "gateway busy, retry later",
+        ErrorDetail::Generic => "upstream unavailable",
     }
 }
 

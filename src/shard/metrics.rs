@@ -209,6 +209,9 @@ pub struct ShardMetrics {
     /// Requests retried on a fresh connection because the pooled one was found dead before
     /// anything was sent.
     pub upstream_retries: u64,
+    /// Trailer fields of chunked device requests dropped before forwarding (fields RFC 9110
+    /// §6.5.1 keeps out of trailers: framing, routing, authentication, ...).
+    pub http_trailer_fields_dropped: u64,
     /// Idle upstream connections currently pooled.
     pub upstream_idle: u64,
     /// MQTT session-mode (1:1) device sessions bridged (upstream CONNACK accepted).
@@ -250,6 +253,7 @@ impl Default for ShardMetrics {
             upstream_connects_overtaken: 0,
             upstream_reused: 0,
             upstream_retries: 0,
+            http_trailer_fields_dropped: 0,
             upstream_idle: 0,
             mqtt_sessions_started: 0,
             mqtt_sessions_open: 0,
@@ -321,6 +325,7 @@ impl ShardMetrics {
         self.upstream_connects_overtaken += other.upstream_connects_overtaken;
         self.upstream_reused += other.upstream_reused;
         self.upstream_retries += other.upstream_retries;
+        self.http_trailer_fields_dropped += other.http_trailer_fields_dropped;
         self.upstream_idle += other.upstream_idle;
         self.mqtt_sessions_started += other.mqtt_sessions_started;
         self.mqtt_sessions_open += other.mqtt_sessions_open;

@@ -16,6 +16,7 @@
 pub mod caps;
 pub mod drain;
 pub mod metrics;
+pub mod throttle;
 
 use std::cell::{Cell, RefCell};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -420,9 +421,11 @@ pub struct ShardState {
     /// Open device connections of every shard, checked against the connection caps.
     connections: Arc<caps::ConnectionCounts>,
     /// Keeps "connection refused at accept" to one log line per interval.
-    cap_log: caps::LogThrottle,
+    cap_log: throttle::LogThrottle,
+    /// Keeps "request answered with a gateway error" (HTTP) to one info line per interval.
+    pub gateway_error_log: throttle::LogThrottle,
     /// Keeps "accept failed" to one log line per interval.
-    accept_error_log: caps::LogThrottle,
+    accept_error_log: throttle::LogThrottle,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
@@ -705,8 +708,9 @@ fn shard_main(
             metrics: RefCell::new(ShardMetrics::default()),
             drain: drain::DrainSignal::default(),
             connections,
-            cap_log: caps::LogThrottle::new(LOG_THROTTLE),
-            accept_error_log: caps::LogThrottle::new(LOG_THROTTLE),
+            cap_log: throttle::LogThrottle::new(LOG_THROTTLE),
+            accept_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
+            gateway_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
             mqtt_aggregate: Default::default(),
             pool_taken: Default::default(),
             pool_waiters: Default::default(),

@@ -141,6 +141,9 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The complete body (de-chunked).
     pub body: Bytes,
+    /// Trailer fields of a chunked body, lowercased names, in arrival order of distinct names
+    /// (as for `headers`); empty when there were none.
+    pub trailers: Vec<(String, Vec<u8>)>,
     /// Common name of the client certificate, when the client presented one.
     pub client_cert_cn: Option<String>,
     /// Identifier of the TLS connection; equal for requests sent on one connection.
@@ -485,7 +488,13 @@ impl ConnectionContext {
     ) -> Result<Response<SinkBody>, hyper::Error> {
         let (parts, body) = request.into_parts();
         // An error here (client gone, bad chunk) makes hyper close the connection.
-        let body = body.collect().await?.to_bytes();
+        let collected = body.collect().await?;
+        let trailers: Vec<(String, Vec<u8>)> = collected.trailers().map_or_else(Vec::new, |t| {
+            t.iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                .collect()
+        });
+        let body = collected.to_bytes();
         let body_len = body.len();
         let seq = self.shared.update(|state| {
             state.stats.requests += 1;
@@ -506,6 +515,7 @@ impl ConnectionContext {
                     path,
                     headers,
                     body,
+                    trailers,
                     client_cert_cn: self.client_cert_cn.as_deref().map(str::to_owned),
                     connection_id: self.id,
                 });

@@ -86,6 +86,12 @@ impl ChunkedScanner {
         self.state == State::Done
     }
 
+    /// Offset, in the body's wire bytes, where the trailer section starts (right after the
+    /// last-chunk line), once the last chunk has been seen.
+    pub(crate) fn trailer_start(&self) -> Option<u64> {
+        self.trailer_start
+    }
+
     /// Consumes bytes of `input` (the bytes following those consumed by earlier calls).
     /// Returns how many belong to the body: all of `input`, or fewer when the body ended.
     pub(crate) fn advance(&mut self, input: &[u8]) -> Result<usize, HttpError> {

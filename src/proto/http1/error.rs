@@ -37,6 +37,10 @@ pub enum HttpError {
     /// The request target is neither origin-form (`/path`), `*` for OPTIONS, nor absolute-form
     /// with the `http` scheme (RFC 9112 §3.2).
     InvalidRequestTarget,
+    /// The request path is not in normal form: it has a dot segment, an empty segment, or an
+    /// encoded dot, slash or backslash (see `check_request_path`). Refused so that no upstream
+    /// can resolve it outside the destination's `base_path` (RFC 3986 §5.2.4).
+    UnsafeRequestPath,
     /// An HTTP/1.1 request has no `Host` header field (RFC 9112 §3.2).
     MissingHost,
     /// A request has more than one `Host` header field (RFC 9112 §3.2).
@@ -98,6 +102,7 @@ impl HttpError {
             | Self::InvalidHeaderName
             | Self::InvalidHeaderValue
             | Self::InvalidRequestTarget
+            | Self::UnsafeRequestPath
             | Self::MissingHost
             | Self::DuplicateHost
             | Self::InvalidContentLength
@@ -127,6 +132,9 @@ impl HttpError {
             Self::InvalidHeaderName => "invalid header field name",
             Self::InvalidHeaderValue => "invalid header field value",
             Self::InvalidRequestTarget => "invalid request target",
+            Self::UnsafeRequestPath => {
+                "request path has dot or empty segments or encoded separators"
+            }
             Self::MissingHost => "missing Host header field",
             Self::DuplicateHost => "duplicate Host header field",
             Self::InvalidContentLength => "invalid Content-Length",

@@ -2,7 +2,9 @@
 //!
 //! Beyond "never panic", it checks properties, and panics (so the fuzzer reports it) when one
 //! fails: decoding split at arbitrary boundaries gives the same result as decoding all at once;
-//! a rewritten upstream request head re-decodes to the same framing and body; response bodies
+//! a rewritten upstream request (head plus `forward_body`) re-decodes to the same framing and
+//! chunks with no forbidden trailer field left, with the path
+//! that was routed on behind the base path (and still in normal form); response bodies
 //! are delimited without losing or inventing bytes; a rewritten device response head keeps the
 //! response's framing.
 
@@ -82,7 +84,12 @@ fn check_upstream_rewrite(request: &Request) {
         client,
         &[("X-Sim-Imsi", b"440103123456789")],
     );
-    out.extend_from_slice(&request.body);
+    let mut parts = Vec::new();
+    let dropped = request.forward_body(&["X-Sim-Imsi"], &mut parts);
+    let forwarded_body = parts.concat();
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     let mut decoder = RequestDecoder::new(LOOSE_LIMITS);
     match decoder.decode(&mut out) {
         Ok(Parsed::Complete(again)) => {
@@ -90,7 +97,39 @@ fn check_upstream_rewrite(request: &Request) {
                 again.head.body, request.head.body,
                 "rewrite changed the framing"
             );
-            assert_eq!(again.body, request.body, "rewrite changed the body");
+            assert_eq!(again.body, forwarded_body, "rewrite changed the body");
+            // Only trailer fields were dropped, and every forbidden one was.
+            let before = request.body.len() - request.trailer_section().len();
+            assert_eq!(
+                again.body[..again.body.len() - again.trailer_section().len()],
+                request.body[..before],
+                "trailer filtering touched the chunks"
+            );
+            let (kept, sent) = (
+                again.trailer_section().len(),
+                request.trailer_section().len(),
+            );
+            assert!(
+                kept < sent || (kept == sent && dropped == 0),
+                "trailer filtering added bytes or miscounted"
+            );
+            let mut again_parts = Vec::new();
+            assert_eq!(
+                again.forward_body(&["X-Sim-Imsi"], &mut again_parts),
+                0,
+                "a forbidden trailer field was forwarded"
+            );
+            // The path routed on is the path forwarded after the base path.
+            let routed = request.head.path();
+            let forwarded = again.head.path();
+            if routed != b"*" {
+                let suffix = forwarded.strip_prefix(b"/base");
+                assert_eq!(
+                    suffix,
+                    Some(routed),
+                    "forwarded path is not base + routed path"
+                );
+            }
             assert!(out.is_empty(), "rewrite left bytes after the request");
         }
         other => panic!("rewritten request does not decode: {other:?}"),
@@ -149,12 +188,13 @@ mod tests {
 
     #[test]
     fn properties_hold_on_representative_inputs() {
-        let inputs: [&[u8]; 6] = [
+        let inputs: [&[u8]; 7] = [
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: content-length, x-drop\r\nX-Drop: 1\r\n\r\n",
             b"POST /p HTTP/1.0\r\nContent-Length: 3\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nabcGET",
             b"POST * HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nT: v\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nHost: b\r\nX-Ok: 1\r\nContent-Length: 1\r\nX-Sim-Imsi: 1\r\n\r\n",
             b"",
         ];
         for input in inputs {

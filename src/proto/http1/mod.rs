@@ -17,11 +17,16 @@
 //!  recv buffer (BytesMut) ──RequestDecoder──► head: Bytes (split off when the head ends)
 //!                                             body: Bytes (split off when the body ends)
 //!  RequestHead ──write_upstream_request_head──► out: BytesMut ─┐
-//!  Request.body (verbatim wire bytes) ──────────────────────────┴─► upstream send queue
+//!  Request.body ──forward_body (trailer fields filtered)────────┴─► upstream send queue
 //! ```
 //!
-//! Bodies are never decoded or copied: a chunked body is forwarded as its wire bytes, framing,
-//! extensions and trailers included, with its `Transfer-Encoding: chunked` header kept. Every
+//! Bodies are never decoded or copied: a chunked body is forwarded as its wire bytes, framing
+//! and extensions included, with its `Transfer-Encoding: chunked` header kept. Its trailer
+//! section is forwarded minus the fields RFC 9110 §6.5.1 keeps out of trailers (framing,
+//! routing, authentication, request modifiers, content format, hop-by-hop; see
+//! [`Request::forward_body`]); the kept lines are still slices of the receive buffer. Response
+//! trailers are relayed as received (to HTTP/1.1 devices; HTTP/1.0 devices get the body
+//! de-chunked, without trailers). Every
 //! field (`method`, `target`, header names and values, the body) is a [`Bytes`] slice of the
 //! receive buffer.
 //!
@@ -31,7 +36,9 @@
 //! and `Transfer-Encoding` in HTTP/1.0 are refused; chunk lines must end with CRLF. The request
 //! target must be origin-form, `*` for `OPTIONS`, or absolute-form with the `http` scheme (a
 //! device that was told the gateway is its proxy); for absolute-form only the path and query are
-//! forwarded. Authority-form (`CONNECT`) and `https://` targets are refused.
+//! forwarded. Authority-form (`CONNECT`) and `https://` targets are refused. Paths that are not in
+//! normal form (dot segments, empty segments, encoded `.`, `/` or `\`) are refused with 400, so
+//! the path routed on is the path any upstream resolves (see [`check_request_path`]).
 //!
 //! What it does not do: no sockets, no clock, no timeouts (the caller times requests out); no
 //! content codings (gzip bodies are opaque bytes); no de-chunking, so a chunked upstream response
@@ -48,16 +55,20 @@ mod chunked;
 mod error;
 mod fuzz;
 mod head;
+mod path;
 mod request;
 mod response;
+mod trailers;
 mod write;
 
 pub use body::{BodyChunk, BodyDecoder, Dechunker, DEFAULT_MAX_TRAILER_BYTES};
 pub use chunked::MAX_CHUNK_LINE_BYTES;
 pub use error::HttpError;
 pub use fuzz::fuzz_decode;
+pub use path::check_request_path;
 pub use request::{Request, RequestDecoder, RequestHead};
 pub use response::{decode_response_head, ResponseHead};
+pub use trailers::is_forbidden_trailer_field;
 pub use write::{
     is_valid_base_path, is_valid_header_name, is_valid_header_value, is_valid_host,
     write_device_response_head, write_error_response, write_upstream_request_head, CONTINUE_100,

@@ -10,6 +10,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::chunked::ChunkedScanner;
 use super::head::{first_line, map_httparse_error, summarize, HeadScanner, TransferEncoding};
+use super::path::check_request_path;
+use super::trailers::filter_trailer_section;
 use super::{owned_headers, BodyLength, Header, HttpError, Limits, Parsed};
 
 /// Header slots kept on the stack; a larger `Limits::max_headers` uses a heap buffer.
@@ -42,6 +44,22 @@ impl RequestHead {
         self.headers.iter().find(|h| h.is(name)).map(|h| &h.value)
     }
 
+    /// The path component of the target, without the query: what routes match on, and what is
+    /// forwarded after `base_path` (followed by the query). `/` for an absolute-form target
+    /// without a path, `*` for asterisk-form. The decoder has checked it with
+    /// [`check_request_path`](super::check_request_path).
+    #[must_use]
+    pub fn path(&self) -> &[u8] {
+        let (prefix, rest) = self.origin_form_parts();
+        if !prefix.is_empty() {
+            return prefix;
+        }
+        match rest.iter().position(|&b| b == b'?') {
+            Some(query) => &rest[..query],
+            None => rest,
+        }
+    }
+
     /// The target to forward: origin-form as received, or the path and query of an absolute-form
     /// target. Returns `(prefix, rest)` where `prefix` is `"/"` when the absolute-form target has
     /// no path (`http://host` or `http://host?q`), else empty.
@@ -65,8 +83,41 @@ pub struct Request {
     /// The parsed head.
     pub head: RequestHead,
     /// The body's raw wire bytes, verbatim (for chunked bodies: chunk framing, extensions and
-    /// trailers included). Empty when there is no body.
+    /// trailers included). Empty when there is no body. Forward it with
+    /// [`forward_body`](Self::forward_body), which drops forbidden trailer fields.
     pub body: Bytes,
+    /// Offset in `body` where the trailer section of a chunked body starts (its field lines and
+    /// the final CRLF); `body.len()` when the body is not chunked.
+    trailer_start: usize,
+}
+
+impl Request {
+    /// The trailer section of a chunked body: its field lines and the final CRLF, as received
+    /// (`"\r\n"` alone when there are no trailer fields). Empty for other bodies.
+    #[must_use]
+    pub fn trailer_section(&self) -> &[u8] {
+        &self.body[self.trailer_start..]
+    }
+
+    /// Appends the body to send upstream to `out`, as slices of [`body`](Self::body), and
+    /// returns how many trailer fields were dropped.
+    ///
+    /// The body goes verbatim, except that trailer fields which must not appear in a trailer
+    /// section (RFC 9110 §6.5.1; see [`is_forbidden_trailer_field`](super::is_forbidden_trailer_field))
+    /// or whose name is in `extra_denied` (the header names the gateway sets itself) are left
+    /// out. The chunk framing and data are never touched. Without trailer fields this is one
+    /// slice, the whole body.
+    pub fn forward_body<'a>(&'a self, extra_denied: &[&str], out: &mut Vec<&'a [u8]>) -> usize {
+        let section = self.trailer_section();
+        if section.len() <= 2 {
+            if !self.body.is_empty() {
+                out.push(&self.body);
+            }
+            return 0;
+        }
+        out.push(&self.body[..self.trailer_start]);
+        filter_trailer_section(section, extra_denied, out)
+    }
 }
 
 #[derive(Debug)]
@@ -184,9 +235,9 @@ impl RequestDecoder {
         let State::Body { progress, .. } = &mut self.state else {
             return Ok(Parsed::Incomplete);
         };
-        let body_len = match progress {
+        let (body_len, trailer_start) = match progress {
             BodyProgress::Length(len) => match usize::try_from(*len) {
-                Ok(len) if len <= buf.len() => len,
+                Ok(len) if len <= buf.len() => (len, len),
                 _ => return Ok(Parsed::Incomplete),
             },
             BodyProgress::Chunked { scanner, scanned } => {
@@ -194,12 +245,21 @@ impl RequestDecoder {
                 if !scanner.is_done() {
                     return Ok(Parsed::Incomplete);
                 }
-                *scanned
+                // A finished chunked body has seen its last chunk; the section starts inside it.
+                let start = scanner
+                    .trailer_start()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .map_or(*scanned, |s| s.min(*scanned));
+                (*scanned, start)
             }
         };
         let body = buf.split_to(body_len).freeze();
         match std::mem::replace(&mut self.state, State::Head(HeadScanner::default())) {
-            State::Body { head, .. } => Ok(Parsed::Complete(Request { head, body })),
+            State::Body { head, .. } => Ok(Parsed::Complete(Request {
+                head,
+                body,
+                trailer_start,
+            })),
             State::Head(_) | State::Failed(_) => Ok(Parsed::Incomplete),
         }
     }
@@ -244,7 +304,7 @@ fn parse_request_head(head_bytes: Bytes, limits: &Limits) -> Result<RequestHead,
     } else {
         summary.connection_keep_alive && !summary.connection_close
     };
-    Ok(RequestHead {
+    let head = RequestHead {
         method: head_bytes.slice_ref(method.as_bytes()),
         target: head_bytes.slice_ref(target.as_bytes()),
         minor_version: version,
@@ -252,7 +312,11 @@ fn parse_request_head(head_bytes: Bytes, limits: &Limits) -> Result<RequestHead,
         body,
         keep_alive,
         expect_continue: version == 1 && summary.expect_continue,
-    })
+    };
+    // After the framing checks, so that a request both smuggling and traversing reports the
+    // framing error.
+    check_request_path(head.path())?;
+    Ok(head)
 }
 
 /// RFC 9112 §6.1 and §6.3 for requests.
@@ -416,6 +480,53 @@ mod tests {
     }
 
     #[test]
+    fn forward_body_drops_forbidden_trailer_fields_only() {
+        let request = one(CHUNKED).unwrap();
+        assert_eq!(
+            request.trailer_section(),
+            b"Checksum: abc\r\nX-T: 1\r\n\r\n"
+        );
+        let mut parts = Vec::new();
+        assert_eq!(request.forward_body(&[], &mut parts), 0);
+        assert_eq!(parts.concat(), &request.body[..]);
+        // Denied by name: the kept lines and the final CRLF follow the chunks.
+        let mut parts = Vec::new();
+        assert_eq!(request.forward_body(&["x-t"], &mut parts), 1);
+        assert_eq!(
+            parts.concat(),
+            b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nChecksum: abc\r\n\r\n"
+        );
+
+        let smuggler = one(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+              1\r\nx\r\n0\r\nContent-Length: 9\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\nX-Ok: 1\r\n\r\n",
+        )
+        .unwrap();
+        let mut parts = Vec::new();
+        assert_eq!(smuggler.forward_body(&[], &mut parts), 4);
+        assert_eq!(parts.concat(), b"1\r\nx\r\n0\r\nX-Ok: 1\r\n\r\n");
+        // Zero copy: every part is a slice of the received body.
+        let range = smuggler.body.as_ptr_range();
+        assert!(parts.iter().all(|p| range.contains(&p.as_ptr())));
+
+        // Without trailer fields, or without a chunked body: the body, whole, once.
+        for input in [
+            POST,
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ] {
+            let request = one(input).unwrap();
+            let mut parts = Vec::new();
+            assert_eq!(request.forward_body(&[], &mut parts), 0);
+            assert_eq!(parts, vec![&request.body[..]]);
+        }
+        let get = one(GET).unwrap();
+        let mut parts = Vec::new();
+        assert_eq!(get.forward_body(&[], &mut parts), 0);
+        assert!(parts.is_empty());
+    }
+
+    #[test]
     fn pipelined_requests_in_one_buffer() {
         let mut input = Vec::new();
         for part in [GET, POST, CHUNKED, GET] {
@@ -567,6 +678,47 @@ mod tests {
         assert_eq!(bare.head.origin_form_parts(), (&b"/"[..], &b""[..]));
         let query = one(b"GET http://gw?q=1 HTTP/1.1\r\nHost: gw\r\n\r\n").unwrap();
         assert_eq!(query.head.origin_form_parts(), (&b"/"[..], &b"?q=1"[..]));
+    }
+
+    #[test]
+    fn paths_not_in_normal_form_are_refused() {
+        for target in [
+            &b"/../b"[..],
+            b"/a/%2e%2E/b",
+            b"/a//b",
+            b"/a/..;/b",
+            b"/a%2f..",
+            b"http://gw/a/../b?q",
+            b"http://gw//b",
+        ] {
+            let mut input = b"GET ".to_vec();
+            input.extend_from_slice(target);
+            input.extend_from_slice(b" HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(
+                error_of(&input),
+                HttpError::UnsafeRequestPath,
+                "{:?}",
+                String::from_utf8_lossy(target)
+            );
+        }
+        assert_eq!(HttpError::UnsafeRequestPath.status(), 400);
+        // Only the path is checked: the query may hold anything.
+        let query = one(b"GET /a?next=/../b//c HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(query.head.path(), b"/a");
+    }
+
+    #[test]
+    fn path_is_the_target_path_without_the_query() {
+        let path = |input: &[u8]| one(input).unwrap().head.path().to_vec();
+        assert_eq!(path(b"GET /a/b/?q=1 HTTP/1.1\r\nHost: a\r\n\r\n"), b"/a/b/");
+        assert_eq!(path(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"), b"/a");
+        assert_eq!(
+            path(b"GET http://gw/a?q HTTP/1.1\r\nHost: a\r\n\r\n"),
+            b"/a"
+        );
+        assert_eq!(path(b"GET http://gw?q HTTP/1.1\r\nHost: a\r\n\r\n"), b"/");
+        assert_eq!(path(b"GET http://gw HTTP/1.1\r\nHost: a\r\n\r\n"), b"/");
+        assert_eq!(path(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), b"*");
     }
 
     #[test]
