@@ -7,15 +7,19 @@ mod common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
-use simgate::proto::mqtt::{Packet, ProtocolVersion, PubResponse, QoS};
+use simgate::proto::mqtt::{
+    Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+};
 use simgate::testkit::TestPki;
 
 /// simgate with one MQTT listener bridging in aggregate mode to `broker`.
@@ -277,6 +281,48 @@ fn will_is_published_upstream_when_a_device_dies() {
         Some("devices/devW/status offline"),
         "{}",
         gw.simgate.stderr()
+    );
+}
+
+#[test]
+fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() {
+    // Issue #10 part 5: a client must not send a Subscription Identifier in PUBLISH
+    // ([MQTT-3.3.4-6]); simgate used to forward it (and PUBACK it after the broker did).
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let checker = Sub::start(broker.plain_port, "devices/#", &["-q", "1"]);
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "");
+    let mut c = Client::connect(gw.mqtt, "subid", ProtocolVersion::V5, true).expect("connect");
+    c.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: Bytes::from_static(b"t"),
+        packet_id: NonZeroU16::new(1),
+        properties: Properties {
+            subscription_identifiers: vec![1],
+            ..Properties::default()
+        },
+        payload: Bytes::from_static(b"x"),
+    }))
+    .expect("PUBLISH");
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR),
+        other => panic!(
+            "expected DISCONNECT 0x82, got {other:?}\n{}",
+            gw.simgate.stderr()
+        ),
+    }
+    assert!(
+        matches!(c.next(Duration::from_secs(10)), Err(ClientError::Closed)),
+        "connection closed after the DISCONNECT"
+    );
+    // Nothing reached the broker: the first message its subscriber sees is one published after.
+    let (ok, stderr) = publish(broker.plain_port, "devices/marker/t", "after", &["-q", "1"]);
+    assert!(ok, "broker publish failed: {stderr}");
+    assert_eq!(
+        checker.next_message(Duration::from_secs(10)).as_deref(),
+        Some("devices/marker/t after")
     );
 }
 

@@ -60,7 +60,7 @@ use super::select::{select2, Either};
 use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::ShardState;
@@ -502,7 +502,12 @@ async fn run_session(s: &mut Session) -> End {
         while !draining && !device.paused() {
             // The decoded packet is consumed before any await: kept in the match scrutinee, it
             // would be stored in the session future for the device's whole life.
-            let end = match mqtt::decode_packet(buf, device.version, &device.decode_limits) {
+            let end = match mqtt::decode_packet(
+                buf,
+                device.version,
+                Sender::Client,
+                &device.decode_limits,
+            ) {
                 Ok(Decoded::Complete(packet)) => device.on_packet(packet, link, key, state),
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => Some(End::Abnormal(Some(e.reason_code()))),
@@ -1034,9 +1039,12 @@ mod tests {
     fn written(d: &mut Device) -> Vec<Packet> {
         let mut buf = d.out.split();
         let mut out = Vec::new();
-        while let Ok(Decoded::Complete(p)) =
-            mqtt::decode_packet(&mut buf, d.version, &DecodeLimits::default())
-        {
+        while let Ok(Decoded::Complete(p)) = mqtt::decode_packet(
+            &mut buf,
+            d.version,
+            Sender::Server,
+            &DecodeLimits::default(),
+        ) {
             out.push(p);
         }
         out

@@ -79,8 +79,8 @@ use crate::policy::{
 };
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
-    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, Subscription,
-    SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe,
+    Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::{ErrorKind, ShardState};
@@ -1039,7 +1039,7 @@ async fn exchange_connect(
         Err(_) => return Err(OpenError::Timeout),
     }
     loop {
-        match mqtt::decode_packet(stream.plaintext(), version, limits) {
+        match mqtt::decode_packet(stream.plaintext(), version, Sender::Server, limits) {
             Ok(Decoded::Complete(Packet::ConnAck(connack))) => return Ok(connack),
             Ok(Decoded::Complete(Packet::Auth(_))) => return Err(OpenError::AuthUnsupported),
             Ok(Decoded::Complete(_)) | Err(_) => return Err(OpenError::Protocol),
@@ -1159,7 +1159,12 @@ impl Pump<'_> {
         let mut end = None;
         let mut publishes = 0u64;
         while end.is_none() {
-            let packet = match mqtt::decode_packet(&mut self.device_buf, version, &self.limits) {
+            let packet = match mqtt::decode_packet(
+                &mut self.device_buf,
+                version,
+                Sender::Client,
+                &self.limits,
+            ) {
                 Ok(Decoded::Complete(p)) => p,
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
@@ -1204,8 +1209,12 @@ impl Pump<'_> {
         let mut end = None;
         let mut publishes = 0u64;
         while end.is_none() {
-            let decoded =
-                mqtt::decode_packet(self.upstream.stream.plaintext(), version, &self.limits);
+            let decoded = mqtt::decode_packet(
+                self.upstream.stream.plaintext(),
+                version,
+                Sender::Server,
+                &self.limits,
+            );
             let packet = match decoded {
                 Ok(Decoded::Complete(p)) => p,
                 Ok(Decoded::Incomplete { .. }) => break,

@@ -91,7 +91,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         loop {
             let limits = DecodeLimits::default();
-            match mqtt::decode_packet(&mut self.buf, self.version, &limits) {
+            match mqtt::decode_packet(&mut self.buf, self.version, mqtt::Sender::Server, &limits) {
                 Ok(Decoded::Complete(p)) => return Ok(Some(p)),
                 Ok(Decoded::Incomplete { .. }) => {}
                 Err(e) => return Err(ClientError::Protocol(format!("{e:?}"))),

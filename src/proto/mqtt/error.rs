@@ -139,8 +139,14 @@ pub enum MqttError {
     /// The Property Length runs past the end of the packet, or a property value runs past the end of
     /// the property block (§2.2.2.1).
     InvalidPropertyLength,
-    /// A property identifier is unknown or not allowed in this packet (§2.2.2.2).
+    /// A property identifier is unknown or not allowed in this packet type (§2.2.2.2: "A Control
+    /// Packet which contains an Identifier which is not valid for its packet type ... is a
+    /// Malformed Packet").
     InvalidPropertyId,
+    /// A property this packet type may carry, but not from this sender: a Subscription
+    /// Identifier in a PUBLISH sent by a client ([MQTT-3.3.4-6]). Breaking a MUST of the protocol
+    /// rather than the packet format: a Protocol Error.
+    PropertyNotAllowedFromSender,
     /// A single-valued property appears more than once (§2.2.2.2, "It is a Protocol Error to
     /// include ... more than once").
     DuplicateProperty,
@@ -169,6 +175,7 @@ impl MqttError {
             | Self::InvalidSubscriptionOptions
             | Self::NoLocalOnSharedSubscription
             | Self::DuplicateProperty
+            | Self::PropertyNotAllowedFromSender
             | Self::InvalidPropertyValue
             | Self::AuthDataWithoutMethod
             | Self::InvalidReasonCode
