@@ -498,6 +498,48 @@ fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() 
     assert_eq!(s.gateway.metrics().mqtt_publishes_uplink, 0);
 }
 
+#[test]
+fn auth_from_a_device_is_a_protocol_error_and_not_sent_to_the_broker() {
+    // Issue #10 part 5: a device that sent no Authentication Method must not send AUTH
+    // ([MQTT-4.12.0-7]); simgate used to forward it, and the broker ended the session.
+    let s = setup(BrokerOptions::default(), Dest::default());
+    let mut raw = TcpStream::connect(s.addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    raw.write_all(&connect_v5(b"authdev", &[]))
+        .expect("CONNECT");
+    assert_eq!(read_packet(&mut raw).expect("CONNACK")[0], 0x20);
+    s.broker.wait_log("as gw-authdev ", WAIT);
+    // AUTH 0x19 "Re-authenticate", Authentication Method "SCRAM-SHA-1".
+    let mut auth = vec![0x19, 14, 0x15];
+    string(&mut auth, b"SCRAM-SHA-1");
+    raw.write_all(&frame(0xF0, &auth)).expect("AUTH");
+    let reply = read_packet(&mut raw).expect("DISCONNECT");
+    assert_eq!(reply[0], 0xE0, "expected DISCONNECT, got {reply:02X?}");
+    assert_eq!(reply.get(2), Some(&0x82), "{reply:02X?}");
+    assert!(read_packet(&mut raw).is_none(), "connection closed");
+    // The upstream session ends without the broker having seen an AUTH: simgate drops it (the
+    // broker sees the connection go), the broker does not refuse a packet.
+    let end = s.broker.wait_log_where(WAIT, |l| {
+        l.contains("gw-authdev")
+            && (l.contains("closed its connection") || l.contains("disconnect"))
+    });
+    assert!(
+        !end.contains("protocol error"),
+        "the broker got the AUTH: {end}"
+    );
+    assert!(
+        !s.broker.log().contains("Received AUTH"),
+        "{}",
+        s.broker.log()
+    );
+    assert!(
+        s.gateway
+            .metrics()
+            .errors_of(simgate::shard::ErrorKind::DeviceBadRequest)
+            >= 1
+    );
+}
+
 // ---- raw MQTT helpers ----
 
 fn string(out: &mut Vec<u8>, s: &[u8]) {

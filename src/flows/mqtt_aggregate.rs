@@ -38,7 +38,9 @@
 //! links.
 //!
 //! What this module does not do: persistent device sessions (CONNACK Session Present is always 0
-//! and nothing survives a device reconnect), QoS 1/2 downlink, Topic Aliases, enhanced auth,
+//! and nothing survives a device reconnect), QoS 1/2 downlink, Topic Aliases, enhanced auth (a
+//! CONNECT with an Authentication Method gets CONNACK 0x8C from `mqtt_bridge`, an AUTH is a
+//! Protocol Error 0x82 — the same as in session mode),
 //! shared subscriptions, retained-message policy beyond passing the RETAIN flag through, or
 //! rewriting 5.0 Response Topic.
 

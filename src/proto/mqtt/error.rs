@@ -52,6 +52,8 @@ impl ReasonCode {
     pub const SERVER_BUSY: Self = Self(0x89);
     /// 0x8B Server shutting down.
     pub const SERVER_SHUTTING_DOWN: Self = Self(0x8B);
+    /// 0x8C Bad authentication method.
+    pub const BAD_AUTHENTICATION_METHOD: Self = Self(0x8C);
     /// 0x8D Keep Alive timeout.
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
     /// 0x8F Topic Filter invalid.
