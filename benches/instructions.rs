@@ -18,7 +18,9 @@ use bytes::BytesMut;
 use simgate::policy::template::Placeholder;
 use simgate::policy::{Template, TemplateVars};
 use simgate::proto::http1::{write_upstream_request_head, Limits, Parsed, RequestDecoder};
-use simgate::proto::mqtt::{decode_packet, encode, DecodeLimits, Decoded, Packet, ProtocolVersion};
+use simgate::proto::mqtt::{
+    decode_packet, encode, DecodeLimits, Decoded, Packet, ProtocolVersion, Sender,
+};
 use simgate::shard::ShardMetrics;
 
 #[path = "fixtures/mod.rs"]
@@ -80,7 +82,7 @@ fn cases() -> Vec<Case> {
             what,
             run: Box::new(move || {
                 let mut buf = BytesMut::from(&bytes[..]);
-                match decode_packet(&mut buf, version, &limits) {
+                match decode_packet(&mut buf, version, Sender::Client, &limits) {
                     Ok(Decoded::Complete(Packet::Publish(p))) => p.payload.len(),
                     _ => 0,
                 }

@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use simgate::proto::mqtt::{decode_packet, encode, DecodeLimits, Decoded, ProtocolVersion};
+use simgate::proto::mqtt::{decode_packet, encode, DecodeLimits, Decoded, ProtocolVersion, Sender};
 
 #[path = "fixtures/mod.rs"]
 mod fixtures;
@@ -34,7 +34,7 @@ fn bench_decode(c: &mut Criterion) {
                 group.bench_function(format!("{version_name}/{size_name}"), |b| {
                     b.iter_batched(
                         || BytesMut::from(&bytes[..]),
-                        |mut buf| match decode_packet(&mut buf, version, &limits) {
+                        |mut buf| match decode_packet(&mut buf, version, Sender::Client, &limits) {
                             Ok(Decoded::Complete(packet)) => black_box(packet),
                             other => panic!("bench packet must decode: {other:?}"),
                         },

@@ -7,15 +7,19 @@ mod common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
-use simgate::proto::mqtt::{Packet, ProtocolVersion, PubResponse, QoS};
+use simgate::proto::mqtt::{
+    Auth, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+};
 use simgate::testkit::TestPki;
 
 /// simgate with one MQTT listener bridging in aggregate mode to `broker`.
@@ -278,6 +282,87 @@ fn will_is_published_upstream_when_a_device_dies() {
         "{}",
         gw.simgate.stderr()
     );
+}
+
+#[test]
+fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() {
+    // Issue #10 part 5: a client must not send a Subscription Identifier in PUBLISH
+    // ([MQTT-3.3.4-6]); simgate used to forward it (and PUBACK it after the broker did).
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let checker = Sub::start(broker.plain_port, "devices/#", &["-q", "1"]);
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "");
+    let mut c = Client::connect(gw.mqtt, "subid", ProtocolVersion::V5, true).expect("connect");
+    c.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: Bytes::from_static(b"t"),
+        packet_id: NonZeroU16::new(1),
+        properties: Properties {
+            subscription_identifiers: vec![1],
+            ..Properties::default()
+        },
+        payload: Bytes::from_static(b"x"),
+    }))
+    .expect("PUBLISH");
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR),
+        other => panic!(
+            "expected DISCONNECT 0x82, got {other:?}\n{}",
+            gw.simgate.stderr()
+        ),
+    }
+    assert!(
+        matches!(c.next(Duration::from_secs(10)), Err(ClientError::Closed)),
+        "connection closed after the DISCONNECT"
+    );
+    // Nothing reached the broker: the first message its subscriber sees is one published after.
+    let (ok, stderr) = publish(broker.plain_port, "devices/marker/t", "after", &["-q", "1"]);
+    assert!(ok, "broker publish failed: {stderr}");
+    assert_eq!(
+        checker.next_message(Duration::from_secs(10)).as_deref(),
+        Some("devices/marker/t after")
+    );
+}
+
+#[test]
+fn connect_with_an_authentication_method_is_refused_as_bad_authentication_method() {
+    // simgate does no enhanced authentication (in either mode): a CONNECT asking for it gets
+    // CONNACK 0x8C [MQTT-4.12.0-1]; aggregate mode used to accept it with 0x00.
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "");
+    let refused = Client::connect_with(
+        gw.mqtt,
+        "enhanced",
+        ProtocolVersion::V5,
+        true,
+        60,
+        Properties {
+            authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")),
+            ..Properties::default()
+        },
+    );
+    match refused {
+        Err(ClientError::Refused(code)) => assert_eq!(code, ReasonCode(0x8C)),
+        Ok(_) => panic!("CONNECT with an Authentication Method was accepted"),
+        Err(e) => panic!("expected CONNACK 0x8C, got {e:?}\n{}", gw.simgate.stderr()),
+    }
+    // AUTH from a device that connected without one stays a Protocol Error.
+    let mut c = Client::connect(gw.mqtt, "plain", ProtocolVersion::V5, true).expect("connect");
+    c.send(&Packet::Auth(Auth {
+        reason_code: ReasonCode::RE_AUTHENTICATE,
+        properties: Properties {
+            authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")),
+            ..Properties::default()
+        },
+    }))
+    .expect("AUTH");
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, ReasonCode::PROTOCOL_ERROR),
+        other => panic!("expected DISCONNECT 0x82, got {other:?}"),
+    }
 }
 
 /// A device that keeps up to `window` QoS 1 PUBLISHes unacknowledged, numbering them (topic

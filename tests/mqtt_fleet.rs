@@ -127,7 +127,12 @@ impl Device {
     fn next(&mut self) -> Result<Packet, String> {
         let deadline = Instant::now() + WAIT;
         loop {
-            match mqtt::decode_packet(&mut self.buf, self.version, &DecodeLimits::default()) {
+            match mqtt::decode_packet(
+                &mut self.buf,
+                self.version,
+                mqtt::Sender::Server,
+                &DecodeLimits::default(),
+            ) {
                 Ok(Decoded::Complete(p)) => return Ok(p),
                 Ok(Decoded::Incomplete { .. }) => {}
                 Err(e) => return Err(format!("device {}: decode: {e:?}", self.i)),

@@ -472,6 +472,74 @@ fn silent_device_is_cut_after_one_and_a_half_keep_alives_and_broker_loss_closes_
     assert_eq!(connack.get(3), Some(&0x88), "{connack:?}");
 }
 
+#[test]
+fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() {
+    // Issue #10 part 5: a client must not send a Subscription Identifier in PUBLISH
+    // ([MQTT-3.3.4-6]); simgate used to forward it (and PUBACK it after the broker did).
+    let s = setup(BrokerOptions::default(), Dest::default());
+    let watcher = subscribe_direct(&s.broker, "devices/#");
+    let mut raw = TcpStream::connect(s.addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    raw.write_all(&connect_v5(b"subid", &[])).expect("CONNECT");
+    assert_eq!(read_packet(&mut raw).expect("CONNACK")[0], 0x20);
+    // QoS 1 PUBLISH to "t", packet id 1, properties: Subscription Identifier 1.
+    raw.write_all(&frame(0x32, &[0, 1, b't', 0, 1, 2, 0x0B, 1, b'x']))
+        .expect("PUBLISH");
+    let reply = read_packet(&mut raw).expect("DISCONNECT");
+    assert_eq!(reply[0], 0xE0, "expected DISCONNECT, got {reply:02X?}");
+    assert_eq!(reply.get(2), Some(&0x82), "{reply:02X?}");
+    assert!(read_packet(&mut raw).is_none(), "connection closed");
+    // Nothing reached the broker: the first message its subscriber sees is one published after.
+    publish_direct(&s.broker, "devices/marker/t", "after", &[]);
+    assert_eq!(
+        watcher.next_message(WAIT).as_deref(),
+        Some("devices/marker/t after")
+    );
+    assert_eq!(s.gateway.metrics().mqtt_publishes_uplink, 0);
+}
+
+#[test]
+fn auth_from_a_device_is_a_protocol_error_and_not_sent_to_the_broker() {
+    // Issue #10 part 5: a device that sent no Authentication Method must not send AUTH
+    // ([MQTT-4.12.0-7]); simgate used to forward it, and the broker ended the session.
+    let s = setup(BrokerOptions::default(), Dest::default());
+    let mut raw = TcpStream::connect(s.addr).expect("connect");
+    raw.set_read_timeout(Some(WAIT)).expect("timeout");
+    raw.write_all(&connect_v5(b"authdev", &[]))
+        .expect("CONNECT");
+    assert_eq!(read_packet(&mut raw).expect("CONNACK")[0], 0x20);
+    s.broker.wait_log("as gw-authdev ", WAIT);
+    // AUTH 0x19 "Re-authenticate", Authentication Method "SCRAM-SHA-1".
+    let mut auth = vec![0x19, 14, 0x15];
+    string(&mut auth, b"SCRAM-SHA-1");
+    raw.write_all(&frame(0xF0, &auth)).expect("AUTH");
+    let reply = read_packet(&mut raw).expect("DISCONNECT");
+    assert_eq!(reply[0], 0xE0, "expected DISCONNECT, got {reply:02X?}");
+    assert_eq!(reply.get(2), Some(&0x82), "{reply:02X?}");
+    assert!(read_packet(&mut raw).is_none(), "connection closed");
+    // The upstream session ends without the broker having seen an AUTH: simgate drops it (the
+    // broker sees the connection go), the broker does not refuse a packet.
+    let end = s.broker.wait_log_where(WAIT, |l| {
+        l.contains("gw-authdev")
+            && (l.contains("closed its connection") || l.contains("disconnect"))
+    });
+    assert!(
+        !end.contains("protocol error"),
+        "the broker got the AUTH: {end}"
+    );
+    assert!(
+        !s.broker.log().contains("Received AUTH"),
+        "{}",
+        s.broker.log()
+    );
+    assert!(
+        s.gateway
+            .metrics()
+            .errors_of(simgate::shard::ErrorKind::DeviceBadRequest)
+            >= 1
+    );
+}
+
 // ---- raw MQTT helpers ----
 
 fn string(out: &mut Vec<u8>, s: &[u8]) {
@@ -497,6 +565,20 @@ fn connect_v5_with_will(client_id: &[u8], will_topic: &[u8], will_payload: &[u8]
     body.push(0); // will properties
     string(&mut body, will_topic);
     string(&mut body, will_payload);
+    frame(0x10, &body)
+}
+
+/// A v5 CONNECT (clean start, keep-alive 60, no will) with the property block `properties`
+/// (identifier/value bytes, without the Property Length).
+fn connect_v5(client_id: &[u8], properties: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(&mut body, b"MQTT");
+    body.push(5);
+    body.push(0b0000_0010); // clean start
+    body.extend_from_slice(&60u16.to_be_bytes());
+    body.push(properties.len() as u8);
+    body.extend_from_slice(properties);
+    string(&mut body, client_id);
     frame(0x10, &body)
 }
 

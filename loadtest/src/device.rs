@@ -650,7 +650,12 @@ fn next_packet(
     buffer: &mut BytesMut,
     version: ProtocolVersion,
 ) -> Result<Option<Packet>, ErrorKind> {
-    match mqtt::decode_packet(buffer, version, &DecodeLimits::default()) {
+    match mqtt::decode_packet(
+        buffer,
+        version,
+        mqtt::Sender::Server,
+        &DecodeLimits::default(),
+    ) {
         Ok(Decoded::Complete(packet)) => Ok(Some(packet)),
         Ok(Decoded::Incomplete { .. }) => Ok(None),
         Err(_) => Err(ErrorKind::Malformed),

@@ -481,7 +481,7 @@ mod tests {
                 }
                 out.clear();
             }
-            match mqtt::decode_packet(&mut buf, version, &limits) {
+            match mqtt::decode_packet(&mut buf, version, mqtt::Sender::Client, &limits) {
                 Ok(Decoded::Complete(Packet::Publish(publish))) => {
                     {
                         let mut seen = seen.lock();

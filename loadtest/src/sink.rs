@@ -507,7 +507,7 @@ async fn run_session<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let mut next = Next::Continue;
         loop {
-            match mqtt::decode_packet(buf, session.version, limits) {
+            match mqtt::decode_packet(buf, session.version, mqtt::Sender::Client, limits) {
                 Ok(Decoded::Complete(packet)) => {
                     next = session.handle(packet, tracker);
                     if next == Next::Close {
@@ -679,7 +679,7 @@ async fn subscribe_and_serve<S: AsyncRead + AsyncWrite + Unpin>(
     // CONNACK, then SUBACK (PUBLISHes may only follow the SUBACK).
     let mut connacked = false;
     loop {
-        match mqtt::decode_packet(&mut buf, version, &limits) {
+        match mqtt::decode_packet(&mut buf, version, mqtt::Sender::Server, &limits) {
             Ok(Decoded::Complete(Packet::ConnAck(ack)))
                 if ack.reason_code == ReasonCode::SUCCESS =>
             {

@@ -38,7 +38,9 @@
 //! links.
 //!
 //! What this module does not do: persistent device sessions (CONNACK Session Present is always 0
-//! and nothing survives a device reconnect), QoS 1/2 downlink, Topic Aliases, enhanced auth,
+//! and nothing survives a device reconnect), QoS 1/2 downlink, Topic Aliases, enhanced auth (a
+//! CONNECT with an Authentication Method gets CONNACK 0x8C from `mqtt_bridge`, an AUTH is a
+//! Protocol Error 0x82 — the same as in session mode),
 //! shared subscriptions, retained-message policy beyond passing the RETAIN flag through, or
 //! rewriting 5.0 Response Topic.
 
@@ -60,7 +62,7 @@ use super::select::{select2, Either};
 use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
+    PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::ShardState;
@@ -502,7 +504,12 @@ async fn run_session(s: &mut Session) -> End {
         while !draining && !device.paused() {
             // The decoded packet is consumed before any await: kept in the match scrutinee, it
             // would be stored in the session future for the device's whole life.
-            let end = match mqtt::decode_packet(buf, device.version, &device.decode_limits) {
+            let end = match mqtt::decode_packet(
+                buf,
+                device.version,
+                Sender::Client,
+                &device.decode_limits,
+            ) {
                 Ok(Decoded::Complete(packet)) => device.on_packet(packet, link, key, state),
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => Some(End::Abnormal(Some(e.reason_code()))),
@@ -1034,9 +1041,12 @@ mod tests {
     fn written(d: &mut Device) -> Vec<Packet> {
         let mut buf = d.out.split();
         let mut out = Vec::new();
-        while let Ok(Decoded::Complete(p)) =
-            mqtt::decode_packet(&mut buf, d.version, &DecodeLimits::default())
-        {
+        while let Ok(Decoded::Complete(p)) = mqtt::decode_packet(
+            &mut buf,
+            d.version,
+            Sender::Server,
+            &DecodeLimits::default(),
+        ) {
             out.push(p);
         }
         out

@@ -10,6 +10,12 @@
 //! Both modes give a device that sent an empty client id one of simgate's ([`assign_client_id`]),
 //! so its templates and topics never carry an empty identity.
 //!
+//! Neither mode does enhanced authentication (5.0 §4.12): a CONNECT carrying an Authentication
+//! Method is refused here with CONNACK 0x8C "Bad authentication method", before any upstream
+//! work ([`refuse_enhanced_auth`]). A session that got past CONNECT therefore never has an
+//! Authentication Method, so an AUTH from its device is a Protocol Error ([MQTT-4.12.0-7]) in
+//! both modes: DISCONNECT 0x82, nothing forwarded.
+//!
 //! Both modes end a session the same way when the shard drains (SIGTERM): stop reading the
 //! device, wait until the broker has acknowledged the device's QoS 1/2 PUBLISHes already
 //! forwarded (relaying those acknowledgements) or until [`drain_ack_deadline`], then send a v5
@@ -143,6 +149,10 @@ async fn connect_phase(
             _ => return None,
         }
     };
+    if let Some(code) = refuse_enhanced_auth(&connect) {
+        send_connack(&mut stream, connect.protocol_version, code).await;
+        return None;
+    }
     let group = plan.gateway.default_group;
     let Some(destination) = plan.route_mqtt(group, listener) else {
         send_connack(
@@ -179,6 +189,18 @@ async fn connect_phase(
             None
         }
     }
+}
+
+/// The CONNACK code refusing a CONNECT that asks for enhanced authentication (a 5.0 CONNECT with
+/// an Authentication Method), which simgate does not do in either mode: 0x8C "Bad
+/// authentication method" ([MQTT-4.12.0-1]: a server that does not support the method may answer
+/// 0x8C and must close the connection). `None` for any other CONNECT (3.1.1 has no properties).
+pub fn refuse_enhanced_auth(connect: &Connect) -> Option<ReasonCode> {
+    connect
+        .properties
+        .authentication_method
+        .is_some()
+        .then_some(ReasonCode::BAD_AUTHENTICATION_METHOD)
 }
 
 /// Answer a bad CONNECT with a CONNACK carrying its reason code when the version is readable
@@ -344,6 +366,24 @@ mod tests {
 
     fn topic(text: &str) -> Template {
         Template::parse(text, &[Placeholder::ClientId, Placeholder::Topic]).expect("template")
+    }
+
+    #[test]
+    fn a_connect_asking_for_enhanced_authentication_is_refused_with_0x8c() {
+        let plain = connect(ProtocolVersion::V5, b"dev1", true);
+        assert_eq!(refuse_enhanced_auth(&plain), None);
+        let mut enhanced = plain.clone();
+        enhanced.properties.authentication_method = Some(Bytes::from_static(b"SCRAM-SHA-1"));
+        enhanced.properties.authentication_data = Some(Bytes::from_static(b"\x01"));
+        assert_eq!(
+            refuse_enhanced_auth(&enhanced),
+            Some(ReasonCode::BAD_AUTHENTICATION_METHOD)
+        );
+        // A 3.1.1 device has no properties: never refused for this.
+        assert_eq!(
+            refuse_enhanced_auth(&connect(ProtocolVersion::V311, b"dev1", true)),
+            None
+        );
     }
 
     #[test]

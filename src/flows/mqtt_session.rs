@@ -53,8 +53,10 @@
 //!   broker a TLS close without DISCONNECT: the device did not leave, so its will stands (it
 //!   is published, after its Will Delay Interval, unless the device reconnects first).
 //!
-//! What this module does NOT do: enhanced authentication (an AUTH exchange before CONNACK is
-//! refused with 0x83), enforcement of the listener's Receive Maximum (it is only advertised;
+//! What this module does NOT do: enhanced authentication (a device CONNECT with an
+//! Authentication Method is refused with 0x8C before this module runs, a device AUTH is a
+//! Protocol Error 0x82 and is not forwarded, a broker AUTH before CONNACK gets the device 0x83
+//! and one after it ends the session as an upstream protocol error), enforcement of the listener's Receive Maximum (it is only advertised;
 //! the broker enforces its own), persistence of anything across an upstream reconnect (the
 //! device reconnects and its broker session resumes), or buffering: a side that stops reading
 //! stalls the other direction (TCP back-pressure).
@@ -79,8 +81,8 @@ use crate::policy::{
 };
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
-    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, SubAck, Subscribe, Subscription,
-    SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe,
+    Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
 use crate::shard::{ErrorKind, Protocol, ShardState};
@@ -361,6 +363,9 @@ pub fn build_upstream_connect(
                 Properties::default()
             };
             p.topic_alias_maximum = None;
+            // No enhanced authentication upstream (simgate could not carry the AUTH exchange).
+            p.authentication_method = None;
+            p.authentication_data = None;
             let ours = NonZeroU32::new(max_packet_size);
             p.maximum_packet_size = match (p.maximum_packet_size, ours) {
                 (Some(theirs), Some(ours)) => Some(theirs.min(ours)),
@@ -439,6 +444,10 @@ pub fn device_connack(
         ProtocolVersion::V5 => {
             let mut p = upstream.properties;
             p.assigned_client_identifier = assigned.filter(|_| accepted);
+            // The device sent no Authentication Method, so its CONNACK carries none
+            // ([MQTT-4.12.0-6]) even if a broker sent one.
+            p.authentication_method = None;
+            p.authentication_data = None;
             if accepted {
                 p.topic_alias_maximum = Some(DEVICE_TOPIC_ALIAS_MAXIMUM);
                 let ours = NonZeroU32::new(limits.max_packet_size);
@@ -589,10 +598,9 @@ impl Bridge {
                     SessionEnd::DeviceDisconnected,
                 )
             }
-            Packet::Auth(a) if self.upstream == ProtocolVersion::V5 => {
-                Action::Forward(Packet::Auth(a))
-            }
-            // A second CONNECT ([MQTT-3.1.0-2]), server-to-client packets, AUTH toward 3.1.1.
+            // A second CONNECT ([MQTT-3.1.0-2]), server-to-client packets, and AUTH: the device's
+            // CONNECT had no Authentication Method (one is refused before the session starts,
+            // `mqtt_bridge::refuse_enhanced_auth`), so it must not send AUTH ([MQTT-4.12.0-7]).
             Packet::Auth(_)
             | Packet::Connect(_)
             | Packet::ConnAck(_)
@@ -685,9 +693,8 @@ impl Bridge {
                     }
                 }
             }
-            Packet::Auth(a) if self.device == ProtocolVersion::V5 => {
-                Action::Forward(Packet::Auth(a))
-            }
+            // simgate's CONNECT carries no Authentication Method, so the broker must not send
+            // AUTH ([MQTT-4.12.0-6]).
             Packet::Auth(_)
             | Packet::Connect(_)
             | Packet::ConnAck(_)
@@ -1043,7 +1050,7 @@ async fn exchange_connect(
         Err(_) => return Err(OpenError::Timeout),
     }
     loop {
-        match mqtt::decode_packet(stream.plaintext(), version, limits) {
+        match mqtt::decode_packet(stream.plaintext(), version, Sender::Server, limits) {
             Ok(Decoded::Complete(Packet::ConnAck(connack))) => return Ok(connack),
             Ok(Decoded::Complete(Packet::Auth(_))) => return Err(OpenError::AuthUnsupported),
             Ok(Decoded::Complete(_)) | Err(_) => return Err(OpenError::Protocol),
@@ -1163,7 +1170,12 @@ impl Pump<'_> {
         let mut end = None;
         let mut publishes = 0u64;
         while end.is_none() {
-            let packet = match mqtt::decode_packet(&mut self.device_buf, version, &self.limits) {
+            let packet = match mqtt::decode_packet(
+                &mut self.device_buf,
+                version,
+                Sender::Client,
+                &self.limits,
+            ) {
                 Ok(Decoded::Complete(p)) => p,
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
@@ -1208,8 +1220,12 @@ impl Pump<'_> {
         let mut end = None;
         let mut publishes = 0u64;
         while end.is_none() {
-            let decoded =
-                mqtt::decode_packet(self.upstream.stream.plaintext(), version, &self.limits);
+            let decoded = mqtt::decode_packet(
+                self.upstream.stream.plaintext(),
+                version,
+                Sender::Server,
+                &self.limits,
+            );
             let packet = match decoded {
                 Ok(Decoded::Complete(p)) => p,
                 Ok(Decoded::Incomplete { .. }) => break,
@@ -1819,6 +1835,53 @@ mod tests {
                 SessionEnd::UpstreamDisconnected(ReasonCode::SERVER_BUSY)
             )
         );
+    }
+
+    #[test]
+    fn auth_is_a_protocol_error_both_ways_and_never_forwarded() {
+        let auth = Packet::Auth(mqtt::Auth {
+            reason_code: ReasonCode::RE_AUTHENTICATE,
+            properties: Properties {
+                authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")),
+                ..Properties::default()
+            },
+        });
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        assert_eq!(
+            b.uplink(auth.clone()),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::PROTOCOL_ERROR))
+        );
+        assert_eq!(b.downlink(auth), Action::End(SessionEnd::UpstreamProtocol));
+    }
+
+    #[test]
+    fn no_authentication_method_crosses_the_gateway() {
+        let mqtt = destination("d/{client_id}/{topic}");
+        let mut device = device_connect(ProtocolVersion::V5);
+        device.properties.authentication_method = Some(Bytes::from_static(b"SCRAM-SHA-1"));
+        device.properties.authentication_data = Some(Bytes::from_static(b"\x01"));
+        let v = vars(&device.client_id);
+        let topics = TopicMap::new(&mqtt.topic, &v);
+        let c = build_upstream_connect(&device, &mqtt, &v, ProtocolVersion::V5, &topics, 1000)
+            .expect("builds");
+        assert_eq!(c.properties.authentication_method, None);
+        assert_eq!(c.properties.authentication_data, None);
+        let upstream = ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties {
+                authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")),
+                ..Properties::default()
+            },
+        };
+        let to_device = device_connack(
+            upstream,
+            ProtocolVersion::V5,
+            ProtocolVersion::V5,
+            &limits(),
+            None,
+        );
+        assert_eq!(to_device.properties.authentication_method, None);
     }
 
     #[test]

@@ -56,7 +56,7 @@ use crate::flows::select::{select2, Either};
 use crate::policy::{DestinationPlan, MqttMode, MqttUpstreamVersion, TemplateVars};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, Subscribe, SubscriptionOptions, Unsubscribe,
+    PubResponse, Publish, QoS, Sender, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use crate::reactor;
 use crate::shard::ShardState;
@@ -1018,7 +1018,7 @@ async fn handshake(
     let exchange = async {
         tls.write_all(&[&out]).await.map_err(|e| e.to_string())?;
         loop {
-            match mqtt::decode_packet(tls.plaintext(), settings.version, &limits) {
+            match mqtt::decode_packet(tls.plaintext(), settings.version, Sender::Server, &limits) {
                 Ok(Decoded::Complete(Packet::ConnAck(ack))) => {
                     if ack.reason_code != mqtt::ReasonCode::SUCCESS {
                         return Err(format!("CONNACK {}", ack.reason_code));
@@ -1105,7 +1105,8 @@ async fn serve_connection(
         .await
         {
             Either::Left(Ok(true)) => loop {
-                let decoded = mqtt::decode_packet(tls.plaintext(), settings.version, &limits);
+                let decoded =
+                    mqtt::decode_packet(tls.plaintext(), settings.version, Sender::Server, &limits);
                 match decoded {
                     Ok(Decoded::Complete(Packet::PingResp)) => {
                         ping_deadline = None;
@@ -1198,9 +1199,12 @@ mod tests {
     fn packets(core: &mut LinkCore) -> Vec<Packet> {
         let mut buf = BytesMut::from(&core.take_outbox().unwrap_or_default()[..]);
         let mut out = Vec::new();
-        while let Ok(Decoded::Complete(p)) =
-            mqtt::decode_packet(&mut buf, core.version(), &DecodeLimits::default())
-        {
+        while let Ok(Decoded::Complete(p)) = mqtt::decode_packet(
+            &mut buf,
+            core.version(),
+            Sender::Client,
+            &DecodeLimits::default(),
+        ) {
             out.push(p);
         }
         assert!(buf.is_empty(), "outbox held a partial packet");

@@ -187,15 +187,21 @@ impl Broker {
     /// Wait until the broker log has a line containing `needle`; returns that line (fails with
     /// the whole log if none appears within `timeout`).
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_log_where(timeout, |l| l.contains(needle))
+    }
+
+    /// Wait until the broker log has a line for which `pred` holds; returns the first such line
+    /// (fails with the whole log if none appears within `timeout`).
+    pub fn wait_log_where(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.log();
-            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            if let Some(line) = text.lines().find(|l| pred(l)) {
                 return line.to_string();
             }
             assert!(
                 Instant::now() < deadline,
-                "broker log has no {needle:?}:\n{text}"
+                "broker log has no line as expected:\n{text}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

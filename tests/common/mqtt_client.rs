@@ -49,6 +49,25 @@ impl Client {
         clean: bool,
         keep_alive: u16,
     ) -> Result<Client, ClientError> {
+        Self::connect_with(
+            addr,
+            client_id,
+            version,
+            clean,
+            keep_alive,
+            Properties::default(),
+        )
+    }
+
+    /// [`connect_keep_alive`](Self::connect_keep_alive) with CONNECT `properties` (5.0).
+    pub fn connect_with(
+        addr: SocketAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+        clean: bool,
+        keep_alive: u16,
+        properties: Properties,
+    ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).map_err(|e| ClientError::Io(e.kind()))?;
         let _ = stream.set_nodelay(true);
         let mut client = Client {
@@ -60,7 +79,7 @@ impl Client {
             protocol_version: version,
             clean_start: clean,
             keep_alive,
-            properties: Properties::default(),
+            properties,
             client_id: Bytes::from(client_id.to_string()),
             will: None,
             username: None,
@@ -91,7 +110,7 @@ impl Client {
         let deadline = Instant::now() + timeout;
         loop {
             let limits = DecodeLimits::default();
-            match mqtt::decode_packet(&mut self.buf, self.version, &limits) {
+            match mqtt::decode_packet(&mut self.buf, self.version, mqtt::Sender::Server, &limits) {
                 Ok(Decoded::Complete(p)) => return Ok(Some(p)),
                 Ok(Decoded::Incomplete { .. }) => {}
                 Err(e) => return Err(ClientError::Protocol(format!("{e:?}"))),

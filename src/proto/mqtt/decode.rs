@@ -13,7 +13,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::error::{MqttError, ReasonCode};
 use super::packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, PubResponse, Publish,
-    QoS, RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck,
+    QoS, RetainHandling, Sender, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck,
     Unsubscribe, Will,
 };
 use super::properties::{Properties, PropertyContext};
@@ -126,7 +126,9 @@ fn frame(
     Ok(Decoded::Complete((packet_type, first, body)))
 }
 
-/// Decodes one packet of a connection whose CONNECT negotiated `version`.
+/// Decodes one packet of a connection whose CONNECT negotiated `version`, sent by `sender` (the
+/// gateway reads [`Sender::Client`] packets from devices and [`Sender::Server`] packets from
+/// brokers).
 ///
 /// On `Complete`, the packet's bytes are split off the front of `buf`; on `Incomplete`, `buf` is
 /// untouched; on `Err` the connection must be closed (after a CONNACK or DISCONNECT carrying
@@ -135,18 +137,20 @@ fn frame(
 /// as the first byte is.
 ///
 /// A CONNECT is decoded in the protocol version it declares itself; that a second CONNECT is a
-/// Protocol Error ([MQTT-3.1.0-2]) is for the caller to enforce. The codec decodes packets of both
-/// directions (the gateway is a server to devices and a client to brokers).
+/// Protocol Error ([MQTT-3.1.0-2]) is for the caller to enforce. Every packet type decodes from
+/// either sender (which packet types a side may send is for the caller too); `sender` decides the
+/// property rules that differ by direction ([`super::PropertyContext::forbidden_from`]).
 pub fn decode_packet(
     buf: &mut BytesMut,
     version: ProtocolVersion,
+    sender: Sender,
     limits: &DecodeLimits,
 ) -> Result<Decoded<Packet>, MqttError> {
     let (packet_type, first, body) = match frame(buf, Some(version), limits)? {
         Decoded::Complete(framed) => framed,
         Decoded::Incomplete { needed } => return Ok(Decoded::Incomplete { needed }),
     };
-    decode_body(packet_type, first, &body, version).map(Decoded::Complete)
+    decode_body(packet_type, first, &body, version, sender).map(Decoded::Complete)
 }
 
 /// Decodes the first packet of a connection, which must be CONNECT ([MQTT-3.1.0-1]); the protocol
@@ -174,31 +178,29 @@ fn decode_body(
     first: u8,
     body: &Bytes,
     version: ProtocolVersion,
+    sender: Sender,
 ) -> Result<Packet, MqttError> {
     let mut reader = Reader::new(body);
     let r = &mut reader;
+    let from = (version, sender);
     let packet = match packet_type {
         PacketType::Connect => {
             return decode_connect_body(body).map(|connect| Packet::Connect(Box::new(connect)))
         }
-        PacketType::ConnAck => Packet::ConnAck(decode_connack(r, version)?),
-        PacketType::Publish => Packet::Publish(decode_publish(r, first, version)?),
-        PacketType::PubAck => Packet::PubAck(decode_pub_response(r, version, PUBACK_PUBREC_CODES)?),
-        PacketType::PubRec => Packet::PubRec(decode_pub_response(r, version, PUBACK_PUBREC_CODES)?),
-        PacketType::PubRel => {
-            Packet::PubRel(decode_pub_response(r, version, PUBREL_PUBCOMP_CODES)?)
-        }
-        PacketType::PubComp => {
-            Packet::PubComp(decode_pub_response(r, version, PUBREL_PUBCOMP_CODES)?)
-        }
-        PacketType::Subscribe => Packet::Subscribe(decode_subscribe(r, version)?),
-        PacketType::SubAck => Packet::SubAck(decode_suback(r, version)?),
-        PacketType::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(r, version)?),
-        PacketType::UnsubAck => Packet::UnsubAck(decode_unsuback(r, version)?),
+        PacketType::ConnAck => Packet::ConnAck(decode_connack(r, from)?),
+        PacketType::Publish => Packet::Publish(decode_publish(r, first, from)?),
+        PacketType::PubAck => Packet::PubAck(decode_pub_response(r, from, PUBACK_PUBREC_CODES)?),
+        PacketType::PubRec => Packet::PubRec(decode_pub_response(r, from, PUBACK_PUBREC_CODES)?),
+        PacketType::PubRel => Packet::PubRel(decode_pub_response(r, from, PUBREL_PUBCOMP_CODES)?),
+        PacketType::PubComp => Packet::PubComp(decode_pub_response(r, from, PUBREL_PUBCOMP_CODES)?),
+        PacketType::Subscribe => Packet::Subscribe(decode_subscribe(r, from)?),
+        PacketType::SubAck => Packet::SubAck(decode_suback(r, from)?),
+        PacketType::Unsubscribe => Packet::Unsubscribe(decode_unsubscribe(r, from)?),
+        PacketType::UnsubAck => Packet::UnsubAck(decode_unsuback(r, from)?),
         PacketType::PingReq => Packet::PingReq,
         PacketType::PingResp => Packet::PingResp,
-        PacketType::Disconnect => Packet::Disconnect(decode_disconnect(r, version)?),
-        PacketType::Auth => Packet::Auth(decode_auth(r)?),
+        PacketType::Disconnect => Packet::Disconnect(decode_disconnect(r, from)?),
+        PacketType::Auth => Packet::Auth(decode_auth(r, sender)?),
     };
     // The remaining length must match the content exactly.
     if !reader.is_empty() {
@@ -212,13 +214,16 @@ fn packet_id(r: &mut Reader<'_>) -> Result<NonZeroU16, MqttError> {
     NonZeroU16::new(r.u16()?).ok_or(MqttError::ZeroPacketId)
 }
 
+/// The protocol version of the connection and the side that sent the packet.
+type Origin = (ProtocolVersion, Sender);
+
 fn decode_properties(
     r: &mut Reader<'_>,
-    version: ProtocolVersion,
+    (version, sender): Origin,
     context: PropertyContext,
 ) -> Result<Properties, MqttError> {
     match version {
-        ProtocolVersion::V5 => Properties::decode(r, context),
+        ProtocolVersion::V5 => Properties::decode(r, context, sender),
         ProtocolVersion::V311 => Ok(Properties::default()),
     }
 }
@@ -300,11 +305,13 @@ fn decode_connect_body(body: &Bytes) -> Result<Connect, MqttError> {
         return Err(MqttError::PasswordWithoutUsername);
     }
     let keep_alive = r.u16()?;
-    let properties = decode_properties(r, version, PropertyContext::Connect)?;
+    // Only a client sends CONNECT.
+    let from = (version, Sender::Client);
+    let properties = decode_properties(r, from, PropertyContext::Connect)?;
     // [MQTT-3.1.3-4]: the Client Identifier is a UTF-8 Encoded String.
     let client_id = r.utf8()?;
     let will = if will_flag {
-        let properties = decode_properties(r, version, PropertyContext::Will)?;
+        let properties = decode_properties(r, from, PropertyContext::Will)?;
         let topic = r.utf8()?;
         topic::validate_topic_name(&topic, false)?;
         let payload = r.binary()?;
@@ -339,7 +346,8 @@ fn decode_connect_body(body: &Bytes) -> Result<Connect, MqttError> {
     })
 }
 
-fn decode_connack(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<ConnAck, MqttError> {
+fn decode_connack(r: &mut Reader<'_>, from: Origin) -> Result<ConnAck, MqttError> {
+    let (version, _) = from;
     let flags = r.u8()?;
     if flags & 0b1111_1110 != 0 {
         // [MQTT-3.2.2-1]: bits 7-1 are reserved and must be 0.
@@ -354,7 +362,7 @@ fn decode_connack(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<ConnAc
         // [MQTT-3.2.2-6] (3.1.1 [MQTT-3.2.2-4]).
         return Err(MqttError::InvalidConnAckFlags);
     }
-    let properties = decode_properties(r, version, PropertyContext::ConnAck)?;
+    let properties = decode_properties(r, from, PropertyContext::ConnAck)?;
     Ok(ConnAck {
         session_present,
         reason_code,
@@ -362,11 +370,7 @@ fn decode_connack(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<ConnAc
     })
 }
 
-fn decode_publish(
-    r: &mut Reader<'_>,
-    first: u8,
-    version: ProtocolVersion,
-) -> Result<Publish, MqttError> {
+fn decode_publish(r: &mut Reader<'_>, first: u8, from: Origin) -> Result<Publish, MqttError> {
     let dup = first & 0b1000 != 0;
     // Checked by check_first_byte: never 3.
     let qos = QoS::from_bits((first >> 1) & 0b11).ok_or(MqttError::InvalidQos)?;
@@ -378,7 +382,7 @@ fn decode_publish(
     } else {
         Some(packet_id(r)?)
     };
-    let properties = decode_properties(r, version, PropertyContext::Publish)?;
+    let properties = decode_properties(r, from, PropertyContext::Publish)?;
     // [MQTT-3.3.2-2] no wildcards; an empty name needs a Topic Alias (5.0 §3.3.2.1), 3.1.1
     // [MQTT-4.7.3-1] never empty.
     topic::validate_topic_name(&topic, properties.topic_alias.is_some())?;
@@ -396,7 +400,7 @@ fn decode_publish(
 
 fn decode_pub_response(
     r: &mut Reader<'_>,
-    version: ProtocolVersion,
+    (version, sender): Origin,
     allowed_codes: &[u8],
 ) -> Result<PubResponse, MqttError> {
     let packet_id = packet_id(r)?;
@@ -405,15 +409,16 @@ fn decode_pub_response(
     if version == ProtocolVersion::V5 && !r.is_empty() {
         response.reason_code = reason_code(r, allowed_codes)?;
         if !r.is_empty() {
-            response.properties = Properties::decode(r, PropertyContext::PubResponse)?;
+            response.properties = Properties::decode(r, PropertyContext::PubResponse, sender)?;
         }
     }
     Ok(response)
 }
 
-fn decode_subscribe(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<Subscribe, MqttError> {
+fn decode_subscribe(r: &mut Reader<'_>, from: Origin) -> Result<Subscribe, MqttError> {
+    let (version, _) = from;
     let packet_id = packet_id(r)?;
-    let properties = decode_properties(r, version, PropertyContext::Subscribe)?;
+    let properties = decode_properties(r, from, PropertyContext::Subscribe)?;
     let mut subscriptions = Vec::new();
     while !r.is_empty() {
         let filter = r.utf8()?;
@@ -468,9 +473,10 @@ fn decode_subscription_options(
     })
 }
 
-fn decode_suback(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<SubAck, MqttError> {
+fn decode_suback(r: &mut Reader<'_>, from: Origin) -> Result<SubAck, MqttError> {
+    let (version, _) = from;
     let packet_id = packet_id(r)?;
-    let properties = decode_properties(r, version, PropertyContext::SubAck)?;
+    let properties = decode_properties(r, from, PropertyContext::SubAck)?;
     let allowed = match version {
         ProtocolVersion::V311 => SUBACK_CODES_V311,
         ProtocolVersion::V5 => SUBACK_CODES,
@@ -486,12 +492,10 @@ fn decode_suback(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<SubAck,
     })
 }
 
-fn decode_unsubscribe(
-    r: &mut Reader<'_>,
-    version: ProtocolVersion,
-) -> Result<Unsubscribe, MqttError> {
+fn decode_unsubscribe(r: &mut Reader<'_>, from: Origin) -> Result<Unsubscribe, MqttError> {
+    let (version, _) = from;
     let packet_id = packet_id(r)?;
-    let properties = decode_properties(r, version, PropertyContext::Unsubscribe)?;
+    let properties = decode_properties(r, from, PropertyContext::Unsubscribe)?;
     let mut filters = Vec::new();
     while !r.is_empty() {
         let filter = r.utf8()?;
@@ -509,9 +513,10 @@ fn decode_unsubscribe(
     })
 }
 
-fn decode_unsuback(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<UnsubAck, MqttError> {
+fn decode_unsuback(r: &mut Reader<'_>, from: Origin) -> Result<UnsubAck, MqttError> {
+    let (version, _) = from;
     let packet_id = packet_id(r)?;
-    let properties = decode_properties(r, version, PropertyContext::UnsubAck)?;
+    let properties = decode_properties(r, from, PropertyContext::UnsubAck)?;
     let mut reason_codes = Vec::new();
     // 3.1.1 UNSUBACK has no payload: anything left is trailing bytes (checked by the caller).
     if version == ProtocolVersion::V5 {
@@ -529,7 +534,7 @@ fn decode_unsuback(r: &mut Reader<'_>, version: ProtocolVersion) -> Result<Unsub
 
 fn decode_disconnect(
     r: &mut Reader<'_>,
-    version: ProtocolVersion,
+    (version, sender): Origin,
 ) -> Result<Disconnect, MqttError> {
     let mut disconnect = Disconnect {
         reason_code: ReasonCode::SUCCESS,
@@ -539,13 +544,13 @@ fn decode_disconnect(
     if version == ProtocolVersion::V5 && !r.is_empty() {
         disconnect.reason_code = reason_code(r, DISCONNECT_CODES)?;
         if !r.is_empty() {
-            disconnect.properties = Properties::decode(r, PropertyContext::Disconnect)?;
+            disconnect.properties = Properties::decode(r, PropertyContext::Disconnect, sender)?;
         }
     }
     Ok(disconnect)
 }
 
-fn decode_auth(r: &mut Reader<'_>) -> Result<Auth, MqttError> {
+fn decode_auth(r: &mut Reader<'_>, sender: Sender) -> Result<Auth, MqttError> {
     let mut auth = Auth {
         reason_code: ReasonCode::SUCCESS,
         properties: Properties::default(),
@@ -554,7 +559,7 @@ fn decode_auth(r: &mut Reader<'_>) -> Result<Auth, MqttError> {
     if !r.is_empty() {
         auth.reason_code = reason_code(r, AUTH_CODES)?;
         if !r.is_empty() {
-            auth.properties = Properties::decode(r, PropertyContext::Auth)?;
+            auth.properties = Properties::decode(r, PropertyContext::Auth, sender)?;
         }
     }
     Ok(auth)

@@ -52,6 +52,8 @@ impl ReasonCode {
     pub const SERVER_BUSY: Self = Self(0x89);
     /// 0x8B Server shutting down.
     pub const SERVER_SHUTTING_DOWN: Self = Self(0x8B);
+    /// 0x8C Bad authentication method.
+    pub const BAD_AUTHENTICATION_METHOD: Self = Self(0x8C);
     /// 0x8D Keep Alive timeout.
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
     /// 0x8F Topic Filter invalid.
@@ -139,8 +141,14 @@ pub enum MqttError {
     /// The Property Length runs past the end of the packet, or a property value runs past the end of
     /// the property block (§2.2.2.1).
     InvalidPropertyLength,
-    /// A property identifier is unknown or not allowed in this packet (§2.2.2.2).
+    /// A property identifier is unknown or not allowed in this packet type (§2.2.2.2: "A Control
+    /// Packet which contains an Identifier which is not valid for its packet type ... is a
+    /// Malformed Packet").
     InvalidPropertyId,
+    /// A property this packet type may carry, but not from this sender: a Subscription
+    /// Identifier in a PUBLISH sent by a client ([MQTT-3.3.4-6]). Breaking a MUST of the protocol
+    /// rather than the packet format: a Protocol Error.
+    PropertyNotAllowedFromSender,
     /// A single-valued property appears more than once (§2.2.2.2, "It is a Protocol Error to
     /// include ... more than once").
     DuplicateProperty,
@@ -169,6 +177,7 @@ impl MqttError {
             | Self::InvalidSubscriptionOptions
             | Self::NoLocalOnSharedSubscription
             | Self::DuplicateProperty
+            | Self::PropertyNotAllowedFromSender
             | Self::InvalidPropertyValue
             | Self::AuthDataWithoutMethod
             | Self::InvalidReasonCode

@@ -2,8 +2,9 @@
 //!
 //! What it does:
 //! - decodes every control packet (CONNECT .. AUTH) and every 5.0 property from a receive buffer,
-//!   validating what the specs make a Malformed Packet or Protocol Error at the packet level, and
-//!   maps each error to the reason code to answer with ([`MqttError::reason_code`]);
+//!   validating what the specs make a Malformed Packet or Protocol Error at the packet level
+//!   (including the property rules that depend on who sent the packet, [`Sender`]), and maps each
+//!   error to the reason code to answer with ([`MqttError::reason_code`]);
 //! - refuses a packet as early as the bytes allow: bad type/flags from the first byte, an oversized
 //!   packet from the fixed header alone ([`DecodeLimits`]), before the body is buffered;
 //! - hands out zero-copy fields: topic, payload, client id, user name, password, will topic/payload
@@ -12,7 +13,7 @@
 //!
 //! ```text
 //!  recv bytes ─► BytesMut ─► decode_connect (first packet: learns the version)
-//!                         └► decode_packet(version) ─► Decoded::Complete(Packet) | Incomplete | Err(MqttError)
+//!                         └► decode_packet(version, sender) ─► Decoded::Complete(Packet) | Incomplete | Err(MqttError)
 //!  Packet ─► encode(version) ─► caller's BytesMut ─► send
 //! ```
 //!
@@ -44,28 +45,38 @@ pub use encode::{encode, encoded_len};
 pub use error::{EncodeError, MqttError, ReasonCode};
 pub use packet::{
     Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, PubResponse, Publish,
-    QoS, RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck,
+    QoS, RetainHandling, Sender, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck,
     Unsubscribe, Will,
 };
 pub use properties::{id as property_id, Properties, PropertyContext, UserProperty};
 pub use topic::{validate_topic_filter, validate_topic_name};
 pub use wire::MAX_VARINT as MAX_REMAINING_LENGTH;
 
+/// Every (version, sender) a packet stream decodes differently as (3.1.1 has no properties: the
+/// sender changes nothing there).
+const STREAM_KINDS: [(ProtocolVersion, Sender); 3] = [
+    (ProtocolVersion::V311, Sender::Client),
+    (ProtocolVersion::V5, Sender::Client),
+    (ProtocolVersion::V5, Sender::Server),
+];
+
 /// Fuzz entry point: decodes `data` every way a connection can (first packet as CONNECT, then the
-/// stream as 3.1.1 and as 5.0 packets) and discards the results. Must never panic.
+/// stream as 3.1.1 and as 5.0 packets, from a client and from a server) and discards the results.
+/// Must never panic.
 pub fn fuzz_decode(data: &[u8]) {
     let limits = DecodeLimits::default();
     let _ = peek_remaining_length(data);
     let mut buf = BytesMut::from(data);
     let _ = decode_connect(&mut buf, &limits);
-    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+    for (version, sender) in STREAM_KINDS {
         let mut buf = BytesMut::from(data);
-        while let Ok(Decoded::Complete(_)) = decode_packet(&mut buf, version, &limits) {}
+        while let Ok(Decoded::Complete(_)) = decode_packet(&mut buf, version, sender, &limits) {}
     }
 }
 
-/// Fuzz entry point: every packet that decodes from `data` (as 3.1.1 and as 5.0) must encode, and
-/// the encoding must decode to an equal packet whose re-encoding is byte-identical.
+/// Fuzz entry point: every packet that decodes from `data` (as 3.1.1 and as 5.0, from either
+/// sender) must encode, and the encoding must decode (from the same sender) to an equal packet
+/// whose re-encoding is byte-identical.
 ///
 /// # Panics
 ///
@@ -74,9 +85,11 @@ pub fn fuzz_roundtrip(data: &[u8]) {
     let unlimited = DecodeLimits {
         max_packet_size: u32::MAX,
     };
-    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+    for (version, sender) in STREAM_KINDS {
         let mut buf = BytesMut::from(data);
-        while let Ok(Decoded::Complete(packet)) = decode_packet(&mut buf, version, &unlimited) {
+        while let Ok(Decoded::Complete(packet)) =
+            decode_packet(&mut buf, version, sender, &unlimited)
+        {
             let mut encoded = BytesMut::new();
             if let Err(error) = encode(&packet, version, &mut encoded) {
                 panic!("decoded packet failed to encode ({error:?}): {packet:?}");
@@ -87,7 +100,7 @@ pub fn fuzz_roundtrip(data: &[u8]) {
                 "encoded_len disagrees"
             );
             let first_encoding = encoded.clone().freeze();
-            match decode_packet(&mut encoded, version, &unlimited) {
+            match decode_packet(&mut encoded, version, sender, &unlimited) {
                 Ok(Decoded::Complete(again)) => {
                     assert_eq!(again, packet, "re-decoded packet differs");
                     assert!(encoded.is_empty(), "re-decode left bytes behind");

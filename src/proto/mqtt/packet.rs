@@ -33,6 +33,17 @@ impl ProtocolVersion {
     }
 }
 
+/// Who sent the bytes being decoded. Most rules are the same both ways; the ones that are not
+/// (a Subscription Identifier in PUBLISH is for the server to send only, [MQTT-3.3.4-6]) are
+/// checked against this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// A client sent it (what the gateway reads from a device; what a broker reads from us).
+    Client,
+    /// A server sent it (what the gateway reads from an upstream broker).
+    Server,
+}
+
 /// Quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum QoS {

@@ -2,9 +2,10 @@
 //! carry it, and the value rules the spec states for it.
 //!
 //! Decoding refuses unknown identifiers and identifiers not allowed in the packet at hand
-//! (Malformed Packet, §2.2.2.2), a second copy of any single-valued property (Protocol Error), and
-//! forbidden values (Protocol Error). User Properties repeat and keep their order; Subscription
-//! Identifier repeats in PUBLISH only. Encoding writes properties in identifier order with the User
+//! (Malformed Packet, §2.2.2.2), identifiers the packet type allows but not from the side that sent
+//! it (Protocol Error: a client's PUBLISH with a Subscription Identifier, [MQTT-3.3.4-6]), a second
+//! copy of any single-valued property (Protocol Error), and forbidden values (Protocol Error).
+//! User Properties repeat and keep their order; Subscription Identifier repeats in PUBLISH only. Encoding writes properties in identifier order with the User
 //! Properties last, so `decode(encode(p)) == p` but the byte order of a decoded packet is not kept.
 //! This module does not track session state (e.g. Topic Alias Maximum, Session Expiry on
 //! DISCONNECT when CONNECT had 0): that is the connection flow's job.
@@ -14,7 +15,7 @@ use core::num::{NonZeroU16, NonZeroU32};
 use bytes::Bytes;
 
 use super::error::{EncodeError, MqttError};
-use super::packet::QoS;
+use super::packet::{QoS, Sender};
 use super::topic;
 use super::wire::{Counter, Reader, Sink, MAX_VARINT};
 
@@ -190,6 +191,27 @@ impl PropertyContext {
     }
 }
 
+impl PropertyContext {
+    /// The identifiers [`allowed`](Self::allowed) in this context that `sender` must not send
+    /// anyway (bit n = identifier n): the direction rules the spec states outside Table 2-4.
+    ///
+    /// From a client: Subscription Identifier in PUBLISH ([MQTT-3.3.4-6]). Every other
+    /// property of a client packet in Table 2-4 may come from a client (Topic Alias in PUBLISH
+    /// both ways, Session Expiry Interval in DISCONNECT, ...; limits that depend on the session,
+    /// such as Topic Alias Maximum, are the connection flow's).
+    ///
+    /// From a server: nothing. [MQTT-3.14.2-2] (no Session Expiry Interval in a server's
+    /// DISCONNECT) is deliberately not enforced on what a broker sends: the gateway is lenient
+    /// with its upstream, and refusing a broker's DISCONNECT would only lose its reason code.
+    #[must_use]
+    pub const fn forbidden_from(self, sender: Sender) -> u64 {
+        match (sender, self) {
+            (Sender::Client, Self::Publish) => mask(&[id::SUBSCRIPTION_IDENTIFIER]),
+            _ => 0,
+        }
+    }
+}
+
 /// A User Property: a UTF-8 name/value pair (§1.5.7); the same name may appear more than once.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserProperty {
@@ -284,8 +306,13 @@ impl Properties {
         self.present_mask() == 0
     }
 
-    /// Decodes a property block (Property Length then properties) for `context`.
-    pub fn decode(reader: &mut Reader<'_>, context: PropertyContext) -> Result<Self, MqttError> {
+    /// Decodes a property block (Property Length then properties) for `context`, sent by
+    /// `sender`.
+    pub fn decode(
+        reader: &mut Reader<'_>,
+        context: PropertyContext,
+        sender: Sender,
+    ) -> Result<Self, MqttError> {
         let len = reader.varint().map_err(|error| match error {
             MqttError::Truncated => MqttError::InvalidPropertyLength,
             other => other,
@@ -298,7 +325,7 @@ impl Properties {
         let mut properties = Self::default();
         while !block.is_empty() {
             properties
-                .decode_one(&mut block, context)
+                .decode_one(&mut block, context, sender)
                 .map_err(|error| match error {
                     MqttError::Truncated => MqttError::InvalidPropertyLength,
                     other => other,
@@ -314,10 +341,14 @@ impl Properties {
         &mut self,
         block: &mut Reader<'_>,
         context: PropertyContext,
+        sender: Sender,
     ) -> Result<(), MqttError> {
         let identifier = block.varint()?;
         if identifier >= 64 || context.allowed() & (1u64 << identifier) == 0 {
             return Err(MqttError::InvalidPropertyId);
+        }
+        if context.forbidden_from(sender) & (1u64 << identifier) != 0 {
+            return Err(MqttError::PropertyNotAllowedFromSender);
         }
         // Checked above: identifier < 64.
         let identifier = identifier as u8;
@@ -645,10 +676,19 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
 
+    /// Decodes `block` as sent by a server (Table 2-4 alone decides what is allowed).
     fn decode(block: &'static [u8], context: PropertyContext) -> Result<Properties, MqttError> {
+        decode_from(block, context, Sender::Server)
+    }
+
+    fn decode_from(
+        block: &'static [u8],
+        context: PropertyContext,
+        sender: Sender,
+    ) -> Result<Properties, MqttError> {
         let body = Bytes::from_static(block);
         let mut reader = Reader::new(&body);
-        let properties = Properties::decode(&mut reader, context)?;
+        let properties = Properties::decode(&mut reader, context, sender)?;
         assert!(
             reader.is_empty(),
             "property block must consume the whole test input"
@@ -721,7 +761,7 @@ mod tests {
             let body = out.freeze();
             let mut reader = Reader::new(&body);
             assert_eq!(
-                Properties::decode(&mut reader, context).unwrap(),
+                Properties::decode(&mut reader, context, Sender::Server).unwrap(),
                 restricted,
                 "{context:?}"
             );
@@ -817,6 +857,59 @@ mod tests {
     }
 
     #[test]
+    fn subscription_identifier_in_a_client_publish_is_a_protocol_error() {
+        // [MQTT-3.3.4-6]; the same block is fine from a server (checked below and above).
+        let block = &[2, 0x0B, 1];
+        let error = decode_from(block, PropertyContext::Publish, Sender::Client).unwrap_err();
+        assert_eq!(error, MqttError::PropertyNotAllowedFromSender);
+        assert_eq!(error.reason_code().0, 0x82);
+        assert_eq!(
+            decode_from(block, PropertyContext::Publish, Sender::Server)
+                .unwrap()
+                .subscription_identifiers,
+            vec![1]
+        );
+        // In SUBSCRIBE a client may send one.
+        assert_eq!(
+            decode_from(block, PropertyContext::Subscribe, Sender::Client)
+                .unwrap()
+                .subscription_identifiers,
+            vec![1]
+        );
+        // Topic Alias is allowed in PUBLISH both ways.
+        for sender in [Sender::Client, Sender::Server] {
+            assert_eq!(
+                decode_from(&[3, 0x23, 0, 1], PropertyContext::Publish, sender)
+                    .unwrap()
+                    .topic_alias,
+                NonZeroU16::new(1)
+            );
+        }
+    }
+
+    #[test]
+    fn forbidden_from_is_a_subset_of_allowed() {
+        for context in [
+            PropertyContext::Connect,
+            PropertyContext::Will,
+            PropertyContext::ConnAck,
+            PropertyContext::Publish,
+            PropertyContext::PubResponse,
+            PropertyContext::Subscribe,
+            PropertyContext::SubAck,
+            PropertyContext::Unsubscribe,
+            PropertyContext::UnsubAck,
+            PropertyContext::Disconnect,
+            PropertyContext::Auth,
+        ] {
+            for sender in [Sender::Client, Sender::Server] {
+                let forbidden = context.forbidden_from(sender);
+                assert_eq!(forbidden & !context.allowed(), 0, "{context:?} {sender:?}");
+            }
+        }
+    }
+
+    #[test]
     fn subscription_identifier_repeats_in_publish_only() {
         let block = &[4, 0x0B, 1, 0x0B, 2];
         assert_eq!(
@@ -882,7 +975,7 @@ mod tests {
         let body = Bytes::from_static(&[3, 0x02, 0, 0, 0, 0]);
         let mut reader = Reader::new(&body);
         assert_eq!(
-            Properties::decode(&mut reader, PropertyContext::Publish),
+            Properties::decode(&mut reader, PropertyContext::Publish, Sender::Server),
             Err(MqttError::InvalidPropertyLength)
         );
         // Malformed property length varint.

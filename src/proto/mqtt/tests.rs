@@ -32,9 +32,19 @@ fn frame(first: u8, parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
+/// Decodes `bytes` as sent by a server (Table 2-4 alone decides which properties are allowed;
+/// the client-only refusals are checked by [`check_vector`] and the property-table tests).
 fn decode_all(bytes: &[u8], version: ProtocolVersion) -> Result<Decoded<Packet>, MqttError> {
+    decode_all_from(bytes, version, Sender::Server)
+}
+
+fn decode_all_from(
+    bytes: &[u8],
+    version: ProtocolVersion,
+    sender: Sender,
+) -> Result<Decoded<Packet>, MqttError> {
     let mut buf = BytesMut::from(bytes);
-    let result = decode_packet(&mut buf, version, &DecodeLimits::default());
+    let result = decode_packet(&mut buf, version, sender, &DecodeLimits::default());
     if let Ok(Decoded::Complete(_)) = &result {
         assert!(
             buf.is_empty(),
@@ -45,19 +55,35 @@ fn decode_all(bytes: &[u8], version: ProtocolVersion) -> Result<Decoded<Packet>,
 }
 
 fn decode_err(bytes: &[u8], version: ProtocolVersion) -> MqttError {
-    match decode_all(bytes, version) {
+    decode_err_from(bytes, version, Sender::Server)
+}
+
+fn decode_err_from(bytes: &[u8], version: ProtocolVersion, sender: Sender) -> MqttError {
+    match decode_all_from(bytes, version, sender) {
         Err(error) => error,
         other => panic!("expected an error, got {other:?}"),
     }
 }
 
 /// Asserts `bytes` decodes to `expected` (also when fed one byte at a time) and that `expected`
-/// encodes back to exactly `bytes`.
+/// encodes back to exactly `bytes`. From a client it decodes the same, unless it is a PUBLISH
+/// with a Subscription Identifier, which a client must not send ([MQTT-3.3.4-6]).
 fn check_vector(bytes: &[u8], version: ProtocolVersion, expected: &Packet) {
     assert_eq!(
         decode_all(bytes, version),
         Ok(Decoded::Complete(expected.clone())),
         "decode {bytes:02X?}"
+    );
+    let from_client = match expected {
+        Packet::Publish(p) if !p.properties.subscription_identifiers.is_empty() => {
+            Err(MqttError::PropertyNotAllowedFromSender)
+        }
+        _ => Ok(Decoded::Complete(expected.clone())),
+    };
+    assert_eq!(
+        decode_all_from(bytes, version, Sender::Client),
+        from_client,
+        "decode from a client {bytes:02X?}"
     );
     let mut out = BytesMut::new();
     encode(expected, version, &mut out).unwrap();
@@ -71,7 +97,8 @@ fn check_incremental(bytes: &[u8], version: ProtocolVersion, expected: &Packet) 
     let mut buf = BytesMut::new();
     for (index, &byte) in bytes.iter().enumerate() {
         buf.extend_from_slice(&[byte]);
-        let result = decode_packet(&mut buf, version, &DecodeLimits::default()).unwrap();
+        let result =
+            decode_packet(&mut buf, version, Sender::Server, &DecodeLimits::default()).unwrap();
         if index + 1 < bytes.len() {
             match result {
                 Decoded::Incomplete { needed } => {
@@ -696,7 +723,7 @@ fn malformed_varint_is_malformed_packet() {
 fn oversize_refused_from_the_header_alone() {
     // Remaining length 262,144 (0x80 0x80 0x10): with the header, above the 256 KiB default.
     let mut buf = BytesMut::from(&[0x30, 0x80, 0x80, 0x10][..]);
-    let error = decode_packet(&mut buf, V3, &DecodeLimits::default()).unwrap_err();
+    let error = decode_packet(&mut buf, V3, Sender::Server, &DecodeLimits::default()).unwrap_err();
     assert_eq!(error, MqttError::PacketTooLarge);
     assert_eq!(error.reason_code(), ReasonCode::PACKET_TOO_LARGE);
     // A small limit: 2-byte header + 100 > 64, refused with only the fixed header buffered.
@@ -705,7 +732,7 @@ fn oversize_refused_from_the_header_alone() {
     };
     let mut buf = BytesMut::from(&[0x30, 100][..]);
     assert_eq!(
-        decode_packet(&mut buf, V5, &limits),
+        decode_packet(&mut buf, V5, Sender::Server, &limits),
         Err(MqttError::PacketTooLarge)
     );
     let mut buf = BytesMut::from(&[0x10, 100][..]);
@@ -720,7 +747,7 @@ fn oversize_refused_from_the_header_alone() {
     bytes.extend_from_slice(&body);
     let mut buf = BytesMut::from(&bytes[..]);
     assert!(matches!(
-        decode_packet(&mut buf, V3, &limits),
+        decode_packet(&mut buf, V3, Sender::Server, &limits),
         Ok(Decoded::Complete(Packet::Publish(_)))
     ));
 }
@@ -729,17 +756,17 @@ fn oversize_refused_from_the_header_alone() {
 fn incomplete_reports_needed_bytes() {
     let mut buf = BytesMut::new();
     assert_eq!(
-        decode_packet(&mut buf, V3, &DecodeLimits::default()),
+        decode_packet(&mut buf, V3, Sender::Server, &DecodeLimits::default()),
         Ok(Decoded::Incomplete { needed: None })
     );
     let mut buf = BytesMut::from(&[0x30, 0x80][..]);
     assert_eq!(
-        decode_packet(&mut buf, V3, &DecodeLimits::default()),
+        decode_packet(&mut buf, V3, Sender::Server, &DecodeLimits::default()),
         Ok(Decoded::Incomplete { needed: None })
     );
     let mut buf = BytesMut::from(&[0x30, 0x05, 0, 1][..]);
     assert_eq!(
-        decode_packet(&mut buf, V3, &DecodeLimits::default()),
+        decode_packet(&mut buf, V3, Sender::Server, &DecodeLimits::default()),
         Ok(Decoded::Incomplete { needed: Some(3) })
     );
     assert_eq!(buf.len(), 4);
@@ -755,17 +782,17 @@ fn two_packets_in_one_buffer_decode_in_turn() {
     let mut buf = BytesMut::from(&[0xC0, 0x00, 0x40, 0x02, 0, 9, 0xD0][..]);
     let limits = DecodeLimits::default();
     assert_eq!(
-        decode_packet(&mut buf, V3, &limits),
+        decode_packet(&mut buf, V3, Sender::Server, &limits),
         Ok(Decoded::Complete(Packet::PingReq))
     );
     assert_eq!(
-        decode_packet(&mut buf, V3, &limits),
+        decode_packet(&mut buf, V3, Sender::Server, &limits),
         Ok(Decoded::Complete(Packet::PubAck(PubResponse::success(
             pid(9)
         ))))
     );
     assert_eq!(
-        decode_packet(&mut buf, V3, &limits),
+        decode_packet(&mut buf, V3, Sender::Server, &limits),
         Ok(Decoded::Incomplete { needed: None })
     );
     assert_eq!(&buf[..], &[0xD0]);
@@ -1166,7 +1193,7 @@ fn publish_fields_are_slices_of_the_receive_buffer() {
     buf.extend_from_slice(&bytes);
     let (base, len) = (buf.as_ptr(), buf.len());
     let Ok(Decoded::Complete(Packet::Publish(publish))) =
-        decode_packet(&mut buf, V5, &DecodeLimits::default())
+        decode_packet(&mut buf, V5, Sender::Client, &DecodeLimits::default())
     else {
         panic!("expected a PUBLISH");
     };
@@ -1381,9 +1408,291 @@ fn connect_encodes_in_its_own_version() {
     assert_eq!(out[8], 5, "protocol level byte");
     let mut buf = out.clone();
     assert_eq!(
-        decode_packet(&mut buf, V3, &DecodeLimits::default()),
+        decode_packet(&mut buf, V3, Sender::Server, &DecodeLimits::default()),
         Ok(Decoded::Complete(connect))
     );
+}
+
+// ---------------------------------------------------------------- property table (§2.2.2.2)
+
+/// Where a property block sits: the packets of Table 2-4's "Used in" column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum In {
+    Connect,
+    Will,
+    ConnAck,
+    Publish,
+    PubAck,
+    PubRec,
+    PubRel,
+    PubComp,
+    Subscribe,
+    SubAck,
+    Unsubscribe,
+    UnsubAck,
+    Disconnect,
+    Auth,
+}
+
+/// The packets a client sends that carry properties (the Will's inside CONNECT).
+const CLIENT_PACKETS: [In; 11] = [
+    In::Connect,
+    In::Will,
+    In::Publish,
+    In::PubAck,
+    In::PubRec,
+    In::PubRel,
+    In::PubComp,
+    In::Subscribe,
+    In::Unsubscribe,
+    In::Disconnect,
+    In::Auth,
+];
+
+/// Table 2-4 of MQTT 5.0 §2.2.2.2, transcribed row by row (independently of
+/// `PropertyContext::allowed`): identifier, one property with a valid value (Authentication Data
+/// is followed by the Authentication Method it needs), and the "Used in" column.
+fn property_table() -> Vec<(u8, Vec<u8>, Vec<In>)> {
+    use In::*;
+    let all = vec![
+        Connect,
+        Will,
+        ConnAck,
+        Publish,
+        PubAck,
+        PubRec,
+        PubRel,
+        PubComp,
+        Subscribe,
+        SubAck,
+        Unsubscribe,
+        UnsubAck,
+        Disconnect,
+        Auth,
+    ];
+    vec![
+        (0x01, vec![0x01, 1], vec![Publish, Will]),
+        (0x02, vec![0x02, 0, 0, 0, 60], vec![Publish, Will]),
+        (0x03, vec![0x03, 0, 1, b'c'], vec![Publish, Will]),
+        (0x08, vec![0x08, 0, 1, b'r'], vec![Publish, Will]),
+        (0x09, vec![0x09, 0, 1, 7], vec![Publish, Will]),
+        (0x0B, vec![0x0B, 1], vec![Publish, Subscribe]),
+        (
+            0x11,
+            vec![0x11, 0, 0, 0, 9],
+            vec![Connect, ConnAck, Disconnect],
+        ),
+        (0x12, vec![0x12, 0, 1, b'i'], vec![ConnAck]),
+        (0x13, vec![0x13, 0, 5], vec![ConnAck]),
+        (0x15, vec![0x15, 0, 1, b'M'], vec![Connect, ConnAck, Auth]),
+        (
+            0x16,
+            vec![0x16, 0, 1, 7, 0x15, 0, 1, b'M'],
+            vec![Connect, ConnAck, Auth],
+        ),
+        (0x17, vec![0x17, 1], vec![Connect]),
+        (0x18, vec![0x18, 0, 0, 0, 5], vec![Will]),
+        (0x19, vec![0x19, 1], vec![Connect]),
+        (0x1A, vec![0x1A, 0, 1, b'a'], vec![ConnAck]),
+        (0x1C, vec![0x1C, 0, 1, b's'], vec![ConnAck, Disconnect]),
+        (
+            0x1F,
+            vec![0x1F, 0, 1, b'w'],
+            vec![
+                ConnAck, PubAck, PubRec, PubRel, PubComp, SubAck, UnsubAck, Disconnect, Auth,
+            ],
+        ),
+        (0x21, vec![0x21, 0, 10], vec![Connect, ConnAck]),
+        (0x22, vec![0x22, 0, 10], vec![Connect, ConnAck]),
+        (0x23, vec![0x23, 0, 1], vec![Publish]),
+        (0x24, vec![0x24, 1], vec![ConnAck]),
+        (0x25, vec![0x25, 1], vec![ConnAck]),
+        (0x26, vec![0x26, 0, 1, b'k', 0, 1, b'v'], all),
+        (0x27, vec![0x27, 0, 0, 1, 0], vec![Connect, ConnAck]),
+        (0x28, vec![0x28, 1], vec![ConnAck]),
+        (0x29, vec![0x29, 1], vec![ConnAck]),
+        (0x2A, vec![0x2A, 1], vec![ConnAck]),
+    ]
+}
+
+/// A minimal valid 5.0 packet of kind `kind` whose (only) property block is `props`.
+fn packet_with_properties(kind: In, props: &[u8]) -> Vec<u8> {
+    let len = [u8::try_from(props.len()).unwrap()];
+    let connect_head: &[u8] = &[0, 4, b'M', b'Q', b'T', b'T', 5];
+    match kind {
+        In::Connect => frame(
+            0x10,
+            &[connect_head, &[0x02, 0, 60], &len, props, &[0, 1, b'c']],
+        ),
+        In::Will => frame(
+            0x10,
+            &[
+                connect_head,
+                &[0x06, 0, 60, 0, 0, 1, b'c'],
+                &len,
+                props,
+                &[0, 1, b'w', 0, 1, b'x'],
+            ],
+        ),
+        In::ConnAck => frame(0x20, &[&[0, 0], &len, props]),
+        In::Publish => frame(0x30, &[&[0, 1, b't'], &len, props, b"p"]),
+        In::PubAck => frame(0x40, &[&[0, 1, 0], &len, props]),
+        In::PubRec => frame(0x50, &[&[0, 1, 0], &len, props]),
+        In::PubRel => frame(0x62, &[&[0, 1, 0], &len, props]),
+        In::PubComp => frame(0x70, &[&[0, 1, 0], &len, props]),
+        In::Subscribe => frame(0x82, &[&[0, 1], &len, props, &[0, 1, b'f', 0]]),
+        In::SubAck => frame(0x90, &[&[0, 1], &len, props, &[0]]),
+        In::Unsubscribe => frame(0xA2, &[&[0, 1], &len, props, &[0, 1, b'f']]),
+        In::UnsubAck => frame(0xB0, &[&[0, 1], &len, props, &[0]]),
+        In::Disconnect => frame(0xE0, &[&[0], &len, props]),
+        In::Auth => frame(0xF0, &[&[0], &len, props]),
+    }
+}
+
+/// Decodes one packet the way the gateway would receive it from `sender` (a CONNECT as the
+/// first packet of a connection).
+fn decode_as(kind: In, bytes: &[u8], sender: Sender) -> Result<(), MqttError> {
+    let mut buf = BytesMut::from(bytes);
+    let limits = DecodeLimits::default();
+    let outcome = match kind {
+        In::Connect | In::Will => {
+            decode_connect(&mut buf, &limits).map(|d| matches!(d, Decoded::Complete(_)))
+        }
+        _ => {
+            decode_packet(&mut buf, V5, sender, &limits).map(|d| matches!(d, Decoded::Complete(_)))
+        }
+    };
+    match outcome {
+        Ok(true) => {
+            assert!(buf.is_empty(), "{kind:?} {bytes:02X?} left bytes behind");
+            Ok(())
+        }
+        Ok(false) => panic!("{kind:?} {bytes:02X?} is incomplete"),
+        Err(error) => Err(error),
+    }
+}
+
+#[test]
+fn every_property_in_every_client_packet_follows_the_table() {
+    // Each property of Table 2-4 alone in each packet a client sends: allowed where the table
+    // lists it; elsewhere a Malformed Packet (0x81, "an Identifier which is not valid for its
+    // packet type ... is a Malformed Packet"); and where the table lists it but the spec forbids
+    // the client to send it — Subscription Identifier in PUBLISH, [MQTT-3.3.4-6] — a Protocol
+    // Error (0x82).
+    let table = property_table();
+    assert_eq!(table.len(), 27, "Table 2-4 has 27 rows");
+    let mut refused = 0;
+    for (identifier, property, used_in) in &table {
+        for kind in CLIENT_PACKETS {
+            let bytes = packet_with_properties(kind, property);
+            let result = decode_as(kind, &bytes, Sender::Client);
+            let client_forbidden = *identifier == 0x0B && kind == In::Publish;
+            let expected = if client_forbidden {
+                Err(MqttError::PropertyNotAllowedFromSender)
+            } else if used_in.contains(&kind) {
+                Ok(())
+            } else {
+                Err(MqttError::InvalidPropertyId)
+            };
+            assert_eq!(result, expected, "property 0x{identifier:02X} in {kind:?}");
+            match result {
+                Err(error) if client_forbidden => {
+                    assert_eq!(error.reason_code(), ReasonCode::PROTOCOL_ERROR);
+                    refused += 1;
+                }
+                Err(error) => {
+                    assert_eq!(error.reason_code(), ReasonCode::MALFORMED_PACKET);
+                    refused += 1;
+                }
+                Ok(()) => {}
+            }
+            // From a server the same packet (where a server can send it) follows the table alone.
+            if !matches!(
+                kind,
+                In::Connect | In::Will | In::Subscribe | In::Unsubscribe
+            ) {
+                let from_server = decode_as(kind, &bytes, Sender::Server);
+                let expected = if used_in.contains(&kind) {
+                    Ok(())
+                } else {
+                    Err(MqttError::InvalidPropertyId)
+                };
+                assert_eq!(
+                    from_server, expected,
+                    "0x{identifier:02X} in {kind:?} from a server"
+                );
+            }
+        }
+    }
+    assert!(refused > 200, "only {refused} refusals checked");
+    // Identifiers that are not in the table at all are malformed everywhere.
+    for identifier in [
+        0x00u8, 0x04, 0x05, 0x0A, 0x0C, 0x14, 0x1B, 0x1D, 0x20, 0x2B, 0x7F,
+    ] {
+        for kind in CLIENT_PACKETS {
+            let bytes = packet_with_properties(kind, &[identifier, 0]);
+            assert_eq!(
+                decode_as(kind, &bytes, Sender::Client),
+                Err(MqttError::InvalidPropertyId),
+                "unknown 0x{identifier:02X} in {kind:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_single_valued_property_twice_is_a_protocol_error() {
+    // §2.2.2.2 and each property's section: "It is a Protocol Error to include the ... more than
+    // once". User Property may repeat; Subscription Identifier repeats in a server's PUBLISH
+    // only (one per matching subscription, §3.3.2.3.8) — in SUBSCRIBE twice is a Protocol Error.
+    for (identifier, property, used_in) in property_table() {
+        for &kind in &used_in {
+            let twice = [&property[..], &property[..]].concat();
+            let sender = match kind {
+                In::ConnAck | In::SubAck | In::UnsubAck => Sender::Server,
+                In::Publish if identifier == 0x0B => Sender::Server,
+                _ => Sender::Client,
+            };
+            let bytes = packet_with_properties(kind, &twice);
+            let result = decode_as(kind, &bytes, sender);
+            let repeatable = identifier == 0x26 || (identifier == 0x0B && kind == In::Publish);
+            if repeatable {
+                assert_eq!(result, Ok(()), "0x{identifier:02X} twice in {kind:?}");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(MqttError::DuplicateProperty),
+                    "0x{identifier:02X} twice in {kind:?}"
+                );
+                assert_eq!(
+                    MqttError::DuplicateProperty.reason_code(),
+                    ReasonCode::PROTOCOL_ERROR
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn client_publish_with_subscription_identifier_among_allowed_properties_is_refused() {
+    // QoS 1, Topic Alias 2, Subscription Identifier 5, a User Property: what a device must not
+    // send, whatever else the PUBLISH carries; a broker may send exactly this.
+    let bytes = frame(
+        0x32,
+        &[
+            &[0, 1, b't', 0, 7],
+            &[12, 0x23, 0, 2, 0x0B, 0x05, 0x26, 0, 1, b'k', 0, 1, b'v'],
+            b"x",
+        ],
+    );
+    let error = decode_err_from(&bytes, V5, Sender::Client);
+    assert_eq!(error, MqttError::PropertyNotAllowedFromSender);
+    assert_eq!(error.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    let Ok(Decoded::Complete(Packet::Publish(publish))) = decode_all(&bytes, V5) else {
+        panic!("a server's PUBLISH with a Subscription Identifier must decode");
+    };
+    assert_eq!(publish.properties.subscription_identifiers, vec![5]);
+    assert_eq!(publish.properties.topic_alias, NonZeroU16::new(2));
 }
 
 // ---------------------------------------------------------------- fuzz entry points
@@ -1483,12 +1792,21 @@ fn deterministic_mutation_run_never_breaks_the_invariants() {
     }
 }
 
-/// Decodes a whole stream: `Ok(n)` if it is `n` complete packets with nothing left over.
+/// Decodes a whole stream sent by a server: `Ok(n)` if it is `n` complete packets with nothing
+/// left over.
 fn decode_stream(bytes: &[u8], version: ProtocolVersion) -> Result<usize, MqttError> {
+    decode_stream_from(bytes, version, Sender::Server)
+}
+
+fn decode_stream_from(
+    bytes: &[u8],
+    version: ProtocolVersion,
+    sender: Sender,
+) -> Result<usize, MqttError> {
     let mut buf = BytesMut::from(bytes);
     let mut count = 0;
     while !buf.is_empty() {
-        match decode_packet(&mut buf, version, &DecodeLimits::default())? {
+        match decode_packet(&mut buf, version, sender, &DecodeLimits::default())? {
             Decoded::Complete(_) => count += 1,
             Decoded::Incomplete { .. } => return Err(MqttError::Truncated),
         }
@@ -1499,7 +1817,8 @@ fn decode_stream(bytes: &[u8], version: ProtocolVersion) -> Result<usize, MqttEr
 #[test]
 fn fuzz_seed_corpora_replay() {
     // The seed corpora live in fuzz/corpus/; `v311_*` / `v5_*` seeds are valid streams in that
-    // version, `bad_*` seeds must be refused in both, `bad5_*` seeds in 5.0.
+    // version (from a server: Table 2-4 alone), `bad_*` seeds must be refused in both, `bad5_*`
+    // seeds in 5.0, `bad5c_*` seeds in 5.0 from a client only (a server may send them).
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
     let mut seen = 0;
     for target in ["mqtt_decode", "mqtt_roundtrip"] {
@@ -1519,6 +1838,12 @@ fn fuzz_seed_corpora_replay() {
                 assert!(
                     decode_stream(&data, V5).unwrap_or(0) > 0,
                     "{name} must decode as 5.0"
+                );
+            } else if name.starts_with("bad5c_") {
+                assert!(
+                    decode_stream_from(&data, V5, Sender::Client).is_err()
+                        && decode_stream(&data, V5).unwrap_or(0) > 0,
+                    "{name} must be refused in 5.0 from a client only"
                 );
             } else if name.starts_with("bad5_") {
                 assert!(
