@@ -533,10 +533,10 @@ fn auth_from_a_device_is_a_protocol_error_and_not_sent_to_the_broker() {
         s.broker.log()
     );
     assert!(
-        s.gateway
-            .metrics()
-            .errors_of(simgate::shard::ErrorKind::DeviceBadRequest)
-            >= 1
+        s.gateway.metrics().errors_of(
+            simgate::shard::Protocol::Mqtt,
+            simgate::shard::ErrorKind::DeviceBadRequest
+        ) >= 1
     );
 }
 
