@@ -284,6 +284,95 @@ fn will_is_published_upstream_when_a_device_dies() {
     );
 }
 
+/// The value of the sample `name` in the exposition `text` (0 when absent).
+fn sample(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue #10 part 2: simgate is the devices' broker in aggregate mode, so a second connection
+/// with a connected client id takes the id over — the first is told (5.0: DISCONNECT 0x8E
+/// "session taken over") and closed — on whichever shard each lands (two shards here; eight
+/// takeovers make it very likely both shards' paths are taken, and the unit tests of
+/// `flows::client_ids` cover the cross-shard hand-off itself). Before, both stayed connected
+/// and both received the first device's messages.
+#[test]
+fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let gw = start_gateway(dir.path(), &pki, &broker, 2, "");
+    let wait = Duration::from_secs(10);
+
+    let mut holder = Client::connect(gw.mqtt, "twin", ProtocolVersion::V5, true).expect("connect");
+    holder
+        .subscribe("cmd/#", QoS::AtMostOnce)
+        .expect("subscribe");
+    let mut holder_version = ProtocolVersion::V5;
+    let rounds = 8;
+    for round in 0..rounds {
+        let version = if round % 2 == 0 {
+            ProtocolVersion::V311
+        } else {
+            ProtocolVersion::V5
+        };
+        let mut newcomer = Client::connect(gw.mqtt, "twin", version, true).expect("connect");
+        // The holder is disconnected: a 5.0 holder is told why first; a 3.1.1 one is closed.
+        let packets = holder.until_closed(wait);
+        if holder_version == ProtocolVersion::V5 {
+            assert!(
+                matches!(packets.as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode(0x8E)),
+                "round {round}: 5.0 holder got {packets:?}\n{}",
+                gw.simgate.stderr()
+            );
+        } else {
+            assert!(
+                packets.is_empty(),
+                "round {round}: 3.1.1 holder got {packets:?}"
+            );
+        }
+        // Only the newcomer reads the device's messages now.
+        newcomer
+            .subscribe("cmd/#", QoS::AtMostOnce)
+            .expect("subscribe");
+        let (ok, stderr) = publish(
+            broker.plain_port,
+            "devices/twin/cmd/go",
+            &format!("r{round}"),
+            &["-q", "1"],
+        );
+        assert!(ok, "broker publish failed: {stderr}");
+        match newcomer.next(wait) {
+            Ok(Some(Packet::Publish(p))) => assert_eq!(p.payload, format!("r{round}").as_bytes()),
+            other => panic!("round {round}: newcomer got {other:?}"),
+        }
+        holder = newcomer;
+        holder_version = version;
+    }
+
+    let (_, text) = gw.simgate.admin_get("/metrics");
+    assert_eq!(
+        sample(&text, "simgate_mqtt_sessions_taken_over_total"),
+        rounds,
+        "{text}"
+    );
+    // The last holder leaves normally; the id is free again and the next owner takes nothing
+    // over.
+    holder
+        .send(&Packet::Disconnect(simgate::proto::mqtt::Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }))
+        .expect("DISCONNECT");
+    assert!(holder.until_closed(wait).is_empty());
+    let _fresh = Client::connect(gw.mqtt, "twin", ProtocolVersion::V5, true).expect("connect");
+    let (_, text) = gw.simgate.admin_get("/metrics");
+    assert_eq!(
+        sample(&text, "simgate_mqtt_sessions_taken_over_total"),
+        rounds
+    );
+}
+
 #[test]
 fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() {
     // Issue #10 part 5: a client must not send a Subscription Identifier in PUBLISH

@@ -309,6 +309,12 @@ pub fn render(
         "Device PUBLISHes refused because the rewritten topic is invalid",
         &[("", a.topics_refused)],
     );
+    counter(
+        w,
+        "simgate_mqtt_sessions_taken_over_total",
+        "Aggregate-mode device sessions ended because a newer connection took their client id",
+        &[("", a.sessions_taken_over)],
+    );
     histogram(
         w,
         "simgate_http_request_duration_seconds",

@@ -5,6 +5,7 @@
 //! protocol-level decisions the codecs and pools cannot make alone: timeouts per phase, which
 //! error a device sees, when a connection is reusable, and when a retry is safe.
 
+pub mod client_ids;
 pub mod http_forward;
 pub mod mqtt_aggregate;
 pub mod mqtt_bridge;

@@ -28,6 +28,10 @@
 //! the device's DISCONNECT, so its Will is published (below); the shard keeps serving the links
 //! until they have delivered what they carry or the window ends.
 //!
+//! Client ids: a device owns its client id on its listener across every shard
+//! ([`super::client_ids`]); a newer connection with the same id takes it over and the older
+//! session ends as a broker would end it (5.0: DISCONNECT 0x8E; the Will goes out).
+//!
 //! Will: on an abnormal end (no DISCONNECT, keep-alive expiry, protocol error, drain, or 5.0
 //! DISCONNECT 0x04) the device's Will is published upstream with its topic rewritten (QoS 2 as QoS 1; Will
 //! Delay Interval is not honoured: it goes out at once).
@@ -54,6 +58,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::client_ids::Claim;
 use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
@@ -122,6 +127,11 @@ pub struct AggregateShard {
     inner: RefCell<Inner>,
     counters: Rc<AggregateCounters>,
     sessions_open: Cell<u64>,
+    /// Mailbox of each running session by its client-id claim token, so that a takeover
+    /// (which may come from another shard) can end it.
+    by_claim: RefCell<HashMap<u64, Rc<SessionMailbox>>>,
+    /// Sessions ended because a newer connection took their client id over.
+    taken_over: Cell<u64>,
 }
 
 impl AggregateShard {
@@ -146,6 +156,24 @@ impl AggregateShard {
     /// Device sessions currently served in aggregate mode on this shard.
     pub fn sessions_open(&self) -> u64 {
         self.sessions_open.get()
+    }
+
+    /// Sessions of this shard ended because a newer connection took their client id over.
+    pub fn sessions_taken_over(&self) -> u64 {
+        self.taken_over.get()
+    }
+
+    /// End the session holding client-id claim `token` with `code` (it sends a 5.0 device
+    /// DISCONNECT with that code, publishes the Will, and closes). A token whose session has
+    /// already ended is ignored.
+    pub fn evict(&self, token: u64, code: ReasonCode) {
+        let mailbox = self.by_claim.borrow_mut().remove(&token);
+        if let Some(mailbox) = mailbox {
+            if code == ReasonCode::SESSION_TAKEN_OVER {
+                self.taken_over.set(self.taken_over.get() + 1);
+            }
+            mailbox.push(LinkEvent::Evicted(code));
+        }
     }
 
     /// The link set of destination `dest_name` under the shard's current plan, starting its link
@@ -214,19 +242,28 @@ impl AggregateShard {
     }
 }
 
-/// Unregisters a session from its link however the session task ends.
+/// Unregisters a session from its link, and gives up its client id, however the session task
+/// ends.
 struct Registration {
     link: Rc<Link>,
     key: SessionKey,
     state: Rc<ShardState>,
+    listener: ListenerId,
+    client_id: Bytes,
+    claim: Claim,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let key = self.key;
         self.link.with_core(|c| c.unregister(key));
-        let open = &self.state.mqtt_aggregate.sessions_open;
-        open.set(open.get().saturating_sub(1));
+        let agg = &self.state.mqtt_aggregate;
+        agg.sessions_open
+            .set(agg.sessions_open.get().saturating_sub(1));
+        agg.by_claim.borrow_mut().remove(&self.claim.token);
+        self.state
+            .client_ids
+            .release(self.listener, &self.client_id, self.claim);
     }
 }
 
@@ -368,10 +405,28 @@ fn admit(
         let open = &state.mqtt_aggregate.sessions_open;
         open.set(open.get() + 1);
     }
+    // This device owns its client id on this listener from now on; a session holding it (on
+    // any shard) is told to end with DISCONNECT 0x8E "session taken over".
+    let (claim, previous) = state.client_ids.claim(listener, &client_id, state.id.0);
+    if previous.is_some() {
+        tracing::info!(
+            client_id = %String::from_utf8_lossy(&client_id),
+            %peer,
+            "client id taken over: the session that held it is disconnected"
+        );
+    }
+    state
+        .mqtt_aggregate
+        .by_claim
+        .borrow_mut()
+        .insert(claim.token, mailbox.clone());
     let registration = Registration {
         link: link.clone(),
         key,
         state: state.clone(),
+        listener,
+        client_id: client_id.clone(),
+        claim,
     };
 
     let vars = TemplateVars {
@@ -960,6 +1015,9 @@ impl Device {
             // unavailable" is a CONNACK code only; DISCONNECT says 0x80, and the device
             // reconnects to the current plan.
             LinkEvent::Closed => Some(End::Abnormal(Some(ReasonCode::UNSPECIFIED_ERROR))),
+            // Taken over by a newer connection with this client id (or ended by the gateway for
+            // another reason): as a broker would, DISCONNECT (5.0) and close; the Will goes out.
+            LinkEvent::Evicted(code) => Some(End::Abnormal(Some(code))),
         }
     }
 

@@ -153,6 +153,8 @@ pub struct AggregateTotals {
     pub downlink_messages: u64,
     /// Device PUBLISHes refused because the rewritten topic is invalid.
     pub topics_refused: u64,
+    /// Device sessions ended because a newer connection took their client id over.
+    pub sessions_taken_over: u64,
 }
 
 impl AggregateTotals {
@@ -166,6 +168,7 @@ impl AggregateTotals {
         self.link_failures += o.link_failures;
         self.downlink_messages += o.downlink_messages;
         self.topics_refused += o.topics_refused;
+        self.sessions_taken_over += o.sessions_taken_over;
     }
 }
 

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Socket, Type};
 
+use crate::flows::client_ids::ClientIds;
 use crate::flows::select::{select2, Either};
 use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
@@ -161,6 +162,7 @@ impl Gateway {
         }
 
         let counts = Arc::new(caps::ConnectionCounts::new(plan.listeners.len()));
+        let client_ids = Arc::new(ClientIds::new(shard_count));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -170,7 +172,10 @@ impl Gateway {
             // tied to that thread's reactor); the shard sends the notifying half back.
             let (notifier_tx, notifier_rx) = crossbeam_channel::bounded::<Notifier>(1);
             let shard_plan = plan.clone();
-            let shard_counts = counts.clone();
+            let shared = SharedByShards {
+                connections: counts.clone(),
+                client_ids: client_ids.clone(),
+            };
             let core = if plan.gateway.pin_shards && !cores.is_empty() {
                 Some(cores[index % cores.len()])
             } else {
@@ -196,7 +201,7 @@ impl Gateway {
                     shard_main(
                         ShardId(index),
                         shard_plan,
-                        shard_counts,
+                        shared,
                         shard_sockets,
                         rx,
                         notify_listener,
@@ -221,6 +226,7 @@ impl Gateway {
                     return Err(GatewayError::ShardStart(why));
                 }
             };
+            client_ids.set_notifier(index, notifier.clone());
             shards.push(ShardHandle {
                 commands: tx,
                 notifier,
@@ -426,6 +432,9 @@ pub struct ShardState {
     pub gateway_error_log: throttle::LogThrottle,
     /// Keeps "accept failed" to one log line per interval.
     accept_error_log: throttle::LogThrottle,
+    /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
+    /// takes the id over from the session holding it, on whichever shard that is.
+    pub client_ids: Arc<ClientIds>,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
@@ -688,10 +697,16 @@ fn reactor_config(plan: &Plan) -> ReactorConfig {
     }
 }
 
+/// What every shard shares with the others (touched per connection, never per message).
+struct SharedByShards {
+    connections: Arc<caps::ConnectionCounts>,
+    client_ids: Arc<ClientIds>,
+}
+
 fn shard_main(
     id: ShardId,
     plan: Arc<Plan>,
-    connections: Arc<caps::ConnectionCounts>,
+    shared: SharedByShards,
     sockets: Vec<StdTcpListener>,
     commands: Receiver<ShardCommand>,
     notify: NotifyListener,
@@ -707,7 +722,8 @@ fn shard_main(
             generation: Cell::new(0),
             metrics: RefCell::new(ShardMetrics::default()),
             drain: drain::DrainSignal::default(),
-            connections,
+            connections: shared.connections,
+            client_ids: shared.client_ids,
             cap_log: throttle::LogThrottle::new(LOG_THROTTLE),
             accept_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
             gateway_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
@@ -800,11 +816,18 @@ async fn command_loop(
                         link_failures: c.link_failures.get(),
                         downlink_messages: c.downlink_messages.get(),
                         topics_refused: c.topics_refused.get(),
+                        sessions_taken_over: agg.sessions_taken_over(),
                     };
                     let _ = reply.send(snapshot);
                 }
                 ShardCommand::Shutdown => return,
             }
+        }
+        // Sessions of this shard whose client id a newer connection took over (on any shard).
+        for token in state.client_ids.take_evicted(state.id.0) {
+            state
+                .mqtt_aggregate
+                .evict(token, crate::proto::mqtt::ReasonCode::SESSION_TAKEN_OVER);
         }
         if notify.wait().await.is_err() {
             // The eventfd broke: fall back to a slow poll of the channel rather than stalling.

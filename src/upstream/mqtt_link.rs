@@ -141,6 +141,9 @@ pub enum LinkEvent {
     /// The link gave up (its destination was removed or changed by a reload, and its connection
     /// then dropped): the session must close. Nothing unacknowledged was acknowledged.
     Closed,
+    /// The gateway ends this session (not the link) with this reason, e.g. 0x8E when a newer
+    /// device connection took its client id over.
+    Evicted(mqtt::ReasonCode),
 }
 
 /// Events queued for one device session plus the signal that wakes its task.
