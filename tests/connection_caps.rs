@@ -204,6 +204,9 @@ fn running_out_of_descriptors_is_a_local_error_never_an_upstream_failure_or_back
     // No backoff: served at once on a new upstream connection.
     let r = old_device.request(&post("/after", b"3", ""));
     assert_eq!(r.status, 200, "{}", r.body_text());
+    // Accepting resumed by itself once descriptors freed up.
+    let r = raw_exchange(gw.http, &post("/new", b"4", "Connection: close\r\n"));
+    assert_eq!(r.status, 200, "{}", r.body_text());
     let (_, text) = gw.admin_get("/metrics");
     assert_eq!(
         sample(&text, "simgate_http_errors_total{kind=\"local_resources\"}"),
