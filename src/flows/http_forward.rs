@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::select::{select2, Either};
+use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,

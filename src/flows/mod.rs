@@ -10,4 +10,3 @@ pub mod http_forward;
 pub mod mqtt_aggregate;
 pub mod mqtt_bridge;
 pub mod mqtt_session;
-pub mod select;

@@ -63,7 +63,7 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
-use super::select::{select2, Either};
+use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,

@@ -74,7 +74,7 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, v311_return_code,
     DeviceSession,
 };
-use super::select::{select2, Either};
+use crate::reactor::{select2, Either};
 use crate::policy::{
     DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
     TemplateVars,

@@ -51,6 +51,8 @@ mod core;
 mod guarded;
 mod net;
 mod notify;
+mod select;
+mod signal;
 mod time;
 
 #[cfg(test)]
@@ -65,6 +67,8 @@ pub use self::core::SetupMode;
 pub use self::guarded::Guarded;
 pub use self::net::{TcpListener, TcpStream};
 pub use self::notify::{notifier, Notifier, NotifyListener};
+pub use self::select::{select2, Either, Select2};
+pub use self::signal::{Broadcast, Signal};
 pub use self::time::{now, sleep, sleep_until, timeout, timeout_at, Elapsed, Sleep, Timeout};
 
 use self::core::Reactor;

@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Socket, Type};
 
 use crate::flows::client_ids::ClientIds;
-use crate::flows::select::{select2, Either};
+use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
@@ -440,46 +440,10 @@ pub struct ShardState {
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
     /// now rather than at its next once-a-second round, so a burst of device connects keeps
     /// finding warm ones.
-    pool_taken: crate::upstream::mqtt_link::LocalSignal,
+    pool_taken: reactor::Signal,
     /// Requests waiting for a connection to come back to a pool, or for a connect to end (so
     /// that they may start one): woken on every check-in and every connect's end.
-    pool_waiters: PoolWaiters,
-}
-
-/// A shard-local broadcast: every waiter wakes at the next [`PoolWaiters::notify_all`]. Each
-/// waiter registers its waker once; wakers of waits dropped in between are discarded at the
-/// next notification.
-#[derive(Default)]
-struct PoolWaiters {
-    epoch: Cell<u64>,
-    wakers: RefCell<Vec<std::task::Waker>>,
-}
-
-impl PoolWaiters {
-    fn notify_all(&self) {
-        self.epoch.set(self.epoch.get().wrapping_add(1));
-        let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    /// Completes at the first notification after this call.
-    async fn changed(&self) {
-        let start = self.epoch.get();
-        let mut registered = false;
-        std::future::poll_fn(|cx| {
-            if self.epoch.get() != start {
-                return std::task::Poll::Ready(());
-            }
-            if !registered {
-                self.wakers.borrow_mut().push(cx.waker().clone());
-                registered = true;
-            }
-            std::task::Poll::Pending
-        })
-        .await
-    }
+    pool_waiters: reactor::Broadcast,
 }
 
 /// A request connect counted against `max_connecting`; released (and the waiters told) when
@@ -969,7 +933,7 @@ async fn maintain_pools(state: Rc<ShardState>) {
                 .detach();
             }
         }
-        crate::flows::select::select2(
+        reactor::select2(
             reactor::sleep(Duration::from_secs(1)),
             state.pool_taken.wait(),
         )

@@ -43,16 +43,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::poll_fn;
 use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU16;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::flows::select::{select2, Either};
+use crate::reactor::{select2, Either, Signal};
 use crate::policy::{DestinationPlan, MqttMode, MqttUpstreamVersion, TemplateVars};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
@@ -74,40 +72,6 @@ const OUTBOX_QOS0_LIMIT: usize = 4 * 1024 * 1024;
 /// Queued uplink bytes at which a lingering link writes without waiting out `linger`: one full
 /// TLS record (2^14 bytes of plaintext).
 const LINGER_FLUSH_BYTES: usize = 16 * 1024;
-
-/// A wake-up flag for one waiting task on the same thread (no atomics: shard-local).
-///
-/// [`notify`](Self::notify) before [`wait`](Self::wait) is remembered, so no wake-up is lost;
-/// `wait` is cancel-safe (dropping it loses nothing).
-#[derive(Default)]
-pub struct LocalSignal {
-    notified: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl LocalSignal {
-    /// Wake the waiter (or make its next `wait` return at once).
-    pub fn notify(&self) {
-        self.notified.set(true);
-        let waker = self.waker.borrow_mut().take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// Wait until notified since the last `wait` returned.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.notified.replace(false) {
-                Poll::Ready(())
-            } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
 
 /// Identifies one device session registered with a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,7 +115,7 @@ pub enum LinkEvent {
 pub struct SessionMailbox {
     events: RefCell<VecDeque<LinkEvent>>,
     /// Notified whenever an event is pushed.
-    pub signal: LocalSignal,
+    pub signal: Signal,
 }
 
 impl SessionMailbox {
@@ -845,7 +809,7 @@ pub struct Link {
     /// The state machine (borrow briefly, never across an await).
     pub core: RefCell<LinkCore>,
     /// Wakes the driver when the core has something to write.
-    pub wake: LocalSignal,
+    pub wake: Signal,
     retired: Cell<bool>,
     ended: Cell<bool>,
 }
@@ -855,7 +819,7 @@ impl Link {
     pub fn new(core: LinkCore) -> Rc<Link> {
         Rc::new(Link {
             core: RefCell::new(core),
-            wake: LocalSignal::default(),
+            wake: Signal::default(),
             retired: Cell::new(false),
             ended: Cell::new(false),
         })
