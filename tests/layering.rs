@@ -57,7 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
 ];
 
 /// Today's edges against [`LAYERS`], each to be removed by the refactor of issue #11; the seam
-/// that removes each is in docs/decisions/0008-one-way-imports.md. When the refactor removes an
+/// that removes each is in docs/decisions/0009-one-way-imports.md. When the refactor removes an
 /// edge, the test fails until the edge is struck from this list too, so the list only shrinks.
 const ALLOWED_VIOLATIONS: &[(&str, &str)] = &[
     // Every flow takes `Rc<ShardState>`: plan and generation, metrics and `ErrorKind`/`Protocol`,
@@ -164,7 +164,7 @@ fn judge(graph: &Graph, allowlist: &[(&str, &str)]) -> Verdict {
             problems.push(format!(
                 "NEW edge against the order: {from} -> {to}\n  `{from}` may import only: {}\n  \
                  use sites:\n{text}  Move what `{from}` needs into a layer below it (see \
-                 docs/decisions/0008-one-way-imports.md for the seams), or change LAYERS with a \
+                 docs/decisions/0009-one-way-imports.md for the seams), or change LAYERS with a \
                  decision record if the order itself is wrong. Do not add it to ALLOWED_VIOLATIONS.",
                 below(from).join(", ")
             ));
