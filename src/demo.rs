@@ -125,7 +125,7 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
             rate,
             ms(interval.value_at_quantile(0.5)),
             ms(interval.value_at_quantile(0.99)),
-            m.upstream_connects,
+            m.upstream.connects,
             errors,
         );
         let out_of_time = opts.duration.is_some_and(|d| started.elapsed() >= d);
@@ -160,7 +160,7 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
     );
     println!(
         "  upstream TLS connections {} (resumed {}), requests on reused connections {}",
-        m.upstream_connects, m.upstream_tls_resumed, m.upstream_reused
+        m.upstream.connects, m.upstream.tls_resumed, m.upstream_reused
     );
     println!("  demo cloud received {} requests", sink.stats().requests);
     drop(tmp);

@@ -64,9 +64,6 @@ const ALLOWED_VIOLATIONS: &[(&str, &str)] = &[
     // drain, the pool (checkout, connect_new, check_in), the aggregate link registry
     // (`state.mqtt_aggregate`). Seam: a shard-local handle defined below flows.
     ("flows", "shard"),
-    // `mqtt_link::run_link` takes `Rc<ShardState>` for `id`, `current()` and `connect_new`.
-    // Seam: the pool driver moves into `upstream`; the link gets the upstream handle.
-    ("upstream", "shard"),
 ];
 
 #[test]

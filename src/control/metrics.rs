@@ -147,31 +147,31 @@ pub fn render(
         w,
         "simgate_upstream_connects_total",
         "Upstream TLS connections established",
-        &[("", m.upstream_connects)],
+        &[("", m.upstream.connects)],
     );
     counter(
         w,
         "simgate_upstream_connect_failures_total",
         "Upstream connects (TCP or TLS) that failed",
-        &[("", m.upstream_connect_failures)],
+        &[("", m.upstream.connect_failures)],
     );
     counter(
         w,
         "simgate_upstream_connects_local_failures_total",
         "Upstream connects not started: simgate out of file descriptors or socket memory",
-        &[("", m.upstream_connects_local_failures)],
+        &[("", m.upstream.connects_local_failures)],
     );
     counter(
         w,
         "simgate_upstream_tls_resumed_total",
         "Upstream TLS handshakes that resumed a session",
-        &[("", m.upstream_tls_resumed)],
+        &[("", m.upstream.tls_resumed)],
     );
     counter(
         w,
         "simgate_upstream_connects_overtaken_total",
         "Upstream connects overtaken by a returned pooled connection (they finish into the pool)",
-        &[("", m.upstream_connects_overtaken)],
+        &[("", m.upstream.connects_overtaken)],
     );
     counter(
         w,

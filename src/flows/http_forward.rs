@@ -36,12 +36,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
 };
 use crate::reactor::{self, TcpStream};
+use crate::reactor::{select2, Either};
 use crate::shard::{ErrorKind, Protocol, ShardState};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
@@ -370,9 +370,9 @@ impl DeviceConn {
         loop {
             // A retry always takes a fresh connection, never another pooled one.
             let conn = if retried {
-                self.state.connect_new(generation, dest).await
+                self.state.upstreams.connect_new(generation, dest).await
             } else {
-                self.state.checkout(generation, dest).await
+                self.state.upstreams.checkout(generation, dest).await
             };
             let mut conn = conn.map_err(|e| upstream_error(&dest.name, &e))?;
             if conn.reused {
@@ -501,7 +501,7 @@ impl DeviceConn {
             }
             if done {
                 if upstream_reusable && conn.stream.plaintext().is_empty() {
-                    self.state.check_in(conn);
+                    self.state.upstreams.check_in(conn);
                 }
                 return Relayed::Done {
                     keep_device,

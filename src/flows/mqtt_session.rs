@@ -74,7 +74,6 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, v311_return_code,
     DeviceSession,
 };
-use crate::reactor::{select2, Either};
 use crate::policy::{
     DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
     TemplateVars,
@@ -85,6 +84,7 @@ use crate::proto::mqtt::{
     Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
+use crate::reactor::{select2, Either};
 use crate::shard::{ErrorKind, Protocol, ShardState};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
@@ -1017,6 +1017,7 @@ async fn open_upstream(
     limits: &DecodeLimits,
 ) -> Result<(UpstreamConn, ConnAck), OpenError> {
     let mut conn = state
+        .upstreams
         .checkout(generation, destination)
         .await
         .map_err(OpenError::Connect)?;
@@ -1027,6 +1028,7 @@ async fn open_upstream(
             Err(OpenError::Closed) if conn.reused => {
                 state.metrics.borrow_mut().upstream_retries += 1;
                 conn = state
+                    .upstreams
                     .connect_new(generation, destination)
                     .await
                     .map_err(OpenError::Connect)?;

@@ -8,6 +8,8 @@
 
 use hdrhistogram::Histogram;
 
+use crate::upstream::driver::UpstreamCounters;
+
 /// The device protocol an error is counted under: the same upstream failure is an HTTP 502
 /// for an HTTP device and a refused CONNACK or a DISCONNECT for an MQTT one, and each protocol
 /// has its own counter family in `/metrics`.
@@ -195,18 +197,8 @@ pub struct ShardMetrics {
     pub device_bytes_in: u64,
     /// Bytes sent to devices.
     pub device_bytes_out: u64,
-    /// New upstream TLS connections established.
-    pub upstream_connects: u64,
-    /// Upstream connects (TCP or TLS) that failed.
-    pub upstream_connect_failures: u64,
-    /// Upstream connects that could not start because simgate was out of descriptors or
-    /// socket memory (not counted in `upstream_connect_failures`, no backoff).
-    pub upstream_connects_local_failures: u64,
-    /// Upstream TLS handshakes that resumed a session.
-    pub upstream_tls_resumed: u64,
-    /// Upstream connects whose request was served first by a returned pooled connection (the
-    /// connect finished on its own and its connection joined the pool).
-    pub upstream_connects_overtaken: u64,
+    /// Upstream connect counters, copied from the shard's upstream handle at snapshot time.
+    pub upstream: UpstreamCounters,
     /// Requests sent on a pooled (reused) upstream connection.
     pub upstream_reused: u64,
     /// Requests retried on a fresh connection because the pooled one was found dead before
@@ -249,11 +241,7 @@ impl Default for ShardMetrics {
             errors: [[0; ErrorKind::ALL.len()]; Protocol::ALL.len()],
             device_bytes_in: 0,
             device_bytes_out: 0,
-            upstream_connects: 0,
-            upstream_connect_failures: 0,
-            upstream_connects_local_failures: 0,
-            upstream_tls_resumed: 0,
-            upstream_connects_overtaken: 0,
+            upstream: UpstreamCounters::default(),
             upstream_reused: 0,
             upstream_retries: 0,
             http_trailer_fields_dropped: 0,
@@ -321,11 +309,7 @@ impl ShardMetrics {
         }
         self.device_bytes_in += other.device_bytes_in;
         self.device_bytes_out += other.device_bytes_out;
-        self.upstream_connects += other.upstream_connects;
-        self.upstream_connect_failures += other.upstream_connect_failures;
-        self.upstream_connects_local_failures += other.upstream_connects_local_failures;
-        self.upstream_tls_resumed += other.upstream_tls_resumed;
-        self.upstream_connects_overtaken += other.upstream_connects_overtaken;
+        self.upstream.merge(&other.upstream);
         self.upstream_reused += other.upstream_reused;
         self.upstream_retries += other.upstream_retries;
         self.http_trailer_fields_dropped += other.http_trailer_fields_dropped;

@@ -18,7 +18,7 @@ pub mod drain;
 pub mod metrics;
 pub mod throttle;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,10 +29,9 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Socket, Type};
 
 use crate::flows::client_ids::ClientIds;
-use crate::reactor::{select2, Either};
-use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
+use crate::policy::{DestinationId, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
-use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
+use crate::upstream::{self, driver::ShardUpstreams};
 pub use metrics::{CapReason, ErrorKind, Protocol, ShardMetrics};
 
 /// Index of a shard (0-based).
@@ -417,9 +416,8 @@ fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<StdTcpListe
 pub struct ShardState {
     /// This shard.
     pub id: ShardId,
-    plan: RefCell<Arc<Plan>>,
-    generation: Cell<u64>,
-    pools: RefCell<Pools>,
+    /// The plan served and its upstream pools.
+    pub upstreams: Rc<ShardUpstreams>,
     /// Counters and histograms (borrow briefly, never across an await).
     pub metrics: RefCell<ShardMetrics>,
     /// Fired when shutdown begins; idle connections wait on it to close at once.
@@ -437,57 +435,12 @@ pub struct ShardState {
     pub client_ids: Arc<ClientIds>,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
-    /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
-    /// now rather than at its next once-a-second round, so a burst of device connects keeps
-    /// finding warm ones.
-    pool_taken: reactor::Signal,
-    /// Requests waiting for a connection to come back to a pool, or for a connect to end (so
-    /// that they may start one): woken on every check-in and every connect's end.
-    pool_waiters: reactor::Broadcast,
-}
-
-/// A request connect counted against `max_connecting`; released (and the waiters told) when
-/// dropped, whether the connect ended or the request was abandoned. Owned, because a connect
-/// its request no longer needs finishes in a task of its own.
-struct ConnectSlot {
-    state: Rc<ShardState>,
-    generation: u64,
-    dest: DestinationId,
-}
-
-impl Drop for ConnectSlot {
-    fn drop(&mut self) {
-        {
-            let mut pools = self.state.pools.borrow_mut();
-            if pools.generation() == self.generation {
-                pools.connect_done(self.dest);
-            }
-        }
-        self.state.pool_waiters.notify_all();
-    }
-}
-
-/// A request counted as waiting for a connection to one destination (see
-/// [`Pools::add_waiter`]); uncounted when dropped, unless the pools were replaced meanwhile.
-struct PoolWaiter<'a> {
-    state: &'a ShardState,
-    generation: u64,
-    dest: DestinationId,
-}
-
-impl Drop for PoolWaiter<'_> {
-    fn drop(&mut self) {
-        let mut pools = self.state.pools.borrow_mut();
-        if pools.generation() == self.generation {
-            pools.remove_waiter(self.dest);
-        }
-    }
 }
 
 impl ShardState {
     /// The plan to serve the next request from.
     pub fn plan(&self) -> Arc<Plan> {
-        self.plan.borrow().clone()
+        self.upstreams.plan()
     }
 
     /// True once shutdown began: connections close after their current request.
@@ -498,158 +451,7 @@ impl ShardState {
     /// The plan to serve the next request from, with its generation (which tells pools apart
     /// across reloads).
     pub fn current(&self) -> (Arc<Plan>, u64) {
-        (self.plan.borrow().clone(), self.generation.get())
-    }
-
-    /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
-    /// that plan is still current, else a new one. A request that finds none connects only if
-    /// the connects under way (warm-ups included) do not already cover every waiting request
-    /// and fewer than `max_connecting` (if set) are under way; otherwise it waits (up to
-    /// `connect_timeout`) for a connection to come back or a connect to end. One that connects
-    /// also takes a returned connection if that comes first.
-    pub async fn checkout(
-        self: &Rc<Self>,
-        generation: u64,
-        dest: &DestinationPlan,
-    ) -> Result<UpstreamConn, UpstreamError> {
-        let give_up = Instant::now() + dest.pool.connect_timeout;
-        // Registered as waiting on the first miss, until this returns (see try_reserve_connect).
-        let mut waiter: Option<PoolWaiter<'_>> = None;
-        loop {
-            if generation != self.generation.get() {
-                return self.connect_new(generation, dest).await;
-            }
-            let (idle, refill, slot) = {
-                let mut pools = self.pools.borrow_mut();
-                let idle = pools.take_idle(dest.id, Instant::now());
-                // Wake the pool keeper only when there is warming to do, not on every request
-                // served from a pool with no `warm` setting.
-                let refill = idle.is_some() && pools.below_warm(dest.id);
-                if idle.is_none() && waiter.is_none() {
-                    pools.add_waiter(dest.id);
-                    waiter = Some(PoolWaiter {
-                        state: self,
-                        generation,
-                        dest: dest.id,
-                    });
-                }
-                let slot = idle.is_none() && pools.try_reserve_connect(dest.id);
-                (idle, refill, slot)
-            };
-            if refill {
-                self.pool_taken.notify();
-            }
-            if let Some(conn) = idle {
-                return Ok(conn);
-            }
-            if slot {
-                let slot = ConnectSlot {
-                    state: Rc::clone(self),
-                    generation,
-                    dest: dest.id,
-                };
-                // The generation is current (checked above, no await since): so is this plan.
-                let plan = self.plan();
-                let index = usize::from(dest.id.0);
-                let state = Rc::clone(self);
-                let mut connect = Box::pin(async move {
-                    let _slot = slot;
-                    state
-                        .connect_new(generation, &plan.destinations[index])
-                        .await
-                });
-                // Whichever comes first: this request's own connect, or a connection another
-                // request returns (or the pool keeper warms) meanwhile. An overtaken connect is
-                // not abandoned: it finishes in a task of its own and its connection joins the
-                // pool, so a burst is served by returned connections as far as they reach
-                // while the pool still grows by the connects it started.
-                return match select2(connect.as_mut(), self.next_idle(generation, dest.id)).await {
-                    Either::Left(result) => result,
-                    Either::Right(conn) => {
-                        self.metrics.borrow_mut().upstream_connects_overtaken += 1;
-                        let state = Rc::clone(self);
-                        reactor::spawn(async move {
-                            if let Ok(conn) = connect.await {
-                                state.check_in(conn);
-                            }
-                        })
-                        .detach();
-                        Ok(conn)
-                    }
-                };
-            }
-            if reactor::timeout_at(give_up, self.pool_waiters.changed())
-                .await
-                .is_err()
-            {
-                return Err(UpstreamError::ConnectTimeout);
-            }
-        }
-    }
-
-    /// The next idle connection to `dest` that appears in the pool (returned by a request or
-    /// warmed by the pool keeper), while the plan of `generation` is current.
-    async fn next_idle(&self, generation: u64, dest: DestinationId) -> UpstreamConn {
-        loop {
-            self.pool_waiters.changed().await;
-            if generation != self.generation.get() {
-                // The pools were replaced: only the connect of the caller can still serve it.
-                std::future::pending::<()>().await;
-            }
-            if let Some(conn) = self.pools.borrow_mut().take_idle(dest, Instant::now()) {
-                return conn;
-            }
-        }
-    }
-
-    /// A new connection to `dest` (never an idle one) of the plan of `generation`, honouring
-    /// the destination's backoff while that plan is current. If a reload happens during the
-    /// connect, the connection still serves its request but is never pooled.
-    pub async fn connect_new(
-        &self,
-        generation: u64,
-        dest: &DestinationPlan,
-    ) -> Result<UpstreamConn, UpstreamError> {
-        let params = if generation == self.generation.get() {
-            self.pools.borrow().connect_params(dest, Instant::now())?
-        } else {
-            upstream::ConnectParams::for_destination(dest)
-        };
-        let result = upstream::connect(params).await;
-        let mut pools = self.pools.borrow_mut();
-        let mut metrics = self.metrics.borrow_mut();
-        let still_current = pools.generation() == generation;
-        match result {
-            Ok(stream) => {
-                metrics.upstream_connects += 1;
-                if stream.was_resumed() {
-                    metrics.upstream_tls_resumed += 1;
-                }
-                if still_current {
-                    pools.record_connect(dest.id, None, Instant::now());
-                }
-                Ok(UpstreamConn::new(stream, dest.id, generation))
-            }
-            // Out of descriptors here says nothing about the destination: no backoff, not its
-            // failure.
-            Err(e) if e.is_local() => {
-                metrics.upstream_connects_local_failures += 1;
-                Err(e)
-            }
-            Err(e) => {
-                metrics.upstream_connect_failures += 1;
-                if still_current {
-                    pools.record_connect(dest.id, Some(&e), Instant::now());
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Return a connection whose exchange completed cleanly (and tell waiting requests).
-    pub fn check_in(&self, conn: UpstreamConn) {
-        self.pools.borrow_mut().check_in(conn, Instant::now());
-        self.pool_waiters.notify_all();
+        self.upstreams.current()
     }
 }
 
@@ -681,9 +483,7 @@ fn shard_main(
     let result = reactor::block_on(&cfg, async move {
         let state = Rc::new(ShardState {
             id,
-            pools: RefCell::new(Pools::new(&plan, 0, seed_for(id))),
-            plan: RefCell::new(plan),
-            generation: Cell::new(0),
+            upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
             metrics: RefCell::new(ShardMetrics::default()),
             drain: drain::DrainSignal::default(),
             connections: shared.connections,
@@ -692,8 +492,6 @@ fn shard_main(
             accept_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
             gateway_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
             mqtt_aggregate: Default::default(),
-            pool_taken: Default::default(),
-            pool_waiters: Default::default(),
         });
         let mut accept_tasks = Vec::new();
         for (index, sock) in sockets.into_iter().enumerate() {
@@ -707,7 +505,7 @@ fn shard_main(
             let lid = ListenerId(index as u16);
             accept_tasks.push(reactor::spawn(accept_loop(state.clone(), lid, listener)));
         }
-        let maintenance = reactor::spawn(maintain_pools(state.clone()));
+        let maintenance = reactor::spawn(upstream::driver::keep_pools(state.upstreams.clone()));
         let _ = ready.send(Ok(()));
         command_loop(&state, commands, notify).await;
         // Shutdown: stop accepting (dropping the tasks drops the listeners), stop warming,
@@ -729,14 +527,6 @@ fn shard_main(
     }
 }
 
-fn seed_for(id: ShardId) -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0x9E37_79B9);
-    t ^ ((id.0 as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-}
-
 async fn command_loop(
     state: &Rc<ShardState>,
     commands: Receiver<ShardCommand>,
@@ -746,12 +536,7 @@ async fn command_loop(
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 ShardCommand::Reload(plan, ack) => {
-                    let generation = state.generation.get() + 1;
-                    state.generation.set(generation);
-                    *state.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(state.id));
-                    *state.plan.borrow_mut() = plan;
-                    // Requests waiting on the old pools go on with the plan they started with.
-                    state.pool_waiters.notify_all();
+                    state.upstreams.replace_plan(plan);
                     let _ = ack.send(());
                 }
                 ShardCommand::UpdateAddrs {
@@ -760,14 +545,13 @@ async fn command_loop(
                     addrs,
                     ack,
                 } => {
-                    if Arc::ptr_eq(&plan, &state.plan.borrow()) {
-                        state.pools.borrow_mut().set_addrs(destination, addrs);
-                    }
+                    state.upstreams.set_addrs(&plan, destination, addrs);
                     let _ = ack.send(());
                 }
                 ShardCommand::Snapshot(reply) => {
                     let mut snapshot = state.metrics.borrow().clone();
-                    snapshot.upstream_idle = state.pools.borrow().idle_count() as u64;
+                    snapshot.upstream_idle = state.upstreams.idle_count() as u64;
+                    snapshot.upstream = state.upstreams.counters();
                     let agg = &state.mqtt_aggregate;
                     let c = agg.counters();
                     snapshot.mqtt_aggregate = metrics::AggregateTotals {
@@ -892,51 +676,5 @@ impl Drop for OpenConnection {
         self.state.connections.release(self.listener);
         let mut m = self.state.metrics.borrow_mut();
         m.connections_open = m.connections_open.saturating_sub(1);
-    }
-}
-
-/// Keep each destination's warm connections topped up and retire idle ones: once a second, and
-/// as soon as a warm connection is taken.
-async fn maintain_pools(state: Rc<ShardState>) {
-    loop {
-        let now = Instant::now();
-        let (plan, generation) = state.current();
-        let wanted: Vec<(usize, usize)> = {
-            let mut pools = state.pools.borrow_mut();
-            pools.retire_idle(now);
-            plan.destinations
-                .iter()
-                .enumerate()
-                .map(|(i, d)| (i, pools.reserve_warm(d.id, now)))
-                .filter(|(_, n)| *n > 0)
-                .collect()
-        };
-        for (index, n) in wanted {
-            for _ in 0..n {
-                let state = state.clone();
-                let plan = plan.clone();
-                reactor::spawn(async move {
-                    let dest = &plan.destinations[index];
-                    let result = state.connect_new(generation, dest).await;
-                    if state.generation.get() == generation {
-                        state.pools.borrow_mut().warm_done(dest.id);
-                    }
-                    // A connect slot is free (and, on success, a connection is coming).
-                    state.pool_waiters.notify_all();
-                    match result {
-                        Ok(conn) => state.check_in(conn),
-                        Err(e) => {
-                            tracing::debug!(shard = state.id.0, error = %e, "warm-up connect failed")
-                        }
-                    }
-                })
-                .detach();
-            }
-        }
-        reactor::select2(
-            reactor::sleep(Duration::from_secs(1)),
-            state.pool_taken.wait(),
-        )
-        .await;
     }
 }

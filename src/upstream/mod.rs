@@ -17,6 +17,7 @@
 //! the caller's next borrow of the pools, other tasks may have changed them — callers re-borrow
 //! after every await and never hold a borrow across one.
 
+pub mod driver;
 pub mod mqtt_link;
 mod transport;
 

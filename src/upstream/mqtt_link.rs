@@ -50,14 +50,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::reactor::{select2, Either, Signal};
+use super::driver::ShardUpstreams;
 use crate::policy::{DestinationPlan, MqttMode, MqttUpstreamVersion, TemplateVars};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, Sender, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use crate::reactor;
-use crate::shard::ShardState;
+use crate::reactor::{select2, Either, Signal};
 use crate::upstream::UpstreamStream;
 
 /// Largest packet accepted from the broker (downlink messages included).
@@ -885,7 +885,7 @@ enum ConnectionEnd {
 /// a reconnect under a plan whose destination differs ends the link (its sessions close, and
 /// the devices' unacknowledged messages are resent by the devices through a new link).
 pub async fn run_link(
-    state: Rc<ShardState>,
+    upstreams: Rc<ShardUpstreams>,
     link: Rc<Link>,
     dest_name: String,
     fingerprint: u64,
@@ -893,12 +893,12 @@ pub async fn run_link(
     counters: Rc<AggregateCounters>,
 ) {
     let mut delay = settings.backoff_initial;
-    let mut salt = state.id.0 as u64 ^ fingerprint;
+    let mut salt = upstreams.shard() as u64 ^ fingerprint;
     loop {
         if link.idle_and_retired() {
             break;
         }
-        let (plan, generation) = state.current();
+        let (plan, generation) = upstreams.current();
         let Some(dest) = plan
             .destinations
             .iter()
@@ -907,7 +907,7 @@ pub async fn run_link(
             // The plan no longer has this destination with these settings.
             break;
         };
-        match state.connect_new(generation, dest).await {
+        match upstreams.connect_new(generation, dest).await {
             Ok(conn) => {
                 let mut tls = conn.stream;
                 match handshake(&mut tls, &settings).await {
@@ -915,7 +915,7 @@ pub async fn run_link(
                         bump(&counters.link_connects);
                         delay = settings.backoff_initial;
                         let resent = link.with_core(|c| c.on_connected(receive_maximum));
-                        tracing::info!(shard = state.id.0, dest = %dest_name, resent, "mqtt link up");
+                        tracing::info!(shard = upstreams.shard(), dest = %dest_name, resent, "mqtt link up");
                         let end = serve_connection(&mut tls, &link, &settings).await;
                         link.core.borrow_mut().on_disconnected();
                         match end {
@@ -925,19 +925,19 @@ pub async fn run_link(
                             }
                             ConnectionEnd::Lost(why) => {
                                 bump(&counters.link_failures);
-                                tracing::info!(shard = state.id.0, dest = %dest_name, reason = %why, "mqtt link lost");
+                                tracing::info!(shard = upstreams.shard(), dest = %dest_name, reason = %why, "mqtt link lost");
                             }
                         }
                     }
                     Err(why) => {
                         bump(&counters.link_failures);
-                        tracing::info!(shard = state.id.0, dest = %dest_name, reason = %why, "mqtt link refused");
+                        tracing::info!(shard = upstreams.shard(), dest = %dest_name, reason = %why, "mqtt link refused");
                     }
                 }
             }
             Err(e) => {
                 bump(&counters.link_failures);
-                tracing::debug!(shard = state.id.0, dest = %dest_name, error = %e, "mqtt link connect failed");
+                tracing::debug!(shard = upstreams.shard(), dest = %dest_name, error = %e, "mqtt link connect failed");
             }
         }
         if link.idle_and_retired() {

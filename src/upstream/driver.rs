@@ -1,0 +1,368 @@
+//! The shard-local upstream handle: the plan a shard serves (with its generation, which tells
+//! pools apart across reloads), that plan's connection pools, and the driver around them —
+//! checkout with its connect policy (`max_connecting`, racing a connect against a returned
+//! connection), new connects with backoff bookkeeping, check-in, and the pool keeper task.
+//! Flows reach upstream connections only through [`ShardUpstreams`]; the aggregate-mode MQTT
+//! links connect through it too.
+//!
+//! Shard-local: `Cell`/`RefCell`, no locks, no atomics; time is the reactor's cached clock.
+//!
+//! What this module does not do: the pool bookkeeping itself ([`super::Pools`], pure, time
+//! passed in), TLS ([`crate::tls`]), or deciding routes ([`crate::policy`]).
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{connect, ConnectParams, Pools, UpstreamConn, UpstreamError};
+use crate::policy::{DestinationId, DestinationPlan, Plan};
+use crate::reactor::{self, select2, Broadcast, Either, Signal};
+
+/// Counters of a shard's upstream connects, copied into its metrics on a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamCounters {
+    /// New upstream TLS connections established.
+    pub connects: u64,
+    /// Upstream connects (TCP or TLS) that failed.
+    pub connect_failures: u64,
+    /// Upstream connects that could not start because simgate was out of descriptors or
+    /// socket memory (not in `connect_failures`, no backoff).
+    pub connects_local_failures: u64,
+    /// Upstream TLS handshakes that resumed a session.
+    pub tls_resumed: u64,
+    /// Upstream connects whose request was served first by a returned pooled connection (the
+    /// connect finished on its own and its connection joined the pool).
+    pub connects_overtaken: u64,
+}
+
+impl UpstreamCounters {
+    /// Add `other` into `self`.
+    pub fn merge(&mut self, other: &UpstreamCounters) {
+        self.connects += other.connects;
+        self.connect_failures += other.connect_failures;
+        self.connects_local_failures += other.connects_local_failures;
+        self.tls_resumed += other.tls_resumed;
+        self.connects_overtaken += other.connects_overtaken;
+    }
+}
+
+/// The plan a shard serves and its upstream connections. Lives in an `Rc` on the shard thread.
+pub struct ShardUpstreams {
+    /// Index of the shard (for logs and jitter seeds).
+    shard: usize,
+    plan: RefCell<Arc<Plan>>,
+    generation: Cell<u64>,
+    pools: RefCell<Pools>,
+    counters: RefCell<UpstreamCounters>,
+    /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
+    /// now rather than at its next once-a-second round, so a burst of device connects keeps
+    /// finding warm ones.
+    pool_taken: Signal,
+    /// Requests waiting for a connection to come back to a pool, or for a connect to end (so
+    /// that they may start one): woken on every check-in and every connect's end.
+    pool_waiters: Broadcast,
+}
+
+/// A request connect counted against `max_connecting`; released (and the waiters told) when
+/// dropped, whether the connect ended or the request was abandoned. Owned, because a connect
+/// its request no longer needs finishes in a task of its own.
+struct ConnectSlot {
+    state: Rc<ShardUpstreams>,
+    generation: u64,
+    dest: DestinationId,
+}
+
+impl Drop for ConnectSlot {
+    fn drop(&mut self) {
+        {
+            let mut pools = self.state.pools.borrow_mut();
+            if pools.generation() == self.generation {
+                pools.connect_done(self.dest);
+            }
+        }
+        self.state.pool_waiters.notify_all();
+    }
+}
+
+/// A request counted as waiting for a connection to one destination (see
+/// [`Pools::add_waiter`]); uncounted when dropped, unless the pools were replaced meanwhile.
+struct PoolWaiter<'a> {
+    state: &'a ShardUpstreams,
+    generation: u64,
+    dest: DestinationId,
+}
+
+impl Drop for PoolWaiter<'_> {
+    fn drop(&mut self) {
+        let mut pools = self.state.pools.borrow_mut();
+        if pools.generation() == self.generation {
+            pools.remove_waiter(self.dest);
+        }
+    }
+}
+
+impl ShardUpstreams {
+    /// The upstream side of shard `shard`, serving `plan` (generation 0).
+    pub fn new(shard: usize, plan: Arc<Plan>) -> ShardUpstreams {
+        ShardUpstreams {
+            shard,
+            pools: RefCell::new(Pools::new(&plan, 0, seed_for(shard))),
+            plan: RefCell::new(plan),
+            generation: Cell::new(0),
+            counters: RefCell::default(),
+            pool_taken: Signal::default(),
+            pool_waiters: Broadcast::default(),
+        }
+    }
+
+    /// Index of the shard this handle belongs to.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// The plan to serve the next request from.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.borrow().clone()
+    }
+
+    /// The plan to serve the next request from, with its generation (which tells pools apart
+    /// across reloads).
+    pub fn current(&self) -> (Arc<Plan>, u64) {
+        (self.plan.borrow().clone(), self.generation.get())
+    }
+
+    /// Serve `plan` from now on: new (empty) pools under a new generation. Requests waiting on
+    /// the old pools go on with the plan they started with.
+    pub fn replace_plan(&self, plan: Arc<Plan>) {
+        let generation = self.generation.get() + 1;
+        self.generation.set(generation);
+        *self.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(self.shard));
+        *self.plan.borrow_mut() = plan;
+        self.pool_waiters.notify_all();
+    }
+
+    /// New addresses for `destination` of `plan`: used by new connects if `plan` is still the
+    /// one served (a reload resolved afresh otherwise). Pooled connections stay.
+    pub fn set_addrs(&self, plan: &Arc<Plan>, destination: DestinationId, addrs: Vec<SocketAddr>) {
+        if Arc::ptr_eq(plan, &self.plan.borrow()) {
+            self.pools.borrow_mut().set_addrs(destination, addrs);
+        }
+    }
+
+    /// Idle pooled connections now.
+    pub fn idle_count(&self) -> usize {
+        self.pools.borrow().idle_count()
+    }
+
+    /// This shard's connect counters.
+    pub fn counters(&self) -> UpstreamCounters {
+        *self.counters.borrow()
+    }
+
+    /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
+    /// that plan is still current, else a new one. A request that finds none connects only if
+    /// the connects under way (warm-ups included) do not already cover every waiting request
+    /// and fewer than `max_connecting` (if set) are under way; otherwise it waits (up to
+    /// `connect_timeout`) for a connection to come back or a connect to end. One that connects
+    /// also takes a returned connection if that comes first.
+    pub async fn checkout(
+        self: &Rc<Self>,
+        generation: u64,
+        dest: &DestinationPlan,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let give_up = reactor::now() + dest.pool.connect_timeout;
+        // Registered as waiting on the first miss, until this returns (see try_reserve_connect).
+        let mut waiter: Option<PoolWaiter<'_>> = None;
+        loop {
+            if generation != self.generation.get() {
+                return self.connect_new(generation, dest).await;
+            }
+            let (idle, refill, slot) = {
+                let mut pools = self.pools.borrow_mut();
+                let idle = pools.take_idle(dest.id, reactor::now());
+                // Wake the pool keeper only when there is warming to do, not on every request
+                // served from a pool with no `warm` setting.
+                let refill = idle.is_some() && pools.below_warm(dest.id);
+                if idle.is_none() && waiter.is_none() {
+                    pools.add_waiter(dest.id);
+                    waiter = Some(PoolWaiter {
+                        state: self,
+                        generation,
+                        dest: dest.id,
+                    });
+                }
+                let slot = idle.is_none() && pools.try_reserve_connect(dest.id);
+                (idle, refill, slot)
+            };
+            if refill {
+                self.pool_taken.notify();
+            }
+            if let Some(conn) = idle {
+                return Ok(conn);
+            }
+            if slot {
+                let slot = ConnectSlot {
+                    state: Rc::clone(self),
+                    generation,
+                    dest: dest.id,
+                };
+                // The generation is current (checked above, no await since): so is this plan.
+                let plan = self.plan();
+                let index = usize::from(dest.id.0);
+                let state = Rc::clone(self);
+                let mut connect = Box::pin(async move {
+                    let _slot = slot;
+                    state
+                        .connect_new(generation, &plan.destinations[index])
+                        .await
+                });
+                // Whichever comes first: this request's own connect, or a connection another
+                // request returns (or the pool keeper warms) meanwhile. An overtaken connect is
+                // not abandoned: it finishes in a task of its own and its connection joins the
+                // pool, so a burst is served by returned connections as far as they reach
+                // while the pool still grows by the connects it started.
+                return match select2(connect.as_mut(), self.next_idle(generation, dest.id)).await {
+                    Either::Left(result) => result,
+                    Either::Right(conn) => {
+                        self.counters.borrow_mut().connects_overtaken += 1;
+                        let state = Rc::clone(self);
+                        reactor::spawn(async move {
+                            if let Ok(conn) = connect.await {
+                                state.check_in(conn);
+                            }
+                        })
+                        .detach();
+                        Ok(conn)
+                    }
+                };
+            }
+            if reactor::timeout_at(give_up, self.pool_waiters.changed())
+                .await
+                .is_err()
+            {
+                return Err(UpstreamError::ConnectTimeout);
+            }
+        }
+    }
+
+    /// The next idle connection to `dest` that appears in the pool (returned by a request or
+    /// warmed by the pool keeper), while the plan of `generation` is current.
+    async fn next_idle(&self, generation: u64, dest: DestinationId) -> UpstreamConn {
+        loop {
+            self.pool_waiters.changed().await;
+            if generation != self.generation.get() {
+                // The pools were replaced: only the connect of the caller can still serve it.
+                std::future::pending::<()>().await;
+            }
+            if let Some(conn) = self.pools.borrow_mut().take_idle(dest, reactor::now()) {
+                return conn;
+            }
+        }
+    }
+
+    /// A new connection to `dest` (never an idle one) of the plan of `generation`, honouring
+    /// the destination's backoff while that plan is current. If a reload happens during the
+    /// connect, the connection still serves its request but is never pooled.
+    pub async fn connect_new(
+        &self,
+        generation: u64,
+        dest: &DestinationPlan,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let params = if generation == self.generation.get() {
+            self.pools.borrow().connect_params(dest, reactor::now())?
+        } else {
+            ConnectParams::for_destination(dest)
+        };
+        let result = connect(params).await;
+        let mut pools = self.pools.borrow_mut();
+        let mut counters = self.counters.borrow_mut();
+        let still_current = pools.generation() == generation;
+        match result {
+            Ok(stream) => {
+                counters.connects += 1;
+                if stream.was_resumed() {
+                    counters.tls_resumed += 1;
+                }
+                if still_current {
+                    pools.record_connect(dest.id, None, reactor::now());
+                }
+                Ok(UpstreamConn::new(stream, dest.id, generation))
+            }
+            // Out of descriptors here says nothing about the destination: no backoff, not its
+            // failure.
+            Err(e) if e.is_local() => {
+                counters.connects_local_failures += 1;
+                Err(e)
+            }
+            Err(e) => {
+                counters.connect_failures += 1;
+                if still_current {
+                    pools.record_connect(dest.id, Some(&e), reactor::now());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Return a connection whose exchange completed cleanly (and tell waiting requests).
+    pub fn check_in(&self, conn: UpstreamConn) {
+        self.pools.borrow_mut().check_in(conn, reactor::now());
+        self.pool_waiters.notify_all();
+    }
+}
+
+/// The pool keeper of a shard: keep each destination's warm connections topped up and retire
+/// idle ones, once a second and as soon as a warm connection is taken. Runs until dropped.
+pub async fn keep_pools(state: Rc<ShardUpstreams>) {
+    loop {
+        let now = reactor::now();
+        let (plan, generation) = state.current();
+        let wanted: Vec<(usize, usize)> = {
+            let mut pools = state.pools.borrow_mut();
+            pools.retire_idle(now);
+            plan.destinations
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (i, pools.reserve_warm(d.id, now)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        for (index, n) in wanted {
+            for _ in 0..n {
+                let state = state.clone();
+                let plan = plan.clone();
+                reactor::spawn(async move {
+                    let dest = &plan.destinations[index];
+                    let result = state.connect_new(generation, dest).await;
+                    if state.generation.get() == generation {
+                        state.pools.borrow_mut().warm_done(dest.id);
+                    }
+                    // A connect slot is free (and, on success, a connection is coming).
+                    state.pool_waiters.notify_all();
+                    match result {
+                        Ok(conn) => state.check_in(conn),
+                        Err(e) => {
+                            tracing::debug!(shard = state.shard, error = %e, "warm-up connect failed")
+                        }
+                    }
+                })
+                .detach();
+            }
+        }
+        reactor::select2(
+            reactor::sleep(Duration::from_secs(1)),
+            state.pool_taken.wait(),
+        )
+        .await;
+    }
+}
+
+fn seed_for(shard: usize) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9E37_79B9);
+    t ^ ((shard as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
