@@ -1302,6 +1302,7 @@ mod tests {
             connections_per_shard: 1,
             max_inflight: 256,
             linger: Duration::ZERO,
+            while_down: crate::policy::WhileDown::Accept,
         }
     }
 

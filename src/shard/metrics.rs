@@ -153,6 +153,8 @@ pub struct AggregateTotals {
     pub downlink_messages: u64,
     /// Device PUBLISHes refused because the rewritten topic is invalid.
     pub topics_refused: u64,
+    /// Device CONNECTs refused because their link had been down for `down_after`.
+    pub connects_refused_down: u64,
 }
 
 impl AggregateTotals {
@@ -166,6 +168,7 @@ impl AggregateTotals {
         self.link_failures += o.link_failures;
         self.downlink_messages += o.downlink_messages;
         self.topics_refused += o.topics_refused;
+        self.connects_refused_down += o.connects_refused_down;
     }
 }
 

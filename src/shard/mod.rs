@@ -800,6 +800,7 @@ async fn command_loop(
                         link_failures: c.link_failures.get(),
                         downlink_messages: c.downlink_messages.get(),
                         topics_refused: c.topics_refused.get(),
+                        connects_refused_down: c.connects_refused_down.get(),
                     };
                     let _ = reply.send(snapshot);
                 }
