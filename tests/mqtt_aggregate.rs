@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
+use common::mosquitto::{publish, publish_output, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
 use simgate::proto::mqtt::{Packet, ProtocolVersion, PubResponse, QoS};
@@ -799,7 +799,19 @@ fn with_accept_while_down_false_new_devices_are_refused_once_the_link_has_been_d
             ),
         }
     }
-    assert_eq!(metric(&gw, REFUSED_DOWN), 2);
+    // A real client too: mosquitto_pub gives up on the refusal.
+    let (ok, out) = publish_output(
+        gw.mqtt.port(),
+        "up",
+        "x",
+        &["-i", "late-pub", "-V", "mqttv5", "-q", "1"],
+    );
+    assert!(!ok, "mosquitto_pub succeeded while refused:\n{out}");
+    assert!(
+        out.to_lowercase().contains("server unavailable"),
+        "mosquitto_pub:\n{out}"
+    );
+    assert_eq!(metric(&gw, REFUSED_DOWN), 3);
 
     // The device connected before the outage stays: PINGREQ is answered, and its QoS 1 message
     // waits for the broker.
@@ -829,7 +841,7 @@ fn with_accept_while_down_false_new_devices_are_refused_once_the_link_has_been_d
     }
     assert_eq!(
         metric(&gw, REFUSED_DOWN),
-        2,
+        3,
         "nothing refused once the link is up"
     );
 }
