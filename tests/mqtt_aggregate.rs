@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
+use common::mosquitto::{publish, publish_output, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
 use simgate::proto::mqtt::{
@@ -875,4 +875,173 @@ fn kill_9_of_the_broker_loses_no_acknowledged_message() {
         "simgate resent nothing with DUP to the restarted broker:\n{}",
         gw.simgate.stderr()
     );
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) on simgate's /metrics.
+fn metric(gw: &Gateway, series: &str) -> u64 {
+    let (status, body) = gw.simgate.admin_get("/metrics");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{body}"))
+}
+
+/// Poll /metrics until `series` is at least `at_least`.
+fn wait_metric(gw: &Gateway, series: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = metric(gw, series);
+        if value >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed at {value}, waiting for {at_least}\n{}",
+            gw.simgate.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling the gateway's counters
+    }
+}
+
+const LINK_CONNECTS: &str = "simgate_mqtt_link_connects_total";
+const LINK_FAILURES: &str = "simgate_mqtt_link_failures_total";
+const REFUSED_DOWN: &str = "simgate_mqtt_connects_refused_total{reason=\"upstream_down\"}";
+
+/// A device connected while the broker is up, with one QoS 1 message acknowledged: the link
+/// has connected.
+fn connected_device(gw: &Gateway, name: &str) -> Client {
+    let mut c = Client::connect(gw.mqtt, name, ProtocolVersion::V311, true)
+        .unwrap_or_else(|e| panic!("{name}: connect: {e:?}\n{}", gw.simgate.stderr()));
+    c.publish("up", "before", QoS::AtLeastOnce, 1)
+        .expect("publish");
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::PubAck(ack))) if ack.reason_code.0 < 0x80 => {}
+        other => panic!(
+            "{name}: expected PUBACK, got {other:?}\n{}",
+            gw.simgate.stderr()
+        ),
+    }
+    c
+}
+
+/// Wait for the PUBACK of packet `id` (and nothing else).
+fn expect_puback(gw: &Gateway, c: &mut Client, id: u16) {
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::PubAck(ack))) if ack.packet_id.get() == id && ack.reason_code.0 < 0x80 => {}
+        other => panic!(
+            "expected PUBACK {id}, got {other:?}\n{}",
+            gw.simgate.stderr()
+        ),
+    }
+}
+
+/// Issue #10: with `accept_while_down = false`, once the device's link has been down for
+/// `down_after`, a new CONNECT gets "server unavailable" (5.0: 0x88, 3.1.1: 3) instead of
+/// CONNACK 0 and a PUBACK that never comes; a device connected before stays, and gets its
+/// PUBACK when the broker is back, as do new devices.
+#[test]
+fn with_accept_while_down_false_new_devices_are_refused_once_the_link_has_been_down_for_down_after()
+{
+    let (dir, pki) = world();
+    let mut broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let down_after = Duration::from_secs(1);
+    let gw = start_gateway(
+        dir.path(),
+        &pki,
+        &broker,
+        1,
+        "accept_while_down = false\ndown_after = \"1s\"",
+    );
+    let mut early = connected_device(&gw, "early");
+
+    broker.kill9();
+    // The link saw the broker go: its outage started no later than this.
+    wait_metric(&gw, LINK_FAILURES, 1);
+    // The bound itself: a wait on the clock, which is what `down_after` is.
+    std::thread::sleep(down_after);
+
+    for (name, version, code) in [
+        ("late-v5", ProtocolVersion::V5, 0x88),
+        ("late-v3", ProtocolVersion::V311, 3),
+    ] {
+        match Client::connect(gw.mqtt, name, version, true) {
+            Err(ClientError::Refused(c)) => assert_eq!(c.0, code, "{name}"),
+            other => panic!(
+                "{name}: expected CONNACK {code:#x}, got {:?}\n{}",
+                other.map(|_| "CONNACK 0"),
+                gw.simgate.stderr()
+            ),
+        }
+    }
+    // A real client too: mosquitto_pub gives up on the refusal.
+    let (ok, out) = publish_output(
+        gw.mqtt.port(),
+        "up",
+        "x",
+        &["-i", "late-pub", "-V", "mqttv5", "-q", "1"],
+    );
+    assert!(!ok, "mosquitto_pub succeeded while refused:\n{out}");
+    assert!(
+        out.to_lowercase().contains("server unavailable"),
+        "mosquitto_pub:\n{out}"
+    );
+    assert_eq!(metric(&gw, REFUSED_DOWN), 3);
+
+    // The device connected before the outage stays: PINGREQ is answered, and its QoS 1 message
+    // waits for the broker.
+    early.send(&Packet::PingReq).expect("PINGREQ");
+    match early.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::PingResp)) => {}
+        other => panic!("expected PINGRESP, got {other:?}\n{}", gw.simgate.stderr()),
+    }
+    early
+        .publish("up", "during", QoS::AtLeastOnce, 2)
+        .expect("publish");
+
+    let connects = metric(&gw, LINK_CONNECTS);
+    broker.restart();
+    wait_metric(&gw, LINK_CONNECTS, connects + 1);
+    expect_puback(&gw, &mut early, 2);
+    for (name, version) in [
+        ("back-v5", ProtocolVersion::V5),
+        ("back-v3", ProtocolVersion::V311),
+    ] {
+        if let Err(e) = Client::connect(gw.mqtt, name, version, true) {
+            panic!(
+                "{name}: refused after the broker came back: {e:?}\n{}",
+                gw.simgate.stderr()
+            );
+        }
+    }
+    assert_eq!(
+        metric(&gw, REFUSED_DOWN),
+        3,
+        "nothing refused once the link is up"
+    );
+}
+
+/// The default (`accept_while_down = true`) is the behaviour before issue #10: during the same
+/// outage a new device is accepted, and its QoS 1 message is acknowledged once the broker is
+/// back.
+#[test]
+fn by_default_new_devices_are_accepted_while_the_link_is_down_and_acked_when_it_is_back() {
+    let (dir, pki) = world();
+    let mut broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "");
+    let _early = connected_device(&gw, "early");
+
+    broker.kill9();
+    wait_metric(&gw, LINK_FAILURES, 1);
+    // As long an outage as the refusing test's `down_after`.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut late = Client::connect(gw.mqtt, "late", ProtocolVersion::V5, true)
+        .unwrap_or_else(|e| panic!("refused while down: {e:?}\n{}", gw.simgate.stderr()));
+    late.publish("up", "during", QoS::AtLeastOnce, 1)
+        .expect("publish");
+    let connects = metric(&gw, LINK_CONNECTS);
+    broker.restart();
+    wait_metric(&gw, LINK_CONNECTS, connects + 1);
+    expect_puback(&gw, &mut late, 1);
+    assert_eq!(metric(&gw, REFUSED_DOWN), 0);
 }

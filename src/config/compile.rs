@@ -36,7 +36,8 @@ use crate::policy::{
     AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId, GroupPlan,
     HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
     MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Reresolve,
-    Secret, Template, TemplateError, MQTT_LINGER_MAX,
+    Secret, Template, TemplateError, WhileDown, MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN,
+    MQTT_LINGER_MAX,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -1071,6 +1072,7 @@ impl Compiler<'_> {
             1..=65535,
         );
         let linger = self.linger(&format!("{p}.linger"), raw.linger.as_ref());
+        let down_after = self.down_after(&format!("{p}.down_after"), raw.down_after.as_ref());
         // Everything below depends on the mode.
         let mode = mode?;
         // False once a rule between keys fails (each value may have parsed on its own).
@@ -1180,6 +1182,27 @@ impl Compiler<'_> {
             );
             ok = false;
         }
+        let accept_while_down = raw.accept_while_down.unwrap_or(true);
+        if mode == MqttMode::Session {
+            let why = "only for mode \"aggregate\": in session mode a device's CONNECT is \
+                       answered after the broker's, so it is refused (0x88, 3.1.1: 3) whenever \
+                       the broker cannot be reached";
+            if raw.accept_while_down.is_some() {
+                self.push(format!("{p}.accept_while_down"), why);
+                ok = false;
+            }
+            if raw.down_after.is_some() && down_after.is_some() {
+                self.push(format!("{p}.down_after"), why);
+                ok = false;
+            }
+        } else if accept_while_down && raw.down_after.is_some() && down_after.is_some() {
+            self.push(
+                format!("{p}.down_after"),
+                "only with accept_while_down = false: with true (the default) new devices are \
+                 accepted however long the broker is unreachable",
+            );
+            ok = false;
+        }
         let pass_through_credentials = raw.pass_through_credentials.unwrap_or(false);
         if pass_through_credentials {
             let path = format!("{p}.pass_through_credentials");
@@ -1237,6 +1260,11 @@ impl Compiler<'_> {
             connections_per_shard: connections_per_shard?,
             max_inflight: max_inflight?,
             linger: linger?,
+            while_down: if accept_while_down {
+                WhileDown::Accept
+            } else {
+                WhileDown::RefuseAfter(down_after?)
+            },
         })
     }
 
@@ -1364,6 +1392,31 @@ impl Compiler<'_> {
                     format!(
                         "must be between 0s and {} (it delays every uplink message), got {text:?}",
                         format_duration(MQTT_LINGER_MAX)
+                    ),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+        }
+    }
+
+    /// `mqtt.down_after`: [`MQTT_DOWN_AFTER_MIN`] up to the longest duration accepted anywhere.
+    fn down_after(&mut self, path: &str, value: Option<&RawDuration>) -> Option<Duration> {
+        let Some(RawDuration(text)) = value else {
+            return Some(MQTT_DOWN_AFTER);
+        };
+        match parse_duration(text) {
+            Err(e) => {
+                self.push(path, format!("invalid duration {text:?}: {e}"));
+                None
+            }
+            Ok(d) if !(MQTT_DOWN_AFTER_MIN..=defaults::MAX_DURATION).contains(&d) => {
+                self.push(
+                    path,
+                    format!(
+                        "must be between {} and {}, got {text:?}",
+                        format_duration(MQTT_DOWN_AFTER_MIN),
+                        format_duration(defaults::MAX_DURATION)
                     ),
                 );
                 None

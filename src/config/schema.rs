@@ -174,6 +174,8 @@ pub(crate) struct RawMqtt {
     pub connections_per_shard: Option<i64>,
     pub max_inflight: Option<i64>,
     pub linger: Option<RawDuration>,
+    pub accept_while_down: Option<bool>,
+    pub down_after: Option<RawDuration>,
 }
 
 /// `[destination.pool]`.

@@ -902,6 +902,8 @@ fn every_schema_key_is_documented() {
         "connections_per_shard",
         "max_inflight",
         "linger",
+        "accept_while_down",
+        "down_after",
         "mqtts",
         "{client_id}",
         "{topic}",
@@ -989,6 +991,8 @@ keep_alive = "2m"
 connections_per_shard = 4
 max_inflight = 100
 linger = "2ms"
+accept_while_down = false
+down_after = "45s"
 
 [[group]]
 name = "default"
@@ -1110,6 +1114,10 @@ fn mqtt_config_compiles_to_the_expected_plan() {
     assert_eq!(m.keep_alive, Duration::from_secs(120));
     assert_eq!((m.connections_per_shard, m.max_inflight), (4, 100));
     assert_eq!(m.linger, Duration::from_millis(2));
+    assert_eq!(
+        m.while_down,
+        crate::policy::WhileDown::RefuseAfter(Duration::from_secs(45))
+    );
 
     let default = &plan.groups[0];
     assert_eq!(default.http_routes.len(), 1);
@@ -1164,6 +1172,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     assert_eq!(m.keep_alive, Duration::from_secs(60));
     assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
     assert_eq!(m.linger, Duration::ZERO);
+    assert_eq!(m.while_down, crate::policy::WhileDown::Accept);
 
     let aggregate = edit(
         MQTT_MINIMAL_SESSION,
@@ -1181,6 +1190,23 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     assert_eq!(m.keep_alive, Duration::from_secs(60));
     assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
     assert_eq!(m.linger, Duration::ZERO);
+    assert_eq!(
+        m.while_down,
+        crate::policy::WhileDown::Accept,
+        "aggregate devices are accepted while the broker is down unless told otherwise"
+    );
+    // accept_while_down = false alone: refused after the default 30 s.
+    let refusing = edit(
+        &aggregate,
+        "mode = \"aggregate\"",
+        "mode = \"aggregate\"\naccept_while_down = false",
+    );
+    let plan = fx.compile(&refusing).unwrap_or_else(|e| panic!("{e}"));
+    let m = plan.destinations[0].mqtt.as_ref().expect("mqtt settings");
+    assert_eq!(
+        m.while_down,
+        crate::policy::WhileDown::RefuseAfter(Duration::from_secs(30))
+    );
 
     // An explicit warm pool is kept in aggregate mode too.
     let warm = edit(
@@ -1208,6 +1234,13 @@ fn mqtt_boundary_values_are_accepted() {
         ("max_inflight = 100", "max_inflight = 65535"),
         ("linger = \"2ms\"", "linger = \"0ms\""),
         ("linger = \"2ms\"", "linger = \"100ms\""),
+        ("down_after = \"45s\"", "down_after = \"1s\""),
+        ("down_after = \"45s\"", "down_after = \"24h\""),
+        ("down_after = \"45s\"\n", ""),
+        (
+            "accept_while_down = false\ndown_after = \"45s\"\n",
+            "accept_while_down = true\n",
+        ),
         ("version = \"5\"", "version = \"device\""),
         ("version = \"5\"", "version = \"3.1.1\""),
         ("alpn = [\"x-amzn-mqtt-ca\"]", "alpn = []"),
@@ -1345,6 +1378,15 @@ const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("linger = \"2ms\"", "linger = \"1s\"", "destination[2].mqtt.linger", "must be between 0s and 100ms"),
     ("linger = \"2ms\"", "linger = \"fast\"", "destination[2].mqtt.linger", "invalid duration"),
     ("keep_alive = \"30s\"", "keep_alive = \"30s\"\nlinger = \"1ms\"", "destination[1].mqtt.linger", "only for mode \"aggregate\""),
+    // Upstream down.
+    ("down_after = \"45s\"", "down_after = \"999ms\"", "destination[2].mqtt.down_after", "must be between 1s and 24h, got \"999ms\""),
+    ("down_after = \"45s\"", "down_after = \"25h\"", "destination[2].mqtt.down_after", "must be between 1s and 24h"),
+    ("down_after = \"45s\"", "down_after = \"later\"", "destination[2].mqtt.down_after", "invalid duration \"later\""),
+    ("accept_while_down = false\n", "accept_while_down = true\n", "destination[2].mqtt.down_after", "only with accept_while_down = false"),
+    ("accept_while_down = false\n", "", "destination[2].mqtt.down_after", "only with accept_while_down = false"),
+    ("keep_alive = \"30s\"", "keep_alive = \"30s\"\naccept_while_down = false", "destination[1].mqtt.accept_while_down", "only for mode \"aggregate\""),
+    ("keep_alive = \"30s\"", "keep_alive = \"30s\"\naccept_while_down = true", "destination[1].mqtt.accept_while_down", "answered after the broker's"),
+    ("keep_alive = \"30s\"", "keep_alive = \"30s\"\ndown_after = \"10s\"", "destination[1].mqtt.down_after", "only for mode \"aggregate\""),
     ("keep_alive = \"2m\"", "keep_alive = \"0s\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
     ("keep_alive = \"2m\"", "keep_alive = \"999ms\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),
     ("keep_alive = \"2m\"", "keep_alive = \"65536s\"", "destination[2].mqtt.keep_alive", "must be between 1s and 65535s"),

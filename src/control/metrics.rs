@@ -247,8 +247,12 @@ pub fn render(
     counter(
         w,
         "simgate_mqtt_connects_refused_total",
-        "Session-mode device CONNECTs the upstream broker refused",
-        &[("", m.mqtt_connects_refused)],
+        "Device CONNECTs refused, by reason: the broker refused it (session mode), or the \
+         upstream link had been down for down_after (aggregate mode, accept_while_down = false)",
+        &[
+            ("reason=\"broker\"", m.mqtt_connects_refused),
+            ("reason=\"upstream_down\"", a.connects_refused_down),
+        ],
     );
     counter(
         w,
@@ -382,6 +386,8 @@ mod tests {
             ..ShardMetrics::default()
         };
         m.response(200);
+        m.mqtt_connects_refused = 2;
+        m.mqtt_aggregate.connects_refused_down = 5;
         m.record_latency(80, 20);
         m.record_latency(3_000, 40);
         let mut dns = BTreeMap::new();
@@ -401,5 +407,7 @@ mod tests {
         assert!(text.contains("simgate_http_request_duration_seconds_bucket{le=\"0.005\"} 2\n"));
         assert!(text.contains("simgate_http_request_duration_seconds_count 2\n"));
         assert!(text.contains("simgate_shards 2\n"));
+        assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"broker\"} 2\n"));
+        assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"upstream_down\"} 5\n"));
     }
 }

@@ -36,6 +36,13 @@
 //! DISCONNECT 0x04) the device's Will is published upstream with its topic rewritten (QoS 2 as QoS 1; Will
 //! Delay Interval is not honoured: it goes out at once).
 //!
+//! Upstream down: a device is admitted to the one link its client id hashes to. While that link
+//! has no upstream session (never connected since it was created, or lost and not back), a new
+//! CONNECT gets CONNACK 0 and its QoS 1/2 messages wait unacknowledged (`accept_while_down =
+//! true`, the default), or, with `accept_while_down = false` once the link has been down for
+//! `down_after`, CONNACK "server unavailable" (0x88; 3.1.1 return code 3), counted. Devices
+//! already connected stay either way; nothing is acknowledged before the broker has it.
+//!
 //! Reloads: [`AggregateShard`] notices a new plan on the next session and keeps the links of
 //! destinations whose link settings did not change; links of changed or removed destinations
 //! are retired (they finish serving their sessions, then disconnect), and new sessions get new
@@ -63,7 +70,7 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
-use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
+use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars, WhileDown};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -390,6 +397,7 @@ fn admit(
         .pick(&client_id)
         .cloned()
         .ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
+    refuse_while_down(state, mqtt_dest.while_down, &link, &client_id)?;
     let mailbox = Rc::new(SessionMailbox::default());
     let key = link.with_core(|c| {
         let key = c.register(mailbox.clone());
@@ -479,6 +487,28 @@ fn admit(
         _registration: registration,
         keep_alive,
     })
+}
+
+/// `Err(SERVER_UNAVAILABLE)` (counted) if `while_down` says a new session is refused while
+/// `link` — the one the device's messages would travel over — is down, as it is now.
+fn refuse_while_down(
+    state: &ShardState,
+    while_down: WhileDown,
+    link: &Link,
+    client_id: &[u8],
+) -> Result<(), ReasonCode> {
+    let down_for = link.status().down_for(reactor::now());
+    if !while_down.refuses(down_for) {
+        return Ok(());
+    }
+    let c = &state.mqtt_aggregate.counters().connects_refused_down;
+    c.set(c.get() + 1);
+    tracing::debug!(
+        client_id = %String::from_utf8_lossy(client_id),
+        down_ms = down_for.map_or(0, |d| d.as_millis() as u64),
+        "aggregate CONNECT refused: upstream link down"
+    );
+    Err(ReasonCode::SERVER_UNAVAILABLE)
 }
 
 /// Everything a running session owns, as one value: the session future holds it once (an

@@ -1320,6 +1320,7 @@ mod tests {
             connections_per_shard: 1,
             max_inflight: 256,
             linger: Duration::ZERO,
+            while_down: crate::policy::WhileDown::Accept,
         }
     }
 

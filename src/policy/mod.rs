@@ -207,7 +207,41 @@ pub struct MqttDestination {
     /// that several travel in one TLS record and one `send` (aggregate mode; default 0: write
     /// as soon as the connection task runs). At most [`MQTT_LINGER_MAX`].
     pub linger: Duration,
+    /// What a new device CONNECT gets while its upstream link cannot connect (aggregate mode:
+    /// keys `accept_while_down` and `down_after`; session mode answers from the broker itself).
+    pub while_down: WhileDown,
 }
+
+/// What aggregate mode answers a new device CONNECT while the upstream link the device would
+/// use is down (never connected since it was created, or disconnected and every reconnect
+/// attempt since has failed). Devices already connected are not affected either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WhileDown {
+    /// CONNACK 0 (`accept_while_down = true`, the default): the device's QoS 1/2 messages wait
+    /// unacknowledged until the link is back.
+    Accept,
+    /// CONNACK "server unavailable" (5.0: 0x88, 3.1.1: return code 3) once the link has been
+    /// down for at least this long (`accept_while_down = false`, `down_after`), so that devices
+    /// can fail over instead of queueing.
+    RefuseAfter(Duration),
+}
+
+impl WhileDown {
+    /// Whether a new device session is refused, given how long its link has been down at the
+    /// moment of the CONNECT (`None`: the link is up). Pure: the caller reads the clock.
+    pub fn refuses(self, down_for: Option<Duration>) -> bool {
+        match (self, down_for) {
+            (WhileDown::Accept, _) | (_, None) => false,
+            (WhileDown::RefuseAfter(bound), Some(down)) => down >= bound,
+        }
+    }
+}
+
+/// Default `destination[].mqtt.down_after`.
+pub const MQTT_DOWN_AFTER: Duration = Duration::from_secs(30);
+
+/// Shortest `destination[].mqtt.down_after`.
+pub const MQTT_DOWN_AFTER_MIN: Duration = Duration::from_secs(1);
 
 /// Longest `destination[].mqtt.linger`.
 pub const MQTT_LINGER_MAX: Duration = Duration::from_millis(100);
@@ -411,7 +445,24 @@ pub fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_matches;
+    use super::{prefix_matches, WhileDown};
+    use std::time::Duration;
+
+    #[test]
+    fn while_down_refuses_only_after_the_bound_and_only_when_asked_to() {
+        let secs = Duration::from_secs;
+        let refuse = WhileDown::RefuseAfter(secs(10));
+        assert!(!refuse.refuses(None), "a link that is up admits");
+        assert!(!refuse.refuses(Some(Duration::ZERO)), "just went down");
+        assert!(!refuse.refuses(Some(secs(10) - Duration::from_nanos(1))));
+        assert!(refuse.refuses(Some(secs(10))), "down for the whole bound");
+        assert!(refuse.refuses(Some(secs(3600))));
+        assert!(
+            !WhileDown::Accept.refuses(Some(secs(3600))),
+            "today's behaviour"
+        );
+        assert!(!WhileDown::Accept.refuses(None));
+    }
 
     #[test]
     fn prefix_matches_on_segment_boundaries() {

@@ -157,6 +157,8 @@ pub struct AggregateTotals {
     pub topics_refused: u64,
     /// Device sessions ended because a newer connection took their client id over.
     pub sessions_taken_over: u64,
+    /// Device CONNECTs refused because their link had been down for `down_after`.
+    pub connects_refused_down: u64,
 }
 
 impl AggregateTotals {
@@ -171,6 +173,7 @@ impl AggregateTotals {
         self.downlink_messages += o.downlink_messages;
         self.topics_refused += o.topics_refused;
         self.sessions_taken_over += o.sessions_taken_over;
+        self.connects_refused_down += o.connects_refused_down;
     }
 }
 

@@ -565,6 +565,7 @@ async fn command_loop(
                         downlink_messages: c.downlink_messages.get(),
                         topics_refused: c.topics_refused.get(),
                         sessions_taken_over: agg.sessions_taken_over(),
+                        connects_refused_down: c.connects_refused_down.get(),
                     };
                     let _ = reply.send(snapshot);
                 }

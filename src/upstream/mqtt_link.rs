@@ -15,7 +15,8 @@
 //!   per event-loop turn for everything queued in that turn (or, with `linger`, for everything
 //!   queued within that time or until one TLS record's worth is queued), PINGREQ every half
 //!   keep-alive, and a link declared dead when a PINGRESP does not come back within the other
-//!   half.
+//!   half. It keeps the link's [`LinkStatus`] (up, or down since when, on the reactor's clock),
+//!   which aggregate mode reads to refuse new devices during a long outage (`accept_while_down`).
 //!
 //! ```text
 //!  device tasks ──publish/subscribe──► LinkCore ──outbox (one buffer per turn)──► TLS write
@@ -195,6 +196,9 @@ pub struct AggregateCounters {
     pub downlink_messages: Cell<u64>,
     /// Device PUBLISHes refused because the rewritten topic is not a valid topic name.
     pub topics_refused: Cell<u64>,
+    /// Device CONNECTs refused with "server unavailable" because their link had been down for
+    /// `down_after` (`accept_while_down = false`).
+    pub connects_refused_down: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>) {
@@ -804,6 +808,38 @@ impl LinkSettings {
     }
 }
 
+/// Whether a link has an upstream MQTT session, and if not, since when (reactor clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkStatus {
+    /// The broker accepted the link's CONNECT and the connection has not been lost since.
+    Up,
+    /// No upstream session since `since`: when the link was created (it never connected) or
+    /// when its last connection was lost; every connection attempt since then has failed.
+    Down {
+        /// Start of the outage.
+        since: Instant,
+    },
+}
+
+impl LinkStatus {
+    /// The status after a connection was lost or an attempt failed at `now`: an outage starts
+    /// if the link was up; a failed reconnect during an outage does not restart its clock.
+    pub fn after_failure(self, now: Instant) -> LinkStatus {
+        match self {
+            LinkStatus::Up => LinkStatus::Down { since: now },
+            down => down,
+        }
+    }
+
+    /// How long the link has been down at `now` (`None` while up).
+    pub fn down_for(self, now: Instant) -> Option<Duration> {
+        match self {
+            LinkStatus::Up => None,
+            LinkStatus::Down { since } => Some(now.saturating_duration_since(since)),
+        }
+    }
+}
+
 /// A link shared by its driver task and the device sessions that use it.
 pub struct Link {
     /// The state machine (borrow briefly, never across an await).
@@ -812,17 +848,31 @@ pub struct Link {
     pub wake: Signal,
     retired: Cell<bool>,
     ended: Cell<bool>,
+    status: Cell<LinkStatus>,
 }
 
 impl Link {
-    /// A new, disconnected link.
+    /// A new, disconnected link: down since now (the reactor's clock), until its first CONNACK.
     pub fn new(core: LinkCore) -> Rc<Link> {
         Rc::new(Link {
             core: RefCell::new(core),
             wake: Signal::default(),
             retired: Cell::new(false),
             ended: Cell::new(false),
+            status: Cell::new(LinkStatus::Down {
+                since: reactor::now(),
+            }),
         })
+    }
+
+    /// Whether the link is up, and if not since when.
+    pub fn status(&self) -> LinkStatus {
+        self.status.get()
+    }
+
+    /// The driver's account of a lost connection or a failed attempt at `now`.
+    fn failed(&self, now: Instant) {
+        self.status.set(self.status.get().after_failure(now));
     }
 
     /// Run `f` on the core, then wake the driver if the outbox just became non-empty or just
@@ -913,10 +963,12 @@ pub async fn run_link(
                 match handshake(&mut tls, &settings).await {
                     Ok(receive_maximum) => {
                         bump(&counters.link_connects);
+                        link.status.set(LinkStatus::Up);
                         delay = settings.backoff_initial;
                         let resent = link.with_core(|c| c.on_connected(receive_maximum));
                         tracing::info!(shard = upstreams.shard(), dest = %dest_name, resent, "mqtt link up");
                         let end = serve_connection(&mut tls, &link, &settings).await;
+                        link.failed(reactor::now());
                         link.core.borrow_mut().on_disconnected();
                         match end {
                             ConnectionEnd::Retired => {
@@ -930,12 +982,14 @@ pub async fn run_link(
                         }
                     }
                     Err(why) => {
+                        link.failed(reactor::now());
                         bump(&counters.link_failures);
                         tracing::info!(shard = upstreams.shard(), dest = %dest_name, reason = %why, "mqtt link refused");
                     }
                 }
             }
             Err(e) => {
+                link.failed(reactor::now());
                 bump(&counters.link_failures);
                 tracing::debug!(shard = upstreams.shard(), dest = %dest_name, error = %e, "mqtt link connect failed");
             }
@@ -1476,6 +1530,34 @@ mod tests {
         assert!(!topic_matches(b"a/b/c", b"a/b"));
         assert!(topic_matches(b"a//b", b"a//b"));
         assert!(topic_matches(b"+", b""));
+    }
+
+    #[test]
+    fn an_outage_runs_from_creation_or_loss_and_failed_retries_do_not_restart_it() {
+        use crate::policy::WhileDown;
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let ms = Duration::from_millis;
+        let refuse = WhileDown::RefuseAfter(ms(1000));
+        // Created, never connected: down since creation, and failed attempts keep that start.
+        let created = LinkStatus::Down { since: t0 };
+        let retried = created.after_failure(at(600));
+        assert_eq!(retried, created);
+        assert_eq!(retried.down_for(at(999)), Some(ms(999)));
+        assert!(!refuse.refuses(retried.down_for(at(999))));
+        assert!(refuse.refuses(retried.down_for(at(1000))));
+        // Up: no outage, whatever the time.
+        assert_eq!(LinkStatus::Up.down_for(at(60_000)), None);
+        assert!(!refuse.refuses(LinkStatus::Up.down_for(at(60_000))));
+        // Lost at 5 s: the outage starts then; reconnects failing at 5.5 s and 5.9 s do not
+        // move it.
+        let lost = LinkStatus::Up.after_failure(at(5000));
+        let lost = lost.after_failure(at(5500)).after_failure(at(5900));
+        assert_eq!(lost, LinkStatus::Down { since: at(5000) });
+        assert!(!refuse.refuses(lost.down_for(at(5999))));
+        assert!(refuse.refuses(lost.down_for(at(6000))));
+        // A clock read before the outage started (cannot happen with one clock) is no outage.
+        assert_eq!(lost.down_for(at(4000)), Some(Duration::ZERO));
     }
 
     #[test]
