@@ -34,6 +34,7 @@ pub mod proto;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod shard;
+pub mod stats;
 pub mod testkit;
 pub mod tls;
 pub mod upstream;

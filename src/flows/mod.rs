@@ -6,7 +6,12 @@
 //! error a device sees, when a connection is reusable, and when a retry is safe.
 
 pub mod client_ids;
+pub mod context;
+pub mod drain;
 pub mod http_forward;
 pub mod mqtt_aggregate;
 pub mod mqtt_bridge;
 pub mod mqtt_session;
+pub mod throttle;
+
+pub use context::{ShardId, ShardState};

@@ -70,6 +70,7 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
+use super::ShardState;
 use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars, WhileDown};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
@@ -77,7 +78,6 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::shard::ShardState;
 use crate::upstream::mqtt_link::{
     destination_fingerprint, run_link, AggregateCounters, Enqueued, Link, LinkCore, LinkEvent,
     LinkSettings, PublishOwner, SessionKey, SessionMailbox,

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use super::ShardState;
 use crate::policy::template::Placeholder;
 use crate::policy::{DestinationId, ListenerId, MqttMode, Plan, Template};
 use crate::proto::mqtt::{
@@ -39,7 +40,6 @@ use crate::proto::mqtt::{
     ReasonCode,
 };
 use crate::reactor::{self, TcpStream};
-use crate::shard::ShardState;
 
 /// Time left at the end of the shard's drain window for the goodbyes (DISCONNECT to the device,
 /// DISCONNECT or close upstream) after a draining session stops waiting for acknowledgements.

@@ -74,6 +74,7 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, v311_return_code,
     DeviceSession,
 };
+use super::ShardState;
 use crate::policy::{
     DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
     TemplateVars,
@@ -85,7 +86,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::shard::{ErrorKind, Protocol, ShardState};
+use crate::stats::{ErrorKind, Protocol};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 

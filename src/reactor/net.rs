@@ -32,6 +32,10 @@ pub struct TcpListener {
     fd: OwnedFd,
     reactor: Rc<Reactor>,
     accept_op: Option<usize>,
+    /// The armed accept is a multishot one.
+    armed_multishot: bool,
+    /// Accept with single-shot operations (see [`TcpListener::set_one_at_a_time`]).
+    one_at_a_time: bool,
 }
 
 impl TcpListener {
@@ -47,7 +51,20 @@ impl TcpListener {
             fd: listener.into(),
             reactor,
             accept_op: None,
+            armed_multishot: false,
+            one_at_a_time: false,
         })
+    }
+
+    /// Accept one connection per operation (`true`) instead of with a multishot accept (the
+    /// default). A multishot accept lets the kernel open a descriptor for every queued
+    /// connection before the caller sees the first, so a burst can run the process out of
+    /// descriptors while the caller closes them one by one; one at a time, at most one is open
+    /// ahead. Meant for while a connection cap is reached. Takes effect at the next `accept`:
+    /// connections already queued for an armed multishot accept are returned first; a
+    /// connection the kernel completes for it in the instant it is cancelled is closed.
+    pub fn set_one_at_a_time(&mut self, on: bool) {
+        self.one_at_a_time = on;
     }
 
     /// The next accepted connection (with `TCP_NODELAY` set) and its peer address.
@@ -67,16 +84,32 @@ impl TcpListener {
             let key = match self.accept_op {
                 Some(key) => key,
                 None => {
-                    let entry = opcode::AcceptMulti::new(types::Fd(self.fd.as_raw_fd()))
-                        .flags(libc::SOCK_CLOEXEC)
-                        .build();
+                    let fd = types::Fd(self.fd.as_raw_fd());
+                    let entry = if self.one_at_a_time {
+                        // Null address and length: accept(2) then writes no peer address (it
+                        // is read with getpeername below, as for the multishot accept).
+                        opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                            .flags(libc::SOCK_CLOEXEC)
+                            .build()
+                    } else {
+                        opcode::AcceptMulti::new(fd)
+                            .flags(libc::SOCK_CLOEXEC)
+                            .build()
+                    };
                     let key = self.reactor.submit(entry, OpKind::Accept, Keep::Nothing)?;
                     self.accept_op = Some(key);
+                    self.armed_multishot = !self.one_at_a_time;
                     key
                 }
             };
             let (c, ended) = match self.reactor.poll_multi(key, cx) {
                 Poll::Ready(v) => v,
+                Poll::Pending if self.one_at_a_time && self.armed_multishot => {
+                    // Nothing queued: replace the multishot accept with a single-shot one.
+                    self.reactor.orphan(key);
+                    self.accept_op = None;
+                    continue;
+                }
                 Poll::Pending => return Poll::Pending,
             };
             if ended {

@@ -669,3 +669,27 @@ fn a_peer_nobody_reads_is_paused_instead_of_draining_the_ring() -> io::Result<()
         Ok(())
     })?
 }
+
+#[test]
+fn one_at_a_time_accept_serves_queued_connections_and_switches_back() -> io::Result<()> {
+    block_on(&small_cfg(), async {
+        let (mut listener, addr) = listen()?;
+        // Multishot first, then one at a time, then multishot again: every connection is
+        // accepted exactly once, in order of arrival, whatever the mode when it arrived.
+        let mut peers = Vec::new();
+        for round in 0..3 {
+            listener.set_one_at_a_time(round == 1);
+            let mut clients = Vec::new();
+            for _ in 0..5 {
+                let c = std::net::TcpStream::connect(addr)?;
+                clients.push(c.local_addr()?);
+                peers.push(c);
+            }
+            for expected in clients {
+                let (_stream, peer) = timeout(LIMIT, listener.accept()).await??;
+                assert_eq!(peer, expected, "round {round}");
+            }
+        }
+        Ok(())
+    })?
+}

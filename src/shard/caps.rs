@@ -14,8 +14,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::metrics::CapReason;
 use crate::policy::ListenerId;
+use crate::stats::CapReason;
 
 /// Open device connections, in total and per listener, of every shard together.
 #[derive(Debug)]

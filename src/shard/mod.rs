@@ -14,11 +14,7 @@
 //! already being forwarded finishes on the plan it started with (it holds its own `Arc<Plan>`).
 
 pub mod caps;
-pub mod drain;
-pub mod metrics;
-pub mod throttle;
 
-use std::cell::RefCell;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,14 +25,13 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Socket, Type};
 
 use crate::flows::client_ids::ClientIds;
+use crate::flows::context::LOG_THROTTLE;
+use crate::flows::throttle::LogThrottle;
+pub use crate::flows::{ShardId, ShardState};
 use crate::policy::{DestinationId, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
-use crate::upstream::{self, driver::ShardUpstreams};
-pub use metrics::{CapReason, ErrorKind, Protocol, ShardMetrics};
-
-/// Index of a shard (0-based).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ShardId(pub usize);
+pub use crate::stats::{CapReason, ErrorKind, Protocol, ShardMetrics};
+use crate::upstream;
 
 /// A command from the control thread to a shard.
 pub enum ShardCommand {
@@ -412,47 +407,17 @@ fn bind_reuseport(addr: SocketAddr, backlog: i32) -> std::io::Result<StdTcpListe
     Ok(sock.into())
 }
 
-/// Everything a shard's tasks share. Lives in an `Rc` on the shard thread only.
-pub struct ShardState {
-    /// This shard.
-    pub id: ShardId,
-    /// The plan served and its upstream pools.
-    pub upstreams: Rc<ShardUpstreams>,
-    /// Counters and histograms (borrow briefly, never across an await).
-    pub metrics: RefCell<ShardMetrics>,
-    /// Fired when shutdown begins; idle connections wait on it to close at once.
-    pub drain: drain::DrainSignal,
+/// The accept side of a shard: its flows' state plus the connection caps and the throttles of
+/// accept-path log lines. Lives in an `Rc` on the shard thread; each open connection's gauge
+/// holds it.
+struct Acceptor {
+    state: Rc<ShardState>,
     /// Open device connections of every shard, checked against the connection caps.
     connections: Arc<caps::ConnectionCounts>,
     /// Keeps "connection refused at accept" to one log line per interval.
-    cap_log: throttle::LogThrottle,
-    /// Keeps "request answered with a gateway error" (HTTP) to one info line per interval.
-    pub gateway_error_log: throttle::LogThrottle,
+    cap_log: LogThrottle,
     /// Keeps "accept failed" to one log line per interval.
-    accept_error_log: throttle::LogThrottle,
-    /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
-    /// takes the id over from the session holding it, on whichever shard that is.
-    pub client_ids: Arc<ClientIds>,
-    /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
-    pub mqtt_aggregate: crate::flows::mqtt_aggregate::AggregateShard,
-}
-
-impl ShardState {
-    /// The plan to serve the next request from.
-    pub fn plan(&self) -> Arc<Plan> {
-        self.upstreams.plan()
-    }
-
-    /// True once shutdown began: connections close after their current request.
-    pub fn draining(&self) -> bool {
-        self.drain.fired()
-    }
-
-    /// The plan to serve the next request from, with its generation (which tells pools apart
-    /// across reloads).
-    pub fn current(&self) -> (Arc<Plan>, u64) {
-        self.upstreams.current()
-    }
+    accept_error_log: LogThrottle,
 }
 
 fn reactor_config(plan: &Plan) -> ReactorConfig {
@@ -481,17 +446,12 @@ fn shard_main(
     let cfg = reactor_config(&plan);
     let ready_on_error = ready.clone();
     let result = reactor::block_on(&cfg, async move {
-        let state = Rc::new(ShardState {
-            id,
-            upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
-            metrics: RefCell::new(ShardMetrics::default()),
-            drain: drain::DrainSignal::default(),
+        let state = Rc::new(ShardState::new(id, plan, shared.client_ids));
+        let acceptor = Rc::new(Acceptor {
+            state: state.clone(),
             connections: shared.connections,
-            client_ids: shared.client_ids,
-            cap_log: throttle::LogThrottle::new(LOG_THROTTLE),
-            accept_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
-            gateway_error_log: throttle::LogThrottle::new(LOG_THROTTLE),
-            mqtt_aggregate: Default::default(),
+            cap_log: LogThrottle::new(LOG_THROTTLE),
+            accept_error_log: LogThrottle::new(LOG_THROTTLE),
         });
         let mut accept_tasks = Vec::new();
         for (index, sock) in sockets.into_iter().enumerate() {
@@ -503,7 +463,7 @@ fn shard_main(
                 }
             };
             let lid = ListenerId(index as u16);
-            accept_tasks.push(reactor::spawn(accept_loop(state.clone(), lid, listener)));
+            accept_tasks.push(reactor::spawn(accept_loop(acceptor.clone(), lid, listener)));
         }
         let maintenance = reactor::spawn(upstream::driver::keep_pools(state.upstreams.clone()));
         let _ = ready.send(Ok(()));
@@ -554,7 +514,7 @@ async fn command_loop(
                     snapshot.upstream = state.upstreams.counters();
                     let agg = &state.mqtt_aggregate;
                     let c = agg.counters();
-                    snapshot.mqtt_aggregate = metrics::AggregateTotals {
+                    snapshot.mqtt_aggregate = crate::stats::AggregateTotals {
                         sessions_open: agg.sessions_open(),
                         uplink_publishes: c.uplink_publishes.get(),
                         upstream_acks: c.upstream_acks.get(),
@@ -585,17 +545,24 @@ async fn command_loop(
     }
 }
 
-/// How often a repeating accept-path fault (refusals over a cap, accept errors) is logged.
-const LOG_THROTTLE: Duration = Duration::from_secs(10);
-
-async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listener: TcpListener) {
+async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listener: TcpListener) {
+    let state = &acceptor.state;
     loop {
+        // Near the gateway's cap every new connection is closed at once: accept them one at a
+        // time, so a burst cannot make the kernel open more descriptors than the reserve holds
+        // before they are closed.
+        let plan = state.plan();
+        let margin = (plan.gateway.reserved_fds / 4).clamp(1, 64);
+        listener.set_one_at_a_time(
+            acceptor.connections.total() + margin >= plan.gateway.max_connections,
+        );
+        drop(plan);
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let plan = state.plan();
                 let listener_plan = plan.listener(listener_id);
                 let protocol = listener_plan.protocol;
-                if let Err(reason) = state.connections.admit(
+                if let Err(reason) = acceptor.connections.admit(
                     listener_id,
                     plan.gateway.max_connections,
                     listener_plan.max_connections,
@@ -603,7 +570,7 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
                     // Closed at once (the stream drops here): the device sees the connection
                     // end before any byte, and may retry later.
                     state.metrics.borrow_mut().connections_rejected[reason.index()] += 1;
-                    if let Some(held_back) = state.cap_log.allow(reactor::now()) {
+                    if let Some(held_back) = acceptor.cap_log.allow(reactor::now()) {
                         let cap = match reason {
                             CapReason::Gateway => plan.gateway.max_connections,
                             CapReason::Listener => listener_plan.max_connections.unwrap_or(0),
@@ -626,7 +593,7 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
                     m.connections_open += 1;
                 }
                 let gauge = OpenConnection {
-                    state: state.clone(),
+                    acceptor: acceptor.clone(),
                     listener: listener_id,
                 };
                 let state = state.clone();
@@ -650,7 +617,7 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
                 // queueing in the backlog meanwhile, and accepting resumes by itself once
                 // descriptors free up. Counted every time, logged once per interval.
                 state.metrics.borrow_mut().accept_errors += 1;
-                if let Some(held_back) = state.accept_error_log.allow(reactor::now()) {
+                if let Some(held_back) = acceptor.accept_error_log.allow(reactor::now()) {
                     tracing::warn!(
                         shard = state.id.0,
                         error = %e,
@@ -668,14 +635,14 @@ async fn accept_loop(state: Rc<ShardState>, listener_id: ListenerId, mut listene
 /// Decrements the open-connection gauge and the connection caps' counts however a
 /// connection task ends (including being dropped at shutdown).
 struct OpenConnection {
-    state: Rc<ShardState>,
+    acceptor: Rc<Acceptor>,
     listener: ListenerId,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.state.connections.release(self.listener);
-        let mut m = self.state.metrics.borrow_mut();
+        self.acceptor.connections.release(self.listener);
+        let mut m = self.acceptor.state.metrics.borrow_mut();
         m.connections_open = m.connections_open.saturating_sub(1);
     }
 }

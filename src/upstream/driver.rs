@@ -19,34 +19,7 @@ use std::time::Duration;
 use super::{connect, ConnectParams, Pools, UpstreamConn, UpstreamError};
 use crate::policy::{DestinationId, DestinationPlan, Plan};
 use crate::reactor::{self, select2, Broadcast, Either, Signal};
-
-/// Counters of a shard's upstream connects, copied into its metrics on a snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UpstreamCounters {
-    /// New upstream TLS connections established.
-    pub connects: u64,
-    /// Upstream connects (TCP or TLS) that failed.
-    pub connect_failures: u64,
-    /// Upstream connects that could not start because simgate was out of descriptors or
-    /// socket memory (not in `connect_failures`, no backoff).
-    pub connects_local_failures: u64,
-    /// Upstream TLS handshakes that resumed a session.
-    pub tls_resumed: u64,
-    /// Upstream connects whose request was served first by a returned pooled connection (the
-    /// connect finished on its own and its connection joined the pool).
-    pub connects_overtaken: u64,
-}
-
-impl UpstreamCounters {
-    /// Add `other` into `self`.
-    pub fn merge(&mut self, other: &UpstreamCounters) {
-        self.connects += other.connects;
-        self.connect_failures += other.connect_failures;
-        self.connects_local_failures += other.connects_local_failures;
-        self.tls_resumed += other.tls_resumed;
-        self.connects_overtaken += other.connects_overtaken;
-    }
-}
+pub use crate::stats::UpstreamCounters;
 
 /// The plan a shard serves and its upstream connections. Lives in an `Rc` on the shard thread.
 pub struct ShardUpstreams {

@@ -1,4 +1,6 @@
-//! Per-shard counters and latency histograms, merged on read by the control thread.
+//! Per-shard counters and latency histograms, merged on read by the control thread: plain data
+//! at the bottom of the crate, so every layer can count (flows, the upstream driver, the shard's
+//! accept loop) and the control thread can expose it.
 //!
 //! Each shard owns one [`ShardMetrics`] and updates it with plain (non-atomic) arithmetic on the
 //! hot path; the control thread asks for a [`ShardMetrics`] clone through the shard's command
@@ -7,8 +9,6 @@
 //! digits.
 
 use hdrhistogram::Histogram;
-
-use crate::upstream::driver::UpstreamCounters;
 
 /// The device protocol an error is counted under: the same upstream failure is an HTTP 502
 /// for an HTTP device and a refused CONNACK or a DISCONNECT for an MQTT one, and each protocol
@@ -132,6 +132,34 @@ impl CapReason {
 fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds: 1 µs .. 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Counters of a shard's upstream connects, copied into its metrics on a snapshot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamCounters {
+    /// New upstream TLS connections established.
+    pub connects: u64,
+    /// Upstream connects (TCP or TLS) that failed.
+    pub connect_failures: u64,
+    /// Upstream connects that could not start because simgate was out of descriptors or
+    /// socket memory (not in `connect_failures`, no backoff).
+    pub connects_local_failures: u64,
+    /// Upstream TLS handshakes that resumed a session.
+    pub tls_resumed: u64,
+    /// Upstream connects whose request was served first by a returned pooled connection (the
+    /// connect finished on its own and its connection joined the pool).
+    pub connects_overtaken: u64,
+}
+
+impl UpstreamCounters {
+    /// Add `other` into `self`.
+    pub fn merge(&mut self, other: &UpstreamCounters) {
+        self.connects += other.connects;
+        self.connect_failures += other.connect_failures;
+        self.connects_local_failures += other.connects_local_failures;
+        self.tls_resumed += other.tls_resumed;
+        self.connects_overtaken += other.connects_overtaken;
+    }
 }
 
 /// Aggregate-mode MQTT counters of a shard (see `upstream::mqtt_link::AggregateCounters`).

@@ -1,0 +1,79 @@
+//! What every flow of a shard shares: the shard's id, the plan it serves and its upstream
+//! connections ([`ShardUpstreams`]), its metrics, the drain signal, the aggregate-mode MQTT
+//! state and the gateway-wide client-id table. One [`ShardState`] per shard thread, in an `Rc`;
+//! the shard builds it and hands it to each connection's flow.
+//!
+//! Shard-local: `Cell`/`RefCell`, never sent across threads (the client-id table is the one
+//! shared part, and it is `Sync`).
+//!
+//! What this module does not do: accept connections, enforce connection caps or run the
+//! control thread's commands (`crate::shard` does).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::client_ids::ClientIds;
+use super::drain::DrainSignal;
+use super::mqtt_aggregate::AggregateShard;
+use super::throttle::LogThrottle;
+use crate::policy::Plan;
+use crate::stats::ShardMetrics;
+use crate::upstream::driver::ShardUpstreams;
+
+/// Index of a shard (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardId(pub usize);
+
+/// How often a fault that repeats per request or connection is logged at info/warn.
+pub const LOG_THROTTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Everything a shard's flows share. Lives in an `Rc` on the shard thread only.
+pub struct ShardState {
+    /// This shard.
+    pub id: ShardId,
+    /// The plan served and its upstream pools.
+    pub upstreams: Rc<ShardUpstreams>,
+    /// Counters and histograms (borrow briefly, never across an await).
+    pub metrics: RefCell<ShardMetrics>,
+    /// Fired when shutdown begins; idle connections wait on it to close at once.
+    pub drain: DrainSignal,
+    /// Keeps "request answered with a gateway error" (HTTP) to one info line per interval.
+    pub gateway_error_log: LogThrottle,
+    /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
+    /// takes the id over from the session holding it, on whichever shard that is.
+    pub client_ids: Arc<ClientIds>,
+    /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
+    pub mqtt_aggregate: AggregateShard,
+}
+
+impl ShardState {
+    /// The state of shard `id`, serving `plan`, sharing `client_ids` with the other shards.
+    pub fn new(id: ShardId, plan: Arc<Plan>, client_ids: Arc<ClientIds>) -> ShardState {
+        ShardState {
+            id,
+            upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
+            metrics: RefCell::new(ShardMetrics::default()),
+            drain: DrainSignal::default(),
+            gateway_error_log: LogThrottle::new(LOG_THROTTLE),
+            client_ids,
+            mqtt_aggregate: AggregateShard::default(),
+        }
+    }
+
+    /// The plan to serve the next request from.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.upstreams.plan()
+    }
+
+    /// True once shutdown began: connections close after their current request.
+    pub fn draining(&self) -> bool {
+        self.drain.fired()
+    }
+
+    /// The plan to serve the next request from, with its generation (which tells pools apart
+    /// across reloads).
+    pub fn current(&self) -> (Arc<Plan>, u64) {
+        self.upstreams.current()
+    }
+}
