@@ -79,60 +79,18 @@ use crate::proto::mqtt::{
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
 use crate::upstream::mqtt_link::{
-    destination_fingerprint, run_link, AggregateCounters, Enqueued, Link, LinkCore, LinkEvent,
-    LinkSettings, PublishOwner, SessionKey, SessionMailbox,
+    Enqueued, Link, LinkEvent, PublishOwner, SessionKey, SessionMailbox,
 };
 
 /// A device that does not read what simgate sends for this long is closed.
 const DEVICE_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The links of one destination on one shard.
-pub struct LinkSet {
-    links: Vec<Rc<Link>>,
-}
-
-impl LinkSet {
-    /// The link for a device: a stable hash of its client id, so one device always uses the same
-    /// link (per-device order).
-    pub fn pick(&self, client_id: &[u8]) -> Option<&Rc<Link>> {
-        if self.links.is_empty() {
-            return None;
-        }
-        // FNV-1a: stable across runs and shards.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in client_id {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.links.get((h % self.links.len() as u64) as usize)
-    }
-
-    fn retire(&self) {
-        for link in &self.links {
-            link.retire();
-        }
-    }
-
-    fn usable(&self) -> bool {
-        self.links.iter().all(|l| !l.is_retired())
-    }
-}
-
-#[derive(Default)]
-struct Inner {
-    /// The plan the link sets were last checked against.
-    plan: Option<Arc<Plan>>,
-    /// Link sets by destination name, with the fingerprint they were built for.
-    sets: HashMap<String, (u64, Rc<LinkSet>)>,
-}
-
-/// Per-shard state of aggregate mode: the upstream links of every aggregate destination (created
-/// on the first device session that needs them) and the counters. Interior mutability: it lives
-/// in the shard's `ShardState` and is only touched from the shard thread.
+/// Per-shard state of aggregate mode on the device side: sessions open, and each session's
+/// mailbox by its client-id claim (the links themselves are the upstream handle's, see
+/// [`crate::upstream::link_registry`]). Interior mutability: it lives in the shard's
+/// `ShardState` and is only touched from the shard thread.
 #[derive(Default)]
 pub struct AggregateShard {
-    inner: RefCell<Inner>,
-    counters: Rc<AggregateCounters>,
     sessions_open: Cell<u64>,
     /// Mailbox of each running session by its client-id claim token, so that a takeover
     /// (which may come from another shard) can end it.
@@ -142,24 +100,6 @@ pub struct AggregateShard {
 }
 
 impl AggregateShard {
-    /// This shard's aggregate-mode counters.
-    pub fn counters(&self) -> &AggregateCounters {
-        &self.counters
-    }
-
-    /// True while a live link of this shard still has PUBLISHes unacknowledged or waiting (the
-    /// shard's drain waits for them, within its window).
-    pub fn links_busy(&self) -> bool {
-        self.inner.borrow().sets.values().any(|(_, set)| {
-            set.links.iter().any(|l| {
-                !l.has_ended() && {
-                    let core = l.core.borrow();
-                    core.inflight_len() > 0 || core.waiting_len() > 0
-                }
-            })
-        })
-    }
-
     /// Device sessions currently served in aggregate mode on this shard.
     pub fn sessions_open(&self) -> u64 {
         self.sessions_open.get()
@@ -181,71 +121,6 @@ impl AggregateShard {
             }
             mailbox.push(LinkEvent::Evicted(code));
         }
-    }
-
-    /// The link set of destination `dest_name` under the shard's current plan, starting its link
-    /// tasks if needed; `None` if the current plan has no aggregate destination of that name.
-    pub fn link_set(&self, state: &Rc<ShardState>, dest_name: &str) -> Option<Rc<LinkSet>> {
-        let plan = state.plan();
-        let mut inner = self.inner.borrow_mut();
-        if !inner.plan.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan)) {
-            // New plan generation: keep link sets whose destination is unchanged, retire others.
-            inner.sets.retain(|name, (fingerprint, set)| {
-                let same = plan
-                    .destinations
-                    .iter()
-                    .find(|d| &d.name == name)
-                    .and_then(destination_fingerprint)
-                    == Some(*fingerprint);
-                if !same {
-                    set.retire();
-                }
-                same
-            });
-            inner.plan = Some(plan.clone());
-        }
-        if let Some((_, set)) = inner.sets.get(dest_name) {
-            if set.usable() {
-                return Some(set.clone());
-            }
-            set.retire();
-        }
-        let dest = plan.destinations.iter().find(|d| d.name == dest_name)?;
-        let fingerprint = destination_fingerprint(dest)?;
-        let count = dest
-            .mqtt
-            .as_ref()
-            .map_or(1, |m| m.connections_per_shard.max(1));
-        let mut links = Vec::with_capacity(count);
-        let mut tasks = Vec::with_capacity(count);
-        for conn in 0..count {
-            let settings = LinkSettings::for_destination(dest, state.id.0, conn)?;
-            let mut core = LinkCore::new(
-                settings.version,
-                settings.max_inflight,
-                self.counters.clone(),
-            );
-            core.set_name(&settings.client_id);
-            let link = Link::new(core);
-            tasks.push(run_link(
-                state.upstreams.clone(),
-                link.clone(),
-                dest.name.clone(),
-                fingerprint,
-                settings,
-                self.counters.clone(),
-            ));
-            links.push(link);
-        }
-        let set = Rc::new(LinkSet { links });
-        inner
-            .sets
-            .insert(dest_name.to_string(), (fingerprint, set.clone()));
-        drop(inner);
-        for task in tasks {
-            reactor::spawn(task).detach();
-        }
-        Some(set)
     }
 }
 
@@ -390,8 +265,9 @@ fn admit(
     // No link set: the destination left the plan (or changed mode) since routing; the device
     // reconnects.
     let set = state
-        .mqtt_aggregate
-        .link_set(state, &dest.name)
+        .upstreams
+        .links()
+        .link_set(&state.upstreams, &dest.name)
         .ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
     let link = set
         .pick(&client_id)
@@ -501,7 +377,7 @@ fn refuse_while_down(
     if !while_down.refuses(down_for) {
         return Ok(());
     }
-    let c = &state.mqtt_aggregate.counters().connects_refused_down;
+    let c = &state.upstreams.links().counters().connects_refused_down;
     c.set(c.get() + 1);
     tracing::debug!(
         client_id = %String::from_utf8_lossy(client_id),
@@ -852,7 +728,7 @@ impl Device {
             }
         }
         let Some(topic) = self.upstream_topic(&publish.topic) else {
-            let c = &state.mqtt_aggregate.counters().topics_refused;
+            let c = &state.upstreams.links().counters().topics_refused;
             c.set(c.get() + 1);
             return match (self.version, publish.packet_id) {
                 (ProtocolVersion::V5, Some(id)) => {
@@ -1282,21 +1158,5 @@ mod tests {
         };
         assert_eq!(&p.topic[..], b"cmd/reboot");
         assert_eq!(p.qos, QoS::AtMostOnce);
-    }
-
-    #[test]
-    fn link_pick_is_stable() {
-        let counters = Rc::new(AggregateCounters::default());
-        let set = LinkSet {
-            links: (0..4)
-                .map(|_| Link::new(LinkCore::new(ProtocolVersion::V311, 4, counters.clone())))
-                .collect(),
-        };
-        let a = set.pick(b"device-a").map(Rc::as_ptr);
-        assert_eq!(a, set.pick(b"device-a").map(Rc::as_ptr));
-        let distinct: HashSet<_> = (0..64)
-            .filter_map(|i| set.pick(format!("d{i}").as_bytes()).map(Rc::as_ptr))
-            .collect();
-        assert!(distinct.len() > 1, "devices spread over links");
     }
 }

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::link_registry::LinkRegistry;
 use super::{connect, ConnectParams, Pools, UpstreamConn, UpstreamError};
 use crate::policy::{DestinationId, DestinationPlan, Plan};
 use crate::reactor::{self, select2, Broadcast, Either, Signal};
@@ -36,6 +37,8 @@ pub struct ShardUpstreams {
     /// Requests waiting for a connection to come back to a pool, or for a connect to end (so
     /// that they may start one): woken on every check-in and every connect's end.
     pool_waiters: Broadcast,
+    /// Aggregate-mode MQTT links, by destination.
+    links: LinkRegistry,
 }
 
 /// A request connect counted against `max_connecting`; released (and the waiters told) when
@@ -87,6 +90,7 @@ impl ShardUpstreams {
             counters: RefCell::default(),
             pool_taken: Signal::default(),
             pool_waiters: Broadcast::default(),
+            links: LinkRegistry::default(),
         }
     }
 
@@ -127,6 +131,11 @@ impl ShardUpstreams {
     /// Idle pooled connections now.
     pub fn idle_count(&self) -> usize {
         self.pools.borrow().idle_count()
+    }
+
+    /// The aggregate-mode MQTT links of this shard.
+    pub fn links(&self) -> &LinkRegistry {
+        &self.links
     }
 
     /// This shard's connect counters.

@@ -18,6 +18,7 @@
 //! after every await and never hold a borrow across one.
 
 pub mod driver;
+pub mod link_registry;
 pub mod mqtt_link;
 mod transport;
 
