@@ -33,11 +33,11 @@ use super::values::{
 use super::FieldError;
 use crate::policy::template::Placeholder;
 use crate::policy::{
-    AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId, GroupPlan,
-    HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
-    MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Reresolve,
-    Secret, Template, TemplateError, WhileDown, MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN,
-    MQTT_LINGER_MAX,
+    Adapter, AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId,
+    GroupPlan, HttpListenerLimits, HttpRoute, HttpsDestination, ListenerId, ListenerKind,
+    ListenerPlan, ListenerProtocol, MqttDestination, MqttListenerLimits, MqttMode, MqttRoute,
+    MqttUpstreamVersion, Plan, PoolSettings, Reresolve, Secret, Template, TemplateError, WhileDown,
+    MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN, MQTT_LINGER_MAX,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -605,18 +605,20 @@ impl Compiler<'_> {
                     None
                 }
             };
-            // The other protocol's limits are never used; they keep their defaults.
-            let (http, mqtt) = match protocol {
+            let kind = match protocol {
                 Some(ListenerProtocol::Http) => {
                     self.reject_keys(&p, "http", &mqtt_keys_set(l));
-                    (self.http_limits(&p, l), Some(default_mqtt_limits()))
+                    self.http_limits(&p, l).map(ListenerKind::Http)
                 }
                 Some(ListenerProtocol::Mqtt) => {
                     self.reject_keys(&p, "mqtt", &http_keys_set(l));
-                    (Some(default_http_limits()), self.mqtt_limits(&p, l))
+                    self.mqtt_limits(&p, l).map(ListenerKind::Mqtt)
                 }
                 // Unknown protocol (already reported): still check every value given.
-                None => (self.http_limits(&p, l), self.mqtt_limits(&p, l)),
+                None => {
+                    let _ = (self.http_limits(&p, l), self.mqtt_limits(&p, l));
+                    None
+                }
             };
             let max_connections = match l.max_connections {
                 None => Some(None),
@@ -630,23 +632,15 @@ impl Compiler<'_> {
                     .map(Some),
             };
             let id = u16::try_from(i).ok().map(ListenerId);
-            if let (
-                Some(id),
-                Some(protocol),
-                Some(bind),
-                Some(http),
-                Some(mqtt),
-                Some(max_connections),
-            ) = (id, protocol, bind, http, mqtt, max_connections)
+            if let (Some(id), Some(kind), Some(bind), Some(max_connections)) =
+                (id, kind, bind, max_connections)
             {
                 out.push(ListenerPlan {
                     id,
                     name: l.name.clone(),
-                    protocol,
                     bind,
                     max_connections,
-                    http,
-                    mqtt,
+                    kind,
                 });
             }
         }
@@ -1028,6 +1022,21 @@ impl Compiler<'_> {
                 return None;
             }
         };
+        let adapter = match (adapter, mqtt) {
+            (AdapterKind::Mqtts, Some(mqtt)) => Adapter::Mqtts(mqtt),
+            (AdapterKind::GenericHttps, None) => Adapter::Https(HttpsDestination {
+                host_header,
+                base_path,
+            }),
+            // `mqtt` is Some exactly for mqtts (checked above); unreachable in practice.
+            (kind, _) => {
+                self.push(
+                    format!("{p}.adapter"),
+                    format!("inconsistent settings for {kind:?}"),
+                );
+                return None;
+            }
+        };
         Some(DestinationPlan {
             id: DestinationId(id),
             name: raw.name.clone(),
@@ -1036,11 +1045,8 @@ impl Compiler<'_> {
             addrs,
             resolve,
             server_name,
-            host_header,
-            base_path,
             tls,
             pool,
-            mqtt,
         })
     }
 
@@ -1907,29 +1913,6 @@ fn mqtt_keys_set(l: &RawListener) -> [(&'static str, bool); 3] {
         ("connect_timeout", l.connect_timeout.is_some()),
         ("receive_maximum", l.receive_maximum.is_some()),
     ]
-}
-
-/// HTTP limits of a listener that does not speak HTTP (never used; documented defaults).
-fn default_http_limits() -> HttpListenerLimits {
-    HttpListenerLimits {
-        max_head_bytes: defaults::MAX_HEAD_BYTES,
-        max_headers: defaults::MAX_HEADERS,
-        max_body_bytes: defaults::MAX_BODY_BYTES,
-        header_timeout: defaults::HEADER_TIMEOUT,
-        body_timeout: defaults::BODY_TIMEOUT,
-        idle_timeout: defaults::IDLE_TIMEOUT,
-        max_requests_per_connection: 0,
-        error_detail: ErrorDetail::Generic,
-    }
-}
-
-/// MQTT limits of a listener that does not speak MQTT (never used; documented defaults).
-fn default_mqtt_limits() -> MqttListenerLimits {
-    MqttListenerLimits {
-        max_packet_size: defaults::MQTT_MAX_PACKET_SIZE,
-        connect_timeout: defaults::MQTT_CONNECT_TIMEOUT,
-        receive_maximum: defaults::MQTT_RECEIVE_MAXIMUM,
-    }
 }
 
 /// Two bind addresses collide when they share a non-zero port and family, and either the IPs

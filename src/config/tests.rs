@@ -267,28 +267,43 @@ fn full_config_compiles_to_the_expected_plan() {
     assert_eq!(plan.listeners.len(), 2);
     let l = &plan.listeners[0];
     assert_eq!((l.id, l.name.as_str()), (ListenerId(0), "http"));
-    assert_eq!(l.protocol, ListenerProtocol::Http);
+    assert_eq!(l.protocol(), ListenerProtocol::Http);
     assert_eq!(l.bind, "0.0.0.0:8080".parse().unwrap());
-    assert_eq!(l.http.max_head_bytes, 4096);
-    assert_eq!(l.http.max_headers, 50);
-    assert_eq!(l.http.max_body_bytes, 65536);
-    assert_eq!(l.http.header_timeout, Duration::from_secs(5));
-    assert_eq!(l.http.body_timeout, Duration::from_millis(250));
-    assert_eq!(l.http.idle_timeout, Duration::from_secs(120));
-    assert_eq!(l.http.max_requests_per_connection, 1000);
+    assert_eq!(l.http().expect("http listener").max_head_bytes, 4096);
+    assert_eq!(l.http().expect("http listener").max_headers, 50);
+    assert_eq!(l.http().expect("http listener").max_body_bytes, 65536);
+    assert_eq!(
+        l.http().expect("http listener").header_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        l.http().expect("http listener").body_timeout,
+        Duration::from_millis(250)
+    );
+    assert_eq!(
+        l.http().expect("http listener").idle_timeout,
+        Duration::from_secs(120)
+    );
+    assert_eq!(
+        l.http().expect("http listener").max_requests_per_connection,
+        1000
+    );
     assert_eq!(l.max_connections, Some(1000));
     assert_eq!(plan.listeners[1].max_connections, None);
     assert_eq!(plan.gateway.max_connections, 5000);
     assert_eq!(plan.gateway.reserved_fds, 512);
     assert_eq!(plan.gateway.open_files_limit, Some(20_000));
-    assert_eq!(l.http.error_detail, ErrorDetail::Full);
+    assert_eq!(
+        l.http().expect("http listener").error_detail,
+        ErrorDetail::Full
+    );
     assert_eq!(plan.listeners[1].id, ListenerId(1));
     assert_eq!(plan.listeners[1].bind, "127.0.0.1:0".parse().unwrap());
 
     assert_eq!(plan.destinations.len(), 2);
     let d = &plan.destinations[0];
     assert_eq!((d.id, d.name.as_str()), (DestinationId(0), "sink"));
-    assert_eq!(d.adapter, AdapterKind::GenericHttps);
+    assert_eq!(d.adapter.kind(), AdapterKind::GenericHttps);
     assert_eq!(d.endpoint, "sink.test:8443");
     assert_eq!(
         d.addrs,
@@ -298,8 +313,11 @@ fn full_config_compiles_to_the_expected_plan() {
         ]
     );
     assert_eq!(d.server_name, ServerName::try_from("sink.test").unwrap());
-    assert_eq!(d.host_header, "ingest.sink.test");
-    assert_eq!(d.base_path, "/ingest");
+    assert_eq!(
+        d.https().expect("https destination").host_header,
+        "ingest.sink.test"
+    );
+    assert_eq!(d.https().expect("https destination").base_path, "/ingest");
     assert_eq!(d.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
     assert!(d.tls.client_auth_cert_resolver.has_certs());
     assert_eq!(d.pool.warm, 1);
@@ -325,8 +343,12 @@ fn full_config_compiles_to_the_expected_plan() {
     assert_eq!(b.id, DestinationId(1));
     assert_eq!(b.addrs, vec!["[::1]:443".parse().unwrap()]);
     assert_eq!(b.server_name, ServerName::try_from("::1").unwrap());
-    assert_eq!(b.host_header, "[::1]", "default Host omits :443");
-    assert_eq!(b.base_path, "");
+    assert_eq!(
+        b.https().expect("https destination").host_header,
+        "[::1]",
+        "default Host omits :443"
+    );
+    assert_eq!(b.https().expect("https destination").base_path, "");
     assert!(!b.tls.client_auth_cert_resolver.has_certs());
 
     assert_eq!(plan.groups.len(), 2);
@@ -373,7 +395,7 @@ fn omitted_keys_take_their_documented_defaults() {
         ),
         (4096, 4096, 16384, 4096)
     );
-    let h = &plan.listeners[0].http;
+    let h = plan.listeners[0].http().expect("http listener");
     assert_eq!(
         (h.max_head_bytes, h.max_headers, h.max_body_bytes),
         (8192, 100, 1 << 20)
@@ -385,8 +407,12 @@ fn omitted_keys_take_their_documented_defaults() {
     assert_eq!(h.error_detail, ErrorDetail::Generic);
     let d = &plan.destinations[0];
     assert_eq!(d.server_name, ServerName::try_from("sink.test").unwrap());
-    assert_eq!(d.host_header, "sink.test", "default Host omits :443");
-    assert_eq!(d.base_path, "");
+    assert_eq!(
+        d.https().expect("https destination").host_header,
+        "sink.test",
+        "default Host omits :443"
+    );
+    assert_eq!(d.https().expect("https destination").base_path, "");
     assert_eq!(d.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
     let p = &d.pool;
     assert_eq!((p.warm, p.max_idle), (2, 64));
@@ -405,7 +431,13 @@ fn default_host_header_keeps_a_non_443_port_and_admin_can_be_off() {
     let text = edit(MINIMAL, "sink.test:443", "sink.test:8443");
     let text = format!("[gateway]\nadmin = \"off\"\nshards = \"auto\"\n{text}");
     let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(plan.destinations[0].host_header, "sink.test:8443");
+    assert_eq!(
+        plan.destinations[0]
+            .https()
+            .expect("https destination")
+            .host_header,
+        "sink.test:8443"
+    );
     assert_eq!(plan.gateway.admin, None);
 }
 
@@ -833,7 +865,13 @@ fn the_shipped_example_compiles() {
         plan.destinations[0].addrs,
         vec!["192.0.2.10:443".parse().unwrap()]
     );
-    assert_eq!(plan.destinations[0].base_path, "/v1");
+    assert_eq!(
+        plan.destinations[0]
+            .https()
+            .expect("https destination")
+            .base_path,
+        "/v1"
+    );
     assert_eq!(plan.groups[0].http_routes[0].path_prefix, "/telemetry");
 }
 
@@ -1043,30 +1081,30 @@ fn mqtt_config_compiles_to_the_expected_plan() {
     let plan = fx.compile(MQTT_FULL).unwrap_or_else(|e| panic!("{e}"));
 
     let l = &plan.listeners[1];
-    assert_eq!(l.protocol, ListenerProtocol::Mqtt);
-    assert_eq!(l.mqtt.max_packet_size, 65536);
-    assert_eq!(l.mqtt.connect_timeout, Duration::from_secs(5));
-    assert_eq!(l.mqtt.receive_maximum, 32);
-    assert_eq!(plan.listeners[0].protocol, ListenerProtocol::Http);
+    assert_eq!(l.protocol(), ListenerProtocol::Mqtt);
+    assert_eq!(l.mqtt().expect("mqtt listener").max_packet_size, 65536);
+    assert_eq!(
+        l.mqtt().expect("mqtt listener").connect_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(l.mqtt().expect("mqtt listener").receive_maximum, 32);
+    assert_eq!(plan.listeners[0].protocol(), ListenerProtocol::Http);
 
     let sink = &plan.destinations[0];
-    assert!(sink.mqtt.is_none());
+    assert!(sink.mqtt().is_none());
     assert_eq!(sink.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
 
     let things = &plan.destinations[1];
-    assert_eq!(things.adapter, AdapterKind::Mqtts);
+    assert_eq!(things.adapter.kind(), AdapterKind::Mqtts);
     assert_eq!(things.addrs[0], "127.0.0.1:8883".parse().unwrap());
-    assert_eq!(
-        (things.host_header.as_str(), things.base_path.as_str()),
-        ("", "")
+    assert!(
+        things.https().is_none(),
+        "no HTTP settings on an MQTTS destination"
     );
     assert_eq!(things.tls.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
     assert!(things.tls.client_auth_cert_resolver.has_certs());
     assert_eq!(things.pool.warm, 4);
-    let m = things
-        .mqtt
-        .as_ref()
-        .expect("mqtts destination has mqtt settings");
+    let m = things.mqtt().expect("mqtts destination has mqtt settings");
     assert_eq!(m.mode, MqttMode::Session);
     assert_eq!(m.version, MqttUpstreamVersion::V5);
     let vars = vars_for_test();
@@ -1094,10 +1132,7 @@ fn mqtt_config_compiles_to_the_expected_plan() {
         fleet.pool.warm, 0,
         "aggregate mode defaults to no warm connections"
     );
-    let m = fleet
-        .mqtt
-        .as_ref()
-        .expect("mqtts destination has mqtt settings");
+    let m = fleet.mqtt().expect("mqtts destination has mqtt settings");
     assert_eq!(m.mode, MqttMode::Aggregate);
     assert_eq!(m.version, MqttUpstreamVersion::V311);
     assert_eq!(m.client_id.render(&vars), b"gw-1-3".to_vec());
@@ -1154,7 +1189,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     let plan = fx
         .compile(MQTT_MINIMAL_SESSION)
         .unwrap_or_else(|e| panic!("{e}"));
-    let l = &plan.listeners[0].mqtt;
+    let l = plan.listeners[0].mqtt().expect("mqtt listener");
     assert_eq!(
         (l.max_packet_size, l.connect_timeout, l.receive_maximum),
         (262_144, Duration::from_secs(10), 64)
@@ -1162,7 +1197,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     let d = &plan.destinations[0];
     assert_eq!(d.pool.warm, 2, "session mode uses the warm pool");
     assert!(d.tls.alpn_protocols.is_empty());
-    let m = d.mqtt.as_ref().expect("mqtt settings");
+    let m = d.mqtt().expect("mqtt settings");
     assert_eq!(m.mode, MqttMode::Session);
     assert_eq!(m.version, MqttUpstreamVersion::SameAsDevice);
     assert_eq!(m.client_id.as_str(), "{client_id}");
@@ -1182,7 +1217,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     let plan = fx.compile(&aggregate).unwrap_or_else(|e| panic!("{e}"));
     let d = &plan.destinations[0];
     assert_eq!(d.pool.warm, 0);
-    let m = d.mqtt.as_ref().expect("mqtt settings");
+    let m = d.mqtt().expect("mqtt settings");
     assert_eq!(m.mode, MqttMode::Aggregate);
     assert_eq!(m.version, MqttUpstreamVersion::V311);
     assert_eq!(m.client_id.as_str(), "simgate-{shard}-{conn}");
@@ -1202,7 +1237,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
         "mode = \"aggregate\"\naccept_while_down = false",
     );
     let plan = fx.compile(&refusing).unwrap_or_else(|e| panic!("{e}"));
-    let m = plan.destinations[0].mqtt.as_ref().expect("mqtt settings");
+    let m = plan.destinations[0].mqtt().expect("mqtt settings");
     assert_eq!(
         m.while_down,
         crate::policy::WhileDown::RefuseAfter(Duration::from_secs(30))
@@ -1302,7 +1337,7 @@ fn aggregate_client_ids_must_be_unique_per_upstream_connection() {
         "connections_per_shard = 1",
     );
     let plan = fx.compile(&single).unwrap_or_else(|e| panic!("{e}"));
-    let m = plan.destinations[2].mqtt.as_ref().expect("mqtt settings");
+    let m = plan.destinations[2].mqtt().expect("mqtt settings");
     assert_eq!(m.client_id.as_str(), "gw");
 }
 
@@ -1493,7 +1528,7 @@ fn password_files_are_trimmed_and_never_shown() {
     // A file without a trailing newline is taken as is.
     let text = edit(MQTT_FULL, "secrets/broker.pass", "secrets/bare.pass");
     let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
-    let m = plan.destinations[1].mqtt.as_ref().expect("mqtt settings");
+    let m = plan.destinations[1].mqtt().expect("mqtt settings");
     assert_eq!(
         m.password,
         Some(crate::policy::Secret(bytes::Bytes::from_static(
@@ -1557,7 +1592,7 @@ fn the_shipped_mqtt_example_compiles() {
     let modes: Vec<Option<MqttMode>> = plan
         .destinations
         .iter()
-        .map(|d| d.mqtt.as_ref().map(|m| m.mode))
+        .map(|d| d.mqtt().map(|m| m.mode))
         .collect();
     assert_eq!(
         modes,

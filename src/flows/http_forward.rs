@@ -116,7 +116,10 @@ enum Relayed {
 impl DeviceConn {
     async fn run(&mut self) {
         loop {
-            let limits = self.state.plan().listener(self.listener).http.clone();
+            // Only HTTP listeners dispatch to this flow, and reloads keep listeners as they are.
+            let Some(limits) = self.state.plan().listener(self.listener).http().cloned() else {
+                return;
+            };
             self.send_timeout = limits.idle_timeout;
             self.error_detail = limits.error_detail;
             let request = match self.read_request(&limits).await {
@@ -343,12 +346,20 @@ impl DeviceConn {
         received_at: Instant,
     ) -> Result<Relayed, ForwardError> {
         let dest = plan.destination(dest_id);
+        // Config only routes HTTP listeners to HTTPS destinations; kept as an answer, not a panic.
+        let Some(https) = dest.https() else {
+            return Err(ForwardError {
+                status: 404,
+                reason: format!("destination {} is not an HTTPS destination", dest.name),
+                kind: ErrorKind::NoRoute,
+            });
+        };
         let mut head = BytesMut::with_capacity(512);
         http1::write_upstream_request_head(
             &mut head,
             &request.head,
-            &dest.host_header,
-            &dest.base_path,
+            &https.host_header,
+            &https.base_path,
             self.peer.ip(),
             &[],
         );

@@ -253,8 +253,11 @@ fn admit(
 ) -> Result<Admitted, ReasonCode> {
     let version = connect.protocol_version;
     let dest = plan.destination(destination);
-    let mqtt_dest = dest.mqtt.as_ref().ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
-    let limits = &plan.listener(listener).mqtt;
+    let mqtt_dest = dest.mqtt().ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
+    let limits = plan
+        .listener(listener)
+        .mqtt()
+        .ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
     let assigned = assign_client_id(connect, &mqtt_dest.topic, state.id.0, peer)?;
     // A copy, not a slice of the receive buffer: the slice would keep the whole CONNECT (and
     // its shared-buffer header) alive for the session's life.

@@ -126,7 +126,8 @@ async fn connect_phase(
     peer: SocketAddr,
 ) -> Option<SessionFuture> {
     let plan = state.plan();
-    let limits = plan.listener(listener).mqtt.clone();
+    // Only MQTT listeners dispatch to this flow, and reloads keep listeners as they are.
+    let limits = plan.listener(listener).mqtt()?.clone();
     let mut buf = BytesMut::new();
     let deadline = Instant::now() + limits.connect_timeout;
     let decode_limits = DecodeLimits {
@@ -163,7 +164,7 @@ async fn connect_phase(
         .await;
         return None;
     };
-    let mode = plan.destination(destination).mqtt.as_ref().map(|m| m.mode);
+    let mode = plan.destination(destination).mqtt().map(|m| m.mode);
     let session = DeviceSession {
         state,
         plan,

@@ -828,12 +828,15 @@ pub async fn serve(session: DeviceSession) {
     } = session;
     let device_version = connect.protocol_version;
     let dest = plan.destination(destination);
-    let Some(mqtt) = dest.mqtt.as_ref() else {
+    let Some(mqtt) = dest.mqtt() else {
         // Config validation gives every mqtts destination MQTT settings.
         send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
         return;
     };
-    let limits = plan.listener(listener).mqtt.clone();
+    let Some(limits) = plan.listener(listener).mqtt().cloned() else {
+        send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    };
     let up_version = upstream_version(mqtt.version, device_version);
     let assigned = match assign_client_id(&connect, &mqtt.topic, state.id.0, peer) {
         Ok(assigned) => assigned,

@@ -122,26 +122,86 @@ pub struct ListenerPlan {
     pub id: ListenerId,
     /// Name from the config (`listener[].name`).
     pub name: String,
-    /// Device protocol.
-    pub protocol: ListenerProtocol,
     /// Address every shard binds (with SO_REUSEPORT).
     pub bind: SocketAddr,
     /// Device connections open on this listener at most (all shards together); `None`: only
     /// the gateway-wide cap applies.
     pub max_connections: Option<usize>,
-    /// HTTP limits (used when `protocol` is `Http`).
-    pub http: HttpListenerLimits,
-    /// MQTT limits (used when `protocol` is `Mqtt`).
-    pub mqtt: MqttListenerLimits,
+    /// The device protocol, with the settings only that protocol has.
+    pub kind: ListenerKind,
 }
 
-/// How a destination is spoken to. Cloud-specific adapters are added by later issues.
+/// A listener's device protocol and its protocol's settings. Later issues add `Udp` and `Tcp`.
+#[derive(Debug, Clone)]
+pub enum ListenerKind {
+    /// HTTP/1.1 and 1.0 (`protocol = "http"`).
+    Http(HttpListenerLimits),
+    /// MQTT 3.1.1 and 5.0 (`protocol = "mqtt"`).
+    Mqtt(MqttListenerLimits),
+}
+
+impl ListenerPlan {
+    /// The device protocol.
+    pub fn protocol(&self) -> ListenerProtocol {
+        match self.kind {
+            ListenerKind::Http(_) => ListenerProtocol::Http,
+            ListenerKind::Mqtt(_) => ListenerProtocol::Mqtt,
+        }
+    }
+
+    /// The HTTP limits, if this is an HTTP listener.
+    pub fn http(&self) -> Option<&HttpListenerLimits> {
+        match &self.kind {
+            ListenerKind::Http(limits) => Some(limits),
+            ListenerKind::Mqtt(_) => None,
+        }
+    }
+
+    /// The MQTT limits, if this is an MQTT listener.
+    pub fn mqtt(&self) -> Option<&MqttListenerLimits> {
+        match &self.kind {
+            ListenerKind::Mqtt(limits) => Some(limits),
+            ListenerKind::Http(_) => None,
+        }
+    }
+}
+
+/// Which adapter a destination uses, without its settings (see [`Adapter`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdapterKind {
     /// Any HTTPS server: the device request is forwarded with Host rewritten.
     GenericHttps,
     /// Any MQTT broker over TLS (MQTTS); see [`MqttDestination`].
     Mqtts,
+}
+
+/// How a destination is spoken to, with the settings only that adapter has. Cloud adapters
+/// are added as variants by later issues.
+#[derive(Debug, Clone)]
+pub enum Adapter {
+    /// Any HTTPS server (`adapter = "https"`).
+    Https(HttpsDestination),
+    /// Any MQTT broker over TLS (`adapter = "mqtts"`).
+    Mqtts(MqttDestination),
+}
+
+impl Adapter {
+    /// The adapter's kind.
+    pub fn kind(&self) -> AdapterKind {
+        match self {
+            Adapter::Https(_) => AdapterKind::GenericHttps,
+            Adapter::Mqtts(_) => AdapterKind::Mqtts,
+        }
+    }
+}
+
+/// Settings of an HTTPS destination.
+#[derive(Debug, Clone)]
+pub struct HttpsDestination {
+    /// Value of the Host header sent upstream.
+    pub host_header: String,
+    /// Prefix prepended to the device's request path (may be empty; never ends with '/').
+    pub base_path: String,
 }
 
 /// How device MQTT sessions map onto upstream connections.
@@ -291,8 +351,8 @@ pub struct DestinationPlan {
     pub id: DestinationId,
     /// Name from the config.
     pub name: String,
-    /// Adapter.
-    pub adapter: AdapterKind,
+    /// Adapter, with its own settings.
+    pub adapter: Adapter,
     /// `host:port` as configured (for Host header and messages).
     pub endpoint: String,
     /// Resolved socket addresses of `endpoint` (tried in order), as resolved when the plan was
@@ -304,17 +364,29 @@ pub struct DestinationPlan {
     pub resolve: Option<Reresolve>,
     /// TLS server name sent as SNI and verified against the certificate.
     pub server_name: rustls::pki_types::ServerName<'static>,
-    /// Value of the Host header sent upstream.
-    pub host_header: String,
-    /// Prefix prepended to the device's request path (may be empty; never ends with '/').
-    pub base_path: String,
     /// rustls client config (roots, optional client certificate, ALPN). Shards clone it to
     /// install their own session-resumption store.
     pub tls: Arc<rustls::ClientConfig>,
     /// Pool settings.
     pub pool: PoolSettings,
-    /// MQTT settings; `Some` exactly when `adapter` is [`AdapterKind::Mqtts`].
-    pub mqtt: Option<MqttDestination>,
+}
+
+impl DestinationPlan {
+    /// The MQTT settings, if this is an MQTTS destination.
+    pub fn mqtt(&self) -> Option<&MqttDestination> {
+        match &self.adapter {
+            Adapter::Mqtts(m) => Some(m),
+            Adapter::Https(_) => None,
+        }
+    }
+
+    /// The HTTPS settings, if this is an HTTPS destination.
+    pub fn https(&self) -> Option<&HttpsDestination> {
+        match &self.adapter {
+            Adapter::Https(h) => Some(h),
+            Adapter::Mqtts(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for DestinationPlan {
@@ -327,10 +399,7 @@ impl std::fmt::Debug for DestinationPlan {
             .field("addrs", &self.addrs)
             .field("resolve", &self.resolve)
             .field("server_name", &self.server_name)
-            .field("host_header", &self.host_header)
-            .field("base_path", &self.base_path)
             .field("pool", &self.pool)
-            .field("mqtt", &self.mqtt)
             .finish_non_exhaustive()
     }
 }

@@ -283,7 +283,7 @@ impl Gateway {
                 .listeners
                 .iter()
                 .zip(&plan.listeners)
-                .all(|(a, b)| a.name == b.name && a.protocol == b.protocol && a.bind == b.bind);
+                .all(|(a, b)| a.name == b.name && a.protocol() == b.protocol() && a.bind == b.bind);
         if !same {
             return Err(GatewayError::ListenersChanged);
         }
@@ -561,7 +561,7 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
             Ok((stream, peer)) => {
                 let plan = state.plan();
                 let listener_plan = plan.listener(listener_id);
-                let protocol = listener_plan.protocol;
+                let protocol = listener_plan.protocol();
                 if let Err(reason) = acceptor.connections.admit(
                     listener_id,
                     plan.gateway.max_connections,

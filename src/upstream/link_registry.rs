@@ -115,10 +115,7 @@ impl LinkRegistry {
         }
         let dest = plan.destinations.iter().find(|d| d.name == dest_name)?;
         let fingerprint = destination_fingerprint(dest)?;
-        let count = dest
-            .mqtt
-            .as_ref()
-            .map_or(1, |m| m.connections_per_shard.max(1));
+        let count = dest.mqtt().map_or(1, |m| m.connections_per_shard.max(1));
         let mut links = Vec::with_capacity(count);
         let mut tasks = Vec::with_capacity(count);
         for conn in 0..count {

@@ -776,10 +776,7 @@ impl LinkSettings {
     /// Settings of link `conn` of shard `shard` for an aggregate-mode destination; `None` if the
     /// destination is not one.
     pub fn for_destination(dest: &DestinationPlan, shard: usize, conn: usize) -> Option<Self> {
-        let mqtt = dest
-            .mqtt
-            .as_ref()
-            .filter(|m| m.mode == MqttMode::Aggregate)?;
+        let mqtt = dest.mqtt().filter(|m| m.mode == MqttMode::Aggregate)?;
         let vars = TemplateVars {
             client_id: b"",
             topic: b"",
@@ -1178,10 +1175,7 @@ async fn serve_connection(
 /// DNS re-resolution updates in place.
 pub fn destination_fingerprint(dest: &DestinationPlan) -> Option<u64> {
     use std::hash::{Hash, Hasher};
-    let mqtt = dest
-        .mqtt
-        .as_ref()
-        .filter(|m| m.mode == MqttMode::Aggregate)?;
+    let mqtt = dest.mqtt().filter(|m| m.mode == MqttMode::Aggregate)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     dest.endpoint.hash(&mut h);
     format!("{:?}", dest.server_name).hash(&mut h);
