@@ -49,13 +49,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Pools, links, backoff; adapters are pure mappings flows call before handing bytes to
     // upstream, so the two are siblings that never import each other.
     ("upstream, adapters", &["upstream", "adapters"]),
+    // The compiled plan and its templates: the topic rules check renderings with the MQTT
+    // codec's validators, so `policy` sits above `proto`.
+    ("policy", &["policy"]),
     // Foundations: none imports another (`upstream/transport.rs` glues reactor sockets to TLS).
     // `config` builds TLS material with `tls`'s types, so `tls` stays below it. `stats` is the
     // plain data every layer counts into (merged and exposed by `control`).
-    (
-        "foundations",
-        &["tls", "reactor", "proto", "policy", "stats"],
-    ),
+    ("foundations", &["tls", "reactor", "proto", "stats"]),
     // The SIM table the compiled plan carries (`plan.identify(peer)`): below `policy`.
     ("identity", &["identity"]),
 ];

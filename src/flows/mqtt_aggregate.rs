@@ -57,10 +57,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -71,7 +70,7 @@ use super::mqtt_bridge::{
     SessionFuture,
 };
 use super::ShardState;
-use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars, WhileDown};
+use crate::policy::{DestinationId, ListenerId, Plan, TemplateVars, TopicMap, WhileDown};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -161,12 +160,8 @@ enum End {
 /// Per-session state of the device side.
 struct Device {
     version: ProtocolVersion,
-    client_id: Bytes,
-    ip: IpAddr,
-    shard: usize,
-    topic: Arc<Template>,
-    /// Text around `{topic}` for this device (None: the template has no `{topic}`).
-    affixes: Option<(Vec<u8>, Vec<u8>)>,
+    /// The destination's `topic` template resolved for this device.
+    topics: TopicMap,
     receive_maximum: usize,
     /// Largest packet the device accepts (5.0 CONNECT Maximum Packet Size).
     device_max_packet: Option<NonZeroU32>,
@@ -325,11 +320,7 @@ fn admit(
     };
     let mut device = Device {
         version,
-        affixes: mqtt_dest.topic.topic_affixes(&vars),
-        client_id,
-        ip: peer.ip(),
-        shard: state.id.0,
-        topic: mqtt_dest.topic.clone(),
+        topics: TopicMap::new(&mqtt_dest.topic, &vars),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
         device_max_packet: connect.properties.maximum_packet_size,
         decode_limits: DecodeLimits {
@@ -592,65 +583,30 @@ impl Device {
         }
     }
 
-    /// The upstream topic for device topic `topic`, if it renders to a valid topic name.
-    fn upstream_topic(&self, topic: &[u8]) -> Option<Bytes> {
-        let vars = TemplateVars {
-            client_id: &self.client_id,
-            topic,
-            ip: self.ip,
-            shard: self.shard,
-            conn: 0,
-        };
-        let rendered = self.topic.render(&vars);
-        if rendered.len() > usize::from(u16::MAX)
-            || mqtt::validate_topic_name(&rendered, false).is_err()
-        {
-            return None;
-        }
-        Some(Bytes::from(rendered))
+    /// The upstream topic for device topic `topic` (None: it has no valid upstream form).
+    fn upstream_topic(&self, topic: &Bytes) -> Option<Bytes> {
+        self.topics.uplink_topic(topic).ok()
     }
 
-    /// The upstream filter for device filter `filter`, or the SUBACK failure code.
-    fn upstream_filter(&self, filter: &[u8]) -> Result<Bytes, ReasonCode> {
+    /// The upstream filter for device filter `filter`, or the SUBACK failure code. Upstream
+    /// subscriptions are shared by every device on the link, so a template without `{topic}`
+    /// (whose filters would pass unchanged) and shared subscriptions are refused.
+    fn upstream_filter(&self, filter: &Bytes) -> Result<Bytes, ReasonCode> {
         if self.version == ProtocolVersion::V5 && filter.starts_with(b"$share/") {
             return Err(ReasonCode(0x9E)); // Shared Subscriptions not supported
         }
-        let Some((_, suffix)) = &self.affixes else {
+        if !self.topics.has_topic() {
             return Err(ReasonCode::UNSPECIFIED_ERROR);
-        };
-        if filter.ends_with(b"#") && !suffix.is_empty() {
-            return Err(ReasonCode::TOPIC_FILTER_INVALID);
         }
-        let vars = TemplateVars {
-            client_id: &self.client_id,
-            topic: filter,
-            ip: self.ip,
-            shard: self.shard,
-            conn: 0,
-        };
-        let rendered = self.topic.render(&vars);
-        if rendered.len() > usize::from(u16::MAX)
-            || mqtt::validate_topic_filter(&rendered, ProtocolVersion::V311).is_err()
-        {
-            return Err(ReasonCode::TOPIC_FILTER_INVALID);
-        }
-        Ok(Bytes::from(rendered))
+        self.topics
+            .uplink_filter(filter, ProtocolVersion::V311)
+            .map_err(|_| ReasonCode::TOPIC_FILTER_INVALID)
     }
 
-    /// The device topic for an upstream topic (template text around `{topic}` stripped).
+    /// The device topic for an upstream topic (template text around `{topic}` stripped); None
+    /// when it is not this device's.
     fn device_topic(&self, upstream: &Bytes) -> Option<Bytes> {
-        let (prefix, suffix) = self.affixes.as_ref()?;
-        if upstream.len() < prefix.len() + suffix.len()
-            || !upstream.starts_with(prefix)
-            || !upstream.ends_with(suffix)
-        {
-            return None;
-        }
-        let topic = upstream.slice(prefix.len()..upstream.len() - suffix.len());
-        if topic.is_empty() {
-            return None;
-        }
-        Some(topic)
+        self.topics.downlink_topic(upstream)
     }
 
     fn failure_code(&self, code: ReasonCode) -> ReasonCode {
@@ -974,6 +930,7 @@ impl Device {
 mod tests {
     use super::*;
     use crate::policy::template::Placeholder;
+    use crate::policy::Template;
 
     fn device(template: &str, version: ProtocolVersion) -> Device {
         let topic = Template::parse(
@@ -991,11 +948,7 @@ mod tests {
         };
         Device {
             version,
-            affixes: topic.topic_affixes(&vars),
-            topic: topic.into(),
-            client_id,
-            ip: "10.0.0.1".parse().expect("ip"),
-            shard: 0,
+            topics: TopicMap::new(&topic, &vars),
             receive_maximum: 2,
             device_max_packet: None,
             decode_limits: DecodeLimits::default(),
@@ -1027,11 +980,11 @@ mod tests {
     fn topics_are_rewritten_and_mapped_back() {
         let d = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
         assert_eq!(
-            d.upstream_topic(b"temp/1").as_deref(),
+            d.upstream_topic(&Bytes::from_static(b"temp/1")).as_deref(),
             Some(&b"devices/dev1/temp/1"[..])
         );
         assert_eq!(
-            d.upstream_filter(b"cmd/#").as_deref(),
+            d.upstream_filter(&Bytes::from_static(b"cmd/#")).as_deref(),
             Ok(&b"devices/dev1/cmd/#"[..])
         );
         assert_eq!(
@@ -1049,12 +1002,15 @@ mod tests {
     fn filters_that_cannot_map_are_refused() {
         let d = device("devices/{client_id}/{topic}/up", ProtocolVersion::V5);
         assert_eq!(
-            d.upstream_filter(b"cmd/#"),
+            d.upstream_filter(&Bytes::from_static(b"cmd/#")),
             Err(ReasonCode::TOPIC_FILTER_INVALID)
         );
-        assert_eq!(d.upstream_filter(b"$share/g/x"), Err(ReasonCode(0x9E)));
+        assert_eq!(
+            d.upstream_filter(&Bytes::from_static(b"$share/g/x")),
+            Err(ReasonCode(0x9E))
+        );
         let fixed = device("all/devices", ProtocolVersion::V311);
-        assert!(fixed.upstream_filter(b"x").is_err());
+        assert!(fixed.upstream_filter(&Bytes::from_static(b"x")).is_err());
     }
 
     #[test]

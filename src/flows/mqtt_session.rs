@@ -76,8 +76,8 @@ use super::mqtt_bridge::{
 };
 use super::ShardState;
 use crate::policy::{
-    DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
-    TemplateVars,
+    DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, TemplateVars,
+    TopicMap,
 };
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
@@ -206,101 +206,9 @@ pub enum BuildError {
     /// A password but no user name toward a 3.1.1 broker, which cannot carry that
     /// ([MQTT-3.1.2-22]): the destination needs a `username`.
     PasswordWithoutUsername,
-}
-
-/// The `topic` template of a destination, resolved for one device: how its topics, filters and
-/// response topics map to upstream ones and back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicMap {
-    /// Rendered text before `{topic}`.
-    prefix: Bytes,
-    /// Rendered text after `{topic}`.
-    suffix: Bytes,
-    /// The rendering when the template has no `{topic}`: every uplink topic becomes this, and
-    /// filters and downlink topics pass unchanged.
-    fixed: Option<Bytes>,
-}
-
-impl TopicMap {
-    /// Resolve `template` for the device described by `vars` (`vars.topic` is ignored).
-    pub fn new(template: &Template, vars: &TemplateVars<'_>) -> TopicMap {
-        match template.topic_affixes(vars) {
-            Some((prefix, suffix)) => TopicMap {
-                prefix: Bytes::from(prefix),
-                suffix: Bytes::from(suffix),
-                fixed: None,
-            },
-            None => TopicMap {
-                prefix: Bytes::new(),
-                suffix: Bytes::new(),
-                fixed: Some(Bytes::from(template.render(&TemplateVars {
-                    topic: b"",
-                    ..*vars
-                }))),
-            },
-        }
-    }
-
-    fn is_identity(&self) -> bool {
-        self.fixed.is_none() && self.prefix.is_empty() && self.suffix.is_empty()
-    }
-
-    fn wrap(&self, inner: &[u8]) -> Bytes {
-        let mut out = Vec::with_capacity(self.prefix.len() + inner.len() + self.suffix.len());
-        out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(inner);
-        out.extend_from_slice(&self.suffix);
-        Bytes::from(out)
-    }
-
-    /// The upstream topic name for a device topic name.
-    pub fn uplink_topic(&self, topic: &Bytes) -> Bytes {
-        if let Some(fixed) = &self.fixed {
-            return fixed.clone();
-        }
-        if self.is_identity() {
-            return topic.clone();
-        }
-        self.wrap(topic)
-    }
-
-    /// The upstream topic filter for a device topic filter; a shared subscription keeps its
-    /// `$share/{group}/` in front and has the filter after it rewritten.
-    pub fn uplink_filter(&self, filter: &Bytes) -> Bytes {
-        if self.fixed.is_some() || self.is_identity() {
-            return filter.clone();
-        }
-        if let Some(rest) = filter.strip_prefix(b"$share/") {
-            if let Some(slash) = rest.iter().position(|&b| b == b'/') {
-                let head_len = b"$share/".len() + slash + 1;
-                let mut out =
-                    Vec::with_capacity(filter.len() + self.prefix.len() + self.suffix.len());
-                out.extend_from_slice(&filter[..head_len]);
-                out.extend_from_slice(&self.prefix);
-                out.extend_from_slice(&filter[head_len..]);
-                out.extend_from_slice(&self.suffix);
-                return Bytes::from(out);
-            }
-        }
-        self.wrap(filter)
-    }
-
-    /// The device topic for an upstream topic: the affixes stripped (a zero-copy slice). A topic
-    /// that does not carry them (another subscription shape, a broker topic) passes unchanged:
-    /// in session mode everything the broker sends is addressed to this device's identity.
-    pub fn downlink_topic(&self, topic: &Bytes) -> Bytes {
-        if self.fixed.is_some() || self.is_identity() {
-            return topic.clone();
-        }
-        let (pre, suf) = (self.prefix.len(), self.suffix.len());
-        if topic.len() > pre + suf
-            && topic.starts_with(&self.prefix)
-            && topic.ends_with(&self.suffix)
-        {
-            return topic.slice(pre..topic.len() - suf);
-        }
-        topic.clone()
-    }
+    /// The Will's topic (or its Response Topic) has no valid upstream form under the
+    /// destination's `topic` template: the device gets CONNACK 0x90.
+    WillTopicInvalid,
 }
 
 /// The upstream MQTT version for a device speaking `device`.
@@ -375,19 +283,28 @@ pub fn build_upstream_connect(
             p
         }
     };
-    let will = device.will.as_ref().map(|w| Will {
-        qos: w.qos,
-        retain: w.retain,
-        properties: if both_v5 {
-            let mut p = w.properties.clone();
-            p.response_topic = p.response_topic.map(|t| topics.uplink_topic(&t));
-            p
-        } else {
-            Properties::default()
-        },
-        topic: topics.uplink_topic(&w.topic),
-        payload: w.payload.clone(),
-    });
+    let will = match device.will.as_ref() {
+        None => None,
+        Some(w) => Some(Will {
+            qos: w.qos,
+            retain: w.retain,
+            properties: if both_v5 {
+                let mut p = w.properties.clone();
+                p.response_topic = p
+                    .response_topic
+                    .map(|t| topics.uplink_topic(&t))
+                    .transpose()
+                    .map_err(|_| BuildError::WillTopicInvalid)?;
+                p
+            } else {
+                Properties::default()
+            },
+            topic: topics
+                .uplink_topic(&w.topic)
+                .map_err(|_| BuildError::WillTopicInvalid)?,
+            payload: w.payload.clone(),
+        }),
+    };
     Ok(Connect {
         protocol_version: version,
         clean_start: device.clean_start,
@@ -528,9 +445,21 @@ impl Bridge {
                 if let Err(code) = self.resolve_device_alias(&mut publish) {
                     return Action::End(SessionEnd::DeviceProtocol(code));
                 }
-                publish.topic = self.topics.uplink_topic(&publish.topic);
+                // A topic with no valid upstream form is the device's error (as a broker
+                // refuses an invalid topic name): DISCONNECT 0x90, nothing forwarded.
+                let invalid =
+                    Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID));
+                publish.topic = match self.topics.uplink_topic(&publish.topic) {
+                    Ok(t) => t,
+                    Err(_) => return invalid,
+                };
                 let mut props = self.props_up(std::mem::take(&mut publish.properties));
-                props.response_topic = props.response_topic.map(|t| self.topics.uplink_topic(&t));
+                props.response_topic =
+                    match props.response_topic.map(|t| self.topics.uplink_topic(&t)) {
+                        None => None,
+                        Some(Ok(t)) => Some(t),
+                        Some(Err(_)) => return invalid,
+                    };
                 publish.properties = props;
                 if let (Some(id), QoS::AtLeastOnce | QoS::ExactlyOnce) =
                     (publish.packet_id, publish.qos)
@@ -544,17 +473,21 @@ impl Bridge {
             Packet::PubRel(r) => Action::Forward(Packet::PubRel(self.response_up(r))),
             Packet::PubComp(r) => Action::Forward(Packet::PubComp(self.response_up(r))),
             Packet::Subscribe(s) => {
-                let subscriptions = s
-                    .subscriptions
-                    .into_iter()
-                    .map(|sub| Subscription {
-                        filter: self.topics.uplink_filter(&sub.filter),
+                let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
+                for sub in s.subscriptions {
+                    let Ok(filter) = self.topics.uplink_filter(&sub.filter, self.upstream) else {
+                        return Action::End(SessionEnd::DeviceProtocol(
+                            ReasonCode::TOPIC_FILTER_INVALID,
+                        ));
+                    };
+                    subscriptions.push(Subscription {
+                        filter,
                         options: match self.upstream {
                             ProtocolVersion::V5 => sub.options,
                             ProtocolVersion::V311 => SubscriptionOptions::with_qos(sub.options.qos),
                         },
-                    })
-                    .collect();
+                    });
+                }
                 Action::Forward(Packet::Subscribe(Subscribe {
                     packet_id: s.packet_id,
                     properties: self.props_up(s.properties),
@@ -566,11 +499,16 @@ impl Bridge {
                     self.pending_unsubscribes
                         .insert(u.packet_id.get(), u.filters.len());
                 }
-                let filters = u
+                let Ok(filters) = u
                     .filters
                     .iter()
-                    .map(|f| self.topics.uplink_filter(f))
-                    .collect();
+                    .map(|f| self.topics.uplink_filter(f, self.upstream))
+                    .collect::<Result<Vec<_>, _>>()
+                else {
+                    return Action::End(SessionEnd::DeviceProtocol(
+                        ReasonCode::TOPIC_FILTER_INVALID,
+                    ));
+                };
                 Action::Forward(Packet::Unsubscribe(Unsubscribe {
                     packet_id: u.packet_id,
                     properties: self.props_up(u.properties),
@@ -611,6 +549,12 @@ impl Bridge {
         }
     }
 
+    /// The device's form of a topic the broker sent this session: the template's affixes
+    /// stripped; a topic without them passes as it is (the broker addresses this device only).
+    fn device_topic(&self, topic: Bytes) -> Bytes {
+        self.topics.downlink_topic(&topic).unwrap_or(topic)
+    }
+
     /// Translate a packet from the broker for the device.
     pub fn downlink(&mut self, packet: Packet) -> Action {
         let protocol_error = Action::End(SessionEnd::UpstreamProtocol);
@@ -621,9 +565,11 @@ impl Bridge {
                 if publish.properties.topic_alias.is_some() {
                     return protocol_error;
                 }
-                publish.topic = self.topics.downlink_topic(&publish.topic);
+                // Everything the broker sends this session is addressed to this device: a topic
+                // without the template's affixes passes as it is.
+                publish.topic = self.device_topic(publish.topic);
                 let mut props = self.props_down(std::mem::take(&mut publish.properties));
-                props.response_topic = props.response_topic.map(|t| self.topics.downlink_topic(&t));
+                props.response_topic = props.response_topic.map(|t| self.device_topic(t));
                 publish.properties = props;
                 Action::Forward(Packet::Publish(publish))
             }
@@ -856,6 +802,14 @@ pub async fn serve(session: DeviceSession) {
         &topics,
         limits.max_packet_size,
     );
+    if let Err(BuildError::WillTopicInvalid) = built {
+        state
+            .metrics
+            .borrow_mut()
+            .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+        send_connack(&mut stream, device_version, ReasonCode::TOPIC_NAME_INVALID).await;
+        return;
+    }
     let encoded = built.map(|c| {
         mqtt::encode(
             &Packet::Connect(Box::new(c)),
@@ -1297,8 +1251,8 @@ mod tests {
 
     const ALL: &[Placeholder] = &[Placeholder::ClientId, Placeholder::Topic, Placeholder::Ip];
 
-    fn template(text: &str) -> Template {
-        Template::parse(text, ALL).expect("valid template")
+    fn template(text: &str) -> crate::policy::Template {
+        crate::policy::Template::parse(text, ALL).expect("valid template")
     }
 
     fn vars(client_id: &[u8]) -> TemplateVars<'_> {
@@ -1381,40 +1335,40 @@ mod tests {
     }
 
     #[test]
-    fn topic_map_rewrites_topics_filters_and_maps_back() {
-        let map = TopicMap::new(&template("devices/{client_id}/{topic}"), &vars(b"d1"));
-        let up = map.uplink_topic(&Bytes::from_static(b"temp"));
-        assert_eq!(&up[..], b"devices/d1/temp");
-        assert_eq!(&map.downlink_topic(&up)[..], b"temp");
-        assert_eq!(
-            &map.uplink_filter(&Bytes::from_static(b"cmd/#"))[..],
-            b"devices/d1/cmd/#"
-        );
-        assert_eq!(
-            &map.uplink_filter(&Bytes::from_static(b"$share/g/cmd/+"))[..],
-            b"$share/g/devices/d1/cmd/+"
-        );
-        // Not ours, or only the prefix itself: unchanged.
-        assert_eq!(
-            &map.downlink_topic(&Bytes::from_static(b"other/x"))[..],
-            b"other/x"
-        );
-        assert_eq!(
-            &map.downlink_topic(&Bytes::from_static(b"devices/d1/"))[..],
-            b"devices/d1/"
-        );
-    }
-
-    #[test]
-    fn topic_map_identity_and_fixed_templates() {
-        let identity = TopicMap::new(&template("{topic}"), &vars(b"d1"));
-        let t = Bytes::from_static(b"a/b");
-        assert_eq!(identity.uplink_topic(&t), t);
-        assert_eq!(identity.downlink_topic(&t), t);
-        let fixed = TopicMap::new(&template("telemetry/{client_id}"), &vars(b"d1"));
-        assert_eq!(&fixed.uplink_topic(&t)[..], b"telemetry/d1");
-        assert_eq!(fixed.uplink_filter(&t), t);
-        assert_eq!(fixed.downlink_topic(&t), t);
+    fn invalid_rendered_topics_and_filters_end_the_session_with_their_reason_code() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        let publish = |topic: &'static [u8]| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: Bytes::from_static(topic),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: Bytes::new(),
+            })
+        };
+        // A wildcard cannot be in a topic name, wrapped or not.
+        assert!(matches!(
+            b.uplink(publish(b"a/+")),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+        ));
+        let subscribe = |filter: &'static [u8]| {
+            Packet::Subscribe(Subscribe {
+                packet_id: NonZeroU16::MIN,
+                properties: Properties::default(),
+                subscriptions: vec![Subscription {
+                    filter: Bytes::from_static(filter),
+                    options: SubscriptionOptions::with_qos(QoS::AtMostOnce),
+                }],
+            })
+        };
+        // `devices/{client_id}/{topic}` has no suffix, so `#` stays last: valid.
+        assert!(matches!(b.uplink(subscribe(b"cmd/#")), Action::Forward(_)));
+        assert!(matches!(
+            b.uplink(subscribe(b"cmd/#/x")),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_FILTER_INVALID))
+        ));
     }
 
     #[test]
@@ -1529,7 +1483,9 @@ mod tests {
             let id = std::str::from_utf8(&assigned).expect("ascii");
             assert_eq!(&c.client_id[..], format!("gw-{id}").as_bytes());
             assert_eq!(
-                &topics.uplink_topic(&Bytes::from_static(b"t"))[..],
+                &topics
+                    .uplink_topic(&Bytes::from_static(b"t"))
+                    .expect("valid")[..],
                 format!("devices/{id}/t").as_bytes()
             );
             let will = c.will.expect("will kept");

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use template::{Template, TemplateError, TemplateVars};
+pub use template::{Template, TemplateError, TemplateVars, TopicMap, TopicMapError};
 
 /// Index of a listener in [`Plan::listeners`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -4,7 +4,9 @@
 //! Placeholders are checked when the config is compiled ([`Template::parse`] with the set a
 //! field allows), so rendering cannot fail. Rendering writes into a caller-owned buffer. For
 //! downlink, [`Template::topic_affixes`] gives the literal text around `{topic}` for one
-//! device, so an upstream topic can be mapped back by stripping it.
+//! device, so an upstream topic can be mapped back by stripping it; [`TopicMap`] is that
+//! mapping for one device session, the one set of topic rules both MQTT modes use (checked
+//! renderings up, affixes stripped down).
 //!
 //! Placeholders today: `{client_id}` (the device's MQTT client id), `{topic}` (the device's
 //! topic), `{ip}` (the device's source address), `{shard}` and `{conn}` (simgate's shard and
@@ -12,6 +14,10 @@
 //! arrive with the identity issue. `{{` and `}}` are a literal brace.
 
 use std::net::IpAddr;
+
+use bytes::Bytes;
+
+use crate::proto::mqtt::{self, ProtocolVersion};
 
 /// A placeholder a template may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +231,149 @@ impl Template {
     }
 }
 
+/// Why a device topic or filter has no valid upstream form under its [`TopicMap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicMapError {
+    /// The rendered topic name is not a valid MQTT topic name (empty, a wildcard from the
+    /// template's other parts, or longer than 65,535 bytes): MQTT 5 reason 0x90.
+    TopicNameInvalid,
+    /// The rendered filter is not a valid MQTT topic filter (e.g. a device filter ending in `#`
+    /// with template text after `{topic}`, which would put `#` mid-filter): MQTT 5 reason 0x8F.
+    TopicFilterInvalid,
+}
+
+/// The `topic` template of a destination resolved for one device: how the device's topics,
+/// filters and response topics map to upstream ones and back. One set of rules for both MQTT
+/// modes: every rendered topic and filter is checked before it may go upstream.
+///
+/// A template with `{topic}` wraps the device's topic in the rendered text around it
+/// (`devices/{client_id}/{topic}` with client `d1`: `t` ↔ `devices/d1/t`). A template without
+/// `{topic}` is *fixed*: every uplink topic becomes its rendering, filters pass unchanged (what a
+/// flow may subscribe with them is the flow's decision), and downlink topics cannot be mapped
+/// back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicMap {
+    /// The rendered text around `{topic}`, prefix then suffix; or the whole rendering of a
+    /// fixed template. One buffer: a map lives as long as its device session.
+    text: Bytes,
+    /// Length of the prefix in `text`.
+    split: u32,
+    /// The template has no `{topic}`.
+    fixed: bool,
+}
+
+impl TopicMap {
+    /// Resolve `template` for the device described by `vars` (`vars.topic` is ignored).
+    pub fn new(template: &Template, vars: &TemplateVars<'_>) -> TopicMap {
+        match template.topic_affixes(vars) {
+            Some((mut prefix, suffix)) => {
+                let split = u32::try_from(prefix.len()).unwrap_or(u32::MAX);
+                prefix.extend_from_slice(&suffix);
+                TopicMap {
+                    text: Bytes::from(prefix),
+                    split,
+                    fixed: false,
+                }
+            }
+            None => TopicMap {
+                text: Bytes::from(template.render(&TemplateVars {
+                    topic: b"",
+                    ..*vars
+                })),
+                split: 0,
+                fixed: true,
+            },
+        }
+    }
+
+    /// True when the template has `{topic}` (topics and filters map both ways).
+    pub fn has_topic(&self) -> bool {
+        !self.fixed
+    }
+
+    /// The rendered text before and after `{topic}` (both empty for a fixed template).
+    pub fn affixes(&self) -> (&[u8], &[u8]) {
+        if self.fixed {
+            return (&[], &[]);
+        }
+        let split = (self.split as usize).min(self.text.len());
+        self.text.split_at(split)
+    }
+
+    fn is_identity(&self) -> bool {
+        !self.fixed && self.text.is_empty()
+    }
+
+    fn wrap(&self, head: &[u8], inner: &[u8]) -> Bytes {
+        let (prefix, suffix) = self.affixes();
+        let mut out = Vec::with_capacity(head.len() + self.text.len() + inner.len());
+        out.extend_from_slice(head);
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(inner);
+        out.extend_from_slice(suffix);
+        Bytes::from(out)
+    }
+
+    /// The upstream topic name for a device topic name, checked.
+    pub fn uplink_topic(&self, topic: &Bytes) -> Result<Bytes, TopicMapError> {
+        let out = if self.fixed {
+            self.text.clone()
+        } else if self.is_identity() {
+            topic.clone()
+        } else {
+            self.wrap(b"", topic)
+        };
+        if out.len() > usize::from(u16::MAX) || mqtt::validate_topic_name(&out, false).is_err() {
+            return Err(TopicMapError::TopicNameInvalid);
+        }
+        Ok(out)
+    }
+
+    /// The upstream topic filter for a device topic filter, checked as `version` (the upstream
+    /// protocol) reads it. A 5.0 shared subscription keeps its `$share/{group}/` in front and has
+    /// the filter after it rewritten.
+    pub fn uplink_filter(
+        &self,
+        filter: &Bytes,
+        version: ProtocolVersion,
+    ) -> Result<Bytes, TopicMapError> {
+        let out = if self.fixed || self.is_identity() {
+            filter.clone()
+        } else {
+            let head_len = match filter.strip_prefix(b"$share/") {
+                Some(rest) if version == ProtocolVersion::V5 => rest
+                    .iter()
+                    .position(|&b| b == b'/')
+                    .map_or(0, |slash| b"$share/".len() + slash + 1),
+                _ => 0,
+            };
+            self.wrap(&filter[..head_len], &filter[head_len..])
+        };
+        if out.len() > usize::from(u16::MAX) || mqtt::validate_topic_filter(&out, version).is_err()
+        {
+            return Err(TopicMapError::TopicFilterInvalid);
+        }
+        Ok(out)
+    }
+
+    /// The device topic for an upstream topic: the text around `{topic}` stripped (a zero-copy
+    /// slice). `None` when the topic does not carry this device's affixes, when nothing would
+    /// be left, or for a fixed template — the flow decides what that means (session mode: the
+    /// broker addresses this device only, so the topic passes as it is; aggregate mode: not
+    /// this device's message).
+    pub fn downlink_topic(&self, topic: &Bytes) -> Option<Bytes> {
+        if self.fixed {
+            return None;
+        }
+        let (prefix, suffix) = self.affixes();
+        let (pre, suf) = (prefix.len(), suffix.len());
+        if topic.len() > pre + suf && topic.starts_with(prefix) && topic.ends_with(suffix) {
+            return Some(topic.slice(pre..topic.len() - suf));
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +440,83 @@ mod tests {
             .expect("valid")
             .topic_affixes(&vars(b"a", b""))
             .is_none());
+    }
+
+    fn topics(template: &str) -> TopicMap {
+        let t = Template::parse(template, ALL).expect("template");
+        TopicMap::new(&t, &vars(b"d1", b""))
+    }
+
+    fn b(s: &'static [u8]) -> Bytes {
+        Bytes::from_static(s)
+    }
+
+    #[test]
+    fn topic_map_rewrites_topics_filters_and_maps_back() {
+        let map = topics("devices/{client_id}/{topic}");
+        assert!(map.has_topic());
+        let up = map.uplink_topic(&b(b"temp")).expect("valid");
+        assert_eq!(&up[..], b"devices/d1/temp");
+        assert_eq!(map.downlink_topic(&up).as_deref(), Some(&b"temp"[..]));
+        let v5 = ProtocolVersion::V5;
+        assert_eq!(
+            map.uplink_filter(&b(b"cmd/#"), v5).as_deref(),
+            Ok(&b"devices/d1/cmd/#"[..])
+        );
+        assert_eq!(
+            map.uplink_filter(&b(b"$share/g/cmd/+"), v5).as_deref(),
+            Ok(&b"$share/g/devices/d1/cmd/+"[..])
+        );
+        // Not this device's, or only the prefix itself: no device topic.
+        assert_eq!(map.downlink_topic(&b(b"other/x")), None);
+        assert_eq!(map.downlink_topic(&b(b"devices/d1/")), None);
+    }
+
+    #[test]
+    fn topic_map_identity_and_fixed_templates() {
+        let identity = topics("{topic}");
+        let t = b(b"a/b");
+        assert_eq!(identity.uplink_topic(&t), Ok(t.clone()));
+        assert_eq!(identity.downlink_topic(&t), Some(t.clone()));
+        let fixed = topics("telemetry/{client_id}");
+        assert!(!fixed.has_topic());
+        assert_eq!(fixed.affixes(), (&b""[..], &b""[..]));
+        assert_eq!(fixed.uplink_topic(&t).as_deref(), Ok(&b"telemetry/d1"[..]));
+        assert_eq!(
+            fixed.uplink_filter(&t, ProtocolVersion::V311),
+            Ok(t.clone())
+        );
+        assert_eq!(fixed.downlink_topic(&t), None);
+    }
+
+    #[test]
+    fn rendered_topics_and_filters_are_checked() {
+        let map = topics("devices/{client_id}/{topic}/up");
+        let v3 = ProtocolVersion::V311;
+        assert_eq!(map.affixes(), (&b"devices/d1/"[..], &b"/up"[..]));
+        assert_eq!(
+            map.uplink_topic(&b(b"a/+")),
+            Err(TopicMapError::TopicNameInvalid)
+        );
+        // `#` would end up mid-filter.
+        assert_eq!(
+            map.uplink_filter(&b(b"cmd/#"), v3),
+            Err(TopicMapError::TopicFilterInvalid)
+        );
+        assert_eq!(
+            map.uplink_filter(&b(b"cmd/+"), v3).as_deref(),
+            Ok(&b"devices/d1/cmd/+/up"[..])
+        );
+        let long = Bytes::from(vec![b'x'; 65_530]);
+        assert_eq!(
+            map.uplink_topic(&long),
+            Err(TopicMapError::TopicNameInvalid)
+        );
+        // A wildcard from the template's own text makes every rendering invalid.
+        let wild = topics("a/{client_id}+/{topic}");
+        assert_eq!(
+            wild.uplink_topic(&b(b"t")),
+            Err(TopicMapError::TopicNameInvalid)
+        );
     }
 }
