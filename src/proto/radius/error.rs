@@ -76,9 +76,10 @@ pub enum RadiusError {
     /// No Acct-Status-Type: RFC 2866 §5.13 lists it as "1" (exactly one) in an
     /// Accounting-Request, and without it the request means nothing to the gateway.
     MissingStatusType,
-    /// An attribute the codec interprets appears more than once. RFC 2866 §5.13 and RFC 2865
-    /// §5.44 allow at most one of each (the 3GPP sub-attributes too, by TS 29.061); two
-    /// different Framed-IP-Addresses or IMSIs in one request would make the binding ambiguous.
+    /// An attribute the codec interprets appears more than once. The tables of attributes
+    /// (RFC 2866 §5.13, RFC 2865 §5.44) allow at most one of each in an Accounting-Request; the
+    /// codec applies the same rule to 3GPP-IMSI and 3GPP-IMEISV: two different
+    /// Framed-IP-Addresses or IMSIs in one request would make the binding ambiguous.
     DuplicateAttribute(AttributeKind),
     /// An interpreted attribute has a value its specification forbids: a Framed-IP-Address or
     /// Acct-Status-Type that is not 4 octets, a Framed-IPv6-Prefix outside RFC 3162 §2.3

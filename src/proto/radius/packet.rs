@@ -93,7 +93,7 @@ pub enum AcctStatusType {
     Start,
     /// 2: the session ended.
     Stop,
-    /// 3: an update for a running session (RFC 2869 §2.1; "Alive" in older dictionaries).
+    /// 3: an update for a running session (RFC 2869; "Alive" in older dictionaries).
     InterimUpdate,
     /// 7: the NAS (re)started accounting: sessions it held before are gone.
     AccountingOn,
@@ -201,10 +201,11 @@ impl<'a> Imsi<'a> {
     }
 }
 
-/// A 3GPP-IMEISV as received. TS 29.061 types it as a UTF-8 string of the IMEI(SV) digits
-/// (FreeRADIUS's dictionary.3gpp: `string`), but other shapes are seen in the field (an IMEI with
-/// a `,SV` suffix, or 8 octets of BCD), so the codec hands out the octets and does not refuse any;
-/// [`Imeisv::digits`] gives the plain-digits form when it is that.
+/// A 3GPP-IMEISV as received. FreeRADIUS's dictionary.3gpp (drawn from TS 29.061) types it
+/// `string`, and radclient sends the digits as text; but packet cores have been seen to send
+/// other shapes (the IMEISV as 8 octets of BCD, as in the GTP IE it is copied from), so the codec
+/// hands out the octets and refuses none; [`Imeisv::digits`] gives the plain-digits form when it
+/// is that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Imeisv<'a>(&'a [u8]);
 
