@@ -4,7 +4,8 @@
 # format check, clippy (warnings are errors), unit + integration tests (which start real servers:
 # the built-in HTTPS sink, curl as a device, nginx as an upstream, mosquitto as an MQTTS broker
 # with mosquitto_pub/sub and Eclipse Paho (paho-mqtt 2.x for Python 3) as devices, promtool and
-# a real Prometheus scraping /metrics), and the fuzz corpus replay.
+# a real Prometheus scraping /metrics, FreeRADIUS's radclient as a RADIUS accounting client), and
+# the fuzz corpus replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,9 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 [ -x /usr/sbin/mosquitto ] || need_pkgs+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need_pkgs+=(mosquitto-clients)
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+# radclient (FreeRADIUS) as the real RADIUS accounting client of tests/radius_radclient.rs; the
+# package brings FreeRADIUS's dictionaries (3GPP attributes included).
+command -v radclient >/dev/null 2>&1 || need_pkgs+=(freeradius-utils)
 # Python 3 with pip, for the paho-mqtt devices (tests/mqtt_paho.rs). A python3 already on PATH
 # (pyenv, a venv) is used as it is, as long as it has pip.
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)

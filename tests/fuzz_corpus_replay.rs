@@ -2,7 +2,8 @@
 //! fuzz entry points (and their property checks) without nightly or libFuzzer.
 //!
 //! Each known target maps a corpus directory under `fuzz/corpus/` to its entry point; adding a
-//! target (MQTT) is one line in `TARGETS`. A missing or empty corpus directory fails the test.
+//! target (MQTT, RADIUS) is one line in `TARGETS`. A missing or empty corpus directory fails the
+//! test.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ const TARGETS: &[(&str, EntryPoint)] = &[
     ("http1_request", simgate::proto::http1::fuzz_decode),
     ("mqtt_decode", simgate::proto::mqtt::fuzz_decode),
     ("mqtt_roundtrip", simgate::proto::mqtt::fuzz_roundtrip),
+    ("radius_decode", simgate::proto::radius::fuzz_decode),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
