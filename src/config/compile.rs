@@ -8,7 +8,8 @@
 //! count go through [`Environment`], so tests run without a network. What this does not do:
 //! parse TOML (see `schema`), or start anything.
 //!
-//! MQTT rules live here too: which listener keys belong to which protocol, the per-mode
+//! SIMs (`[[sim]]`, `gateway.sims_file`) are compiled in `sims`, after the group names are
+//! known. MQTT rules live here too: which listener keys belong to which protocol, the per-mode
 //! defaults and placeholder sets of `[destination.mqtt]` templates, and that HTTP listeners
 //! route to `https` destinations by path while MQTT listeners route to one `mqtts` destination.
 
@@ -36,7 +37,7 @@ use crate::policy::{
     AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId, GroupPlan,
     HttpListenerLimits, HttpRoute, ListenerId, ListenerPlan, ListenerProtocol, MqttDestination,
     MqttListenerLimits, MqttMode, MqttRoute, MqttUpstreamVersion, Plan, PoolSettings, Reresolve,
-    Secret, Template, TemplateError, MQTT_LINGER_MAX,
+    Secret, Template, TemplateError, UnknownSource, MQTT_LINGER_MAX,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -273,12 +274,20 @@ impl Compiler<'_> {
             .collect();
 
         let groups = self.groups(raw, &listener_names, &destination_names);
+        let sims = match super::sims::compile_sims(raw, self.base_dir, &group_names) {
+            Ok(sims) => Some(sims),
+            Err(errors) => {
+                self.errors.extend(errors);
+                None
+            }
+        };
 
         Some(Plan {
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
             groups: groups?,
+            sims: sims?,
         })
     }
 
@@ -628,6 +637,17 @@ impl Compiler<'_> {
                     )
                     .map(Some),
             };
+            let unknown = match l.unknown.as_deref() {
+                None | Some("default") => Some(UnknownSource::Default),
+                Some("reject") => Some(UnknownSource::Reject),
+                Some(other) => {
+                    self.push(
+                        format!("{p}.unknown"),
+                        format!("unknown value {other:?}; expected \"reject\" or \"default\""),
+                    );
+                    None
+                }
+            };
             let id = u16::try_from(i).ok().map(ListenerId);
             if let (
                 Some(id),
@@ -636,7 +656,8 @@ impl Compiler<'_> {
                 Some(http),
                 Some(mqtt),
                 Some(max_connections),
-            ) = (id, protocol, bind, http, mqtt, max_connections)
+                Some(unknown),
+            ) = (id, protocol, bind, http, mqtt, max_connections, unknown)
             {
                 out.push(ListenerPlan {
                     id,
@@ -644,6 +665,7 @@ impl Compiler<'_> {
                     protocol,
                     bind,
                     max_connections,
+                    unknown,
                     http,
                     mqtt,
                 });

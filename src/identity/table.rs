@@ -90,9 +90,10 @@ pub struct SimTable {
 impl SimTable {
     /// A table without SIMs (every device is unknown).
     pub fn empty() -> Self {
-        let mut table = Self::default();
-        table.tag_sets = vec![0, 0];
-        table
+        Self {
+            tag_sets: vec![0, 0],
+            ..Self::default()
+        }
     }
 
     /// Number of SIMs.
