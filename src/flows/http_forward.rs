@@ -36,12 +36,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
 };
 use crate::reactor::{self, TcpStream};
-use crate::reactor::{select2, Either};
 use crate::shard::{ErrorKind, Protocol, ShardState};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};

@@ -63,13 +63,13 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
+use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, ListenerId, Plan, Template, TemplateVars};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
-use crate::reactor::{select2, Either};
 use crate::shard::ShardState;
 use crate::upstream::mqtt_link::{
     destination_fingerprint, run_link, AggregateCounters, Enqueued, Link, LinkCore, LinkEvent,

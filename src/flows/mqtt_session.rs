@@ -74,6 +74,7 @@ use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, v311_return_code,
     DeviceSession,
 };
+use crate::reactor::{select2, Either};
 use crate::policy::{
     DestinationPlan, MqttDestination, MqttListenerLimits, MqttUpstreamVersion, Template,
     TemplateVars,
@@ -84,7 +85,6 @@ use crate::proto::mqtt::{
     Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::reactor::{self, TcpStream};
-use crate::reactor::{select2, Either};
 use crate::shard::{ErrorKind, Protocol, ShardState};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};

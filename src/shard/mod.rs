@@ -29,9 +29,9 @@ use crossbeam_channel::{Receiver, Sender};
 use socket2::{Domain, Socket, Type};
 
 use crate::flows::client_ids::ClientIds;
+use crate::reactor::{select2, Either};
 use crate::policy::{DestinationId, DestinationPlan, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
-use crate::reactor::{select2, Either};
 use crate::upstream::{self, Pools, UpstreamConn, UpstreamError};
 pub use metrics::{CapReason, ErrorKind, Protocol, ShardMetrics};
 

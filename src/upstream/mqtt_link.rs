@@ -50,13 +50,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::reactor::{select2, Either, Signal};
 use crate::policy::{DestinationPlan, MqttMode, MqttUpstreamVersion, TemplateVars};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, Sender, Subscribe, SubscriptionOptions, Unsubscribe,
 };
 use crate::reactor;
-use crate::reactor::{select2, Either, Signal};
 use crate::shard::ShardState;
 use crate::upstream::UpstreamStream;
 
