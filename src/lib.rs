@@ -14,6 +14,7 @@
 //! - [`proto`]: sans-IO codecs (HTTP/1.1, MQTT).
 //! - [`tls`]: rustls unbuffered client driver over reactor buffers.
 //! - [`upstream`]: per-shard pools of TLS connections to destinations.
+//! - [`identity`]: the SIM table (source IP / IMSI → SIM), built once per plan.
 //! - [`policy`]: the compiled, immutable plan (listeners, destinations, routes).
 //! - [`config`]: TOML schema, validation with field paths, compilation to a plan.
 //! - [`flows`]: the glue per device protocol (HTTP forward).
@@ -29,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod flows;
+pub mod identity;
 pub mod policy;
 pub mod proto;
 #[allow(unsafe_code)]

@@ -8,7 +8,8 @@
 //! count go through [`Environment`], so tests run without a network. What this does not do:
 //! parse TOML (see `schema`), or start anything.
 //!
-//! MQTT rules live here too: which listener keys belong to which protocol, the per-mode
+//! SIMs (`[[sim]]`, `gateway.sims_file`) are compiled in `sims`, after the group names are
+//! known. MQTT rules live here too: which listener keys belong to which protocol, the per-mode
 //! defaults and placeholder sets of `[destination.mqtt]` templates, and that HTTP listeners
 //! route to `https` destinations by path while MQTT listeners route to one `mqtts` destination.
 
@@ -36,8 +37,8 @@ use crate::policy::{
     Adapter, AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId,
     GroupPlan, HttpListenerLimits, HttpRoute, HttpsDestination, ListenerId, ListenerKind,
     ListenerPlan, ListenerProtocol, MqttDestination, MqttListenerLimits, MqttMode, MqttRoute,
-    MqttUpstreamVersion, Plan, PoolSettings, Reresolve, Secret, Template, TemplateError, WhileDown,
-    MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN, MQTT_LINGER_MAX,
+    MqttUpstreamVersion, Plan, PoolSettings, Reresolve, Secret, Template, TemplateError,
+    UnknownSource, WhileDown, MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN, MQTT_LINGER_MAX,
 };
 
 /// Defaults and ranges, one place; `docs/configuration.md` repeats them.
@@ -274,12 +275,20 @@ impl Compiler<'_> {
             .collect();
 
         let groups = self.groups(raw, &listener_names, &destination_names);
+        let sims = match super::sims::compile_sims(raw, self.base_dir, &group_names) {
+            Ok(sims) => Some(sims),
+            Err(errors) => {
+                self.errors.extend(errors);
+                None
+            }
+        };
 
         Some(Plan {
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
             groups: groups?,
+            sims: sims?,
         })
     }
 
@@ -631,9 +640,20 @@ impl Compiler<'_> {
                     )
                     .map(Some),
             };
+            let unknown = match l.unknown.as_deref() {
+                None | Some("default") => Some(UnknownSource::Default),
+                Some("reject") => Some(UnknownSource::Reject),
+                Some(other) => {
+                    self.push(
+                        format!("{p}.unknown"),
+                        format!("unknown value {other:?}; expected \"reject\" or \"default\""),
+                    );
+                    None
+                }
+            };
             let id = u16::try_from(i).ok().map(ListenerId);
-            if let (Some(id), Some(kind), Some(bind), Some(max_connections)) =
-                (id, kind, bind, max_connections)
+            if let (Some(id), Some(kind), Some(bind), Some(max_connections), Some(unknown)) =
+                (id, kind, bind, max_connections, unknown)
             {
                 out.push(ListenerPlan {
                     id,
@@ -641,6 +661,7 @@ impl Compiler<'_> {
                     bind,
                     max_connections,
                     kind,
+                    unknown,
                 });
             }
         }

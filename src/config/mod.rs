@@ -28,6 +28,7 @@ mod compile;
 mod dns;
 pub mod fd_limit;
 mod schema;
+mod sims;
 mod tls_material;
 mod values;
 

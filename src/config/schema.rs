@@ -6,6 +6,7 @@
 //! checked in `compile`, where all problems are collected instead of stopping at the first.
 //! This module does no IO and knows nothing of the `Plan`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -31,6 +32,9 @@ pub(crate) struct RawConfig {
     /// `[[group]]`.
     #[serde(default)]
     pub group: Vec<RawGroup>,
+    /// `[[sim]]`.
+    #[serde(default)]
+    pub sim: Vec<RawSim>,
 }
 
 /// `[gateway]`.
@@ -48,6 +52,8 @@ pub(crate) struct RawGateway {
     pub backlog: Option<i64>,
     pub max_connections: Option<i64>,
     pub reserved_fds: Option<i64>,
+    /// CSV file of SIMs, relative to the config file's directory.
+    pub sims_file: Option<PathBuf>,
 }
 
 /// `gateway.shards`: the string `"auto"` or an integer. Any other string is kept so that
@@ -112,6 +118,9 @@ pub(crate) struct RawListener {
     pub protocol: String,
     pub bind: String,
     pub max_connections: Option<i64>,
+    /// `"reject"` or `"default"`: what a source address without a SIM gets; checked in
+    /// `compile`.
+    pub unknown: Option<String>,
     // HTTP keys.
     pub max_head_bytes: Option<i64>,
     pub max_headers: Option<i64>,
@@ -210,4 +219,19 @@ pub(crate) struct RawRoute {
     pub listener: String,
     pub path: Option<String>,
     pub destination: String,
+}
+
+/// `[[sim]]`: one SIM. Values are strings (an IMSI written as a TOML integer would lose its
+/// leading zeros); formats are checked by `identity` through `compile`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSim {
+    pub imsi: String,
+    pub ip: Option<String>,
+    pub imei: Option<String>,
+    pub msisdn: Option<String>,
+    pub sim_id: Option<String>,
+    pub name: Option<String>,
+    pub group: String,
+    pub tags: Option<BTreeMap<String, String>>,
 }

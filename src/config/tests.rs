@@ -948,6 +948,18 @@ fn every_schema_key_is_documented() {
         "{ip}",
         "{shard}",
         "{conn}",
+        // SIMs.
+        "sims_file",
+        "unknown",
+        "\"reject\"",
+        "[[sim]]",
+        "imsi",
+        "ip",
+        "imei",
+        "msisdn",
+        "sim_id",
+        "group",
+        "tags",
     ];
     for key in keys {
         assert!(
@@ -1717,3 +1729,7 @@ fn connection_cap_defaults_derive_from_the_open_file_limit() {
         "leaves no descriptor for devices",
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// SIMs: `[[sim]]`, `gateway.sims_file`, `listener.unknown`.
+mod sims;

@@ -5,15 +5,18 @@
 //! (at start and on every reload) and is read-only afterwards, so shards share it without locks.
 //!
 //! What this module does: holds listeners, destinations (with their ready-made rustls
-//! `ClientConfig`s), groups and the route table, and answers "which destination serves this
-//! request". What it does not do: parse files, open sockets, or know about SIMs (the identity
-//! issue adds the SIM table; until then every device belongs to the default group).
+//! `ClientConfig`s), groups, the route table and the SIM table (`identity::SimTable`, shared
+//! through an `Arc`), and answers "which SIM is this source address, in which group"
+//! ([`Plan::identify`]) and "which destination serves this request". What it does not do: parse
+//! files, open sockets, or apply a listener's [`UnknownSource`] rule (the flows do).
 
 pub mod template;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::identity::{SimRef, SimTable};
 
 pub use template::{Template, TemplateError, TemplateVars, TopicMap, TopicMapError};
 
@@ -66,6 +69,18 @@ pub enum ListenerProtocol {
     Http,
     /// MQTT 3.1.1 and 5.0 plaintext.
     Mqtt,
+}
+
+/// What a device whose source address is in no SIM entry gets on a listener
+/// (`listener.unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownSource {
+    /// Served as a member of `gateway.default_group` (the default: configs without SIMs keep
+    /// working).
+    #[default]
+    Default,
+    /// Refused: HTTP 403, MQTT CONNACK "not authorized"; then closed.
+    Reject,
 }
 
 /// Limits applied to device MQTT connections.
@@ -127,6 +142,8 @@ pub struct ListenerPlan {
     /// Device connections open on this listener at most (all shards together); `None`: only
     /// the gateway-wide cap applies.
     pub max_connections: Option<usize>,
+    /// What a source address without a SIM entry gets.
+    pub unknown: UnknownSource,
     /// The device protocol, with the settings only that protocol has.
     pub kind: ListenerKind,
 }
@@ -428,8 +445,8 @@ pub struct MqttRoute {
     pub destination: DestinationId,
 }
 
-/// A group of SIMs sharing a policy (routes). Until the identity issue, every device belongs to
-/// the default group.
+/// A group of SIMs sharing a policy (routes). A device without a SIM entry belongs to the
+/// default group when its listener says `unknown = "default"`.
 #[derive(Debug, Clone)]
 pub struct GroupPlan {
     /// Position in [`Plan::groups`].
@@ -453,9 +470,19 @@ pub struct Plan {
     pub destinations: Vec<DestinationPlan>,
     /// Groups, indexed by [`GroupId`].
     pub groups: Vec<GroupPlan>,
+    /// Every configured SIM (`[[sim]]` and `gateway.sims_file`). Behind an `Arc` so that all
+    /// shards share one copy (and a reload that does not change SIMs could keep it).
+    pub sims: Arc<SimTable>,
 }
 
 impl Plan {
+    /// The SIM whose entry binds source address `peer`, with its group; `None` for an unknown
+    /// source (the listener's [`UnknownSource`] decides what it gets).
+    pub fn identify(&self, peer: IpAddr) -> Option<(SimRef<'_>, GroupId)> {
+        let sim = self.sims.by_ip(peer)?;
+        Some((sim, GroupId(sim.group_index())))
+    }
+
     /// The destination for an HTTP request on `listener` with request-target `path`, for a device
     /// of `group`. Longest matching prefix wins; `None` means no route (404).
     pub fn route_http(
