@@ -32,6 +32,7 @@ use super::values::{
     parse_endpoint, Endpoint, EndpointHost, MAX_NAME_LEN,
 };
 use super::FieldError;
+use crate::policy::attach::{Attach, AttachField};
 use crate::policy::template::Placeholder;
 use crate::policy::{
     Adapter, AdapterKind, DestinationId, DestinationPlan, ErrorDetail, GatewaySettings, GroupId,
@@ -1721,6 +1722,37 @@ impl Compiler<'_> {
         })
     }
 
+    /// `group[g].attach`: identity fields by name, each at most once (default `["imsi"]`).
+    fn attach(&mut self, g: usize, raw: Option<&[String]>) -> Option<Attach> {
+        let Some(names) = raw else {
+            return Some(Attach::default());
+        };
+        let mut set = Attach::NONE;
+        let mut ok = true;
+        for (i, name) in names.iter().enumerate() {
+            match AttachField::parse(name) {
+                Some(field) if set.contains(field) => {
+                    self.push(
+                        format!("group[{g}].attach[{i}]"),
+                        format!("{name:?} given twice"),
+                    );
+                    ok = false;
+                }
+                Some(field) => set = set.with(field),
+                None => {
+                    let known: Vec<&str> =
+                        AttachField::ALL.iter().map(|f| f.config_name()).collect();
+                    self.push(
+                        format!("group[{g}].attach[{i}]"),
+                        format!("unknown field {name:?}; known: {}", known.join(", ")),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(set)
+    }
+
     fn groups(
         &mut self,
         raw: &RawConfig,
@@ -1866,12 +1898,14 @@ impl Compiler<'_> {
             }
             // Longest prefix first; the sort is stable, so equal lengths keep config order.
             http_routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-            match u16::try_from(g) {
-                Ok(id) if ok => out.push(GroupPlan {
+            let attach = self.attach(g, group.attach.as_deref());
+            match (u16::try_from(g), attach) {
+                (Ok(id), Some(attach)) if ok => out.push(GroupPlan {
                     id: GroupId(id),
                     name: group.name.clone(),
                     http_routes,
                     mqtt_routes,
+                    attach,
                 }),
                 _ => {}
             }

@@ -209,6 +209,7 @@ pub(crate) struct RawGroup {
     pub name: String,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    pub attach: Option<Vec<String>>,
 }
 
 /// One entry of `group[].routes`. `path` is required on HTTP listeners and an error on MQTT

@@ -194,6 +194,7 @@ endpoint = "[::1]:443"
 
 [[group]]
 name = "farm"
+attach = ["imsi", "name", "tags"]
 routes = [
   { listener = "http", path = "/", destination = "backup" },
   { listener = "http", path = "/telemetry/v1", destination = "sink" },
@@ -589,6 +590,9 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("warm = 1", "warm = 9", "destination[0].pool.warm", "9 exceeds pool.max_idle (8)"),
     ("warm = 1", "warm = -1", "destination[0].pool.warm", "must be in 0..=1024"),
     ("backoff_initial = \"50ms\"", "backoff_initial = \"6s\"", "destination[0].pool.backoff_initial", "6s exceeds pool.backoff_max (5s)"),
+    // Identity fields attached per group.
+    ("attach = [\"imsi\", \"name\", \"tags\"]", "attach = [\"imsi\", \"iccid\"]", "group[0].attach[1]", "unknown field \"iccid\"; known: imsi, imei, msisdn, sim_id, name, tags"),
+    ("attach = [\"imsi\", \"name\", \"tags\"]", "attach = [\"name\", \"name\"]", "group[0].attach[1]", "\"name\" given twice"),
     // Connection caps (the fixture's open-file limit is 20,000).
     ("max_connections = 5000", "max_connections = 19489", "gateway.max_connections", "cannot be served under the open-file limit of 20000 with 512 reserved (at most 19488)"),
     ("max_connections = 5000", "max_connections = 0", "gateway.max_connections", "must be in 1..="),
@@ -1733,3 +1737,28 @@ fn connection_cap_defaults_derive_from_the_open_file_limit() {
 // ---------------------------------------------------------------------------------------------
 // SIMs: `[[sim]]`, `gateway.sims_file`, `listener.unknown`.
 mod sims;
+
+#[test]
+fn groups_attach_the_imsi_unless_told_otherwise() {
+    use crate::policy::attach::{Attach, AttachField};
+    let fx = Fixture::new();
+    let plan = fx.compile(FULL).unwrap_or_else(|e| panic!("{e}"));
+    let farm = &plan.groups[0];
+    assert_eq!(
+        farm.attach,
+        Attach::NONE
+            .with(AttachField::Imsi)
+            .with(AttachField::Name)
+            .with(AttachField::Tags)
+    );
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.groups[0].attach, Attach::default());
+    let none = fx
+        .compile(&edit(
+            MINIMAL,
+            "name = \"default\"\n",
+            "name = \"default\"\nattach = []\n",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(none.groups[0].attach.is_empty());
+}

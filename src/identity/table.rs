@@ -141,6 +141,12 @@ impl SimTable {
         (index < self.len()).then_some(SimRef { table: self, index })
     }
 
+    /// The SIM at position `index` (see [`SimRef::index`]): a connection keeps the index of its
+    /// SIM instead of a borrow of the table, and reads the SIM's fields again through it.
+    pub fn get(&self, index: u32) -> Option<SimRef<'_>> {
+        self.at(index as usize)
+    }
+
     /// Heap bytes the table holds (capacities of its arrays and strings), for measurements.
     pub fn heap_bytes(&self) -> usize {
         use std::mem::size_of;
@@ -183,6 +189,11 @@ pub struct SimRef<'a> {
 impl<'a> SimRef<'a> {
     fn rec(&self) -> &'a Rec {
         &self.table.recs[self.index]
+    }
+
+    /// The SIM's position in its table (valid for that table only: a reload builds a new one).
+    pub fn index(&self) -> u32 {
+        u32::try_from(self.index).unwrap_or(u32::MAX)
     }
 
     /// The IMSI (always present).

@@ -10,6 +10,7 @@
 //! ([`Plan::identify`]) and "which destination serves this request". What it does not do: parse
 //! files, open sockets, or apply a listener's [`UnknownSource`] rule (the flows do).
 
+pub mod attach;
 pub mod template;
 
 use std::net::{IpAddr, SocketAddr};
@@ -457,6 +458,8 @@ pub struct GroupPlan {
     pub http_routes: Vec<HttpRoute>,
     /// MQTT routes, at most one per listener.
     pub mqtt_routes: Vec<MqttRoute>,
+    /// The SIM identity fields attached upstream for this group's devices.
+    pub attach: attach::Attach,
 }
 
 /// The whole compiled configuration.

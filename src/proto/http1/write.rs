@@ -46,11 +46,15 @@ const HOP_BY_HOP: [&str; 8] = [
 ///   `base_path` is empty), and `HTTP/1.1`;
 /// - `Host: host` first, replacing the device's `Host`;
 /// - the device's fields in order, minus hop-by-hop ones, `Expect` (the gateway answers
-///   `100-continue` itself), `X-Forwarded-For` (merged below) and any field whose name is also in
-///   `extra_headers` (a device cannot spoof identity headers); `Content-Length` and
-///   `Transfer-Encoding: chunked` are kept, as the body is forwarded verbatim;
+///   `100-continue` itself), `X-Forwarded-For` (merged below), any field whose name is also in
+///   `extra_headers`, and every `X-Simgate-*` field ([`IDENTITY_HEADER_PREFIX`]: the names
+///   simgate attaches SIM identity under, so a device can claim no SIM's identity, whichever
+///   fields its group attaches); `Content-Length` and `Transfer-Encoding: chunked` are kept, as
+///   the body is forwarded verbatim;
 /// - `X-Forwarded-For`: the device's values joined with `", "`, then `client_ip`;
 /// - `extra_headers` in order (those with an invalid name or value are skipped).
+///
+/// Returns how many `X-Simgate-*` fields of the device were left out.
 pub fn write_upstream_request_head(
     out: &mut BytesMut,
     head: &RequestHead,
@@ -58,7 +62,8 @@ pub fn write_upstream_request_head(
     base_path: &str,
     client_ip: IpAddr,
     extra_headers: &[(&str, &[u8])],
-) {
+) -> usize {
+    let mut identity_dropped = 0;
     out.put_slice(&head.method);
     out.put_u8(b' ');
     let (prefix, rest) = head.origin_form_parts();
@@ -87,6 +92,10 @@ pub fn write_upstream_request_head(
     for header in &head.headers {
         if header.is("x-forwarded-for") {
             forwarded_for_seen = true;
+            continue;
+        }
+        if is_identity_header(&header.name) {
+            identity_dropped += 1;
             continue;
         }
         let drop = header.is("host")
@@ -118,6 +127,17 @@ pub fn write_upstream_request_head(
         }
     }
     out.put_slice(b"\r\n");
+    identity_dropped
+}
+
+/// The prefix of the header names simgate attaches SIM identity under (`X-Simgate-Imsi`, …),
+/// matched case-insensitively. A device's own fields with it are never forwarded.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-simgate-";
+
+/// True for a field name starting with [`IDENTITY_HEADER_PREFIX`], in any case.
+pub fn is_identity_header(name: &[u8]) -> bool {
+    let prefix = IDENTITY_HEADER_PREFIX.as_bytes();
+    name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// Writes the response head for the device: an `HTTP/1.1` status line with the upstream's status
@@ -340,6 +360,24 @@ mod tests {
             "POST /v1/telemetry?v=2 HTTP/1.1\r\nHost: api.example.com\r\n\
              Content-Type: application/json\r\nContent-Length: 2\r\n\
              X-Forwarded-For: 10.0.0.17\r\nX-Imsi: 440103123456789\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn upstream_head_drops_every_identity_header_a_device_sends_and_counts_them() {
+        let head = request(
+            b"GET /m HTTP/1.1\r\nHost: gw\r\nX-Simgate-Imsi: 001019999999999\r\n\
+              x-simgate-tag-site: fake\r\nX-SIMGATE-NAME: other\r\nX-Simgate: kept\r\n\r\n",
+        );
+        let mut out = BytesMut::new();
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17));
+        let extra: &[(&str, &[u8])] = &[("X-Simgate-Imsi", b"440103123456789")];
+        let dropped = write_upstream_request_head(&mut out, &head, "h", "", ip, extra);
+        assert_eq!(dropped, 3);
+        assert_eq!(
+            String::from_utf8(out.to_vec()).unwrap(),
+            "GET /m HTTP/1.1\r\nHost: h\r\nX-Simgate: kept\r\nX-Forwarded-For: 10.0.0.17\r\n\
+             X-Simgate-Imsi: 440103123456789\r\n\r\n"
         );
     }
 
