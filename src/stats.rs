@@ -217,6 +217,11 @@ pub struct ShardMetrics {
     pub connections_rejected: [u64; CapReason::ALL.len()],
     /// Accepts the kernel failed (EMFILE, ENFILE, ENOBUFS, ...); the listener keeps accepting.
     pub accept_errors: u64,
+    /// Devices refused because their source address has no SIM and their listener says
+    /// `unknown = "reject"`, by listener index.
+    pub unknown_source_rejects: Vec<u64>,
+    /// `X-Simgate-*` headers devices sent, left out of what was forwarded.
+    pub http_identity_headers_dropped: u64,
     /// Device requests fully received (including ones answered with an error).
     pub requests: u64,
     /// Responses sent to devices by status class: index 1..=5 for 1xx..5xx.
@@ -267,6 +272,8 @@ impl Default for ShardMetrics {
             connections_open: 0,
             connections_rejected: [0; CapReason::ALL.len()],
             accept_errors: 0,
+            unknown_source_rejects: Vec::new(),
+            http_identity_headers_dropped: 0,
             requests: 0,
             responses_by_class: [0; 6],
             errors: [[0; ErrorKind::ALL.len()]; Protocol::ALL.len()],
@@ -294,6 +301,14 @@ impl ShardMetrics {
     pub fn response(&mut self, status: u16) {
         let class = usize::from(status / 100).min(5);
         self.responses_by_class[class] += 1;
+    }
+
+    /// Count a device refused on listener `listener` (its index) for an unknown source.
+    pub fn unknown_source_rejected(&mut self, listener: usize) {
+        if self.unknown_source_rejects.len() <= listener {
+            self.unknown_source_rejects.resize(listener + 1, 0);
+        }
+        self.unknown_source_rejects[listener] += 1;
     }
 
     /// Count an error of `kind` met by a device of `protocol`.
@@ -325,6 +340,18 @@ impl ShardMetrics {
             *a += b;
         }
         self.accept_errors += other.accept_errors;
+        if self.unknown_source_rejects.len() < other.unknown_source_rejects.len() {
+            self.unknown_source_rejects
+                .resize(other.unknown_source_rejects.len(), 0);
+        }
+        for (a, b) in self
+            .unknown_source_rejects
+            .iter_mut()
+            .zip(&other.unknown_source_rejects)
+        {
+            *a += b;
+        }
+        self.http_identity_headers_dropped += other.http_identity_headers_dropped;
         self.requests += other.requests;
         for (a, b) in self
             .responses_by_class

@@ -641,6 +641,7 @@ fn upstream_failures_of_mqtt_sessions_are_counted_as_mqtt_errors() {
     }
     let text = simgate::control::metrics::render(
         &s.gateway.metrics(),
+        &["mqtt"],
         1,
         Default::default(),
         &Default::default(),

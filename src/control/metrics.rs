@@ -39,6 +39,7 @@ const BUCKETS_SECONDS: [f64; 17] = [
 /// Render the exposition text.
 pub fn render(
     m: &ShardMetrics,
+    listeners: &[&str],
     shards: usize,
     reloads: ReloadCounters,
     dns: &BTreeMap<String, DnsCounters>,
@@ -84,6 +85,30 @@ pub fn render(
         "simgate_connections_rejected_total",
         "Device connections closed at accept because a connection cap was reached",
         &cap_refs,
+    );
+    let rejects: Vec<(String, u64)> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            (
+                format!("listener=\"{name}\",reason=\"unknown_source\""),
+                m.unknown_source_rejects.get(i).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    let reject_refs: Vec<(&str, u64)> = rejects.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_device_rejects_total",
+        "Devices refused by identity, by listener and reason (unknown_source: no SIM for the \
+         source address on a listener with unknown = \"reject\")",
+        &reject_refs,
+    );
+    counter(
+        w,
+        "simgate_http_identity_headers_dropped_total",
+        "X-Simgate-* headers sent by devices and left out of what was forwarded",
+        &[("", m.http_identity_headers_dropped)],
     );
     counter(
         w,
@@ -398,7 +423,7 @@ mod tests {
                 failures: 1,
             },
         );
-        let text = render(&m, 2, ReloadCounters::default(), &dns);
+        let text = render(&m, &["http"], 2, ReloadCounters::default(), &dns);
         assert!(text.contains("simgate_upstream_dns_changes_total{destination=\"aws-iot\"} 2\n"));
         assert!(text.contains("simgate_upstream_dns_failures_total{destination=\"aws-iot\"} 1\n"));
         assert!(text.contains("simgate_http_requests_total 3\n"));

@@ -136,7 +136,15 @@ impl Control {
             Some(g) => {
                 let shards = g.metrics();
                 let dns = self.dns.lock().clone();
-                metrics::render(&shards, g.shard_count(), *self.reloads.lock(), &dns)
+                let plan = g.plan();
+                let listeners: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
+                metrics::render(
+                    &shards,
+                    &listeners,
+                    g.shard_count(),
+                    *self.reloads.lock(),
+                    &dns,
+                )
             }
             None => String::new(),
         }

@@ -36,6 +36,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::identity::DeviceIdentity;
 use super::ShardState;
 use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
@@ -63,6 +64,7 @@ pub async fn serve(
         served: 0,
         send_timeout: std::time::Duration::from_secs(60),
         error_detail: ErrorDetail::Generic,
+        identity: None,
     };
     conn.run().await;
 }
@@ -82,6 +84,9 @@ struct DeviceConn {
     send_timeout: std::time::Duration,
     /// The listener's `error_detail`: what a 502/504 body says.
     error_detail: ErrorDetail,
+    /// The device's SIM and group, resolved at its first request and again only after a
+    /// reload replaced the plan.
+    identity: Option<DeviceIdentity>,
 }
 
 /// How reading a request ended.
@@ -155,7 +160,28 @@ impl DeviceConn {
                 && (limits.max_requests_per_connection == 0
                     || self.served < limits.max_requests_per_connection);
 
-            let group = plan.gateway.default_group;
+            let identity = match self.identity {
+                Some(identity) if identity.is_current(generation) => identity,
+                _ => {
+                    match DeviceIdentity::resolve(&plan, generation, self.listener, self.peer.ip())
+                    {
+                        Some(identity) => {
+                            self.identity = Some(identity);
+                            identity
+                        }
+                        None => {
+                            // An unknown source on a listener that refuses them.
+                            self.state
+                                .metrics
+                                .borrow_mut()
+                                .unknown_source_rejected(usize::from(self.listener.0));
+                            let _ = Box::pin(self.send_error(403, "unknown device", false)).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            let group = identity.group();
             // Routed on the target's path, which the decoder has checked is in normal form (no
             // dot or empty segments, no encoded separators): exactly the path forwarded after the
             // destination's base_path, and one no upstream can resolve outside it.
@@ -355,14 +381,39 @@ impl DeviceConn {
             });
         };
         let mut head = BytesMut::with_capacity(512);
-        http1::write_upstream_request_head(
+        // The SIM's identity, as the device's group attaches it; `self.identity` was resolved
+        // under `plan` by the caller just before.
+        let attached = match self.identity {
+            Some(identity) if identity.is_current(generation) => {
+                let attach = plan
+                    .groups
+                    .get(usize::from(identity.group().0))
+                    .map(|g| g.attach);
+                match (identity.sim(plan), attach) {
+                    (Some(sim), Some(attach)) => attach.headers(&sim),
+                    _ => Vec::new(),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let extra: Vec<(&str, &[u8])> = attached
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        let dropped = http1::write_upstream_request_head(
             &mut head,
             &request.head,
             &https.host_header,
             &https.base_path,
             self.peer.ip(),
-            &[],
+            &extra,
         );
+        if dropped > 0 {
+            self.state
+                .metrics
+                .borrow_mut()
+                .http_identity_headers_dropped += dropped as u64;
+        }
         let head = head.freeze();
         // The head, then the body: verbatim, minus trailer fields that must not be forwarded.
         let mut parts: Vec<&[u8]> = Vec::with_capacity(4);

@@ -9,6 +9,7 @@ pub mod client_ids;
 pub mod context;
 pub mod drain;
 pub mod http_forward;
+pub mod identity;
 pub mod mqtt_aggregate;
 pub mod mqtt_bridge;
 pub mod mqtt_session;

@@ -65,12 +65,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::client_ids::Claim;
+use super::identity::DeviceIdentity;
 use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
 use super::ShardState;
 use crate::policy::{DestinationId, ListenerId, Plan, TemplateVars, TopicMap, WhileDown};
+use crate::proto::mqtt::UserProperty;
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -160,6 +162,9 @@ enum End {
 /// Per-session state of the device side.
 struct Device {
     version: ProtocolVersion,
+    /// The SIM identity attached to every uplink PUBLISH (MQTT 5 user properties; empty when
+    /// the link speaks 3.1.1, the source is unknown or the group attaches nothing).
+    identity_properties: Box<[UserProperty]>,
     /// The destination's `topic` template resolved for this device.
     topics: TopicMap,
     receive_maximum: usize,
@@ -220,8 +225,17 @@ pub fn start(session: DeviceSession) -> SessionFuture {
         peer,
         connect,
         buf,
+        identity,
     } = session;
-    match admit(&state, &plan, listener, destination, &connect, peer) {
+    match admit(
+        &state,
+        &plan,
+        listener,
+        destination,
+        &connect,
+        peer,
+        identity,
+    ) {
         Ok(admitted) => Box::pin(serve(Session {
             state,
             stream,
@@ -245,6 +259,7 @@ fn admit(
     destination: DestinationId,
     connect: &Connect,
     peer: SocketAddr,
+    identity: DeviceIdentity,
 ) -> Result<Admitted, ReasonCode> {
     let version = connect.protocol_version;
     let dest = plan.destination(destination);
@@ -318,8 +333,26 @@ fn admit(
         shard: state.id.0,
         conn: 0,
     };
+    // The SIM's identity as user properties on every uplink PUBLISH, when the link speaks 5.0.
+    let identity_properties: Box<[UserProperty]> = match (
+        identity.sim(plan),
+        plan.groups.get(usize::from(identity.group().0)),
+        link.core.borrow().version(),
+    ) {
+        (Some(sim), Some(group), ProtocolVersion::V5) => group
+            .attach
+            .user_properties(&sim)
+            .into_iter()
+            .map(|(name, value)| UserProperty {
+                name: Bytes::from(name),
+                value: Bytes::from(value),
+            })
+            .collect(),
+        _ => Box::default(),
+    };
     let mut device = Device {
         version,
+        identity_properties,
         topics: TopicMap::new(&mqtt_dest.topic, &vars),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
         device_max_packet: connect.properties.maximum_packet_size,
@@ -707,6 +740,13 @@ impl Device {
             let mut p = publish.properties;
             p.topic_alias = None;
             p.subscription_identifiers.clear();
+            if !self.identity_properties.is_empty() {
+                // A device cannot claim identity fields: its own properties of those names go.
+                p.user_properties
+                    .retain(|u| !self.identity_properties.iter().any(|i| i.name == u.name));
+                p.user_properties
+                    .extend(self.identity_properties.iter().cloned());
+            }
             p
         } else {
             Properties::default()
@@ -948,6 +988,7 @@ mod tests {
         };
         Device {
             version,
+            identity_properties: Box::default(),
             topics: TopicMap::new(&topic, &vars),
             receive_maximum: 2,
             device_max_packet: None,

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 
+use super::identity::DeviceIdentity;
 use super::ShardState;
 use crate::policy::template::Placeholder;
 use crate::policy::{DestinationId, ListenerId, MqttMode, Plan, Template};
@@ -84,6 +85,8 @@ pub struct DeviceSession {
     pub connect: Connect,
     /// Bytes the device sent after its CONNECT (pipelined packets), not yet decoded.
     pub buf: BytesMut,
+    /// The device's SIM and group, resolved under `plan`.
+    pub identity: DeviceIdentity,
 }
 
 impl DeviceSession {
@@ -125,7 +128,7 @@ async fn connect_phase(
     mut stream: TcpStream,
     peer: SocketAddr,
 ) -> Option<SessionFuture> {
-    let plan = state.plan();
+    let (plan, generation) = state.current();
     // Only MQTT listeners dispatch to this flow, and reloads keep listeners as they are.
     let limits = plan.listener(listener).mqtt()?.clone();
     let mut buf = BytesMut::new();
@@ -154,8 +157,22 @@ async fn connect_phase(
         send_connack(&mut stream, connect.protocol_version, code).await;
         return None;
     }
-    let group = plan.gateway.default_group;
-    let Some(destination) = plan.route_mqtt(group, listener) else {
+    // One identity lookup per session: an unknown source on a listener with
+    // `unknown = "reject"` is not authorized (3.1.1: return code 5).
+    let Some(identity) = DeviceIdentity::resolve(&plan, generation, listener, peer.ip()) else {
+        state
+            .metrics
+            .borrow_mut()
+            .unknown_source_rejected(usize::from(listener.0));
+        send_connack(
+            &mut stream,
+            connect.protocol_version,
+            ReasonCode::NOT_AUTHORIZED,
+        )
+        .await;
+        return None;
+    };
+    let Some(destination) = plan.route_mqtt(identity.group(), listener) else {
         send_connack(
             &mut stream,
             connect.protocol_version,
@@ -174,6 +191,7 @@ async fn connect_phase(
         peer,
         connect,
         buf,
+        identity,
     };
     match mode {
         Some(MqttMode::Session) => Some(Box::pin(super::mqtt_session::serve(session))),

@@ -771,6 +771,7 @@ pub async fn serve(session: DeviceSession) {
         peer,
         connect,
         buf,
+        identity: _,
     } = session;
     let device_version = connect.protocol_version;
     let dest = plan.destination(destination);

@@ -305,6 +305,25 @@ impl Device {
         }
     }
 
+    /// A device whose connection comes from source address `from` (any 127.0.0.0/8 address
+    /// works on loopback), as a SIM's bound IP would.
+    pub fn connect_from(addr: SocketAddr, from: std::net::IpAddr) -> Device {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket
+            .bind(&SocketAddr::new(from, 0).into())
+            .expect("bind the device's source address");
+        socket.connect(&addr.into()).expect("connect to simgate");
+        let stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        Device {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
     }
