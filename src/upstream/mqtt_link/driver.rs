@@ -6,7 +6,9 @@
 //! refusals), exchanges CONNECT/CONNACK, then writes everything queued in one event-loop turn
 //! with one TLS write (or, with `linger`, everything queued within that time or until one TLS
 //! record's worth is queued), sends PINGREQ every half keep-alive, and declares the link dead
-//! when a PINGRESP does not come back within the other half.
+//! when a PINGRESP does not come back within the other half. Its deadlines (linger flush, next
+//! ping, PINGRESP) are on the reactor's clock ([`reactor::now`], cached once per loop turn), the
+//! clock its timers fire on.
 //!
 //! What this module does not do: protocol decisions (which PUBLISH goes when, what an ack
 //! releases, subscriptions) — those are [`LinkCore`]'s.
@@ -273,7 +275,7 @@ async fn serve_connection(
     };
     let half = (settings.keep_alive / 2).max(Duration::from_millis(500));
     let write_timeout = settings.keep_alive.max(Duration::from_secs(5));
-    let mut next_ping = Instant::now() + half;
+    let mut next_ping = reactor::now() + half;
     let mut ping_deadline: Option<Instant> = None;
     // While lingering: when the queued bytes are written even if no more arrive.
     let mut flush_at: Option<Instant> = None;
@@ -351,14 +353,14 @@ async fn serve_connection(
                     return ConnectionEnd::Lost("no PINGRESP within keep-alive".into());
                 }
                 link.core.borrow_mut().queue_ping();
-                let now = Instant::now();
+                let now = reactor::now();
                 ping_deadline = Some(now + half);
                 next_ping = now + half;
             }
         }
-        if ping_deadline.is_none() && Instant::now() >= next_ping {
+        if ping_deadline.is_none() && reactor::now() >= next_ping {
             link.core.borrow_mut().queue_ping();
-            let now = Instant::now();
+            let now = reactor::now();
             ping_deadline = Some(now + half);
             next_ping = now + half;
         }
