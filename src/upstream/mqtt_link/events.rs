@@ -82,7 +82,7 @@ pub struct PublishOwner {
     pub device_qos: QoS,
 }
 
-/// What became of a PUBLISH handed to [`LinkCore::publish`].
+/// What became of a PUBLISH handed to [`LinkCore::publish`](super::LinkCore::publish).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Enqueued {
     /// Written to the outbox (QoS 1: now in flight).
