@@ -318,7 +318,7 @@ async fn open_upstream(
         .await
         .map_err(OpenError::Connect)?;
     loop {
-        let deadline = Instant::now() + connect_timeout;
+        let deadline = reactor::now() + connect_timeout;
         match exchange_connect(&mut conn, connect_bytes, deadline, version, limits).await {
             Ok(connack) => return Ok((conn, connack)),
             Err(OpenError::Closed) if conn.reused => {
@@ -413,7 +413,7 @@ struct Pump<'a> {
 
 impl Pump<'_> {
     async fn run(&mut self) -> SessionEnd {
-        let mut deadline = self.keep_alive.map(|k| Instant::now() + k);
+        let mut deadline = self.keep_alive.map(|k| reactor::now() + k);
         let mut out = BytesMut::new();
         loop {
             // Draining: the device is no longer read (what it sent and we did not forward was
@@ -430,6 +430,8 @@ impl Pump<'_> {
             }
             if draining {
                 // Relay the broker's answers to what is already upstream, then leave.
+                // `until` is at least `Instant::now()` (see `drain_ack_deadline`), so it is
+                // compared on that clock: on the reactor's cached one, "at once" would never come.
                 let until = drain_ack_deadline(self.state);
                 if self.bridge.uplink_unacknowledged() == 0 || Instant::now() >= until {
                     return SessionEnd::ServerShuttingDown;
@@ -448,7 +450,7 @@ impl Pump<'_> {
             match select2(device_or_drain, self.upstream.stream.fill()).await {
                 Either::Left(Either::Left(DeviceRead::Bytes(n))) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
-                    deadline = self.keep_alive.map(|k| Instant::now() + k);
+                    deadline = self.keep_alive.map(|k| reactor::now() + k);
                 }
                 Either::Left(Either::Left(DeviceRead::Closed)) => return SessionEnd::DeviceClosed,
                 Either::Left(Either::Left(DeviceRead::KeepAliveExpired)) => {
