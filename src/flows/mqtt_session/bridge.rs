@@ -1,0 +1,818 @@
+//! [`Bridge`]: the per-session translation between a device's MQTT packets and the broker's,
+//! sans-IO (no sockets, no clock), and how a bridged session ends ([`SessionEnd`]).
+//!
+//! PUBLISH topics (and v5 Response Topic) are rewritten uplink through the session's
+//! [`TopicMap`] and mapped back downlink; SUBSCRIBE/UNSUBSCRIBE filters likewise. Device topic
+//! aliases are resolved here and never forwarded; a broker alias is a protocol error. When the
+//! two hops speak different versions, properties are dropped toward 3.1.1 and reason codes
+//! mapped. Each translated packet comes back as an [`Action`]: forward it, forward it and end,
+//! or end.
+//!
+//! What this module does not do: read or write sockets, keep time (keep-alive and drain
+//! deadlines are the driver's), count metrics, or build the CONNECT/CONNACK exchange (see
+//! `super::connect`).
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::policy::TopicMap;
+use crate::proto::mqtt::{
+    self, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
+};
+use crate::stats::ErrorKind;
+
+/// Topic Alias Maximum simgate advertises to v5 devices: device aliases are resolved here (the
+/// map holds copies of at most this many topics per session) and never sent upstream.
+pub const DEVICE_TOPIC_ALIAS_MAXIMUM: u16 = 16;
+
+/// v5 reason code 0x94 "Topic Alias invalid".
+const TOPIC_ALIAS_INVALID: ReasonCode = ReasonCode(0x94);
+
+/// Why a bridged session ended; decides what each side is told and what is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The device sent DISCONNECT and it was forwarded upstream: close both sides cleanly.
+    DeviceDisconnected,
+    /// The device asked for its will to be published (v5 DISCONNECT 0x04) and the upstream speaks
+    /// 3.1.1, which cannot say so: drop the upstream link abruptly.
+    DeviceDisconnectedWithWill,
+    /// The device closed its socket without DISCONNECT (or the socket failed).
+    DeviceClosed,
+    /// The device was silent for 1.5× its keep-alive.
+    DeviceKeepAliveTimeout,
+    /// The device sent a malformed packet or broke the protocol; the reason code to tell it (v5).
+    DeviceProtocol(ReasonCode),
+    /// The broker sent DISCONNECT (already relayed to a v5 device).
+    UpstreamDisconnected(ReasonCode),
+    /// The broker closed the connection or it failed.
+    UpstreamClosed,
+    /// The broker broke the protocol (or sent a packet the device's version cannot carry).
+    UpstreamProtocol,
+    /// The broker refused a 3.1.1 device's QoS 1/2 PUBLISH (v5 PUBACK/PUBREC ≥ 0x80), which
+    /// 3.1.1 cannot express: the device is disconnected rather than acknowledged.
+    UpstreamRejectedPublish(ReasonCode),
+    /// The shard drained (SIGTERM): a v5 device gets DISCONNECT 0x8B; upstream, a v5 broker
+    /// gets DISCONNECT 0x04 "Disconnect with Will Message" and a 3.1.1 broker a close without
+    /// DISCONNECT — the device did not leave, so its will stands (see docs/operations.md).
+    ServerShuttingDown,
+}
+
+impl SessionEnd {
+    /// The DISCONNECT reason a v5 device is sent before its socket closes (`None`: nothing is
+    /// sent, because the device left, or its DISCONNECT was already relayed).
+    pub fn device_reason(self) -> Option<ReasonCode> {
+        match self {
+            SessionEnd::DeviceDisconnected
+            | SessionEnd::DeviceDisconnectedWithWill
+            | SessionEnd::DeviceClosed
+            | SessionEnd::UpstreamDisconnected(_) => None,
+            SessionEnd::DeviceKeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            SessionEnd::ServerShuttingDown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            SessionEnd::DeviceProtocol(code) | SessionEnd::UpstreamRejectedPublish(code) => {
+                Some(code)
+            }
+            // 0x88 "Server unavailable" is a CONNACK-only code; DISCONNECT has no closer one.
+            SessionEnd::UpstreamClosed | SessionEnd::UpstreamProtocol => {
+                Some(ReasonCode::UNSPECIFIED_ERROR)
+            }
+        }
+    }
+
+    /// Whether the upstream link is closed cleanly (TLS close_notify after a DISCONNECT was sent
+    /// or received). Otherwise it is dropped without DISCONNECT, so the broker publishes the will.
+    pub fn upstream_clean(self) -> bool {
+        matches!(
+            self,
+            SessionEnd::DeviceDisconnected | SessionEnd::UpstreamDisconnected(_)
+        )
+    }
+
+    /// The DISCONNECT reason sent upstream before a graceful close when the session ends for
+    /// the gateway's own reasons (drain), for an upstream speaking `version`; `None`: no
+    /// DISCONNECT (a 3.1.1 broker cannot be asked to keep the will, so it is closed without).
+    pub fn upstream_goodbye(self, version: ProtocolVersion) -> Option<ReasonCode> {
+        match (self, version) {
+            (SessionEnd::ServerShuttingDown, ProtocolVersion::V5) => {
+                Some(ReasonCode::DISCONNECT_WITH_WILL)
+            }
+            _ => None,
+        }
+    }
+
+    /// The error counted for this ending, if it is one.
+    pub fn error_kind(self) -> Option<ErrorKind> {
+        match self {
+            SessionEnd::ServerShuttingDown => None,
+            SessionEnd::DeviceDisconnected
+            | SessionEnd::DeviceDisconnectedWithWill
+            | SessionEnd::DeviceClosed
+            | SessionEnd::UpstreamDisconnected(_) => None,
+            SessionEnd::DeviceKeepAliveTimeout => Some(ErrorKind::DeviceTimeout),
+            SessionEnd::DeviceProtocol(_) => Some(ErrorKind::DeviceBadRequest),
+            SessionEnd::UpstreamClosed => Some(ErrorKind::UpstreamClosed),
+            SessionEnd::UpstreamProtocol | SessionEnd::UpstreamRejectedPublish(_) => {
+                Some(ErrorKind::UpstreamProtocol)
+            }
+        }
+    }
+}
+
+/// What to do with one translated packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this packet to the other side.
+    Forward(Packet),
+    /// Send this packet to the other side, then end the session.
+    ForwardAndEnd(Packet, SessionEnd),
+    /// End the session without forwarding anything.
+    End(SessionEnd),
+}
+
+/// A v5 DISCONNECT carrying `reason_code`, or 0x80 "Unspecified error" when that code is not
+/// one DISCONNECT may carry (e.g. a PUBACK-only code relayed from the broker).
+pub(super) fn encode_device_disconnect(reason_code: ReasonCode) -> Bytes {
+    let mut out = BytesMut::with_capacity(4);
+    for code in [reason_code, ReasonCode::UNSPECIFIED_ERROR] {
+        let packet = Packet::Disconnect(Disconnect {
+            reason_code: code,
+            properties: Properties::default(),
+        });
+        if mqtt::encode(&packet, ProtocolVersion::V5, &mut out).is_ok() {
+            break;
+        }
+    }
+    out.freeze()
+}
+
+/// The per-session translation between the device's packets and the broker's: sans-IO, one
+/// instance per bridged session.
+#[derive(Debug)]
+pub struct Bridge {
+    device: ProtocolVersion,
+    upstream: ProtocolVersion,
+    topics: TopicMap,
+    /// Device topic aliases (copies, so no receive buffer stays pinned).
+    device_aliases: HashMap<u16, Bytes>,
+    /// Filter counts of device UNSUBSCRIBEs awaiting a 3.1.1 UNSUBACK, for a v5 device (whose
+    /// UNSUBACK needs one reason code per filter).
+    pending_unsubscribes: HashMap<u16, usize>,
+    /// Packet ids of device QoS 1/2 PUBLISHes forwarded and not yet answered by the broker
+    /// (PUBACK / PUBREC): what a draining session waits for.
+    uplink_unacked: HashSet<u16>,
+}
+
+impl Bridge {
+    /// A bridge between a device speaking `device` and a broker speaking `upstream`.
+    pub fn new(device: ProtocolVersion, upstream: ProtocolVersion, topics: TopicMap) -> Bridge {
+        Bridge {
+            device,
+            upstream,
+            topics,
+            device_aliases: HashMap::new(),
+            pending_unsubscribes: HashMap::new(),
+            uplink_unacked: HashSet::new(),
+        }
+    }
+
+    /// The version the device speaks.
+    pub fn device_version(&self) -> ProtocolVersion {
+        self.device
+    }
+
+    /// The version spoken upstream.
+    pub fn upstream_version(&self) -> ProtocolVersion {
+        self.upstream
+    }
+
+    /// Device QoS 1/2 PUBLISHes forwarded to the broker and not yet acknowledged by it.
+    pub fn uplink_unacknowledged(&self) -> usize {
+        self.uplink_unacked.len()
+    }
+
+    fn props_up(&self, p: Properties) -> Properties {
+        match self.upstream {
+            ProtocolVersion::V5 if self.device == ProtocolVersion::V5 => p,
+            _ => Properties::default(),
+        }
+    }
+
+    fn props_down(&self, p: Properties) -> Properties {
+        match self.device {
+            ProtocolVersion::V5 if self.upstream == ProtocolVersion::V5 => p,
+            _ => Properties::default(),
+        }
+    }
+
+    /// Translate a packet from the device for the broker.
+    pub fn uplink(&mut self, packet: Packet) -> Action {
+        let protocol_error = Action::End(SessionEnd::DeviceProtocol(ReasonCode::PROTOCOL_ERROR));
+        match packet {
+            Packet::Publish(mut publish) => {
+                if let Err(code) = self.resolve_device_alias(&mut publish) {
+                    return Action::End(SessionEnd::DeviceProtocol(code));
+                }
+                // A topic with no valid upstream form is the device's error (as a broker
+                // refuses an invalid topic name): DISCONNECT 0x90, nothing forwarded.
+                let invalid =
+                    Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID));
+                publish.topic = match self.topics.uplink_topic(&publish.topic) {
+                    Ok(t) => t,
+                    Err(_) => return invalid,
+                };
+                let mut props = self.props_up(std::mem::take(&mut publish.properties));
+                props.response_topic =
+                    match props.response_topic.map(|t| self.topics.uplink_topic(&t)) {
+                        None => None,
+                        Some(Ok(t)) => Some(t),
+                        Some(Err(_)) => return invalid,
+                    };
+                publish.properties = props;
+                if let (Some(id), QoS::AtLeastOnce | QoS::ExactlyOnce) =
+                    (publish.packet_id, publish.qos)
+                {
+                    self.uplink_unacked.insert(id.get());
+                }
+                Action::Forward(Packet::Publish(publish))
+            }
+            Packet::PubAck(r) => Action::Forward(Packet::PubAck(self.response_up(r))),
+            Packet::PubRec(r) => Action::Forward(Packet::PubRec(self.response_up(r))),
+            Packet::PubRel(r) => Action::Forward(Packet::PubRel(self.response_up(r))),
+            Packet::PubComp(r) => Action::Forward(Packet::PubComp(self.response_up(r))),
+            Packet::Subscribe(s) => {
+                let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
+                for sub in s.subscriptions {
+                    let Ok(filter) = self.topics.uplink_filter(&sub.filter, self.upstream) else {
+                        return Action::End(SessionEnd::DeviceProtocol(
+                            ReasonCode::TOPIC_FILTER_INVALID,
+                        ));
+                    };
+                    subscriptions.push(Subscription {
+                        filter,
+                        options: match self.upstream {
+                            ProtocolVersion::V5 => sub.options,
+                            ProtocolVersion::V311 => SubscriptionOptions::with_qos(sub.options.qos),
+                        },
+                    });
+                }
+                Action::Forward(Packet::Subscribe(Subscribe {
+                    packet_id: s.packet_id,
+                    properties: self.props_up(s.properties),
+                    subscriptions,
+                }))
+            }
+            Packet::Unsubscribe(u) => {
+                if self.device == ProtocolVersion::V5 && self.upstream == ProtocolVersion::V311 {
+                    self.pending_unsubscribes
+                        .insert(u.packet_id.get(), u.filters.len());
+                }
+                let Ok(filters) = u
+                    .filters
+                    .iter()
+                    .map(|f| self.topics.uplink_filter(f, self.upstream))
+                    .collect::<Result<Vec<_>, _>>()
+                else {
+                    return Action::End(SessionEnd::DeviceProtocol(
+                        ReasonCode::TOPIC_FILTER_INVALID,
+                    ));
+                };
+                Action::Forward(Packet::Unsubscribe(Unsubscribe {
+                    packet_id: u.packet_id,
+                    properties: self.props_up(u.properties),
+                    filters,
+                }))
+            }
+            Packet::PingReq => Action::Forward(Packet::PingReq),
+            Packet::Disconnect(d) => {
+                if d.reason_code == ReasonCode::DISCONNECT_WITH_WILL
+                    && self.upstream == ProtocolVersion::V311
+                {
+                    return Action::End(SessionEnd::DeviceDisconnectedWithWill);
+                }
+                let forwarded = match self.upstream {
+                    ProtocolVersion::V5 => Disconnect {
+                        reason_code: d.reason_code,
+                        properties: self.props_up(d.properties),
+                    },
+                    ProtocolVersion::V311 => Disconnect {
+                        reason_code: ReasonCode::SUCCESS,
+                        properties: Properties::default(),
+                    },
+                };
+                Action::ForwardAndEnd(
+                    Packet::Disconnect(forwarded),
+                    SessionEnd::DeviceDisconnected,
+                )
+            }
+            // A second CONNECT ([MQTT-3.1.0-2]), server-to-client packets, and AUTH: the device's
+            // CONNECT had no Authentication Method (one is refused before the session starts,
+            // `mqtt_bridge::refuse_enhanced_auth`), so it must not send AUTH ([MQTT-4.12.0-7]).
+            Packet::Auth(_)
+            | Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => protocol_error,
+        }
+    }
+
+    /// The device's form of a topic the broker sent this session: the template's affixes
+    /// stripped; a topic without them passes as it is (the broker addresses this device only).
+    fn device_topic(&self, topic: Bytes) -> Bytes {
+        self.topics.downlink_topic(&topic).unwrap_or(topic)
+    }
+
+    /// Translate a packet from the broker for the device.
+    pub fn downlink(&mut self, packet: Packet) -> Action {
+        let protocol_error = Action::End(SessionEnd::UpstreamProtocol);
+        match packet {
+            Packet::Publish(mut publish) => {
+                // simgate's CONNECT offers no Topic Alias Maximum, so the broker may not use one
+                // ([MQTT-3.3.2-9]).
+                if publish.properties.topic_alias.is_some() {
+                    return protocol_error;
+                }
+                // Everything the broker sends this session is addressed to this device: a topic
+                // without the template's affixes passes as it is.
+                publish.topic = self.device_topic(publish.topic);
+                let mut props = self.props_down(std::mem::take(&mut publish.properties));
+                props.response_topic = props.response_topic.map(|t| self.device_topic(t));
+                publish.properties = props;
+                Action::Forward(Packet::Publish(publish))
+            }
+            Packet::PubAck(r) => {
+                self.uplink_unacked.remove(&r.packet_id.get());
+                self.response_down(r, Packet::PubAck)
+            }
+            Packet::PubRec(r) => {
+                self.uplink_unacked.remove(&r.packet_id.get());
+                self.response_down(r, Packet::PubRec)
+            }
+            Packet::PubRel(r) => self.response_down(r, Packet::PubRel),
+            Packet::PubComp(r) => self.response_down(r, Packet::PubComp),
+            Packet::SubAck(s) => {
+                let reason_codes = match self.device {
+                    ProtocolVersion::V5 => s.reason_codes,
+                    ProtocolVersion::V311 => s
+                        .reason_codes
+                        .into_iter()
+                        .map(|c| {
+                            if c.0 <= 2 {
+                                c
+                            } else {
+                                ReasonCode::UNSPECIFIED_ERROR
+                            }
+                        })
+                        .collect(),
+                };
+                Action::Forward(Packet::SubAck(SubAck {
+                    packet_id: s.packet_id,
+                    properties: self.props_down(s.properties),
+                    reason_codes,
+                }))
+            }
+            Packet::UnsubAck(u) => {
+                let pending = self.pending_unsubscribes.remove(&u.packet_id.get());
+                let reason_codes = match (self.device, self.upstream) {
+                    (ProtocolVersion::V311, _) => Vec::new(),
+                    (ProtocolVersion::V5, ProtocolVersion::V5) => u.reason_codes,
+                    (ProtocolVersion::V5, ProtocolVersion::V311) => {
+                        vec![ReasonCode::SUCCESS; pending.unwrap_or(1)]
+                    }
+                };
+                Action::Forward(Packet::UnsubAck(UnsubAck {
+                    packet_id: u.packet_id,
+                    properties: self.props_down(u.properties),
+                    reason_codes,
+                }))
+            }
+            Packet::PingResp => Action::Forward(Packet::PingResp),
+            Packet::Disconnect(d) => {
+                let end = SessionEnd::UpstreamDisconnected(d.reason_code);
+                match self.device {
+                    // A 3.1.1 server never sends DISCONNECT: just close.
+                    ProtocolVersion::V311 => Action::End(end),
+                    ProtocolVersion::V5 => {
+                        let reason_code = match self.upstream {
+                            ProtocolVersion::V5 => d.reason_code,
+                            ProtocolVersion::V311 => ReasonCode::UNSPECIFIED_ERROR,
+                        };
+                        Action::ForwardAndEnd(
+                            Packet::Disconnect(Disconnect {
+                                reason_code,
+                                properties: self.props_down(d.properties),
+                            }),
+                            end,
+                        )
+                    }
+                }
+            }
+            // simgate's CONNECT carries no Authentication Method, so the broker must not send
+            // AUTH ([MQTT-4.12.0-6]).
+            Packet::Auth(_)
+            | Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::Subscribe(_)
+            | Packet::Unsubscribe(_)
+            | Packet::PingReq => protocol_error,
+        }
+    }
+
+    fn resolve_device_alias(&mut self, publish: &mut Publish) -> Result<(), ReasonCode> {
+        let Some(alias) = publish.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias.get() > DEVICE_TOPIC_ALIAS_MAXIMUM {
+            return Err(TOPIC_ALIAS_INVALID);
+        }
+        if publish.topic.is_empty() {
+            publish.topic = self
+                .device_aliases
+                .get(&alias.get())
+                .cloned()
+                .ok_or(ReasonCode::PROTOCOL_ERROR)?;
+        } else {
+            self.device_aliases
+                .insert(alias.get(), Bytes::copy_from_slice(&publish.topic));
+        }
+        Ok(())
+    }
+
+    fn response_up(&self, r: PubResponse) -> PubResponse {
+        match self.upstream {
+            ProtocolVersion::V5 => PubResponse {
+                packet_id: r.packet_id,
+                reason_code: r.reason_code,
+                properties: self.props_up(r.properties),
+            },
+            // 3.1.1 has only success; a v5 device's refusal still ends the delivery.
+            ProtocolVersion::V311 => PubResponse::success(r.packet_id),
+        }
+    }
+
+    fn response_down(&self, r: PubResponse, wrap: fn(PubResponse) -> Packet) -> Action {
+        match self.device {
+            ProtocolVersion::V5 => Action::Forward(wrap(PubResponse {
+                packet_id: r.packet_id,
+                reason_code: r.reason_code,
+                properties: self.props_down(r.properties),
+            })),
+            ProtocolVersion::V311 if r.reason_code.0 >= 0x80 => {
+                Action::End(SessionEnd::UpstreamRejectedPublish(r.reason_code))
+            }
+            ProtocolVersion::V311 => Action::Forward(wrap(PubResponse::success(r.packet_id))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{device_connect, template, vars};
+    use super::*;
+    use std::num::NonZeroU16;
+
+    fn publish(topic: &'static [u8], alias: Option<u16>) -> Publish {
+        let properties = Properties {
+            topic_alias: alias.and_then(NonZeroU16::new),
+            ..Properties::default()
+        };
+        Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: Bytes::from_static(topic),
+            packet_id: NonZeroU16::new(7),
+            properties,
+            payload: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn id(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).expect("non-zero")
+    }
+
+    #[test]
+    fn invalid_rendered_topics_and_filters_end_the_session_with_their_reason_code() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        let publish = |topic: &'static [u8]| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: Bytes::from_static(topic),
+                packet_id: None,
+                properties: Properties::default(),
+                payload: Bytes::new(),
+            })
+        };
+        // A wildcard cannot be in a topic name, wrapped or not.
+        assert!(matches!(
+            b.uplink(publish(b"a/+")),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+        ));
+        let subscribe = |filter: &'static [u8]| {
+            Packet::Subscribe(Subscribe {
+                packet_id: NonZeroU16::MIN,
+                properties: Properties::default(),
+                subscriptions: vec![Subscription {
+                    filter: Bytes::from_static(filter),
+                    options: SubscriptionOptions::with_qos(QoS::AtMostOnce),
+                }],
+            })
+        };
+        // `devices/{client_id}/{topic}` has no suffix, so `#` stays last: valid.
+        assert!(matches!(b.uplink(subscribe(b"cmd/#")), Action::Forward(_)));
+        assert!(matches!(
+            b.uplink(subscribe(b"cmd/#/x")),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_FILTER_INVALID))
+        ));
+    }
+
+    #[test]
+    fn uplink_publishes_count_as_unacknowledged_until_the_broker_answers() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        let with = |qos: QoS, n: u16| {
+            let mut p = publish(b"t", None);
+            p.qos = qos;
+            p.packet_id = (qos != QoS::AtMostOnce).then(|| id(n));
+            Packet::Publish(p)
+        };
+        b.uplink(with(QoS::AtLeastOnce, 1));
+        b.uplink(with(QoS::ExactlyOnce, 2));
+        b.uplink(with(QoS::AtMostOnce, 0));
+        assert_eq!(b.uplink_unacknowledged(), 2);
+        // A PUBACK the device sends (for a downlink message) is not the broker's answer.
+        b.uplink(Packet::PubAck(PubResponse::success(id(1))));
+        assert_eq!(b.uplink_unacknowledged(), 2);
+        b.downlink(Packet::PubAck(PubResponse::success(id(1))));
+        assert_eq!(b.uplink_unacknowledged(), 1);
+        b.downlink(Packet::PubRec(PubResponse::success(id(2))));
+        assert_eq!(b.uplink_unacknowledged(), 0);
+    }
+
+    #[test]
+    fn drain_tells_a_v5_device_0x8b_and_keeps_the_will_upstream() {
+        let end = SessionEnd::ServerShuttingDown;
+        assert_eq!(end.device_reason(), Some(ReasonCode::SERVER_SHUTTING_DOWN));
+        assert!(
+            !end.upstream_clean(),
+            "no normal DISCONNECT: it would delete the will"
+        );
+        assert_eq!(
+            end.upstream_goodbye(ProtocolVersion::V5),
+            Some(ReasonCode::DISCONNECT_WITH_WILL)
+        );
+        assert_eq!(end.upstream_goodbye(ProtocolVersion::V311), None);
+        assert_eq!(end.error_kind(), None);
+        assert_eq!(
+            SessionEnd::DeviceDisconnected.upstream_goodbye(ProtocolVersion::V5),
+            None
+        );
+    }
+
+    fn bridge(device: ProtocolVersion, upstream: ProtocolVersion) -> Bridge {
+        Bridge::new(
+            device,
+            upstream,
+            TopicMap::new(&template("devices/{client_id}/{topic}"), &vars(b"d1")),
+        )
+    }
+
+    #[test]
+    fn uplink_publish_is_rewritten_and_aliases_resolved() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        let Action::Forward(Packet::Publish(first)) =
+            b.uplink(Packet::Publish(publish(b"temp", Some(3))))
+        else {
+            panic!("expected a forwarded publish");
+        };
+        assert_eq!(&first.topic[..], b"devices/d1/temp");
+        assert_eq!(first.properties.topic_alias, None);
+        assert_eq!(first.packet_id, NonZeroU16::new(7));
+        let Action::Forward(Packet::Publish(second)) =
+            b.uplink(Packet::Publish(publish(b"", Some(3))))
+        else {
+            panic!("expected a forwarded publish");
+        };
+        assert_eq!(&second.topic[..], b"devices/d1/temp");
+        assert_eq!(
+            b.uplink(Packet::Publish(publish(b"", Some(4)))),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::PROTOCOL_ERROR))
+        );
+        assert_eq!(
+            b.uplink(Packet::Publish(publish(
+                b"x",
+                Some(DEVICE_TOPIC_ALIAS_MAXIMUM + 1)
+            ))),
+            Action::End(SessionEnd::DeviceProtocol(TOPIC_ALIAS_INVALID))
+        );
+    }
+
+    #[test]
+    fn downlink_publish_maps_topic_back_and_refuses_broker_aliases() {
+        let mut b = bridge(ProtocolVersion::V311, ProtocolVersion::V311);
+        let Action::Forward(Packet::Publish(p)) =
+            b.downlink(Packet::Publish(publish(b"devices/d1/cmd/reboot", None)))
+        else {
+            panic!("expected a forwarded publish");
+        };
+        assert_eq!(&p.topic[..], b"cmd/reboot");
+        let mut b5 = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        assert_eq!(
+            b5.downlink(Packet::Publish(publish(b"devices/d1/x", Some(1)))),
+            Action::End(SessionEnd::UpstreamProtocol)
+        );
+    }
+
+    #[test]
+    fn subscribe_filters_are_rewritten_and_options_fit_the_upstream_version() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V311);
+        let mut options = SubscriptionOptions::with_qos(QoS::ExactlyOnce);
+        options.no_local = true;
+        let action = b.uplink(Packet::Subscribe(Subscribe {
+            packet_id: id(5),
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: Bytes::from_static(b"cmd/#"),
+                options,
+            }],
+        }));
+        let Action::Forward(Packet::Subscribe(s)) = action else {
+            panic!("expected a forwarded subscribe");
+        };
+        assert_eq!(&s.subscriptions[0].filter[..], b"devices/d1/cmd/#");
+        assert_eq!(
+            s.subscriptions[0].options,
+            SubscriptionOptions::with_qos(QoS::ExactlyOnce)
+        );
+    }
+
+    #[test]
+    fn v311_unsuback_gets_one_code_per_filter_for_a_v5_device() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V311);
+        let _ = b.uplink(Packet::Unsubscribe(Unsubscribe {
+            packet_id: id(9),
+            properties: Properties::default(),
+            filters: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+        }));
+        let action = b.downlink(Packet::UnsubAck(UnsubAck {
+            packet_id: id(9),
+            properties: Properties::default(),
+            reason_codes: Vec::new(),
+        }));
+        let Action::Forward(Packet::UnsubAck(u)) = action else {
+            panic!("expected a forwarded unsuback");
+        };
+        assert_eq!(u.reason_codes, vec![ReasonCode::SUCCESS; 2]);
+    }
+
+    #[test]
+    fn suback_failures_become_0x80_for_v311_devices() {
+        let mut b = bridge(ProtocolVersion::V311, ProtocolVersion::V5);
+        let action = b.downlink(Packet::SubAck(SubAck {
+            packet_id: id(1),
+            properties: Properties::default(),
+            reason_codes: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::NOT_AUTHORIZED],
+        }));
+        let Action::Forward(Packet::SubAck(s)) = action else {
+            panic!("expected a forwarded suback");
+        };
+        assert_eq!(
+            s.reason_codes,
+            vec![ReasonCode::GRANTED_QOS_1, ReasonCode::UNSPECIFIED_ERROR]
+        );
+    }
+
+    #[test]
+    fn refused_publish_disconnects_a_v311_device_instead_of_acknowledging() {
+        let mut b = bridge(ProtocolVersion::V311, ProtocolVersion::V5);
+        let refused = PubResponse {
+            packet_id: id(7),
+            reason_code: ReasonCode::NOT_AUTHORIZED,
+            properties: Properties::default(),
+        };
+        assert_eq!(
+            b.downlink(Packet::PubAck(refused.clone())),
+            Action::End(SessionEnd::UpstreamRejectedPublish(
+                ReasonCode::NOT_AUTHORIZED
+            ))
+        );
+        let mut b5 = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        assert_eq!(
+            b5.downlink(Packet::PubAck(refused.clone())),
+            Action::Forward(Packet::PubAck(refused))
+        );
+    }
+
+    #[test]
+    fn disconnects_end_the_session_the_right_way() {
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        let normal = Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        };
+        assert_eq!(
+            b.uplink(Packet::Disconnect(normal.clone())),
+            Action::ForwardAndEnd(
+                Packet::Disconnect(normal.clone()),
+                SessionEnd::DeviceDisconnected
+            )
+        );
+        let with_will = Disconnect {
+            reason_code: ReasonCode::DISCONNECT_WITH_WILL,
+            properties: Properties::default(),
+        };
+        let mut b311 = bridge(ProtocolVersion::V5, ProtocolVersion::V311);
+        assert_eq!(
+            b311.uplink(Packet::Disconnect(with_will)),
+            Action::End(SessionEnd::DeviceDisconnectedWithWill)
+        );
+        assert!(!SessionEnd::DeviceDisconnectedWithWill.upstream_clean());
+        let busy = Disconnect {
+            reason_code: ReasonCode::SERVER_BUSY,
+            properties: Properties::default(),
+        };
+        assert_eq!(
+            b.downlink(Packet::Disconnect(busy.clone())),
+            Action::ForwardAndEnd(
+                Packet::Disconnect(busy),
+                SessionEnd::UpstreamDisconnected(ReasonCode::SERVER_BUSY)
+            )
+        );
+    }
+
+    #[test]
+    fn auth_is_a_protocol_error_both_ways_and_never_forwarded() {
+        let auth = Packet::Auth(mqtt::Auth {
+            reason_code: ReasonCode::RE_AUTHENTICATE,
+            properties: Properties {
+                authentication_method: Some(Bytes::from_static(b"SCRAM-SHA-1")),
+                ..Properties::default()
+            },
+        });
+        let mut b = bridge(ProtocolVersion::V5, ProtocolVersion::V5);
+        assert_eq!(
+            b.uplink(auth.clone()),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::PROTOCOL_ERROR))
+        );
+        assert_eq!(b.downlink(auth), Action::End(SessionEnd::UpstreamProtocol));
+    }
+
+    #[test]
+    fn wrong_direction_packets_are_protocol_errors() {
+        let mut b = bridge(ProtocolVersion::V311, ProtocolVersion::V311);
+        assert_eq!(
+            b.uplink(Packet::PingResp),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::PROTOCOL_ERROR))
+        );
+        assert_eq!(
+            b.uplink(Packet::Connect(Box::new(device_connect(
+                ProtocolVersion::V311
+            )))),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::PROTOCOL_ERROR))
+        );
+        assert_eq!(
+            b.downlink(Packet::PingReq),
+            Action::End(SessionEnd::UpstreamProtocol)
+        );
+        assert_eq!(b.uplink(Packet::PingReq), Action::Forward(Packet::PingReq));
+    }
+
+    #[test]
+    fn device_disconnect_falls_back_to_unspecified_error_for_non_disconnect_codes() {
+        // 0x91 (Packet Identifier in use) is a PUBACK code, not a DISCONNECT one.
+        assert_eq!(
+            &encode_device_disconnect(ReasonCode(0x91))[..],
+            &[0xE0, 0x01, 0x80]
+        );
+        assert_eq!(
+            &encode_device_disconnect(ReasonCode::KEEP_ALIVE_TIMEOUT)[..],
+            &[0xE0, 0x01, 0x8D]
+        );
+    }
+
+    #[test]
+    fn session_endings_decide_will_and_device_reason() {
+        for end in [
+            SessionEnd::DeviceClosed,
+            SessionEnd::DeviceKeepAliveTimeout,
+            SessionEnd::DeviceProtocol(ReasonCode::MALFORMED_PACKET),
+            SessionEnd::UpstreamClosed,
+        ] {
+            assert!(
+                !end.upstream_clean(),
+                "{end:?} must leave the will to the broker"
+            );
+        }
+        assert_eq!(
+            SessionEnd::DeviceProtocol(ReasonCode::PACKET_TOO_LARGE).device_reason(),
+            Some(ReasonCode::PACKET_TOO_LARGE)
+        );
+        assert_eq!(
+            SessionEnd::UpstreamClosed.device_reason(),
+            Some(ReasonCode::UNSPECIFIED_ERROR)
+        );
+        assert_eq!(SessionEnd::DeviceClosed.device_reason(), None);
+    }
+}

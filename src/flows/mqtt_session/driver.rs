@@ -1,0 +1,566 @@
+//! The IO driver of session mode: [`serve`] takes a device session whose CONNECT was read,
+//! opens its upstream MQTTS connection (pool checkout, CONNECT, CONNACK within the
+//! destination's `connect_timeout`, one retry on a dead pooled connection), relays the CONNACK,
+//! then pumps both sockets through a [`Bridge`] until either side ends the session, and says
+//! goodbye to each side as the [`SessionEnd`] decides. It keeps the open-sessions gauge and the
+//! per-shard counters.
+//!
+//! What this module does not do: translate packets or map CONNECT/CONNACK fields (that is
+//! [`Bridge`] and `super::connect`, both pure), or read the device's CONNECT (`flows::mqtt_bridge`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::bridge::{encode_device_disconnect, Action, Bridge, SessionEnd};
+use super::connect::{
+    build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
+};
+use crate::flows::mqtt_bridge::{
+    assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
+};
+use crate::flows::ShardState;
+use crate::policy::{DestinationPlan, TopicMap};
+use crate::proto::mqtt::{
+    self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
+    ProtocolVersion, ReasonCode, Sender,
+};
+use crate::reactor::{self, TcpStream};
+use crate::reactor::{select2, Either};
+use crate::stats::{ErrorKind, Protocol};
+use crate::tls::{TlsError, TlsIoError};
+use crate::upstream::{UpstreamConn, UpstreamError};
+
+/// How long a best-effort goodbye (a DISCONNECT or CONNACK before closing) may take.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why no upstream session could be opened (before any CONNACK was relayed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OpenError {
+    /// No connection could be made.
+    Connect(UpstreamError),
+    /// The TLS session failed after the handshake (e.g. a TLS 1.3 client-certificate rejection,
+    /// which arrives with the first read).
+    Tls,
+    /// The connection closed or failed before a CONNACK arrived.
+    Closed,
+    /// No CONNACK within `connect_timeout`.
+    Timeout,
+    /// The broker answered with something other than a CONNACK, or with bytes that do not decode.
+    Protocol,
+    /// The broker started an enhanced-authentication exchange (AUTH before CONNACK).
+    AuthUnsupported,
+}
+
+impl OpenError {
+    fn error_kind(&self) -> ErrorKind {
+        match self {
+            OpenError::Connect(UpstreamError::Connect(_) | UpstreamError::ConnectTimeout) => {
+                ErrorKind::UpstreamConnect
+            }
+            OpenError::Connect(UpstreamError::Tls(_)) | OpenError::Tls => ErrorKind::UpstreamTls,
+            OpenError::Connect(UpstreamError::BackingOff { .. }) => ErrorKind::UpstreamBackoff,
+            OpenError::Connect(UpstreamError::LocalResources(_)) => ErrorKind::LocalResources,
+            OpenError::Closed => ErrorKind::UpstreamClosed,
+            OpenError::Timeout => ErrorKind::UpstreamTimeout,
+            OpenError::Protocol | OpenError::AuthUnsupported => ErrorKind::UpstreamProtocol,
+        }
+    }
+
+    fn connack_code(&self) -> ReasonCode {
+        match self {
+            OpenError::AuthUnsupported => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            _ => ReasonCode::SERVER_UNAVAILABLE,
+        }
+    }
+}
+
+/// Keeps the open-sessions gauge right however the session task ends (it may be dropped).
+struct OpenSession(Rc<ShardState>);
+
+impl OpenSession {
+    fn start(state: &Rc<ShardState>) -> OpenSession {
+        {
+            let mut m = state.metrics.borrow_mut();
+            m.mqtt_sessions_started += 1;
+            m.mqtt_sessions_open += 1;
+        }
+        OpenSession(state.clone())
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        let mut m = self.0.metrics.borrow_mut();
+        m.mqtt_sessions_open = m.mqtt_sessions_open.saturating_sub(1);
+    }
+}
+
+/// Bridge one device session to its own upstream MQTTS connection, until either side ends it.
+pub async fn serve(session: DeviceSession) {
+    let DeviceSession {
+        state,
+        plan,
+        listener,
+        destination,
+        mut stream,
+        peer,
+        connect,
+        buf,
+        identity: _,
+    } = session;
+    let device_version = connect.protocol_version;
+    let dest = plan.destination(destination);
+    let Some(mqtt) = dest.mqtt() else {
+        // Config validation gives every mqtts destination MQTT settings.
+        send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    };
+    let Some(limits) = plan.listener(listener).mqtt().cloned() else {
+        send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    };
+    let up_version = upstream_version(mqtt.version, device_version);
+    let assigned = match assign_client_id(&connect, &mqtt.topic, state.id.0, peer) {
+        Ok(assigned) => assigned,
+        Err(code) => {
+            send_connack(&mut stream, device_version, code).await;
+            return;
+        }
+    };
+    let vars = session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0);
+    let topics = TopicMap::new(&mqtt.topic, &vars);
+    let mut connect_bytes = BytesMut::new();
+    let built = build_upstream_connect(
+        &connect,
+        mqtt,
+        &vars,
+        up_version,
+        &topics,
+        limits.max_packet_size,
+    );
+    if let Err(BuildError::WillTopicInvalid) = built {
+        state
+            .metrics
+            .borrow_mut()
+            .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+        send_connack(&mut stream, device_version, ReasonCode::TOPIC_NAME_INVALID).await;
+        return;
+    }
+    let encoded = built.map(|c| {
+        mqtt::encode(
+            &Packet::Connect(Box::new(c)),
+            up_version,
+            &mut connect_bytes,
+        )
+    });
+    if !matches!(encoded, Ok(Ok(()))) {
+        state
+            .metrics
+            .borrow_mut()
+            .error(Protocol::Mqtt, ErrorKind::UpstreamProtocol);
+        send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    }
+    let decode_limits = DecodeLimits {
+        max_packet_size: limits.max_packet_size,
+    };
+    // The pools' generation of the session's plan. `mqtt_bridge` routes and calls `serve`
+    // without an await in between, so a differing plan means a reload raced in: then the
+    // connection is made for the session's plan and never pooled.
+    let (current_plan, current_generation) = state.current();
+    let generation = if Arc::ptr_eq(&current_plan, &plan) {
+        current_generation
+    } else {
+        u64::MAX
+    };
+    drop(current_plan);
+    let opened = open_upstream(
+        &state,
+        generation,
+        dest,
+        dest.pool.connect_timeout,
+        &connect_bytes,
+        up_version,
+        &decode_limits,
+    )
+    .await;
+    let (mut upstream, upstream_connack) = match opened {
+        Ok(ok) => ok,
+        Err(e) => {
+            state
+                .metrics
+                .borrow_mut()
+                .error(Protocol::Mqtt, e.error_kind());
+            send_connack(&mut stream, device_version, e.connack_code()).await;
+            return;
+        }
+    };
+    let server_keep_alive = upstream_connack.properties.server_keep_alive;
+    let connack = device_connack(
+        upstream_connack,
+        up_version,
+        device_version,
+        &limits,
+        assigned,
+    );
+    let accepted = connack.reason_code == ReasonCode::SUCCESS;
+    let mut out = BytesMut::new();
+    if mqtt::encode(&Packet::ConnAck(connack), device_version, &mut out).is_err() {
+        state
+            .metrics
+            .borrow_mut()
+            .error(Protocol::Mqtt, ErrorKind::UpstreamProtocol);
+        send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+        return;
+    }
+    if !accepted {
+        state.metrics.borrow_mut().mqtt_connects_refused += 1;
+        let _ = send_device(&state, &mut stream, out.freeze()).await;
+        let _ = reactor::timeout_at(
+            goodbye_deadline(&state, GOODBYE_TIMEOUT),
+            upstream.stream.close(),
+        )
+        .await;
+        return;
+    }
+    let _open = OpenSession::start(&state);
+    if send_device(&state, &mut stream, out.freeze())
+        .await
+        .is_err()
+    {
+        // The device left before its CONNACK: drop the link abruptly (will published).
+        return;
+    }
+    let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
+    let mut pump = Pump {
+        state: &state,
+        device: &mut stream,
+        device_buf: buf,
+        upstream: &mut upstream,
+        bridge: Bridge::new(device_version, up_version, topics),
+        limits: decode_limits,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+    };
+    let end = pump.run().await;
+    if let Some(kind) = end.error_kind() {
+        state.metrics.borrow_mut().error(Protocol::Mqtt, kind);
+    }
+    if device_version == ProtocolVersion::V5 {
+        if let Some(reason_code) = end.device_reason() {
+            let bye = encode_device_disconnect(reason_code);
+            let _ = reactor::timeout_at(
+                goodbye_deadline(&state, GOODBYE_TIMEOUT),
+                send_device(&state, &mut stream, bye),
+            )
+            .await;
+        }
+    }
+    if end.upstream_clean() {
+        let _ = reactor::timeout_at(
+            goodbye_deadline(&state, GOODBYE_TIMEOUT),
+            upstream.stream.close(),
+        )
+        .await;
+    } else if end == SessionEnd::ServerShuttingDown {
+        // The gateway leaves, not the device: the broker keeps the will (v5: it is told so with
+        // 0x04; 3.1.1: no DISCONNECT at all), and the TLS connection is closed properly.
+        if let Some(code) = end.upstream_goodbye(up_version) {
+            let mut bye = BytesMut::new();
+            let packet = Packet::Disconnect(Disconnect {
+                reason_code: code,
+                properties: Properties::default(),
+            });
+            if mqtt::encode(&packet, up_version, &mut bye).is_ok() {
+                let _ = reactor::timeout_at(
+                    goodbye_deadline(&state, GOODBYE_TIMEOUT),
+                    upstream.stream.write_all(&[&bye]),
+                )
+                .await;
+            }
+        }
+        let _ = reactor::timeout_at(
+            goodbye_deadline(&state, GOODBYE_TIMEOUT),
+            upstream.stream.close(),
+        )
+        .await;
+    }
+    // Otherwise `upstream` drops here: the TCP connection closes without DISCONNECT (nor
+    // close_notify), and the broker publishes the device's will.
+}
+
+async fn send_device(
+    state: &ShardState,
+    stream: &mut TcpStream,
+    bytes: Bytes,
+) -> std::io::Result<()> {
+    let n = bytes.len() as u64;
+    stream.send_all(bytes).await?;
+    state.metrics.borrow_mut().device_bytes_out += n;
+    Ok(())
+}
+
+/// Take a connection (warm if possible), send CONNECT and wait for the CONNACK. A pooled
+/// connection that turns out dead before any reply is replaced once by a fresh one.
+async fn open_upstream(
+    state: &Rc<ShardState>,
+    generation: u64,
+    destination: &DestinationPlan,
+    connect_timeout: Duration,
+    connect_bytes: &[u8],
+    version: ProtocolVersion,
+    limits: &DecodeLimits,
+) -> Result<(UpstreamConn, ConnAck), OpenError> {
+    let mut conn = state
+        .upstreams
+        .checkout(generation, destination)
+        .await
+        .map_err(OpenError::Connect)?;
+    loop {
+        let deadline = reactor::now() + connect_timeout;
+        match exchange_connect(&mut conn, connect_bytes, deadline, version, limits).await {
+            Ok(connack) => return Ok((conn, connack)),
+            Err(OpenError::Closed) if conn.reused => {
+                state.metrics.borrow_mut().upstream_retries += 1;
+                conn = state
+                    .upstreams
+                    .connect_new(generation, destination)
+                    .await
+                    .map_err(OpenError::Connect)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn exchange_connect(
+    conn: &mut UpstreamConn,
+    connect_bytes: &[u8],
+    deadline: Instant,
+    version: ProtocolVersion,
+    limits: &DecodeLimits,
+) -> Result<ConnAck, OpenError> {
+    let stream = &mut conn.stream;
+    match reactor::timeout_at(deadline, stream.write_all(&[connect_bytes])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(open_error_of(&e)),
+        Err(_) => return Err(OpenError::Timeout),
+    }
+    loop {
+        match mqtt::decode_packet(stream.plaintext(), version, Sender::Server, limits) {
+            Ok(Decoded::Complete(Packet::ConnAck(connack))) => return Ok(connack),
+            Ok(Decoded::Complete(Packet::Auth(_))) => return Err(OpenError::AuthUnsupported),
+            Ok(Decoded::Complete(_)) | Err(_) => return Err(OpenError::Protocol),
+            Ok(Decoded::Incomplete { .. }) => {}
+        }
+        match reactor::timeout_at(deadline, stream.fill()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err(OpenError::Closed),
+            Ok(Err(e)) => return Err(open_error_of(&e)),
+            Err(_) => return Err(OpenError::Timeout),
+        }
+    }
+}
+
+fn open_error_of(e: &TlsIoError) -> OpenError {
+    match e {
+        TlsIoError::Io { .. }
+        | TlsIoError::Eof
+        | TlsIoError::Tls(TlsError::ClosedWithoutCloseNotify | TlsError::UnexpectedEof) => {
+            OpenError::Closed
+        }
+        TlsIoError::Tls(_) => OpenError::Tls,
+    }
+}
+
+/// How one read from the device ended.
+enum DeviceRead {
+    Bytes(usize),
+    Closed,
+    KeepAliveExpired,
+}
+
+async fn read_device(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> DeviceRead {
+    let result = match deadline {
+        Some(at) => match reactor::timeout_at(at, stream.recv_append(buf)).await {
+            Ok(r) => r,
+            Err(_) => return DeviceRead::KeepAliveExpired,
+        },
+        None => stream.recv_append(buf).await,
+    };
+    match result {
+        Ok(n) if n > 0 => DeviceRead::Bytes(n),
+        _ => DeviceRead::Closed,
+    }
+}
+
+/// The running session: both sockets, the device's receive buffer and the bridge.
+struct Pump<'a> {
+    state: &'a ShardState,
+    device: &'a mut TcpStream,
+    device_buf: BytesMut,
+    upstream: &'a mut UpstreamConn,
+    bridge: Bridge,
+    limits: DecodeLimits,
+    /// 1.5× the keep-alive in force, `None` when keep-alive is off.
+    keep_alive: Option<Duration>,
+}
+
+impl Pump<'_> {
+    async fn run(&mut self) -> SessionEnd {
+        let mut deadline = self.keep_alive.map(|k| reactor::now() + k);
+        let mut out = BytesMut::new();
+        loop {
+            // Draining: the device is no longer read (what it sent and we did not forward was
+            // not acknowledged; it sends it again elsewhere).
+            let draining = self.state.draining();
+            // Bytes already buffered first: pipelined after CONNECT, or after the CONNACK.
+            if !draining {
+                if let Some(end) = self.drain_device(&mut out).await {
+                    return end;
+                }
+            }
+            if let Some(end) = self.drain_upstream(&mut out).await {
+                return end;
+            }
+            if draining {
+                // Relay the broker's answers to what is already upstream, then leave.
+                // `until` is at least `Instant::now()` (see `drain_ack_deadline`), so it is
+                // compared on that clock: on the reactor's cached one, "at once" would never come.
+                let until = drain_ack_deadline(self.state);
+                if self.bridge.uplink_unacknowledged() == 0 || Instant::now() >= until {
+                    return SessionEnd::ServerShuttingDown;
+                }
+                match select2(self.upstream.stream.fill(), reactor::sleep_until(until)).await {
+                    Either::Left(Ok(true)) | Either::Right(()) => continue,
+                    Either::Left(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
+                }
+            }
+            if self.device_buf.is_empty() {
+                // Release the buffer's memory between bursts: an idle session holds none.
+                self.device_buf = BytesMut::new();
+            }
+            let device_read = read_device(self.device, &mut self.device_buf, deadline);
+            let device_or_drain = select2(device_read, self.state.drain.wait());
+            match select2(device_or_drain, self.upstream.stream.fill()).await {
+                Either::Left(Either::Left(DeviceRead::Bytes(n))) => {
+                    self.state.metrics.borrow_mut().device_bytes_in += n as u64;
+                    deadline = self.keep_alive.map(|k| reactor::now() + k);
+                }
+                Either::Left(Either::Left(DeviceRead::Closed)) => return SessionEnd::DeviceClosed,
+                Either::Left(Either::Left(DeviceRead::KeepAliveExpired)) => {
+                    return SessionEnd::DeviceKeepAliveTimeout
+                }
+                // The shard started draining: handled at the top of the loop.
+                Either::Left(Either::Right(())) => {}
+                Either::Right(Ok(true)) => {}
+                Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
+            }
+        }
+    }
+
+    /// Decode every complete device packet, forward the translations upstream in one write.
+    async fn drain_device(&mut self, out: &mut BytesMut) -> Option<SessionEnd> {
+        let version = self.bridge.device_version();
+        let mut end = None;
+        let mut publishes = 0u64;
+        while end.is_none() {
+            let packet = match mqtt::decode_packet(
+                &mut self.device_buf,
+                version,
+                Sender::Client,
+                &self.limits,
+            ) {
+                Ok(Decoded::Complete(p)) => p,
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(e) => {
+                    end = Some(SessionEnd::DeviceProtocol(device_error_code(e)));
+                    break;
+                }
+            };
+            let is_publish = matches!(packet, Packet::Publish(_));
+            let (packet, ending) = match self.bridge.uplink(packet) {
+                Action::Forward(p) => (Some(p), None),
+                Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
+                Action::End(e) => (None, Some(e)),
+            };
+            if let Some(p) = packet {
+                if mqtt::encode(&p, self.bridge.upstream_version(), out).is_err() {
+                    // Not representable upstream (e.g. too long once the template is applied).
+                    end = Some(SessionEnd::DeviceProtocol(
+                        ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                    ));
+                    break;
+                }
+                publishes += u64::from(is_publish);
+            }
+            end = ending;
+        }
+        // A malformed or refused packet ends the session: what came before it is still sent (the
+        // device sent it first), unless the session ends abruptly on the upstream side anyway.
+        if !out.is_empty() {
+            let sent = self.upstream.stream.write_all(&[out]).await;
+            out.clear();
+            if sent.is_err() {
+                return Some(end.unwrap_or(SessionEnd::UpstreamClosed));
+            }
+            self.state.metrics.borrow_mut().mqtt_publishes_uplink += publishes;
+        }
+        end
+    }
+
+    /// Decode every complete broker packet, forward the translations to the device in one send.
+    async fn drain_upstream(&mut self, out: &mut BytesMut) -> Option<SessionEnd> {
+        let version = self.bridge.upstream_version();
+        let mut end = None;
+        let mut publishes = 0u64;
+        while end.is_none() {
+            let decoded = mqtt::decode_packet(
+                self.upstream.stream.plaintext(),
+                version,
+                Sender::Server,
+                &self.limits,
+            );
+            let packet = match decoded {
+                Ok(Decoded::Complete(p)) => p,
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(_) => {
+                    end = Some(SessionEnd::UpstreamProtocol);
+                    break;
+                }
+            };
+            let is_publish = matches!(packet, Packet::Publish(_));
+            let (packet, ending) = match self.bridge.downlink(packet) {
+                Action::Forward(p) => (Some(p), None),
+                Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
+                Action::End(e) => (None, Some(e)),
+            };
+            if let Some(p) = packet {
+                if mqtt::encode(&p, self.bridge.device_version(), out).is_err() {
+                    end = Some(SessionEnd::UpstreamProtocol);
+                    break;
+                }
+                publishes += u64::from(is_publish);
+            }
+            end = ending;
+        }
+        if !out.is_empty() {
+            let bytes = out.split().freeze();
+            if send_device(self.state, self.device, bytes).await.is_err() {
+                return Some(end.unwrap_or(SessionEnd::DeviceClosed));
+            }
+            self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
+        }
+        end
+    }
+}
+/// The DISCONNECT reason code for a device packet that failed to decode.
+fn device_error_code(e: MqttError) -> ReasonCode {
+    e.reason_code()
+}
