@@ -11,8 +11,16 @@
 mod common;
 
 use std::net::IpAddr;
+use std::num::NonZeroU16;
+use std::time::Duration;
 
+use bytes::Bytes;
+use common::mosquitto::{Broker, BrokerOptions};
+use common::mqtt_client::{Client, ClientError};
 use common::*;
+use simgate::proto::mqtt::{
+    Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode, UserProperty,
+};
 
 const KNOWN: &str = "127.0.0.2";
 const UNKNOWN: &str = "127.0.0.3";
@@ -183,4 +191,183 @@ fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow
         Some("001010000000002")
     );
     assert_eq!(header(last, "x-simgate-name"), None);
+}
+
+/// MQTT: an aggregate-mode listener that refuses unknown sources and a session-mode one, both
+/// to a real mosquitto over TLS speaking 5.0; the SIM on 127.0.0.2 attaches its IMSI and tags.
+fn mqtt_config(world: &World, broker: &Broker) -> String {
+    let ca = world.pki.ca_pem.as_path();
+    let aggregate = broker.destination_toml(
+        "agg",
+        ca,
+        "mode = \"aggregate\"\nversion = \"5\"\ntopic = \"devices/{client_id}/{topic}\"",
+    );
+    let session = broker.destination_toml(
+        "sess",
+        ca,
+        "mode = \"session\"\nversion = \"5\"\ntopic = \"sessions/{client_id}/{topic}\"",
+    );
+    format!(
+        r#"
+[gateway]
+shards = 2
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtt-strict"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+unknown = "reject"
+
+[[listener]]
+name = "mqtt-session"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
+{aggregate}
+{session}
+
+[[group]]
+name = "default"
+routes = [ {{ listener = "mqtt-session", destination = "sess" }} ]
+
+[[group]]
+name = "meters"
+attach = ["imsi", "tags"]
+routes = [
+  {{ listener = "mqtt-strict", destination = "agg" }},
+  {{ listener = "mqtt-session", destination = "sess" }},
+]
+
+[[sim]]
+imsi = "001010000000002"
+ip = "{KNOWN}"
+group = "meters"
+tags = {{ site = "kyoto" }}
+"#
+    )
+}
+
+fn publish(topic: &'static str, id: u16, spoof: bool) -> Packet {
+    let mut properties = Properties::default();
+    if spoof {
+        properties.user_properties.push(UserProperty {
+            name: Bytes::from_static(b"imsi"),
+            value: Bytes::from_static(b"999999999999999"),
+        });
+    }
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: Bytes::from_static(topic.as_bytes()),
+        packet_id: NonZeroU16::new(id),
+        properties,
+        payload: Bytes::from_static(b"21.5"),
+    })
+}
+
+/// The next PUBLISH `client` receives, as (topic, user properties).
+fn next_publish(client: &mut Client) -> (String, Vec<(String, String)>) {
+    loop {
+        match client.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::Publish(p))) => {
+                let props = p
+                    .properties
+                    .user_properties
+                    .iter()
+                    .map(|u| {
+                        (
+                            String::from_utf8_lossy(&u.name).into_owned(),
+                            String::from_utf8_lossy(&u.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                return (String::from_utf8_lossy(&p.topic).into_owned(), props);
+            }
+            Ok(Some(_)) => {}
+            other => panic!("expected a PUBLISH at the broker, got {other:?}"),
+        }
+    }
+}
+
+/// The PUBACK for `id` that `device` receives.
+fn wait_puback(device: &mut Client, id: u16) {
+    loop {
+        match device.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::PubAck(a))) if a.packet_id.get() == id => return,
+            Ok(Some(_)) => {}
+            other => panic!("expected PUBACK {id}, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_are_refused() {
+    let world = World::new();
+    let broker = Broker::start(world.dir.path(), &world.pki, BrokerOptions::default());
+    let gw = world.simgate(&mqtt_config(&world, &broker));
+    let strict = gw.listener("mqtt-strict");
+    let open = gw.listener("mqtt-session");
+    let broker_addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.plain_port));
+    let mut checker =
+        Client::connect(broker_addr, "checker", ProtocolVersion::V5, true).expect("checker");
+    checker.subscribe("#", QoS::AtLeastOnce).expect("subscribe");
+
+    // Aggregate mode: the SIM's fields, and never the device's own claim.
+    let mut meter = Client::connect_from(strict, ip(KNOWN), "meter", ProtocolVersion::V5)
+        .expect("known SIM accepted");
+    meter.send(&publish("t", 1, true)).expect("PUBLISH");
+    wait_puback(&mut meter, 1);
+    let (topic, props) = next_publish(&mut checker);
+    assert_eq!(topic, "devices/meter/t");
+    let want = vec![
+        ("imsi".to_owned(), "001010000000002".to_owned()),
+        ("tag.site".to_owned(), "kyoto".to_owned()),
+    ];
+    assert_eq!(
+        props, want,
+        "attached fields only, the spoofed imsi removed"
+    );
+
+    // Session mode: the same fields on the device's own upstream session.
+    let mut sess = Client::connect_from(open, ip(KNOWN), "meter-s", ProtocolVersion::V311)
+        .expect("session accepted");
+    sess.send(&publish("s", 2, false)).expect("PUBLISH");
+    wait_puback(&mut sess, 2);
+    let (topic, props) = next_publish(&mut checker);
+    assert_eq!(topic, "sessions/meter-s/s");
+    assert_eq!(props, want);
+
+    // Unknown sources: refused where the listener says so (5.0: 0x87; 3.1.1: return code 5),
+    // served as the default group (no identity) elsewhere.
+    for (version, code) in [
+        (ProtocolVersion::V5, ReasonCode::NOT_AUTHORIZED),
+        (ProtocolVersion::V311, ReasonCode(5)),
+    ] {
+        match Client::connect_from(strict, ip(UNKNOWN), "stranger", version) {
+            Err(ClientError::Refused(got)) => assert_eq!(got, code, "{version:?}"),
+            Err(other) => panic!("{version:?}: expected CONNACK {code:?}, got {other:?}"),
+            Ok(_) => panic!("{version:?}: an unknown source was accepted on mqtt-strict"),
+        }
+    }
+    let mut guest = Client::connect_from(open, ip(UNKNOWN), "guest", ProtocolVersion::V5)
+        .expect("the default group on mqtt-session");
+    guest.send(&publish("g", 3, true)).expect("PUBLISH");
+    wait_puback(&mut guest, 3);
+    let (topic, props) = next_publish(&mut checker);
+    assert_eq!(topic, "sessions/guest/g");
+    // No SIM to attach, and the default group's field names (the IMSI) stay reserved: the
+    // device's own claim is removed.
+    assert!(props.is_empty(), "{props:?}");
+
+    let (_, text) = gw.admin_get("/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "simgate_device_rejects_total{listener=\"mqtt-strict\",reason=\"unknown_source\"}"
+        ),
+        2,
+        "{text}"
+    );
 }

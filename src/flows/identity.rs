@@ -12,8 +12,12 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
+
 use crate::identity::SimRef;
+use crate::policy::attach::Attach;
 use crate::policy::{GroupId, ListenerId, Plan, UnknownSource};
+use crate::proto::mqtt::{Properties, UserProperty};
 
 /// A device connection's SIM (if known) and group, under the plan of one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,5 +71,54 @@ impl DeviceIdentity {
             return None;
         }
         plan.sims.get(self.sim)
+    }
+
+    /// The fields the device's group attaches, as MQTT 5 user properties, read through `plan`
+    /// (the plan it was resolved under); empty for an unknown source, which still has its
+    /// group's field names reserved.
+    pub fn user_properties(&self, plan: &Plan) -> AttachedProperties {
+        let attach = plan
+            .groups
+            .get(usize::from(self.group.0))
+            .map_or(Attach::NONE, |g| g.attach);
+        let properties = match self.sim(plan) {
+            Some(sim) => attach
+                .user_properties(&sim)
+                .into_iter()
+                .map(|(name, value)| UserProperty {
+                    name: Bytes::from(name),
+                    value: Bytes::from(value),
+                })
+                .collect(),
+            None => Box::default(),
+        };
+        AttachedProperties { attach, properties }
+    }
+}
+
+/// A device's identity as MQTT 5 user properties, with the set of names its group reserves.
+#[derive(Debug, Clone, Default)]
+pub struct AttachedProperties {
+    /// The group's attached fields: the device's own user properties of these names are
+    /// removed whether or not there is a SIM to attach.
+    pub attach: Attach,
+    /// The SIM's values (empty for an unknown source).
+    pub properties: Box<[UserProperty]>,
+}
+
+impl AttachedProperties {
+    /// Put the identity into MQTT 5 `props`: the device's own user properties of the reserved
+    /// names are removed first (a device cannot claim identity fields), then the SIM's are
+    /// appended.
+    pub fn apply(&self, props: &mut Properties) {
+        if self.attach.is_empty() {
+            return;
+        }
+        props
+            .user_properties
+            .retain(|u| !self.attach.claims_user_property(&u.name));
+        props
+            .user_properties
+            .extend(self.properties.iter().cloned());
     }
 }

@@ -65,14 +65,13 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::client_ids::Claim;
-use super::identity::DeviceIdentity;
+use super::identity::{AttachedProperties, DeviceIdentity};
 use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
 use super::ShardState;
 use crate::policy::{DestinationId, ListenerId, Plan, TemplateVars, TopicMap, WhileDown};
-use crate::proto::mqtt::UserProperty;
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
     PubResponse, Publish, QoS, ReasonCode, Sender, SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
@@ -164,7 +163,7 @@ struct Device {
     version: ProtocolVersion,
     /// The SIM identity attached to every uplink PUBLISH (MQTT 5 user properties; empty when
     /// the link speaks 3.1.1, the source is unknown or the group attaches nothing).
-    identity_properties: Box<[UserProperty]>,
+    identity_properties: AttachedProperties,
     /// The destination's `topic` template resolved for this device.
     topics: TopicMap,
     receive_maximum: usize,
@@ -334,21 +333,9 @@ fn admit(
         conn: 0,
     };
     // The SIM's identity as user properties on every uplink PUBLISH, when the link speaks 5.0.
-    let identity_properties: Box<[UserProperty]> = match (
-        identity.sim(plan),
-        plan.groups.get(usize::from(identity.group().0)),
-        link.core.borrow().version(),
-    ) {
-        (Some(sim), Some(group), ProtocolVersion::V5) => group
-            .attach
-            .user_properties(&sim)
-            .into_iter()
-            .map(|(name, value)| UserProperty {
-                name: Bytes::from(name),
-                value: Bytes::from(value),
-            })
-            .collect(),
-        _ => Box::default(),
+    let identity_properties = match link.core.borrow().version() {
+        ProtocolVersion::V5 => identity.user_properties(plan),
+        ProtocolVersion::V311 => AttachedProperties::default(),
     };
     let mut device = Device {
         version,
@@ -740,13 +727,7 @@ impl Device {
             let mut p = publish.properties;
             p.topic_alias = None;
             p.subscription_identifiers.clear();
-            if !self.identity_properties.is_empty() {
-                // A device cannot claim identity fields: its own properties of those names go.
-                p.user_properties
-                    .retain(|u| !self.identity_properties.iter().any(|i| i.name == u.name));
-                p.user_properties
-                    .extend(self.identity_properties.iter().cloned());
-            }
+            self.identity_properties.apply(&mut p);
             p
         } else {
             Properties::default()
@@ -988,7 +969,7 @@ mod tests {
         };
         Device {
             version,
-            identity_properties: Box::default(),
+            identity_properties: AttachedProperties::default(),
             topics: TopicMap::new(&topic, &vars),
             receive_maximum: 2,
             device_max_packet: None,

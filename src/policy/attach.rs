@@ -150,6 +150,19 @@ impl Attach {
         out
     }
 
+    /// True if `name` is a user property this set attaches (`imsi`, …; any `tag.…` when tags
+    /// are attached): a device's own property of that name must not reach the upstream, or it
+    /// could claim an identity — also when the device has no SIM to attach.
+    pub fn claims_user_property(self, name: &[u8]) -> bool {
+        AttachField::ALL.into_iter().any(|field| {
+            self.contains(field)
+                && match field {
+                    AttachField::Tags => name.starts_with(b"tag."),
+                    other => name == other.config_name().as_bytes(),
+                }
+        })
+    }
+
     /// The attached fields as MQTT 5 user properties (`imsi`, …, `tag.{key}`), for `sim`.
     pub fn user_properties(self, sim: &SimRef<'_>) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -177,6 +190,8 @@ mod tests {
         assert!(set.contains(AttachField::Tags) && !set.contains(AttachField::Imsi));
         assert!(Attach::default().contains(AttachField::Imsi));
         assert!(Attach::NONE.is_empty());
+        assert!(set.claims_user_property(b"name") && set.claims_user_property(b"tag.site"));
+        assert!(!set.claims_user_property(b"imsi") && !set.claims_user_property(b"tags"));
     }
 
     #[test]

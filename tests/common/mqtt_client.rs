@@ -69,6 +69,40 @@ impl Client {
         properties: Properties,
     ) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).map_err(|e| ClientError::Io(e.kind()))?;
+        Self::handshake(stream, client_id, version, clean, keep_alive, properties)
+    }
+
+    /// [`connect`](Self::connect) from source address `from` (any 127.0.0.0/8 address works
+    /// on loopback), as a SIM's bound IP would.
+    pub fn connect_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        client_id: &str,
+        version: ProtocolVersion,
+    ) -> Result<Client, ClientError> {
+        let io = |e: std::io::Error| ClientError::Io(e.kind());
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(io)?;
+        socket.bind(&SocketAddr::new(from, 0).into()).map_err(io)?;
+        socket.connect(&addr.into()).map_err(io)?;
+        Self::handshake(
+            socket.into(),
+            client_id,
+            version,
+            true,
+            60,
+            Properties::default(),
+        )
+    }
+
+    fn handshake(
+        stream: TcpStream,
+        client_id: &str,
+        version: ProtocolVersion,
+        clean: bool,
+        keep_alive: u16,
+        properties: Properties,
+    ) -> Result<Client, ClientError> {
         let _ = stream.set_nodelay(true);
         let mut client = Client {
             stream,

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::flows::identity::AttachedProperties;
 use crate::policy::TopicMap;
 use crate::proto::mqtt::{
     self, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
@@ -161,6 +162,8 @@ pub struct Bridge {
     /// Packet ids of device QoS 1/2 PUBLISHes forwarded and not yet answered by the broker
     /// (PUBACK / PUBREC): what a draining session waits for.
     uplink_unacked: HashSet<u16>,
+    /// The SIM's attached fields, added to every uplink PUBLISH toward a 5.0 broker.
+    identity: AttachedProperties,
 }
 
 impl Bridge {
@@ -170,10 +173,19 @@ impl Bridge {
             device,
             upstream,
             topics,
+            identity: AttachedProperties::default(),
             device_aliases: HashMap::new(),
             pending_unsubscribes: HashMap::new(),
             uplink_unacked: HashSet::new(),
         }
+    }
+
+    /// Attach `identity` (the SIM's fields as user properties) to every uplink PUBLISH, when
+    /// the broker speaks 5.0.
+    #[must_use]
+    pub fn with_identity(mut self, identity: AttachedProperties) -> Bridge {
+        self.identity = identity;
+        self
     }
 
     /// The version the device speaks.
@@ -228,6 +240,9 @@ impl Bridge {
                         Some(Ok(t)) => Some(t),
                         Some(Err(_)) => return invalid,
                     };
+                if self.upstream == ProtocolVersion::V5 {
+                    self.identity.apply(&mut props);
+                }
                 publish.properties = props;
                 if let (Some(id), QoS::AtLeastOnce | QoS::ExactlyOnce) =
                     (publish.packet_id, publish.qos)

@@ -18,6 +18,7 @@ use super::bridge::{encode_device_disconnect, Action, Bridge, SessionEnd};
 use super::connect::{
     build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
 };
+use crate::flows::identity::AttachedProperties;
 use crate::flows::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
@@ -109,7 +110,7 @@ pub async fn serve(session: DeviceSession) {
         peer,
         connect,
         buf,
-        identity: _,
+        identity,
     } = session;
     let device_version = connect.protocol_version;
     let dest = plan.destination(destination);
@@ -133,6 +134,12 @@ pub async fn serve(session: DeviceSession) {
     let vars = session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0);
     let topics = TopicMap::new(&mqtt.topic, &vars);
     let mut connect_bytes = BytesMut::new();
+    // The SIM's identity as user properties on the upstream CONNECT and every uplink PUBLISH,
+    // when the broker speaks 5.0.
+    let identity_properties = match up_version {
+        ProtocolVersion::V5 => identity.user_properties(&plan),
+        ProtocolVersion::V311 => AttachedProperties::default(),
+    };
     let built = build_upstream_connect(
         &connect,
         mqtt,
@@ -140,7 +147,11 @@ pub async fn serve(session: DeviceSession) {
         up_version,
         &topics,
         limits.max_packet_size,
-    );
+    )
+    .map(|mut c| {
+        identity_properties.apply(&mut c.properties);
+        c
+    });
     if let Err(BuildError::WillTopicInvalid) = built {
         state
             .metrics
@@ -240,7 +251,7 @@ pub async fn serve(session: DeviceSession) {
         device: &mut stream,
         device_buf: buf,
         upstream: &mut upstream,
-        bridge: Bridge::new(device_version, up_version, topics),
+        bridge: Bridge::new(device_version, up_version, topics).with_identity(identity_properties),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
     };
