@@ -1762,3 +1762,36 @@ fn groups_attach_the_imsi_unless_told_otherwise() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(none.groups[0].attach.is_empty());
 }
+
+#[test]
+fn the_shipped_sim_example_compiles_with_its_csv() {
+    use crate::policy::UnknownSource;
+    let fx = Fixture::new();
+    let example = include_str!("../../examples/sims.toml");
+    std::fs::write(
+        fx.path().join("sims.csv"),
+        include_str!("../../examples/sims.csv"),
+    )
+    .expect("write sims.csv");
+    let mut hosts = fx.env.hosts.clone();
+    for host in ["meters.example.com", "quarantine.example.com"] {
+        hosts.insert(host.to_owned(), vec!["192.0.2.10:0".parse().unwrap()]);
+    }
+    let env = FakeEnv {
+        hosts,
+        roots: fx.env.roots.clone(),
+        cpus: Some(2),
+        open_files: Some(20_000),
+    };
+    let plan = compile_with(example, fx.path(), &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.sims.len(), 4);
+    assert_eq!(plan.listeners[0].unknown, UnknownSource::Reject);
+    let (sim, group) = plan
+        .identify("10.20.0.17".parse().unwrap())
+        .expect("a SIM of the CSV");
+    assert_eq!(sim.name(), Some("meter-17"));
+    assert_eq!(plan.groups[usize::from(group.0)].name, "meters");
+    let headers = plan.groups[usize::from(group.0)].attach.headers(&sim);
+    assert!(headers.contains(&("X-Simgate-Msisdn".to_owned(), "+819012345678".to_owned())));
+    assert!(plan.identify("10.20.9.9".parse().unwrap()).is_some(), "the [[sim]] entry");
+}
