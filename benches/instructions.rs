@@ -133,6 +133,7 @@ fn cases() -> Vec<Case> {
                     ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17)),
                     shard: 0,
                     conn: 0,
+                    sim: None,
                 },
                 &mut rendered,
             );

@@ -24,6 +24,7 @@ fn topic_template(c: &mut Criterion) {
         ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17)),
         shard: 0,
         conn: 0,
+        sim: None,
     };
     let mut out = Vec::with_capacity(128);
     let mut group = c.benchmark_group("topic_template");

@@ -193,14 +193,15 @@ fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow
     assert_eq!(header(last, "x-simgate-name"), None);
 }
 
-/// MQTT: an aggregate-mode listener that refuses unknown sources and a session-mode one, both
-/// to a real mosquitto over TLS speaking 5.0; the SIM on 127.0.0.2 attaches its IMSI and tags.
+/// MQTT: an aggregate-mode listener that refuses unknown sources (its topic template names the
+/// SIM: `sims/{imsi}/{tag.site}/{topic}`) and a session-mode one, both to a real mosquitto over
+/// TLS speaking 5.0; the SIM on 127.0.0.2 attaches its IMSI and tags.
 fn mqtt_config(world: &World, broker: &Broker) -> String {
     let ca = world.pki.ca_pem.as_path();
     let aggregate = broker.destination_toml(
         "agg",
         ca,
-        "mode = \"aggregate\"\nversion = \"5\"\ntopic = \"devices/{client_id}/{topic}\"",
+        "mode = \"aggregate\"\nversion = \"5\"\ntopic = \"sims/{imsi}/{tag.site}/{topic}\"",
     );
     let session = broker.destination_toml(
         "sess",
@@ -320,7 +321,10 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
     meter.send(&publish("t", 1, true)).expect("PUBLISH");
     wait_puback(&mut meter, 1);
     let (topic, props) = next_publish(&mut checker);
-    assert_eq!(topic, "devices/meter/t");
+    assert_eq!(
+        topic, "sims/001010000000002/kyoto/t",
+        "SIM placeholders in the topic"
+    );
     let want = vec![
         ("imsi".to_owned(), "001010000000002".to_owned()),
         ("tag.site".to_owned(), "kyoto".to_owned()),

@@ -1087,6 +1087,7 @@ fn vars_for_test() -> crate::policy::TemplateVars<'static> {
         ip: "10.0.0.17".parse().unwrap(),
         shard: 1,
         conn: 3,
+        sim: None,
     }
 }
 
@@ -1393,11 +1394,11 @@ const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{client_id}-{shard}\"", "destination[1].mqtt.client_id", "placeholder {shard} is not allowed in mode \"session\""),
     ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{client_id}-{conn}\"", "destination[1].mqtt.client_id", "placeholder {conn} is not allowed in mode \"session\""),
     ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}-{conn}-{client_id}\"", "destination[2].mqtt.client_id", "placeholder {client_id} is not allowed in mode \"aggregate\""),
-    ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}-{conn}-{ip}\"", "destination[2].mqtt.client_id", "no single device {client_id} or {ip}; allowed: {shard}, {conn}"),
+    ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}-{conn}-{ip}\"", "destination[2].mqtt.client_id", "no single device {client_id}, {ip} or SIM; allowed: {shard}, {conn}"),
     ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{topic}\"", "destination[1].mqtt.client_id", "placeholder {topic} is not allowed here; allowed: {client_id}, {ip}"),
-    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{imsi}\"", "destination[1].mqtt.client_id", "unknown placeholder {imsi}; known: {client_id}, {ip}"),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{iccid}\"", "destination[1].mqtt.client_id", "unknown placeholder {iccid}; known: {client_id}, {ip}, {imsi}"),
     ("client_id = \"sim-{client_id}\"", "client_id = \"sim-{client_id\"", "destination[1].mqtt.client_id", "unbalanced brace"),
-    ("client_id = \"sim-{client_id}\"", "client_id = \"gateway\"", "destination[1].mqtt.client_id", "must contain {client_id} or {ip}"),
+    ("client_id = \"sim-{client_id}\"", "client_id = \"gateway\"", "destination[1].mqtt.client_id", "must contain {client_id}, {ip} or {imsi}"),
     ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{conn}\"", "destination[2].mqtt.client_id", "must contain {shard}"),
     ("client_id = \"gw-{shard}-{conn}\"", "client_id = \"gw-{shard}\"", "destination[2].mqtt.client_id", "must contain {conn}"),
     ("username = \"gw-{ip}\"", "username = \"gw-{shard}\"", "destination[1].mqtt.username", "placeholder {shard} is not allowed in mode \"session\""),
@@ -1405,7 +1406,7 @@ const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("username = \"gw-{ip}\"", "username = \"{sim}\"", "destination[1].mqtt.username", "unknown placeholder {sim}"),
     ("username = \"gw-{ip}\"", "username = \"\"", "destination[1].mqtt.username", "must not be empty"),
     // Topic template.
-    ("topic = \"fleet/{ip}/{client_id}/{topic}\"", "topic = \"fleet/{imsi}/{topic}\"", "destination[2].mqtt.topic", "unknown placeholder {imsi}; known: {client_id}, {ip}, {topic}"),
+    ("topic = \"fleet/{ip}/{client_id}/{topic}\"", "topic = \"fleet/{iccid}/{topic}\"", "destination[2].mqtt.topic", "unknown placeholder {iccid}; known: {client_id}, {ip}, {topic}, {imsi}"),
     ("topic = \"fleet/{ip}/{client_id}/{topic}\"", "topic = \"fleet/{shard}/{topic}\"", "destination[2].mqtt.topic", "placeholder {shard} is not allowed here; allowed: {client_id}, {ip}, {topic}"),
     ("topic = \"things/{client_id}/{topic}\"", "topic = \"things/{client_id}\"", "destination[1].mqtt.topic", "must contain {topic}"),
     ("topic = \"things/{client_id}/{topic}\"", "topic = \"{topic}/{topic}\"", "destination[1].mqtt.topic", "{topic} may appear at most once"),
@@ -1793,5 +1794,92 @@ fn the_shipped_sim_example_compiles_with_its_csv() {
     assert_eq!(plan.groups[usize::from(group.0)].name, "meters");
     let headers = plan.groups[usize::from(group.0)].attach.headers(&sim);
     assert!(headers.contains(&("X-Simgate-Msisdn".to_owned(), "+819012345678".to_owned())));
-    assert!(plan.identify("10.20.9.9".parse().unwrap()).is_some(), "the [[sim]] entry");
+    assert!(
+        plan.identify("10.20.9.9".parse().unwrap()).is_some(),
+        "the [[sim]] entry"
+    );
+}
+
+/// A session-mode destination whose topic names SIM fields, reached by group "meters" only
+/// (the listener refuses unknown sources), with two SIMs: one complete, one without an IMEI
+/// and without the `site` tag.
+const SIM_TEMPLATES: &str = r#"
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "0.0.0.0:1883"
+unknown = "reject"
+
+[[destination]]
+name = "broker"
+adapter = "mqtts"
+endpoint = "sink.test:8883"
+[destination.mqtt]
+mode = "session"
+client_id = "{imsi}"
+topic = "sites/{tag.site}/{imei}/{topic}"
+
+[[group]]
+name = "default"
+
+[[group]]
+name = "meters"
+routes = [ { listener = "mqtt", destination = "broker" } ]
+
+[[sim]]
+imsi = "001010000000001"
+imei = "35345678901234"
+group = "meters"
+tags = { site = "kyoto" }
+
+[[sim]]
+imsi = "001010000000002"
+group = "meters"
+"#;
+
+#[test]
+fn sim_placeholders_must_be_fillable_for_every_sim_and_device_they_can_reach() {
+    let fx = Fixture::new();
+    let error = fx.errors(SIM_TEMPLATES);
+    let messages: Vec<String> = error.errors.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        messages,
+        [
+            "destination[0].mqtt.topic: uses {tag.site}, which 1 SIM(s) of group \"meters\" lack \
+             (the first: IMSI 001010000000002)"
+        ],
+        "{error}"
+    );
+    // With the field given, the config compiles and renders per SIM.
+    let fixed = edit(
+        SIM_TEMPLATES,
+        "imsi = \"001010000000002\"\ngroup = \"meters\"",
+        "imsi = \"001010000000002\"\nimei = \"35345678901235\"\ngroup = \"meters\"\ntags = { site = \"osaka\" }",
+    );
+    let plan = fx.compile(&fixed).unwrap_or_else(|e| panic!("{e}"));
+    let (sim, _) = plan.identify_imsi_for_tests("001010000000002");
+    let mqtt = plan.destinations[0].mqtt().expect("mqtt");
+    let vars = crate::policy::TemplateVars {
+        sim: Some(sim),
+        ..vars_for_test()
+    };
+    assert_eq!(mqtt.topic.render(&vars), b"sites/osaka/35345678901235/temp");
+    assert_eq!(mqtt.client_id.render(&vars), b"001010000000002");
+    // A route that devices without a SIM can reach may not use SIM placeholders.
+    let open = edit(&fixed, "unknown = \"reject\"\n", "");
+    let open = edit(
+        &open,
+        "name = \"default\"\n",
+        "name = \"default\"\nroutes = [ { listener = \"mqtt\", destination = \"broker\" } ]\n",
+    );
+    let error = fx.errors(&open);
+    assert!(
+        error
+            .errors
+            .iter()
+            .any(|e| e.path == "destination[0].mqtt.client_id"
+                && e.message
+                    .contains("devices without a SIM entry reach this destination")),
+        "{error}"
+    );
 }

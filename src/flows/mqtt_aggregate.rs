@@ -331,6 +331,7 @@ fn admit(
         ip: peer.ip(),
         shard: state.id.0,
         conn: 0,
+        sim: identity.sim(plan),
     };
     // The SIM's identity as user properties on every uplink PUBLISH, when the link speaks 5.0.
     let identity_properties = match link.core.borrow().version() {
@@ -966,6 +967,7 @@ mod tests {
             ip: "10.0.0.1".parse().expect("ip"),
             shard: 0,
             conn: 0,
+            sim: None,
         };
         Device {
             version,

@@ -486,6 +486,14 @@ impl Plan {
         Some((sim, GroupId(sim.group_index())))
     }
 
+    /// The SIM with IMSI `imsi` and its group (tests; panics if absent or invalid).
+    #[cfg(test)]
+    pub(crate) fn identify_imsi_for_tests(&self, imsi: &str) -> (SimRef<'_>, GroupId) {
+        let imsi = crate::identity::Imsi::parse(imsi).expect("an IMSI");
+        let sim = self.sims.by_imsi(imsi).expect("a SIM of the table");
+        (sim, GroupId(sim.group_index()))
+    }
+
     /// The destination for an HTTP request on `listener` with request-target `path`, for a device
     /// of `group`. Longest matching prefix wins; `None` means no route (404).
     pub fn route_http(

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
+use crate::identity::SimRef;
 use crate::proto::mqtt::{self, ProtocolVersion};
 
 /// A placeholder a template may use.
@@ -32,7 +33,29 @@ pub enum Placeholder {
     Shard,
     /// `{conn}`
     Conn,
+    /// `{imsi}`: the device's SIM (every SIM has one).
+    Imsi,
+    /// `{imei}`
+    Imei,
+    /// `{msisdn}`
+    Msisdn,
+    /// `{sim_id}`
+    SimId,
+    /// `{name}`: the SIM's name.
+    Name,
+    /// `{tag.KEY}`: one of the SIM's tags (the key is part of the template).
+    Tag,
 }
+
+/// The placeholders filled from the device's SIM.
+pub const SIM_PLACEHOLDERS: &[Placeholder] = &[
+    Placeholder::Imsi,
+    Placeholder::Imei,
+    Placeholder::Msisdn,
+    Placeholder::SimId,
+    Placeholder::Name,
+    Placeholder::Tag,
+];
 
 impl Placeholder {
     fn from_name(name: &str) -> Option<Placeholder> {
@@ -42,6 +65,12 @@ impl Placeholder {
             "ip" => Placeholder::Ip,
             "shard" => Placeholder::Shard,
             "conn" => Placeholder::Conn,
+            "imsi" => Placeholder::Imsi,
+            "imei" => Placeholder::Imei,
+            "msisdn" => Placeholder::Msisdn,
+            "sim_id" => Placeholder::SimId,
+            "name" => Placeholder::Name,
+            _ if name.starts_with("tag.") => Placeholder::Tag,
             _ => return None,
         })
     }
@@ -54,6 +83,12 @@ impl Placeholder {
             Placeholder::Ip => "ip",
             Placeholder::Shard => "shard",
             Placeholder::Conn => "conn",
+            Placeholder::Imsi => "imsi",
+            Placeholder::Imei => "imei",
+            Placeholder::Msisdn => "msisdn",
+            Placeholder::SimId => "sim_id",
+            Placeholder::Name => "name",
+            Placeholder::Tag => "tag.KEY",
         }
     }
 }
@@ -62,6 +97,8 @@ impl Placeholder {
 enum Segment {
     Literal(String),
     Var(Placeholder),
+    /// `{tag.KEY}`, with its key.
+    Tag(String),
 }
 
 /// A parsed template.
@@ -89,9 +126,12 @@ impl std::fmt::Display for TemplateError {
         match self {
             TemplateError::UnknownPlaceholder(n) => write!(
                 f,
-                "unknown placeholder {{{n}}}; known: {{client_id}}, {{topic}}, {{ip}}, {{shard}}, {{conn}}"
+                "unknown placeholder {{{n}}}; known: {{client_id}}, {{topic}}, {{ip}}, {{shard}}, \
+                 {{conn}}, {{imsi}}, {{imei}}, {{msisdn}}, {{sim_id}}, {{name}}, {{tag.KEY}}"
             ),
-            TemplateError::NotAllowedHere(n) => write!(f, "placeholder {{{n}}} is not allowed here"),
+            TemplateError::NotAllowedHere(n) => {
+                write!(f, "placeholder {{{n}}} is not allowed here")
+            }
             TemplateError::UnbalancedBrace => {
                 f.write_str("unbalanced brace (write {{ or }} for a literal brace)")
             }
@@ -115,6 +155,9 @@ pub struct TemplateVars<'a> {
     pub shard: usize,
     /// Upstream connection index within the shard.
     pub conn: usize,
+    /// The device's SIM (`None` for a device without a SIM entry, and where no single device
+    /// applies); SIM placeholders render empty without it.
+    pub sim: Option<SimRef<'a>>,
 }
 
 impl Template {
@@ -144,8 +187,9 @@ impl Template {
                             Some(ch) => name.push(ch),
                         }
                     }
-                    let p = Placeholder::from_name(&name)
-                        .ok_or(TemplateError::UnknownPlaceholder(name))?;
+                    let Some(p) = Placeholder::from_name(&name) else {
+                        return Err(TemplateError::UnknownPlaceholder(name));
+                    };
                     if !allowed.contains(&p) {
                         return Err(TemplateError::NotAllowedHere(p.name()));
                     }
@@ -158,7 +202,23 @@ impl Template {
                     if !literal.is_empty() {
                         segments.push(Segment::Literal(std::mem::take(&mut literal)));
                     }
-                    segments.push(Segment::Var(p));
+                    match (p, name.strip_prefix("tag.")) {
+                        (Placeholder::Tag, Some(key)) => {
+                            let valid = !key.is_empty()
+                                && key.len() <= 64
+                                && key.bytes().all(|b| {
+                                    b.is_ascii_lowercase()
+                                        || b.is_ascii_digit()
+                                        || b == b'_'
+                                        || b == b'-'
+                                });
+                            if !valid {
+                                return Err(TemplateError::UnknownPlaceholder(name));
+                            }
+                            segments.push(Segment::Tag(key.to_owned()));
+                        }
+                        _ => segments.push(Segment::Var(p)),
+                    }
                 }
                 other => literal.push(other),
             }
@@ -179,7 +239,30 @@ impl Template {
 
     /// True if the template uses `p`.
     pub fn uses(&self, p: Placeholder) -> bool {
-        self.segments.contains(&Segment::Var(p))
+        match p {
+            Placeholder::Tag => self.segments.iter().any(|s| matches!(s, Segment::Tag(_))),
+            p => self.segments.contains(&Segment::Var(p)),
+        }
+    }
+
+    /// True if the template uses any SIM placeholder.
+    pub fn uses_sim(&self) -> bool {
+        SIM_PLACEHOLDERS.iter().any(|p| self.uses(*p))
+    }
+
+    /// The first SIM field this template uses that `sim` has no value for, as written in the
+    /// template (`imei`, `tag.site`, …); `None` if `sim` has them all.
+    pub fn missing_sim_field(&self, sim: &SimRef<'_>) -> Option<String> {
+        self.segments.iter().find_map(|s| match s {
+            Segment::Var(Placeholder::Imei) if sim.imei().is_none() => Some("imei".to_owned()),
+            Segment::Var(Placeholder::Msisdn) if sim.msisdn().is_none() => {
+                Some("msisdn".to_owned())
+            }
+            Segment::Var(Placeholder::SimId) if sim.sim_id().is_none() => Some("sim_id".to_owned()),
+            Segment::Var(Placeholder::Name) if sim.name().is_none() => Some("name".to_owned()),
+            Segment::Tag(key) if sim.tag(key).is_none() => Some(format!("tag.{key}")),
+            _ => None,
+        })
     }
 
     /// Append the rendering to `out`.
@@ -198,6 +281,37 @@ impl Template {
                 }
                 Segment::Var(Placeholder::Conn) => {
                     let _ = write!(out, "{}", vars.conn);
+                }
+                Segment::Var(Placeholder::Imsi) => {
+                    if let Some(sim) = &vars.sim {
+                        out.extend_from_slice(sim.imsi().digits().as_str().as_bytes());
+                    }
+                }
+                Segment::Var(Placeholder::Imei) => {
+                    if let Some(imei) = vars.sim.as_ref().and_then(|s| s.imei()) {
+                        out.extend_from_slice(imei.digits().as_str().as_bytes());
+                    }
+                }
+                Segment::Var(Placeholder::Msisdn) => {
+                    if let Some(m) = vars.sim.as_ref().and_then(|s| s.msisdn()) {
+                        out.extend_from_slice(m.digits().as_str().as_bytes());
+                    }
+                }
+                Segment::Var(Placeholder::SimId) => {
+                    if let Some(v) = vars.sim.as_ref().and_then(|s| s.sim_id()) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
+                Segment::Var(Placeholder::Name) => {
+                    if let Some(v) = vars.sim.as_ref().and_then(|s| s.name()) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
+                Segment::Var(Placeholder::Tag) => {}
+                Segment::Tag(key) => {
+                    if let Some(v) = vars.sim.as_ref().and_then(|s| s.tag(key)) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
                 }
             }
         }
@@ -393,6 +507,7 @@ mod tests {
             ip: "10.0.0.17".parse().expect("ip"),
             shard: 1,
             conn: 0,
+            sim: None,
         }
     }
 
@@ -409,8 +524,8 @@ mod tests {
     #[test]
     fn rejects_unknown_disallowed_unbalanced_and_repeated() {
         assert_eq!(
-            Template::parse("{imsi}", ALL),
-            Err(TemplateError::UnknownPlaceholder("imsi".into()))
+            Template::parse("{iccid}", ALL),
+            Err(TemplateError::UnknownPlaceholder("iccid".into()))
         );
         assert_eq!(
             Template::parse("{topic}", &[Placeholder::ClientId]),

@@ -34,6 +34,7 @@ mod groups;
 mod listeners;
 mod mqtt;
 mod pool;
+mod sim_templates;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -250,13 +251,15 @@ impl Compiler<'_> {
             }
         };
 
-        Some(Plan {
+        let plan = Plan {
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
             groups: groups?,
             sims: sims?,
-        })
+        };
+        self.check_sim_templates(&plan);
+        Some(plan)
     }
 
     /// Checks format and uniqueness of the names in one section; returns name → first index.

@@ -296,7 +296,7 @@ impl Compiler<'_> {
                 }
                 MqttMode::Aggregate => {
                     "mode \"aggregate\": one upstream connection carries many devices, so it has \
-                     no single device {client_id} or {ip}"
+                     no single device {client_id}, {ip} or SIM"
                 }
             };
             self.push(
@@ -325,11 +325,16 @@ impl Compiler<'_> {
         let errors_before = self.errors.len();
         match mode {
             MqttMode::Session => {
-                if !template.uses(Placeholder::ClientId) && !template.uses(Placeholder::Ip) {
+                // {imsi} is unique per SIM (the table refuses duplicates), and a template with
+                // a SIM placeholder is only reachable by devices with a SIM (checked later).
+                if !template.uses(Placeholder::ClientId)
+                    && !template.uses(Placeholder::Ip)
+                    && !template.uses(Placeholder::Imsi)
+                {
                     self.push(
                         path,
-                        "must contain {client_id} or {ip}: with a fixed client id, every device \
-                         session would take over the previous one at the broker",
+                        "must contain {client_id}, {ip} or {imsi}: with a fixed client id, every \
+                         device session would take over the previous one at the broker",
                     );
                 }
             }
@@ -478,18 +483,42 @@ const IDENTITY_PLACEHOLDERS: &[Placeholder] = &[
     Placeholder::Ip,
     Placeholder::Shard,
     Placeholder::Conn,
+    Placeholder::Imsi,
+    Placeholder::Imei,
+    Placeholder::Msisdn,
+    Placeholder::SimId,
+    Placeholder::Name,
+    Placeholder::Tag,
 ];
 
-/// Placeholders of `mqtt.topic`.
-const TOPIC_PLACEHOLDERS: &[Placeholder] =
-    &[Placeholder::ClientId, Placeholder::Ip, Placeholder::Topic];
+/// Placeholders of `mqtt.topic` (one device's, in both modes).
+const TOPIC_PLACEHOLDERS: &[Placeholder] = &[
+    Placeholder::ClientId,
+    Placeholder::Ip,
+    Placeholder::Topic,
+    Placeholder::Imsi,
+    Placeholder::Imei,
+    Placeholder::Msisdn,
+    Placeholder::SimId,
+    Placeholder::Name,
+    Placeholder::Tag,
+];
 
 /// Placeholders a mode cannot fill: session connections have no shard-wide numbering,
-/// aggregate connections no single device.
+/// aggregate connections no single device (so no device's address or SIM either).
 fn excluded_in_mode(mode: MqttMode) -> &'static [Placeholder] {
     match mode {
         MqttMode::Session => &[Placeholder::Shard, Placeholder::Conn],
-        MqttMode::Aggregate => &[Placeholder::ClientId, Placeholder::Ip],
+        MqttMode::Aggregate => &[
+            Placeholder::ClientId,
+            Placeholder::Ip,
+            Placeholder::Imsi,
+            Placeholder::Imei,
+            Placeholder::Msisdn,
+            Placeholder::SimId,
+            Placeholder::Name,
+            Placeholder::Tag,
+        ],
     }
 }
 

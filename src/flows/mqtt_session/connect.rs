@@ -54,6 +54,7 @@ pub fn session_vars<'a>(
         ip,
         shard,
         conn: 0,
+        sim: None,
     }
 }
 

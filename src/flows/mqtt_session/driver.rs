@@ -23,7 +23,7 @@ use crate::flows::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
 use crate::flows::ShardState;
-use crate::policy::{DestinationPlan, TopicMap};
+use crate::policy::{DestinationPlan, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
     self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
     ProtocolVersion, ReasonCode, Sender,
@@ -131,7 +131,10 @@ pub async fn serve(session: DeviceSession) {
             return;
         }
     };
-    let vars = session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0);
+    let vars = TemplateVars {
+        sim: identity.sim(&plan),
+        ..session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0)
+    };
     let topics = TopicMap::new(&mqtt.topic, &vars);
     let mut connect_bytes = BytesMut::new();
     // The SIM's identity as user properties on the upstream CONNECT and every uplink PUBLISH,

@@ -24,6 +24,7 @@ pub(super) fn vars(client_id: &[u8]) -> TemplateVars<'_> {
         ip: "10.0.0.17".parse().expect("ip"),
         shard: 0,
         conn: 0,
+        sim: None,
     }
 }
 

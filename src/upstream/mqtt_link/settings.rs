@@ -48,6 +48,7 @@ impl LinkSettings {
             ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             shard,
             conn,
+            sim: None,
         };
         Some(LinkSettings {
             version: match mqtt.version {
