@@ -181,6 +181,14 @@ fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow
     std::fs::write(&gw.config_path, config(&world, "default")).expect("rewrite config");
     let (status, body) = gw.reload();
     assert_eq!(status, 200, "{body}");
+    // Every shard applied the reload, and says so.
+    let (_, text) = gw.admin_get("/metrics");
+    assert_eq!(sample(&text, "simgate_plan_generation"), 1, "{text}");
+    for shard in 0..2 {
+        let name = format!("simgate_shard_plan_generation{{shard=\"{shard}\"}}");
+        assert_eq!(sample(&text, &name), 1, "{text}");
+    }
+    assert_eq!(gw.admin_get("/healthz").0, 200);
     let r = meter.request(&post("/m", b"22.0", ""));
     assert_eq!(r.status, 200, "{}", r.body_text());
     let seen = world.sink.requests();

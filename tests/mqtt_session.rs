@@ -642,7 +642,10 @@ fn upstream_failures_of_mqtt_sessions_are_counted_as_mqtt_errors() {
     let text = simgate::control::metrics::render(
         &s.gateway.metrics(),
         &["mqtt"],
-        1,
+        &simgate::control::metrics::PlanGenerations {
+            expected: 0,
+            served: vec![0],
+        },
         Default::default(),
         &Default::default(),
     );

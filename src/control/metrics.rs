@@ -36,14 +36,25 @@ const BUCKETS_SECONDS: [f64; 17] = [
     1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The plan generation the gateway serves and the one each shard serves (shard order). Equal
+/// unless a shard did not apply a reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanGenerations {
+    /// The gateway's: 0 at start, one more per reload.
+    pub expected: u64,
+    /// Each shard's.
+    pub served: Vec<u64>,
+}
+
 /// Render the exposition text.
 pub fn render(
     m: &ShardMetrics,
     listeners: &[&str],
-    shards: usize,
+    plans: &PlanGenerations,
     reloads: ReloadCounters,
     dns: &BTreeMap<String, DnsCounters>,
 ) -> String {
+    let shards = plans.served.len();
     let mut out = String::with_capacity(8 * 1024);
     let w = &mut out;
     gauge(
@@ -57,6 +68,26 @@ pub fn render(
         "simgate_shards",
         "Data-plane shards running",
         &[("", shards as u64)],
+    );
+    gauge(
+        w,
+        "simgate_plan_generation",
+        "Generation of the configuration the gateway serves (0 at start, +1 per reload)",
+        &[("", plans.expected)],
+    );
+    let served: Vec<(String, u64)> = plans
+        .served
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (format!("shard=\"{i}\""), *g))
+        .collect();
+    let served_refs: Vec<(&str, u64)> = served.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    gauge(
+        w,
+        "simgate_shard_plan_generation",
+        "Generation of the configuration each shard serves (behind simgate_plan_generation: \
+         that shard did not apply a reload)",
+        &served_refs,
     );
     counter(
         w,
@@ -423,7 +454,18 @@ mod tests {
                 failures: 1,
             },
         );
-        let text = render(&m, &["http"], 2, ReloadCounters::default(), &dns);
+        let text = render(
+            &m,
+            &["http"],
+            &PlanGenerations {
+                expected: 1,
+                served: vec![1, 0],
+            },
+            ReloadCounters::default(),
+            &dns,
+        );
+        assert!(text.contains("simgate_plan_generation 1\n"));
+        assert!(text.contains("simgate_shard_plan_generation{shard=\"1\"} 0\n"));
         assert!(text.contains("simgate_upstream_dns_changes_total{destination=\"aws-iot\"} 2\n"));
         assert!(text.contains("simgate_upstream_dns_failures_total{destination=\"aws-iot\"} 1\n"));
         assert!(text.contains("simgate_http_requests_total 3\n"));

@@ -138,13 +138,11 @@ impl Control {
                 let dns = self.dns.lock().clone();
                 let plan = g.plan();
                 let listeners: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
-                metrics::render(
-                    &shards,
-                    &listeners,
-                    g.shard_count(),
-                    *self.reloads.lock(),
-                    &dns,
-                )
+                let plans = metrics::PlanGenerations {
+                    expected: g.generation(),
+                    served: g.served_generations(),
+                };
+                metrics::render(&shards, &listeners, &plans, *self.reloads.lock(), &dns)
             }
             None => String::new(),
         }
@@ -333,20 +331,28 @@ async fn admin(
     const TEXT: &str = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
-            let dead = control
+            let (dead, stale, expected) = control
                 .gateway
                 .lock()
                 .as_ref()
-                .map(Gateway::dead_shards)
+                .map(|g| (g.dead_shards(), g.stale_shards(), g.generation()))
                 .unwrap_or_default();
-            if dead.is_empty() {
+            let mut problems = String::new();
+            if !dead.is_empty() {
+                problems.push_str(&format!(
+                    "shard(s) {dead:?} stopped unexpectedly; restart simgate\n"
+                ));
+            }
+            for (shard, served) in stale {
+                problems.push_str(&format!(
+                    "shard {shard} serves configuration generation {served}, not {expected}: \
+                     it did not apply a reload; restart simgate\n"
+                ));
+            }
+            if problems.is_empty() {
                 reply(StatusCode::OK, TEXT, "ok\n".into())
             } else {
-                reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    TEXT,
-                    format!("shard(s) {dead:?} stopped unexpectedly; restart simgate\n"),
-                )
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, problems)
             }
         }
         (&Method::GET, "/metrics") => {

@@ -17,6 +17,7 @@ pub mod caps;
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -119,6 +120,10 @@ pub struct Gateway {
     shards: Vec<ShardHandle>,
     listeners: Vec<(String, SocketAddr)>,
     plan: Arc<Plan>,
+    /// Generation of `plan`: 0 at start, one more per reload handed to the shards.
+    generation: u64,
+    /// The generation each shard serves, as the shard itself records it when it swaps plans.
+    served: Arc<[AtomicU64]>,
 }
 
 /// How long a shard waits for open device connections to finish after `Shutdown`.
@@ -157,6 +162,7 @@ impl Gateway {
 
         let counts = Arc::new(caps::ConnectionCounts::new(plan.listeners.len()));
         let client_ids = Arc::new(ClientIds::new(shard_count));
+        let served: Arc<[AtomicU64]> = (0..shard_count).map(|_| AtomicU64::new(0)).collect();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -169,6 +175,7 @@ impl Gateway {
             let shared = SharedByShards {
                 connections: counts.clone(),
                 client_ids: client_ids.clone(),
+                served: served.clone(),
             };
             let core = if plan.gateway.pin_shards && !cores.is_empty() {
                 Some(cores[index % cores.len()])
@@ -215,6 +222,8 @@ impl Gateway {
                         shards,
                         listeners,
                         plan: plan.clone(),
+                        generation: 0,
+                        served: served.clone(),
                     };
                     partial.stop();
                     return Err(GatewayError::ShardStart(why));
@@ -232,6 +241,8 @@ impl Gateway {
             shards,
             listeners,
             plan,
+            generation: 0,
+            served,
         };
         for _ in 0..shard_count {
             match ready_rx.recv() {
@@ -275,6 +286,29 @@ impl Gateway {
         &self.plan
     }
 
+    /// The generation of [`Gateway::plan`] (0 at start, one more per reload).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The plan generation each shard serves, in shard order. A shard behind
+    /// [`Gateway::generation`] did not apply a reload (it may be stuck): health checks report it.
+    pub fn served_generations(&self) -> Vec<u64> {
+        self.served
+            .iter()
+            .map(|g| g.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Shards serving an older plan than the gateway's, as `(shard, generation served)`.
+    pub fn stale_shards(&self) -> Vec<(usize, u64)> {
+        self.served_generations()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| *g != self.generation)
+            .collect()
+    }
+
     /// Hand a new plan to every shard. Rejected (and nothing changes) if the listeners differ.
     pub fn reload(&mut self, plan: Arc<Plan>) -> Result<(), GatewayError> {
         let same = self.plan.listeners.len() == plan.listeners.len()
@@ -296,6 +330,7 @@ impl Gateway {
         }
         drop(ack_tx);
         self.plan = plan;
+        self.generation += 1;
         // Each shard swaps its plan between two tasks' turns: this returns within a loop turn
         // unless a shard has died (then its channel drops and recv fails fast).
         for _ in 0..self.shards.len() {
@@ -432,6 +467,8 @@ fn reactor_config(plan: &Plan) -> ReactorConfig {
 struct SharedByShards {
     connections: Arc<caps::ConnectionCounts>,
     client_ids: Arc<ClientIds>,
+    /// Where each shard records the plan generation it serves (written at each reload only).
+    served: Arc<[AtomicU64]>,
 }
 
 fn shard_main(
@@ -446,6 +483,7 @@ fn shard_main(
     let cfg = reactor_config(&plan);
     let ready_on_error = ready.clone();
     let result = reactor::block_on(&cfg, async move {
+        let served = shared.served;
         let state = Rc::new(ShardState::new(id, plan, shared.client_ids));
         let acceptor = Rc::new(Acceptor {
             state: state.clone(),
@@ -467,7 +505,7 @@ fn shard_main(
         }
         let maintenance = reactor::spawn(upstream::driver::keep_pools(state.upstreams.clone()));
         let _ = ready.send(Ok(()));
-        command_loop(&state, commands, notify).await;
+        command_loop(&state, &served, commands, notify).await;
         // Shutdown: stop accepting (dropping the tasks drops the listeners), stop warming,
         // let open connections finish their current request.
         let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -489,6 +527,7 @@ fn shard_main(
 
 async fn command_loop(
     state: &Rc<ShardState>,
+    served: &[AtomicU64],
     commands: Receiver<ShardCommand>,
     mut notify: NotifyListener,
 ) {
@@ -497,6 +536,10 @@ async fn command_loop(
             match cmd {
                 ShardCommand::Reload(plan, ack) => {
                     state.upstreams.replace_plan(plan);
+                    let (_, generation) = state.upstreams.current();
+                    if let Some(slot) = served.get(state.id.0) {
+                        slot.store(generation, Ordering::Relaxed);
+                    }
                     let _ = ack.send(());
                 }
                 ShardCommand::UpdateAddrs {
