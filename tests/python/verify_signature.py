@@ -17,17 +17,20 @@ On success both return the verified identity fields as a list of (name, value) s
 signed; trust only those (any other X-Simgate-* header or property was not signed).
 
 As a command (used by the tests): `verify_signature.py CASES.jsonl [--now SECONDS]` reads one JSON
-object per line:
-    {"id": "...", "secret_hex": "...", "method_hex": "...", "target_hex": "...",
+object per line, each one of three kinds (all byte strings in hex):
+    {"kind": "raw", "id": "...", "secret_hex": "...", "method_hex": "...", "target_hex": "...",
      "timestamp": "1700000000", "signature": "v1=...",
-     "fields": [["name_hex", "value_hex"], ...], "body_b64": "..."}
+     "fields": [["name_hex", "value_hex"], ...], "body_hex": "..."}
+    {"kind": "http", "id", "secret_hex", "method_hex", "target_hex", "body_hex",
+     "headers": [["X-Simgate-Imsi", "value_hex"], ...]}     (timestamp and signature among them)
+    {"kind": "mqtt", "id", "secret_hex", "target_hex" (the topic), "body_hex",
+     "user_properties": [["imsi", "value_hex"], ...]}       (timestamp and signature among them)
 and prints `<id> valid`, or `<id> invalid <reason>`, one line each, in order; the replay guard is
 shared by all lines of a run. Exit status 0 when it read the file (whatever the verdicts), 2 on
 bad input. `--explain` also prints each canonical string (as a Python bytes literal) to stderr.
 """
 
 import argparse
-import base64
 import hashlib
 import hmac
 import json
@@ -93,6 +96,16 @@ def _as_bytes(s) -> bytes:
     return s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
 
 
+def _as_text(s):
+    """A header/property value as str, or None when absent or not ASCII."""
+    if isinstance(s, bytes):
+        try:
+            return s.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return s
+
+
 class Verifier:
     """Checks signatures with one secret, a time window, and a replay memory."""
 
@@ -104,6 +117,7 @@ class Verifier:
 
     def verify(self, method, target, timestamp, signature, fields, body, explain=None):
         """Core check; `fields` are (name, value) pairs as signed (str or bytes)."""
+        timestamp, signature = _as_text(timestamp), _as_text(signature)
         if not isinstance(timestamp, str) or not _TIMESTAMP_RE.fullmatch(timestamp):
             raise Rejected("timestamp missing or not plain decimal")
         if not isinstance(signature, str) or not _SIGNATURE_RE.fullmatch(signature):
@@ -183,11 +197,23 @@ def _main(argv):
         for case in cases:
             secret = bytes.fromhex(case["secret_hex"])
             v = verifiers.setdefault(secret, Verifier(secret, clock=clock))
-            fields = [(bytes.fromhex(n), bytes.fromhex(x)) for n, x in case["fields"]]
+            target = bytes.fromhex(case["target_hex"])
+            body = bytes.fromhex(case["body_hex"])
+            kind = case["kind"]
             try:
-                v.verify(bytes.fromhex(case["method_hex"]), bytes.fromhex(case["target_hex"]),
-                         case["timestamp"], case["signature"], fields,
-                         base64.b64decode(case["body_b64"], validate=True), explain)
+                if kind == "raw":
+                    fields = [(bytes.fromhex(n), bytes.fromhex(x)) for n, x in case["fields"]]
+                    v.verify(bytes.fromhex(case["method_hex"]), target, case["timestamp"],
+                             case["signature"], fields, body, explain)
+                elif kind == "http":
+                    headers = [(n, bytes.fromhex(x)) for n, x in case["headers"]]
+                    v.verify_http(bytes.fromhex(case["method_hex"]), target, headers, body,
+                                  explain)
+                elif kind == "mqtt":
+                    props = [(n, bytes.fromhex(x)) for n, x in case["user_properties"]]
+                    v.verify_mqtt(target, props, body, explain)
+                else:
+                    raise ValueError("unknown kind %r" % kind)
                 print(case["id"], "valid")
             except Rejected as e:
                 print(case["id"], "invalid", e)
