@@ -9,7 +9,8 @@
 //! `Signature::headers`, also with lowercased names) and from the MQTT 5 user properties
 //! (`Attach::user_properties` and `Signature::user_properties`). A changed body, topic, method,
 //! timestamp, field value, a removed or added field, another secret, a replay within the window
-//! and a stale timestamp are all rejected. What it does not check: the flows attaching these
+//! and a stale timestamp are all rejected; a verifier holding two secrets (a rotation) accepts
+//! either. What it does not check: the flows attaching these
 //! (the flows' own tests do, once wired), or Python's verdict on timing (`compare_digest`).
 
 use std::fmt::Write as _;
@@ -75,7 +76,9 @@ impl Cases {
     fn push(&mut self, mut case: Value, expect: Expect) {
         let id = format!("case-{}", self.lines.len());
         case["id"] = json!(id);
-        case["secret_hex"] = json!(hex(SECRET));
+        if case.get("secret_hex").is_none() {
+            case["secret_hex"] = json!(hex(SECRET));
+        }
         self.lines.push(case);
         self.expect.push((id, expect));
     }
@@ -252,6 +255,10 @@ fn build_cases() -> Cases {
     c.raw(&a, &other, mismatch());
     // The same message again, inside the window: a replay.
     c.raw(&a, &sig_a, Expect::Invalid("replayed"));
+    // During a key rotation the verifier holds both secrets: the other one's signature passes.
+    c.raw(&a, &other, Expect::Valid);
+    let last = c.lines.len() - 1;
+    c.lines[last]["secret_hex"] = json!([hex(SECRET), hex(OTHER_SECRET)]);
 
     // B: HTTP GET, no fields, empty body.
     let no_fields: Vec<(String, String)> = Vec::new();

@@ -13,8 +13,8 @@ copy it or import it:
     # MQTT 5: the topic name, the PUBLISH's user properties (in order, duplicates kept), payload.
     fields = v.verify_mqtt(topic, user_properties, payload)          # raises Rejected
 
-On success both return the verified identity fields as a list of (name, value) strings, sorted as
-signed; trust only those (any other X-Simgate-* header or property was not signed).
+On success both return the verified identity fields as a list of (name, value) pairs of bytes,
+sorted as signed; trust only those (any other X-Simgate-* header or property was not signed).
 
 As a command (used by the tests): `verify_signature.py CASES.jsonl [--now SECONDS]` reads one JSON
 object per line, each one of three kinds (all byte strings in hex):
@@ -25,8 +25,9 @@ object per line, each one of three kinds (all byte strings in hex):
      "headers": [["X-Simgate-Imsi", "value_hex"], ...]}     (timestamp and signature among them)
     {"kind": "mqtt", "id", "secret_hex", "target_hex" (the topic), "body_hex",
      "user_properties": [["imsi", "value_hex"], ...]}       (timestamp and signature among them)
-and prints `<id> valid`, or `<id> invalid <reason>`, one line each, in order; the replay guard is
-shared by all lines of a run. Exit status 0 when it read the file (whatever the verdicts), 2 on
+(`secret_hex` may also be a list: the secrets of a rotation) and prints `<id> valid`, or
+`<id> invalid <reason>`, one line each, in order; lines with the same secret(s) share one replay
+guard. Exit status 0 when it read the file (whatever the verdicts), 2 on
 bad input. `--explain` also prints each canonical string (as a Python bytes literal) to stderr.
 """
 
@@ -107,10 +108,14 @@ def _as_text(s):
 
 
 class Verifier:
-    """Checks signatures with one secret, a time window, and a replay memory."""
+    """Checks signatures with a group's secret, a time window, and a replay memory.
 
-    def __init__(self, secret: bytes, window: int = WINDOW_SECONDS, clock=time.time):
-        self.secret = secret
+    `secret` is the group's secret (bytes), or a list of them while a key rotation is under way:
+    a signature made with any of them is accepted (docs/signature.md, "Key rotation").
+    """
+
+    def __init__(self, secret, window: int = WINDOW_SECONDS, clock=time.time):
+        self.secrets = [secret] if isinstance(secret, bytes) else list(secret)
         self.window = window
         self.clock = clock
         self._seen = {}  # signature -> timestamp, forgotten once outside the window
@@ -127,8 +132,12 @@ class Verifier:
                                      pairs, _as_bytes(body))
         if explain is not None:
             explain(canonical)
-        expected = sign(self.secret, canonical)
-        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
+        # Every secret is tried (no early exit), so the time taken does not tell which matched.
+        matched = False
+        for secret in self.secrets:
+            expected = sign(secret, canonical)
+            matched |= hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii"))
+        if not matched:
             raise Rejected("signature does not match")
         # Only an authentic timestamp is worth judging: window and replay after the MAC.
         now = int(self.clock())
@@ -195,8 +204,9 @@ def _main(argv):
         with open(args.cases, encoding="utf-8") as f:
             cases = [json.loads(line) for line in f if line.strip()]
         for case in cases:
-            secret = bytes.fromhex(case["secret_hex"])
-            v = verifiers.setdefault(secret, Verifier(secret, clock=clock))
+            given = case["secret_hex"]
+            secrets = tuple(bytes.fromhex(x) for x in ([given] if isinstance(given, str) else given))
+            v = verifiers.setdefault(secrets, Verifier(secrets, clock=clock))
             target = bytes.fromhex(case["target_hex"])
             body = bytes.fromhex(case["body_hex"])
             kind = case["kind"]
