@@ -76,8 +76,8 @@ pub const TIMESTAMP_PROPERTY: &str = "x-simgate-timestamp";
 /// MQTT 5 user property carrying the signature (`v1=<hex>`).
 pub const SIGNATURE_PROPERTY: &str = "x-simgate-signature";
 
-/// Shortest secret docs/signature.md recommends (bytes): the HMAC-SHA256 block of security.
-/// Not enforced here; config decides what it accepts.
+/// Shortest secret docs/signature.md recommends, in bytes: SHA-256's output length, the least
+/// RFC 2104 recommends for an HMAC key. Not enforced here; config decides what it accepts.
 pub const RECOMMENDED_SECRET_LEN: usize = 32;
 
 /// What is signed: one upstream HTTP request or MQTT PUBLISH.
