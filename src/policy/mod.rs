@@ -11,6 +11,7 @@
 //! files, open sockets, or apply a listener's [`UnknownSource`] rule (the flows do).
 
 pub mod attach;
+pub mod signature;
 pub mod template;
 
 use std::net::{IpAddr, SocketAddr};
