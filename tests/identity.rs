@@ -23,6 +23,8 @@ use simgate::proto::mqtt::{
 };
 
 const KNOWN: &str = "127.0.0.2";
+/// The meters group's signing secret (32 bytes).
+const SECRET: &str = "meters-signing-secret-0123456789";
 const UNKNOWN: &str = "127.0.0.3";
 
 fn ip(text: &str) -> IpAddr {
@@ -83,6 +85,7 @@ routes = [
 [[group]]
 name = "meters"
 attach = ["imsi", "name", "tags"]
+signing_secret = {{ file = "meters.secret" }}
 routes = [
   {{ listener = "strict", path = "/", destination = "meters-sink" }},
   {{ listener = "open", path = "/", destination = "meters-sink" }},
@@ -100,6 +103,72 @@ tags = {{ site = "kyoto" }}
     )
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Run the reference Python verifier (tests/python/verify_signature.py, written from
+/// docs/signature.md, not from simgate's code) on JSON-lines `cases`; its verdict lines.
+fn python_verdicts(dir: &std::path::Path, cases: &[String]) -> Vec<String> {
+    let file = dir.join("cases.jsonl");
+    std::fs::write(&file, cases.join("\n") + "\n").expect("write cases");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/verify_signature.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .expect("python3 is required for this test: apt-get install python3");
+    assert!(
+        out.status.success(),
+        "verifier failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pairs_json(pairs: &[(String, Vec<u8>)]) -> String {
+    let items: Vec<String> = pairs
+        .iter()
+        .map(|(n, v)| format!("[\"{n}\", \"{}\"]", hex(v)))
+        .collect();
+    items.join(", ")
+}
+
+/// A verifier case for a request the sink recorded (`body` replaced when given, to tamper).
+fn http_case(id: &str, r: &simgate::testkit::RecordedRequest, body: Option<&[u8]>) -> String {
+    format!(
+        "{{\"kind\": \"http\", \"id\": \"{id}\", \"secret_hex\": \"{}\", \"method_hex\": \"{}\", \
+         \"target_hex\": \"{}\", \"body_hex\": \"{}\", \"headers\": [{}]}}",
+        hex(SECRET.as_bytes()),
+        hex(r.method.as_bytes()),
+        hex(r.path.as_bytes()),
+        hex(body.unwrap_or(&r.body)),
+        pairs_json(&r.headers)
+    )
+}
+
+/// A verifier case for a PUBLISH the broker delivered.
+fn mqtt_case(id: &str, topic: &str, props: &[(String, String)], payload: &[u8]) -> String {
+    let props: Vec<(String, Vec<u8>)> = props
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_bytes().to_vec()))
+        .collect();
+    format!(
+        "{{\"kind\": \"mqtt\", \"id\": \"{id}\", \"secret_hex\": \"{}\", \"target_hex\": \"{}\", \
+         \"body_hex\": \"{}\", \"user_properties\": [{}]}}",
+        hex(SECRET.as_bytes()),
+        hex(topic.as_bytes()),
+        hex(payload),
+        pairs_json(&props)
+    )
+}
+
 fn header(r: &simgate::testkit::RecordedRequest, name: &str) -> Option<String> {
     r.header(name)
         .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -108,6 +177,11 @@ fn header(r: &simgate::testkit::RecordedRequest, name: &str) -> Option<String> {
 #[test]
 fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow_the_listener() {
     let world = World::new();
+    std::fs::write(
+        world.dir.path().join("meters.secret"),
+        format!("{SECRET}\n"),
+    )
+    .expect("write the secret");
     let gw = world.simgate(&config(&world, "meters"));
     let strict = gw.listener("strict");
     let open = gw.listener("open");
@@ -138,6 +212,18 @@ fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow
     assert_eq!(
         imsi_values, 1,
         "the spoofed value never reaches the upstream"
+    );
+    // The group signs: an independent verifier accepts what the upstream received, and
+    // refuses it with another body.
+    assert_eq!(
+        python_verdicts(
+            world.dir.path(),
+            &[
+                http_case("as-sent", last, None),
+                http_case("tampered", last, Some(b"99.9"))
+            ]
+        ),
+        ["as-sent valid", "tampered invalid signature does not match"].map(str::to_owned),
     );
 
     // An unknown source: refused on the strict listener, the default group on the open one.
@@ -243,6 +329,7 @@ routes = [ {{ listener = "mqtt-session", destination = "sess" }} ]
 [[group]]
 name = "meters"
 attach = ["imsi", "tags"]
+signing_secret = {{ file = "meters.secret" }}
 routes = [
   {{ listener = "mqtt-strict", destination = "agg" }},
   {{ listener = "mqtt-session", destination = "sess" }},
@@ -300,6 +387,15 @@ fn next_publish(client: &mut Client) -> (String, Vec<(String, String)>) {
     }
 }
 
+/// The user properties without the signature pair.
+fn identity_only(props: &[(String, String)]) -> Vec<(String, String)> {
+    props
+        .iter()
+        .filter(|(n, _)| !n.starts_with("x-simgate-"))
+        .cloned()
+        .collect()
+}
+
 /// The PUBACK for `id` that `device` receives.
 fn wait_puback(device: &mut Client, id: u16) {
     loop {
@@ -314,6 +410,7 @@ fn wait_puback(device: &mut Client, id: u16) {
 #[test]
 fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_are_refused() {
     let world = World::new();
+    std::fs::write(world.dir.path().join("meters.secret"), SECRET).expect("write the secret");
     let broker = Broker::start(world.dir.path(), &world.pki, BrokerOptions::default());
     let gw = world.simgate(&mqtt_config(&world, &broker));
     let strict = gw.listener("mqtt-strict");
@@ -338,8 +435,20 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
         ("tag.site".to_owned(), "kyoto".to_owned()),
     ];
     assert_eq!(
-        props, want,
+        identity_only(&props),
+        want,
         "attached fields only, the spoofed imsi removed"
+    );
+    // Signed by the group: the independent verifier accepts it, and refuses another topic.
+    assert_eq!(
+        python_verdicts(
+            world.dir.path(),
+            &[
+                mqtt_case("agg", &topic, &props, b"21.5"),
+                mqtt_case("agg-moved", "sims/other/t", &props, b"21.5"),
+            ]
+        ),
+        ["agg valid", "agg-moved invalid signature does not match"].map(str::to_owned),
     );
 
     // Session mode: the same fields on the device's own upstream session.
@@ -349,7 +458,14 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
     wait_puback(&mut sess, 2);
     let (topic, props) = next_publish(&mut checker);
     assert_eq!(topic, "sessions/meter-s/s");
-    assert_eq!(props, want);
+    assert_eq!(identity_only(&props), want);
+    assert_eq!(
+        python_verdicts(
+            world.dir.path(),
+            &[mqtt_case("session", &topic, &props, b"21.5")]
+        ),
+        ["session valid"].map(str::to_owned),
+    );
 
     // Unknown sources: refused where the listener says so (5.0: 0x87; 3.1.1: return code 5),
     // served as the default group (no identity) elsewhere.

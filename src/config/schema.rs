@@ -210,6 +210,26 @@ pub(crate) struct RawGroup {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub attach: Option<Vec<String>>,
+    pub signing_secret: Option<RawSecret>,
+}
+
+/// A secret: inline (`"…"`), `{ file = "path" }` (relative to the config's directory; a trailing
+/// newline is removed) or `{ env = "VAR" }`. Which one is checked in `compile`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSecret {
+    /// The secret itself, in the config file.
+    Inline(String),
+    /// Where to read it.
+    Source(RawSecretSource),
+}
+
+/// `{ file = … }` or `{ env = … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecretSource {
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
 }
 
 /// One entry of `group[].routes`. `path` is required on HTTP listeners and an error on MQTT

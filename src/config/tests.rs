@@ -1883,3 +1883,50 @@ fn sim_placeholders_must_be_fillable_for_every_sim_and_device_they_can_reach() {
         "{error}"
     );
 }
+
+#[test]
+fn signing_secrets_come_from_a_file_the_environment_or_inline_and_are_long_enough() {
+    let fx = Fixture::new();
+    std::fs::write(
+        fx.path().join("group.secret"),
+        "0123456789abcdef0123456789abcdef\n",
+    )
+    .expect("write secret");
+    std::fs::write(
+        fx.path().join("short.secret"),
+        "TOPSECRET-KEY-MATERIAL-7f3a\n",
+    )
+    .expect("write secret");
+    let with = |secret: &str| {
+        edit(
+            MINIMAL,
+            "name = \"default\"\n",
+            &format!("name = \"default\"\nsigning_secret = {secret}\n"),
+        )
+    };
+    let plan = fx
+        .compile(&with("{ file = \"group.secret\" }"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.groups[0].signer.is_some());
+    assert!(fx.compile(MINIMAL).expect("valid").groups[0]
+        .signer
+        .is_none());
+    let inline = fx.compile(&with("\"0123456789abcdef0123456789abcdef\""));
+    assert!(inline.is_ok(), "{:?}", inline.err());
+    for (secret, needle) in [
+        (
+            "{ file = \"short.secret\" }",
+            "too short: 27 byte(s); at least 32 are needed",
+        ),
+        ("{ file = \"missing.secret\" }", "file not found"),
+        (
+            "{ env = \"SIMGATE_TEST_UNSET_SECRET_VAR\" }",
+            "environment variable \"SIMGATE_TEST_UNSET_SECRET_VAR\" is not set",
+        ),
+        ("{ file = \"group.secret\", env = \"X\" }", "exactly one"),
+    ] {
+        let error = fx.errors(&with(secret));
+        assert_single(&error, "group[0].signing_secret", needle);
+        assert!(!error.to_string().contains("TOPSECRET"), "{error}");
+    }
+}

@@ -38,6 +38,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::identity::DeviceIdentity;
 use super::ShardState;
+use crate::policy::signature::{SignInput, Signer};
 use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
     self, BodyChunk, BodyDecoder, BodyLength, Limits, Parsed, Request, RequestDecoder, ResponseHead,
@@ -383,18 +384,13 @@ impl DeviceConn {
         let mut head = BytesMut::with_capacity(512);
         // The SIM's identity, as the device's group attaches it; `self.identity` was resolved
         // under `plan` by the caller just before.
-        let attached = match self.identity {
-            Some(identity) if identity.is_current(generation) => {
-                let attach = plan
-                    .groups
-                    .get(usize::from(identity.group().0))
-                    .map(|g| g.attach);
-                match (identity.sim(plan), attach) {
-                    (Some(sim), Some(attach)) => attach.headers(&sim),
-                    _ => Vec::new(),
-                }
-            }
-            _ => Vec::new(),
+        let group = self
+            .identity
+            .filter(|i| i.is_current(generation))
+            .and_then(|i| plan.groups.get(usize::from(i.group().0)).map(|g| (i, g)));
+        let (attached, fields) = match group.and_then(|(i, g)| Some((i.sim(plan)?, g))) {
+            Some((sim, g)) => (g.attach.headers(&sim), g.attach.user_properties(&sim)),
+            None => (Vec::new(), Vec::new()),
         };
         let extra: Vec<(&str, &[u8])> = attached
             .iter()
@@ -413,6 +409,9 @@ impl DeviceConn {
                 .metrics
                 .borrow_mut()
                 .http_identity_headers_dropped += dropped as u64;
+        }
+        if let Some(signer) = group.and_then(|(_, g)| g.signer.as_deref()) {
+            sign_request_head(&mut head, signer, &fields, request);
         }
         let head = head.freeze();
         // The head, then the body: verbatim, minus trailer fields that must not be forwarded.
@@ -709,6 +708,54 @@ fn device_reason(detail: ErrorDetail, status: u16, full: &str) -> &str {
         ErrorDetail::Generic if status == 503 => "gateway busy, retry later",
         ErrorDetail::Generic => "upstream unavailable",
     }
+}
+
+/// Add `X-Simgate-Timestamp` and `X-Simgate-Signature` to an upstream request `head` that
+/// `write_upstream_request_head` just wrote (it ends with the blank line): HMAC over the
+/// method and target as written, the time, the attached `fields` and the body as the upstream
+/// will read it (de-chunked). See docs/signature.md.
+fn sign_request_head(
+    head: &mut BytesMut,
+    signer: &Signer,
+    fields: &[(String, String)],
+    request: &Request,
+) {
+    let line_end = head
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(head.len());
+    let line = &head[..line_end];
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next().unwrap_or_default().to_vec();
+    let target = parts.next().unwrap_or_default().to_vec();
+    let dechunked;
+    let body: &[u8] = if request.head.body == http1::BodyLength::Chunked {
+        let mut data = Vec::new();
+        http1::Dechunker::default().feed(&request.body, &mut data);
+        dechunked = data.concat();
+        &dechunked
+    } else {
+        &request.body
+    };
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signature = signer.sign(&SignInput {
+        method: &method,
+        target: &target,
+        timestamp,
+        fields,
+        body,
+    });
+    // Replace the blank line that ends the head by the two fields and a new blank line.
+    head.truncate(head.len().saturating_sub(2));
+    for (name, value) in signature.headers() {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
 }
 
 /// True if the response's Transfer-Encoding is exactly `chunked` (no other coding).

@@ -15,7 +15,10 @@ use std::net::IpAddr;
 use bytes::Bytes;
 
 use crate::identity::SimRef;
+use std::sync::Arc;
+
 use crate::policy::attach::Attach;
+use crate::policy::signature::{SignInput, Signer, MQTT_METHOD};
 use crate::policy::{GroupId, ListenerId, Plan, UnknownSource};
 use crate::proto::mqtt::{Properties, UserProperty};
 
@@ -74,13 +77,11 @@ impl DeviceIdentity {
     }
 
     /// The fields the device's group attaches, as MQTT 5 user properties, read through `plan`
-    /// (the plan it was resolved under); empty for an unknown source, which still has its
-    /// group's field names reserved.
+    /// (the plan it was resolved under), with the group's signer; empty for an unknown source,
+    /// which still has its group's field names reserved.
     pub fn user_properties(&self, plan: &Plan) -> AttachedProperties {
-        let attach = plan
-            .groups
-            .get(usize::from(self.group.0))
-            .map_or(Attach::NONE, |g| g.attach);
+        let group = plan.groups.get(usize::from(self.group.0));
+        let attach = group.map_or(Attach::NONE, |g| g.attach);
         let properties = match self.sim(plan) {
             Some(sim) => attach
                 .user_properties(&sim)
@@ -92,11 +93,16 @@ impl DeviceIdentity {
                 .collect(),
             None => Box::default(),
         };
-        AttachedProperties { attach, properties }
+        AttachedProperties {
+            attach,
+            properties,
+            signer: group.and_then(|g| g.signer.clone()),
+        }
     }
 }
 
-/// A device's identity as MQTT 5 user properties, with the set of names its group reserves.
+/// A device's identity as MQTT 5 user properties, with the set of names its group reserves and
+/// the group's signer.
 #[derive(Debug, Clone, Default)]
 pub struct AttachedProperties {
     /// The group's attached fields: the device's own user properties of these names are
@@ -104,21 +110,58 @@ pub struct AttachedProperties {
     pub attach: Attach,
     /// The SIM's values (empty for an unknown source).
     pub properties: Box<[UserProperty]>,
+    /// Signs every uplink PUBLISH (`signing_secret`), if the group has one.
+    pub signer: Option<Arc<Signer>>,
+}
+
+/// True for a user property name simgate itself sets (`x-simgate-…`, any case): a device's own
+/// is never forwarded.
+fn is_simgate_property(name: &[u8]) -> bool {
+    name.len() >= 10 && name[..10].eq_ignore_ascii_case(b"x-simgate-")
 }
 
 impl AttachedProperties {
     /// Put the identity into MQTT 5 `props`: the device's own user properties of the reserved
-    /// names are removed first (a device cannot claim identity fields), then the SIM's are
-    /// appended.
+    /// names (and any `x-simgate-…`) are removed first, then the SIM's are appended.
     pub fn apply(&self, props: &mut Properties) {
-        if self.attach.is_empty() {
+        if self.attach.is_empty() && self.signer.is_none() {
             return;
         }
-        props
-            .user_properties
-            .retain(|u| !self.attach.claims_user_property(&u.name));
+        props.user_properties.retain(|u| {
+            !self.attach.claims_user_property(&u.name) && !is_simgate_property(&u.name)
+        });
         props
             .user_properties
             .extend(self.properties.iter().cloned());
+    }
+
+    /// [`apply`](Self::apply) for an uplink PUBLISH to upstream `topic`, then, if the group
+    /// signs, `x-simgate-timestamp` and `x-simgate-signature` over it (docs/signature.md).
+    pub fn apply_to_publish(&self, props: &mut Properties, topic: &[u8], payload: &[u8]) {
+        self.apply(props);
+        let Some(signer) = &self.signer else {
+            return;
+        };
+        let fields: Vec<(&[u8], &[u8])> = self
+            .properties
+            .iter()
+            .map(|u| (&u.name[..], &u.value[..]))
+            .collect();
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let signature = signer.sign(&SignInput {
+            method: MQTT_METHOD,
+            target: topic,
+            timestamp,
+            fields: &fields,
+            body: payload,
+        });
+        for (name, value) in signature.user_properties() {
+            props.user_properties.push(UserProperty {
+                name: Bytes::from_static(name.as_bytes()),
+                value: Bytes::from(value),
+            });
+        }
     }
 }

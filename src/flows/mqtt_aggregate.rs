@@ -728,7 +728,8 @@ impl Device {
             let mut p = publish.properties;
             p.topic_alias = None;
             p.subscription_identifiers.clear();
-            self.identity_properties.apply(&mut p);
+            self.identity_properties
+                .apply_to_publish(&mut p, &topic, &publish.payload);
             p
         } else {
             Properties::default()

@@ -461,6 +461,8 @@ pub struct GroupPlan {
     pub mqtt_routes: Vec<MqttRoute>,
     /// The SIM identity fields attached upstream for this group's devices.
     pub attach: attach::Attach,
+    /// Signs what this group's devices send upstream (`signing_secret`), if set.
+    pub signer: Option<Arc<signature::Signer>>,
 }
 
 /// The whole compiled configuration.

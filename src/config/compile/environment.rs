@@ -22,6 +22,11 @@ pub(crate) trait Environment {
     fn available_cpus(&self) -> Option<usize>;
     /// The process's open-file limit (soft `RLIMIT_NOFILE`), if known.
     fn open_files_limit(&self) -> Option<u64>;
+    /// An environment variable of the process (for `{ env = "VAR" }` secrets); `None` when unset
+    /// or not UTF-8.
+    fn env_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 }
 
 /// The real environment: system resolver (see `dns`), native root store,

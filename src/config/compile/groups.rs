@@ -5,6 +5,9 @@
 //! What this does not do: compile SIMs into groups (see `config::sims`), or check the
 //! referenced listeners and destinations themselves (their own files report those).
 
+use std::sync::Arc;
+
+use crate::policy::signature::{Signer, RECOMMENDED_SECRET_LEN};
 use std::collections::HashMap;
 
 use super::Compiler;
@@ -191,13 +194,24 @@ impl Compiler<'_> {
             // Longest prefix first; the sort is stable, so equal lengths keep config order.
             http_routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
             let attach = self.attach(g, group.attach.as_deref());
-            match (u16::try_from(g), attach) {
-                (Ok(id), Some(attach)) if ok => out.push(GroupPlan {
+            let signer = match &group.signing_secret {
+                None => Some(None),
+                Some(raw) => self
+                    .secret(
+                        &format!("group[{g}].signing_secret"),
+                        raw,
+                        RECOMMENDED_SECRET_LEN,
+                    )
+                    .map(|secret| Some(Arc::new(Signer::new(&secret)))),
+            };
+            match (u16::try_from(g), attach, signer) {
+                (Ok(id), Some(attach), Some(signer)) if ok => out.push(GroupPlan {
                     id: GroupId(id),
                     name: group.name.clone(),
                     http_routes,
                     mqtt_routes,
                     attach,
+                    signer,
                 }),
                 _ => {}
             }

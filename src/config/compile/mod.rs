@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use rustls::RootCertStore;
 
-use super::schema::{RawConfig, RawDuration};
+use super::schema::{RawConfig, RawDuration, RawSecret, RawSecretSource};
 use super::values::{format_duration, is_valid_name, parse_duration, MAX_NAME_LEN};
 use super::FieldError;
 use crate::policy::{DestinationPlan, Plan};
@@ -260,6 +260,64 @@ impl Compiler<'_> {
         };
         self.check_sim_templates(&plan);
         Some(plan)
+    }
+
+    /// The bytes of secret `raw` at `path`: inline, from a file (one trailing newline removed),
+    /// or from an environment variable; at least `min_len` bytes. Errors name the field, the
+    /// file or the variable, never the secret.
+    fn secret(&mut self, path: &str, raw: &RawSecret, min_len: usize) -> Option<Vec<u8>> {
+        let bytes = match raw {
+            RawSecret::Inline(text) => text.clone().into_bytes(),
+            RawSecret::Source(RawSecretSource {
+                file: Some(file),
+                env: None,
+            }) => {
+                let full = self.base_dir.join(file);
+                match crate::config::tls_material::read(&full) {
+                    Ok(mut bytes) => {
+                        if bytes.last() == Some(&b'\n') {
+                            bytes.pop();
+                            if bytes.last() == Some(&b'\r') {
+                                bytes.pop();
+                            }
+                        }
+                        bytes
+                    }
+                    Err(e) => {
+                        self.push(path, format!("{e}: {}", full.display()));
+                        return None;
+                    }
+                }
+            }
+            RawSecret::Source(RawSecretSource {
+                file: None,
+                env: Some(var),
+            }) => match self.env.env_var(var) {
+                Some(value) => value.into_bytes(),
+                None => {
+                    self.push(path, format!("environment variable {var:?} is not set"));
+                    return None;
+                }
+            },
+            RawSecret::Source(_) => {
+                self.push(
+                    path,
+                    "give the secret as a string, { file = \"path\" } or { env = \"VAR\" } (exactly one)",
+                );
+                return None;
+            }
+        };
+        if bytes.len() < min_len {
+            self.push(
+                path,
+                format!(
+                    "too short: {} byte(s); at least {min_len} are needed",
+                    bytes.len()
+                ),
+            );
+            return None;
+        }
+        Some(bytes)
     }
 
     /// Checks format and uniqueness of the names in one section; returns name → first index.

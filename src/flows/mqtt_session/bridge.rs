@@ -241,7 +241,8 @@ impl Bridge {
                         Some(Err(_)) => return invalid,
                     };
                 if self.upstream == ProtocolVersion::V5 {
-                    self.identity.apply(&mut props);
+                    self.identity
+                        .apply_to_publish(&mut props, &publish.topic, &publish.payload);
                 }
                 publish.properties = props;
                 if let (Some(id), QoS::AtLeastOnce | QoS::ExactlyOnce) =
