@@ -290,7 +290,7 @@ fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow
 /// MQTT: an aggregate-mode listener that refuses unknown sources (its topic template names the
 /// SIM: `sims/{imsi}/{tag.site}/{topic}`) and a session-mode one, both to a real mosquitto over
 /// TLS speaking 5.0; the SIM on 127.0.0.2 attaches its IMSI and tags.
-fn mqtt_config(world: &World, broker: &Broker) -> String {
+fn mqtt_config(world: &World, broker: &Broker, sim_group: &str) -> String {
     let ca = world.pki.ca_pem.as_path();
     let aggregate = broker.destination_toml(
         "agg",
@@ -338,7 +338,7 @@ routes = [
 [[sim]]
 imsi = "001010000000002"
 ip = "{KNOWN}"
-group = "meters"
+group = "{sim_group}"
 tags = {{ site = "kyoto" }}
 "#
     )
@@ -412,7 +412,7 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
     let world = World::new();
     std::fs::write(world.dir.path().join("meters.secret"), SECRET).expect("write the secret");
     let broker = Broker::start(world.dir.path(), &world.pki, BrokerOptions::default());
-    let gw = world.simgate(&mqtt_config(&world, &broker));
+    let gw = world.simgate(&mqtt_config(&world, &broker, "meters"));
     let strict = gw.listener("mqtt-strict");
     let open = gw.listener("mqtt-session");
     let broker_addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.plain_port));
@@ -498,4 +498,22 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
         2,
         "{text}"
     );
+
+    // Moving the SIM to another group ends its aggregate session with 0x98 "administrative
+    // action" (after what it has in flight), so that it reconnects into the new group.
+    std::fs::write(&gw.config_path, mqtt_config(&world, &broker, "default"))
+        .expect("rewrite config");
+    let (status, body) = gw.reload();
+    assert_eq!(status, 200, "{body}");
+    let packets = meter.until_closed(Duration::from_secs(10));
+    assert!(
+        matches!(packets.as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode(0x98)),
+        "{packets:?}"
+    );
+    // The same for its session-mode session (3.1.1: closed without a DISCONNECT).
+    let packets = sess.until_closed(Duration::from_secs(10));
+    assert!(packets.is_empty(), "{packets:?}");
+    // The guest, whose group did not change, stays.
+    guest.send(&publish("g", 4, false)).expect("PUBLISH");
+    wait_puback(&mut guest, 4);
 }

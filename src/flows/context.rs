@@ -18,6 +18,7 @@ use super::drain::DrainSignal;
 use super::mqtt_aggregate::AggregateShard;
 use super::throttle::LogThrottle;
 use crate::policy::Plan;
+use crate::reactor::Broadcast;
 use crate::stats::ShardMetrics;
 use crate::upstream::driver::ShardUpstreams;
 
@@ -38,6 +39,9 @@ pub struct ShardState {
     pub metrics: RefCell<ShardMetrics>,
     /// Fired when shutdown begins; idle connections wait on it to close at once.
     pub drain: DrainSignal,
+    /// Notified when a reload replaced the plan: long-lived sessions check whether their
+    /// device still belongs to its group.
+    pub plan_changed: Broadcast,
     /// Keeps "request answered with a gateway error" (HTTP) to one info line per interval.
     pub gateway_error_log: LogThrottle,
     /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
@@ -55,6 +59,7 @@ impl ShardState {
             upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
             metrics: RefCell::new(ShardMetrics::default()),
             drain: DrainSignal::default(),
+            plan_changed: Broadcast::default(),
             gateway_error_log: LogThrottle::new(LOG_THROTTLE),
             client_ids,
             mqtt_aggregate: AggregateShard::default(),

@@ -57,6 +57,25 @@ impl DeviceIdentity {
         }
     }
 
+    /// A session's identity under a new `plan` (of `generation`): `Some` if the device still
+    /// belongs to the group named as the one it connected under (`group_key`, see
+    /// [`group_key`]), `None` if it moved to another group or is now refused — the session
+    /// then ends, and the device reconnects into its new group.
+    pub fn refresh(
+        group_key: u64,
+        plan: &Plan,
+        generation: u64,
+        listener: ListenerId,
+        peer: IpAddr,
+    ) -> Option<DeviceIdentity> {
+        let new = DeviceIdentity::resolve(plan, generation, listener, peer)?;
+        let same = plan
+            .groups
+            .get(usize::from(new.group.0))
+            .is_some_and(|g| self::group_key(&g.name) == group_key);
+        same.then_some(new)
+    }
+
     /// True while the plan it was resolved under is the one served.
     pub fn is_current(&self, generation: u64) -> bool {
         self.generation == generation
@@ -164,4 +183,16 @@ impl AttachedProperties {
             });
         }
     }
+}
+
+/// A stable 64-bit key of a group's name (FNV-1a), which a long-lived session keeps to tell
+/// after a reload whether its device still belongs to the same group (group indexes may
+/// change between plans; names do not).
+pub fn group_key(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in name.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }

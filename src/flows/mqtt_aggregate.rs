@@ -57,7 +57,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::client_ids::Claim;
-use super::identity::{AttachedProperties, DeviceIdentity};
+use super::identity::{group_key, AttachedProperties, DeviceIdentity};
 use super::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
@@ -103,6 +103,14 @@ impl AggregateShard {
     /// Device sessions currently served in aggregate mode on this shard.
     pub fn sessions_open(&self) -> u64 {
         self.sessions_open.get()
+    }
+
+    /// A reload replaced the plan: wake every session, so that one whose SIM moved to another
+    /// group leaves.
+    pub fn plan_changed(&self) {
+        for mailbox in self.by_claim.borrow().values() {
+            mailbox.signal.notify();
+        }
     }
 
     /// Sessions of this shard ended because a newer connection took their client id over.
@@ -161,6 +169,9 @@ enum End {
 /// Per-session state of the device side.
 struct Device {
     version: ProtocolVersion,
+    /// Set when a reload moved the device's SIM to another group: the session stops taking
+    /// packets and ends (0x98) once the broker acknowledged what is in flight, or at this time.
+    leaving: Option<Instant>,
     /// The SIM identity attached to every uplink PUBLISH (MQTT 5 user properties; empty when
     /// the link speaks 3.1.1, the source is unknown or the group attaches nothing).
     identity_properties: AttachedProperties,
@@ -205,6 +216,13 @@ struct Admitted {
     /// Unregisters the session from its link when the session ends.
     _registration: Registration,
     keep_alive: Option<Duration>,
+    /// The device's SIM and group, for the plan of its generation; checked again after a
+    /// reload (a SIM moved to another group leaves, see [`run_session`]).
+    identity: DeviceIdentity,
+    /// [`group_key`] of the group the device connected as.
+    group_key: u64,
+    peer_ip: IpAddr,
+    listener: ListenerId,
 }
 
 /// Admit one device session to the shard's shared upstream links and return the future that
@@ -340,6 +358,7 @@ fn admit(
     };
     let mut device = Device {
         version,
+        leaving: None,
         identity_properties,
         topics: TopicMap::new(&mqtt_dest.topic, &vars),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
@@ -370,6 +389,10 @@ fn admit(
         reason_code: ReasonCode::SUCCESS,
         properties: props,
     }));
+    let group_key = plan
+        .groups
+        .get(usize::from(identity.group().0))
+        .map_or(0, |g| group_key(&g.name));
     Ok(Admitted {
         device,
         link,
@@ -377,6 +400,10 @@ fn admit(
         mailbox,
         _registration: registration,
         keep_alive,
+        identity,
+        group_key,
+        peer_ip: peer.ip(),
+        listener,
     })
 }
 
@@ -456,6 +483,10 @@ async fn run_session(s: &mut Session) -> End {
                 key,
                 mailbox,
                 keep_alive,
+                identity,
+                group_key,
+                peer_ip,
+                listener,
                 ..
             },
     } = s;
@@ -474,9 +505,19 @@ async fn run_session(s: &mut Session) -> End {
                 return end;
             }
         }
-        // Draining: no new device packets (what the device sent and we did not take in, it
-        // sends again elsewhere; it was not acknowledged).
-        let draining = state.draining();
+        // A reload replaced the plan: a device whose SIM moved to another group (or is now
+        // refused) leaves like a drained one, with 0x98 "administrative action", and
+        // reconnects into its new group.
+        if !identity.is_current(state.upstreams.generation()) && device.leaving.is_none() {
+            let (plan, generation) = state.current();
+            match DeviceIdentity::refresh(*group_key, &plan, generation, *listener, *peer_ip) {
+                Some(new) => *identity = new,
+                None => device.leaving = Some(reactor::now() + DEVICE_WRITE_TIMEOUT),
+            }
+        }
+        // Draining or leaving: no new device packets (what the device sent and we did not take
+        // in, it sends again elsewhere; it was not acknowledged).
+        let draining = state.draining() || device.leaving.is_some();
         while !draining && !device.paused() {
             // The decoded packet is consumed before any await: kept in the match scrutinee, it
             // would be stored in the session future for the device's whole life.
@@ -501,9 +542,14 @@ async fn run_session(s: &mut Session) -> End {
         if draining {
             // Relay the broker's acknowledgements of what is already upstream, then say goodbye
             // (the rest stays unacknowledged if the drain window closes first).
-            let until = drain_ack_deadline(state);
+            let (until, code) = match device.leaving {
+                Some(deadline) if !state.draining() => {
+                    (deadline, ReasonCode::ADMINISTRATIVE_ACTION)
+                }
+                _ => (drain_ack_deadline(state), ReasonCode::SERVER_SHUTTING_DOWN),
+            };
             if device.tracked().outstanding.is_empty() || Instant::now() >= until {
-                return End::Abnormal(Some(ReasonCode::SERVER_SHUTTING_DOWN));
+                return End::Abnormal(Some(code));
             }
             let _ = select2(mailbox.signal.wait(), reactor::sleep_until(until)).await;
             continue;
@@ -972,6 +1018,7 @@ mod tests {
         };
         Device {
             version,
+            leaving: None,
             identity_properties: AttachedProperties::default(),
             topics: TopicMap::new(&topic, &vars),
             receive_maximum: 2,

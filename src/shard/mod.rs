@@ -536,6 +536,8 @@ async fn command_loop(
             match cmd {
                 ShardCommand::Reload(plan, ack) => {
                     state.upstreams.replace_plan(plan);
+                    state.mqtt_aggregate.plan_changed();
+                    state.plan_changed.notify_all();
                     let (_, generation) = state.upstreams.current();
                     if let Some(slot) = served.get(state.id.0) {
                         slot.store(generation, Ordering::Relaxed);

@@ -104,6 +104,11 @@ impl ShardUpstreams {
         self.plan.borrow().clone()
     }
 
+    /// The generation of the plan served (no reference count touched: cheap per message).
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
+    }
+
     /// The plan to serve the next request from, with its generation (which tells pools apart
     /// across reloads).
     pub fn current(&self) -> (Arc<Plan>, u64) {

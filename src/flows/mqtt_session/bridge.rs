@@ -58,6 +58,10 @@ pub enum SessionEnd {
     /// gets DISCONNECT 0x04 "Disconnect with Will Message" and a 3.1.1 broker a close without
     /// DISCONNECT — the device did not leave, so its will stands (see docs/operations.md).
     ServerShuttingDown,
+    /// A reload moved the device's SIM to another group (or now refuses it): as for
+    /// `ServerShuttingDown` upstream (the will stands), and a v5 device gets DISCONNECT 0x98
+    /// "administrative action"; it reconnects into its new group.
+    Moved,
 }
 
 impl SessionEnd {
@@ -71,6 +75,7 @@ impl SessionEnd {
             | SessionEnd::UpstreamDisconnected(_) => None,
             SessionEnd::DeviceKeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             SessionEnd::ServerShuttingDown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            SessionEnd::Moved => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             SessionEnd::DeviceProtocol(code) | SessionEnd::UpstreamRejectedPublish(code) => {
                 Some(code)
             }
@@ -95,7 +100,7 @@ impl SessionEnd {
     /// DISCONNECT (a 3.1.1 broker cannot be asked to keep the will, so it is closed without).
     pub fn upstream_goodbye(self, version: ProtocolVersion) -> Option<ReasonCode> {
         match (self, version) {
-            (SessionEnd::ServerShuttingDown, ProtocolVersion::V5) => {
+            (SessionEnd::ServerShuttingDown | SessionEnd::Moved, ProtocolVersion::V5) => {
                 Some(ReasonCode::DISCONNECT_WITH_WILL)
             }
             _ => None,
@@ -105,7 +110,7 @@ impl SessionEnd {
     /// The error counted for this ending, if it is one.
     pub fn error_kind(self) -> Option<ErrorKind> {
         match self {
-            SessionEnd::ServerShuttingDown => None,
+            SessionEnd::ServerShuttingDown | SessionEnd::Moved => None,
             SessionEnd::DeviceDisconnected
             | SessionEnd::DeviceDisconnectedWithWill
             | SessionEnd::DeviceClosed

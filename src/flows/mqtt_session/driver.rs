@@ -8,6 +8,7 @@
 //! What this module does not do: translate packets or map CONNECT/CONNACK fields (that is
 //! [`Bridge`] and `super::connect`, both pure), or read the device's CONNECT (`flows::mqtt_bridge`).
 
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +20,12 @@ use super::connect::{
     build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
 };
 use crate::flows::identity::AttachedProperties;
+use crate::flows::identity::{group_key, DeviceIdentity};
 use crate::flows::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
 use crate::flows::ShardState;
-use crate::policy::{DestinationPlan, TemplateVars, TopicMap};
+use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
     self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
     ProtocolVersion, ReasonCode, Sender,
@@ -249,6 +251,10 @@ pub async fn serve(session: DeviceSession) {
         return;
     }
     let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
+    let group_key = plan
+        .groups
+        .get(usize::from(identity.group().0))
+        .map_or(0, |g| group_key(&g.name));
     let mut pump = Pump {
         state: &state,
         device: &mut stream,
@@ -257,6 +263,11 @@ pub async fn serve(session: DeviceSession) {
         bridge: Bridge::new(device_version, up_version, topics).with_identity(identity_properties),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        identity,
+        group_key,
+        listener,
+        peer_ip: peer.ip(),
+        leaving: None,
     };
     let end = pump.run().await;
     if let Some(kind) = end.error_kind() {
@@ -278,7 +289,7 @@ pub async fn serve(session: DeviceSession) {
             upstream.stream.close(),
         )
         .await;
-    } else if end == SessionEnd::ServerShuttingDown {
+    } else if matches!(end, SessionEnd::ServerShuttingDown | SessionEnd::Moved) {
         // The gateway leaves, not the device: the broker keeps the will (v5: it is told so with
         // 0x04; 3.1.1: no DISCONNECT at all), and the TLS connection is closed properly.
         if let Some(code) = end.upstream_goodbye(up_version) {
@@ -415,6 +426,10 @@ async fn read_device(
 }
 
 /// The running session: both sockets, the device's receive buffer and the bridge.
+/// How long a session whose SIM moved to another group waits for the broker to answer what it
+/// has in flight before it ends anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct Pump<'a> {
     state: &'a ShardState,
     device: &'a mut TcpStream,
@@ -424,6 +439,15 @@ struct Pump<'a> {
     limits: DecodeLimits,
     /// 1.5× the keep-alive in force, `None` when keep-alive is off.
     keep_alive: Option<Duration>,
+    /// The device's SIM and group; checked again after a reload.
+    identity: DeviceIdentity,
+    /// [`group_key`] of the group the device connected as.
+    group_key: u64,
+    listener: ListenerId,
+    peer_ip: IpAddr,
+    /// Set when a reload moved the device's SIM to another group: the device is no longer
+    /// read, and the session ends (0x98) once the broker answered what is in flight, or then.
+    leaving: Option<Instant>,
 }
 
 impl Pump<'_> {
@@ -431,9 +455,26 @@ impl Pump<'_> {
         let mut deadline = self.keep_alive.map(|k| reactor::now() + k);
         let mut out = BytesMut::new();
         loop {
-            // Draining: the device is no longer read (what it sent and we did not forward was
-            // not acknowledged; it sends it again elsewhere).
-            let draining = self.state.draining();
+            // A reload replaced the plan: a device whose SIM moved to another group (or is now
+            // refused) leaves like a drained one, and reconnects into its new group.
+            if self.leaving.is_none()
+                && !self.identity.is_current(self.state.upstreams.generation())
+            {
+                let (plan, generation) = self.state.current();
+                match DeviceIdentity::refresh(
+                    self.group_key,
+                    &plan,
+                    generation,
+                    self.listener,
+                    self.peer_ip,
+                ) {
+                    Some(new) => self.identity = new,
+                    None => self.leaving = Some(reactor::now() + LEAVE_TIMEOUT),
+                }
+            }
+            // Draining or leaving: the device is no longer read (what it sent and we did not
+            // forward was not acknowledged; it sends it again elsewhere).
+            let draining = self.state.draining() || self.leaving.is_some();
             // Bytes already buffered first: pipelined after CONNECT, or after the CONNACK.
             if !draining {
                 if let Some(end) = self.drain_device(&mut out).await {
@@ -447,9 +488,15 @@ impl Pump<'_> {
                 // Relay the broker's answers to what is already upstream, then leave.
                 // `until` is at least `Instant::now()` (see `drain_ack_deadline`), so it is
                 // compared on that clock: on the reactor's cached one, "at once" would never come.
-                let until = drain_ack_deadline(self.state);
+                let (until, end) = match self.leaving {
+                    Some(deadline) if !self.state.draining() => (deadline, SessionEnd::Moved),
+                    _ => (
+                        drain_ack_deadline(self.state),
+                        SessionEnd::ServerShuttingDown,
+                    ),
+                };
                 if self.bridge.uplink_unacknowledged() == 0 || Instant::now() >= until {
-                    return SessionEnd::ServerShuttingDown;
+                    return end;
                 }
                 match select2(self.upstream.stream.fill(), reactor::sleep_until(until)).await {
                     Either::Left(Ok(true)) | Either::Right(()) => continue,
@@ -461,7 +508,9 @@ impl Pump<'_> {
                 self.device_buf = BytesMut::new();
             }
             let device_read = read_device(self.device, &mut self.device_buf, deadline);
-            let device_or_drain = select2(device_read, self.state.drain.wait());
+            let drain_or_reload =
+                select2(self.state.drain.wait(), self.state.plan_changed.changed());
+            let device_or_drain = select2(device_read, drain_or_reload);
             match select2(device_or_drain, self.upstream.stream.fill()).await {
                 Either::Left(Either::Left(DeviceRead::Bytes(n))) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
@@ -471,8 +520,8 @@ impl Pump<'_> {
                 Either::Left(Either::Left(DeviceRead::KeepAliveExpired)) => {
                     return SessionEnd::DeviceKeepAliveTimeout
                 }
-                // The shard started draining: handled at the top of the loop.
-                Either::Left(Either::Right(())) => {}
+                // The shard started draining, or a reload: handled at the top of the loop.
+                Either::Left(Either::Right(_)) => {}
                 Either::Right(Ok(true)) => {}
                 Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
             }

@@ -58,6 +58,8 @@ impl ReasonCode {
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
     /// 0x8E Session taken over: another connection with the same client id was accepted.
     pub const SESSION_TAKEN_OVER: Self = Self(0x8E);
+    /// 0x98 Administrative action: the operator's configuration ended the session.
+    pub const ADMINISTRATIVE_ACTION: Self = Self(0x98);
     /// 0x8F Topic Filter invalid.
     pub const TOPIC_FILTER_INVALID: Self = Self(0x8F);
     /// 0x90 Topic Name invalid.
