@@ -14,7 +14,7 @@ use super::{defaults, Compiler};
 use crate::config::schema::{RawDuration, RawMqtt};
 use crate::config::tls_material;
 use crate::config::values::{format_duration, parse_duration};
-use crate::policy::template::Placeholder;
+use crate::policy::template::{Placeholder, SIM_PLACEHOLDERS};
 use crate::policy::{
     MqttDestination, MqttMode, MqttUpstreamVersion, Secret, Template, TemplateError, WhileDown,
     MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN, MQTT_LINGER_MAX,
@@ -104,8 +104,8 @@ impl Compiler<'_> {
         let client_id = self.template(
             &client_id_path,
             raw.client_id.as_deref().unwrap_or(default_client_id),
-            IDENTITY_PLACEHOLDERS,
-            excluded_in_mode(mode),
+            &with_sim(IDENTITY_BASE),
+            &excluded_in_mode(mode),
             mode,
         );
         if let Some(template) = &client_id {
@@ -131,8 +131,8 @@ impl Compiler<'_> {
                 .template(
                     &format!("{p}.username"),
                     text,
-                    IDENTITY_PLACEHOLDERS,
-                    excluded_in_mode(mode),
+                    &with_sim(IDENTITY_BASE),
+                    &excluded_in_mode(mode),
                     mode,
                 )
                 .map(Some),
@@ -208,7 +208,7 @@ impl Compiler<'_> {
         let topic_path = format!("{p}.topic");
         let topic_text = raw.topic.as_deref().unwrap_or(default_topic);
         // Rendered per device message in both modes, so no mode excludes a placeholder.
-        let topic = self.template(&topic_path, topic_text, TOPIC_PLACEHOLDERS, &[], mode);
+        let topic = self.template(&topic_path, topic_text, &with_sim(TOPIC_BASE), &[], mode);
         if let Some(template) = &topic {
             if !template.uses(Placeholder::Topic) {
                 self.push(
@@ -477,48 +477,29 @@ impl Compiler<'_> {
     }
 }
 
-/// Placeholders of `mqtt.client_id` and `mqtt.username` (before the per-mode exclusions).
-const IDENTITY_PLACEHOLDERS: &[Placeholder] = &[
+/// Placeholders of `mqtt.client_id` and `mqtt.username` (before the per-mode exclusions),
+/// besides the SIM's ([`SIM_PLACEHOLDERS`]).
+const IDENTITY_BASE: &[Placeholder] = &[
     Placeholder::ClientId,
     Placeholder::Ip,
     Placeholder::Shard,
     Placeholder::Conn,
-    Placeholder::Imsi,
-    Placeholder::Imei,
-    Placeholder::Msisdn,
-    Placeholder::SimId,
-    Placeholder::Name,
-    Placeholder::Tag,
 ];
 
-/// Placeholders of `mqtt.topic` (one device's, in both modes).
-const TOPIC_PLACEHOLDERS: &[Placeholder] = &[
-    Placeholder::ClientId,
-    Placeholder::Ip,
-    Placeholder::Topic,
-    Placeholder::Imsi,
-    Placeholder::Imei,
-    Placeholder::Msisdn,
-    Placeholder::SimId,
-    Placeholder::Name,
-    Placeholder::Tag,
-];
+/// Placeholders of `mqtt.topic` (one device's, in both modes), besides the SIM's.
+const TOPIC_BASE: &[Placeholder] = &[Placeholder::ClientId, Placeholder::Ip, Placeholder::Topic];
+
+/// `base` and every SIM placeholder.
+fn with_sim(base: &[Placeholder]) -> Vec<Placeholder> {
+    base.iter().chain(SIM_PLACEHOLDERS).copied().collect()
+}
 
 /// Placeholders a mode cannot fill: session connections have no shard-wide numbering,
 /// aggregate connections no single device (so no device's address or SIM either).
-fn excluded_in_mode(mode: MqttMode) -> &'static [Placeholder] {
+fn excluded_in_mode(mode: MqttMode) -> Vec<Placeholder> {
     match mode {
-        MqttMode::Session => &[Placeholder::Shard, Placeholder::Conn],
-        MqttMode::Aggregate => &[
-            Placeholder::ClientId,
-            Placeholder::Ip,
-            Placeholder::Imsi,
-            Placeholder::Imei,
-            Placeholder::Msisdn,
-            Placeholder::SimId,
-            Placeholder::Name,
-            Placeholder::Tag,
-        ],
+        MqttMode::Session => vec![Placeholder::Shard, Placeholder::Conn],
+        MqttMode::Aggregate => with_sim(&[Placeholder::ClientId, Placeholder::Ip]),
     }
 }
 
