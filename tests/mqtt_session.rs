@@ -648,6 +648,7 @@ fn upstream_failures_of_mqtt_sessions_are_counted_as_mqtt_errors() {
         },
         Default::default(),
         &Default::default(),
+        None,
     );
     let upstream_kinds = [
         "upstream_connect",

@@ -32,6 +32,8 @@ pub(crate) struct RawConfig {
     /// `[[group]]`.
     #[serde(default)]
     pub group: Vec<RawGroup>,
+    /// `[radius]`: optional.
+    pub radius: Option<RawRadius>,
     /// `[[sim]]`.
     #[serde(default)]
     pub sim: Vec<RawSim>,
@@ -211,6 +213,15 @@ pub(crate) struct RawGroup {
     pub routes: Vec<RawRoute>,
     pub attach: Option<Vec<String>>,
     pub signing_secret: Option<RawSecret>,
+}
+
+/// `[radius]`: the RADIUS accounting listener (live IP → SIM bindings from the packet core).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRadius {
+    pub bind: String,
+    pub secret: RawSecret,
+    pub unknown_imsi: Option<String>,
 }
 
 /// A secret: inline (`"…"`), `{ file = "path" }` (relative to the config's directory; a trailing

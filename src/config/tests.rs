@@ -1930,3 +1930,38 @@ fn signing_secrets_come_from_a_file_the_environment_or_inline_and_are_long_enoug
         assert!(!error.to_string().contains("TOPSECRET"), "{error}");
     }
 }
+
+#[test]
+fn radius_settings_are_checked_at_their_paths() {
+    use crate::policy::UnknownImsi;
+    let fx = Fixture::new();
+    let with = |table: &str| format!("{MINIMAL}\n[radius]\n{table}\n");
+    let plan = fx
+        .compile(&with(
+            "bind = \"0.0.0.0:1813\"\nsecret = \"0123456789abcdef\"\nunknown_imsi = \"default\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let radius = plan.radius.expect("radius");
+    assert_eq!(radius.bind, "0.0.0.0:1813".parse().unwrap());
+    assert_eq!(radius.unknown_imsi, UnknownImsi::Default);
+    assert!(fx.compile(MINIMAL).expect("valid").radius.is_none());
+    for (table, path, needle) in [
+        (
+            "bind = \"1813\"\nsecret = \"0123456789abcdef\"",
+            "radius.bind",
+            "invalid socket address",
+        ),
+        (
+            "bind = \"0.0.0.0:1813\"\nsecret = \"short\"",
+            "radius.secret",
+            "too short: 5 byte(s); at least 16",
+        ),
+        (
+            "bind = \"0.0.0.0:1813\"\nsecret = \"0123456789abcdef\"\nunknown_imsi = \"drop\"",
+            "radius.unknown_imsi",
+            "expected \"ignore\" or \"default\"",
+        ),
+    ] {
+        assert_single(&fx.errors(&with(table)), path, needle);
+    }
+}

@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use hdrhistogram::Histogram;
 
+use super::radius::RadiusStats;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
 
 /// Reload counters kept by the control thread.
@@ -53,6 +54,7 @@ pub fn render(
     plans: &PlanGenerations,
     reloads: ReloadCounters,
     dns: &BTreeMap<String, DnsCounters>,
+    radius: Option<&RadiusStats>,
 ) -> String {
     let shards = plans.served.len();
     let mut out = String::with_capacity(8 * 1024);
@@ -375,6 +377,68 @@ pub fn render(
         "Aggregate-mode device sessions ended because a newer connection took their client id",
         &[("", a.sessions_taken_over)],
     );
+    if let Some(r) = radius {
+        let statuses = [
+            "start",
+            "stop",
+            "interim_update",
+            "accounting_on",
+            "accounting_off",
+            "other",
+        ];
+        let requests: Vec<(String, u64)> = statuses
+            .iter()
+            .map(|s| {
+                (
+                    format!("status=\"{s}\""),
+                    r.requests.get(s).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, u64)> = requests.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            w,
+            "simgate_radius_requests_total",
+            "Accounting-Requests that verified (each answered), by Acct-Status-Type",
+            &refs,
+        );
+        let dropped: Vec<(String, u64)> = r
+            .dropped
+            .iter()
+            .map(|(reason, n)| (format!("reason=\"{reason}\""), *n))
+            .collect();
+        let refs: Vec<(&str, u64)> = dropped.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            w,
+            "simgate_radius_dropped_total",
+            "RADIUS datagrams dropped unanswered (bad authenticator, malformed), by reason",
+            &refs,
+        );
+        counter(
+            w,
+            "simgate_radius_duplicates_total",
+            "Retransmitted Accounting-Requests answered again and not applied twice",
+            &[("", r.duplicates)],
+        );
+        let not_bound: Vec<(String, u64)> = r
+            .not_bound
+            .iter()
+            .map(|(reason, n)| (format!("reason=\"{reason}\""), *n))
+            .collect();
+        let refs: Vec<(&str, u64)> = not_bound.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(
+            w,
+            "simgate_radius_not_bound_total",
+            "Start/Interim-Update requests that bound nothing, by reason",
+            &refs,
+        );
+        gauge(
+            w,
+            "simgate_radius_bindings",
+            "Session addresses bound to SIMs by RADIUS accounting now",
+            &[("", r.bindings)],
+        );
+    }
     histogram(
         w,
         "simgate_http_request_duration_seconds",
@@ -463,6 +527,7 @@ mod tests {
             },
             ReloadCounters::default(),
             &dns,
+            None,
         );
         assert!(text.contains("simgate_plan_generation 1\n"));
         assert!(text.contains("simgate_shard_plan_generation{shard=\"1\"} 0\n"));

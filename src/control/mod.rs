@@ -14,6 +14,7 @@
 //! config says so explicitly (`gateway.admin_allow_non_loopback`).
 
 pub mod metrics;
+pub mod radius;
 pub mod resolve;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,8 @@ pub struct Control {
     /// Re-resolution counters by destination name; kept across reloads (counters never go
     /// back).
     dns: Mutex<BTreeMap<String, DnsCounters>>,
+    /// What the RADIUS accounting listener did (shared with its task).
+    radius: Arc<Mutex<radius::RadiusStats>>,
 }
 
 impl Control {
@@ -83,6 +86,7 @@ impl Control {
             reloads: Mutex::new(ReloadCounters::default()),
             plan_tx,
             dns: Mutex::new(BTreeMap::new()),
+            radius: Arc::new(Mutex::new(radius::RadiusStats::default())),
         })
     }
 
@@ -142,7 +146,15 @@ impl Control {
                     expected: g.generation(),
                     served: g.served_generations(),
                 };
-                metrics::render(&shards, &listeners, &plans, *self.reloads.lock(), &dns)
+                let radius = self.radius.lock().clone();
+                metrics::render(
+                    &shards,
+                    &listeners,
+                    &plans,
+                    *self.reloads.lock(),
+                    &dns,
+                    plan.radius.as_ref().map(|_| &radius),
+                )
             }
             None => String::new(),
         }
@@ -189,6 +201,16 @@ impl Control {
                 plan.gateway.shards
             ));
         }
+        let old_bind = gateway.plan().radius.as_ref().map(|r| r.bind);
+        let new_bind = plan.radius.as_ref().map(|r| r.bind);
+        if old_bind != new_bind {
+            return Err(format!(
+                "radius.bind: starting, stopping or moving the RADIUS listener ({} -> {}) \
+                 needs a restart",
+                old_bind.map_or("none".to_owned(), |a| a.to_string()),
+                new_bind.map_or("none".to_owned(), |a| a.to_string()),
+            ));
+        }
         let result = gateway.reload(Arc::new(plan)).map_err(|e| e.to_string());
         // Even a partly acknowledged reload changed the served plan.
         let served = gateway.plan().clone();
@@ -232,7 +254,9 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         "device connection cap"
     );
     let admin = plan.gateway.admin;
+    let radius_settings = plan.radius.clone();
     let gateway = Gateway::start(Arc::new(plan)).map_err(RunError::Gateway)?;
+    let bindings = gateway.bindings().clone();
     for (name, addr) in gateway.listener_addrs() {
         println!("listening {name} {addr}");
     }
@@ -254,6 +278,19 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
             control.clone(),
             Arc::new(resolve::SystemResolver),
         ));
+        if let Some(settings) = radius_settings {
+            let socket = tokio::net::UdpSocket::bind(settings.bind)
+                .await
+                .map_err(RunError::Control)?;
+            let bound = socket.local_addr().map_err(RunError::Control)?;
+            println!("radius {bound}");
+            tokio::spawn(radius::serve(
+                socket,
+                control.plan_updates(),
+                bindings,
+                control.radius.clone(),
+            ));
+        }
         if let Some(addr) = admin {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

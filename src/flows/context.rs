@@ -17,6 +17,7 @@ use super::client_ids::ClientIds;
 use super::drain::DrainSignal;
 use super::mqtt_aggregate::AggregateShard;
 use super::throttle::LogThrottle;
+use crate::identity::LiveBindings;
 use crate::policy::Plan;
 use crate::reactor::Broadcast;
 use crate::stats::ShardMetrics;
@@ -47,13 +48,21 @@ pub struct ShardState {
     /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
     /// takes the id over from the session holding it, on whichever shard that is.
     pub client_ids: Arc<ClientIds>,
+    /// Live IP → SIM bindings from the packet core, shared by every shard (read once per
+    /// device connection, lock-free).
+    pub bindings: Arc<LiveBindings>,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: AggregateShard,
 }
 
 impl ShardState {
     /// The state of shard `id`, serving `plan`, sharing `client_ids` with the other shards.
-    pub fn new(id: ShardId, plan: Arc<Plan>, client_ids: Arc<ClientIds>) -> ShardState {
+    pub fn new(
+        id: ShardId,
+        plan: Arc<Plan>,
+        client_ids: Arc<ClientIds>,
+        bindings: Arc<LiveBindings>,
+    ) -> ShardState {
         ShardState {
             id,
             upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
@@ -62,6 +71,7 @@ impl ShardState {
             plan_changed: Broadcast::default(),
             gateway_error_log: LogThrottle::new(LOG_THROTTLE),
             client_ids,
+            bindings,
             mqtt_aggregate: AggregateShard::default(),
         }
     }

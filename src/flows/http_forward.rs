@@ -164,8 +164,13 @@ impl DeviceConn {
             let identity = match self.identity {
                 Some(identity) if identity.is_current(generation) => identity,
                 _ => {
-                    match DeviceIdentity::resolve(&plan, generation, self.listener, self.peer.ip())
-                    {
+                    match DeviceIdentity::resolve(
+                        &self.state.bindings,
+                        &plan,
+                        generation,
+                        self.listener,
+                        self.peer.ip(),
+                    ) {
                         Some(identity) => {
                             self.identity = Some(identity);
                             identity

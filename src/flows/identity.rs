@@ -2,7 +2,9 @@
 //! group whose policy it follows — resolved once per connection, and again only when a reload
 //! has replaced the plan (a SIM moved to another group follows it from its next HTTP request or
 //! MQTT session; the indexes of a SIM in two plans' tables differ). An unknown source address
-//! follows its listener's `unknown` setting: the gateway's `default_group`, or refused.
+//! follows its listener's `unknown` setting: the gateway's `default_group`, or refused. A live
+//! binding from the packet core (RADIUS accounting, [`LiveBindings`]) takes precedence over the
+//! table's configured address.
 //!
 //! A [`DeviceIdentity`] is two words a connection keeps across awaits; it borrows nothing, and
 //! the SIM's fields are read through the plan it was resolved with ([`DeviceIdentity::sim`]).
@@ -14,7 +16,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 
-use crate::identity::SimRef;
+use crate::identity::{LiveBindings, SimRef};
 use std::sync::Arc;
 
 use crate::policy::attach::Attach;
@@ -35,11 +37,30 @@ impl DeviceIdentity {
     /// Identify a device at `peer` on `listener` under `plan` (of `generation`). `None`: an
     /// unknown source on a listener with `unknown = "reject"`.
     pub fn resolve(
+        bindings: &LiveBindings,
         plan: &Plan,
         generation: u64,
         listener: ListenerId,
         peer: IpAddr,
     ) -> Option<DeviceIdentity> {
+        // A live binding from the packet core first: it names the IMSI of the session that
+        // holds the address now.
+        if let Some(bound) = bindings.lookup(peer) {
+            if let Some(sim) = plan.sims.by_imsi(bound.imsi) {
+                return Some(DeviceIdentity {
+                    sim: sim.index(),
+                    group: GroupId(sim.group_index()),
+                    generation,
+                });
+            }
+            if bound.default_if_unknown {
+                return Some(DeviceIdentity {
+                    sim: u32::MAX,
+                    group: plan.gateway.default_group,
+                    generation,
+                });
+            }
+        }
         match plan.identify(peer) {
             Some((sim, group)) => Some(DeviceIdentity {
                 sim: sim.index(),
@@ -62,13 +83,14 @@ impl DeviceIdentity {
     /// [`group_key`]), `None` if it moved to another group or is now refused — the session
     /// then ends, and the device reconnects into its new group.
     pub fn refresh(
+        bindings: &LiveBindings,
         group_key: u64,
         plan: &Plan,
         generation: u64,
         listener: ListenerId,
         peer: IpAddr,
     ) -> Option<DeviceIdentity> {
-        let new = DeviceIdentity::resolve(plan, generation, listener, peer)?;
+        let new = DeviceIdentity::resolve(bindings, plan, generation, listener, peer)?;
         let same = plan
             .groups
             .get(usize::from(new.group.0))

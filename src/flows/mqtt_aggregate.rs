@@ -510,7 +510,14 @@ async fn run_session(s: &mut Session) -> End {
         // reconnects into its new group.
         if !identity.is_current(state.upstreams.generation()) && device.leaving.is_none() {
             let (plan, generation) = state.current();
-            match DeviceIdentity::refresh(*group_key, &plan, generation, *listener, *peer_ip) {
+            match DeviceIdentity::refresh(
+                &state.bindings,
+                *group_key,
+                &plan,
+                generation,
+                *listener,
+                *peer_ip,
+            ) {
                 Some(new) => *identity = new,
                 None => device.leaving = Some(reactor::now() + DEVICE_WRITE_TIMEOUT),
             }

@@ -159,7 +159,9 @@ async fn connect_phase(
     }
     // One identity lookup per session: an unknown source on a listener with
     // `unknown = "reject"` is not authorized (3.1.1: return code 5).
-    let Some(identity) = DeviceIdentity::resolve(&plan, generation, listener, peer.ip()) else {
+    let Some(identity) =
+        DeviceIdentity::resolve(&state.bindings, &plan, generation, listener, peer.ip())
+    else {
         state
             .metrics
             .borrow_mut()

@@ -25,6 +25,7 @@
 //! RADIUS (a later layer on top of this table). It imports nothing else of the crate: it is the
 //! bottom layer (tests/layering.rs).
 
+mod bindings;
 mod build;
 mod csv;
 mod digits;
@@ -33,6 +34,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+pub use bindings::{BindingsWriter, Bound, LiveBindings};
 pub use build::{
     BuildError, Duplicate, SimField, SimFieldError, SimRow, SimTableBuilder, SimTags,
     MAX_TAGS_PER_SIM, MAX_TAG_KEYS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TEXT_LEN,

@@ -465,6 +465,28 @@ pub struct GroupPlan {
     pub signer: Option<Arc<signature::Signer>>,
 }
 
+/// `[radius]`: accounting from the packet core binds session addresses to SIMs.
+#[derive(Debug, Clone)]
+pub struct RadiusSettings {
+    /// UDP address the accounting listener binds (port 1813 by convention).
+    pub bind: SocketAddr,
+    /// The shared secret of the packet core's accounting clients.
+    pub secret: Secret,
+    /// What a session of an IMSI not in the SIM table gets.
+    pub unknown_imsi: UnknownImsi,
+}
+
+/// `radius.unknown_imsi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownImsi {
+    /// Not bound: the device stays an unknown source (its listener's `unknown` applies).
+    #[default]
+    Ignore,
+    /// Bound: the device is served as the gateway's `default_group`, also on listeners that
+    /// refuse unknown sources (the packet core vouches for it), without SIM fields.
+    Default,
+}
+
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -479,6 +501,8 @@ pub struct Plan {
     /// Every configured SIM (`[[sim]]` and `gateway.sims_file`). Behind an `Arc` so that all
     /// shards share one copy (and a reload that does not change SIMs could keep it).
     pub sims: Arc<SimTable>,
+    /// The RADIUS accounting listener, if configured.
+    pub radius: Option<RadiusSettings>,
 }
 
 impl Plan {

@@ -29,6 +29,7 @@ use crate::flows::client_ids::ClientIds;
 use crate::flows::context::LOG_THROTTLE;
 use crate::flows::throttle::LogThrottle;
 pub use crate::flows::{ShardId, ShardState};
+use crate::identity::LiveBindings;
 use crate::policy::{DestinationId, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
 pub use crate::stats::{CapReason, ErrorKind, Protocol, ShardMetrics};
@@ -122,6 +123,8 @@ pub struct Gateway {
     plan: Arc<Plan>,
     /// Generation of `plan`: 0 at start, one more per reload handed to the shards.
     generation: u64,
+    /// Live IP → SIM bindings every shard reads.
+    bindings: Arc<LiveBindings>,
     /// The generation each shard serves, as the shard itself records it when it swaps plans.
     served: Arc<[AtomicU64]>,
 }
@@ -163,6 +166,7 @@ impl Gateway {
         let counts = Arc::new(caps::ConnectionCounts::new(plan.listeners.len()));
         let client_ids = Arc::new(ClientIds::new(shard_count));
         let served: Arc<[AtomicU64]> = (0..shard_count).map(|_| AtomicU64::new(0)).collect();
+        let bindings = Arc::new(LiveBindings::default());
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -176,6 +180,7 @@ impl Gateway {
                 connections: counts.clone(),
                 client_ids: client_ids.clone(),
                 served: served.clone(),
+                bindings: bindings.clone(),
             };
             let core = if plan.gateway.pin_shards && !cores.is_empty() {
                 Some(cores[index % cores.len()])
@@ -224,6 +229,7 @@ impl Gateway {
                         plan: plan.clone(),
                         generation: 0,
                         served: served.clone(),
+                        bindings: bindings.clone(),
                     };
                     partial.stop();
                     return Err(GatewayError::ShardStart(why));
@@ -243,6 +249,7 @@ impl Gateway {
             plan,
             generation: 0,
             served,
+            bindings,
         };
         for _ in 0..shard_count {
             match ready_rx.recv() {
@@ -284,6 +291,11 @@ impl Gateway {
     /// The plan currently served.
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
+    }
+
+    /// The live IP → SIM bindings the shards read (the RADIUS listener writes them).
+    pub fn bindings(&self) -> &Arc<LiveBindings> {
+        &self.bindings
     }
 
     /// The generation of [`Gateway::plan`] (0 at start, one more per reload).
@@ -469,6 +481,8 @@ struct SharedByShards {
     client_ids: Arc<ClientIds>,
     /// Where each shard records the plan generation it serves (written at each reload only).
     served: Arc<[AtomicU64]>,
+    /// Live IP → SIM bindings (written by the control thread's RADIUS listener).
+    bindings: Arc<LiveBindings>,
 }
 
 fn shard_main(
@@ -484,7 +498,12 @@ fn shard_main(
     let ready_on_error = ready.clone();
     let result = reactor::block_on(&cfg, async move {
         let served = shared.served;
-        let state = Rc::new(ShardState::new(id, plan, shared.client_ids));
+        let state = Rc::new(ShardState::new(
+            id,
+            plan,
+            shared.client_ids,
+            shared.bindings,
+        ));
         let acceptor = Rc::new(Acceptor {
             state: state.clone(),
             connections: shared.connections,

@@ -20,6 +20,8 @@ pub struct Simgate {
     pub listeners: Vec<(String, SocketAddr)>,
     /// Admin endpoint address.
     pub admin: Option<SocketAddr>,
+    /// RADIUS accounting listener address (`radius ADDR` line), if configured.
+    pub radius: Option<SocketAddr>,
     /// Config file it runs from.
     pub config_path: PathBuf,
     stderr_path: PathBuf,
@@ -80,6 +82,7 @@ impl Simgate {
         let mut lines = BufReader::new(stdout).lines();
         let mut listeners: Vec<(String, SocketAddr)> = Vec::new();
         let mut admin = None;
+        let mut radius = None;
         loop {
             let line = match lines.next() {
                 Some(Ok(l)) => l,
@@ -97,6 +100,7 @@ impl Simgate {
                     listeners.push((name.to_string(), addr.parse().expect("listener addr")))
                 }
                 ["admin", addr] => admin = Some(addr.parse().expect("admin addr")),
+                ["radius", addr] => radius = Some(addr.parse().expect("radius addr")),
                 ["ready"] => break,
                 _ => {}
             }
@@ -114,6 +118,7 @@ impl Simgate {
             http,
             listeners,
             admin,
+            radius,
             config_path,
             stderr_path,
         }
@@ -343,6 +348,11 @@ impl Device {
         self.send(bytes);
         self.read_response()
     }
+}
+
+/// One request on a fresh connection from source address `from`.
+pub fn raw_exchange_from(addr: SocketAddr, from: std::net::IpAddr, bytes: &[u8]) -> Response {
+    Device::connect_from(addr, from).request(bytes)
 }
 
 /// One request on a fresh connection.

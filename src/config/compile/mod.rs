@@ -34,6 +34,7 @@ mod groups;
 mod listeners;
 mod mqtt;
 mod pool;
+mod radius;
 mod sim_templates;
 
 use std::collections::HashMap;
@@ -251,12 +252,17 @@ impl Compiler<'_> {
             }
         };
 
+        let radius = match &raw.radius {
+            None => Some(None),
+            Some(r) => self.radius(r).map(Some),
+        };
         let plan = Plan {
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
             groups: groups?,
             sims: sims?,
+            radius: radius?,
         };
         self.check_sim_templates(&plan);
         Some(plan)

@@ -462,6 +462,7 @@ impl Pump<'_> {
             {
                 let (plan, generation) = self.state.current();
                 match DeviceIdentity::refresh(
+                    &self.state.bindings,
                     self.group_key,
                     &plan,
                     generation,
