@@ -517,3 +517,205 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
     guest.send(&publish("g", 4, false)).expect("PUBLISH");
     wait_puback(&mut guest, 4);
 }
+
+/// The next PUBLISH `client` receives, as (topic, user properties, payload).
+fn next_publish_with_payload(client: &mut Client) -> (String, Vec<(String, String)>, Bytes) {
+    loop {
+        match client.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::Publish(p))) => {
+                let props = p
+                    .properties
+                    .user_properties
+                    .iter()
+                    .map(|u| {
+                        (
+                            String::from_utf8_lossy(&u.name).into_owned(),
+                            String::from_utf8_lossy(&u.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                return (
+                    String::from_utf8_lossy(&p.topic).into_owned(),
+                    props,
+                    p.payload,
+                );
+            }
+            Ok(Some(_)) => {}
+            other => panic!("expected a PUBLISH at the broker, got {other:?}"),
+        }
+    }
+}
+
+/// Parse an envelope and check its timestamp is Unix milliseconds of about now.
+fn envelope(body: &[u8]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let ts = v["timestamp"].as_u64().expect("a numeric timestamp");
+    assert!(
+        ts <= now_ms && now_ms - ts < 60_000,
+        "timestamp {ts} is not Unix ms near {now_ms}"
+    );
+    v
+}
+
+#[test]
+fn http_envelope_json_wraps_the_body_with_the_sims_identity() {
+    let world = World::new();
+    std::fs::write(
+        world.dir.path().join("meters.secret"),
+        format!("{SECRET}\n"),
+    )
+    .expect("write the secret");
+    // Both destinations wrap.
+    let cfg = config(&world, "meters").replace(
+        "server_name = \"localhost\"\n",
+        "server_name = \"localhost\"\nenvelope = \"json\"\n",
+    );
+    let gw = world.simgate(&cfg);
+    let strict = gw.listener("strict");
+    let open = gw.listener("open");
+    let mut meter = Device::connect_from(strict, ip(KNOWN));
+
+    // A JSON body: kept as JSON; the framing and type are simgate's.
+    let body = br#"{"t": 21.5, "unit": "C"}"#;
+    let r = meter.request(&post("/m", body, "Content-Type: text/plain\r\n"));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = world.sink.requests();
+    let last = seen.last().expect("the sink saw the request");
+    assert_eq!(last.path, "/meters/m");
+    assert_eq!(
+        header(last, "content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(
+        header(last, "content-length"),
+        Some(last.body.len().to_string())
+    );
+    let v = envelope(&last.body);
+    assert_eq!(v["imsi"], "001010000000002");
+    assert_eq!(v["name"], "meter-2");
+    assert_eq!(v["tags"], serde_json::json!({"site": "kyoto"}));
+    assert_eq!(v["payload"], serde_json::json!({"t": 21.5, "unit": "C"}));
+    assert!(v.get("payload_encoding").is_none(), "{v}");
+    // The identity headers are still attached, and the signature covers the envelope.
+    assert_eq!(
+        header(last, "x-simgate-imsi").as_deref(),
+        Some("001010000000002")
+    );
+    assert_eq!(
+        python_verdicts(
+            world.dir.path(),
+            &[
+                http_case("enveloped", last, None),
+                http_case("device-body", last, Some(body))
+            ]
+        ),
+        [
+            "enveloped valid",
+            "device-body invalid signature does not match"
+        ]
+        .map(str::to_owned),
+    );
+
+    // A binary body: base64.
+    let r = meter.request(&post("/m", b"\x00\xff\x10", ""));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = world.sink.requests();
+    let v = envelope(&seen.last().expect("request").body);
+    assert_eq!(v["payload"], "AP8Q");
+    assert_eq!(v["payload_encoding"], "base64");
+    assert_eq!(v["imsi"], "001010000000002");
+
+    // A chunked body: de-chunked, sent with Content-Length, its trailers dropped.
+    let chunked = b"POST /m HTTP/1.1\r\nHost: device\r\nTransfer-Encoding: chunked\r\n\
+                    Trailer: X-Check\r\n\r\n3\r\n[1,\r\n2\r\n2]\r\n0\r\nX-Check: 1\r\n\r\n";
+    let r = meter.request(chunked);
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = world.sink.requests();
+    let last = seen.last().expect("request");
+    assert_eq!(header(last, "transfer-encoding"), None);
+    assert_eq!(
+        header(last, "content-length"),
+        Some(last.body.len().to_string())
+    );
+    assert!(last.trailers.is_empty(), "{:?}", last.trailers);
+    let v = envelope(&last.body);
+    assert_eq!(v["payload"], serde_json::json!([1, 2]));
+
+    // A device without a SIM: still wrapped, with no identity.
+    let mut guest = Device::connect_from(open, ip(UNKNOWN));
+    let r = guest.request(&post("/m", b"[3]", ""));
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let seen = world.sink.requests();
+    let last = seen.last().expect("request");
+    assert_eq!(last.path, "/m", "the default group's route");
+    let v = envelope(&last.body);
+    let keys: Vec<&String> = v.as_object().expect("object").keys().collect();
+    assert_eq!(keys.len(), 2, "only timestamp and payload: {v}");
+    assert_eq!(v["payload"], serde_json::json!([3]));
+}
+
+#[test]
+fn mqtt_envelope_json_wraps_uplink_payloads_with_the_sims_identity() {
+    let world = World::new();
+    std::fs::write(world.dir.path().join("meters.secret"), SECRET).expect("write the secret");
+    let broker = Broker::start(world.dir.path(), &world.pki, BrokerOptions::default());
+    let cfg = mqtt_config(&world, &broker, "meters").replace(
+        "[destination.mqtt]",
+        "envelope = \"json\"\n[destination.mqtt]",
+    );
+    let gw = world.simgate(&cfg);
+    let strict = gw.listener("mqtt-strict");
+    let open = gw.listener("mqtt-session");
+    let broker_addr = std::net::SocketAddr::from(([127, 0, 0, 1], broker.plain_port));
+    let mut checker =
+        Client::connect(broker_addr, "checker", ProtocolVersion::V5, true).expect("checker");
+    checker.subscribe("#", QoS::AtLeastOnce).expect("subscribe");
+
+    // Aggregate mode: the payload "21.5" is JSON, kept as a number.
+    let mut meter = Client::connect_from(strict, ip(KNOWN), "meter", ProtocolVersion::V5)
+        .expect("known SIM accepted");
+    meter.send(&publish("t", 1, false)).expect("PUBLISH");
+    wait_puback(&mut meter, 1);
+    let (topic, props, payload) = next_publish_with_payload(&mut checker);
+    assert_eq!(topic, "sims/001010000000002/kyoto/t");
+    let v = envelope(&payload);
+    assert_eq!(v["imsi"], "001010000000002");
+    assert_eq!(v["tags"], serde_json::json!({"site": "kyoto"}));
+    assert_eq!(v["payload"], 21.5);
+    assert!(
+        v.get("name").is_none(),
+        "the group does not attach the name: {v}"
+    );
+    // The signature covers the wrapped payload as delivered.
+    assert_eq!(
+        python_verdicts(
+            world.dir.path(),
+            &[
+                mqtt_case("agg", &topic, &props, &payload),
+                mqtt_case("agg-raw", &topic, &props, b"21.5"),
+            ]
+        ),
+        ["agg valid", "agg-raw invalid signature does not match"].map(str::to_owned),
+    );
+
+    // Session mode, a 3.1.1 device: wrapped as well; a binary payload is base64.
+    let mut sess = Client::connect_from(open, ip(KNOWN), "meter-s", ProtocolVersion::V311)
+        .expect("session accepted");
+    let Packet::Publish(mut binary) = publish("s", 2, false) else {
+        unreachable!()
+    };
+    binary.payload = Bytes::from_static(b"\x00\xff\x10");
+    sess.send(&Packet::Publish(binary)).expect("PUBLISH");
+    wait_puback(&mut sess, 2);
+    let (topic, _, payload) = next_publish_with_payload(&mut checker);
+    assert_eq!(topic, "sessions/meter-s/s");
+    let v = envelope(&payload);
+    assert_eq!(v["imsi"], "001010000000002");
+    assert_eq!(v["payload"], "AP8Q");
+    assert_eq!(v["payload_encoding"], "base64");
+}

@@ -164,6 +164,8 @@ pub(crate) struct RawDestination {
     pub alpn: Option<Vec<String>>,
     /// `"off"`, `"0"` or a duration; parsed in `compile`.
     pub resolve_interval: Option<RawDuration>,
+    /// `"none"` (default) or `"json"`; parsed in `compile`.
+    pub envelope: Option<String>,
     #[serde(default)]
     pub pool: RawPool,
     /// `[destination.mqtt]`: required for `adapter = "mqtts"`, an error otherwise.

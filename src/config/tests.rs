@@ -586,6 +586,7 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("server_name = \"sink.test\"", "server_name = \"bad name\"", "destination[0].server_name", "invalid server name \"bad name\""),
     ("host_header = \"ingest.sink.test\"", "host_header = \"a\\r\\nX-Evil: 1\"", "destination[0].host_header", "without line breaks"),
     ("base_path = \"/ingest/\"", "base_path = \"ingest\"", "destination[0].base_path", "must start with '/'"),
+    ("base_path = \"/ingest/\"", "base_path = \"/ingest/\"\nenvelope = \"xml\"", "destination[0].envelope", "unsupported envelope \"xml\"; supported: \"none\", \"json\""),
     ("alpn = [\"http/1.1\"]", "alpn = [\"http/1.1\", \"h2\"]", "destination[0].alpn[1]", "unsupported ALPN protocol \"h2\""),
     ("warm = 1", "warm = 9", "destination[0].pool.warm", "9 exceeds pool.max_idle (8)"),
     ("warm = 1", "warm = -1", "destination[0].pool.warm", "must be in 0..=1024"),

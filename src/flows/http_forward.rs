@@ -6,7 +6,10 @@
 //! forwarded verbatim as slices of the receive buffer (minus the trailer fields RFC 9110 §6.5.1
 //! keeps out of trailers, counted in `simgate_http_trailer_fields_dropped_total`), then stream
 //! the upstream response back (its trailers relayed as received).
-//! Keep-alive on both sides.
+//! Keep-alive on both sides. A destination with `envelope = "json"` gets a request body wrapped
+//! instead ([`crate::policy::envelope`]): de-chunked, trailers dropped, sent whole with
+//! `Content-Type: application/json` and a recomputed `Content-Length` (a request without a body
+//! is forwarded as it is).
 //!
 //! Answers generated here, each with a plain-text reason body:
 //! - 400/413/431/501/505 for bad requests (from the codec), then the connection is closed; this
@@ -38,6 +41,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::identity::DeviceIdentity;
 use super::ShardState;
+use crate::policy::envelope::{self, Envelope};
 use crate::policy::signature::{SignInput, Signer};
 use crate::policy::{DestinationId, ErrorDetail, HttpListenerLimits, ListenerId, Plan};
 use crate::proto::http1::{
@@ -401,14 +405,33 @@ impl DeviceConn {
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
             .collect();
-        let dropped = http1::write_upstream_request_head(
-            &mut head,
-            &request.head,
-            &https.host_header,
-            &https.base_path,
-            self.peer.ip(),
-            &extra,
-        );
+        // `envelope = "json"`: a request with a body gets it wrapped (de-chunked, trailers
+        // dropped) and sent whole with `Content-Length`; a request without one goes as it is.
+        let enveloped = (dest.envelope == Envelope::Json
+            && request.head.body != http1::BodyLength::None)
+            .then(|| envelope::wrap(&fields, envelope::now_ms(), &device_body(request)));
+        let dropped = match &enveloped {
+            Some(body) => http1::write_upstream_request_head_replacing_body(
+                &mut head,
+                &request.head,
+                &https.host_header,
+                &https.base_path,
+                self.peer.ip(),
+                &extra,
+                http1::ReplacedBody {
+                    content_type: "application/json",
+                    length: body.len() as u64,
+                },
+            ),
+            None => http1::write_upstream_request_head(
+                &mut head,
+                &request.head,
+                &https.host_header,
+                &https.base_path,
+                self.peer.ip(),
+                &extra,
+            ),
+        };
         if dropped > 0 {
             self.state
                 .metrics
@@ -416,13 +439,24 @@ impl DeviceConn {
                 .http_identity_headers_dropped += dropped as u64;
         }
         if let Some(signer) = group.and_then(|(_, g)| g.signer.as_deref()) {
-            sign_request_head(&mut head, signer, &fields, request);
+            // Over the body as sent: the envelope when there is one.
+            match &enveloped {
+                Some(body) => sign_request_head(&mut head, signer, &fields, body),
+                None => sign_request_head(&mut head, signer, &fields, &device_body(request)),
+            }
         }
         let head = head.freeze();
-        // The head, then the body: verbatim, minus trailer fields that must not be forwarded.
+        // The head, then the body: the envelope, or the device's verbatim, minus trailer fields
+        // that must not be forwarded.
         let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
         parts.push(&head);
-        let dropped = request.forward_body(&[], &mut parts);
+        let dropped = match &enveloped {
+            Some(body) => {
+                parts.push(body);
+                0
+            }
+            None => request.forward_body(&[], &mut parts),
+        };
         if dropped > 0 {
             self.state.metrics.borrow_mut().http_trailer_fields_dropped += dropped as u64;
             tracing::debug!(peer = %self.peer, dropped, "trailer fields dropped");
@@ -719,11 +753,23 @@ fn device_reason(detail: ErrorDetail, status: u16, full: &str) -> &str {
 /// `write_upstream_request_head` just wrote (it ends with the blank line): HMAC over the
 /// method and target as written, the time, the attached `fields` and the body as the upstream
 /// will read it (de-chunked). See docs/signature.md.
+/// The device's body content: de-chunked (extensions and trailers dropped) when it was sent
+/// chunked, else the body as received.
+fn device_body(request: &Request) -> std::borrow::Cow<'_, [u8]> {
+    if request.head.body == http1::BodyLength::Chunked {
+        let mut data = Vec::new();
+        http1::Dechunker::default().feed(&request.body, &mut data);
+        std::borrow::Cow::Owned(data.concat())
+    } else {
+        std::borrow::Cow::Borrowed(&request.body)
+    }
+}
+
 fn sign_request_head(
     head: &mut BytesMut,
     signer: &Signer,
     fields: &[(String, String)],
-    request: &Request,
+    body: &[u8],
 ) {
     let line_end = head
         .windows(2)
@@ -733,15 +779,6 @@ fn sign_request_head(
     let mut parts = line.splitn(3, |&b| b == b' ');
     let method = parts.next().unwrap_or_default().to_vec();
     let target = parts.next().unwrap_or_default().to_vec();
-    let dechunked;
-    let body: &[u8] = if request.head.body == http1::BodyLength::Chunked {
-        let mut data = Vec::new();
-        http1::Dechunker::default().feed(&request.body, &mut data);
-        dechunked = data.concat();
-        &dechunked
-    } else {
-        &request.body
-    };
     let timestamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -117,6 +117,17 @@ impl DeviceIdentity {
         plan.sims.get(self.sim)
     }
 
+    /// The identity fields a JSON envelope carries for this device (its group's attached
+    /// fields the SIM has, as [`crate::policy::envelope::identity_fields`]), read through
+    /// `plan` (the plan it was resolved under); empty for an unknown source.
+    pub fn envelope_fields(&self, plan: &Plan) -> Box<[(String, String)]> {
+        let attach = plan
+            .groups
+            .get(usize::from(self.group.0))
+            .map_or(Attach::NONE, |g| g.attach);
+        crate::policy::envelope::identity_fields(self.sim(plan).as_ref(), attach).into()
+    }
+
     /// The fields the device's group attaches, as MQTT 5 user properties, read through `plan`
     /// (the plan it was resolved under), with the group's signer; empty for an unknown source,
     /// which still has its group's field names reserved.

@@ -71,6 +71,7 @@ use super::mqtt_bridge::{
     SessionFuture,
 };
 use super::ShardState;
+use crate::policy::envelope::{self, Envelope};
 use crate::policy::{DestinationId, ListenerId, Plan, TemplateVars, TopicMap, WhileDown};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
@@ -175,6 +176,9 @@ struct Device {
     /// The SIM identity attached to every uplink PUBLISH (MQTT 5 user properties; empty when
     /// the link speaks 3.1.1, the source is unknown or the group attaches nothing).
     identity_properties: AttachedProperties,
+    /// `envelope = "json"`: the identity fields every uplink payload is wrapped with (empty
+    /// for an unknown source); `None`: payloads go as sent.
+    envelope: Option<Box<[(String, String)]>>,
     /// The destination's `topic` template resolved for this device.
     topics: TopicMap,
     receive_maximum: usize,
@@ -360,6 +364,7 @@ fn admit(
         version,
         leaving: None,
         identity_properties,
+        envelope: (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(plan)),
         topics: TopicMap::new(&mqtt_dest.topic, &vars),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
         device_max_packet: connect.properties.maximum_packet_size,
@@ -777,12 +782,19 @@ impl Device {
                 (ProtocolVersion::V311, _) => Some(End::Abnormal(None)),
             };
         };
+        // Wrapped before signing: the signature covers the payload as sent.
+        let payload = match &self.envelope {
+            Some(fields) => {
+                Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload))
+            }
+            None => publish.payload,
+        };
         let properties = if link.core.borrow().version() == ProtocolVersion::V5 {
             let mut p = publish.properties;
             p.topic_alias = None;
             p.subscription_identifiers.clear();
             self.identity_properties
-                .apply_to_publish(&mut p, &topic, &publish.payload);
+                .apply_to_publish(&mut p, &topic, &payload);
             p
         } else {
             Properties::default()
@@ -802,7 +814,7 @@ impl Device {
             topic,
             packet_id: None,
             properties,
-            payload: publish.payload,
+            payload,
         };
         if link.with_core(|c| c.publish(upstream, owner)) == Enqueued::Dropped {
             tracing::trace!("qos 0 publish dropped: link down");
@@ -1027,6 +1039,7 @@ mod tests {
             version,
             leaving: None,
             identity_properties: AttachedProperties::default(),
+            envelope: None,
             topics: TopicMap::new(&topic, &vars),
             receive_maximum: 2,
             device_max_packet: None,

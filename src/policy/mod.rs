@@ -11,6 +11,7 @@
 //! files, open sockets, or apply a listener's [`UnknownSource`] rule (the flows do).
 
 pub mod attach;
+pub mod envelope;
 pub mod signature;
 pub mod template;
 
@@ -388,6 +389,8 @@ pub struct DestinationPlan {
     pub tls: Arc<rustls::ClientConfig>,
     /// Pool settings.
     pub pool: PoolSettings,
+    /// How the device's body (HTTP) / uplink payload (MQTT) is sent (`envelope`).
+    pub envelope: envelope::Envelope,
 }
 
 impl DestinationPlan {
@@ -419,6 +422,7 @@ impl std::fmt::Debug for DestinationPlan {
             .field("resolve", &self.resolve)
             .field("server_name", &self.server_name)
             .field("pool", &self.pool)
+            .field("envelope", &self.envelope)
             .finish_non_exhaustive()
     }
 }

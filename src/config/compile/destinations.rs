@@ -1,6 +1,7 @@
 //! Compiles `[[destination]]` into [`DestinationPlan`]s: adapter, endpoint and its addresses
 //! (resolved now, re-resolved later per `resolve_interval`), server name, CA roots, client
-//! credential, Host header and base path (`https`), ALPN, and the rustls client config.
+//! credential, Host header and base path (`https`), ALPN, the body `envelope`, and the rustls
+//! client config.
 //!
 //! What this does not do: the `[destination.mqtt]` and `[destination.pool]` tables (see `mqtt`
 //! and `pool`), or DNS and root-store IO itself (through [`Environment`](super::Environment)).
@@ -21,6 +22,7 @@ use crate::config::values::{
     format_duration, is_valid_header_value, normalize_path_prefix, parse_duration, parse_endpoint,
     Endpoint, EndpointHost,
 };
+use crate::policy::envelope::Envelope;
 use crate::policy::{
     Adapter, AdapterKind, DestinationId, DestinationPlan, HttpsDestination, MqttDestination,
     Reresolve,
@@ -202,6 +204,17 @@ impl Compiler<'_> {
             (None, None) => Some(None),
         };
 
+        let envelope = match raw.envelope.as_deref() {
+            None => Some(Envelope::None),
+            Some(text) => Envelope::parse(text).or_else(|| {
+                self.push(
+                    format!("{p}.envelope"),
+                    format!("unsupported envelope {text:?}; supported: \"none\", \"json\""),
+                );
+                None
+            }),
+        };
+
         let alpn = if is_mqtts {
             self.mqtts_alpn(&p, raw.alpn.as_deref())
         } else {
@@ -226,6 +239,7 @@ impl Compiler<'_> {
             Some(pool),
             Some(mqtt),
             Some(resolve),
+            Some(envelope),
             Ok(id),
         ) = (
             adapter,
@@ -239,6 +253,7 @@ impl Compiler<'_> {
             pool,
             mqtt,
             resolve,
+            envelope,
             u16::try_from(i),
         )
         else {
@@ -276,6 +291,7 @@ impl Compiler<'_> {
             server_name,
             tls,
             pool,
+            envelope,
         })
     }
 

@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::{Bytes, BytesMut};
 
 use crate::flows::identity::AttachedProperties;
+use crate::policy::envelope;
 use crate::policy::TopicMap;
 use crate::proto::mqtt::{
     self, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
@@ -169,6 +170,9 @@ pub struct Bridge {
     uplink_unacked: HashSet<u16>,
     /// The SIM's attached fields, added to every uplink PUBLISH toward a 5.0 broker.
     identity: AttachedProperties,
+    /// `envelope = "json"`: the identity fields every uplink payload is wrapped with, whatever
+    /// the broker's version; `None`: payloads go as sent.
+    envelope: Option<Box<[(String, String)]>>,
 }
 
 impl Bridge {
@@ -179,6 +183,7 @@ impl Bridge {
             upstream,
             topics,
             identity: AttachedProperties::default(),
+            envelope: None,
             device_aliases: HashMap::new(),
             pending_unsubscribes: HashMap::new(),
             uplink_unacked: HashSet::new(),
@@ -190,6 +195,14 @@ impl Bridge {
     #[must_use]
     pub fn with_identity(mut self, identity: AttachedProperties) -> Bridge {
         self.identity = identity;
+        self
+    }
+
+    /// Wrap every uplink PUBLISH payload in a JSON envelope with these identity fields
+    /// (`destination.envelope = "json"`; see [`crate::policy::envelope`]).
+    #[must_use]
+    pub fn with_envelope(mut self, fields: Option<Box<[(String, String)]>>) -> Bridge {
+        self.envelope = fields;
         self
     }
 
@@ -245,6 +258,11 @@ impl Bridge {
                         Some(Ok(t)) => Some(t),
                         Some(Err(_)) => return invalid,
                     };
+                // Wrapped before signing: the signature covers the payload as sent.
+                if let Some(fields) = &self.envelope {
+                    publish.payload =
+                        Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload));
+                }
                 if self.upstream == ProtocolVersion::V5 {
                     self.identity
                         .apply_to_publish(&mut props, &publish.topic, &publish.payload);
@@ -598,6 +616,21 @@ mod tests {
             upstream,
             TopicMap::new(&template("devices/{client_id}/{topic}"), &vars(b"d1")),
         )
+    }
+
+    #[test]
+    fn uplink_payload_is_wrapped_when_the_destination_envelopes_even_toward_3_1_1() {
+        let fields: Box<[(String, String)]> = Box::new([("imsi".into(), "001010000000002".into())]);
+        let mut b =
+            bridge(ProtocolVersion::V311, ProtocolVersion::V311).with_envelope(Some(fields));
+        let Action::Forward(Packet::Publish(p)) = b.uplink(Packet::Publish(publish(b"t", None)))
+        else {
+            panic!("expected a forwarded publish");
+        };
+        let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+        assert_eq!(v["imsi"], "001010000000002");
+        assert_eq!(v["payload"], "eA==", "b\"x\" is not JSON: base64");
+        assert_eq!(v["payload_encoding"], "base64");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::flows::mqtt_bridge::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
 use crate::flows::ShardState;
+use crate::policy::envelope::Envelope;
 use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
     self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
@@ -255,12 +256,15 @@ pub async fn serve(session: DeviceSession) {
         .groups
         .get(usize::from(identity.group().0))
         .map_or(0, |g| group_key(&g.name));
+    let envelope = (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(&plan));
     let mut pump = Pump {
         state: &state,
         device: &mut stream,
         device_buf: buf,
         upstream: &mut upstream,
-        bridge: Bridge::new(device_version, up_version, topics).with_identity(identity_properties),
+        bridge: Bridge::new(device_version, up_version, topics)
+            .with_identity(identity_properties)
+            .with_envelope(envelope),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         identity,

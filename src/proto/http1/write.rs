@@ -63,6 +63,53 @@ pub fn write_upstream_request_head(
     client_ip: IpAddr,
     extra_headers: &[(&str, &[u8])],
 ) -> usize {
+    write_head(out, head, host, base_path, client_ip, extra_headers, None)
+}
+
+/// The body simgate sends upstream in place of the device's (an envelope), for
+/// [`write_upstream_request_head_replacing_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplacedBody<'a> {
+    /// The new body's `Content-Type`.
+    pub content_type: &'a str,
+    /// The new body's length in bytes (sent as `Content-Length`).
+    pub length: u64,
+}
+
+/// [`write_upstream_request_head`] for a request whose body simgate replaces (sent whole, with
+/// `Content-Length`): the device's framing and representation fields — `Content-Length`,
+/// `Transfer-Encoding` (a chunked body is sent de-chunked), `Content-Type`, `Content-Encoding`
+/// — are left out, and `Content-Type: body.content_type` and `Content-Length: body.length`
+/// are written after `X-Forwarded-For`, before `extra_headers`.
+pub fn write_upstream_request_head_replacing_body(
+    out: &mut BytesMut,
+    head: &RequestHead,
+    host: &str,
+    base_path: &str,
+    client_ip: IpAddr,
+    extra_headers: &[(&str, &[u8])],
+    body: ReplacedBody<'_>,
+) -> usize {
+    write_head(
+        out,
+        head,
+        host,
+        base_path,
+        client_ip,
+        extra_headers,
+        Some(body),
+    )
+}
+
+fn write_head(
+    out: &mut BytesMut,
+    head: &RequestHead,
+    host: &str,
+    base_path: &str,
+    client_ip: IpAddr,
+    extra_headers: &[(&str, &[u8])],
+    replaced: Option<ReplacedBody<'_>>,
+) -> usize {
     let mut identity_dropped = 0;
     out.put_slice(&head.method);
     out.put_u8(b' ');
@@ -98,7 +145,13 @@ pub fn write_upstream_request_head(
             identity_dropped += 1;
             continue;
         }
-        let drop = header.is("host")
+        let replaced_field = replaced.is_some()
+            && (header.is("content-length")
+                || header.is("transfer-encoding")
+                || header.is("content-type")
+                || header.is("content-encoding"));
+        let drop = replaced_field
+            || header.is("host")
             || header.is("expect")
             || (header.is("transfer-encoding") && head.body != BodyLength::Chunked)
             || extra_headers.iter().any(|(name, _)| header.is(name))
@@ -120,6 +173,12 @@ pub fn write_upstream_request_head(
     // Writing into a BytesMut cannot fail: it grows as needed.
     let _ = write!(out, "{client_ip}");
     out.put_slice(b"\r\n");
+
+    if let Some(body) = replaced {
+        out.put_slice(b"Content-Type: ");
+        put_config_token(out, body.content_type.as_bytes());
+        let _ = write!(out, "\r\nContent-Length: {}\r\n", body.length);
+    }
 
     for (name, value) in extra_headers {
         if is_valid_header_name(name) && is_valid_header_value(value) {
@@ -337,6 +396,34 @@ mod tests {
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17));
         write_upstream_request_head(&mut out, head, "api.example.com", base, ip, extra);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn replacing_the_body_replaces_the_framing_and_representation_fields() {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 17));
+        let body = ReplacedBody {
+            content_type: "application/json",
+            length: 87,
+        };
+        for input in [
+            &b"POST /m HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\
+               Content-Encoding: gzip\r\nX-A: 1\r\n\r\n21.5"[..],
+            b"POST /m HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\
+              X-A: 1\r\nTrailer: X-T\r\n\r\n4\r\n21.5\r\n0\r\nX-T: 1\r\n\r\n",
+        ] {
+            let head = request(input);
+            let mut out = BytesMut::new();
+            let extra: &[(&str, &[u8])] = &[("X-Simgate-Imsi", b"001010000000002")];
+            write_upstream_request_head_replacing_body(
+                &mut out, &head, "api", "", ip, extra, body,
+            );
+            assert_eq!(
+                String::from_utf8(out.to_vec()).unwrap(),
+                "POST /m HTTP/1.1\r\nHost: api\r\nX-A: 1\r\nX-Forwarded-For: 10.0.0.17\r\n\
+                 Content-Type: application/json\r\nContent-Length: 87\r\n\
+                 X-Simgate-Imsi: 001010000000002\r\n\r\n"
+            );
+        }
     }
 
     #[test]
