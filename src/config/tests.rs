@@ -1775,6 +1775,16 @@ fn the_shipped_sim_example_compiles_with_its_csv() {
         include_str!("../../examples/sims.csv"),
     )
     .expect("write sims.csv");
+    std::fs::write(
+        fx.path().join("radius.secret"),
+        "radius-secret-0123456789\n",
+    )
+    .expect("write radius.secret");
+    std::fs::write(
+        fx.path().join("meters.secret"),
+        "meters-signing-secret-0123456789abcdef\n",
+    )
+    .expect("write meters.secret");
     let mut hosts = fx.env.hosts.clone();
     for host in ["meters.example.com", "quarantine.example.com"] {
         hosts.insert(host.to_owned(), vec!["192.0.2.10:0".parse().unwrap()]);
@@ -1799,6 +1809,8 @@ fn the_shipped_sim_example_compiles_with_its_csv() {
         plan.identify("10.20.9.9".parse().unwrap()).is_some(),
         "the [[sim]] entry"
     );
+    assert!(plan.radius.is_some());
+    assert!(plan.groups[usize::from(group.0)].signer.is_some());
 }
 
 /// A session-mode destination whose topic names SIM fields, reached by group "meters" only
