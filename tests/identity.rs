@@ -73,7 +73,7 @@ adapter = "https"
 endpoint = "{sink}"
 server_name = "localhost"
 ca = "{ca}"
-base_path = "/meters"
+base_path = "/meters/{{imsi}}"
 
 [[group]]
 name = "default"
@@ -197,7 +197,10 @@ fn sim_identity_routes_attaches_and_cannot_be_spoofed_and_unknown_sources_follow
     assert_eq!(r.status, 200, "{}", r.body_text());
     let seen = world.sink.requests();
     let last = seen.last().expect("the sink saw the request");
-    assert_eq!(last.path, "/meters/m");
+    assert_eq!(
+        last.path, "/meters/001010000000002/m",
+        "base_path names the SIM"
+    );
     assert_eq!(
         header(last, "x-simgate-imsi").as_deref(),
         Some("001010000000002")
@@ -586,7 +589,7 @@ fn http_envelope_json_wraps_the_body_with_the_sims_identity() {
     assert_eq!(r.status, 200, "{}", r.body_text());
     let seen = world.sink.requests();
     let last = seen.last().expect("the sink saw the request");
-    assert_eq!(last.path, "/meters/m");
+    assert_eq!(last.path, "/meters/001010000000002/m");
     assert_eq!(
         header(last, "content-type").as_deref(),
         Some("application/json")

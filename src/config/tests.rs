@@ -318,7 +318,10 @@ fn full_config_compiles_to_the_expected_plan() {
         d.https().expect("https destination").host_header,
         "ingest.sink.test"
     );
-    assert_eq!(d.https().expect("https destination").base_path, "/ingest");
+    assert_eq!(
+        d.https().expect("https destination").base_path.as_str(),
+        "/ingest"
+    );
     assert_eq!(d.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
     assert!(d.tls.client_auth_cert_resolver.has_certs());
     assert_eq!(d.pool.warm, 1);
@@ -349,7 +352,7 @@ fn full_config_compiles_to_the_expected_plan() {
         "[::1]",
         "default Host omits :443"
     );
-    assert_eq!(b.https().expect("https destination").base_path, "");
+    assert_eq!(b.https().expect("https destination").base_path.as_str(), "");
     assert!(!b.tls.client_auth_cert_resolver.has_certs());
 
     assert_eq!(plan.groups.len(), 2);
@@ -413,7 +416,7 @@ fn omitted_keys_take_their_documented_defaults() {
         "sink.test",
         "default Host omits :443"
     );
-    assert_eq!(d.https().expect("https destination").base_path, "");
+    assert_eq!(d.https().expect("https destination").base_path.as_str(), "");
     assert_eq!(d.tls.alpn_protocols, vec![b"http/1.1".to_vec()]);
     let p = &d.pool;
     assert_eq!((p.warm, p.max_idle), (2, 64));
@@ -874,7 +877,8 @@ fn the_shipped_example_compiles() {
         plan.destinations[0]
             .https()
             .expect("https destination")
-            .base_path,
+            .base_path
+            .as_str(),
         "/v1"
     );
     assert_eq!(plan.groups[0].http_routes[0].path_prefix, "/telemetry");
@@ -1977,4 +1981,35 @@ fn radius_settings_are_checked_at_their_paths() {
     ] {
         assert_single(&fx.errors(&with(table)), path, needle);
     }
+}
+
+#[test]
+fn a_base_path_naming_the_sim_is_checked_like_mqtt_templates() {
+    let fx = Fixture::new();
+    let text = edit(
+        MINIMAL,
+        "endpoint = \"sink.test:443\"",
+        "endpoint = \"sink.test:443\"\nbase_path = \"/devices/{imsi}\"",
+    );
+    // The default group reaches it on a listener that serves unknown sources.
+    let error = fx.errors(&text);
+    assert_single(
+        &error,
+        "destination[0].base_path",
+        "devices without a SIM entry reach this destination",
+    );
+    let text = edit(
+        &text,
+        "bind = \"0.0.0.0:8080\"",
+        "bind = \"0.0.0.0:8080\"\nunknown = \"reject\"",
+    );
+    let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+    let base = &plan.destinations[0].https().expect("https").base_path;
+    assert!(base.uses_sim() && base.fixed_text().is_none());
+    let error = fx.errors(&edit(
+        MINIMAL,
+        "endpoint = \"sink.test:443\"",
+        "endpoint = \"sink.test:443\"\nbase_path = \"/d/{client_id}\"",
+    ));
+    assert_single(&error, "destination[0].base_path", "not allowed here");
 }

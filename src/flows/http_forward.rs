@@ -407,6 +407,28 @@ impl DeviceConn {
             .collect();
         // `envelope = "json"`: a request with a body gets it wrapped (de-chunked, trailers
         // dropped) and sent whole with `Content-Length`; a request without one goes as it is.
+        // The base path, rendered for the device's SIM if it names one (the config made sure
+        // only devices with a SIM reach such a destination).
+        let base_path: std::borrow::Cow<'_, str> = match https.base_path.fixed_text() {
+            Some(text) => text.into(),
+            None => {
+                let sim = self
+                    .identity
+                    .filter(|i| i.is_current(generation))
+                    .and_then(|i| i.sim(plan));
+                let vars = crate::policy::TemplateVars {
+                    client_id: b"",
+                    topic: b"",
+                    ip: self.peer.ip(),
+                    shard: self.state.id.0,
+                    conn: 0,
+                    sim,
+                };
+                let mut out = String::new();
+                https.base_path.render_path_into(&vars, &mut out);
+                out.into()
+            }
+        };
         let enveloped = (dest.envelope == Envelope::Json
             && request.head.body != http1::BodyLength::None)
             .then(|| envelope::wrap(&fields, envelope::now_ms(), &device_body(request)));
@@ -415,7 +437,7 @@ impl DeviceConn {
                 &mut head,
                 &request.head,
                 &https.host_header,
-                &https.base_path,
+                &base_path,
                 self.peer.ip(),
                 &extra,
                 http1::ReplacedBody {
@@ -427,7 +449,7 @@ impl DeviceConn {
                 &mut head,
                 &request.head,
                 &https.host_header,
-                &https.base_path,
+                &base_path,
                 self.peer.ip(),
                 &extra,
             ),

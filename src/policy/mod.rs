@@ -220,8 +220,9 @@ impl Adapter {
 pub struct HttpsDestination {
     /// Value of the Host header sent upstream.
     pub host_header: String,
-    /// Prefix prepended to the device's request path (may be empty; never ends with '/').
-    pub base_path: String,
+    /// Prefix prepended to the device's request path (may be empty; never ends with '/'): a
+    /// template, which may name the device's SIM (`/devices/{imsi}`; values percent-encoded).
+    pub base_path: Template,
 }
 
 /// How device MQTT sessions map onto upstream connections.

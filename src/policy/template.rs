@@ -317,6 +317,43 @@ impl Template {
         }
     }
 
+    /// The text of a template without placeholders (`{{`/`}}` unescaped), to use without
+    /// rendering; `None` if it has placeholders.
+    pub fn fixed_text(&self) -> Option<&str> {
+        match self.segments.as_slice() {
+            [] => Some(""),
+            [Segment::Literal(text)] => Some(text),
+            _ => None,
+        }
+    }
+
+    /// Append the rendering for use inside a URL path: the literal text as written, every
+    /// placeholder's value percent-encoded except the RFC 3986 unreserved characters
+    /// (`A-Z a-z 0-9 - . _ ~`), so a SIM's name with a space or a slash stays one path segment.
+    pub fn render_path_into(&self, vars: &TemplateVars<'_>, out: &mut String) {
+        let mut value = Vec::new();
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                other => {
+                    value.clear();
+                    Template {
+                        text: String::new(),
+                        segments: vec![other.clone()],
+                    }
+                    .render_into(vars, &mut value);
+                    for &b in &value {
+                        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                            out.push(char::from(b));
+                        } else {
+                            out.push_str(&format!("%{b:02X}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The rendering as bytes.
     pub fn render(&self, vars: &TemplateVars<'_>) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.text.len() + vars.topic.len() + 16);
@@ -632,6 +669,39 @@ mod tests {
         assert_eq!(
             wild.uplink_topic(&b(b"t")),
             Err(TopicMapError::TopicNameInvalid)
+        );
+    }
+
+    #[test]
+    fn paths_percent_encode_placeholder_values_and_fixed_templates_need_no_rendering() {
+        use crate::identity::{SimRow, SimTableBuilder, SimTags};
+        let mut b = SimTableBuilder::new();
+        let row = SimRow {
+            imsi: Some("001010123456789"),
+            ip: None,
+            imei: None,
+            msisdn: None,
+            sim_id: None,
+            name: Some("meter 7/a"),
+            group: Some("g"),
+            tags: SimTags::None,
+        };
+        b.push(&row, 0, 1).expect("row");
+        let table = b.finish().expect("table");
+        let t = Template::parse("/d/{imsi}/{name}", SIM_PLACEHOLDERS).expect("template");
+        assert_eq!(t.fixed_text(), None);
+        let mut out = String::new();
+        let vars = TemplateVars {
+            sim: table.get(0),
+            ..vars(b"", b"")
+        };
+        t.render_path_into(&vars, &mut out);
+        assert_eq!(out, "/d/001010123456789/meter%207%2Fa");
+        let fixed = Template::parse("/v1/{{x}}", SIM_PLACEHOLDERS).expect("template");
+        assert_eq!(fixed.fixed_text(), Some("/v1/{x}"));
+        assert_eq!(
+            Template::parse("", SIM_PLACEHOLDERS).unwrap().fixed_text(),
+            Some("")
         );
     }
 }

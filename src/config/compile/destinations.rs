@@ -23,9 +23,10 @@ use crate::config::values::{
     Endpoint, EndpointHost,
 };
 use crate::policy::envelope::Envelope;
+use crate::policy::template::SIM_PLACEHOLDERS;
 use crate::policy::{
     Adapter, AdapterKind, DestinationId, DestinationPlan, HttpsDestination, MqttDestination,
-    Reresolve,
+    Reresolve, Template,
 };
 
 impl Compiler<'_> {
@@ -167,7 +168,7 @@ impl Compiler<'_> {
             (None, None) => None,
         };
 
-        let base_path = match raw.base_path.as_deref() {
+        let base_path_text = match raw.base_path.as_deref() {
             _ if is_mqtts => Some(String::new()),
             None => Some(String::new()),
             Some(text) => match normalize_path_prefix(text) {
@@ -182,6 +183,18 @@ impl Compiler<'_> {
                 }
             },
         };
+        // The SIM placeholders are the only ones a path may name (one device, no topic).
+        let base_path =
+            base_path_text.and_then(|text| match Template::parse(&text, SIM_PLACEHOLDERS) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    self.push(
+                        format!("{p}.base_path"),
+                        format!("invalid base_path {text:?}: {e}"),
+                    );
+                    None
+                }
+            });
 
         // Outer None: an error was reported. Inner None: not an MQTT destination.
         let mqtt: Option<Option<MqttDestination>> = match (adapter, &raw.mqtt) {

@@ -1,5 +1,5 @@
 //! The load-time check that every SIM placeholder a template uses can be filled: for each
-//! group, the MQTT destinations its routes reach; for each of the group's SIMs, the fields
+//! group, the destinations its routes reach (MQTT templates, an HTTP `base_path`); for each of the group's SIMs, the fields
 //! those destinations' templates name (`{imei}`, `{tag.site}`, …). A field some SIMs lack is an
 //! error at the template's path saying how many SIMs of which group lack it (and the first
 //! one's IMSI), rather than devices whose topics or client ids silently render with a hole.
@@ -14,7 +14,20 @@ use crate::policy::{GroupId, Plan, UnknownSource};
 
 /// The SIM-placeholder templates of a destination, with their field paths.
 fn sim_templates(plan: &Plan, destination: usize) -> Vec<(String, &crate::policy::Template)> {
-    let Some(mqtt) = plan.destinations.get(destination).and_then(|d| d.mqtt()) else {
+    let Some(dest) = plan.destinations.get(destination) else {
+        return Vec::new();
+    };
+    if let Some(https) = dest.https() {
+        return if https.base_path.uses_sim() {
+            vec![(
+                format!("destination[{destination}].base_path"),
+                &https.base_path,
+            )]
+        } else {
+            Vec::new()
+        };
+    }
+    let Some(mqtt) = dest.mqtt() else {
         return Vec::new();
     };
     let p = format!("destination[{destination}].mqtt");
@@ -38,15 +51,25 @@ impl Compiler<'_> {
         let mut by_group: Vec<Vec<(String, &crate::policy::Template)>> =
             vec![Vec::new(); plan.groups.len()];
         for (g, group) in plan.groups.iter().enumerate() {
-            for route in &group.mqtt_routes {
-                let destination = usize::from(route.destination.0);
+            let routes = group
+                .mqtt_routes
+                .iter()
+                .map(|r| (r.listener, r.destination))
+                .chain(
+                    group
+                        .http_routes
+                        .iter()
+                        .map(|r| (r.listener, r.destination)),
+                );
+            for (route_listener, route_destination) in routes {
+                let destination = usize::from(route_destination.0);
                 for (path, template) in sim_templates(plan, destination) {
                     if !by_group[g].iter().any(|(p, _)| *p == path) {
                         by_group[g].push((path.clone(), template));
                     }
                     // Devices without a SIM reach the default group's routes on listeners
                     // that serve unknown sources.
-                    let listener = plan.listener(route.listener);
+                    let listener = plan.listener(route_listener);
                     if group.id == plan.gateway.default_group
                         && listener.unknown == UnknownSource::Default
                     {
