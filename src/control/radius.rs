@@ -9,10 +9,12 @@
 //! The secret and `unknown_imsi` come from the plan in force (a reload applies to the next
 //! datagram); the socket is bound once at start.
 //!
+//! Both of a session's addresses are bound: Framed-IP-Address, and Framed-IPv6-Prefix (every
+//! address inside the prefix is the session's — the device picks its own there).
+//!
 //! What this module does not do: decode or sign (`proto::radius`), persist bindings across a
-//! restart, bind IPv6 prefixes (Framed-IPv6-Prefix is accepted and answered, not bound: a
-//! device's source address is one address of its prefix), or clear a client's sessions on
-//! Accounting-On/Off (answered and counted; its sessions expire as their Stops arrive).
+//! restart, or clear a client's sessions on Accounting-On/Off (answered and counted; its
+//! sessions end as their Stops arrive).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::identity::{BindingsWriter, Bound, Imsi, LiveBindings};
+use crate::identity::{BindingKey, BindingsWriter, Bound, Imsi, LiveBindings};
 use crate::policy::{Plan, UnknownImsi};
 use crate::proto::radius::{self, AcctStatusType, DuplicateDetector, Seen};
 
@@ -135,13 +137,23 @@ fn apply(
         AcctStatusType::Stop => false,
         _ => return Ok(()),
     };
-    let ip = IpAddr::V4(request.framed_ip.ok_or("no_framed_ip")?);
+    // The session's addresses: its IPv4 address and/or IPv6 prefix.
+    let mut keys = Vec::with_capacity(2);
+    if let Some(v4) = request.framed_ip {
+        keys.push(BindingKey::Addr(IpAddr::V4(v4)));
+    }
+    if let Some(prefix) = request.framed_ipv6_prefix {
+        keys.push(BindingKey::v6_prefix(prefix.addr, prefix.len));
+    }
+    if keys.is_empty() {
+        return Err("no_framed_ip");
+    }
     let imsi = request
         .imsi
         .map(|i| Imsi::parse(i.as_str()).ok_or("imsi_unusable"))
         .transpose()?;
     if !binds {
-        writer.unbind(ip, imsi);
+        writer.unbind(&keys, imsi);
         return Ok(());
     }
     let imsi = imsi.ok_or("no_imsi")?;
@@ -150,7 +162,7 @@ fn apply(
         return Err("unknown_imsi_ignored");
     }
     writer.bind(
-        ip,
+        &keys,
         Bound {
             imsi,
             default_if_unknown: !known,

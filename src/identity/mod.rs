@@ -34,7 +34,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
-pub use bindings::{BindingsWriter, Bound, LiveBindings};
+pub use bindings::{BindingKey, BindingsWriter, Bound, LiveBindings};
 pub use build::{
     BuildError, Duplicate, SimField, SimFieldError, SimRow, SimTableBuilder, SimTags,
     MAX_TAGS_PER_SIM, MAX_TAG_KEYS, MAX_TAG_KEY_LEN, MAX_TAG_VALUE_LEN, MAX_TEXT_LEN,
