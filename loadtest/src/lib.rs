@@ -20,7 +20,8 @@
 //! real broker) feed a [`tracker`] that counts loss, duplicates and reordering per device and
 //! measures end-to-end latency; the report carries it as `delivery`. [`compare`] runs one
 //! scenario through simgate and its peers (processes managed by [`sut`]) and prints the ratios;
-//! [`plot`] draws their latency percentile spectra as SVG.
+//! [`plot`] draws their latency percentile spectra as SVG. [`radius`] is a stand-in packet core:
+//! paced RADIUS accounting Start/Stop against simgate's `[radius]` listener, every answer verified.
 //!
 //! What it does NOT do: TLS to the gateway, MQTT QoS 2 devices or device-side subscriptions, or
 //! distributed load generation over several machines. It is a client, not the data plane: it
@@ -36,6 +37,7 @@ pub mod mix;
 pub mod payload;
 pub mod plot;
 pub mod procstat;
+pub mod radius;
 pub mod scenario;
 pub mod schedule;
 pub mod sink;

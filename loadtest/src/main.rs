@@ -11,6 +11,8 @@
 //!   `run --subscribe` does the same behind a real broker.
 //! - `connect-time`: MQTT TCP-connect-to-CONNACK time, one device at a time (through simgate,
 //!   or directly to a broker over TLS).
+//! - `radius`: RADIUS accounting Start/Stop at a paced rate against simgate's `[radius]`
+//!   listener (a stand-in packet core), every answer verified; sent, answered, lost, latency.
 //! - `idle`: a plain blocking idle fleet from 127.0.0.1 (the `idle-fleet` scenario
 //!   does the same with source addresses and `/proc` sampling).
 
@@ -27,6 +29,7 @@ use simgate_load::compare::{self, CompareOptions};
 use simgate_load::connect_time::{self, ConnectTimeOptions, TlsTarget};
 use simgate_load::fleet::{self, RunOptions};
 use simgate_load::mix::Mix;
+use simgate_load::radius::{self, RadiusOptions};
 use simgate_load::scenario::Scenario;
 use simgate_load::sink::{Sink, SinkKind, SinkOptions, Subscriber, SubscriberOptions};
 
@@ -181,6 +184,43 @@ enum Command {
         /// served traffic and is idle between requests, as a real device's would be).
         #[arg(long)]
         warm_request: bool,
+    },
+    /// Stand in for a packet core: send RADIUS Accounting-Requests (Start, then Stop, per
+    /// session, over and over) at a paced rate to simgate's `[radius]` listener and verify every
+    /// Accounting-Response. Prints sent, answered, lost and latency; never the secret.
+    Radius {
+        /// simgate's `[radius]` UDP address.
+        #[arg(long)]
+        target: SocketAddr,
+        /// File holding the shared secret (one trailing newline ignored, as simgate does).
+        #[arg(
+            long,
+            conflicts_with = "secret_env",
+            required_unless_present = "secret_env"
+        )]
+        secret_file: Option<PathBuf>,
+        /// Environment variable holding the shared secret.
+        #[arg(long)]
+        secret_env: Option<String>,
+        /// Requests per second (paced, open loop).
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Distinct sessions (IMSI 00101 + 10 digits, IP 10.0.0.0 + i + 1).
+        #[arg(long, default_value_t = 10_000)]
+        sessions: u32,
+        /// UDP sockets (source ports), round robin: Identifiers are 8 bits per socket, so
+        /// `rate × timeout / sockets` should stay well under 256.
+        #[arg(long, default_value_t = 64)]
+        sockets: usize,
+        /// Milliseconds after which an unanswered request counts as lost.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Time MQTT connects, one device at a time: TCP connect to CONNACK. Plaintext to a gateway
     /// listener, or `--tls-ca` for a device connecting to the broker directly over TLS.
@@ -556,6 +596,42 @@ fn main() -> Result<()> {
             hold,
             warm_request,
         } => idle(target, connections, hold, warm_request)?,
+        Command::Radius {
+            target,
+            secret_file,
+            secret_env,
+            rate,
+            duration,
+            sessions,
+            sockets,
+            timeout_ms,
+            json,
+        } => {
+            let secret = match (secret_file, secret_env) {
+                (Some(path), _) => radius::read_secret_file(&path)?,
+                (None, Some(var)) => std::env::var(&var)
+                    .with_context(|| format!("environment variable {var} (the secret)"))?
+                    .into_bytes(),
+                (None, None) => bail!("give --secret-file or --secret-env"),
+            };
+            if !(duration.is_finite() && duration > 0.0) {
+                bail!("--duration must be a positive number of seconds");
+            }
+            let report = radius::run(&RadiusOptions {
+                target,
+                secret,
+                rate,
+                duration: Duration::from_secs_f64(duration),
+                sessions,
+                sockets,
+                timeout: Duration::from_millis(timeout_ms),
+            })?;
+            print!("{report}");
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+                    .with_context(|| format!("write {}", path.display()))?;
+            }
+        }
         Command::ConnectTime {
             target,
             tls_ca,

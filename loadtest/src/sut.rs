@@ -2,7 +2,8 @@
 //! for its readiness signal, and kill it when the handle drops.
 //!
 //! - [`start_simgate`]: `simgate run --config FILE`; readiness is simgate's own `ready` line on
-//!   stdout, after one `listening NAME ADDR` line per listener (so listeners may bind port 0).
+//!   stdout, after one `listening NAME ADDR` line per listener (so listeners may bind port 0) and
+//!   the `admin ADDR` and `radius ADDR` lines when those are configured.
 //! - [`Child::spawn`] + [`wait_for_port`]: peers (nginx, haproxy, mosquitto, stunnel) that print
 //!   nothing useful; readiness is their listening port accepting a connection.
 //! - [`find_binary`]: locate a peer executable or fail with the `apt-get install` line.
@@ -126,6 +127,10 @@ pub struct Simgate {
     pub child: Child,
     /// `listening NAME ADDR` lines.
     pub listeners: BTreeMap<String, SocketAddr>,
+    /// The `admin ADDR` line (absent with `admin = "off"`).
+    pub admin: Option<SocketAddr>,
+    /// The `radius ADDR` line (with `[radius]`).
+    pub radius: Option<SocketAddr>,
 }
 
 /// Starts `simgate run --config CONFIG` and waits for its `ready` line.
@@ -157,6 +162,7 @@ pub fn start_simgate(
         log: log.to_owned(),
     };
     let mut listeners = BTreeMap::new();
+    let (mut admin, mut radius) = (None, None);
     let mut lines = BufReader::new(stdout).lines();
     loop {
         let Some(line) = lines.next() else {
@@ -170,16 +176,24 @@ pub fn start_simgate(
         if line == "ready" {
             break;
         }
-        let mut words = line.split_whitespace();
-        if let (Some("listening"), Some(name), Some(addr)) =
-            (words.next(), words.next(), words.next())
-        {
-            listeners.insert(name.to_owned(), addr.parse()?);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["listening", name, addr] => {
+                listeners.insert((*name).to_owned(), addr.parse()?);
+            }
+            ["admin", addr] => admin = Some(addr.parse()?),
+            ["radius", addr] => radius = Some(addr.parse()?),
+            _ => {}
         }
     }
     // Keep draining stdout so simgate never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(Simgate { child, listeners })
+    Ok(Simgate {
+        child,
+        listeners,
+        admin,
+        radius,
+    })
 }
 
 /// Finds `name` in the usual binary directories (`PATH`, `/usr/sbin`, `/sbin`), or fails with
