@@ -279,9 +279,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
             Arc::new(resolve::SystemResolver),
         ));
         if let Some(settings) = radius_settings {
-            let socket = tokio::net::UdpSocket::bind(settings.bind)
-                .await
-                .map_err(RunError::Control)?;
+            let socket = radius::bind(settings.bind).map_err(RunError::Control)?;
             let bound = socket.local_addr().map_err(RunError::Control)?;
             println!("radius {bound}");
             tokio::spawn(radius::serve(

@@ -58,6 +58,29 @@ fn status_label(status: AcctStatusType) -> &'static str {
     }
 }
 
+/// Receive buffer asked for the accounting socket: a packet core's burst (or a moment the
+/// control thread is not scheduled) must not overflow the kernel's default ~200 KB — at 10,000
+/// requests/s a 30 ms stall did (docs/benchmarks.md). The kernel caps it at `net.core.rmem_max`.
+const RECV_BUFFER: usize = 4 << 20;
+
+/// The accounting socket on `addr`, with a large receive buffer, for the running tokio runtime.
+///
+/// # Errors
+/// Creating or binding the socket.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Err(e) = socket.set_recv_buffer_size(RECV_BUFFER) {
+        tracing::warn!(error = %e, "radius: could not enlarge the receive buffer");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket.into())
+}
+
 /// Serve accounting on `socket` until the runtime stops, with the secret of the plan `plan_rx`
 /// holds at each datagram, writing `bindings`.
 pub async fn serve(
