@@ -406,6 +406,15 @@ fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() 
         matches!(c.next(Duration::from_secs(10)), Err(ClientError::Closed)),
         "connection closed after the DISCONNECT"
     );
+    let (_, text) = gw.simgate.admin_get("/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "simgate_mqtt_errors_total{kind=\"device_bad_request\"}"
+        ),
+        1,
+        "aggregate mode counts the device's protocol error: {text}"
+    );
     // Nothing reached the broker: the first message its subscriber sees is one published after.
     let (ok, stderr) = publish(broker.plain_port, "devices/marker/t", "after", &["-q", "1"]);
     assert!(ok, "broker publish failed: {stderr}");

@@ -79,6 +79,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
+use crate::stats::{ErrorKind, Protocol};
 use crate::upstream::mqtt_link::{Link, LinkEvent, SessionKey, SessionMailbox};
 
 mod device;
@@ -491,7 +492,13 @@ async fn run_session(s: &mut Session) -> End {
             ) {
                 Ok(Decoded::Complete(packet)) => device.on_packet(packet, link, key, state),
                 Ok(Decoded::Incomplete { .. }) => break,
-                Err(e) => Some(End::Abnormal(Some(e.reason_code()))),
+                Err(e) => {
+                    state
+                        .metrics
+                        .borrow_mut()
+                        .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+                    Some(End::Abnormal(Some(e.reason_code())))
+                }
             };
             if let Some(end) = end {
                 let _ = flush(state, stream, &mut device.out).await;
