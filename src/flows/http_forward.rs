@@ -151,6 +151,8 @@ impl DeviceConn {
                     return;
                 }
             };
+            // Latency is measured on the precise clock (the reactor's cached one moves once per
+            // loop turn); deadlines use the cached one.
             let received_at = Instant::now();
             // Route on the plan current now: a reload while this connection idled applies.
             let (plan, generation) = self.state.current();
@@ -256,7 +258,7 @@ impl DeviceConn {
             max_body_bytes: limits.max_body_bytes,
         });
         let mut head_deadline =
-            (!self.buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
+            (!self.buf.is_empty()).then(|| reactor::now() + limits.header_timeout);
         let mut body_deadline = None;
         let mut sent_continue = false;
         loop {
@@ -292,13 +294,13 @@ impl DeviceConn {
                         }
                     }
                     (
-                        *body_deadline.get_or_insert_with(|| Instant::now() + limits.body_timeout),
+                        *body_deadline.get_or_insert_with(|| reactor::now() + limits.body_timeout),
                         false,
                     )
                 }
                 None => match head_deadline {
                     Some(d) => (d, false),
-                    None => (Instant::now() + limits.idle_timeout, true),
+                    None => (reactor::now() + limits.idle_timeout, true),
                 },
             };
             let received = reactor::timeout_at(deadline, self.stream.recv_append(&mut self.buf));
@@ -317,7 +319,7 @@ impl DeviceConn {
                 Ok(Ok(n)) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
                     if head_deadline.is_none() {
-                        head_deadline = Some(Instant::now() + limits.header_timeout);
+                        head_deadline = Some(reactor::now() + limits.header_timeout);
                     }
                 }
                 Err(_elapsed) if idle => return ReadOutcome::Closed,

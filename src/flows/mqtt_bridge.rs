@@ -49,7 +49,7 @@ const DRAIN_GOODBYE_MARGIN: Duration = Duration::from_secs(1);
 /// Until when a draining MQTT session waits for the broker's acknowledgements of what it already
 /// forwarded: shortly before the shard's drain deadline (at once if the drain has none).
 pub fn drain_ack_deadline(state: &ShardState) -> Instant {
-    let now = Instant::now();
+    let now = reactor::now();
     state
         .drain
         .deadline()
@@ -60,7 +60,7 @@ pub fn drain_ack_deadline(state: &ShardState) -> Instant {
 /// Until when a goodbye (a DISCONNECT, a TLS close) may take: `limit` from now, and never past
 /// the shard's drain deadline while draining, so goodbyes end before the shard drops its tasks.
 pub fn goodbye_deadline(state: &ShardState, limit: std::time::Duration) -> Instant {
-    let by_limit = Instant::now() + limit;
+    let by_limit = reactor::now() + limit;
     match state.drain.deadline() {
         Some(drain) if state.draining() => by_limit.min(drain),
         _ => by_limit,
@@ -132,7 +132,7 @@ async fn connect_phase(
     // Only MQTT listeners dispatch to this flow, and reloads keep listeners as they are.
     let limits = plan.listener(listener).mqtt()?.clone();
     let mut buf = BytesMut::new();
-    let deadline = Instant::now() + limits.connect_timeout;
+    let deadline = reactor::now() + limits.connect_timeout;
     let decode_limits = DecodeLimits {
         max_packet_size: limits.max_packet_size,
     };

@@ -475,12 +475,12 @@ impl Pools {
 /// Connect to the first reachable address and complete the TLS handshake, all within the
 /// destination's connect timeout. Nothing of any request is sent.
 pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamError> {
-    let deadline = Instant::now() + params.timeout;
+    let deadline = reactor::now() + params.timeout;
     let mut last = UpstreamError::Connect(std::io::ErrorKind::NotFound);
     for (i, addr) in params.addrs.iter().enumerate() {
         // Each remaining address gets an equal share of the time left, so one address that
         // silently drops packets cannot use up the whole budget.
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.saturating_duration_since(reactor::now());
         let remaining = (params.addrs.len() - i) as u32;
         let attempt = async {
             let tcp = TcpStream::connect(*addr)

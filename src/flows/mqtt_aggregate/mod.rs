@@ -60,7 +60,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -517,7 +517,7 @@ async fn run_session(s: &mut Session) -> End {
                 }
                 _ => (drain_ack_deadline(state), ReasonCode::SERVER_SHUTTING_DOWN),
             };
-            if device.tracked().outstanding.is_empty() || Instant::now() >= until {
+            if device.tracked().outstanding.is_empty() || reactor::now() >= until {
                 return End::Abnormal(Some(code));
             }
             let _ = select2(mailbox.signal.wait(), reactor::sleep_until(until)).await;

@@ -491,8 +491,8 @@ impl Pump<'_> {
             }
             if draining {
                 // Relay the broker's answers to what is already upstream, then leave.
-                // `until` is at least `Instant::now()` (see `drain_ack_deadline`), so it is
-                // compared on that clock: on the reactor's cached one, "at once" would never come.
+                // `until` and the comparison are on the reactor's cached clock (as every
+                // deadline of the data path), so "at once" is now, not a moment ahead of it.
                 let (until, end) = match self.leaving {
                     Some(deadline) if !self.state.draining() => (deadline, SessionEnd::Moved),
                     _ => (
@@ -500,7 +500,7 @@ impl Pump<'_> {
                         SessionEnd::ServerShuttingDown,
                     ),
                 };
-                if self.bridge.uplink_unacknowledged() == 0 || Instant::now() >= until {
+                if self.bridge.uplink_unacknowledged() == 0 || reactor::now() >= until {
                     return end;
                 }
                 match select2(self.upstream.stream.fill(), reactor::sleep_until(until)).await {
