@@ -22,6 +22,7 @@ use crate::policy::Plan;
 use crate::reactor::Broadcast;
 use crate::stats::ShardMetrics;
 use crate::upstream::driver::ShardUpstreams;
+use crate::upstream::link_registry::LinkRegistry;
 
 /// Index of a shard (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +37,8 @@ pub struct ShardState {
     pub id: ShardId,
     /// The plan served and its upstream pools.
     pub upstreams: Rc<ShardUpstreams>,
+    /// Aggregate-mode MQTT links, by destination (they connect through `upstreams`).
+    pub links: LinkRegistry,
     /// Counters and histograms (borrow briefly, never across an await).
     pub metrics: RefCell<ShardMetrics>,
     /// Fired when shutdown begins; idle connections wait on it to close at once.
@@ -66,6 +69,7 @@ impl ShardState {
         ShardState {
             id,
             upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
+            links: LinkRegistry::default(),
             metrics: RefCell::new(ShardMetrics::default()),
             drain: DrainSignal::default(),
             plan_changed: Broadcast::default(),

@@ -12,6 +12,7 @@ pub mod http_forward;
 pub mod identity;
 pub mod mqtt_aggregate;
 pub mod mqtt_bridge;
+pub mod mqtt_common;
 pub mod mqtt_session;
 pub mod throttle;
 

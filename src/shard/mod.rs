@@ -533,7 +533,7 @@ fn shard_main(
         drop(maintenance);
         // MQTT aggregate links still carrying messages (e.g. the Wills of sessions closed by
         // the drain) are waited for too.
-        while (state.metrics.borrow().connections_open > 0 || state.upstreams.links().links_busy())
+        while (state.metrics.borrow().connections_open > 0 || state.links.links_busy())
             && Instant::now() < deadline
         {
             reactor::sleep(Duration::from_millis(20)).await;
@@ -577,7 +577,7 @@ async fn command_loop(
                     snapshot.upstream_idle = state.upstreams.idle_count() as u64;
                     snapshot.upstream = state.upstreams.counters();
                     let agg = &state.mqtt_aggregate;
-                    let c = state.upstreams.links().counters();
+                    let c = state.links.counters();
                     snapshot.mqtt_aggregate = crate::stats::AggregateTotals {
                         sessions_open: agg.sessions_open(),
                         uplink_publishes: c.uplink_publishes.get(),

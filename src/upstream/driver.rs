@@ -3,7 +3,7 @@
 //! checkout with its connect policy (`max_connecting`, racing a connect against a returned
 //! connection), new connects with backoff bookkeeping, check-in, and the pool keeper task.
 //! Flows reach upstream connections only through [`ShardUpstreams`]; the aggregate-mode MQTT
-//! links connect through it too.
+//! links ([`super::link_registry`], kept beside it in the shard's state) connect through it too.
 //!
 //! Shard-local: `Cell`/`RefCell`, no locks, no atomics; time is the reactor's cached clock.
 //!
@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::link_registry::LinkRegistry;
 use super::{connect, ConnectParams, Pools, UpstreamConn, UpstreamError};
 use crate::policy::{DestinationId, DestinationPlan, Plan};
 use crate::reactor::{self, select2, Broadcast, Either, Signal};
@@ -37,8 +36,6 @@ pub struct ShardUpstreams {
     /// Requests waiting for a connection to come back to a pool, or for a connect to end (so
     /// that they may start one): woken on every check-in and every connect's end.
     pool_waiters: Broadcast,
-    /// Aggregate-mode MQTT links, by destination.
-    links: LinkRegistry,
 }
 
 /// A request connect counted against `max_connecting`; released (and the waiters told) when
@@ -90,7 +87,6 @@ impl ShardUpstreams {
             counters: RefCell::default(),
             pool_taken: Signal::default(),
             pool_waiters: Broadcast::default(),
-            links: LinkRegistry::default(),
         }
     }
 
@@ -136,11 +132,6 @@ impl ShardUpstreams {
     /// Idle pooled connections now.
     pub fn idle_count(&self) -> usize {
         self.pools.borrow().idle_count()
-    }
-
-    /// The aggregate-mode MQTT links of this shard.
-    pub fn links(&self) -> &LinkRegistry {
-        &self.links
     }
 
     /// This shard's connect counters.

@@ -1,9 +1,9 @@
 //! The aggregate-mode link registry of one shard: for every aggregate MQTT destination, the
 //! set of upstream links device sessions share ([`LinkSet`], created when the first device
 //! session needs it), kept across reloads while the destination's link settings stay the same
-//! and retired when they change. Owned by the shard's upstream handle
-//! ([`super::driver::ShardUpstreams::links`]); the links themselves are driven by
-//! [`run_link`].
+//! and retired when they change. Kept in the shard's state beside its upstream handle
+//! ([`super::driver::ShardUpstreams`], through which the links connect); the links themselves
+//! are driven by [`run_link`].
 //!
 //! Shard-local (`RefCell`, no locks). What this module does not do: anything on the device side
 //! (sessions, topics, acknowledgements to devices: `crate::flows::mqtt_aggregate`).

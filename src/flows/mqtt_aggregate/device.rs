@@ -201,7 +201,7 @@ impl Device {
             }
         }
         let Some(topic) = self.upstream_topic(&publish.topic) else {
-            let c = &state.upstreams.links().counters().topics_refused;
+            let c = &state.links.counters().topics_refused;
             c.set(c.get() + 1);
             return match (self.version, publish.packet_id) {
                 (ProtocolVersion::V5, Some(id)) => {

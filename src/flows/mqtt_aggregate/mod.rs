@@ -66,7 +66,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::client_ids::Claim;
 use super::identity::{group_key, AttachedProperties, DeviceIdentity};
-use super::mqtt_bridge::{
+use super::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
@@ -250,8 +250,7 @@ fn admit(
     // No link set: the destination left the plan (or changed mode) since routing; the device
     // reconnects.
     let set = state
-        .upstreams
-        .links()
+        .links
         .link_set(&state.upstreams, &dest.name)
         .ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
     let link = set
@@ -375,7 +374,7 @@ fn refuse_while_down(
     if !while_down.refuses(down_for) {
         return Ok(());
     }
-    let c = &state.upstreams.links().counters().connects_refused_down;
+    let c = &state.links.counters().connects_refused_down;
     c.set(c.get() + 1);
     tracing::debug!(
         client_id = %String::from_utf8_lossy(client_id),

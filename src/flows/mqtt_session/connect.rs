@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use super::bridge::DEVICE_TOPIC_ALIAS_MAXIMUM;
 #[cfg(doc)]
-use crate::flows::mqtt_bridge::assign_client_id;
-use crate::flows::mqtt_bridge::v311_return_code;
+use crate::flows::mqtt_common::assign_client_id;
+use crate::flows::mqtt_common::v311_return_code;
 use crate::policy::{
     MqttDestination, MqttListenerLimits, MqttUpstreamVersion, TemplateVars, TopicMap,
 };
@@ -213,7 +213,7 @@ pub fn device_connack(
 mod tests {
     use super::super::test_support::{destination, device_connect, limits, vars};
     use super::*;
-    use crate::flows::mqtt_bridge::assign_client_id;
+    use crate::flows::mqtt_common::assign_client_id;
     use crate::proto::mqtt::{self, Packet, QoS};
     use bytes::BytesMut;
     use std::num::NonZeroU16;

@@ -21,7 +21,7 @@ use super::connect::{
 };
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
-use crate::flows::mqtt_bridge::{
+use crate::flows::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
 use crate::flows::ShardState;

@@ -12,7 +12,7 @@
 //!    device's own user name/password with `pass_through_credentials`), the device's keep-alive,
 //!    clean start and will (topic rewritten through the `topic` template); v5 properties passed
 //!    through when both hops speak v5. Version per [`MqttUpstreamVersion`](crate::policy::MqttUpstreamVersion). A device that sent
-//!    an empty client id gets one of simgate's ([`assign_client_id`](super::mqtt_bridge::assign_client_id)) and the templates are
+//!    an empty client id gets one of simgate's ([`assign_client_id`](super::mqtt_common::assign_client_id)) and the templates are
 //!    filled with it (3.1.1 with Clean Session = 0: CONNACK 0x02 instead, [MQTT-3.1.3-8]).
 //! 2. Take a TLS connection from the shard's pool (a warm one when there is one: the device
 //!    then connects in one upstream round trip), send CONNECT, wait for CONNACK within the

@@ -47,7 +47,7 @@ const HOP_BY_HOP: [&str; 8] = [
 /// - `Host: host` first, replacing the device's `Host`;
 /// - the device's fields in order, minus hop-by-hop ones, `Expect` (the gateway answers
 ///   `100-continue` itself), `X-Forwarded-For` (merged below), any field whose name is also in
-///   `extra_headers`, and every `X-Simgate-*` field ([`IDENTITY_HEADER_PREFIX`]: the names
+///   `extra_headers`, and every `X-Simgate-*` field (`IDENTITY_HEADER_PREFIX`: the names
 ///   simgate attaches SIM identity under, so a device can claim no SIM's identity, whichever
 ///   fields its group attaches); `Content-Length` and `Transfer-Encoding: chunked` are kept, as
 ///   the body is forwarded verbatim;
