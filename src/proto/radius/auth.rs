@@ -8,13 +8,11 @@
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
 
-use super::packet::{
-    Header, CODE_ACCOUNTING_REQUEST, CODE_ACCOUNTING_RESPONSE, HEADER_LEN, MAX_PACKET_LEN,
+use super::wire::{
+    Header, AUTHENTICATOR_LEN, CODE_ACCOUNTING_REQUEST, CODE_ACCOUNTING_RESPONSE, HEADER_LEN,
+    MAX_PACKET_LEN,
 };
 use super::RadiusError;
-
-/// Length of the Authenticator field (RFC 2865 §3).
-pub const AUTHENTICATOR_LEN: usize = 16;
 
 /// Length of an Accounting-Response without attributes: the header alone.
 pub const ACCOUNTING_RESPONSE_LEN: usize = HEADER_LEN;

@@ -24,7 +24,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::auth::AUTHENTICATOR_LEN;
+use super::wire::AUTHENTICATOR_LEN;
 
 /// What identifies a request and its retransmissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

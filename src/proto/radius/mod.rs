@@ -50,13 +50,12 @@ mod auth;
 mod dedup;
 mod error;
 mod packet;
+mod wire;
 
 #[cfg(test)]
 mod tests;
 
-pub use auth::{
-    encode_accounting_response, sign_accounting_request, ACCOUNTING_RESPONSE_LEN, AUTHENTICATOR_LEN,
-};
+pub use auth::{encode_accounting_response, sign_accounting_request, ACCOUNTING_RESPONSE_LEN};
 pub use dedup::{DuplicateDetector, Seen};
 pub use error::{AttributeKind, RadiusError};
 pub use packet::{
@@ -64,6 +63,7 @@ pub use packet::{
     AcctStatusType, Attribute, Attributes, Header, Imeisv, Imsi, Ipv6Prefix,
     CODE_ACCOUNTING_REQUEST, CODE_ACCOUNTING_RESPONSE, HEADER_LEN, MAX_PACKET_LEN, MIN_PACKET_LEN,
 };
+pub use wire::AUTHENTICATOR_LEN;
 
 /// The shared secret the fuzz entry point verifies with; the seed corpus is signed with it
 /// (`testing123`, radclient's customary test secret, so a radclient capture is a valid seed).
