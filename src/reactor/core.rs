@@ -27,7 +27,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::bufring::BufPool;
-use super::time::Timers;
+use super::timers::Timers;
 use super::{ReactorConfig, ReactorStats};
 
 /// `user_data` of SQEs whose completion is ignored (cancels).

@@ -54,6 +54,7 @@ mod notify;
 mod select;
 mod signal;
 mod time;
+mod timers;
 
 #[cfg(test)]
 mod tests;

@@ -339,7 +339,7 @@ fn sleeps_fire_in_deadline_order_and_timeouts_elapse() -> io::Result<()> {
 
 #[test]
 fn timer_heap_compacts_stale_entries() {
-    let mut timers = time::Timers::default();
+    let mut timers = timers::Timers::default();
     let base = Instant::now() + Duration::from_secs(60);
     let mut keys = Vec::new();
     for i in 0..5000u64 {
@@ -358,13 +358,13 @@ fn timer_heap_compacts_stale_entries() {
     );
 }
 
-fn timers_insert(t: &mut time::Timers, at: Instant) -> (usize, u64) {
+fn timers_insert(t: &mut timers::Timers, at: Instant) -> (usize, u64) {
     t.test_insert(at, Waker::noop().clone())
 }
-fn timers_remove(t: &mut time::Timers, key: usize, seq: u64) {
+fn timers_remove(t: &mut timers::Timers, key: usize, seq: u64) {
     t.test_remove(key, seq);
 }
-fn timers_heap_len(t: &time::Timers) -> usize {
+fn timers_heap_len(t: &timers::Timers) -> usize {
     t.test_heap_len()
 }
 

@@ -1,124 +1,18 @@
-//! Timers: a userspace min-heap per reactor; the event loop sleeps in `io_uring_enter` with an
-//! `EXT_ARG` timespec until the earliest deadline. No `IORING_OP_TIMEOUT` SQEs are used.
+//! Time for tasks: the cached clock ([`now`]), [`sleep`] and [`timeout`]. Deadlines live in the
+//! reactor's userspace timer heap (`timers`); the event loop sleeps in `io_uring_enter` with an
+//! `EXT_ARG` timespec until the earliest one. No `IORING_OP_TIMEOUT` SQEs are used.
 //!
 //! Time is read once per loop turn ([`now`]); deadlines fire at the first turn that starts at or
-//! after them. A dropped [`Sleep`] removes its entry; its heap record becomes stale and is skipped
-//! when popped, and the heap is rebuilt when stale records outnumber live ones (bounded memory
-//! under many short-lived timeouts).
+//! after them. A dropped [`Sleep`] removes its entry.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use slab::Slab;
-
 use super::core::{current, Reactor};
-
-struct TimerEntry {
-    seq: u64,
-    waker: Option<Waker>,
-    fired: bool,
-}
-
-/// The per-reactor timer heap.
-#[derive(Default)]
-pub(crate) struct Timers {
-    heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
-    entries: Slab<TimerEntry>,
-    next_seq: u64,
-    stale: usize,
-}
-
-impl Timers {
-    fn insert(&mut self, deadline: Instant, waker: Waker) -> (usize, u64) {
-        self.next_seq += 1;
-        let seq = self.next_seq;
-        let key = self.entries.insert(TimerEntry {
-            seq,
-            waker: Some(waker),
-            fired: false,
-        });
-        self.heap.push(Reverse((deadline, seq, key)));
-        (key, seq)
-    }
-
-    fn is_live(&self, key: usize, seq: u64) -> bool {
-        self.entries.get(key).is_some_and(|e| e.seq == seq)
-    }
-
-    /// Returns true if the timer already fired; otherwise stores the waker (returning the old one).
-    fn update(&mut self, key: usize, seq: u64, waker: &Waker) -> (bool, Option<Waker>) {
-        match self.entries.get_mut(key) {
-            Some(e) if e.seq == seq => {
-                if e.fired {
-                    return (true, None);
-                }
-                match &e.waker {
-                    Some(w) if w.will_wake(waker) => (false, None),
-                    _ => (false, e.waker.replace(waker.clone())),
-                }
-            }
-            _ => (true, None),
-        }
-    }
-
-    fn remove(&mut self, key: usize, seq: u64) -> Option<Waker> {
-        if !self.is_live(key, seq) {
-            return None;
-        }
-        let entry = self.entries.remove(key);
-        if !entry.fired {
-            self.stale += 1;
-            if self.stale > 1024 && self.stale > 2 * self.entries.len() {
-                self.compact();
-            }
-        }
-        entry.waker
-    }
-
-    fn compact(&mut self) {
-        let entries = &self.entries;
-        self.heap.retain(|Reverse((_, seq, key))| {
-            entries.get(*key).is_some_and(|e| e.seq == *seq && !e.fired)
-        });
-        self.stale = 0;
-    }
-
-    /// Mark every timer due at `now` as fired and collect its waker.
-    pub(crate) fn fire_due(&mut self, now: Instant, wakers: &mut Vec<Waker>) {
-        while let Some(Reverse((deadline, seq, key))) = self.heap.peek().copied() {
-            if deadline > now {
-                break;
-            }
-            self.heap.pop();
-            match self.entries.get_mut(key) {
-                Some(e) if e.seq == seq => {
-                    e.fired = true;
-                    wakers.extend(e.waker.take());
-                }
-                _ => self.stale = self.stale.saturating_sub(1),
-            }
-        }
-    }
-
-    /// The earliest live deadline.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((deadline, seq, key))) = self.heap.peek().copied() {
-            if self.is_live(key, seq) {
-                return Some(deadline);
-            }
-            self.heap.pop();
-            self.stale = self.stale.saturating_sub(1);
-        }
-        None
-    }
-}
-
 /// The time cached at the top of the current loop turn; `Instant::now()` outside a reactor.
 pub fn now() -> Instant {
     current().map_or_else(Instant::now, |r| r.now())
@@ -277,18 +171,5 @@ impl<F: Future> Future for Timeout<F> {
             Poll::Ready(()) => Poll::Ready(Err(Elapsed)),
             Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-#[cfg(test)]
-impl Timers {
-    pub(crate) fn test_insert(&mut self, at: Instant, waker: Waker) -> (usize, u64) {
-        self.insert(at, waker)
-    }
-    pub(crate) fn test_remove(&mut self, key: usize, seq: u64) {
-        drop(self.remove(key, seq));
-    }
-    pub(crate) fn test_heap_len(&self) -> usize {
-        self.heap.len()
     }
 }
