@@ -502,6 +502,26 @@ fn mqtt_sessions_carry_the_sims_identity_as_user_properties_and_unknown_sources_
         "{text}"
     );
 
+    // A reload that changes the SIM's fields but not its group keeps the session, which
+    // attaches the new values from then on (its topic keeps the rendering of its CONNECT).
+    std::fs::write(
+        &gw.config_path,
+        mqtt_config(&world, &broker, "meters").replace("site = \"kyoto\"", "site = \"osaka\""),
+    )
+    .expect("rewrite config");
+    let (status, body) = gw.reload();
+    assert_eq!(status, 200, "{body}");
+    meter
+        .send(&publish("t", 5, false))
+        .expect("PUBLISH after the reload");
+    wait_puback(&mut meter, 5);
+    let (topic, props) = next_publish(&mut checker);
+    assert_eq!(topic, "sims/001010000000002/kyoto/t");
+    assert!(
+        identity_only(&props).contains(&("tag.site".to_owned(), "osaka".to_owned())),
+        "{props:?}"
+    );
+
     // Moving the SIM to another group ends its aggregate session with 0x98 "administrative
     // action" (after what it has in flight), so that it reconnects into the new group.
     std::fs::write(&gw.config_path, mqtt_config(&world, &broker, "default"))

@@ -473,7 +473,13 @@ async fn run_session(s: &mut Session) -> End {
                 *listener,
                 *peer_ip,
             ) {
-                Some(new) => *identity = new,
+                Some(new) => {
+                    // Same group: the session stays, with the SIM's fields as they are now.
+                    if link.core.borrow().version() == ProtocolVersion::V5 {
+                        device.identity_properties = new.user_properties(&plan);
+                    }
+                    *identity = new;
+                }
                 None => device.leaving = Some(reactor::now() + DEVICE_WRITE_TIMEOUT),
             }
         }

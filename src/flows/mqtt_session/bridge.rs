@@ -198,6 +198,11 @@ impl Bridge {
         self
     }
 
+    /// Replace the identity attached from now on (a reload changed the SIM's fields).
+    pub fn set_identity(&mut self, identity: AttachedProperties) {
+        self.identity = identity;
+    }
+
     /// Wrap every uplink PUBLISH payload in a JSON envelope with these identity fields
     /// (`destination.envelope = "json"`; see [`crate::policy::envelope`]).
     #[must_use]

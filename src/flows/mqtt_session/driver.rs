@@ -473,7 +473,13 @@ impl Pump<'_> {
                     self.listener,
                     self.peer_ip,
                 ) {
-                    Some(new) => self.identity = new,
+                    Some(new) => {
+                        // Same group: the session stays, with the SIM's fields as they are now.
+                        if self.bridge.upstream_version() == ProtocolVersion::V5 {
+                            self.bridge.set_identity(new.user_properties(&plan));
+                        }
+                        self.identity = new;
+                    }
                     None => self.leaving = Some(reactor::now() + LEAVE_TIMEOUT),
                 }
             }
