@@ -6,7 +6,8 @@
 //! Checked as a carrier would: before the Start the device is an unknown source (403 on a
 //! listener that refuses them); after it, its requests carry its SIM's identity; a request
 //! signed with the wrong secret is not answered and changes nothing; the binding survives a
-//! reload; after the Stop the device is unknown again; `/metrics` counts it all.
+//! reload; an Accounting-On (the node restarted) ends it; after the Stop the device is unknown
+//! again; `/metrics` counts it all.
 
 mod common;
 
@@ -122,6 +123,15 @@ fn radius_accounting_binds_session_addresses_to_sims_live() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(send().status, 200, "still bound after the reload");
 
+    // The packet core's node restarts: Accounting-On ends every session it reported.
+    assert!(
+        radclient(radius, SECRET, "Acct-Status-Type = Accounting-On"),
+        "Accounting-On answered"
+    );
+    assert_eq!(send().status, 403, "the node's sessions are gone");
+    assert!(radclient(radius, SECRET, &start), "Start answered again");
+    assert_eq!(send().status, 200);
+
     let stop = format!(
         "Acct-Status-Type = Stop, Framed-IP-Address = {DEVICE}, 3GPP-IMSI = \"{IMSI}\", \
          Acct-Session-Id = \"s1\""
@@ -132,6 +142,14 @@ fn radius_accounting_binds_session_addresses_to_sims_live() {
     let (_, text) = gw.admin_get("/metrics");
     assert_eq!(
         sample(&text, "simgate_radius_requests_total{status=\"start\"}"),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "simgate_radius_requests_total{status=\"accounting_on\"}"
+        ),
         1,
         "{text}"
     );

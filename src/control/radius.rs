@@ -12,9 +12,12 @@
 //! Both of a session's addresses are bound: Framed-IP-Address, and Framed-IPv6-Prefix (every
 //! address inside the prefix is the session's — the device picks its own there).
 //!
-//! What this module does not do: decode or sign (`proto::radius`), persist bindings across a
-//! restart, or clear a client's sessions on Accounting-On/Off (answered and counted; its
-//! sessions end as their Stops arrive).
+//! Accounting-On and Accounting-Off from a client (a packet-core node restarting or stopping)
+//! remove every binding that client reported: its sessions are gone, and an address they held
+//! must not keep naming their SIMs.
+//!
+//! What this module does not do: decode or sign (`proto::radius`), or persist bindings across a
+//! restart.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -133,8 +136,13 @@ pub async fn serve(
             match seen {
                 Seen::Duplicate => s.duplicates += 1,
                 Seen::New => {
-                    if let Err(reason) = apply(&mut writer, &request, &plan, settings.unknown_imsi)
-                    {
+                    if let Err(reason) = apply(
+                        &mut writer,
+                        &request,
+                        &plan,
+                        settings.unknown_imsi,
+                        from.ip(),
+                    ) {
                         *s.not_bound.entry(reason).or_default() += 1;
                     }
                 }
@@ -154,11 +162,17 @@ fn apply(
     request: &radius::AccountingRequest<'_>,
     plan: &Plan,
     unknown_imsi: UnknownImsi,
+    client: IpAddr,
 ) -> Result<(), &'static str> {
     let binds = match request.status_type {
         AcctStatusType::Start | AcctStatusType::InterimUpdate => true,
         AcctStatusType::Stop => false,
-        _ => return Ok(()),
+        AcctStatusType::AccountingOn | AcctStatusType::AccountingOff => {
+            let forgotten = writer.forget_client(client);
+            tracing::info!(%client, forgotten, "radius client (re)started or stopped accounting: its sessions' bindings removed");
+            return Ok(());
+        }
+        AcctStatusType::Other(_) => return Ok(()),
     };
     // The session's addresses: its IPv4 address and/or IPv6 prefix.
     let mut keys = Vec::with_capacity(2);
@@ -190,6 +204,7 @@ fn apply(
             imsi,
             default_if_unknown: !known,
         },
+        client,
     );
     Ok(())
 }

@@ -105,6 +105,9 @@ pub struct BindingsWriter {
     live: Arc<LiveBindings>,
     snapshot: Snapshot,
     by_imsi: HashMap<Imsi, Vec<BindingKey>>,
+    /// Which accounting client (packet-core node) reported each binding, so that its
+    /// Accounting-On/Off can end all of its sessions at once.
+    client_of: HashMap<BindingKey, IpAddr>,
     /// How many bindings use each IPv6 prefix length.
     v6_length_uses: HashMap<u8, usize>,
 }
@@ -116,6 +119,7 @@ impl BindingsWriter {
             live,
             snapshot: Snapshot::default(),
             by_imsi: HashMap::new(),
+            client_of: HashMap::new(),
             v6_length_uses: HashMap::new(),
         }
     }
@@ -123,7 +127,7 @@ impl BindingsWriter {
     /// Bind the session `keys` (its address and/or prefix) to `bound`: each key moves from any
     /// IMSI that held it, and the IMSI's other keys are released (a SIM has one session's
     /// addresses at a time).
-    pub fn bind(&mut self, keys: &[BindingKey], bound: Bound) {
+    pub fn bind(&mut self, keys: &[BindingKey], bound: Bound, client: IpAddr) {
         let keys: Vec<BindingKey> = keys.iter().map(|k| canonical(*k)).collect();
         if let Some(old) = self.by_imsi.remove(&bound.imsi) {
             for key in old.into_iter().filter(|k| !keys.contains(k)) {
@@ -141,6 +145,7 @@ impl BindingsWriter {
                 self.count_length(key, 1);
             }
             self.snapshot.map.insert(key, bound);
+            self.client_of.insert(key, client);
         }
         self.by_imsi.insert(bound.imsi, keys);
         self.publish();
@@ -170,7 +175,34 @@ impl BindingsWriter {
         }
     }
 
+    /// Accounting-On/Off from `client`: the node (re)started or stops, so none of the
+    /// sessions it reported exists any more. Returns how many bindings were removed.
+    pub fn forget_client(&mut self, client: IpAddr) -> usize {
+        let keys: Vec<BindingKey> = self
+            .client_of
+            .iter()
+            .filter(|(_, c)| **c == client)
+            .map(|(k, _)| *k)
+            .collect();
+        for &key in &keys {
+            if let Some(bound) = self.snapshot.map.get(&key).copied() {
+                if let Some(list) = self.by_imsi.get_mut(&bound.imsi) {
+                    list.retain(|k| *k != key);
+                    if list.is_empty() {
+                        self.by_imsi.remove(&bound.imsi);
+                    }
+                }
+            }
+            self.remove_key(key);
+        }
+        if !keys.is_empty() {
+            self.publish();
+        }
+        keys.len()
+    }
+
     fn remove_key(&mut self, key: BindingKey) {
+        self.client_of.remove(&key);
         if self.snapshot.map.remove(&key).is_some() {
             self.count_length(key, -1);
         }
@@ -217,6 +249,10 @@ mod tests {
         }
     }
 
+    fn client() -> IpAddr {
+        "192.0.2.1".parse().unwrap()
+    }
+
     fn addr(text: &str) -> BindingKey {
         BindingKey::Addr(text.parse().unwrap())
     }
@@ -226,14 +262,14 @@ mod tests {
         let live = Arc::new(LiveBindings::default());
         let mut w = BindingsWriter::new(live.clone());
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        w.bind(&[addr("10.0.0.1")], bound("001010000000001"));
+        w.bind(&[addr("10.0.0.1")], bound("001010000000001"), client());
         assert_eq!(live.lookup(a), Some(bound("001010000000001")));
         // The SIM gets a new address: the old one is free.
-        w.bind(&[addr("10.0.0.2")], bound("001010000000001"));
+        w.bind(&[addr("10.0.0.2")], bound("001010000000001"), client());
         assert_eq!(live.lookup(a), None);
         assert_eq!(live.lookup(b), Some(bound("001010000000001")));
         // Another SIM takes the address: the first SIM has none.
-        w.bind(&[addr("10.0.0.2")], bound("001010000000002"));
+        w.bind(&[addr("10.0.0.2")], bound("001010000000002"), client());
         assert_eq!(live.len(), 1);
         // A late Stop of the first SIM's session leaves the second's binding alone.
         w.unbind(&[addr("10.0.0.2")], Some(imsi("001010000000001")));
@@ -241,7 +277,11 @@ mod tests {
         w.unbind(&[addr("10.0.0.2")], Some(imsi("001010000000002")));
         assert!(live.is_empty());
         // IPv4-mapped IPv6 is the IPv4 address.
-        w.bind(&[addr("::ffff:10.0.0.1")], bound("001010000000003"));
+        w.bind(
+            &[addr("::ffff:10.0.0.1")],
+            bound("001010000000003"),
+            client(),
+        );
         assert!(live.lookup(a).is_some());
     }
 
@@ -252,8 +292,8 @@ mod tests {
         let p64 = BindingKey::v6_prefix("2001:db8:1:2::".parse().unwrap(), 64);
         let p56 = BindingKey::v6_prefix("2001:db8:1::".parse().unwrap(), 56);
         // A dual-stack session: an IPv4 address and an IPv6 prefix.
-        w.bind(&[addr("10.0.0.9"), p64], bound("001010000000009"));
-        w.bind(&[p56], bound("001010000000008"));
+        w.bind(&[addr("10.0.0.9"), p64], bound("001010000000009"), client());
+        w.bind(&[p56], bound("001010000000008"), client());
         let inside: IpAddr = "2001:db8:1:2::abcd".parse().unwrap();
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
         assert_eq!(
@@ -271,5 +311,20 @@ mod tests {
         w.unbind(&[addr("10.0.0.9"), p64], Some(imsi("001010000000009")));
         assert_eq!(live.lookup(inside), Some(bound("001010000000008")));
         assert_eq!(live.len(), 1);
+    }
+
+    #[test]
+    fn accounting_on_off_forgets_only_that_clients_sessions() {
+        let live = Arc::new(LiveBindings::default());
+        let mut w = BindingsWriter::new(live.clone());
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        w.bind(&[addr("10.0.0.1")], bound("001010000000001"), client());
+        w.bind(&[addr("10.0.0.2")], bound("001010000000002"), other);
+        assert_eq!(w.forget_client(client()), 1);
+        assert_eq!(live.lookup("10.0.0.1".parse().unwrap()), None);
+        assert!(live.lookup("10.0.0.2".parse().unwrap()).is_some());
+        // The IMSI is free to bind again.
+        w.bind(&[addr("10.0.0.3")], bound("001010000000001"), other);
+        assert_eq!(live.len(), 2);
     }
 }
