@@ -72,14 +72,19 @@ fn main() -> ExitCode {
         Command::Check { config } => match simgate::config::load_plan(&config) {
             Ok(plan) => {
                 println!(
-                    "{}: ok ({} listener(s), {} destination(s), {} group(s), {} shard(s), \
-                     at most {} device connections)",
+                    "{}: ok ({} listener(s), {} destination(s), {} group(s), {} SIM(s), \
+                     {} shard(s), at most {} device connections{})",
                     config.display(),
                     plan.listeners.len(),
                     plan.destinations.len(),
                     plan.groups.len(),
+                    plan.sims.len(),
                     plan.gateway.shards,
-                    plan.gateway.max_connections
+                    plan.gateway.max_connections,
+                    plan.radius.as_ref().map_or(String::new(), |r| format!(
+                        ", RADIUS accounting on {}",
+                        r.bind
+                    ))
                 );
                 ExitCode::SUCCESS
             }
