@@ -540,6 +540,73 @@ fn auth_from_a_device_is_a_protocol_error_and_not_sent_to_the_broker() {
     );
 }
 
+#[test]
+fn a_subscribe_filter_with_no_upstream_form_is_refused_in_the_suback_and_the_rest_subscribed() {
+    // Issue #10 follow-up: under a topic template with text after `{topic}`, `cmd/#` has no
+    // valid upstream form (`#` must be last). The device gets 0x8F (0x80 in 3.1.1) for that
+    // filter in the SUBACK, as a broker refuses a filter; its other filters are subscribed
+    // and the session goes on (it used to end with DISCONNECT).
+    let s = setup(
+        BrokerOptions::default(),
+        Dest {
+            topic: "devices/{client_id}/{topic}/in",
+            ..Dest::default()
+        },
+    );
+    for (connect, id, refused) in [
+        (connect_v5(b"subdev5", &[]), "subdev5", 0x8F),
+        (connect_v311(b"subdev3"), "subdev3", 0x80),
+    ] {
+        let v5 = refused == 0x8F;
+        let mut raw = TcpStream::connect(s.addr).expect("connect");
+        raw.set_read_timeout(Some(WAIT)).expect("timeout");
+        raw.write_all(&connect).expect("CONNECT");
+        assert_eq!(read_packet(&mut raw).expect("CONNACK")[0], 0x20);
+        // SUBSCRIBE id 9: "cmd/#" (refused), "cmd/+" QoS 1, "a/#" (refused).
+        let mut body = vec![0, 9];
+        if v5 {
+            body.push(0); // properties
+        }
+        for (filter, qos) in [(&b"cmd/#"[..], 1u8), (b"cmd/+", 1), (b"a/#", 0)] {
+            string(&mut body, filter);
+            body.push(qos);
+        }
+        raw.write_all(&frame(0x82, &body)).expect("SUBSCRIBE");
+        let suback = read_packet(&mut raw).expect("SUBACK");
+        assert_eq!(suback[0], 0x90, "expected SUBACK, got {suback:02X?}");
+        let codes = &suback[if v5 { 5 } else { 4 }..];
+        assert_eq!(codes, [refused, 0x01, refused], "{suback:02X?}");
+        // The valid filter is live: a message the broker routes to it reaches the device.
+        publish_direct(
+            &s.broker,
+            &format!("devices/{id}/cmd/reboot/in"),
+            "now",
+            &[],
+        );
+        let publish = read_packet(&mut raw).expect("PUBLISH");
+        assert_eq!(
+            publish[0] & 0xF0,
+            0x30,
+            "expected PUBLISH, got {publish:02X?}"
+        );
+        assert!(
+            publish.windows(10).any(|w| w == b"cmd/reboot"),
+            "topic mapped back: {publish:02X?}"
+        );
+        // ...and a SUBSCRIBE whose every filter is refused is answered without the broker.
+        let mut body = vec![0, 10];
+        if v5 {
+            body.push(0);
+        }
+        string(&mut body, b"x/#");
+        body.push(0);
+        raw.write_all(&frame(0x82, &body)).expect("SUBSCRIBE");
+        let answer = read_packet(&mut raw).expect("SUBACK");
+        assert_eq!(answer[0], 0x90, "expected SUBACK, got {answer:02X?}");
+        assert_eq!(answer.last(), Some(&refused), "{answer:02X?}");
+    }
+}
+
 // ---- raw MQTT helpers ----
 
 fn string(out: &mut Vec<u8>, s: &[u8]) {

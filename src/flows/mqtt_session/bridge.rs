@@ -135,6 +135,8 @@ pub enum Action {
     ForwardAndEnd(Packet, SessionEnd),
     /// End the session without forwarding anything.
     End(SessionEnd),
+    /// Answer the device with this packet; nothing goes upstream.
+    Reply(Packet),
 }
 
 /// A v5 DISCONNECT carrying `reason_code`, or 0x80 "Unspecified error" when that code is not
@@ -165,6 +167,9 @@ pub struct Bridge {
     /// Filter counts of device UNSUBSCRIBEs awaiting a 3.1.1 UNSUBACK, for a v5 device (whose
     /// UNSUBACK needs one reason code per filter).
     pending_unsubscribes: HashMap<u16, usize>,
+    /// Device SUBSCRIBEs forwarded without some of their filters (those with no valid upstream
+    /// form): the positions refused, merged into the broker's SUBACK for the device.
+    pending_subscribe_refusals: HashMap<u16, Vec<usize>>,
     /// Packet ids of device QoS 1/2 PUBLISHes forwarded and not yet answered by the broker
     /// (PUBACK / PUBREC): what a draining session waits for.
     uplink_unacked: HashSet<u16>,
@@ -186,6 +191,7 @@ impl Bridge {
             envelope: None,
             device_aliases: HashMap::new(),
             pending_unsubscribes: HashMap::new(),
+            pending_subscribe_refusals: HashMap::new(),
             uplink_unacked: HashSet::new(),
         }
     }
@@ -196,6 +202,14 @@ impl Bridge {
     pub fn with_identity(mut self, identity: AttachedProperties) -> Bridge {
         self.identity = identity;
         self
+    }
+
+    /// A SUBACK failure `code` as the device's version can say it (3.1.1 has only 0x80).
+    fn refusal_code(&self, code: ReasonCode) -> ReasonCode {
+        match self.device {
+            ProtocolVersion::V5 => code,
+            ProtocolVersion::V311 => ReasonCode::UNSPECIFIED_ERROR,
+        }
     }
 
     /// Replace the identity attached from now on (a reload changed the SIM's fields).
@@ -286,11 +300,13 @@ impl Bridge {
             Packet::PubComp(r) => Action::Forward(Packet::PubComp(self.response_up(r))),
             Packet::Subscribe(s) => {
                 let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
-                for sub in s.subscriptions {
+                let mut refused = Vec::new();
+                for (index, sub) in s.subscriptions.into_iter().enumerate() {
+                    // A filter with no valid upstream form is refused in the SUBACK, as a broker
+                    // refuses an invalid filter; the others go upstream.
                     let Ok(filter) = self.topics.uplink_filter(&sub.filter, self.upstream) else {
-                        return Action::End(SessionEnd::DeviceProtocol(
-                            ReasonCode::TOPIC_FILTER_INVALID,
-                        ));
+                        refused.push(index);
+                        continue;
                     };
                     subscriptions.push(Subscription {
                         filter,
@@ -299,6 +315,18 @@ impl Bridge {
                             ProtocolVersion::V311 => SubscriptionOptions::with_qos(sub.options.qos),
                         },
                     });
+                }
+                if !refused.is_empty() {
+                    if subscriptions.is_empty() {
+                        let code = self.refusal_code(ReasonCode::TOPIC_FILTER_INVALID);
+                        return Action::Reply(Packet::SubAck(SubAck {
+                            packet_id: s.packet_id,
+                            properties: Properties::default(),
+                            reason_codes: vec![code; refused.len()],
+                        }));
+                    }
+                    self.pending_subscribe_refusals
+                        .insert(s.packet_id.get(), refused);
                 }
                 Action::Forward(Packet::Subscribe(Subscribe {
                     packet_id: s.packet_id,
@@ -396,7 +424,7 @@ impl Bridge {
             Packet::PubRel(r) => self.response_down(r, Packet::PubRel),
             Packet::PubComp(r) => self.response_down(r, Packet::PubComp),
             Packet::SubAck(s) => {
-                let reason_codes = match self.device {
+                let mut reason_codes = match self.device {
                     ProtocolVersion::V5 => s.reason_codes,
                     ProtocolVersion::V311 => s
                         .reason_codes
@@ -410,6 +438,13 @@ impl Bridge {
                         })
                         .collect(),
                 };
+                // Put back the device's filters refused here, in their places.
+                if let Some(refused) = self.pending_subscribe_refusals.remove(&s.packet_id.get()) {
+                    let code = self.refusal_code(ReasonCode::TOPIC_FILTER_INVALID);
+                    for index in refused {
+                        reason_codes.insert(index.min(reason_codes.len()), code);
+                    }
+                }
                 Action::Forward(Packet::SubAck(SubAck {
                     packet_id: s.packet_id,
                     properties: self.props_down(s.properties),
@@ -567,10 +602,53 @@ mod tests {
         };
         // `devices/{client_id}/{topic}` has no suffix, so `#` stays last: valid.
         assert!(matches!(b.uplink(subscribe(b"cmd/#")), Action::Forward(_)));
-        assert!(matches!(
-            b.uplink(subscribe(b"cmd/#/x")),
-            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_FILTER_INVALID))
-        ));
+        // An invalid filter is refused in the SUBACK, as a broker would; the session goes on.
+        let Action::Reply(Packet::SubAck(ack)) = b.uplink(subscribe(b"cmd/#/x")) else {
+            panic!("an all-invalid SUBSCRIBE is answered here");
+        };
+        assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+    }
+
+    #[test]
+    fn a_subscribe_with_some_invalid_filters_forwards_the_rest_and_merges_the_suback() {
+        for (device, refused) in [
+            (ProtocolVersion::V5, ReasonCode::TOPIC_FILTER_INVALID),
+            (ProtocolVersion::V311, ReasonCode::UNSPECIFIED_ERROR),
+        ] {
+            let mut b = bridge(device, ProtocolVersion::V5);
+            let filters: [&'static [u8]; 4] = [b"a/#/x", b"b", b"c/#/y", b"d/+"];
+            let Action::Forward(Packet::Subscribe(up)) = b.uplink(Packet::Subscribe(Subscribe {
+                packet_id: id(7),
+                properties: Properties::default(),
+                subscriptions: filters
+                    .iter()
+                    .map(|f| Subscription {
+                        filter: Bytes::from_static(f),
+                        options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+                    })
+                    .collect(),
+            })) else {
+                panic!("the valid filters go upstream");
+            };
+            assert_eq!(up.subscriptions.len(), 2);
+            let Action::Forward(Packet::SubAck(down)) = b.downlink(Packet::SubAck(SubAck {
+                packet_id: id(7),
+                properties: Properties::default(),
+                reason_codes: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::SUCCESS],
+            })) else {
+                panic!("the broker's SUBACK goes to the device");
+            };
+            assert_eq!(
+                down.reason_codes,
+                vec![
+                    refused,
+                    ReasonCode::GRANTED_QOS_1,
+                    refused,
+                    ReasonCode::SUCCESS
+                ],
+                "{device:?}"
+            );
+        }
     }
 
     #[test]

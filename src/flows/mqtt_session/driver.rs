@@ -544,6 +544,7 @@ impl Pump<'_> {
         let version = self.bridge.device_version();
         let mut end = None;
         let mut publishes = 0u64;
+        let mut replies = BytesMut::new();
         while end.is_none() {
             let packet = match mqtt::decode_packet(
                 &mut self.device_buf,
@@ -563,6 +564,17 @@ impl Pump<'_> {
                 Action::Forward(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
                 Action::End(e) => (None, Some(e)),
+                Action::Reply(p) => {
+                    // Answered here (a SUBSCRIBE whose every filter was refused): the reply
+                    // goes to the device after this batch's uplink write.
+                    if mqtt::encode(&p, version, &mut replies).is_err() {
+                        end = Some(SessionEnd::DeviceProtocol(
+                            ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+                        ));
+                        break;
+                    }
+                    (None, None)
+                }
             };
             if let Some(p) = packet {
                 if mqtt::encode(&p, self.bridge.upstream_version(), out).is_err() {
@@ -585,6 +597,13 @@ impl Pump<'_> {
                 return Some(end.unwrap_or(SessionEnd::UpstreamClosed));
             }
             self.state.metrics.borrow_mut().mqtt_publishes_uplink += publishes;
+        }
+        if !replies.is_empty()
+            && send_device(self.state, self.device, replies.freeze())
+                .await
+                .is_err()
+        {
+            return Some(end.unwrap_or(SessionEnd::DeviceClosed));
         }
         end
     }
@@ -611,7 +630,7 @@ impl Pump<'_> {
             };
             let is_publish = matches!(packet, Packet::Publish(_));
             let (packet, ending) = match self.bridge.downlink(packet) {
-                Action::Forward(p) => (Some(p), None),
+                Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
                 Action::End(e) => (None, Some(e)),
             };
