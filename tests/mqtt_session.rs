@@ -545,7 +545,7 @@ fn a_subscribe_filter_with_no_upstream_form_is_refused_in_the_suback_and_the_res
     // Issue #10 follow-up: under a topic template with text after `{topic}`, `cmd/#` has no
     // valid upstream form (`#` must be last). The device gets 0x8F (0x80 in 3.1.1) for that
     // filter in the SUBACK, as a broker refuses a filter; its other filters are subscribed
-    // and the session goes on (it used to end with DISCONNECT).
+    // and the session goes on (it used to end with DISCONNECT). The same for UNSUBSCRIBE.
     let s = setup(
         BrokerOptions::default(),
         Dest {
@@ -604,6 +604,26 @@ fn a_subscribe_filter_with_no_upstream_form_is_refused_in_the_suback_and_the_res
         let answer = read_packet(&mut raw).expect("SUBACK");
         assert_eq!(answer[0], 0x90, "expected SUBACK, got {answer:02X?}");
         assert_eq!(answer.last(), Some(&refused), "{answer:02X?}");
+        // UNSUBSCRIBE id 11: "cmd/+" goes to the broker, "cmd/#" is refused in the UNSUBACK
+        // (5.0: 0x8F for it; 3.1.1 UNSUBACKs carry no codes).
+        let mut body = vec![0, 11];
+        if v5 {
+            body.push(0);
+        }
+        string(&mut body, b"cmd/+");
+        string(&mut body, b"cmd/#");
+        raw.write_all(&frame(0xA2, &body)).expect("UNSUBSCRIBE");
+        let unsuback = read_packet(&mut raw).expect("UNSUBACK");
+        assert_eq!(unsuback[0], 0xB0, "expected UNSUBACK, got {unsuback:02X?}");
+        if v5 {
+            assert_eq!(&unsuback[5..], [0x00, 0x8F], "{unsuback:02X?}");
+        } else {
+            assert_eq!(unsuback, [0xB0, 2, 0, 11]);
+        }
+        // The unsubscription reached the broker: nothing more arrives; the session is alive.
+        publish_direct(&s.broker, &format!("devices/{id}/cmd/again/in"), "x", &[]);
+        raw.write_all(&[0xC0, 0]).expect("PINGREQ");
+        assert_eq!(read_packet(&mut raw).expect("PINGRESP"), [0xD0, 0]);
     }
 }
 

@@ -167,9 +167,10 @@ pub struct Bridge {
     /// Filter counts of device UNSUBSCRIBEs awaiting a 3.1.1 UNSUBACK, for a v5 device (whose
     /// UNSUBACK needs one reason code per filter).
     pending_unsubscribes: HashMap<u16, usize>,
-    /// Device SUBSCRIBEs forwarded without some of their filters (those with no valid upstream
-    /// form): the positions refused, merged into the broker's SUBACK for the device.
-    pending_subscribe_refusals: HashMap<u16, Vec<usize>>,
+    /// Device SUBSCRIBEs (and 5.0 UNSUBSCRIBEs) forwarded without some of their filters (those
+    /// with no valid upstream form): the positions refused, merged into the broker's SUBACK /
+    /// UNSUBACK for the device. Packet ids are unique among a client's in-flight packets.
+    pending_refusals: HashMap<u16, Vec<usize>>,
     /// Packet ids of device QoS 1/2 PUBLISHes forwarded and not yet answered by the broker
     /// (PUBACK / PUBREC): what a draining session waits for.
     uplink_unacked: HashSet<u16>,
@@ -191,7 +192,7 @@ impl Bridge {
             envelope: None,
             device_aliases: HashMap::new(),
             pending_unsubscribes: HashMap::new(),
-            pending_subscribe_refusals: HashMap::new(),
+            pending_refusals: HashMap::new(),
             uplink_unacked: HashSet::new(),
         }
     }
@@ -325,8 +326,7 @@ impl Bridge {
                             reason_codes: vec![code; refused.len()],
                         }));
                     }
-                    self.pending_subscribe_refusals
-                        .insert(s.packet_id.get(), refused);
+                    self.pending_refusals.insert(s.packet_id.get(), refused);
                 }
                 Action::Forward(Packet::Subscribe(Subscribe {
                     packet_id: s.packet_id,
@@ -335,20 +335,34 @@ impl Bridge {
                 }))
             }
             Packet::Unsubscribe(u) => {
+                let count = u.filters.len();
+                let mut filters = Vec::with_capacity(count);
+                let mut refused = Vec::new();
+                for (index, filter) in u.filters.iter().enumerate() {
+                    // As for SUBSCRIBE: a filter with no upstream form is refused in the UNSUBACK.
+                    match self.topics.uplink_filter(filter, self.upstream) {
+                        Ok(f) => filters.push(f),
+                        Err(_) => refused.push(index),
+                    }
+                }
+                if filters.is_empty() {
+                    let reason_codes = match self.device {
+                        ProtocolVersion::V5 => vec![ReasonCode::TOPIC_FILTER_INVALID; count],
+                        ProtocolVersion::V311 => Vec::new(),
+                    };
+                    return Action::Reply(Packet::UnsubAck(UnsubAck {
+                        packet_id: u.packet_id,
+                        properties: Properties::default(),
+                        reason_codes,
+                    }));
+                }
                 if self.device == ProtocolVersion::V5 && self.upstream == ProtocolVersion::V311 {
                     self.pending_unsubscribes
-                        .insert(u.packet_id.get(), u.filters.len());
+                        .insert(u.packet_id.get(), filters.len());
                 }
-                let Ok(filters) = u
-                    .filters
-                    .iter()
-                    .map(|f| self.topics.uplink_filter(f, self.upstream))
-                    .collect::<Result<Vec<_>, _>>()
-                else {
-                    return Action::End(SessionEnd::DeviceProtocol(
-                        ReasonCode::TOPIC_FILTER_INVALID,
-                    ));
-                };
+                if !refused.is_empty() && self.device == ProtocolVersion::V5 {
+                    self.pending_refusals.insert(u.packet_id.get(), refused);
+                }
                 Action::Forward(Packet::Unsubscribe(Unsubscribe {
                     packet_id: u.packet_id,
                     properties: self.props_up(u.properties),
@@ -439,7 +453,7 @@ impl Bridge {
                         .collect(),
                 };
                 // Put back the device's filters refused here, in their places.
-                if let Some(refused) = self.pending_subscribe_refusals.remove(&s.packet_id.get()) {
+                if let Some(refused) = self.pending_refusals.remove(&s.packet_id.get()) {
                     let code = self.refusal_code(ReasonCode::TOPIC_FILTER_INVALID);
                     for index in refused {
                         reason_codes.insert(index.min(reason_codes.len()), code);
@@ -460,6 +474,14 @@ impl Bridge {
                         vec![ReasonCode::SUCCESS; pending.unwrap_or(1)]
                     }
                 };
+                // Put back the device's filters refused here (5.0 only: 3.1.1 has no codes).
+                let mut reason_codes = reason_codes;
+                if let Some(refused) = self.pending_refusals.remove(&u.packet_id.get()) {
+                    for index in refused {
+                        let at = index.min(reason_codes.len());
+                        reason_codes.insert(at, ReasonCode::TOPIC_FILTER_INVALID);
+                    }
+                }
                 Action::Forward(Packet::UnsubAck(UnsubAck {
                     packet_id: u.packet_id,
                     properties: self.props_down(u.properties),
@@ -607,6 +629,55 @@ mod tests {
             panic!("an all-invalid SUBSCRIBE is answered here");
         };
         assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+    }
+
+    #[test]
+    fn an_unsubscribe_with_invalid_filters_is_answered_in_the_unsuback() {
+        for upstream in [ProtocolVersion::V5, ProtocolVersion::V311] {
+            let mut b = bridge(ProtocolVersion::V5, upstream);
+            let unsubscribe = |filters: &[&'static [u8]]| {
+                Packet::Unsubscribe(Unsubscribe {
+                    packet_id: id(3),
+                    properties: Properties::default(),
+                    filters: filters.iter().map(|f| Bytes::from_static(f)).collect(),
+                })
+            };
+            let Action::Reply(Packet::UnsubAck(all)) = b.uplink(unsubscribe(&[b"a/#/x"])) else {
+                panic!("an all-invalid UNSUBSCRIBE is answered here");
+            };
+            assert_eq!(all.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+            let Action::Forward(Packet::Unsubscribe(up)) = b.uplink(unsubscribe(&[b"b", b"a/#/x"]))
+            else {
+                panic!("the valid filter goes upstream");
+            };
+            assert_eq!(up.filters.len(), 1);
+            let broker_codes = match upstream {
+                ProtocolVersion::V5 => vec![ReasonCode::SUCCESS],
+                ProtocolVersion::V311 => Vec::new(),
+            };
+            let Action::Forward(Packet::UnsubAck(down)) = b.downlink(Packet::UnsubAck(UnsubAck {
+                packet_id: id(3),
+                properties: Properties::default(),
+                reason_codes: broker_codes,
+            })) else {
+                panic!("the broker's UNSUBACK goes to the device");
+            };
+            assert_eq!(
+                down.reason_codes,
+                vec![ReasonCode::SUCCESS, ReasonCode::TOPIC_FILTER_INVALID],
+                "{upstream:?}"
+            );
+        }
+        // 3.1.1 has no UNSUBACK codes: the refused filter is simply not sent upstream.
+        let mut b = bridge(ProtocolVersion::V311, ProtocolVersion::V5);
+        let Action::Reply(Packet::UnsubAck(ack)) = b.uplink(Packet::Unsubscribe(Unsubscribe {
+            packet_id: id(4),
+            properties: Properties::default(),
+            filters: vec![Bytes::from_static(b"a/#/x")],
+        })) else {
+            panic!("answered here");
+        };
+        assert!(ack.reason_codes.is_empty());
     }
 
     #[test]
