@@ -467,7 +467,7 @@ impl Bridge {
             }
             Packet::UnsubAck(u) => {
                 let pending = self.pending_unsubscribes.remove(&u.packet_id.get());
-                let reason_codes = match (self.device, self.upstream) {
+                let mut reason_codes = match (self.device, self.upstream) {
                     (ProtocolVersion::V311, _) => Vec::new(),
                     (ProtocolVersion::V5, ProtocolVersion::V5) => u.reason_codes,
                     (ProtocolVersion::V5, ProtocolVersion::V311) => {
@@ -475,7 +475,6 @@ impl Bridge {
                     }
                 };
                 // Put back the device's filters refused here (5.0 only: 3.1.1 has no codes).
-                let mut reason_codes = reason_codes;
                 if let Some(refused) = self.pending_refusals.remove(&u.packet_id.get()) {
                     for index in refused {
                         let at = index.min(reason_codes.len());
