@@ -18,7 +18,8 @@ use common::mosquitto::{publish, publish_output, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
 use simgate::proto::mqtt::{
-    Auth, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
+    Auth, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, Subscribe,
+    Subscription, SubscriptionOptions,
 };
 use simgate::testkit::TestPki;
 
@@ -422,6 +423,56 @@ fn publish_with_subscription_identifier_is_a_protocol_error_and_not_forwarded() 
         checker.next_message(Duration::from_secs(10)).as_deref(),
         Some("devices/marker/t after")
     );
+}
+
+#[test]
+fn subscribe_with_a_subscription_identifier_is_refused_with_0xa1() {
+    // CONNACK advertises Subscription Identifiers Available = 0 (upstream subscriptions are
+    // shared by the link's devices); a SUBSCRIBE carrying one ends that session with 0xA1
+    // "Subscription Identifiers not supported" and subscribes nothing.
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let gw = start_gateway(dir.path(), &pki, &broker, 1, "");
+    let mut c = Client::connect(gw.mqtt, "subident", ProtocolVersion::V5, true).expect("connect");
+    c.send(&Packet::Subscribe(Subscribe {
+        packet_id: NonZeroU16::MIN,
+        properties: Properties {
+            subscription_identifiers: vec![7],
+            ..Properties::default()
+        },
+        subscriptions: vec![Subscription {
+            filter: Bytes::from_static(b"cmd/#"),
+            options: SubscriptionOptions::with_qos(QoS::AtMostOnce),
+        }],
+    }))
+    .expect("SUBSCRIBE");
+    match c.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::Disconnect(d))) => assert_eq!(d.reason_code, ReasonCode(0xA1)),
+        other => panic!(
+            "expected DISCONNECT 0xA1, got {other:?}\n{}",
+            gw.simgate.stderr()
+        ),
+    }
+    assert!(
+        matches!(c.next(Duration::from_secs(10)), Err(ClientError::Closed)),
+        "connection closed after the DISCONNECT"
+    );
+    // Another device on the same link is unaffected: it subscribes and gets its SUBACK.
+    let mut other = Client::connect(gw.mqtt, "plain", ProtocolVersion::V5, true).expect("connect");
+    other
+        .send(&Packet::Subscribe(Subscribe {
+            packet_id: NonZeroU16::MIN,
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: Bytes::from_static(b"cmd/#"),
+                options: SubscriptionOptions::with_qos(QoS::AtMostOnce),
+            }],
+        }))
+        .expect("SUBSCRIBE");
+    match other.next(Duration::from_secs(10)) {
+        Ok(Some(Packet::SubAck(a))) => assert_eq!(a.reason_codes, vec![ReasonCode::SUCCESS]),
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
 }
 
 #[test]

@@ -152,6 +152,11 @@ impl Device {
                 self.write(&Packet::PubComp(comp));
                 None
             }
+            Packet::Subscribe(sub) if !sub.properties.subscription_identifiers.is_empty() => {
+                // CONNACK said Subscription Identifiers Available = 0 (the link's subscriptions
+                // are shared by every device): [MQTT-3.2.2.3.13] wants 0xA1 for one sent anyway.
+                Some(End::Abnormal(Some(ReasonCode(0xA1))))
+            }
             Packet::Subscribe(sub) => {
                 self.on_subscribe(sub, link, key);
                 None
