@@ -77,9 +77,13 @@ fn radclient(
 
 fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; MAX_PACKET_LEN + 1];
-    let (n, peer) = socket
-        .recv_from(&mut buf)
-        .expect("no datagram from radclient");
+    // A blocking recv can return EINTR (seen once in CI); that is not radclient's silence.
+    let (n, peer) = loop {
+        match socket.recv_from(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other.expect("no datagram from radclient"),
+        }
+    };
     buf.truncate(n);
     (buf, peer)
 }
