@@ -187,6 +187,10 @@ pub struct AggregateTotals {
     pub sessions_taken_over: u64,
     /// Device CONNECTs refused because their link had been down for `down_after`.
     pub connects_refused_down: u64,
+    /// Aggregate-mode links running (gauge).
+    pub links_running: u64,
+    /// Of those, links with an upstream MQTT session now (gauge).
+    pub links_up: u64,
 }
 
 impl AggregateTotals {
@@ -202,6 +206,8 @@ impl AggregateTotals {
         self.topics_refused += o.topics_refused;
         self.sessions_taken_over += o.sessions_taken_over;
         self.connects_refused_down += o.connects_refused_down;
+        self.links_running += o.links_running;
+        self.links_up += o.links_up;
     }
 }
 

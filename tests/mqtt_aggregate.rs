@@ -966,6 +966,8 @@ fn wait_metric(gw: &Gateway, series: &str, at_least: u64) {
 const LINK_CONNECTS: &str = "simgate_mqtt_link_connects_total";
 const LINK_FAILURES: &str = "simgate_mqtt_link_failures_total";
 const REFUSED_DOWN: &str = "simgate_mqtt_connects_refused_total{reason=\"upstream_down\"}";
+const LINKS_UP: &str = "simgate_mqtt_links{state=\"up\"}";
+const LINKS_DOWN: &str = "simgate_mqtt_links{state=\"down\"}";
 
 /// A device connected while the broker is up, with one QoS 1 message acknowledged: the link
 /// has connected.
@@ -1013,10 +1015,15 @@ fn with_accept_while_down_false_new_devices_are_refused_once_the_link_has_been_d
         "accept_while_down = false\ndown_after = \"1s\"",
     );
     let mut early = connected_device(&gw, "early");
+    // The SRE's view of the link: one up, none down.
+    assert_eq!(metric(&gw, LINKS_UP), 1);
+    assert_eq!(metric(&gw, LINKS_DOWN), 0);
 
     broker.kill9();
     // The link saw the broker go: its outage started no later than this.
     wait_metric(&gw, LINK_FAILURES, 1);
+    assert_eq!(metric(&gw, LINKS_UP), 0);
+    assert_eq!(metric(&gw, LINKS_DOWN), 1);
     // The bound itself: a wait on the clock, which is what `down_after` is.
     std::thread::sleep(down_after);
 
@@ -1061,6 +1068,8 @@ fn with_accept_while_down_false_new_devices_are_refused_once_the_link_has_been_d
     let connects = metric(&gw, LINK_CONNECTS);
     broker.restart();
     wait_metric(&gw, LINK_CONNECTS, connects + 1);
+    assert_eq!(metric(&gw, LINKS_UP), 1);
+    assert_eq!(metric(&gw, LINKS_DOWN), 0);
     expect_puback(&gw, &mut early, 2);
     for (name, version) in [
         ("back-v5", ProtocolVersion::V5),

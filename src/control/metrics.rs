@@ -359,6 +359,15 @@ pub fn render(
         "Aggregate-mode upstream MQTT sessions established",
         &[("", a.link_connects)],
     );
+    gauge(
+        w,
+        "simgate_mqtt_links",
+        "Aggregate-mode upstream links (one per shard and destination with devices), by state",
+        &[
+            ("state=\"up\"", a.links_up),
+            ("state=\"down\"", a.links_running.saturating_sub(a.links_up)),
+        ],
+    );
     counter(
         w,
         "simgate_mqtt_link_failures_total",

@@ -590,6 +590,8 @@ async fn command_loop(
                         topics_refused: c.topics_refused.get(),
                         sessions_taken_over: agg.sessions_taken_over(),
                         connects_refused_down: c.connects_refused_down.get(),
+                        links_running: c.links_running.get(),
+                        links_up: c.links_up.get(),
                     };
                     let _ = reply.send(snapshot);
                 }

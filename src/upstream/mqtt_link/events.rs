@@ -138,9 +138,18 @@ pub struct AggregateCounters {
     /// Device CONNECTs refused with "server unavailable" because their link had been down for
     /// `down_after` (`accept_while_down = false`).
     pub connects_refused_down: Cell<u64>,
+    /// Links running on this shard (a gauge: one per destination with devices, or draining).
+    pub links_running: Cell<u64>,
+    /// Of those, links with an upstream MQTT session now (a gauge).
+    pub links_up: Cell<u64>,
 }
 
 /// Add one to a counter.
 pub(super) fn bump(c: &Cell<u64>) {
     c.set(c.get().wrapping_add(1));
+}
+
+/// Take one from a gauge.
+pub(super) fn drop_one(c: &Cell<u64>) {
+    c.set(c.get().saturating_sub(1));
 }
