@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 
-use super::events::{bump, drop_one, AggregateCounters, LinkProtocolError};
+use super::events::{bump, AggregateCounters, GaugeHold, LinkProtocolError};
 use super::settings::{destination_fingerprint, LinkSettings};
 use super::status::LinkStatus;
 use super::LinkCore;
@@ -143,7 +143,7 @@ pub async fn run_link(
 ) {
     let mut delay = settings.backoff_initial;
     let mut salt = upstreams.shard() as u64 ^ fingerprint;
-    bump(&counters.links_running);
+    let _running = GaugeHold::new(&counters.links_running);
     loop {
         if link.idle_and_retired() {
             break;
@@ -163,13 +163,13 @@ pub async fn run_link(
                 match handshake(&mut tls, &settings).await {
                     Ok(receive_maximum) => {
                         bump(&counters.link_connects);
-                        bump(&counters.links_up);
+                        let up = GaugeHold::new(&counters.links_up);
                         link.status.set(LinkStatus::Up);
                         delay = settings.backoff_initial;
                         let resent = link.with_core(|c| c.on_connected(receive_maximum));
                         tracing::info!(shard = upstreams.shard(), dest = %dest_name, resent, "mqtt link up");
                         let end = serve_connection(&mut tls, &link, &settings).await;
-                        drop_one(&counters.links_up);
+                        drop(up);
                         link.failed(reactor::now());
                         link.core.borrow_mut().on_disconnected();
                         match end {
@@ -215,7 +215,6 @@ pub async fn run_link(
         delay = delay.saturating_mul(2).min(settings.backoff_max);
     }
     link.ended.set(true);
-    drop_one(&counters.links_running);
     link.core.borrow_mut().close_sessions();
 }
 

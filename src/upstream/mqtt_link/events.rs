@@ -149,7 +149,19 @@ pub(super) fn bump(c: &Cell<u64>) {
     c.set(c.get().wrapping_add(1));
 }
 
-/// Take one from a gauge.
-pub(super) fn drop_one(c: &Cell<u64>) {
-    c.set(c.get().saturating_sub(1));
+/// One unit of a gauge, held until dropped (so a task dropped mid-await still gives it back).
+pub(super) struct GaugeHold<'a>(&'a Cell<u64>);
+
+impl<'a> GaugeHold<'a> {
+    /// Add one to `gauge` until the hold is dropped.
+    pub(super) fn new(gauge: &'a Cell<u64>) -> GaugeHold<'a> {
+        bump(gauge);
+        GaugeHold(gauge)
+    }
+}
+
+impl Drop for GaugeHold<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
