@@ -39,7 +39,7 @@ struct Inbox {
     notifier: OnceLock<Notifier>,
 }
 
-/// Who holds each client id, gateway-wide. `Send + Sync`; one per [`crate::shard::Gateway`].
+/// Who holds each client id, gateway-wide. `Send + Sync`; one per running gateway (the shard layer creates it).
 #[derive(Debug)]
 pub struct ClientIds {
     owners: Mutex<Table>,

@@ -676,6 +676,21 @@ mod tests {
     use super::*;
     use bytes::BytesMut;
 
+    /// Every property context, for tests that check each one.
+    const ALL_CONTEXTS: [PropertyContext; 11] = [
+        PropertyContext::Connect,
+        PropertyContext::Will,
+        PropertyContext::ConnAck,
+        PropertyContext::Publish,
+        PropertyContext::PubResponse,
+        PropertyContext::Subscribe,
+        PropertyContext::SubAck,
+        PropertyContext::Unsubscribe,
+        PropertyContext::UnsubAck,
+        PropertyContext::Disconnect,
+        PropertyContext::Auth,
+    ];
+
     /// Decodes `block` as sent by a server (Table 2-4 alone decides what is allowed).
     fn decode(block: &'static [u8], context: PropertyContext) -> Result<Properties, MqttError> {
         decode_from(block, context, Sender::Server)
@@ -738,19 +753,7 @@ mod tests {
             shared_subscription_available: Some(true),
         };
         let mut covered = 0u64;
-        for context in [
-            PropertyContext::Connect,
-            PropertyContext::Will,
-            PropertyContext::ConnAck,
-            PropertyContext::Publish,
-            PropertyContext::PubResponse,
-            PropertyContext::Subscribe,
-            PropertyContext::SubAck,
-            PropertyContext::Unsubscribe,
-            PropertyContext::UnsubAck,
-            PropertyContext::Disconnect,
-            PropertyContext::Auth,
-        ] {
+        for context in ALL_CONTEXTS {
             if context == PropertyContext::Subscribe {
                 all.subscription_identifiers = vec![268_435_455];
             }
@@ -889,19 +892,7 @@ mod tests {
 
     #[test]
     fn forbidden_from_is_a_subset_of_allowed() {
-        for context in [
-            PropertyContext::Connect,
-            PropertyContext::Will,
-            PropertyContext::ConnAck,
-            PropertyContext::Publish,
-            PropertyContext::PubResponse,
-            PropertyContext::Subscribe,
-            PropertyContext::SubAck,
-            PropertyContext::Unsubscribe,
-            PropertyContext::UnsubAck,
-            PropertyContext::Disconnect,
-            PropertyContext::Auth,
-        ] {
+        for context in ALL_CONTEXTS {
             for sender in [Sender::Client, Sender::Server] {
                 let forbidden = context.forbidden_from(sender);
                 assert_eq!(forbidden & !context.allowed(), 0, "{context:?} {sender:?}");

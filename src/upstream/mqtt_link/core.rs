@@ -725,7 +725,12 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(&b"3"[..], false), (&b"4"[..], false)]
         );
-        let acked: Vec<_> = mailbox
+        assert_eq!(acked_ids(&mailbox), vec![1, 2]);
+    }
+
+    /// The device packet ids acknowledged in `mailbox` since the last drain, in order.
+    fn acked_ids(mailbox: &SessionMailbox) -> Vec<u16> {
+        mailbox
             .drain()
             .into_iter()
             .filter_map(|e| match e {
@@ -734,8 +739,7 @@ mod tests {
                 } => Some(device_packet_id.get()),
                 _ => None,
             })
-            .collect();
-        assert_eq!(acked, vec![1, 2]);
+            .collect()
     }
 
     #[test]
@@ -769,17 +773,7 @@ mod tests {
             .expect("valid");
         c.handle(Packet::PubAck(PubResponse::success(b)))
             .expect("valid");
-        let acked: Vec<u16> = mailbox
-            .drain()
-            .into_iter()
-            .filter_map(|e| match e {
-                LinkEvent::Acked {
-                    device_packet_id, ..
-                } => Some(device_packet_id.get()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(acked, vec![12]);
+        assert_eq!(acked_ids(&mailbox), vec![12]);
         assert_eq!(c.inflight_len(), 1, "\"1\" is still unacknowledged");
     }
 
