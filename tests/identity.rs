@@ -368,26 +368,8 @@ fn publish(topic: &'static str, id: u16, spoof: bool) -> Packet {
 
 /// The next PUBLISH `client` receives, as (topic, user properties).
 fn next_publish(client: &mut Client) -> (String, Vec<(String, String)>) {
-    loop {
-        match client.next(Duration::from_secs(10)) {
-            Ok(Some(Packet::Publish(p))) => {
-                let props = p
-                    .properties
-                    .user_properties
-                    .iter()
-                    .map(|u| {
-                        (
-                            String::from_utf8_lossy(&u.name).into_owned(),
-                            String::from_utf8_lossy(&u.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                return (String::from_utf8_lossy(&p.topic).into_owned(), props);
-            }
-            Ok(Some(_)) => {}
-            other => panic!("expected a PUBLISH at the broker, got {other:?}"),
-        }
-    }
+    let (topic, props, _) = next_publish_with_payload(client);
+    (topic, props)
 }
 
 /// The user properties without the signature pair.
