@@ -64,11 +64,17 @@ pub enum ErrorKind {
     /// buffers) while opening an upstream connection (503). Never counted as an upstream failure
     /// and never puts a destination into backoff.
     LocalResources,
+    /// A cloud adapter could not express the device's message for its cloud: a body the cloud
+    /// does not take (400), too large for it (413), or identity that does not fit (500).
+    AdapterRejected,
+    /// The destination's cloud token (SAS, OAuth2) is missing or expired: the control thread
+    /// could not mint it (503 with `Retry-After`).
+    CredentialUnavailable,
 }
 
 impl ErrorKind {
     /// Every kind, in exposition order.
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::DeviceBadRequest,
         ErrorKind::DeviceTimeout,
         ErrorKind::NoRoute,
@@ -79,6 +85,8 @@ impl ErrorKind {
         ErrorKind::UpstreamProtocol,
         ErrorKind::UpstreamTimeout,
         ErrorKind::LocalResources,
+        ErrorKind::AdapterRejected,
+        ErrorKind::CredentialUnavailable,
     ];
 
     /// Label value used in metrics.
@@ -94,6 +102,8 @@ impl ErrorKind {
             ErrorKind::UpstreamProtocol => "upstream_protocol",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
             ErrorKind::LocalResources => "local_resources",
+            ErrorKind::AdapterRejected => "adapter_rejected",
+            ErrorKind::CredentialUnavailable => "credential_unavailable",
         }
     }
 
@@ -263,6 +273,13 @@ pub struct ShardMetrics {
     pub mqtt_publishes_downlink: u64,
     /// Aggregate-mode (N:1) counters, copied from the shard's links at snapshot time.
     pub mqtt_aggregate: AggregateTotals,
+    /// Answers of the clouds to the cloud adapters' calls, by adapter index (the order of
+    /// `policy::AdapterKind::ALL`) and [`CLOUD_STATUSES`] bucket.
+    pub cloud_responses: [[u64; CLOUD_STATUSES.len()]; CLOUD_ADAPTERS],
+    /// Batched cloud calls made, and the messages they carried (`simgate_cloud_batch_*`).
+    pub cloud_batches: u64,
+    /// Messages carried by batched calls.
+    pub cloud_batched_messages: u64,
     /// Device-observed request time inside simgate, from the request fully received to the
     /// response fully sent, in µs.
     pub request_total_us: Histogram<u64>,
@@ -296,13 +313,43 @@ impl Default for ShardMetrics {
             mqtt_publishes_uplink: 0,
             mqtt_publishes_downlink: 0,
             mqtt_aggregate: AggregateTotals::default(),
+            cloud_responses: [[0; CLOUD_STATUSES.len()]; CLOUD_ADAPTERS],
+            cloud_batches: 0,
+            cloud_batched_messages: 0,
             request_total_us: new_histogram(),
             gateway_added_us: new_histogram(),
         }
     }
 }
 
+/// Adapters counted in [`ShardMetrics::cloud_responses`] (`policy::AdapterKind::ALL.len()`).
+pub const CLOUD_ADAPTERS: usize = 8;
+
+/// The status buckets of [`ShardMetrics::cloud_responses`]: the statuses clouds answer with a
+/// meaning of their own, then the rest by class.
+pub const CLOUD_STATUSES: [&str; 9] = [
+    "2xx", "400", "401", "403", "404", "413", "429", "4xx", "5xx",
+];
+
 impl ShardMetrics {
+    /// Count a cloud's answer `status` to adapter `adapter` (its index in `AdapterKind::ALL`).
+    pub fn cloud_response(&mut self, adapter: usize, status: u16) {
+        let bucket = match status {
+            200..=299 => 0,
+            400 => 1,
+            401 => 2,
+            403 => 3,
+            404 => 4,
+            413 => 5,
+            429 => 6,
+            402 | 405..=412 | 414..=428 | 430..=499 => 7,
+            _ => 8,
+        };
+        if let Some(row) = self.cloud_responses.get_mut(adapter) {
+            row[bucket] += 1;
+        }
+    }
+
     /// Count a response status sent to a device.
     pub fn response(&mut self, status: u16) {
         let class = usize::from(status / 100).min(5);
@@ -384,6 +431,13 @@ impl ShardMetrics {
         self.mqtt_publishes_uplink += other.mqtt_publishes_uplink;
         self.mqtt_publishes_downlink += other.mqtt_publishes_downlink;
         self.mqtt_aggregate.merge(&other.mqtt_aggregate);
+        for (row, other_row) in self.cloud_responses.iter_mut().zip(&other.cloud_responses) {
+            for (a, b) in row.iter_mut().zip(other_row) {
+                *a += b;
+            }
+        }
+        self.cloud_batches += other.cloud_batches;
+        self.cloud_batched_messages += other.cloud_batched_messages;
         // Both histograms share bounds, so `add` only fails if a value exceeds them, which
         // `saturating_record` already prevents; ignore rather than panic.
         let _ = self.request_total_us.add(&other.request_total_us);

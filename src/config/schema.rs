@@ -139,14 +139,27 @@ pub(crate) struct RawListener {
     pub receive_maximum: Option<i64>,
 }
 
-/// `[[credential]]`.
+/// `[[credential]]`. Which keys a kind takes is checked in `compile`: `x509` (`cert`, `key`
+/// as file paths), `aws-keys` (`access_key_id`, `secret_access_key`, `session_token`),
+/// `azure-sas` (`key_name`, `key`), `gcp-service-account` (`file`), `basic` (`username`,
+/// `password`), `bearer` (`token`). Secret values are [`RawSecret`]s.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCredential {
     pub name: String,
     pub kind: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: Option<PathBuf>,
+    /// `x509`: the private key file (a path, inline or `{ file }`); `azure-sas`: the key.
+    pub key: Option<RawSecret>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<RawSecret>,
+    pub session_token: Option<RawSecret>,
+    pub key_name: Option<String>,
+    /// `gcp-service-account`: the service-account JSON file Google issues.
+    pub file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<RawSecret>,
+    pub token: Option<RawSecret>,
 }
 
 /// `[[destination]]`.
@@ -155,7 +168,9 @@ pub(crate) struct RawCredential {
 pub(crate) struct RawDestination {
     pub name: String,
     pub adapter: String,
-    pub endpoint: String,
+    /// Required for `https`, `mqtts`, `aws-iot-core` and `things-cloud`; the other cloud
+    /// adapters derive it from their keys (and this overrides it).
+    pub endpoint: Option<String>,
     pub server_name: Option<String>,
     pub ca: Option<PathBuf>,
     pub credential: Option<String>,
@@ -170,6 +185,48 @@ pub(crate) struct RawDestination {
     pub pool: RawPool,
     /// `[destination.mqtt]`: required for `adapter = "mqtts"`, an error otherwise.
     pub mqtt: Option<RawMqtt>,
+    // Cloud adapter keys (docs/adapters.md); which adapter takes which is checked in
+    // `compile`.
+    pub region: Option<String>,
+    pub function: Option<String>,
+    pub qualifier: Option<String>,
+    pub invocation: Option<String>,
+    pub namespace: Option<String>,
+    pub hub: Option<String>,
+    pub device_id: Option<String>,
+    pub project: Option<String>,
+    /// `aws-iot-core`: the topic template; `gcp-pubsub`: the Pub/Sub topic name.
+    pub topic: Option<String>,
+    pub token_uri: Option<String>,
+    pub tenant: Option<String>,
+    pub kind: Option<String>,
+    pub source_id: Option<String>,
+    pub partition_key: Option<String>,
+    pub ordering_key: Option<String>,
+    pub token_ttl: Option<RawDuration>,
+    /// `{ max_messages, max_bytes, linger }`: `gcp-pubsub` and `azure-event-hubs` only.
+    pub batch: Option<RawBatch>,
+}
+
+/// `destination.batch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBatch {
+    pub max_messages: Option<i64>,
+    /// A size such as `"1MiB"`, or an integer of bytes.
+    pub max_bytes: Option<RawSize>,
+    pub linger: Option<RawDuration>,
+}
+
+/// A byte size: an integer, or a string with a unit (`"512KiB"`, `"1MiB"`, `"1MB"`); parsed in
+/// `compile`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSize {
+    /// Bytes.
+    Bytes(i64),
+    /// With a unit.
+    Text(String),
 }
 
 /// `[destination.mqtt]`. Only `mode` is required; per-mode defaults are applied in `compile`.

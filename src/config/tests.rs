@@ -578,7 +578,8 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("key = \"certs/client.key\"", "key = \"certs/other.key\"", "credential[0].key", "private key does not match the certificate"),
     ("kind = \"x509\"", "kind = \"sas\"", "credential[0].kind", "unsupported credential kind \"sas\"; supported: \"x509\""),
     // Destinations.
-    ("adapter = \"https\"\nendpoint = \"sink", "adapter = \"aws-iot-core\"\nendpoint = \"sink", "destination[0].adapter", "unsupported adapter \"aws-iot-core\"; supported: \"https\", \"mqtts\""),
+    ("adapter = \"https\"\nendpoint = \"sink", "adapter = \"aws-iot\"\nendpoint = \"sink", "destination[0].adapter", "unsupported adapter \"aws-iot\"; supported: \"https\", \"mqtts\", \"aws-iot-core\""),
+    ("adapter = \"https\"\nendpoint = \"sink", "adapter = \"gcp-iot-core\"\nendpoint = \"sink", "destination[0].adapter", "retired on 2023-08-16"),
     ("endpoint = \"sink.test:8443\"", "endpoint = \"sink.test\"", "destination[0].endpoint", "invalid endpoint \"sink.test\": port required"),
     ("endpoint = \"sink.test:8443\"", "endpoint = \"https://sink.test\"", "destination[0].endpoint", "without a scheme or path"),
     ("endpoint = \"[::1]:443\"", "endpoint = \"::1:443\"", "destination[1].endpoint", "brackets"),

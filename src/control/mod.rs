@@ -133,6 +133,21 @@ impl Control {
             .map_err(|e| e.to_string())
     }
 
+    /// Hand cloud tokens minted for `plan` to every shard, if `plan` is still the one served.
+    /// `Ok(false)`: a reload replaced `plan` or the gateway is stopping. Blocking: waits for
+    /// every shard's acknowledgement.
+    pub fn apply_tokens(
+        &self,
+        plan: &Arc<Plan>,
+        tokens: Vec<(DestinationId, crate::policy::cloud::Token)>,
+    ) -> Result<bool, String> {
+        let mut guard = self.gateway.lock();
+        let Some(gateway) = guard.as_mut() else {
+            return Ok(false);
+        };
+        gateway.set_tokens(plan, tokens).map_err(|e| e.to_string())
+    }
+
     /// Prometheus exposition of the merged shard metrics. Blocks up to a second per shard.
     pub fn render_metrics(&self) -> String {
         let guard = self.gateway.lock();

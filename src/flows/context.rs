@@ -18,7 +18,8 @@ use super::drain::DrainSignal;
 use super::mqtt_aggregate::AggregateShard;
 use super::throttle::LogThrottle;
 use crate::identity::LiveBindings;
-use crate::policy::Plan;
+use crate::policy::cloud::Token;
+use crate::policy::{DestinationId, Plan};
 use crate::reactor::Broadcast;
 use crate::stats::ShardMetrics;
 use crate::upstream::driver::ShardUpstreams;
@@ -56,6 +57,11 @@ pub struct ShardState {
     pub bindings: Arc<LiveBindings>,
     /// Aggregate-mode MQTT state of this shard (upstream links, downlink routing).
     pub mqtt_aggregate: AggregateShard,
+    /// The cloud tokens (SAS, OAuth2 bearer) the control thread minted for the served plan's
+    /// destinations, by destination index.
+    pub tokens: RefCell<Vec<Option<Token>>>,
+    /// Batch queues of the batching cloud adapters.
+    pub batcher: super::batch::Batcher,
 }
 
 impl ShardState {
@@ -77,7 +83,53 @@ impl ShardState {
             client_ids,
             bindings,
             mqtt_aggregate: AggregateShard::default(),
+            tokens: RefCell::new(Vec::new()),
+            batcher: super::batch::Batcher::default(),
         }
+    }
+
+    /// The current token of destination `destination` of the served plan (a clone of two
+    /// words' worth: an `Arc<str>` and a time).
+    pub fn token(&self, destination: DestinationId) -> Option<Token> {
+        self.tokens
+            .borrow()
+            .get(usize::from(destination.0))
+            .cloned()
+            .flatten()
+    }
+
+    /// Install tokens the control thread minted for `plan`; ignored unless `plan` is the
+    /// served plan (a reload carried or will push the tokens of its own plan).
+    pub fn set_tokens(&self, plan: &Arc<Plan>, tokens: Vec<(DestinationId, Token)>) -> bool {
+        if !Arc::ptr_eq(plan, &self.plan()) {
+            return false;
+        }
+        let mut table = self.tokens.borrow_mut();
+        table.resize(plan.destinations.len(), None);
+        for (destination, token) in tokens {
+            if let Some(slot) = table.get_mut(usize::from(destination.0)) {
+                *slot = Some(token);
+            }
+        }
+        true
+    }
+
+    /// On a reload from `old` to `new`: keep the token of every destination whose name and
+    /// token recipe are unchanged, so no request waits for a re-mint; drop the others.
+    pub fn carry_tokens(&self, old: &Plan, new: &Plan) {
+        let mut table = self.tokens.borrow_mut();
+        let mut carried = vec![None; new.destinations.len()];
+        for (slot, dest) in carried.iter_mut().zip(&new.destinations) {
+            let Some(spec) = &dest.token else { continue };
+            let previous = old
+                .destinations
+                .iter()
+                .find(|d| d.name == dest.name && d.token.as_ref() == Some(spec));
+            if let Some(previous) = previous {
+                *slot = table.get(usize::from(previous.id.0)).cloned().flatten();
+            }
+        }
+        *table = carried;
     }
 
     /// The plan to serve the next request from.

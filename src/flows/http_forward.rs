@@ -115,6 +115,21 @@ struct ForwardError {
     kind: ErrorKind,
 }
 
+/// How one exchange with the upstream is to be made and relayed.
+#[derive(Clone, Copy)]
+struct Exchange {
+    /// The device's request is a HEAD (the response has no body).
+    is_head_request: bool,
+    /// The request may be sent twice (RFC 9110 §9.2.2).
+    idempotent: bool,
+    /// HTTP/1.x minor version of the device.
+    device_minor_version: u8,
+    /// The device connection may serve another request afterwards.
+    keep_device: bool,
+    /// When the device's request was fully received.
+    received_at: Instant,
+}
+
 /// How the relay of an upstream response ended.
 enum Relayed {
     /// Response fully sent; `keep_device` says whether the device connection may serve more.
@@ -235,13 +250,18 @@ impl DeviceConn {
                         .borrow_mut()
                         .error(Protocol::Http, e.kind);
                     self.log_gateway_error(e.status, e.kind, &e.reason, false);
-                    let reason = device_reason(self.error_detail, e.status, &e.reason);
-                    if self
-                        .send_error(e.status, reason, keep_device)
-                        .await
-                        .is_err()
-                        || !keep_device
-                    {
+                    let sent = if e.kind == ErrorKind::CredentialUnavailable {
+                        // The device may retry once the control thread has a token again.
+                        Box::pin(self.send_retry_later(keep_device)).await
+                    } else if e.kind == ErrorKind::AdapterRejected && e.status < 500 {
+                        // About the device's own message: said in both modes.
+                        let reason = e.reason.clone();
+                        self.send_error(e.status, &reason, keep_device).await
+                    } else {
+                        let reason = device_reason(self.error_detail, e.status, &e.reason);
+                        self.send_error(e.status, reason, keep_device).await
+                    };
+                    if sent.is_err() || !keep_device {
                         return;
                     }
                 }
@@ -356,6 +376,25 @@ impl DeviceConn {
         }
     }
 
+    /// 503 with `Retry-After`: the destination's cloud token is not available yet.
+    async fn send_retry_later(&mut self, keep_alive: bool) -> std::io::Result<()> {
+        let mut out = BytesMut::with_capacity(200);
+        http1::write_answer(
+            &mut out,
+            503,
+            Some("text/plain; charset=utf-8"),
+            b"cloud credential not available yet, retry later\n",
+            Some(CREDENTIAL_RETRY_AFTER_S),
+            keep_alive,
+        );
+        let len = out.len() as u64;
+        self.send_device(vec![out.freeze()]).await?;
+        let mut m = self.state.metrics.borrow_mut();
+        m.device_bytes_out += len;
+        m.response(503);
+        Ok(())
+    }
+
     async fn send_error(
         &mut self,
         status: u16,
@@ -384,6 +423,13 @@ impl DeviceConn {
         received_at: Instant,
     ) -> Result<Relayed, ForwardError> {
         let dest = plan.destination(dest_id);
+        if dest.adapter.kind() != crate::policy::AdapterKind::GenericHttps
+            && dest.adapter.kind().is_http()
+        {
+            return self
+                .forward_cloud(plan, generation, dest, request, keep_device, received_at)
+                .await;
+        }
         // Config only routes HTTP listeners to HTTPS destinations; kept as an answer, not a panic.
         let Some(https) = dest.https() else {
             return Err(ForwardError {
@@ -490,7 +536,168 @@ impl DeviceConn {
             request.head.method.as_ref(),
             b"GET" | b"HEAD" | b"PUT" | b"DELETE" | b"OPTIONS" | b"TRACE"
         );
+        self.exchange(
+            generation,
+            dest,
+            &parts,
+            Exchange {
+                is_head_request,
+                idempotent,
+                device_minor_version: request.head.minor_version,
+                keep_device,
+                received_at,
+            },
+        )
+        .await
+    }
 
+    /// Forward `request` through a cloud adapter: the adapter maps it (with the SIM's identity
+    /// and the destination's token) to the cloud's request; the cloud's answer is relayed. A
+    /// batching destination hands it to the shard's batcher instead.
+    async fn forward_cloud(
+        &mut self,
+        plan: &Plan,
+        generation: u64,
+        dest: &crate::policy::DestinationPlan,
+        request: &Request,
+        keep_device: bool,
+        received_at: Instant,
+    ) -> Result<Relayed, ForwardError> {
+        let identity = self.identity.filter(|i| i.is_current(generation));
+        let sim = identity.and_then(|i| i.sim(plan));
+        let group = identity.and_then(|i| plan.groups.get(usize::from(i.group().0)));
+        let fields = match (sim, group) {
+            (Some(sim), Some(g)) => g.attach.user_properties(&sim),
+            _ => Vec::new(),
+        };
+        let body = device_body(request);
+        let body = if dest.envelope == Envelope::Json {
+            std::borrow::Cow::Owned(envelope::wrap(&fields, envelope::now_ms(), &body).to_vec())
+        } else {
+            body
+        };
+        let path = request.head.path();
+        let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+        let path = std::str::from_utf8(path.strip_prefix(b"/").unwrap_or(path)).unwrap_or("");
+        let content_type = request
+            .head
+            .headers
+            .iter()
+            .find(|h| h.is("content-type"))
+            .and_then(|h| std::str::from_utf8(&h.value).ok())
+            .filter(|v| crate::proto::http1::is_valid_header_value(v.as_bytes()));
+        let msg = crate::adapters::DeviceMessage {
+            path,
+            content_type,
+            body: &body,
+        };
+        let token = self.state.token(dest.id);
+        let ctx = crate::adapters::Context {
+            sim,
+            fields: &fields,
+            ip: self.peer.ip(),
+            shard: self.state.id.0,
+            host: &dest.host_header,
+            token: token.as_ref(),
+            now: std::time::SystemTime::now(),
+        };
+        if dest.adapter.batch().is_some() {
+            let item = match crate::adapters::batch_item(&dest.adapter, &msg, &ctx) {
+                Some(Ok(item)) => item,
+                Some(Err(e)) => return Err(adapter_error(&dest.name, &e)),
+                None => Vec::new(),
+            };
+            let answer = self
+                .state
+                .batcher
+                .submit(&self.state, generation, dest, item)
+                .await
+                .map_err(|e| ForwardError {
+                    status: e.status,
+                    reason: format!("destination {}: {}", dest.name, e.reason),
+                    kind: e.kind,
+                })?;
+            return Ok(self
+                .send_batch_answer(answer, keep_device, received_at)
+                .await);
+        }
+        let cloud = match crate::adapters::request(&dest.adapter, &msg, &ctx) {
+            Some(Ok(cloud)) => cloud,
+            Some(Err(e)) => return Err(adapter_error(&dest.name, &e)),
+            None => {
+                return Err(ForwardError {
+                    status: 404,
+                    reason: format!("destination {} is not an HTTP destination", dest.name),
+                    kind: ErrorKind::NoRoute,
+                })
+            }
+        };
+        let mut head = BytesMut::new();
+        cloud.write_head(&dest.host_header, &mut head);
+        let parts: [&[u8]; 2] = [&head, &cloud.body];
+        self.exchange(
+            generation,
+            dest,
+            &parts,
+            Exchange {
+                is_head_request: false,
+                // Cloud calls are POSTs: sent twice only when the first write failed.
+                idempotent: false,
+                device_minor_version: request.head.minor_version,
+                keep_device,
+                received_at,
+            },
+        )
+        .await
+    }
+
+    /// Send a batched message's answer to its device.
+    async fn send_batch_answer(
+        &mut self,
+        answer: crate::adapters::ItemAnswer,
+        keep_device: bool,
+        received_at: Instant,
+    ) -> Relayed {
+        let keep_device = keep_device && !self.state.draining();
+        let mut out = BytesMut::new();
+        http1::write_answer(
+            &mut out,
+            answer.status,
+            answer.content_type,
+            &answer.body,
+            None,
+            keep_device,
+        );
+        let len = out.len() as u64;
+        if self.send_device(vec![out.freeze()]).await.is_err() {
+            return Relayed::Aborted;
+        }
+        let total = received_at.elapsed().as_micros() as u64;
+        let mut m = self.state.metrics.borrow_mut();
+        m.device_bytes_out += len;
+        m.record_latency(total, total);
+        Relayed::Done {
+            keep_device,
+            status: answer.status,
+        }
+    }
+
+    /// Send `parts` (a whole request) to `dest` on a pooled connection and relay the response,
+    /// retrying once on a fresh connection where that is safe (see the module doc).
+    async fn exchange(
+        &mut self,
+        generation: u64,
+        dest: &crate::policy::DestinationPlan,
+        parts: &[&[u8]],
+        x: Exchange,
+    ) -> Result<Relayed, ForwardError> {
+        let Exchange {
+            is_head_request,
+            idempotent,
+            device_minor_version,
+            keep_device,
+            received_at,
+        } = x;
         let mut retried = false;
         loop {
             // A retry always takes a fresh connection, never another pooled one.
@@ -507,7 +714,7 @@ impl DeviceConn {
             // an upstream that stops reading is as slow as one that stops answering.
             let started = Instant::now();
             let deadline = started + dest.pool.response_timeout;
-            let write = reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await;
+            let write = reactor::timeout_at(deadline, conn.stream.write_all(parts)).await;
             let sent_at = Instant::now();
             let (write_failed, response) = match write {
                 Ok(Ok(())) => (
@@ -520,12 +727,23 @@ impl DeviceConn {
             match response {
                 Ok(response_head) => {
                     let head_at = Instant::now();
+                    let adapter = dest.adapter.kind();
+                    if adapter != crate::policy::AdapterKind::GenericHttps {
+                        let index = crate::policy::AdapterKind::ALL
+                            .iter()
+                            .position(|k| *k == adapter)
+                            .unwrap_or(0);
+                        self.state
+                            .metrics
+                            .borrow_mut()
+                            .cloud_response(index, response_head.status);
+                    }
                     let outcome = self
                         .relay(
                             conn,
                             response_head,
                             is_head_request,
-                            request.head.minor_version,
+                            device_minor_version,
                             keep_device,
                             &dest.pool,
                         )
@@ -760,6 +978,30 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
     }
 }
 
+/// `Retry-After` (seconds) of the 503 a device gets while its destination has no valid cloud
+/// token: the control thread retries minting within a few seconds.
+const CREDENTIAL_RETRY_AFTER_S: u32 = 5;
+
+/// A cloud adapter's refusal as the device's answer. A refusal of the device's own message
+/// (400, 413) is told as it is (no destination detail in it); the others name the destination
+/// for the log.
+fn adapter_error(destination: &str, e: &crate::adapters::AdapterError) -> ForwardError {
+    let kind = match e {
+        crate::adapters::AdapterError::CredentialUnavailable => ErrorKind::CredentialUnavailable,
+        _ => ErrorKind::AdapterRejected,
+    };
+    let reason = if e.status() < 500 {
+        e.to_string()
+    } else {
+        format!("destination {destination}: {e}")
+    };
+    ForwardError {
+        status: e.status(),
+        reason,
+        kind,
+    }
+}
+
 /// The body text of a 502/504 that simgate generates for an upstream failure: `full` as is
 /// with `error_detail = "full"`, else a fixed text that names no destination, address or TLS
 /// detail.
@@ -830,6 +1072,20 @@ fn only_chunked_coding(head: &ResponseHead) -> bool {
         .iter()
         .filter(|h| h.is("transfer-encoding"))
         .all(|h| h.value.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// [`read_response_head`] for a batched cloud call: the head, or the device's status for the
+/// failure (504 when `deadline` passed, else 502).
+pub(super) async fn read_response_head_for_batch(
+    conn: &mut UpstreamConn,
+    deadline: Instant,
+) -> Result<ResponseHead, u16> {
+    read_response_head(conn, false, deadline)
+        .await
+        .map_err(|e| match e {
+            ResponseError::Timeout => 504,
+            _ => 502,
+        })
 }
 
 /// Read until a final (non-1xx) response head is parsed or `deadline` passes.

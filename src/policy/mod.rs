@@ -11,6 +11,7 @@
 //! files, open sockets, or apply a listener's [`UnknownSource`] rule (the flows do).
 
 pub mod attach;
+pub mod cloud;
 pub mod envelope;
 pub mod signature;
 pub mod template;
@@ -187,22 +188,85 @@ impl ListenerPlan {
 }
 
 /// Which adapter a destination uses, without its settings (see [`Adapter`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AdapterKind {
     /// Any HTTPS server: the device request is forwarded with Host rewritten.
     GenericHttps,
     /// Any MQTT broker over TLS (MQTTS); see [`MqttDestination`].
     Mqtts,
+    /// AWS IoT Core's HTTPS publish.
+    AwsIotCore,
+    /// Azure IoT Hub over HTTPS.
+    AzureIotHub,
+    /// Azure Event Hubs over HTTPS.
+    AzureEventHubs,
+    /// Google Cloud Pub/Sub.
+    GcpPubsub,
+    /// AWS Lambda Invoke.
+    AwsLambda,
+    /// Things Cloud (Cumulocity) measurements and events.
+    ThingsCloud,
 }
 
-/// How a destination is spoken to, with the settings only that adapter has. Cloud adapters
-/// are added as variants by later issues.
+impl AdapterKind {
+    /// Every adapter, in the order `check` lists them.
+    pub const ALL: [AdapterKind; 8] = [
+        AdapterKind::GenericHttps,
+        AdapterKind::Mqtts,
+        AdapterKind::AwsIotCore,
+        AdapterKind::AzureIotHub,
+        AdapterKind::AzureEventHubs,
+        AdapterKind::GcpPubsub,
+        AdapterKind::AwsLambda,
+        AdapterKind::ThingsCloud,
+    ];
+
+    /// The name in `destination.adapter` (also the `adapter` label of metrics).
+    pub fn config_name(self) -> &'static str {
+        match self {
+            AdapterKind::GenericHttps => "https",
+            AdapterKind::Mqtts => "mqtts",
+            AdapterKind::AwsIotCore => "aws-iot-core",
+            AdapterKind::AzureIotHub => "azure-iot-hub",
+            AdapterKind::AzureEventHubs => "azure-event-hubs",
+            AdapterKind::GcpPubsub => "gcp-pubsub",
+            AdapterKind::AwsLambda => "aws-lambda",
+            AdapterKind::ThingsCloud => "things-cloud",
+        }
+    }
+
+    /// The adapter named `name` in `destination.adapter`.
+    pub fn parse(name: &str) -> Option<AdapterKind> {
+        AdapterKind::ALL
+            .into_iter()
+            .find(|k| k.config_name() == name)
+    }
+
+    /// Whether the adapter speaks HTTP(S) to its destination (HTTP listeners route to these).
+    pub fn is_http(self) -> bool {
+        self != AdapterKind::Mqtts
+    }
+}
+
+/// How a destination is spoken to, with the settings only that adapter has.
 #[derive(Debug, Clone)]
 pub enum Adapter {
     /// Any HTTPS server (`adapter = "https"`).
     Https(HttpsDestination),
     /// Any MQTT broker over TLS (`adapter = "mqtts"`).
     Mqtts(MqttDestination),
+    /// `adapter = "aws-iot-core"` (HTTPS publish).
+    AwsIotCore(cloud::AwsIotCoreHttps),
+    /// `adapter = "azure-iot-hub"` (HTTPS).
+    AzureIotHub(cloud::AzureIotHubHttps),
+    /// `adapter = "azure-event-hubs"`.
+    AzureEventHubs(cloud::AzureEventHubs),
+    /// `adapter = "gcp-pubsub"`.
+    GcpPubsub(cloud::GcpPubsub),
+    /// `adapter = "aws-lambda"`.
+    AwsLambda(cloud::AwsLambda),
+    /// `adapter = "things-cloud"`.
+    ThingsCloud(cloud::ThingsCloud),
 }
 
 impl Adapter {
@@ -211,6 +275,21 @@ impl Adapter {
         match self {
             Adapter::Https(_) => AdapterKind::GenericHttps,
             Adapter::Mqtts(_) => AdapterKind::Mqtts,
+            Adapter::AwsIotCore(_) => AdapterKind::AwsIotCore,
+            Adapter::AzureIotHub(_) => AdapterKind::AzureIotHub,
+            Adapter::AzureEventHubs(_) => AdapterKind::AzureEventHubs,
+            Adapter::GcpPubsub(_) => AdapterKind::GcpPubsub,
+            Adapter::AwsLambda(_) => AdapterKind::AwsLambda,
+            Adapter::ThingsCloud(_) => AdapterKind::ThingsCloud,
+        }
+    }
+
+    /// Batching settings, for the adapters that batch and have it configured.
+    pub fn batch(&self) -> Option<cloud::BatchSettings> {
+        match self {
+            Adapter::AzureEventHubs(e) => e.batch,
+            Adapter::GcpPubsub(g) => g.batch,
+            _ => None,
         }
     }
 }
@@ -223,6 +302,9 @@ pub struct HttpsDestination {
     /// Prefix prepended to the device's request path (may be empty; never ends with '/'): a
     /// template, which may name the device's SIM (`/devices/{imsi}`; values percent-encoded).
     pub base_path: Template,
+    /// An `Authorization` value sent with every request (from a `basic` or `bearer`
+    /// credential); the device's own is replaced. Redacted in `Debug`.
+    pub authorization: Option<Secret>,
 }
 
 /// How device MQTT sessions map onto upstream connections.
@@ -392,6 +474,11 @@ pub struct DestinationPlan {
     pub pool: PoolSettings,
     /// How the device's body (HTTP) / uplink payload (MQTT) is sent (`envelope`).
     pub envelope: envelope::Envelope,
+    /// The `Host` header (and SigV4 host) of the HTTP adapters: `host_header`, else the
+    /// endpoint's host (with its port unless 443). Empty for `mqtts`.
+    pub host_header: String,
+    /// The rotating token this destination's requests carry, minted by the control thread.
+    pub token: Option<cloud::TokenSpec>,
 }
 
 impl DestinationPlan {
@@ -399,15 +486,15 @@ impl DestinationPlan {
     pub fn mqtt(&self) -> Option<&MqttDestination> {
         match &self.adapter {
             Adapter::Mqtts(m) => Some(m),
-            Adapter::Https(_) => None,
+            _ => None,
         }
     }
 
-    /// The HTTPS settings, if this is an HTTPS destination.
+    /// The HTTPS settings, if this is a generic HTTPS destination.
     pub fn https(&self) -> Option<&HttpsDestination> {
         match &self.adapter {
             Adapter::Https(h) => Some(h),
-            Adapter::Mqtts(_) => None,
+            _ => None,
         }
     }
 }
@@ -424,6 +511,8 @@ impl std::fmt::Debug for DestinationPlan {
             .field("server_name", &self.server_name)
             .field("pool", &self.pool)
             .field("envelope", &self.envelope)
+            .field("host_header", &self.host_header)
+            .field("token", &self.token)
             .finish_non_exhaustive()
     }
 }
@@ -508,6 +597,9 @@ pub struct Plan {
     pub sims: Arc<SimTable>,
     /// The RADIUS accounting listener, if configured.
     pub radius: Option<RadiusSettings>,
+    /// What `check` and a start or reload warn about without refusing the config
+    /// (`path: message`, e.g. an inline secret). Never contains a secret.
+    pub warnings: Vec<String>,
 }
 
 impl Plan {

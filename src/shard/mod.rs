@@ -53,6 +53,16 @@ pub enum ShardCommand {
         /// Acknowledgement.
         ack: Sender<()>,
     },
+    /// Cloud tokens minted for destinations of `plan` (SAS, OAuth2): requests use them from
+    /// now on. Ignored unless `plan` is the shard's current plan. Ack on the sender either way.
+    SetTokens {
+        /// The plan the tokens were minted for.
+        plan: Arc<Plan>,
+        /// Destination and token.
+        tokens: Vec<(DestinationId, crate::policy::cloud::Token)>,
+        /// Acknowledgement.
+        ack: Sender<()>,
+    },
     /// Reply with a copy of the shard's metrics.
     Snapshot(Sender<ShardMetrics>),
     /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
@@ -385,6 +395,34 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Hand cloud tokens minted for `plan` to every shard and wait for each to confirm.
+    /// `Ok(false)` without sending anything when `plan` is no longer the served plan.
+    pub fn set_tokens(
+        &mut self,
+        plan: &Arc<Plan>,
+        tokens: Vec<(DestinationId, crate::policy::cloud::Token)>,
+    ) -> Result<bool, GatewayError> {
+        if !Arc::ptr_eq(&self.plan, plan) || tokens.is_empty() {
+            return Ok(false);
+        }
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(self.shards.len());
+        for shard in &self.shards {
+            let _ = shard.commands.send(ShardCommand::SetTokens {
+                plan: plan.clone(),
+                tokens: tokens.clone(),
+                ack: ack_tx.clone(),
+            });
+            let _ = shard.notifier.notify();
+        }
+        drop(ack_tx);
+        for _ in 0..self.shards.len() {
+            if ack_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+                return Err(GatewayError::AddrsNotAcknowledged);
+            }
+        }
+        Ok(true)
+    }
+
     /// Metrics of every shard, merged.
     pub fn metrics(&self) -> ShardMetrics {
         let mut total = ShardMetrics::default();
@@ -554,6 +592,7 @@ async fn command_loop(
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 ShardCommand::Reload(plan, ack) => {
+                    state.carry_tokens(&state.plan(), &plan);
                     state.upstreams.replace_plan(plan);
                     state.mqtt_aggregate.plan_changed();
                     state.plan_changed.notify_all();
@@ -570,6 +609,10 @@ async fn command_loop(
                     ack,
                 } => {
                     state.upstreams.set_addrs(&plan, destination, addrs);
+                    let _ = ack.send(());
+                }
+                ShardCommand::SetTokens { plan, tokens, ack } => {
+                    state.set_tokens(&plan, tokens);
                     let _ = ack.send(());
                 }
                 ShardCommand::Snapshot(reply) => {

@@ -22,11 +22,12 @@ use crate::config::values::{
     format_duration, is_valid_header_value, normalize_path_prefix, parse_duration, parse_endpoint,
     Endpoint, EndpointHost,
 };
+use crate::policy::cloud::CloudCredential;
 use crate::policy::envelope::Envelope;
 use crate::policy::template::SIM_PLACEHOLDERS;
 use crate::policy::{
     Adapter, AdapterKind, DestinationId, DestinationPlan, HttpsDestination, MqttDestination,
-    Reresolve, Template,
+    Reresolve, Secret, Template,
 };
 
 impl Compiler<'_> {
@@ -39,28 +40,59 @@ impl Compiler<'_> {
         shards: Option<usize>,
     ) -> Option<DestinationPlan> {
         let p = format!("destination[{i}]");
-        let adapter = match raw.adapter.as_str() {
-            "https" => Some(AdapterKind::GenericHttps),
-            "mqtts" => Some(AdapterKind::Mqtts),
-            other => {
+        let adapter = match AdapterKind::parse(&raw.adapter) {
+            Some(kind) => Some(kind),
+            None if raw.adapter == "gcp-iot-core" => {
                 self.push(
                     format!("{p}.adapter"),
-                    format!("unsupported adapter {other:?}; supported: \"https\", \"mqtts\""),
+                    "Google Cloud IoT Core was retired on 2023-08-16; its devices' traffic goes \
+                     to Pub/Sub now: use adapter = \"gcp-pubsub\" (keys project, topic)",
+                );
+                None
+            }
+            None => {
+                let supported: Vec<String> = AdapterKind::ALL
+                    .iter()
+                    .map(|k| format!("{:?}", k.config_name()))
+                    .collect();
+                self.push(
+                    format!("{p}.adapter"),
+                    format!(
+                        "unsupported adapter {:?}; supported: {}",
+                        raw.adapter,
+                        supported.join(", ")
+                    ),
                 );
                 None
             }
         };
         let is_mqtts = adapter == Some(AdapterKind::Mqtts);
 
-        let endpoint = match parse_endpoint(&raw.endpoint) {
-            Ok(e) => Some(e),
-            Err(e) => {
+        // The endpoint as written, or the cloud's public endpoint derived from its keys.
+        let endpoint_text = match (&raw.endpoint, adapter) {
+            (Some(text), _) => Some(text.clone()),
+            (None, Some(kind)) => match super::adapters::derived_endpoint(kind, raw) {
+                Ok(text) => Some(text),
+                Err(why) => {
+                    self.push(format!("{p}.endpoint"), why);
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let endpoint = match endpoint_text.as_deref().map(parse_endpoint) {
+            Some(Ok(e)) => Some(e),
+            Some(Err(e)) => {
                 self.push(
                     format!("{p}.endpoint"),
-                    format!("invalid endpoint {:?}: {e}", raw.endpoint),
+                    format!(
+                        "invalid endpoint {:?}: {e}",
+                        endpoint_text.clone().unwrap_or_default()
+                    ),
                 );
                 None
             }
+            None => None,
         };
         let addrs = endpoint.as_ref().and_then(|e| self.resolve(&p, e));
         // Outer None: an error was reported. Inner None: never looked up again.
@@ -121,8 +153,8 @@ impl Compiler<'_> {
             }
         };
 
-        // Outer None: an error was reported. Inner None: no client certificate.
-        let identity: Option<Option<&ClientIdentity>> = match &raw.credential {
+        // Outer None: an error was reported. Inner None: no credential.
+        let credential: Option<Option<&Credential>> = match &raw.credential {
             None => Some(None),
             Some(name) => match credential_names.get(name.as_str()) {
                 None => {
@@ -132,15 +164,50 @@ impl Compiler<'_> {
                     );
                     None
                 }
-                // Only x509 exists today; later kinds (sas, sigv4, ...) are not client
-                // certificates and must be rejected here with "must be kind x509".
                 Some(&j) => match credentials.get(j) {
-                    Some(Some(Credential::X509(identity))) => Some(Some(identity)),
+                    Some(Some(c)) => Some(Some(c)),
                     // The credential itself is broken and already reported.
                     _ => None,
                 },
             },
         };
+        // The credential kinds each adapter takes.
+        if let (Some(kind), Some(Some(c))) = (adapter, credential) {
+            let allowed: &[&str] = match kind {
+                AdapterKind::GenericHttps => &["x509", "basic", "bearer"],
+                AdapterKind::Mqtts => &["x509"],
+                AdapterKind::AwsIotCore => &["x509", "aws-keys"],
+                AdapterKind::AzureIotHub | AdapterKind::AzureEventHubs => &["azure-sas"],
+                AdapterKind::GcpPubsub => &["gcp-service-account"],
+                AdapterKind::AwsLambda => &["aws-keys"],
+                AdapterKind::ThingsCloud => &["basic"],
+            };
+            if !allowed.contains(&c.kind_name()) {
+                self.push(
+                    format!("{p}.credential"),
+                    format!(
+                        "credential {:?} is of kind {:?}; adapter {:?} takes {}",
+                        raw.credential.as_deref().unwrap_or_default(),
+                        c.kind_name(),
+                        kind.config_name(),
+                        allowed
+                            .iter()
+                            .map(|k| format!("{k:?}"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    ),
+                );
+            }
+        }
+        let identity: Option<Option<&ClientIdentity>> = credential.map(|c| match c {
+            Some(Credential::X509(identity)) => Some(identity),
+            _ => None,
+        });
+        let cloud_credential: Option<std::sync::Arc<CloudCredential>> = match credential {
+            Some(Some(Credential::Cloud(c))) => Some(c.clone()),
+            _ => None,
+        };
+        self.check_cloud_keys(&p, adapter, raw);
 
         if is_mqtts {
             for (key, set) in [
@@ -164,12 +231,17 @@ impl Compiler<'_> {
                 None
             }
             (None, Some(e)) if e.port == 443 => Some(e.host_as_written.clone()),
-            (None, Some(_)) => Some(raw.endpoint.clone()),
+            (None, Some(_)) => endpoint_text.clone(),
             (None, None) => None,
         };
 
+        if adapter.is_some_and(|k| k != AdapterKind::GenericHttps && k != AdapterKind::Mqtts)
+            && raw.base_path.is_some()
+        {
+            self.push(format!("{p}.base_path"), "only for adapter \"https\"");
+        }
         let base_path_text = match raw.base_path.as_deref() {
-            _ if is_mqtts => Some(String::new()),
+            _ if adapter != Some(AdapterKind::GenericHttps) => Some(String::new()),
             None => Some(String::new()),
             Some(text) => match normalize_path_prefix(text) {
                 Ok(path) if path == "/" => Some(String::new()),
@@ -207,15 +279,23 @@ impl Compiler<'_> {
                 );
                 None
             }
-            (Some(AdapterKind::GenericHttps), Some(_)) => {
-                self.push(format!("{p}.mqtt"), "only for adapter \"mqtts\"");
+            (Some(kind), Some(_)) => {
+                self.push(
+                    format!("{p}.mqtt"),
+                    format!(
+                        "only for adapter \"mqtts\" (adapter {:?} speaks HTTPS; its MQTT form \
+                         is not built yet)",
+                        kind.config_name()
+                    ),
+                );
                 None
             }
-            (Some(AdapterKind::GenericHttps), None) => Some(None),
+            (Some(_), None) => Some(None),
             // Unknown adapter (already reported): still check the table's values.
             (None, Some(m)) => self.mqtt(&p, m, shards).map(Some),
             (None, None) => Some(None),
         };
+        let token_ttl = self.token_ttl(&p, adapter, raw.token_ttl.as_ref());
 
         let envelope = match raw.envelope.as_deref() {
             None => Some(Envelope::None),
@@ -228,10 +308,15 @@ impl Compiler<'_> {
             }),
         };
 
-        let alpn = if is_mqtts {
-            self.mqtts_alpn(&p, raw.alpn.as_deref())
-        } else {
-            self.alpn(&p, raw.alpn.as_deref())
+        let alpn = match adapter {
+            Some(AdapterKind::Mqtts) => self.mqtts_alpn(&p, raw.alpn.as_deref()),
+            Some(AdapterKind::AwsIotCore) => self.aws_iot_alpn(
+                &p,
+                raw.alpn.as_deref(),
+                endpoint.as_ref(),
+                cloud_credential.is_none(),
+            ),
+            _ => self.alpn(&p, raw.alpn.as_deref()),
         };
         // Aggregate mode keeps its own upstream links: nothing to pre-handshake by default.
         let default_warm = match &raw.mqtt {
@@ -279,12 +364,35 @@ impl Compiler<'_> {
                 return None;
             }
         };
-        let adapter = match (adapter, mqtt) {
-            (AdapterKind::Mqtts, Some(mqtt)) => Adapter::Mqtts(mqtt),
-            (AdapterKind::GenericHttps, None) => Adapter::Https(HttpsDestination {
-                host_header,
-                base_path,
-            }),
+        let authorization = match cloud_credential.as_deref() {
+            Some(CloudCredential::Basic { username, password }) => Some(Secret(
+                crate::adapters::auth::basic::basic_authorization(
+                    username,
+                    &String::from_utf8_lossy(&password.0),
+                )
+                .into(),
+            )),
+            Some(CloudCredential::Bearer { token }) => {
+                let mut value = b"Bearer ".to_vec();
+                value.extend_from_slice(&token.0);
+                Some(Secret(value.into()))
+            }
+            _ => None,
+        };
+        let (adapter, token) = match (adapter, mqtt) {
+            (AdapterKind::Mqtts, Some(mqtt)) => (Adapter::Mqtts(mqtt), None),
+            (AdapterKind::GenericHttps, None) => (
+                Adapter::Https(HttpsDestination {
+                    host_header: host_header.clone(),
+                    base_path,
+                    authorization,
+                }),
+                None,
+            ),
+            (kind, None) => {
+                let ttl = token_ttl?;
+                self.cloud_adapter(&p, kind, raw, cloud_credential, &host_header, ttl)?
+            }
             // `mqtt` is Some exactly for mqtts (checked above); unreachable in practice.
             (kind, _) => {
                 self.push(
@@ -298,13 +406,15 @@ impl Compiler<'_> {
             id: DestinationId(id),
             name: raw.name.clone(),
             adapter,
-            endpoint: raw.endpoint.clone(),
+            endpoint: endpoint_text.unwrap_or_default(),
             addrs,
             resolve,
             server_name,
             tls,
             pool,
             envelope,
+            host_header,
+            token,
         })
     }
 

@@ -14,6 +14,7 @@ use super::Compiler;
 use crate::config::schema::RawConfig;
 use crate::config::values::normalize_path_prefix;
 use crate::policy::attach::{Attach, AttachField};
+use crate::policy::AdapterKind;
 use crate::policy::{DestinationId, GroupId, GroupPlan, HttpRoute, ListenerId, MqttRoute};
 
 impl Compiler<'_> {
@@ -121,23 +122,24 @@ impl Compiler<'_> {
                     },
                     (None, None) => None,
                 };
-                let adapter_matches = match (is_mqtt, adapter) {
-                    (Some(true), Some("https")) | (Some(false), Some("mqtts")) => {
-                        let (kind, other) = if is_mqtt == Some(true) {
-                            ("MQTT", "https")
+                let adapter_kind = adapter.and_then(AdapterKind::parse);
+                let adapter_matches = match (is_mqtt, adapter_kind) {
+                    (Some(is_mqtt), Some(kind)) if is_mqtt == kind.is_http() => {
+                        let (listener_kind, other) = if is_mqtt {
+                            ("MQTT", kind.config_name().to_owned())
                         } else {
-                            ("HTTP", "mqtts")
+                            ("HTTP", "mqtts".to_owned())
                         };
                         self.push(
                             format!("{p}.destination"),
                             format!(
-                                "listener {:?} is {kind}; destination {:?} is {other}",
+                                "listener {:?} is {listener_kind}; destination {:?} is {other}",
                                 route.listener, route.destination
                             ),
                         );
                         false
                     }
-                    (Some(_), Some("https" | "mqtts")) => true,
+                    (Some(_), Some(_)) => true,
                     _ => false,
                 };
                 let (Some(listener), Some(destination), Some(path), true) =

@@ -26,6 +26,7 @@
 //! SIMs (`[[sim]]`, `gateway.sims_file`) are compiled in `sims`, after the group names are
 //! known.
 
+mod adapters;
 mod credentials;
 mod destinations;
 mod environment;
@@ -159,6 +160,7 @@ pub(crate) fn compile(
         base_dir,
         env,
         errors: Vec::new(),
+        warnings: Vec::new(),
         system_roots: None,
     };
     let plan = compiler.compile(raw);
@@ -180,6 +182,8 @@ struct Compiler<'a> {
     base_dir: &'a Path,
     env: &'a dyn Environment,
     errors: Vec<FieldError>,
+    /// What is allowed but worth a word (`path: message`), carried into the plan.
+    warnings: Vec<String>,
     /// Loaded on first use; `Some(None)` = loaded, nothing usable.
     system_roots: Option<Option<RootCertStore>>,
 }
@@ -263,6 +267,7 @@ impl Compiler<'_> {
             groups: groups?,
             sims: sims?,
             radius: radius?,
+            warnings: std::mem::take(&mut self.warnings),
         };
         self.check_sim_templates(&plan);
         Some(plan)
@@ -273,7 +278,13 @@ impl Compiler<'_> {
     /// file or the variable, never the secret.
     fn secret(&mut self, path: &str, raw: &RawSecret, min_len: usize) -> Option<Vec<u8>> {
         let bytes = match raw {
-            RawSecret::Inline(text) => text.clone().into_bytes(),
+            RawSecret::Inline(text) => {
+                self.warnings.push(format!(
+                    "{path}: the secret is written in the config file; prefer {{ file = \"…\" }} \
+                     or {{ env = \"VAR\" }} so the file can be shared without it"
+                ));
+                text.clone().into_bytes()
+            }
             RawSecret::Source(RawSecretSource {
                 file: Some(file),
                 env: None,

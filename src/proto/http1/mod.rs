@@ -70,7 +70,7 @@ pub use request::{Request, RequestDecoder, RequestHead};
 pub use response::{decode_response_head, ResponseHead};
 pub use trailers::is_forbidden_trailer_field;
 pub use write::{
-    is_valid_base_path, is_valid_header_name, is_valid_header_value, is_valid_host,
+    is_valid_base_path, is_valid_header_name, is_valid_header_value, is_valid_host, write_answer,
     write_device_response_head, write_error_response, write_upstream_request_head,
     write_upstream_request_head_replacing_body, ReplacedBody, CONTINUE_100,
 };
