@@ -85,7 +85,7 @@ What is NOT checked or not like the cloud:
 Test control (no auth): POST /_sink/fail {"cloud","status","count","retry_after","delay_ms"},
 GET /_sink/accepted[?cloud=X], GET /_sink/rejected, GET /_sink/stats, POST /_sink/reset.
 
-Verified against sources (2025): botocore 1.43 (iot-data service-2 signingName "iotdata", lambda
+Verified against the installed sources: botocore 1.43 (iot-data service-2 signingName "iotdata", lambda
 "lambda"; SigV4Auth internals), azure-iot-device 2.14 (sastoken.py, signing_mechanism.py),
 azure-eventhub 5.15 (_pyamqp/utils.py generate_sas_token uses quote_plus and the raw key),
 google-auth 2.63 (jwt.decode(certs=PEM, audience=list)), Microsoft Learn "Send event",
@@ -308,8 +308,7 @@ def verify_sigv4(handler, body, service, region, aws):
                           "(no session token configured)", code="UnrecognizedClientException")
     content_sha = handler.headers.get("X-Amz-Content-SHA256")
     if content_sha is not None and content_sha != hashlib.sha256(body).hexdigest():
-        raise Reject(400 if content_sha != "UNSIGNED-PAYLOAD" else 403,
-                     "X-Amz-Content-SHA256 does not match the body",
+        raise Reject(403, "X-Amz-Content-SHA256 does not match the body",
                      code="InvalidSignatureException")
 
     request = AWSRequest(method=handler.command, url="https://" + handler.headers["Host"]
