@@ -516,6 +516,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "simgate-cloud-sink"
     sys_version = ""
+    timeout = 120  # an idle keep-alive connection (or a silent TLS client) frees its thread
 
     # -- plumbing --------------------------------------------------------------------------
 

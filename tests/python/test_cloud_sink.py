@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 import unittest
-import uuid
 from urllib.parse import quote, quote_plus, urlencode
 
 import botocore.session
