@@ -4,8 +4,8 @@
 # format check, clippy (warnings are errors), unit + integration tests (which start real servers:
 # the built-in HTTPS sink, curl as a device, nginx as an upstream, mosquitto as an MQTTS broker
 # with mosquitto_pub/sub and Eclipse Paho (paho-mqtt 2.x for Python 3) as devices, promtool and
-# a real Prometheus scraping /metrics, FreeRADIUS's radclient as a RADIUS accounting client), and
-# the fuzz corpus replay.
+# a real Prometheus scraping /metrics, FreeRADIUS's radclient as a RADIUS accounting client), the
+# self-test of the cloud contract sink (tests/python/cloud_sink.py), and the fuzz corpus replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,26 +34,48 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}"
 fi
 
-# paho-mqtt 2.x (the tests use its VERSION2 callback API), from PyPI, only when missing. Debian's
-# own python3 is "externally managed" (PEP 668): pip refuses there unless told
-# --break-system-packages, so that flag is added only when pip asks for it.
-if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/dev/null 2>&1; then
-  echo "== installing paho-mqtt (pip)"
+# Python packages from PyPI, each group only when missing. Debian's own python3 is "externally
+# managed" (PEP 668): pip refuses there unless told --break-system-packages, so that flag is added
+# only when pip asks for it.
+pip_install() {
   export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-  if ! pip_out=$(python3 -m pip install -q --upgrade 'paho-mqtt>=2' 2>&1); then
+  if ! pip_out=$(python3 -m pip install -q --upgrade "$@" 2>&1); then
     if grep -q externally-managed-environment <<<"$pip_out"; then
-      python3 -m pip install -q --upgrade --break-system-packages 'paho-mqtt>=2'
+      python3 -m pip install -q --upgrade --break-system-packages "$@"
     else
       echo "$pip_out" >&2
       exit 1
     fi
   fi
+}
+
+# paho-mqtt 2.x (the tests use its VERSION2 callback API).
+if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/dev/null 2>&1; then
+  echo "== installing paho-mqtt (pip)"
+  pip_install 'paho-mqtt>=2'
+fi
+
+# The vendors' own libraries, with which tests/python/cloud_sink.py (the HTTPS contract sink the
+# cloud adapter tests start) recomputes each cloud's auth: botocore (SigV4), azure-iot-device and
+# azure-eventhub (SAS tokens), google-auth with cryptography (service-account JWT grant), and
+# requests (google-auth's transport in the sink's self-test).
+if ! python3 -c 'import botocore, azure.iot.device, azure.eventhub, google.auth, cryptography, requests' \
+    >/dev/null 2>&1; then
+  echo "== installing botocore azure-iot-device azure-eventhub google-auth cryptography requests (pip)"
+  pip_install botocore azure-iot-device azure-eventhub google-auth cryptography requests
 fi
 
 # Builds are not incremental here (a one-shot run gains nothing from it and its cache doubles the
 # target dir); free disk is printed so a "No space left on device" failure explains itself.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 echo "== free disk where target/ goes: $(df -h --output=avail . | tail -1 | tr -d ' ')"
+
+echo "== cloud contract sink self-test (tests/python/test_cloud_sink.py)"
+if ! sink_out=$(python3 tests/python/test_cloud_sink.py 2>&1); then
+  echo "$sink_out" >&2
+  exit 1
+fi
+tail -n 1 <<<"$sink_out"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
