@@ -16,6 +16,7 @@
 //! - [`upstream`]: per-shard pools of TLS connections to destinations.
 //! - [`identity`]: the SIM table (source IP / IMSI → SIM), built once per plan.
 //! - [`policy`]: the compiled, immutable plan (listeners, destinations, routes).
+//! - [`adapters`]: pure per-cloud mappings to upstream requests, and their auth primitives.
 //! - [`config`]: TOML schema, validation with field paths, compilation to a plan.
 //! - [`flows`]: the glue per device protocol (HTTP forward).
 //! - [`shard`]: shard threads, listeners, per-shard state and metrics.
@@ -26,6 +27,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapters;
 pub mod config;
 pub mod control;
 pub mod demo;
