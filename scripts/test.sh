@@ -50,6 +50,21 @@ if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/
   fi
 fi
 
+# google-auth and cryptography (tests/google_jwt_python.rs verifies simgate's RS256 service-account
+# assertion with Google's own library), from PyPI, only when missing; same PEP 668 handling.
+if ! python3 -c 'import google.auth.jwt, cryptography' >/dev/null 2>&1; then
+  echo "== installing google-auth cryptography (pip)"
+  export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+  if ! pip_out=$(python3 -m pip install -q --upgrade google-auth cryptography 2>&1); then
+    if grep -q externally-managed-environment <<<"$pip_out"; then
+      python3 -m pip install -q --upgrade --break-system-packages google-auth cryptography
+    else
+      echo "$pip_out" >&2
+      exit 1
+    fi
+  fi
+fi
+
 # Builds are not incremental here (a one-shot run gains nothing from it and its cache doubles the
 # target dir); free disk is printed so a "No space left on device" failure explains itself.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

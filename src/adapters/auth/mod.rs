@@ -14,5 +14,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod google;
 pub mod sas;
 pub mod sigv4;
