@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod basic;
 pub mod google;
 pub mod sas;
 pub mod sigv4;
