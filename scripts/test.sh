@@ -57,7 +57,8 @@ fi
 
 # The vendors' own libraries, with which tests/python/cloud_sink.py (the HTTPS contract sink the
 # cloud adapter tests start) recomputes each cloud's auth: botocore (SigV4), azure-iot-device and
-# azure-eventhub (SAS tokens), google-auth with cryptography (service-account JWT grant), and
+# azure-eventhub (SAS tokens), google-auth with cryptography (service-account JWT grant; also
+# tests/google_jwt_python.rs), and
 # requests (google-auth's transport in the sink's self-test).
 if ! python3 -c 'import botocore, azure.iot.device, azure.eventhub, google.auth, cryptography, requests' \
     >/dev/null 2>&1; then
