@@ -352,6 +352,7 @@ impl Env<'_> {
             progress: self.options.progress,
             label: None,
             delivery: Some(Arc::clone(sink.tracker())),
+            mark_after: None,
         };
         let warmup = self.options.warmup;
         // At the end of the warm-up, note what the sink has seen and the proxy's CPU so far;

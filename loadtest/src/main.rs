@@ -334,6 +334,7 @@ fn run_mix(
                 progress: !quiet,
                 label: Some(scenario.name.clone()),
                 delivery: None,
+                mark_after: None,
             };
             (scenario, options)
         })
@@ -439,6 +440,7 @@ fn main() -> Result<()> {
                 progress: !quiet,
                 label: None,
                 delivery,
+                mark_after: None,
             };
             let report = fleet::run(&parsed, &options, log)?;
             print!("{report}");
