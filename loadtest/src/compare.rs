@@ -9,14 +9,26 @@
 //!
 //! | protocol | rows |
 //! |---|---|
-//! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), simgate, nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
-//! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), simgate aggregate, simgate aggregate linger (`linger = "1ms"`), simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
+//! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), floor (nginx answering `return 204;` itself, no upstream), simgate, nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
+//! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), floor (a plain mosquitto the devices publish to, no bridge, no subscriber), simgate aggregate, simgate aggregate linger (`linger = "1ms"`), simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
 //! | TCP → TLS (same scenario, carried as bytes) | stunnel (client mode, verifying the sink), simgate: "n/a — simgate TCP flow not built yet" |
 //!
 //! Columns: messages delivered to the sink per second; that rate over direct's and over the
 //! peer's; end-to-end p50/p99/p99.9 at the sink (receive − intended send time); CPU µs per
 //! delivered message of the proxy process (user + system from `/proc/PID/stat` over the run);
-//! its peak RSS; lost/dup/reordered; device-side errors.
+//! that CPU per message as a multiple of the floor's ("× floor"); its peak RSS;
+//! lost/dup/reordered; device-side errors.
+//!
+//! The floor row is the lowest CPU per message any proxy could reach here: the same peer
+//! server, pinned the same way, on the same listen socket settings, with the same devices and
+//! schedule, answering them itself. Nothing reaches a sink, so its "delivered" is counted at the
+//! devices: successful answers (HTTP 2xx; MQTT QoS 1 PUBACKs; QoS 0 PUBLISHes written to the
+//! socket, as the fleet counts them). Its latency columns are device-side (intended send →
+//! answer), its lost/dup/reordered is "-", and with `--warmup` its cut is the fleet's mark at the
+//! first once-a-second tick at or after the warm-up (the other rows cut at the warm-up itself;
+//! the same moment for a whole number of seconds). nginx's `return 204;` reads and discards the
+//! request body (never buffered, never on disk); mosquitto with no subscriber drops every
+//! message after acknowledging it.
 //!
 //! What it does NOT do: warm-up exclusion (the ramp and first handshakes are in the run), run
 //! systems in parallel, install packages itself, or retry a port another process grabbed
@@ -66,6 +78,18 @@ pub struct CompareOptions {
 /// `destination.mqtt.linger` of the "simgate aggregate linger" row.
 const AGGREGATE_LINGER: &str = "1ms";
 
+/// The floor row's system name (a peer answering the devices itself, no upstream).
+const FLOOR: &str = "floor";
+
+/// Below the table when it has a floor row.
+const FLOOR_NOTE: &str = "floor: the peer server answering the devices itself, no upstream \
+(HTTP: nginx `return 204;`, body read and discarded; MQTT: a plain mosquitto, no bridge, no \
+subscriber). Nothing reaches a sink, so its \"delivered\" is counted at the devices: successful \
+answers (HTTP 2xx; MQTT QoS 1 PUBACKs; QoS 0: PUBLISHes written to the socket), its e2e columns \
+are device-side (intended send → answer; QoS 0: → written) and lost/dup/reordered is -. With \
+--warmup its cut is the first once-a-second tick at or after the warm-up. \
+× floor = the row's proxy CPU µs/msg ÷ the floor's.";
+
 /// The `--only` spelling of a table's system name: "simgate aggregate" → "simgate-aggregate".
 fn system_slug(system: &str) -> String {
     system.to_lowercase().replace(' ', "-")
@@ -94,6 +118,9 @@ pub struct Measured {
     /// The proxy's CPU µs per message delivered after the warm-up (None without a warm-up:
     /// the whole run's figure from the report is used).
     pub steady_cpu_us_per_msg: Option<f64>,
+    /// Whether "delivered" is counted at the devices (successful answers: the floor row, which
+    /// has no sink) rather than at the sink.
+    pub device_side: bool,
 }
 
 /// What had been delivered, and the proxy's CPU, when the warm-up ended.
@@ -104,9 +131,18 @@ struct WarmMark {
 }
 
 impl Measured {
+    /// Messages delivered over the whole run: unique arrivals at the sink, or for a device-side
+    /// row the devices' successful answers.
+    fn delivered(&self) -> u64 {
+        if self.device_side {
+            self.report.counts.ok
+        } else {
+            self.report.delivery.map_or(0, |d| d.unique)
+        }
+    }
+
     fn delivered_per_s(&self) -> f64 {
-        let d = self.report.delivery.map_or(0, |d| d.unique);
-        d as f64 / self.report.duration_s.max(1e-9)
+        self.delivered() as f64 / self.report.duration_s.max(1e-9)
     }
 
     /// The proxy's user + system CPU per delivered message, in µs (rows with a proxy only;
@@ -117,7 +153,7 @@ impl Measured {
         }
         match (&self.report.gateway, self.proxy) {
             (Some(g), true) => {
-                let delivered = self.report.delivery.map_or(0, |d| d.unique).max(1);
+                let delivered = self.delivered().max(1);
                 Some(g.cpu_seconds * 1e6 / delivered as f64)
             }
             _ => None,
@@ -140,17 +176,28 @@ fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
-/// Per system over several rounds: its proxy CPU µs/msg in each round and their median, and
-/// its per-core ratio against the peer (peer's µs/msg ÷ the system's, both from the same round)
-/// in each round and their median. Rows without a proxy (direct) or that failed are left out.
+/// The system's CPU µs/msg as a multiple of the floor's (`None` without both, or a floor of 0).
+fn times_floor(system: Option<f64>, floor: Option<f64>) -> Option<f64> {
+    match (system, floor) {
+        (Some(s), Some(f)) if f > 0.0 => Some(s / f),
+        _ => None,
+    }
+}
+
+/// Per system over several rounds: its proxy CPU µs/msg in each round and their median, its
+/// per-core ratio against the peer (peer's µs/msg ÷ the system's, both from the same round) in
+/// each round and their median, and its µs/msg as a multiple of the floor row's (same round) in
+/// each round and their median. Rows without a proxy (direct) or that failed are left out.
 pub fn rounds_summary(rounds: &[Comparison]) -> String {
     let Some(first) = rounds.first() else {
         return String::new();
     };
     let peer = first.peer;
     let mut out = format!(
-        "rounds summary ({} rounds): proxy CPU µs/msg, and per-core ratio vs {peer} (its µs/msg ÷ the system's, same round)\n\n\
-         | system | CPU µs/msg by round | median | vs {peer} by round | median ratio |\n|---|---|---|---|---|\n",
+        "rounds summary ({} rounds): proxy CPU µs/msg, per-core ratio vs {peer} (its µs/msg ÷ the system's, same round), \
+         and µs/msg as a multiple of the floor's (same round)\n\n\
+         | system | CPU µs/msg by round | median | vs {peer} by round | median ratio | × floor by round | median × floor |\n\
+         |---|---|---|---|---|---|---|\n",
         rounds.len()
     );
     let cpu = |c: &Comparison, system: &str| {
@@ -178,14 +225,20 @@ pub fn rounds_summary(rounds: &[Comparison]) -> String {
                 _ => None,
             })
             .collect();
+        let floors: Vec<Option<f64>> = rounds
+            .iter()
+            .map(|c| times_floor(cpu(c, &row.system), cpu(c, FLOOR)))
+            .collect();
         let med = |v: &[Option<f64>]| median(&v.iter().flatten().copied().collect::<Vec<_>>());
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             row.system,
             list(&per_round, 1),
             med(&per_round).map_or_else(|| "-".into(), |m| format!("{m:.1}")),
             list(&ratios, 2),
             med(&ratios).map_or_else(|| "-".into(), |m| format!("{m:.2}×")),
+            list(&floors, 2),
+            med(&floors).map_or_else(|| "-".into(), |m| format!("{m:.2}×")),
         ));
     }
     out
@@ -242,9 +295,10 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
     let mut rows = Vec::new();
     let mut missing = Vec::new();
     let systems: &[&str] = match scenario.fleet.protocol {
-        Protocol::Http => &["direct", "simgate", "nginx", "haproxy", "stunnel"],
+        Protocol::Http => &["direct", "floor", "simgate", "nginx", "haproxy", "stunnel"],
         Protocol::Mqtt => &[
             "direct",
+            "floor",
             "simgate-aggregate",
             "simgate-aggregate-linger",
             "simgate-session",
@@ -285,6 +339,7 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
         Protocol::Http => {
             let p = "HTTP→HTTPS";
             row("direct", p, &|| env.direct(SinkKind::Http));
+            row(FLOOR, "HTTP (no upstream)", &|| env.nginx_floor());
             row("simgate", p, &|| env.simgate_http());
             row("nginx", p, &|| env.nginx());
             row("haproxy", p, &|| env.haproxy());
@@ -294,6 +349,7 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
         Protocol::Mqtt => {
             let p = "MQTT→MQTTS";
             row("direct", p, &|| env.direct(SinkKind::Mqtt));
+            row(FLOOR, "MQTT (no upstream)", &|| env.mosquitto_floor());
             row("simgate aggregate", p, &|| {
                 env.simgate_mqtt("aggregate", None)
             });
@@ -337,13 +393,19 @@ impl Env<'_> {
         self.pki.ca_pem.display().to_string()
     }
 
-    /// Runs the scenario against `target`, sampling `pid`, accounted by `sink`.
+    /// Runs the scenario against `target`, sampling `pid`, accounted by `sink`; without a sink
+    /// (the floor row), accounted at the devices.
     fn measure(
         &self,
         target: std::net::SocketAddr,
         pid: Option<u32>,
-        sink: &Sink,
+        sink: Option<&Sink>,
     ) -> Result<Measured> {
+        let warmup = self.options.warmup;
+        let warm = !warmup.is_zero() && warmup < self.options.duration;
+        let Some(sink) = sink else {
+            return self.measure_device_side(target, pid, warm.then_some(warmup));
+        };
         let options = RunOptions {
             target,
             duration: self.options.duration,
@@ -352,11 +414,11 @@ impl Env<'_> {
             progress: self.options.progress,
             label: None,
             delivery: Some(Arc::clone(sink.tracker())),
+            mark_after: None,
         };
-        let warmup = self.options.warmup;
         // At the end of the warm-up, note what the sink has seen and the proxy's CPU so far;
         // the row's latency and CPU columns are what came after.
-        let marker = (!warmup.is_zero() && warmup < self.options.duration).then(|| {
+        let marker = warm.then(|| {
             let tracker = Arc::clone(sink.tracker());
             std::thread::spawn(move || {
                 std::thread::sleep(warmup); // the measurement schedule, not a synchronisation
@@ -392,12 +454,54 @@ impl Env<'_> {
             report,
             proxy: pid.is_some(),
             steady_cpu_us_per_msg,
+            device_side: false,
+        })
+    }
+
+    /// [`Self::measure`] with no sink: delivered = the devices' successful answers, latency =
+    /// device-side; the warm-up cut (if any) is the fleet's mark at its first tick at or after
+    /// `warmup`.
+    fn measure_device_side(
+        &self,
+        target: std::net::SocketAddr,
+        pid: Option<u32>,
+        warmup: Option<Duration>,
+    ) -> Result<Measured> {
+        let options = RunOptions {
+            target,
+            duration: self.options.duration,
+            gateway_pid: pid,
+            threads: self.options.threads,
+            progress: self.options.progress,
+            label: None,
+            delivery: None,
+            mark_after: Some(warmup.unwrap_or(Duration::ZERO)),
+        };
+        let report = fleet::run(self.scenario, &options, None)?;
+        let end_ticks = pid.and_then(|p| crate::procstat::sample(p).ok().map(|s| s.cpu_ticks));
+        let Some(mark) = report.after_mark.clone() else {
+            bail!("the run ended before its warm-up mark");
+        };
+        let steady_cpu_us_per_msg = match (warmup, end_ticks, mark.gateway_cpu_ticks) {
+            (Some(_), Some(end), Some(start)) => {
+                let seconds =
+                    end.saturating_sub(start) as f64 / crate::procstat::CLOCK_TICKS_PER_SEC as f64;
+                Some(seconds * 1e6 / mark.ok.max(1) as f64)
+            }
+            _ => None,
+        };
+        Ok(Measured {
+            e2e: mark.latency,
+            report,
+            proxy: pid.is_some(),
+            steady_cpu_us_per_msg,
+            device_side: true,
         })
     }
 
     fn direct(&self, kind: SinkKind) -> Result<Measured> {
         let sink = self.sink(kind, false)?;
-        self.measure(sink.addr(), None, &sink)
+        self.measure(sink.addr(), None, Some(&sink))
     }
 
     fn run_simgate(&self, name: &str, config: &str, sink: &Sink) -> Result<Measured> {
@@ -412,7 +516,7 @@ impl Env<'_> {
         let Some(target) = simgate.listeners.values().next().copied() else {
             bail!("simgate printed no listener");
         };
-        let measured = self.measure(target, Some(simgate.child.pid()), sink);
+        let measured = self.measure(target, Some(simgate.child.pid()), Some(sink));
         simgate.child.check_alive()?;
         measured
     }
@@ -500,14 +604,15 @@ routes = [ {{ listener = "mqtt", destination = "sink" }} ]
         self.run_simgate(&name, &config, &sink)
     }
 
-    /// Starts a peer from its config, waits for its port, measures.
+    /// Starts a peer from its config, waits for its port, measures (at the devices when there
+    /// is no sink).
     fn run_peer(
         &self,
         name: &str,
         binary: &Path,
         args: &[&str],
         port: u16,
-        sink: &Sink,
+        sink: Option<&Sink>,
     ) -> Result<Measured> {
         let mut child = Child::spawn(
             name,
@@ -523,11 +628,18 @@ routes = [ {{ listener = "mqtt", destination = "sink" }} ]
         measured
     }
 
-    fn nginx(&self) -> Result<Measured> {
+    /// Writes `name`'s nginx config (one process, the devices' listen socket and keep-alive
+    /// settings; `http` and `location` are the row's own lines) and runs it.
+    fn run_nginx(
+        &self,
+        name: &str,
+        http: &str,
+        location: &str,
+        sink: Option<&Sink>,
+    ) -> Result<Measured> {
         let binary = sut::find_binary("nginx", "nginx-light")?;
-        let sink = self.sink(SinkKind::Http, true)?;
         let port = sut::free_port()?;
-        let dir = self.path("nginx");
+        let dir = self.path(name);
         std::fs::create_dir_all(&dir)?;
         let d = dir.display();
         let config = format!(
@@ -543,13 +655,31 @@ http {{
   access_log off;
   client_body_temp_path {d}/body;
   proxy_temp_path {d}/proxy;
-  upstream sink {{ server {sink}; keepalive 256; keepalive_requests 1000000; }}
-  server {{
+{http}  server {{
     listen 127.0.0.1:{port} backlog=4096;
     keepalive_requests 1000000;
     keepalive_timeout 120s;
     location / {{
-      proxy_pass https://sink;
+{location}    }}
+  }}
+}}
+"#
+        );
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, config)?;
+        let conf = conf.display().to_string();
+        let err = format!("{d}/error.log");
+        self.run_peer(name, &binary, &["-c", &conf, "-e", &err], port, sink)
+    }
+
+    fn nginx(&self) -> Result<Measured> {
+        let sink = self.sink(SinkKind::Http, true)?;
+        let http = format!(
+            "  upstream sink {{ server {sink}; keepalive 256; keepalive_requests 1000000; }}\n",
+            sink = sink.addr()
+        );
+        let location = format!(
+            r#"      proxy_pass https://sink;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host localhost;
@@ -558,18 +688,24 @@ http {{
       proxy_ssl_verify on;
       proxy_ssl_trusted_certificate {ca};
       proxy_ssl_session_reuse on;
-    }}
-  }}
-}}
 "#,
-            sink = sink.addr(),
             ca = self.ca()
         );
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, config)?;
-        let conf = conf.display().to_string();
-        let err = format!("{d}/error.log");
-        self.run_peer("nginx", &binary, &["-c", &conf, "-e", &err], port, &sink)
+        self.run_nginx("nginx", &http, &location, Some(&sink))
+    }
+
+    /// The HTTP floor: the nginx of the nginx row, answering every request itself. `return`
+    /// discards the request body (nginx reads it off the socket and drops it, never buffering
+    /// it to memory or disk; a keep-alive connection needs it read before the next request);
+    /// the body buffer is sized anyway so that no body could ever reach `client_body_temp_path`.
+    fn nginx_floor(&self) -> Result<Measured> {
+        let body = self.scenario.traffic.body_bytes;
+        let http = format!(
+            "  client_body_buffer_size {buffer};\n  client_max_body_size {max};\n",
+            buffer = (body + 1024).max(16 * 1024),
+            max = (body + 1024).max(1024 * 1024),
+        );
+        self.run_nginx("floor-nginx", &http, "      return 204;\n", None)
     }
 
     fn haproxy(&self) -> Result<Measured> {
@@ -600,7 +736,7 @@ backend sink
         let conf = self.path("haproxy.cfg");
         std::fs::write(&conf, config)?;
         let conf = conf.display().to_string();
-        self.run_peer("haproxy", &binary, &["-db", "-f", &conf], port, &sink)
+        self.run_peer("haproxy", &binary, &["-db", "-f", &conf], port, Some(&sink))
     }
 
     fn stunnel(&self, kind: SinkKind) -> Result<Measured> {
@@ -618,7 +754,7 @@ backend sink
         let conf = self.path("stunnel.conf");
         std::fs::write(&conf, config)?;
         let conf = conf.display().to_string();
-        self.run_peer("stunnel", &binary, &[&conf], port, &sink)
+        self.run_peer("stunnel", &binary, &[&conf], port, Some(&sink))
     }
 
     fn mosquitto_bridge(&self) -> Result<Measured> {
@@ -639,7 +775,29 @@ backend sink
         let conf = self.path("mosquitto-bridge.conf");
         std::fs::write(&conf, config)?;
         let conf = conf.display().to_string();
-        self.run_peer("mosquitto bridge", &binary, &["-c", &conf], port, &sink)
+        self.run_peer(
+            "mosquitto bridge",
+            &binary,
+            &["-c", &conf],
+            port,
+            Some(&sink),
+        )
+    }
+
+    /// The MQTT floor: a plain mosquitto (the bridge row's, without the bridge) as the broker the
+    /// devices publish to, with no subscriber: it acknowledges (QoS 1) and drops every message.
+    fn mosquitto_floor(&self) -> Result<Measured> {
+        let binary = sut::find_binary("mosquitto", "mosquitto")?;
+        let port = sut::free_port()?;
+        let config = format!(
+            "user root\nlog_dest stdout\nlog_type error\nlog_type warning\n\
+             max_queued_messages 100000\nmax_inflight_messages 256\n\
+             listener {port} 127.0.0.1\nallow_anonymous true\n"
+        );
+        let conf = self.path("floor-mosquitto.conf");
+        std::fs::write(&conf, config)?;
+        let conf = conf.display().to_string();
+        self.run_peer("floor-mosquitto", &binary, &["-c", &conf], port, None)
     }
 }
 
@@ -665,17 +823,23 @@ impl std::fmt::Display for Comparison {
         };
         let direct = rate_of("direct");
         let peer = rate_of(self.peer);
+        let floor = self
+            .rows
+            .iter()
+            .find(|r| r.system == FLOOR)
+            .and_then(|r| r.outcome.as_ref().ok())
+            .and_then(Measured::cpu_us_per_msg);
         writeln!(
             f,
-            "| path | system | delivered msg/s | vs direct | vs {} | e2e p50 | e2e p99 | e2e p99.9 | proxy CPU µs/msg | proxy RSS peak | lost / dup / reordered | device errors |",
+            "| path | system | delivered msg/s | vs direct | vs {} | e2e p50 | e2e p99 | e2e p99.9 | proxy CPU µs/msg | × floor | proxy RSS peak | lost / dup / reordered | device errors |",
             self.peer
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for row in &self.rows {
             match &row.outcome {
                 Err(why) => writeln!(
                     f,
-                    "| {} | {} | {} | | | | | | | | | |",
+                    "| {} | {} | {} | | | | | | | | | | |",
                     row.path,
                     row.system,
                     why.lines().next().unwrap_or("").replace('|', "/")
@@ -683,22 +847,24 @@ impl std::fmt::Display for Comparison {
                 Ok(m) => {
                     let rate = m.delivered_per_s();
                     let (e2e, lost) = match m.report.delivery {
+                        None if m.device_side => (LatencySummary::of(&m.e2e), "-".into()),
                         Some(d) => (
                             LatencySummary::of(&m.e2e),
                             format!("{} / {} / {}", d.lost, d.duplicates, d.reordered),
                         ),
                         None => (m.report.latency_us, "-".into()),
                     };
-                    let cpu = m
-                        .cpu_us_per_msg()
-                        .map_or_else(|| "-".into(), |us| format!("{us:.1}"));
+                    let cpu_us = m.cpu_us_per_msg();
+                    let cpu = cpu_us.map_or_else(|| "-".into(), |us| format!("{us:.1}"));
+                    let x_floor = times_floor(cpu_us, floor)
+                        .map_or_else(|| "-".into(), |x| format!("{x:.2}×"));
                     let rss = match (&m.report.gateway, m.proxy) {
                         (Some(g), true) => format!("{:.1} MiB", g.rss_kib_peak as f64 / 1024.0),
                         _ => "-".into(),
                     };
                     writeln!(
                         f,
-                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         row.path,
                         row.system,
                         rate,
@@ -708,12 +874,16 @@ impl std::fmt::Display for Comparison {
                         ms(e2e.p99),
                         ms(e2e.p999),
                         cpu,
+                        x_floor,
                         rss,
                         lost,
                         m.report.counts.error_total()
                     )?;
                 }
             }
+        }
+        if self.rows.iter().any(|r| r.system == FLOOR) {
+            writeln!(f, "\n{FLOOR_NOTE}")?;
         }
         if !self.missing.is_empty() {
             writeln!(
@@ -743,7 +913,108 @@ impl Comparison {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{median, rounds_summary, times_floor, Comparison, Measured, Row, FLOOR};
+    use crate::stats::{new_latency_histogram, Counts, LatencySummary, Report};
+
+    /// A measured row whose proxy CPU per message is `cpu_us` (None: no proxy, like direct).
+    fn row(system: &str, cpu_us: Option<f64>) -> Row {
+        let e2e = new_latency_histogram().expect("histogram");
+        let report = Report {
+            scenario: "s".into(),
+            target: "127.0.0.1:1".into(),
+            protocol: "http".into(),
+            devices: 1,
+            duration_s: 1.0,
+            target_rate_per_s: 1.0,
+            achieved_rate_per_s: 1.0,
+            counts: Counts::default(),
+            in_flight_at_end: 0,
+            latency_us: LatencySummary::of(&e2e),
+            open_at_end: 0,
+            peak_open: 0,
+            gateway: None,
+            intervals: Vec::new(),
+            delivery: None,
+            after_mark: None,
+        };
+        Row {
+            system: system.into(),
+            path: "HTTP→HTTPS",
+            outcome: Ok(Measured {
+                report,
+                e2e,
+                proxy: cpu_us.is_some(),
+                steady_cpu_us_per_msg: cpu_us,
+                device_side: system == FLOOR,
+            }),
+        }
+    }
+
+    fn round(floor: f64, simgate: f64, nginx: f64) -> Comparison {
+        Comparison {
+            scenario: "s".into(),
+            peer: "nginx",
+            rows: vec![
+                row("direct", None),
+                row(FLOOR, Some(floor)),
+                row("simgate", Some(simgate)),
+                row("nginx", Some(nginx)),
+            ],
+            missing: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn times_floor_divides_by_a_positive_floor_only() {
+        assert_eq!(times_floor(Some(30.0), Some(10.0)), Some(3.0));
+        assert_eq!(times_floor(Some(30.0), Some(0.0)), None);
+        assert_eq!(times_floor(None, Some(10.0)), None);
+        assert_eq!(times_floor(Some(30.0), None), None);
+    }
+
+    #[test]
+    fn the_table_and_the_rounds_summary_carry_multiples_of_the_floor() {
+        let table = round(10.0, 30.0, 35.0).to_string();
+        let line = |system: &str| {
+            table
+                .lines()
+                .find(|l| l.contains(&format!("| {system} |")))
+                .unwrap_or_else(|| panic!("no {system} line in\n{table}"))
+                .to_owned()
+        };
+        assert!(line("simgate").contains("| 30.0 | 3.00× |"), "{table}");
+        assert!(line("nginx").contains("| 35.0 | 3.50× |"), "{table}");
+        assert!(line(FLOOR).contains("| 10.0 | 1.00× |"), "{table}");
+        assert!(line("direct").contains("| - | - |"), "{table}");
+        assert!(
+            table.contains("counted at the devices"),
+            "footnote: {table}"
+        );
+
+        // × floor per round is taken within the round; the median is over the rounds.
+        let summary = rounds_summary(&[
+            round(10.0, 30.0, 35.0),
+            round(8.0, 32.0, 36.0),
+            round(12.0, 30.0, 30.0),
+        ]);
+        let simgate = summary
+            .lines()
+            .find(|l| l.starts_with("| simgate |"))
+            .expect("simgate line");
+        assert_eq!(
+            simgate,
+            "| simgate | 30.0 / 32.0 / 30.0 | 30.0 | 1.17 / 1.12 / 1.00 | 1.12× | 3.00 / 4.00 / 2.50 | 3.00× |"
+        );
+        assert!(
+            summary.contains("| floor | 10.0 / 8.0 / 12.0 | 10.0 |")
+                && summary.contains("| 1.00 / 1.00 / 1.00 | 1.00× |"),
+            "{summary}"
+        );
+        assert!(
+            !summary.contains("| direct |"),
+            "no proxy, no line: {summary}"
+        );
+    }
 
     #[test]
     fn median_of_odd_even_and_empty_lists() {

@@ -7,8 +7,13 @@
 //! At the deadline every device task is dropped, abandoning messages in flight (reported as
 //! `in_flight_at_end`).
 //!
-//! What it does NOT do: warm-up exclusion (run a short scenario first), coordinated stop with the
-//! gateway, or raising the file-descriptor limit (`ulimit -n` before large fleets).
+//! [`RunOptions::mark_after`] takes a mark at the start or at a tick: the report then also holds
+//! the device-side counts and latency after it ([`crate::stats::AfterMark`]), a warm-up cut for
+//! runs with no sink.
+//!
+//! What it does NOT do: warm-up exclusion in the main counters (run a short scenario first, or
+//! use the mark), coordinated stop with the gateway, or raising the file-descriptor limit
+//! (`ulimit -n` before large fleets).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -22,7 +27,7 @@ use crate::hdrlog::IntervalLogWriter;
 use crate::procstat::{self, ProcSample};
 use crate::scenario::{Protocol, Scenario};
 use crate::stats::{
-    GatewayUsage, HistogramError, LatencySummary, ProgressLine, Recorder, Report, Totals,
+    AfterMark, GatewayUsage, HistogramError, LatencySummary, ProgressLine, Recorder, Report, Totals,
 };
 use crate::tracker::DeliveryTracker;
 
@@ -45,6 +50,10 @@ pub struct RunOptions {
     /// The sink's delivery accounting (built-in sink or subscriber): reset when the run
     /// starts, summarized into [`Report::delivery`] when it ends.
     pub delivery: Option<Arc<DeliveryTracker>>,
+    /// Take a mark at the start (zero) or at the first once-a-second tick at or after this
+    /// time: [`Report::after_mark`] then holds the device-side counts and latency from the mark
+    /// on, and the sampled gateway's CPU ticks at the mark. None: no mark.
+    pub mark_after: Option<Duration>,
 }
 
 /// Why a run could not start or finish.
@@ -165,6 +174,11 @@ async fn run_async(
     };
 
     let mut totals = Totals::new()?;
+    // The mark: when, the totals then, and the gateway's CPU ticks then.
+    let mut mark: Option<(f64, Totals, Option<u64>)> = None;
+    if options.mark_after == Some(Duration::ZERO) {
+        mark = Some((0.0, totals.clone(), gateway_start.map(|s| s.cpu_ticks)));
+    }
     let mut intervals = Vec::new();
     let mut gateway_peak_rss = gateway_start.map_or(0, |s| s.rss_kib);
     let mut gateway_last = gateway_start;
@@ -220,6 +234,18 @@ async fn run_async(
             }
         }
         totals.add(&interval);
+        if mark.is_none()
+            && options
+                .mark_after
+                .is_some_and(|after| tick.duration_since(start) >= after)
+        {
+            // A fresh sample, so the CPU ticks and the totals are read at the same moment.
+            let ticks = options
+                .gateway_pid
+                .and_then(|pid| procstat::sample(pid).ok())
+                .map(|s| s.cpu_ticks);
+            mark = Some((line.t, totals.clone(), ticks));
+        }
         intervals.push(line);
         interval_start = now;
         if tick >= deadline {
@@ -269,6 +295,18 @@ async fn run_async(
         gateway,
         intervals,
         delivery: options.delivery.as_ref().map(|t| t.summary()),
+        after_mark: mark.map(|(at_s, then, gateway_cpu_ticks)| {
+            let mut latency = totals.latency.clone();
+            // `then` is an earlier state of the same histogram: subtraction cannot fail.
+            let _ = latency.subtract(&then.latency);
+            AfterMark {
+                at_s,
+                ok: totals.counts.ok.saturating_sub(then.counts.ok),
+                answered: totals.counts.answered.saturating_sub(then.counts.answered),
+                gateway_cpu_ticks,
+                latency,
+            }
+        }),
     })
 }
 
@@ -519,6 +557,7 @@ mod tests {
             progress: false,
             label: None,
             delivery: None,
+            mark_after: None,
         }
     }
 
@@ -623,6 +662,34 @@ mod tests {
         let gateway = report.gateway.expect("sampled");
         assert!(gateway.rss_kib_start > 0 && gateway.rss_kib_peak >= gateway.rss_kib_start);
         assert!(gateway.rss_bytes_per_connection.is_some());
+    }
+
+    #[test]
+    fn a_mark_splits_the_device_side_counts_and_latency_at_a_tick() {
+        let server = start_server(http_handler(false));
+        let s = scenario("name = \"mark\"\n[fleet]\ndevices = 4\n[traffic]\nrate_per_s = 200\n");
+        let mut opts = options(server.addr, 2500);
+        opts.gateway_pid = Some(std::process::id());
+        opts.mark_after = Some(Duration::from_millis(1500));
+        let report = run(&s, &opts, None).expect("run");
+        let mark = report.after_mark.expect("marked");
+        assert!(
+            (mark.at_s - 2.0).abs() < 0.2,
+            "first tick at or after 1.5 s: {}",
+            mark.at_s
+        );
+        assert!(mark.gateway_cpu_ticks.is_some());
+        let c = &report.counts;
+        assert!(mark.ok > 0 && mark.ok < c.ok, "{} of {}", mark.ok, c.ok);
+        assert_eq!(mark.latency.len(), mark.answered);
+
+        opts.mark_after = Some(Duration::ZERO);
+        opts.duration = Duration::from_millis(600);
+        let report = run(&s, &opts, None).expect("run");
+        let mark = report.after_mark.expect("marked at the start");
+        assert_eq!(mark.at_s, 0.0);
+        assert_eq!(mark.ok, report.counts.ok);
+        assert_eq!(mark.latency.len(), report.counts.answered);
     }
 
     #[test]

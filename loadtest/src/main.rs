@@ -4,8 +4,9 @@
 //! - `run`: the fleet simulator — a scenario file of HTTP or MQTT devices with per-device source
 //!   addresses, open-loop schedules and coordinated-omission-corrected latency.
 //! - `pki`, `sink`: certificates and the stand-in HTTPS cloud (hyper, no accounting).
-//! - `compare`: simgate against its peers (nginx, haproxy, mosquitto bridge, stunnel) and a
-//!   direct baseline on one scenario, printed as a markdown table (and optionally an SVG plot).
+//! - `compare`: simgate against its peers (nginx, haproxy, mosquitto bridge, stunnel), a
+//!   direct baseline and a floor (a peer answering the devices itself) on one scenario, printed
+//!   as a markdown table (and optionally an SVG plot).
 //! - `account`: an accounting sink (HTTP(S) or MQTT(S)) on its own; `run --sink` starts one in
 //!   the same process and adds its loss/dup/reorder counts and end-to-end latency to the report,
 //!   `run --subscribe` does the same behind a real broker.
@@ -116,13 +117,15 @@ enum Command {
         #[arg(long)]
         work_dir: Option<PathBuf>,
         /// Run only these systems (comma-separated, names as in the table, lower case, spaces as
-        /// dashes: direct, simgate, simgate-aggregate, simgate-aggregate-linger, simgate-session,
-        /// nginx, haproxy, stunnel, mosquitto-bridge). Default: all of the scenario's protocol.
+        /// dashes: direct, floor, simgate, simgate-aggregate, simgate-aggregate-linger,
+        /// simgate-session, nginx, haproxy, stunnel, mosquitto-bridge). Default: all of the
+        /// scenario's protocol.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Run the whole comparison this many times in a row and end with the median proxy CPU
-        /// per message and the median per-core ratio against the peer (each round's ratio is
-        /// taken within that round): on a shared machine one round's absolute figures drift.
+        /// per message, the median per-core ratio against the peer and the median multiple of
+        /// the floor's CPU per message (each round's ratio is taken within that round): on a
+        /// shared machine one round's absolute figures drift.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
         rounds: u32,
         /// Seconds at the start of each run (device ramp, first upstream handshakes) left out of
@@ -334,6 +337,7 @@ fn run_mix(
                 progress: !quiet,
                 label: Some(scenario.name.clone()),
                 delivery: None,
+                mark_after: None,
             };
             (scenario, options)
         })
@@ -439,6 +443,7 @@ fn main() -> Result<()> {
                 progress: !quiet,
                 label: None,
                 delivery,
+                mark_after: None,
             };
             let report = fleet::run(&parsed, &options, log)?;
             print!("{report}");

@@ -373,6 +373,26 @@ pub struct Report {
     /// What the sink received (loss, duplicates, reordering, end-to-end latency), when the run
     /// had a built-in sink or subscriber.
     pub delivery: Option<DeliverySummary>,
+    /// The device-side counts and latency after [`crate::fleet::RunOptions::mark_after`], when
+    /// it was set.
+    pub after_mark: Option<AfterMark>,
+}
+
+/// What the devices saw after a mark in the run (a warm-up cut made by the fleet itself, for
+/// runs with no sink to account deliveries: `simgate-load compare`'s floor row).
+#[derive(Debug, Clone, Serialize)]
+pub struct AfterMark {
+    /// Seconds into the run the mark was taken (0, or a once-a-second tick).
+    pub at_s: f64,
+    /// Successful answers after the mark.
+    pub ok: u64,
+    /// Answers after the mark.
+    pub answered: u64,
+    /// The sampled gateway's CPU clock ticks (user + system) at the mark, with a gateway pid.
+    pub gateway_cpu_ticks: Option<u64>,
+    /// Latencies (µs from the intended send time) of the answers after the mark.
+    #[serde(skip)]
+    pub latency: Histogram<u64>,
 }
 
 impl std::fmt::Display for Report {

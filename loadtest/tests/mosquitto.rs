@@ -65,6 +65,7 @@ fn a_subscriber_accounts_delivery_through_a_real_mosquitto() {
                 progress: false,
                 label: None,
                 delivery: Some(Arc::clone(subscriber.tracker())),
+                mark_after: None,
             },
             None,
         )

@@ -165,6 +165,7 @@ fn part(world: &World, listener: &str, sink: &Sink, protocol_toml: &str) -> (Sce
         progress: false,
         label: None,
         delivery: Some(Arc::clone(sink.tracker())),
+        mark_after: None,
     };
     (scenario, options)
 }
