@@ -449,10 +449,14 @@ impl DeviceConn {
             Some((sim, g)) => (g.attach.headers(&sim), g.attach.user_properties(&sim)),
             None => (Vec::new(), Vec::new()),
         };
-        let extra: Vec<(&str, &[u8])> = attached
+        let mut extra: Vec<(&str, &[u8])> = attached
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
             .collect();
+        // A `basic`/`bearer` credential: its Authorization replaces the device's own.
+        if let Some(authorization) = &https.authorization {
+            extra.push(("Authorization", &authorization.0));
+        }
         // `envelope = "json"`: a request with a body gets it wrapped (de-chunked, trailers
         // dropped) and sent whole with `Content-Length`; a request without one goes as it is.
         // The base path, rendered for the device's SIM if it names one (the config made sure
