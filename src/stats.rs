@@ -159,6 +159,8 @@ pub struct UpstreamCounters {
     /// Upstream connects whose request was served first by a returned pooled connection (the
     /// connect finished on its own and its connection joined the pool).
     pub connects_overtaken: u64,
+    /// Upstream connections whose server selected HTTP/2 (shared by many requests).
+    pub h2_connections: u64,
 }
 
 impl UpstreamCounters {
@@ -169,6 +171,7 @@ impl UpstreamCounters {
         self.connects_local_failures += other.connects_local_failures;
         self.tls_resumed += other.tls_resumed;
         self.connects_overtaken += other.connects_overtaken;
+        self.h2_connections += other.h2_connections;
     }
 }
 

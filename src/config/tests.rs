@@ -591,7 +591,8 @@ const SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("host_header = \"ingest.sink.test\"", "host_header = \"a\\r\\nX-Evil: 1\"", "destination[0].host_header", "without line breaks"),
     ("base_path = \"/ingest/\"", "base_path = \"ingest\"", "destination[0].base_path", "must start with '/'"),
     ("base_path = \"/ingest/\"", "base_path = \"/ingest/\"\nenvelope = \"xml\"", "destination[0].envelope", "unsupported envelope \"xml\"; supported: \"none\", \"json\""),
-    ("alpn = [\"http/1.1\"]", "alpn = [\"http/1.1\", \"h2\"]", "destination[0].alpn[1]", "unsupported ALPN protocol \"h2\""),
+    ("alpn = [\"http/1.1\"]", "alpn = [\"http/1.1\", \"h3\"]", "destination[0].alpn[1]", "unsupported ALPN protocol \"h3\""),
+    ("alpn = [\"http/1.1\"]", "alpn = [\"h2\", \"h2\"]", "destination[0].alpn[1]", "duplicate ALPN protocol \"h2\""),
     ("warm = 1", "warm = 9", "destination[0].pool.warm", "9 exceeds pool.max_idle (8)"),
     ("warm = 1", "warm = -1", "destination[0].pool.warm", "must be in 0..=1024"),
     ("backoff_initial = \"50ms\"", "backoff_initial = \"6s\"", "destination[0].pool.backoff_initial", "6s exceeds pool.backoff_max (5s)"),
@@ -2013,4 +2014,24 @@ fn a_base_path_naming_the_sim_is_checked_like_mqtt_templates() {
         "endpoint = \"sink.test:443\"\nbase_path = \"/d/{client_id}\"",
     ));
     assert_single(&error, "destination[0].base_path", "not allowed here");
+}
+
+#[test]
+fn https_destinations_may_offer_h2() {
+    let fx = Fixture::new();
+    for (alpn, expected) in [
+        (
+            r#"["h2", "http/1.1"]"#,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        ),
+        (r#"["h2"]"#, vec![b"h2".to_vec()]),
+    ] {
+        let text = edit(
+            MINIMAL,
+            "endpoint = \"sink.test:443\"",
+            &format!("endpoint = \"sink.test:443\"\nalpn = {alpn}"),
+        );
+        let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.destinations[0].tls.alpn_protocols, expected);
+    }
 }

@@ -230,9 +230,9 @@ async fn send_batch(
     let mut head = BytesMut::new();
     request.write_head(&dest.host_header, &mut head);
     let parts: [&[u8]; 2] = [&head, &request.body];
-    let mut conn = state
+    let conn = state
         .upstreams
-        .checkout(generation, dest)
+        .checkout_http(generation, dest)
         .await
         .map_err(|e| BatchError {
             status: if e.is_local() { 503 } else { 502 },
@@ -255,6 +255,27 @@ async fn send_batch(
         reason: "the cloud closed the connection before answering the batch".into(),
         kind: ErrorKind::UpstreamClosed,
     };
+    let mut conn = match conn {
+        crate::upstream::driver::HttpConn::Http1(conn) => conn,
+        crate::upstream::driver::HttpConn::Http2(handle) => {
+            // One stream on the shared HTTP/2 connection; never retried (a batch is a POST).
+            use super::http2_exchange::{self, H2Failure};
+            let (request, body) =
+                http2_exchange::request_from_http1(&parts).map_err(|_| closed())?;
+            let response = http2_exchange::round_trip(&handle, request, body, deadline)
+                .await
+                .map_err(|e| match e {
+                    H2Failure::Timeout => timeout(),
+                    _ => closed(),
+                })?;
+            let (head, mut body) = response.into_parts();
+            let status = head.status.as_u16();
+            let body = http2_exchange::read_body(&mut body, MAX_ANSWER_BYTES, deadline)
+                .await
+                .ok_or_else(closed)?;
+            return answer(state, dest, status, &body, items.len());
+        }
+    };
     match reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(closed()),
@@ -269,21 +290,27 @@ async fn send_batch(
     if head.keep_alive && conn.stream.plaintext().is_empty() {
         state.upstreams.check_in(conn);
     }
+    answer(state, dest, head.status, &body, items.len())
+}
+
+/// Count the cloud's answer to a batch and split it into the items' answers.
+fn answer(
+    state: &ShardState,
+    dest: &DestinationPlan,
+    status: u16,
+    body: &[u8],
+    items: usize,
+) -> Result<Vec<ItemAnswer>, BatchError> {
     let adapter = dest.adapter.kind();
     let index = AdapterKind::ALL
         .iter()
         .position(|k| *k == adapter)
         .unwrap_or(0);
-    state
-        .metrics
-        .borrow_mut()
-        .cloud_response(index, head.status);
-    adapters::batch_answers(&dest.adapter, head.status, &body, items.len()).map_err(|why| {
-        BatchError {
-            status: 502,
-            reason: format!("the cloud's answer to the batch: {why}"),
-            kind: ErrorKind::UpstreamProtocol,
-        }
+    state.metrics.borrow_mut().cloud_response(index, status);
+    adapters::batch_answers(&dest.adapter, status, body, items).map_err(|why| BatchError {
+        status: 502,
+        reason: format!("the cloud's answer to the batch: {why}"),
+        kind: ErrorKind::UpstreamProtocol,
     })
 }
 

@@ -51,7 +51,46 @@ use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
 use crate::stats::{ErrorKind, Protocol};
 use crate::tls::{TlsError, TlsIoError};
+use crate::upstream::driver::HttpConn;
+use crate::upstream::http2::H2Handle;
 use crate::upstream::{UpstreamConn, UpstreamError};
+
+use super::http2_exchange::{self, H2Failure};
+
+/// How one HTTP/2 exchange ended.
+enum H2Outcome {
+    /// Relayed, or failed with this answer for the device.
+    Done(Result<Relayed, ForwardError>),
+    /// Refused before processing (or broken before a response to an idempotent request):
+    /// send it again.
+    Retry,
+}
+
+/// The device's answer for an HTTP/2 stream that produced no response.
+fn h2_forward_error(destination: &str, e: H2Failure) -> ForwardError {
+    match e {
+        H2Failure::Timeout => ForwardError {
+            status: 504,
+            reason: format!("upstream {destination} did not respond in time"),
+            kind: ErrorKind::UpstreamTimeout,
+        },
+        H2Failure::Refused(why) => ForwardError {
+            status: 502,
+            reason: format!("upstream {destination} refused the HTTP/2 stream: {why}"),
+            kind: ErrorKind::UpstreamClosed,
+        },
+        H2Failure::Broken(why) => ForwardError {
+            status: 502,
+            reason: format!("upstream {destination} HTTP/2 stream failed: {why}"),
+            kind: ErrorKind::UpstreamClosed,
+        },
+        H2Failure::Invalid(why) => ForwardError {
+            status: 502,
+            reason: format!("request for {destination} cannot be sent over HTTP/2: {why}"),
+            kind: ErrorKind::UpstreamProtocol,
+        },
+    }
+}
 
 /// Serve one device connection until it closes, fails, or the shard drains.
 pub async fn serve(
@@ -703,14 +742,34 @@ impl DeviceConn {
             received_at,
         } = x;
         let mut retried = false;
+        // An HTTP/1.1 retry takes a fresh connection, never another pooled one; an HTTP/2 retry
+        // takes another stream from the pool, which no longer offers the refusing connection.
+        let mut fresh = false;
         loop {
-            // A retry always takes a fresh connection, never another pooled one.
-            let conn = if retried {
-                self.state.upstreams.connect_new(generation, dest).await
+            let conn = if fresh {
+                self.state
+                    .upstreams
+                    .connect_new_http(generation, dest)
+                    .await
             } else {
-                self.state.upstreams.checkout(generation, dest).await
+                self.state.upstreams.checkout_http(generation, dest).await
             };
-            let mut conn = conn.map_err(|e| upstream_error(&dest.name, &e))?;
+            let mut conn = match conn.map_err(|e| upstream_error(&dest.name, &e))? {
+                HttpConn::Http1(conn) => conn,
+                HttpConn::Http2(handle) => {
+                    if handle.reused {
+                        self.state.metrics.borrow_mut().upstream_reused += 1;
+                    }
+                    match Box::pin(self.exchange_h2(handle, dest, parts, x, retried)).await {
+                        H2Outcome::Done(result) => return result,
+                        H2Outcome::Retry => {
+                            retried = true;
+                            self.state.metrics.borrow_mut().upstream_retries += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
             if conn.reused {
                 self.state.metrics.borrow_mut().upstream_reused += 1;
             }
@@ -767,10 +826,143 @@ impl DeviceConn {
                     if conn.reused && !retried && (write_failed || idempotent) =>
                 {
                     retried = true;
+                    fresh = true;
                     self.state.metrics.borrow_mut().upstream_retries += 1;
                     continue;
                 }
                 Err(e) => return Err(e.into_forward_error(&dest.name)),
+            }
+        }
+    }
+
+    /// [`Self::exchange`] as one stream on a shared HTTP/2 connection: send, wait for the head
+    /// (within `response_timeout`), relay. `Retry` when the server refused the stream before
+    /// processing it (GOAWAY above it, REFUSED_STREAM), or the connection broke before any
+    /// response to an idempotent request, and this was not already the retry.
+    async fn exchange_h2(
+        &mut self,
+        handle: H2Handle,
+        dest: &crate::policy::DestinationPlan,
+        parts: &[&[u8]],
+        x: Exchange,
+        retried: bool,
+    ) -> H2Outcome {
+        let started = Instant::now();
+        let deadline = started + dest.pool.response_timeout;
+        let (request, body) = match http2_exchange::request_from_http1(parts) {
+            Ok(mapped) => mapped,
+            Err(e) => {
+                return H2Outcome::Done(Err(h2_forward_error(&dest.name, e)));
+            }
+        };
+        let response = match http2_exchange::round_trip(&handle, request, body, deadline).await {
+            Ok(response) => response,
+            Err(H2Failure::Refused(_)) if !retried => return H2Outcome::Retry,
+            Err(H2Failure::Broken(_)) if !retried && x.idempotent => return H2Outcome::Retry,
+            Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
+        };
+        let head_at = Instant::now();
+        let (head, body) = response.into_parts();
+        let response_head =
+            http2_exchange::response_head(&head, body.is_end_stream(), x.is_head_request);
+        self.count_cloud_response(dest, response_head.status);
+        let outcome = self.relay_h2(response_head, body, x, &dest.pool).await;
+        // The stream is done: the connection takes the next request.
+        drop(handle);
+        if let Relayed::Done { .. } = outcome {
+            let total = Instant::now().saturating_duration_since(x.received_at);
+            let upstream = head_at.saturating_duration_since(started);
+            self.state.metrics.borrow_mut().record_latency(
+                total.as_micros() as u64,
+                total.saturating_sub(upstream).as_micros() as u64,
+            );
+        }
+        H2Outcome::Done(Ok(outcome))
+    }
+
+    /// Count a cloud adapter's answer status (not for generic `https`).
+    fn count_cloud_response(&self, dest: &crate::policy::DestinationPlan, status: u16) {
+        let adapter = dest.adapter.kind();
+        if adapter != crate::policy::AdapterKind::GenericHttps {
+            let index = crate::policy::AdapterKind::ALL
+                .iter()
+                .position(|k| *k == adapter)
+                .unwrap_or(0);
+            self.state
+                .metrics
+                .borrow_mut()
+                .cloud_response(index, status);
+        }
+    }
+
+    /// Relay an HTTP/2 response (head mapped to HTTP/1.1) to the device: the body as it
+    /// arrives in DATA frames, chunk-framed when the server sent no length (raw and delimited
+    /// by closing for an HTTP/1.0 device). Trailers are not relayed.
+    async fn relay_h2(
+        &mut self,
+        head: ResponseHead,
+        mut body: h2::RecvStream,
+        x: Exchange,
+        pool: &crate::policy::PoolSettings,
+    ) -> Relayed {
+        let chunked = head.body == BodyLength::Chunked;
+        let device_chunked = chunked && x.device_minor_version >= 1;
+        let keep_device =
+            x.keep_device && !(chunked && x.device_minor_version == 0) && !self.state.draining();
+        let status = head.status;
+        let mut out = BytesMut::with_capacity(256);
+        http1::write_device_response_head(&mut out, &head, x.device_minor_version, keep_device);
+        let mut pending_head = Some(out.freeze());
+        let mut done = head.body == BodyLength::None || body.is_end_stream();
+        loop {
+            let mut parts = Vec::with_capacity(4);
+            if let Some(h) = pending_head.take() {
+                parts.push(h);
+            }
+            if done {
+                if device_chunked {
+                    parts.push(Bytes::from_static(b"0\r\n\r\n"));
+                }
+            } else {
+                match reactor::timeout(pool.response_timeout, http2_exchange::next_chunk(&mut body))
+                    .await
+                {
+                    Ok(Some(Ok(data))) => {
+                        if device_chunked && !data.is_empty() {
+                            parts.push(Bytes::from(format!("{:x}\r\n", data.len())));
+                            parts.push(data);
+                            parts.push(Bytes::from_static(b"\r\n"));
+                        } else if !data.is_empty() {
+                            parts.push(data);
+                        }
+                    }
+                    Ok(None) => {
+                        done = true;
+                        if device_chunked {
+                            parts.push(Bytes::from_static(b"0\r\n\r\n"));
+                        }
+                    }
+                    Ok(Some(Err(_))) | Err(_) => {
+                        // A head still in `parts` never reached the device: it gets a 502.
+                        let head_unsent = !parts.is_empty();
+                        return self
+                            .abort_relay(head_unsent, "upstream HTTP/2 stream broke off")
+                            .await;
+                    }
+                }
+            }
+            if !parts.is_empty() {
+                let len: usize = parts.iter().map(Bytes::len).sum();
+                if self.send_device(parts).await.is_err() {
+                    return Relayed::Aborted;
+                }
+                self.state.metrics.borrow_mut().device_bytes_out += len as u64;
+            }
+            if done {
+                return Relayed::Done {
+                    keep_device,
+                    status,
+                };
             }
         }
     }

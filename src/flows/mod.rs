@@ -9,6 +9,7 @@ pub mod batch;
 pub mod client_ids;
 pub mod context;
 pub mod drain;
+pub mod http2_exchange;
 pub mod http_forward;
 pub mod identity;
 pub mod mqtt_aggregate;

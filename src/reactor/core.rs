@@ -388,6 +388,9 @@ pub(crate) struct Reactor {
     remote_op: Cell<Option<usize>>,
     now: Cell<Instant>,
     counters: Counters,
+    /// `ops_submitted` when SQEs were last handed to the kernel: pushes numbered above it are
+    /// still only in the submission queue.
+    submitted_upto: Cell<u64>,
     closed: Cell<bool>,
     setup_mode: SetupMode,
 }
@@ -442,6 +445,7 @@ impl Reactor {
             remote_op: Cell::new(None),
             now: Cell::new(Instant::now()),
             counters: Counters::default(),
+            submitted_upto: Cell::new(0),
             closed: Cell::new(false),
             setup_mode,
         });
@@ -585,12 +589,35 @@ impl Reactor {
         // pool, which outlive the op (see the module INVARIANT).
         if unsafe { ring.submission().push(entry) }.is_err() {
             ring.submit()?;
+            self.submitted_upto.set(self.counters.ops_submitted.get());
             // SAFETY: as above.
             unsafe { ring.submission().push(entry) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
         }
         bump(&self.counters.ops_submitted);
         Ok(())
+    }
+
+    /// Hand every queued SQE to the kernel now, without waiting for completions. Called before a
+    /// socket whose ops were just cancelled closes its fd: the kernel resolves an SQE's fd when
+    /// it is submitted, so an op pushed this turn must reach the kernel while the fd number
+    /// still names its socket (a later socket could otherwise reuse the number).
+    ///
+    /// `since` is [`Reactor::push_seq`] read right after the caller's last push: nothing is
+    /// done (no syscall) if that push already reached the kernel, the usual case.
+    pub(crate) fn submit_pending(&self, since: u64) {
+        if since <= self.submitted_upto.get() {
+            return;
+        }
+        let ring = self.ring.borrow();
+        self.submitted_upto.set(self.counters.ops_submitted.get());
+        // An error here leaves the SQEs queued; the next loop turn submits them.
+        let _ = ring.submit();
+    }
+
+    /// The sequence number of the latest push (see [`Reactor::submit_pending`]).
+    pub(crate) fn push_seq(&self) -> u64 {
+        self.counters.ops_submitted.get()
     }
 
     /// Submit queued SQEs and wait for completions: not at all if `busy`, else until the next timer.
@@ -608,6 +635,7 @@ impl Reactor {
 
     fn enter_with(&self, wait: Option<Duration>) -> io::Result<()> {
         let ring = self.ring.borrow();
+        self.submitted_upto.set(self.counters.ops_submitted.get());
         let result = match wait {
             None => ring.submit_and_wait(1),
             Some(d) => {

@@ -178,6 +178,10 @@ pub struct TcpStream {
     fd: OwnedFd,
     reactor: Rc<Reactor>,
     recv_op: Option<usize>,
+    /// The send started with [`TcpStream::start_send`], until [`TcpStream::poll_send`] reaps it.
+    send_op: Option<usize>,
+    /// `Reactor::push_seq` after this stream's latest submission (see `Drop`).
+    last_push: u64,
     /// The last multishot recv ended with `ENOBUFS`: re-arm once a buffer is back.
     starved: bool,
     eof: bool,
@@ -189,6 +193,8 @@ impl TcpStream {
             fd,
             reactor,
             recv_op: None,
+            send_op: None,
+            last_push: 0,
             starved: false,
             eof: false,
         }
@@ -243,7 +249,13 @@ impl TcpStream {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<RecvBuf>>> {
+    /// [`TcpStream::recv`] as a poll function, for poll-based adapters (`AsyncRead`). Same
+    /// contract: `Pending` registers `cx`'s waker and loses nothing (the multishot recv belongs
+    /// to the stream), so a caller may stop polling at any point.
+    ///
+    /// # Errors
+    /// As [`TcpStream::recv`].
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<RecvBuf>>> {
         loop {
             if self.eof {
                 return Poll::Ready(Ok(None));
@@ -262,6 +274,7 @@ impl TcpStream {
                     let entry =
                         opcode::RecvMulti::new(types::Fd(self.fd.as_raw_fd()), BUF_GROUP).build();
                     let key = self.reactor.submit(entry, OpKind::Recv, Keep::Nothing)?;
+                    self.last_push = self.reactor.push_seq();
                     self.recv_op = Some(key);
                     key
                 }
@@ -344,6 +357,7 @@ impl TcpStream {
                 let key = self
                     .reactor
                     .submit(entry, OpKind::Single, Keep::Bytes(data))?;
+                self.last_push = self.reactor.push_seq();
                 let (c, keep) = Op::new(self.reactor.clone(), key).await;
                 data = match keep {
                     Keep::Bytes(b) => b,
@@ -354,6 +368,62 @@ impl TcpStream {
             }
             Ok(())
         }
+    }
+
+    /// Start one send of `data` that the stream owns until [`TcpStream::poll_send`] reaps it: the
+    /// poll-based counterpart of [`TcpStream::send_all`] for adapters that cannot hold a future
+    /// borrowing the stream (`AsyncWrite`). At most one such send is in flight per stream.
+    ///
+    /// The bytes live in the op slot until the kernel is done with them; dropping the stream
+    /// cancels the send (how much of it went out is then unknown, as for a dropped `send_all`).
+    ///
+    /// # Errors
+    /// `WouldBlock` if a send started here is still in flight; no reactor; submission failure.
+    pub fn start_send(&mut self, data: Bytes) -> io::Result<()> {
+        if self.send_op.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "a send is already in flight on this stream",
+            ));
+        }
+        let len = data.len().min(i32::MAX as usize) as u32;
+        let entry = opcode::Send::new(types::Fd(self.fd.as_raw_fd()), data.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        let key = self
+            .reactor
+            .submit(entry, OpKind::Single, Keep::Bytes(data))?;
+        self.last_push = self.reactor.push_seq();
+        self.send_op = Some(key);
+        Ok(())
+    }
+
+    /// True while a send started with [`TcpStream::start_send`] has not been reaped.
+    pub fn send_in_flight(&self) -> bool {
+        self.send_op.is_some()
+    }
+
+    /// The outcome of the send started with [`TcpStream::start_send`]: the bytes the kernel did
+    /// not take (empty when all went out; a short send leaves the rest for the caller to start
+    /// again). `Ready(Ok(empty))` when no send is in flight.
+    ///
+    /// # Errors
+    /// As [`TcpStream::send_all`].
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
+        let Some(key) = self.send_op else {
+            return Poll::Ready(Ok(Bytes::new()));
+        };
+        let (c, keep) = match self.reactor.poll_single(key, cx) {
+            Poll::Ready(v) => v,
+            Poll::Pending => return Poll::Pending,
+        };
+        self.send_op = None;
+        let Keep::Bytes(mut data) = keep else {
+            return Poll::Ready(Err(os_error(c.res.min(-libc::ECANCELED))));
+        };
+        check_sent(c.res)?;
+        data.advance(c.res as usize);
+        Poll::Ready(Ok(data))
     }
 
     /// Send all slices with `sendmsg` (up to 1024 iovecs per op), handling short sends.
@@ -370,6 +440,7 @@ impl TcpStream {
             let key = self
                 .reactor
                 .submit(entry, OpKind::Single, Keep::Vectored(pending))?;
+            self.last_push = self.reactor.push_seq();
             let (c, keep) = Op::new(self.reactor.clone(), key).await;
             pending = match keep {
                 Keep::Vectored(v) => v,
@@ -439,6 +510,13 @@ impl std::fmt::Debug for TcpStream {
 impl Drop for TcpStream {
     fn drop(&mut self) {
         self.stop_recv();
+        if let Some(key) = self.send_op.take() {
+            self.reactor.orphan(key);
+        }
+        // An op of this stream pushed this turn and not yet submitted must reach the kernel
+        // before the fd number is freed (and perhaps reused by the next socket): the kernel
+        // resolves the fd at submission. No syscall when it was submitted in an earlier turn.
+        self.reactor.submit_pending(self.last_push);
         // the fd closes when `self.fd` drops; cancelled ops hold their own file reference
     }
 }

@@ -173,6 +173,11 @@ impl TlsClientSession {
         }
     }
 
+    /// Bytes of ciphertext waiting to be sent.
+    pub fn outgoing_len(&self) -> usize {
+        self.outgoing.len()
+    }
+
     /// Whether ciphertext is waiting to be sent.
     pub fn has_outgoing(&self) -> bool {
         !self.outgoing.is_empty()

@@ -125,6 +125,13 @@ impl<T: Transport> TlsStream<T> {
         Ok(self.transport)
     }
 
+    /// The transport and the TLS session, for a caller that drives them itself (the poll-based
+    /// HTTP/2 adapter in `upstream::http2`). Nothing is lost: unread plaintext stays in the
+    /// session, and `TlsStream` never holds unsent ciphertext between calls.
+    pub fn into_parts(self) -> (T, TlsClientSession) {
+        (self.transport, self.session)
+    }
+
     /// The underlying transport.
     pub fn transport(&self) -> &T {
         &self.transport

@@ -16,10 +16,40 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{connect, ConnectParams, Pools, UpstreamConn, UpstreamError};
+use super::http2::{self, H2Handle};
+use super::{connect, ConnectParams, H2Take, Pools, UpstreamConn, UpstreamError};
 use crate::policy::{DestinationId, DestinationPlan, Plan};
 use crate::reactor::{self, select2, Broadcast, Either, Signal};
 pub use crate::stats::UpstreamCounters;
+
+/// A connection for one HTTP request: an HTTP/1.1 connection of its own, or a stream on a
+/// shared HTTP/2 connection (the destination offers `h2` and its server selected it).
+pub enum HttpConn {
+    /// Exclusive until checked in again.
+    Http1(UpstreamConn),
+    /// A stream slot on a shared connection; the connection stays in the pool.
+    Http2(H2Handle),
+}
+
+/// The HTTP/2 connect of one destination (see [`Pools::try_start_h2_connect`]); released and
+/// waiters told when dropped, however the connect ended.
+struct H2ConnectClaim<'a> {
+    state: &'a ShardUpstreams,
+    generation: u64,
+    dest: DestinationId,
+}
+
+impl Drop for H2ConnectClaim<'_> {
+    fn drop(&mut self) {
+        {
+            let mut pools = self.state.pools.borrow_mut();
+            if pools.generation() == self.generation {
+                pools.h2_connect_done(self.dest);
+            }
+        }
+        self.state.pool_waiters.notify_all();
+    }
+}
 
 /// The plan a shard serves and its upstream connections. Lives in an `Rc` on the shard thread.
 pub struct ShardUpstreams {
@@ -208,7 +238,7 @@ impl ShardUpstreams {
                         let state = Rc::clone(self);
                         reactor::spawn(async move {
                             if let Ok(conn) = connect.await {
-                                state.check_in(conn);
+                                state.pool_fresh(conn).await;
                             }
                         })
                         .detach();
@@ -284,6 +314,104 @@ impl ShardUpstreams {
         }
     }
 
+    /// A connection for one HTTP request to `dest` of the plan of `generation`. For a
+    /// destination that offers `h2`: a stream on a pooled HTTP/2 connection, else one connect
+    /// for the whole shard while other requests wait for it (up to `connect_timeout`); once the
+    /// server answers a connect with `http/1.1`, and for every other destination, exactly
+    /// [`ShardUpstreams::checkout`].
+    pub async fn checkout_http(
+        self: &Rc<Self>,
+        generation: u64,
+        dest: &DestinationPlan,
+    ) -> Result<HttpConn, UpstreamError> {
+        let give_up = reactor::now() + dest.pool.connect_timeout;
+        loop {
+            if generation != self.generation.get() {
+                // An older plan: a connection of its own, never pooled.
+                let conn = self.connect_new(generation, dest).await?;
+                return self.adopt(conn).await;
+            }
+            let (take, claimed) = {
+                let mut pools = self.pools.borrow_mut();
+                let take = pools.take_h2(dest.id, reactor::now());
+                let claimed =
+                    matches!(take, H2Take::Connect) && pools.try_start_h2_connect(dest.id);
+                (take, claimed)
+            };
+            match take {
+                H2Take::Use(handle) => return Ok(HttpConn::Http2(handle)),
+                H2Take::Http1 => return self.checkout(generation, dest).await.map(HttpConn::Http1),
+                H2Take::Connect if claimed => {
+                    let _claim = H2ConnectClaim {
+                        state: self,
+                        generation,
+                        dest: dest.id,
+                    };
+                    let conn = self.connect_new(generation, dest).await?;
+                    return self.adopt(conn).await;
+                }
+                H2Take::Connect => {
+                    if reactor::timeout_at(give_up, self.pool_waiters.changed())
+                        .await
+                        .is_err()
+                    {
+                        return Err(UpstreamError::ConnectTimeout);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new connection to `dest` for a retry ([`ShardUpstreams::connect_new`]), as an
+    /// [`HttpConn`]: an HTTP/2 one joins the pool and serves the request as a stream.
+    pub async fn connect_new_http(
+        self: &Rc<Self>,
+        generation: u64,
+        dest: &DestinationPlan,
+    ) -> Result<HttpConn, UpstreamError> {
+        let conn = self.connect_new(generation, dest).await?;
+        self.adopt(conn).await
+    }
+
+    /// A fresh connection as an [`HttpConn`]: if its server selected `h2`, start HTTP/2 on it,
+    /// pool it (when its plan is current) and take a stream; otherwise note that the server
+    /// speaks HTTP/1.1 and hand the connection back.
+    async fn adopt(self: &Rc<Self>, conn: UpstreamConn) -> Result<HttpConn, UpstreamError> {
+        let dest = conn.destination;
+        let generation = conn.generation;
+        if !http2::negotiated_h2(&conn) {
+            if generation == self.generation.get() {
+                self.pools.borrow_mut().set_http1_only(dest);
+            }
+            return Ok(HttpConn::Http1(conn));
+        }
+        let waiters = Rc::clone(self);
+        let h2 = http2::start(conn, move || waiters.pool_waiters.notify_all()).await?;
+        self.counters.borrow_mut().h2_connections += 1;
+        let handle = h2.stream_handle();
+        self.pools.borrow_mut().add_h2(h2);
+        self.pool_waiters.notify_all();
+        Ok(HttpConn::Http2(handle))
+    }
+
+    /// HTTP/2 connections pooled now.
+    pub fn h2_count(&self) -> usize {
+        self.pools.borrow().h2_count()
+    }
+
+    /// Pool a connection nobody waits for (a warm-up, an overtaken connect): HTTP/1.1 ones
+    /// are checked in, HTTP/2 ones started and added to the shared connections.
+    async fn pool_fresh(self: &Rc<Self>, conn: UpstreamConn) {
+        if http2::negotiated_h2(&conn) {
+            // The stream handle taken by `adopt` drops at once: the connection stays pooled.
+            if let Err(e) = self.adopt(conn).await {
+                tracing::debug!(shard = self.shard, error = %e, "HTTP/2 start failed");
+            }
+        } else {
+            self.check_in(conn);
+        }
+    }
+
     /// Return a connection whose exchange completed cleanly (and tell waiting requests).
     pub fn check_in(&self, conn: UpstreamConn) {
         self.pools.borrow_mut().check_in(conn, reactor::now());
@@ -320,7 +448,7 @@ pub async fn keep_pools(state: Rc<ShardUpstreams>) {
                     // A connect slot is free (and, on success, a connection is coming).
                     state.pool_waiters.notify_all();
                     match result {
-                        Ok(conn) => state.check_in(conn),
+                        Ok(conn) => state.pool_fresh(conn).await,
                         Err(e) => {
                             tracing::debug!(shard = state.shard, error = %e, "warm-up connect failed")
                         }

@@ -18,6 +18,7 @@
 //! after every await and never hold a borrow across one.
 
 pub mod driver;
+pub mod http2;
 pub mod link_registry;
 pub mod mqtt_link;
 mod transport;
@@ -185,6 +186,32 @@ impl ConnectParams {
     }
 }
 
+/// An HTTP/2 connection that must not take new streams: dead (GOAWAY, closed), past
+/// `max_age`, or idle past `idle_timeout`.
+fn h2_expired(c: &http2::H2Conn, settings: &PoolSettings, now: Instant) -> bool {
+    c.state.is_dead()
+        || now.saturating_duration_since(c.state.connected_at()) >= settings.max_age
+        || (c.state.in_flight() == 0
+            && now.saturating_duration_since(c.state.last_used()) >= settings.idle_timeout)
+}
+
+impl DestPool {
+    /// Connections that count as warm: idle HTTP/1.1 ones, HTTP/2 ones, connects under way.
+    fn warm_have(&self) -> usize {
+        self.idle.len() + self.h2.len() + self.warming
+    }
+
+    /// How many warm connections to keep: `warm`, but at most one while HTTP/2 serves (one
+    /// connection carries every request).
+    fn warm_target(&self) -> usize {
+        if self.h2_mode {
+            self.settings.warm.min(1)
+        } else {
+            self.settings.warm
+        }
+    }
+}
+
 /// The pool of one destination on one shard.
 pub struct DestPool {
     idle: VecDeque<IdleConn>,
@@ -200,6 +227,28 @@ pub struct DestPool {
     waiting: usize,
     /// Why the last failed connect failed, while failures are counted.
     last_failure: Option<String>,
+    /// Shared HTTP/2 connections (the server selected `h2`): requests become streams on them.
+    h2: Vec<http2::H2Conn>,
+    /// The destination offers `h2` and its server has not answered a connect with
+    /// `http/1.1`: requests go through the HTTP/2 connections, one connect at a time.
+    h2_mode: bool,
+    /// A connect for an HTTP/2 connection is under way (others wait for it).
+    h2_connecting: bool,
+}
+
+/// At most this many HTTP/2 connections per destination per shard: another is opened only
+/// when every one has as many streams in flight as its server's
+/// SETTINGS_MAX_CONCURRENT_STREAMS allows; beyond it, streams queue in `h2`.
+pub const MAX_H2_CONNS: usize = 4;
+
+/// What [`Pools::take_h2`] found.
+pub enum H2Take {
+    /// A stream on this connection.
+    Use(http2::H2Handle),
+    /// None usable (none yet, all dead, or all full below [`MAX_H2_CONNS`]): connect one.
+    Connect,
+    /// The destination is not (or no longer) served over HTTP/2: use the HTTP/1.1 pool.
+    Http1,
 }
 
 /// All pools of one shard for one plan generation.
@@ -231,6 +280,9 @@ impl Pools {
                 connecting: 0,
                 waiting: 0,
                 last_failure: None,
+                h2: Vec::new(),
+                h2_mode: d.tls.alpn_protocols.iter().any(|p| p == http2::ALPN_H2),
+                h2_connecting: false,
             })
             .collect();
         Pools {
@@ -289,7 +341,79 @@ impl Pools {
     pub fn below_warm(&self, dest: DestinationId) -> bool {
         self.dests
             .get(usize::from(dest.0))
-            .is_some_and(|p| p.idle.len() + p.warming < p.settings.warm)
+            .is_some_and(|p| p.warm_have() < p.warm_target())
+    }
+
+    /// A stream on a live HTTP/2 connection to `dest`, or what to do instead (see [`H2Take`]).
+    /// Dead connections, and idle ones past `idle_timeout` or `max_age`, are dropped on the
+    /// way. The least loaded connection with room under its server's stream limit is chosen.
+    pub fn take_h2(&mut self, dest: DestinationId, now: Instant) -> H2Take {
+        let Some(pool) = self.dests.get_mut(usize::from(dest.0)) else {
+            return H2Take::Http1;
+        };
+        if !pool.h2_mode {
+            return H2Take::Http1;
+        }
+        let settings = &pool.settings;
+        pool.h2.retain(|c| !h2_expired(c, settings, now));
+        let best = pool
+            .h2
+            .iter()
+            .filter(|c| c.state.in_flight() < c.max_streams())
+            .min_by_key(|c| c.state.in_flight());
+        if let Some(conn) = best {
+            return H2Take::Use(conn.stream_handle());
+        }
+        if pool.h2.len() < MAX_H2_CONNS {
+            return H2Take::Connect;
+        }
+        // Every connection is at its server's limit: queue on the least loaded one.
+        match pool.h2.iter().min_by_key(|c| c.state.in_flight()) {
+            Some(conn) => H2Take::Use(conn.stream_handle()),
+            None => H2Take::Connect,
+        }
+    }
+
+    /// Pool a new HTTP/2 connection (of this generation; others are not pooled).
+    pub fn add_h2(&mut self, conn: http2::H2Conn) {
+        if conn.generation != self.generation {
+            return;
+        }
+        if let Some(pool) = self.dests.get_mut(usize::from(conn.destination.0)) {
+            pool.h2.push(conn);
+        }
+    }
+
+    /// The server of `dest` answered with HTTP/1.1: serve it from the HTTP/1.1 pool from now on
+    /// (until a reload).
+    pub fn set_http1_only(&mut self, dest: DestinationId) {
+        if let Some(pool) = self.dests.get_mut(usize::from(dest.0)) {
+            pool.h2_mode = false;
+        }
+    }
+
+    /// Claim the one HTTP/2 connect of `dest`: false if one is already under way.
+    pub fn try_start_h2_connect(&mut self, dest: DestinationId) -> bool {
+        match self.dests.get_mut(usize::from(dest.0)) {
+            Some(pool) if pool.h2_connecting => false,
+            Some(pool) => {
+                pool.h2_connecting = true;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// The HTTP/2 connect claimed with [`Pools::try_start_h2_connect`] ended.
+    pub fn h2_connect_done(&mut self, dest: DestinationId) {
+        if let Some(pool) = self.dests.get_mut(usize::from(dest.0)) {
+            pool.h2_connecting = false;
+        }
+    }
+
+    /// Pooled HTTP/2 connections across all destinations.
+    pub fn h2_count(&self) -> usize {
+        self.dests.iter().map(|d| d.h2.len()).sum()
     }
 
     /// Parameters for a new connection to `dest`, or `BackingOff` while the destination is
@@ -374,7 +498,8 @@ impl Pools {
     /// Give a connection back after an exchange that left it reusable. Connections of an older
     /// plan generation, older than `max_age`, or beyond `max_idle`, are closed instead.
     pub fn check_in(&mut self, conn: UpstreamConn, now: Instant) {
-        if conn.generation != self.generation {
+        // An HTTP/2 connection is shared, not checked out (see `ShardUpstreams::adopt`).
+        if conn.generation != self.generation || http2::negotiated_h2(&conn) {
             return;
         }
         let Some(pool) = self.dests.get_mut(usize::from(conn.destination.0)) else {
@@ -392,11 +517,14 @@ impl Pools {
         });
     }
 
-    /// Close idle connections past their destination's `idle_timeout` or `max_age`.
+    /// Close idle connections past their destination's `idle_timeout` or `max_age`. An HTTP/2
+    /// connection past `max_age` leaves the pool even with streams in flight: they finish, and
+    /// the connection closes when the last handle to it drops.
     pub fn retire_idle(&mut self, now: Instant) {
         for pool in &mut self.dests {
             let settings = &pool.settings;
             pool.idle.retain(|c| !c.expired(settings, now));
+            pool.h2.retain(|c| !h2_expired(c, settings, now));
         }
     }
 
@@ -410,8 +538,7 @@ impl Pools {
         if pool.retry_at.is_some_and(|at| now < at) {
             return 0;
         }
-        let have = pool.idle.len() + pool.warming;
-        let short = pool.settings.warm.saturating_sub(have);
+        let short = pool.warm_target().saturating_sub(pool.warm_have());
         pool.warming += short;
         short
     }

@@ -248,11 +248,12 @@ impl Compiler<'_> {
             self.push(format!("{p}.alpn"), "must not be empty");
         }
         for (k, proto) in list.iter().enumerate() {
-            if proto != "http/1.1" && proto != AMZN {
+            if proto != "http/1.1" && proto != "h2" && proto != AMZN {
                 self.push(
                     format!("{p}.alpn[{k}]"),
                     format!(
-                        "unsupported ALPN protocol {proto:?}; supported: \"http/1.1\", \"{AMZN}\""
+                        "unsupported ALPN protocol {proto:?}; supported: \"h2\", \"http/1.1\", \
+                         \"{AMZN}\""
                     ),
                 );
                 ok = false;

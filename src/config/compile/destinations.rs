@@ -496,12 +496,12 @@ impl Compiler<'_> {
         };
         let mut ok = true;
         for (k, proto) in list.iter().enumerate() {
-            if proto != defaults::ALPN {
+            if proto != defaults::ALPN && proto != "h2" {
                 self.push(
                     format!("{p}.alpn[{k}]"),
                     format!(
-                        "unsupported ALPN protocol {proto:?}; supported: \"http/1.1\" \
-                         (the https adapter speaks HTTP/1.1 only)"
+                        "unsupported ALPN protocol {proto:?}; supported: \"h2\", \"http/1.1\" \
+                         (HTTP/2 when the server selects it, else HTTP/1.1)"
                     ),
                 );
                 ok = false;
