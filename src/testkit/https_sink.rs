@@ -1,5 +1,6 @@
 //! An HTTPS server standing in for a cloud endpoint: hyper HTTP/1.1 (keep-alive) over
-//! tokio-rustls, optionally requiring client certificates (mTLS).
+//! tokio-rustls, optionally requiring client certificates (mTLS), and HTTP/2 when
+//! [`SinkConfig::http2`] offers `h2` in ALPN and the client selects it.
 //!
 //! The sink runs on threads of its own, so sync tests and the demo can use it alike:
 //! [`SinkConfig::workers`] threads, each with a tokio current-thread runtime, accept from one
@@ -13,7 +14,7 @@
 //! With [`SinkConfig::record`], requests are kept for [`HttpsSink::requests`];
 //! [`HttpsSink::wait_for_requests`] blocks on a condition variable (no polling).
 //!
-//! What it does NOT do: HTTP/2, request routing, per-request status scripting, limits on body
+//! What it does NOT do: h2c (cleartext HTTP/2), request routing, per-request status scripting, limits on body
 //! size, or closing idle keep-alive connections (it is a test double; do not expose it to
 //! untrusted networks). Header order in
 //! [`RecordedRequest::headers`] is the arrival order of distinct names, with repeated names
@@ -34,7 +35,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::{Condvar, Mutex};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{HandshakeKind, RootCertStore, ServerConfig};
@@ -73,8 +74,13 @@ pub struct SinkConfig {
     /// Wait this long after reading a request before answering (to provoke upstream timeouts).
     pub response_delay: Option<Duration>,
     /// Send the answer body with `Transfer-Encoding: chunked` (in two chunks) instead of a
-    /// `Content-Length`.
+    /// `Content-Length` (over HTTP/2: two DATA frames and no `content-length`).
     pub chunked_response: bool,
+    /// Offer `h2` before `http/1.1` in ALPN and serve HTTP/2 to clients that select it.
+    pub http2: bool,
+    /// HTTP/2 only: after this many requests on one connection, shut it down gracefully
+    /// (GOAWAY; streams in flight finish), so clients must move to a new connection.
+    pub goaway_after: Option<u64>,
 }
 
 impl SinkConfig {
@@ -91,6 +97,8 @@ impl SinkConfig {
             workers: 1,
             response_delay: None,
             chunked_response: false,
+            http2: false,
+            goaway_after: None,
         }
     }
 }
@@ -148,6 +156,8 @@ pub struct RecordedRequest {
     pub client_cert_cn: Option<String>,
     /// Identifier of the TLS connection; equal for requests sent on one connection.
     pub connection_id: u64,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
 }
 
 impl RecordedRequest {
@@ -173,6 +183,10 @@ pub struct SinkStats {
     pub resumed_handshakes: u64,
     /// Connections whose TLS handshake failed or timed out (e.g. missing client certificate).
     pub failed_handshakes: u64,
+    /// Connections served with HTTP/2 (the client selected `h2`).
+    pub h2_connections: u64,
+    /// HTTP/2 connections the sink shut down with GOAWAY ([`SinkConfig::goaway_after`]).
+    pub goaways: u64,
 }
 
 /// State shared by the workers and the [`HttpsSink`] handle. Counters sit under the same lock
@@ -206,6 +220,7 @@ struct Answer {
     body: Bytes,
     delay: Option<Duration>,
     chunked: bool,
+    goaway_after: Option<u64>,
 }
 
 /// A response body of unknown length (so hyper sends it chunked), yielded as separate frames.
@@ -272,6 +287,7 @@ impl HttpsSink {
             body: cfg.response_body.clone(),
             chunked: cfg.chunked_response,
             delay: cfg.response_delay,
+            goaway_after: cfg.goaway_after,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut sink = Self {
@@ -396,7 +412,11 @@ fn server_tls_config(cfg: &SinkConfig) -> Result<ServerConfig, SinkError> {
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|_| SinkError::Tls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if cfg.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(config)
 }
 
@@ -449,24 +469,42 @@ async fn serve_connection(
     };
     let (_, session) = tls.get_ref();
     let resumed = session.handshake_kind() == Some(HandshakeKind::Resumed);
+    let is_h2 = session.alpn_protocol() == Some(b"h2");
     shared.update(|state| {
         state.stats.tls_handshakes += 1;
         state.stats.resumed_handshakes += u64::from(resumed);
+        state.stats.h2_connections += u64::from(is_h2);
     });
     let client_cert_cn: Option<Arc<str>> = session
         .peer_certificates()
         .and_then(|chain| chain.first())
         .and_then(|leaf| common_name(leaf.as_ref()))
         .map(Arc::from);
+    let goaway = Arc::new(tokio::sync::Notify::new());
     let connection = ConnectionContext {
         id: shared.next_connection_id.fetch_add(1, Ordering::Relaxed),
         client_cert_cn,
-        shared,
+        shared: Arc::clone(&shared),
         answer,
+        served: AtomicU64::new(0),
+        goaway: Arc::clone(&goaway),
     };
     let connection = Arc::new(connection);
     let service = service_fn(move |request| Arc::clone(&connection).handle(request));
     // Client resets and malformed requests end the connection; the sink has nothing to report.
+    if is_h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(tls), service);
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = goaway.notified() => {}
+        }
+        shared.update(|state| state.stats.goaways += 1);
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+        return;
+    }
     let _ = http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(tls), service)
@@ -479,6 +517,10 @@ struct ConnectionContext {
     client_cert_cn: Option<Arc<str>>,
     shared: Arc<Shared>,
     answer: Arc<Answer>,
+    /// Requests read on this connection.
+    served: AtomicU64,
+    /// Told when [`Answer::goaway_after`] requests were read (HTTP/2 only).
+    goaway: Arc<tokio::sync::Notify>,
 }
 
 impl ConnectionContext {
@@ -496,6 +538,10 @@ impl ConnectionContext {
         });
         let body = collected.to_bytes();
         let body_len = body.len();
+        let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.answer.goaway_after == Some(served) {
+            self.goaway.notify_one();
+        }
         let seq = self.shared.update(|state| {
             state.stats.requests += 1;
             state.stats.body_bytes += body_len as u64;
@@ -518,6 +564,7 @@ impl ConnectionContext {
                     trailers,
                     client_cert_cn: self.client_cert_cn.as_deref().map(str::to_owned),
                     connection_id: self.id,
+                    version: format!("{:?}", parts.version),
                 });
             }
             seq

@@ -392,10 +392,11 @@ impl Pools {
         }
     }
 
-    /// Claim the one HTTP/2 connect of `dest`: false if one is already under way.
+    /// Claim the one HTTP/2 connect of `dest`: false if one is already under way (a warm-up
+    /// connect counts while no HTTP/2 connection exists yet).
     pub fn try_start_h2_connect(&mut self, dest: DestinationId) -> bool {
         match self.dests.get_mut(usize::from(dest.0)) {
-            Some(pool) if pool.h2_connecting => false,
+            Some(pool) if pool.h2_connecting || (pool.warming > 0 && pool.h2.is_empty()) => false,
             Some(pool) => {
                 pool.h2_connecting = true;
                 true

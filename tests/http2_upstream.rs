@@ -1,0 +1,238 @@
+//! Integration (issue #12): HTTP/1.1 devices → `simgate run` → an HTTPS sink that speaks HTTP/2
+//! (hyper's h2 server behind rustls, ALPN `h2`). Checks that the destination's requests become
+//! HTTP/2 streams on one shared connection per shard, that bodies and responses arrive intact
+//! both ways (flow control, chunked answers), that a server GOAWAY moves later requests to a new
+//! connection without failing any, that timeouts map to 504, and that without `h2` on both
+//! sides everything stays HTTP/1.1.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+const H2_ALPN: &str = "alpn = [\"h2\", \"http/1.1\"]";
+
+fn h2_world(f: impl FnOnce(&mut simgate::testkit::SinkConfig)) -> World {
+    World::with_sink(|c| {
+        c.http2 = true;
+        c.response_body = bytes::Bytes::from_static(b"ok");
+        f(c);
+    })
+}
+
+/// The world's config with one shard (one shared upstream connection in all).
+fn one_shard(world: &World, destination_extra: &str) -> String {
+    world
+        .config("", destination_extra)
+        .replacen("shards = 2", "shards = 1", 1)
+}
+
+fn connection_ids(world: &World) -> BTreeSet<u64> {
+    world
+        .sink
+        .requests()
+        .iter()
+        .map(|r| r.connection_id)
+        .collect()
+}
+
+#[test]
+fn concurrent_device_requests_are_streams_on_one_shared_connection() {
+    let world = h2_world(|_| {});
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    const DEVICES: usize = 8;
+    const EACH: usize = 25;
+    std::thread::scope(|s| {
+        for d in 0..DEVICES {
+            let http = gw.http;
+            s.spawn(move || {
+                let mut device = Device::connect(http);
+                for i in 0..EACH {
+                    let body = format!("device-{d}-msg-{i}");
+                    let resp = device.request(&post("/h2", body.as_bytes(), "X-Device: d\r\n"));
+                    assert_eq!(resp.status, 200, "{}", resp.body_text());
+                    assert_eq!(resp.body_text(), "ok");
+                    let len = body.len().to_string();
+                    assert_eq!(resp.header("x-sink-body-bytes"), Some(len.as_str()));
+                }
+            });
+        }
+    });
+    let total = DEVICES * EACH;
+    assert_eq!(world.sink.wait_for_requests(total, WAIT), total);
+    let requests = world.sink.requests();
+    assert!(
+        requests.iter().all(|r| r.version == "HTTP/2.0"),
+        "versions: {:?}",
+        requests.iter().map(|r| &r.version).collect::<BTreeSet<_>>()
+    );
+    let bodies: BTreeSet<Vec<u8>> = requests.iter().map(|r| r.body.to_vec()).collect();
+    for d in 0..DEVICES {
+        for i in 0..EACH {
+            assert!(bodies.contains(format!("device-{d}-msg-{i}").as_bytes()));
+        }
+    }
+    let first = &requests[0];
+    assert_eq!(first.method, "POST");
+    assert_eq!(first.path, "/h2");
+    assert_eq!(first.header("x-device"), Some(&b"d"[..]));
+    assert_eq!(
+        first.header("host"),
+        None,
+        "Host travels as :authority over HTTP/2"
+    );
+    assert_eq!(connection_ids(&world).len(), 1, "one shared connection");
+    let stats = world.sink.stats();
+    assert_eq!((stats.tls_handshakes, stats.h2_connections), (1, 1));
+}
+
+#[test]
+fn large_bodies_cross_the_flow_control_windows_both_ways() {
+    let answer: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+    let world = h2_world(|c| {
+        c.response_body = bytes::Bytes::from(answer.clone());
+        c.chunked_response = true;
+    });
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    // 900 KiB up (under the listener's 1 MiB body limit): beyond the 64 KiB initial windows hyper's server starts with.
+    let body: Vec<u8> = (0..900 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut device = Device::connect(gw.http);
+    for _ in 0..2 {
+        let resp = device.request(&post("/big", &body, ""));
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+        assert!(resp.body == answer, "answer changed in transit");
+    }
+    assert_eq!(world.sink.wait_for_requests(2, WAIT), 2);
+    for got in world.sink.requests() {
+        assert_eq!(got.version, "HTTP/2.0");
+        assert!(got.body[..] == body[..], "upload changed in transit");
+    }
+    assert_eq!(connection_ids(&world).len(), 1);
+}
+
+#[test]
+fn chunked_device_upload_is_sent_dechunked() {
+    let world = h2_world(|_| {});
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    let req = b"POST /c HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n";
+    let resp = raw_exchange(gw.http, req);
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    assert_eq!(world.sink.wait_for_requests(1, WAIT), 1);
+    let got = world.sink.requests().remove(0);
+    assert_eq!(got.version, "HTTP/2.0");
+    assert_eq!(&got.body[..], b"hello world");
+    assert_eq!(got.header("transfer-encoding"), None);
+}
+
+#[test]
+fn a_server_goaway_moves_later_requests_to_a_new_connection() {
+    let world = h2_world(|c| c.goaway_after = Some(10));
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    const DEVICES: usize = 4;
+    const EACH: usize = 20;
+    std::thread::scope(|s| {
+        for d in 0..DEVICES {
+            let http = gw.http;
+            s.spawn(move || {
+                let mut device = Device::connect(http);
+                for i in 0..EACH {
+                    let body = format!("{d}-{i}");
+                    let resp = device.request(&post("/g", body.as_bytes(), ""));
+                    assert_eq!(resp.status, 200, "{d}-{i}: {}", resp.body_text());
+                }
+            });
+        }
+    });
+    let total = DEVICES * EACH;
+    assert_eq!(world.sink.wait_for_requests(total, WAIT), total);
+    let stats = world.sink.stats();
+    assert!(stats.goaways >= 2, "{stats:?}");
+    let connections = connection_ids(&world).len();
+    assert!(connections >= 3, "{connections} connections; {stats:?}");
+    // Each connection took about 10 requests, not one per request.
+    assert!(connections <= total / 5, "{connections} connections");
+}
+
+#[test]
+fn a_slow_h2_upstream_is_a_504_and_the_next_request_still_works() {
+    let world = h2_world(|c| c.response_delay = Some(Duration::from_millis(1500)));
+    let gw = world.simgate(&one_shard(
+        &world,
+        &format!("{H2_ALPN}\n[destination.pool]\nresponse_timeout = \"300ms\""),
+    ));
+    let mut device = Device::connect(gw.http);
+    let resp = device.request(&post("/slow", b"x", ""));
+    assert_eq!(resp.status, 504, "{}", resp.body_text());
+    let resp = device.request(&post("/slow", b"y", ""));
+    assert_eq!(resp.status, 504, "{}", resp.body_text());
+    assert_eq!(world.sink.wait_for_requests(2, WAIT), 2);
+    // The timed-out streams were reset, not the connection.
+    assert_eq!(connection_ids(&world).len(), 1);
+}
+
+#[test]
+fn http1_stays_http1_unless_both_sides_offer_h2() {
+    // simgate offers only http/1.1 to an h2-capable sink.
+    let world = h2_world(|_| {});
+    let gw = world.simgate(&one_shard(&world, "alpn = [\"http/1.1\"]"));
+    for i in 0..3 {
+        let resp = raw_exchange(gw.http, &post("/one", format!("{i}").as_bytes(), ""));
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(world.sink.wait_for_requests(3, WAIT), 3);
+    assert!(world
+        .sink
+        .requests()
+        .iter()
+        .all(|r| r.version == "HTTP/1.1"));
+    assert_eq!(world.sink.stats().h2_connections, 0);
+    drop(gw);
+
+    // simgate offers h2, the sink selects http/1.1.
+    let world = World::new();
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    let mut device = Device::connect(gw.http);
+    for i in 0..5 {
+        let resp = device.request(&post("/two", format!("{i}").as_bytes(), ""));
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(world.sink.wait_for_requests(5, WAIT), 5);
+    assert!(world
+        .sink
+        .requests()
+        .iter()
+        .all(|r| r.version == "HTTP/1.1"));
+}
+
+#[test]
+fn get_and_head_over_h2() {
+    let world = h2_world(|c| c.response_body = bytes::Bytes::from_static(b"hello"));
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    let mut device = Device::connect(gw.http);
+    let resp = device.request(b"GET /g?q=1 HTTP/1.1\r\nHost: d\r\n\r\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body_text(), "hello");
+    device.send(b"HEAD /g HTTP/1.1\r\nHost: d\r\n\r\n");
+    // A HEAD answer has no body: read the head only.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    use std::io::Read;
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(device.stream.read(&mut byte).expect("read head"), 1);
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    let resp = device.request(b"GET /after-head HTTP/1.1\r\nHost: d\r\n\r\n");
+    assert_eq!(resp.body_text(), "hello");
+    assert_eq!(world.sink.wait_for_requests(3, WAIT), 3);
+    let requests = world.sink.requests();
+    assert_eq!(requests[0].method, "GET");
+    assert_eq!(requests[0].path, "/g?q=1");
+    assert_eq!(requests[1].method, "HEAD");
+    assert!(requests.iter().all(|r| r.version == "HTTP/2.0"));
+}
