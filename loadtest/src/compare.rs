@@ -121,6 +121,9 @@ pub struct Measured {
     /// Whether "delivered" is counted at the devices (successful answers: the floor row, which
     /// has no sink) rather than at the sink.
     pub device_side: bool,
+    /// Connections the sink accepted from the proxy over the whole run (None without a proxy
+    /// in front of a sink).
+    pub upstream_connections: Option<u64>,
 }
 
 /// What had been delivered, and the proxy's CPU, when the warm-up ended.
@@ -295,7 +298,15 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
     let mut rows = Vec::new();
     let mut missing = Vec::new();
     let systems: &[&str] = match scenario.fleet.protocol {
-        Protocol::Http => &["direct", "floor", "simgate", "nginx", "haproxy", "stunnel"],
+        Protocol::Http => &[
+            "direct",
+            "floor",
+            "simgate",
+            "simgate-h2",
+            "nginx",
+            "haproxy",
+            "stunnel",
+        ],
         Protocol::Mqtt => &[
             "direct",
             "floor",
@@ -340,7 +351,8 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             let p = "HTTP→HTTPS";
             row("direct", p, &|| env.direct(SinkKind::Http));
             row(FLOOR, "HTTP (no upstream)", &|| env.nginx_floor());
-            row("simgate", p, &|| env.simgate_http());
+            row("simgate", p, &|| env.simgate_http(false));
+            row("simgate h2", p, &|| env.simgate_http(true));
             row("nginx", p, &|| env.nginx());
             row("haproxy", p, &|| env.haproxy());
             row("stunnel", "TCP→TLS", &|| env.stunnel(SinkKind::Http));
@@ -455,6 +467,11 @@ impl Env<'_> {
             proxy: pid.is_some(),
             steady_cpu_us_per_msg,
             device_side: false,
+            upstream_connections: pid.is_some().then(|| {
+                sink.counters()
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
         })
     }
 
@@ -496,6 +513,7 @@ impl Env<'_> {
             proxy: pid.is_some(),
             steady_cpu_us_per_msg,
             device_side: true,
+            upstream_connections: None,
         })
     }
 
@@ -530,8 +548,19 @@ impl Env<'_> {
             .collect()
     }
 
-    fn simgate_http(&self) -> Result<Measured> {
-        let sink = self.sink(SinkKind::Http, true)?;
+    /// simgate with one `https` destination; `h2`: the sink offers HTTP/2 and simgate's
+    /// destination `alpn = ["h2", "http/1.1"]` (one shared connection per shard).
+    fn simgate_http(&self, h2: bool) -> Result<Measured> {
+        let sink = Sink::start(SinkOptions {
+            tls: Some(self.cert.clone()),
+            http2: h2,
+            ..SinkOptions::new(SinkKind::Http)
+        })?;
+        let alpn = if h2 {
+            "alpn = [\"h2\", \"http/1.1\"]\n"
+        } else {
+            ""
+        };
         let config = format!(
             r#"[gateway]
 shards = 1
@@ -547,7 +576,7 @@ adapter = "https"
 endpoint = "{sink}"
 server_name = "localhost"
 ca = "{ca}"
-[destination.pool]
+{alpn}[destination.pool]
 warm = 8
 max_idle = 256
 {extra}[[group]]
@@ -558,7 +587,8 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
             ca = self.ca(),
             extra = self.pool_extra(),
         );
-        self.run_simgate("simgate-http", &config, &sink)
+        let name = if h2 { "simgate-h2" } else { "simgate-http" };
+        self.run_simgate(name, &config, &sink)
     }
 
     /// simgate with one MQTT destination in `mode`; `linger` sets `destination.mqtt.linger`.
@@ -882,6 +912,21 @@ impl std::fmt::Display for Comparison {
                 }
             }
         }
+        let connections: Vec<String> = self
+            .rows
+            .iter()
+            .filter_map(|r| {
+                let n = r.outcome.as_ref().ok()?.upstream_connections?;
+                Some(format!("{} {n}", r.system))
+            })
+            .collect();
+        if !connections.is_empty() {
+            writeln!(
+                f,
+                "\nupstream connections (accepted by the sink over the run): {}",
+                connections.join(", ")
+            )?;
+        }
         if self.rows.iter().any(|r| r.system == FLOOR) {
             writeln!(f, "\n{FLOOR_NOTE}")?;
         }
@@ -946,6 +991,7 @@ mod tests {
                 proxy: cpu_us.is_some(),
                 steady_cpu_us_per_msg: cpu_us,
                 device_side: system == FLOOR,
+                upstream_connections: None,
             }),
         }
     }

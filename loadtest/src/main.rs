@@ -295,12 +295,15 @@ impl SinkArgs {
         } else {
             None
         };
+        let http2 = kind == SinkKind::Http && tls.is_some();
         let sink = Sink::start(SinkOptions {
             kind,
             bind: self.sink_bind,
             tls,
             drop_every: self.drop_every,
             workers: self.sink_workers,
+            // Offered in ALPN; HTTP/1.1 clients are served as before.
+            http2,
         })?;
         Ok(Some(sink))
     }

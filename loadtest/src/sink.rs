@@ -7,7 +7,9 @@
 //!
 //! - [`Sink`] with [`SinkKind::Http`]: HTTP/1.1 keep-alive server; reads each request (head with
 //!   `httparse`, `Content-Length` body), answers `200` with an empty body (`Connection: close`
-//!   when the request asked for it).
+//!   when the request asked for it). With [`SinkOptions::http2`] and TLS it offers `h2` first in
+//!   ALPN and serves clients that select it with the `h2` crate's server: each stream's body is
+//!   read whole and answered `200` with no body.
 //! - [`Sink`] with [`SinkKind::Mqtt`]: a minimal MQTT 3.1.1/5.0 server on simgate's own sans-IO
 //!   codec: CONNECT→CONNACK (success, no session), PUBLISH QoS 0; QoS 1→PUBACK; QoS 2→PUBREC,
 //!   PUBREL→PUBCOMP (a QoS 2 packet id awaiting PUBREL is not counted twice), SUBSCRIBE→SUBACK
@@ -22,7 +24,7 @@
 //! stops when dropped. Loss injection ([`SinkOptions::drop_every`]) acknowledges but does not
 //! count every N-th message of each device, so tests can check that loss is counted exactly.
 //!
-//! What it does NOT do: chunked HTTP bodies (answered 411 and closed), HTTP/2, MQTT retained
+//! What it does NOT do: chunked HTTP/1.1 bodies (answered 411 and closed), h2c, MQTT retained
 //! messages, routing PUBLISHes to subscribers, sessions, wills, topic aliases, AUTH, or
 //! authentication of any kind. It is a test double for loopback benchmarks: never expose it.
 
@@ -75,6 +77,8 @@ pub struct SinkOptions {
     pub drop_every: Option<u64>,
     /// tokio worker threads.
     pub workers: usize,
+    /// HTTP with TLS: offer `h2` (before `http/1.1`) and serve HTTP/2 to clients selecting it.
+    pub http2: bool,
 }
 
 impl SinkOptions {
@@ -86,6 +90,7 @@ impl SinkOptions {
             tls: None,
             drop_every: None,
             workers: 1,
+            http2: false,
         }
     }
 }
@@ -131,6 +136,8 @@ pub struct SinkCounters {
     pub handshake_failures: AtomicU64,
     /// Connections closed because of unparseable input.
     pub protocol_errors: AtomicU64,
+    /// Connections served with HTTP/2.
+    pub h2_connections: AtomicU64,
 }
 
 /// A running sink; stops when dropped.
@@ -156,6 +163,7 @@ impl Sink {
             Some(cert) => Some(TlsAcceptor::from(Arc::new(server_config(
                 cert,
                 options.kind,
+                options.http2,
             )?))),
             None => None,
         };
@@ -215,7 +223,7 @@ fn runtime(workers: usize, name: &str) -> Result<tokio::runtime::Runtime, SinkEr
         .build()?)
 }
 
-fn server_config(cert: &CertFiles, kind: SinkKind) -> Result<ServerConfig, SinkError> {
+fn server_config(cert: &CertFiles, kind: SinkKind, http2: bool) -> Result<ServerConfig, SinkError> {
     let certs = load_certs(&cert.cert).map_err(|e| SinkError::Tls(format!("{e}")))?;
     let key = load_key(&cert.key).map_err(|e| SinkError::Tls(format!("{e}")))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -226,7 +234,11 @@ fn server_config(cert: &CertFiles, kind: SinkKind) -> Result<ServerConfig, SinkE
         .with_single_cert(certs, key)
         .map_err(|e| SinkError::Tls(e.to_string()))?;
     if kind == SinkKind::Http {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = if http2 {
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
     }
     Ok(config)
 }
@@ -258,6 +270,10 @@ async fn accept_loop(
             let served = match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            counters.h2_connections.fetch_add(1, Ordering::Relaxed);
+                            serve_h2(tls, &tracker).await
+                        }
                         Ok(Ok(tls)) => serve(tls, kind, &tracker).await,
                         _ => {
                             counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +308,40 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         SinkKind::Http => serve_http(stream, tracker).await,
         SinkKind::Mqtt => serve_mqtt(stream, tracker).await,
     }
+}
+
+/// HTTP/2: every stream's body is read whole (flow-control capacity handed back as it
+/// arrives), recorded, and answered `200` without a body. Streams are served concurrently on
+/// the connection's task set.
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    tracker: &Arc<DeliveryTracker>,
+) -> Served {
+    let Ok(mut connection) = h2::server::handshake(stream).await else {
+        return Served::ProtocolError;
+    };
+    while let Some(accepted) = connection.accept().await {
+        let Ok((request, mut respond)) = accepted else {
+            return Served::Closed;
+        };
+        let tracker = Arc::clone(tracker);
+        tokio::spawn(async move {
+            let mut body = request.into_body();
+            let mut data = BytesMut::new();
+            while let Some(chunk) = body.data().await {
+                let Ok(chunk) = chunk else { return };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            tracker.record(&data);
+            let mut response = http::Response::new(());
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(0));
+            let _ = respond.send_response(response, true);
+        });
+    }
+    Served::Closed
 }
 
 /// Reads more bytes into `buf`; false on EOF or error.
