@@ -28,6 +28,9 @@ pub struct DemoOptions {
     pub duration: Option<Duration>,
     /// Shards (None: one per core).
     pub shards: Option<usize>,
+    /// The demo cloud and simgate offer `h2`: requests travel as HTTP/2 streams on one shared
+    /// connection per shard (false: HTTP/1.1, a pooled connection per request in flight).
+    pub http2: bool,
 }
 
 /// Run the demo; returns the final merged gateway metrics.
@@ -39,8 +42,14 @@ pub fn run(opts: &DemoOptions) -> Result<ShardMetrics, Box<dyn std::error::Error
     let server = pki.server_cert("sink", &["localhost", "127.0.0.1"])?;
     let sink = HttpsSink::start(SinkConfig {
         record: false,
+        http2: opts.http2,
         ..SinkConfig::new(server)
     })?;
+    let alpn = if opts.http2 {
+        r#"["h2", "http/1.1"]"#
+    } else {
+        r#"["http/1.1"]"#
+    };
     let shards = opts
         .shards
         .map_or_else(|| "\"auto\"".to_string(), |n| n.to_string());
@@ -61,6 +70,7 @@ adapter = "https"
 endpoint = "{sink}"
 server_name = "localhost"
 ca = "{ca}"
+alpn = {alpn}
 
 [[group]]
 name = "default"
@@ -120,12 +130,13 @@ routes = [{{ listener = "devices", path = "/", destination = "demo-cloud" }}]
         last_added = m.gateway_added_us.clone();
         let errors: u64 = m.errors.iter().flatten().sum();
         println!(
-            "{:>4}s  {:>9.0} req/s  added by simgate p50 {:>7.3} ms  p99 {:>7.3} ms  upstream conns {}  errors {}",
+            "{:>4}s  {:>9.0} req/s  added by simgate p50 {:>7.3} ms  p99 {:>7.3} ms  upstream conns {} (HTTP/2 {})  errors {}",
             now.duration_since(started).as_secs(),
             rate,
             ms(interval.value_at_quantile(0.5)),
             ms(interval.value_at_quantile(0.99)),
             m.upstream.connects,
+            m.upstream.h2_connections,
             errors,
         );
         let out_of_time = opts.duration.is_some_and(|d| started.elapsed() >= d);

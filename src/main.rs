@@ -53,6 +53,9 @@ enum Command {
         /// Number of shards (default: one per core).
         #[arg(long)]
         shards: Option<usize>,
+        /// Speak HTTP/1.1 to the demo cloud instead of HTTP/2 (one shared connection per shard).
+        #[arg(long)]
+        http1: bool,
     },
     /// Print the version.
     Version,
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
             rate,
             duration,
             shards,
+            http1,
         } => {
             let opts = simgate::demo::DemoOptions {
                 connections: connections.max(1),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
                 rate,
                 duration: duration.map(Duration::from_secs),
                 shards,
+                http2: !http1,
             };
             match simgate::demo::run(&opts) {
                 Ok(_) => ExitCode::SUCCESS,

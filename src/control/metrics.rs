@@ -233,6 +233,12 @@ pub fn render(
     );
     counter(
         w,
+        "simgate_upstream_h2_connections_total",
+        "Upstream connections whose server selected HTTP/2 (each shared by many requests)",
+        &[("", m.upstream.h2_connections)],
+    );
+    counter(
+        w,
         "simgate_upstream_reused_total",
         "Requests sent on a pooled upstream connection",
         &[("", m.upstream_reused)],
