@@ -303,6 +303,61 @@ fn vectored_send_of_several_mib_arrives_intact() -> io::Result<()> {
 }
 
 #[test]
+fn poll_based_sends_restart_short_sends_and_keep_every_byte() -> io::Result<()> {
+    block_on(&small_cfg(), async {
+        let (mut listener, addr) = listen()?;
+        let mut client = TcpStream::connect(addr).await?;
+        let (mut server, _) = listener.accept().await?;
+        // 8 MiB in 1 MiB pieces: more than the socket buffers take at once, so the kernel
+        // completes sends short while nobody reads yet, and `poll_send` hands back the rest.
+        let pieces: Vec<Bytes> = (0..8).map(|i| Bytes::from(pattern(i, 1 << 20))).collect();
+        let expected: Vec<u8> = pieces.iter().flat_map(|b| b.iter().copied()).collect();
+        let reader = spawn(async move { read_to_end(&mut server).await });
+        let mut short_sends = 0;
+        for piece in pieces {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                client.start_send(rest)?;
+                assert!(client.send_in_flight());
+                assert_eq!(
+                    client.start_send(Bytes::from_static(b"x")).map_err(|e| e.kind()),
+                    Err(io::ErrorKind::WouldBlock),
+                    "one poll-based send at a time"
+                );
+                rest = timeout(LIMIT, std::future::poll_fn(|cx| client.poll_send(cx))).await??;
+                short_sends += usize::from(!rest.is_empty());
+            }
+        }
+        assert!(!client.send_in_flight());
+        client.shutdown_write().await?;
+        let got = timeout(LIMIT, reader).await??;
+        assert_eq!(got.len(), expected.len(), "{short_sends} short sends");
+        assert!(got == expected, "payload intact");
+        Ok(())
+    })?
+}
+
+#[test]
+fn a_stream_dropped_with_a_send_in_flight_cancels_it_and_the_reactor_drains() -> io::Result<()> {
+    block_on(&small_cfg(), async {
+        let (mut listener, addr) = listen()?;
+        let mut client = TcpStream::connect(addr).await?;
+        let (_server, _) = listener.accept().await?;
+        // Nobody reads: a large send stays in flight, then the stream is dropped.
+        client.start_send(Bytes::from(pattern(3, 16 << 20)))?;
+        drop(client);
+        // The orphaned op is cancelled and its memory freed by its final completion.
+        let deadline = Instant::now() + LIMIT;
+        while stats().ops_in_flight > 2 && Instant::now() < deadline {
+            sleep(Duration::from_millis(5)).await;
+        }
+        // The listener's accept and the reactor's own eventfd read stay.
+        assert!(stats().ops_in_flight <= 2, "{:?}", stats());
+        Ok(())
+    })?
+}
+
+#[test]
 fn sleeps_fire_in_deadline_order_and_timeouts_elapse() -> io::Result<()> {
     block_on(&small_cfg(), async {
         let order = Rc::new(RefCell::new(Vec::new()));
