@@ -9,7 +9,7 @@
 //!
 //! | protocol | rows |
 //! |---|---|
-//! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), floor (nginx answering `return 204;` itself, no upstream), simgate, nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
+//! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), floor (nginx answering `return 204;` itself, no upstream), simgate, simgate h2 (destination `alpn = ["h2", "http/1.1"]`, the sink offering h2: one shared HTTP/2 connection), nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
 //! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), floor (a plain mosquitto the devices publish to, no bridge, no subscriber), simgate aggregate, simgate aggregate linger (`linger = "1ms"`), simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
 //! | TCP → TLS (same scenario, carried as bytes) | stunnel (client mode, verifying the sink), simgate: "n/a — simgate TCP flow not built yet" |
 //!
@@ -17,7 +17,8 @@
 //! peer's; end-to-end p50/p99/p99.9 at the sink (receive − intended send time); CPU µs per
 //! delivered message of the proxy process (user + system from `/proc/PID/stat` over the run);
 //! that CPU per message as a multiple of the floor's ("× floor"); its peak RSS;
-//! lost/dup/reordered; device-side errors.
+//! lost/dup/reordered; device-side errors. Under each table, the connections the sink accepted
+//! from each proxied row over its run (how many upstream connections the proxy used).
 //!
 //! The floor row is the lowest CPU per message any proxy could reach here: the same peer
 //! server, pinned the same way, on the same listen socket settings, with the same devices and

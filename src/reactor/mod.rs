@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!  loop turn:  now = Instant::now() ─► fire due timers ─► poll main future (if woken)
-//!              ─► run the tasks queued at the start of the turn (async-task Runnables)
+//!              ─► run the queued tasks, then what they woke (up to 4 passes; async-task Runnables)
 //!              ─► ONE io_uring_enter: submit every SQE pushed this turn, wait for >= 1 CQE
 //!                 (bounded by the next timer deadline; zero wait if work is already queued)
 //!              ─► reap CQEs into op slots, wake their owners

@@ -320,7 +320,9 @@ fn poll_based_sends_restart_short_sends_and_keep_every_byte() -> io::Result<()> 
                 client.start_send(rest)?;
                 assert!(client.send_in_flight());
                 assert_eq!(
-                    client.start_send(Bytes::from_static(b"x")).map_err(|e| e.kind()),
+                    client
+                        .start_send(Bytes::from_static(b"x"))
+                        .map_err(|e| e.kind()),
                     Err(io::ErrorKind::WouldBlock),
                     "one poll-based send at a time"
                 );
@@ -745,6 +747,37 @@ fn one_at_a_time_accept_serves_queued_connections_and_switches_back() -> io::Res
                 assert_eq!(peer, expected, "round {round}");
             }
         }
+        Ok(())
+    })?
+}
+
+#[test]
+fn a_self_waking_task_runs_a_bounded_number_of_times_per_turn_and_io_goes_on() -> io::Result<()> {
+    block_on(&small_cfg(), async {
+        // Each turn runs the queue up to RUN_PASSES times (what a run woke runs in the same
+        // turn); a task that wakes itself forever must still let io through.
+        let spins = Rc::new(std::cell::Cell::new(0u64));
+        let counter = spins.clone();
+        let spinner = spawn(async move {
+            loop {
+                counter.set(counter.get() + 1);
+                YieldNow(false).await;
+            }
+        });
+        let (mut listener, addr) = listen()?;
+        let mut client = TcpStream::connect(addr).await?;
+        let (mut server, _) = timeout(LIMIT, listener.accept()).await??;
+        let (turns, spins_before) = (stats().loop_turns, spins.get());
+        timeout(LIMIT, client.send_all(Bytes::from_static(b"ping"))).await??;
+        let got = timeout(LIMIT, server.recv()).await??.expect("data");
+        assert_eq!(&got[..], b"ping");
+        let elapsed_turns = stats().loop_turns - turns;
+        let spun = spins.get() - spins_before;
+        assert!(
+            spun <= (elapsed_turns + 1) * 4,
+            "{spun} spins in {elapsed_turns} turns (RUN_PASSES is 4)"
+        );
+        drop(spinner);
         Ok(())
     })?
 }
