@@ -3,7 +3,9 @@
 //! HTTP/2 streams on one shared connection per shard, that bodies and responses arrive intact
 //! both ways (flow control, chunked answers), that a server GOAWAY moves later requests to a new
 //! connection without failing any, that timeouts map to 504, and that without `h2` on both
-//! sides everything stays HTTP/1.1.
+//! sides everything stays HTTP/1.1, that a connection cut under a request retries a GET and answers a
+//! POST with 502 (never sent twice), and that a small SETTINGS_MAX_CONCURRENT_STREAMS spreads
+//! streams over a few connections.
 
 mod common;
 
@@ -235,4 +237,68 @@ fn get_and_head_over_h2() {
     assert_eq!(requests[0].path, "/g?q=1");
     assert_eq!(requests[1].method, "HEAD");
     assert!(requests.iter().all(|r| r.version == "HTTP/2.0"));
+}
+
+#[test]
+fn a_connection_lost_mid_request_is_retried_for_get_and_a_502_for_post() {
+    let world = h2_world(|c| c.close_after = Some(3));
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    let mut device = Device::connect(gw.http);
+    // GETs are idempotent: the one whose connection dies under it is sent again.
+    for i in 0..9 {
+        let resp = device.request(format!("GET /get-{i} HTTP/1.1\r\nHost: d\r\n\r\n").as_bytes());
+        assert_eq!(resp.status, 200, "GET {i}: {}", resp.body_text());
+    }
+    let closes = world.sink.stats().abrupt_closes;
+    assert!(closes >= 3, "{:?}", world.sink.stats());
+    // A POST on a connection that dies after reading it may have been processed: 502, never
+    // sent twice; the next one goes out on a new connection.
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let resp = device.request(&post(&format!("/post-{i}"), b"p", ""));
+        statuses.push(resp.status);
+    }
+    // Every third request read on a connection is cut under it.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 502),
+        "{statuses:?}"
+    );
+    let posts = world
+        .sink
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(posts, 6, "no POST sent twice");
+}
+
+#[test]
+fn a_small_max_concurrent_streams_spreads_requests_over_a_few_connections() {
+    let world = h2_world(|c| {
+        c.max_concurrent_streams = Some(2);
+        c.response_delay = Some(Duration::from_millis(100));
+    });
+    let gw = world.simgate(&one_shard(&world, H2_ALPN));
+    std::thread::scope(|s| {
+        for d in 0..8 {
+            let http = gw.http;
+            s.spawn(move || {
+                let mut device = Device::connect(http);
+                for i in 0..4 {
+                    let resp = device.request(&post("/m", format!("{d}-{i}").as_bytes(), ""));
+                    assert_eq!(resp.status, 200, "{}", resp.body_text());
+                }
+            });
+        }
+    });
+    assert_eq!(world.sink.wait_for_requests(32, WAIT), 32);
+    let connections = connection_ids(&world).len();
+    // Two streams per connection, eight devices: more than one connection, at most the pool's
+    // cap of four (beyond it, streams queue in h2).
+    assert!((2..=4).contains(&connections), "{connections} connections");
 }

@@ -61,10 +61,17 @@ use super::http2_exchange::{self, H2Failure};
 enum H2Outcome {
     /// Relayed, or failed with this answer for the device.
     Done(Result<Relayed, ForwardError>),
-    /// Refused before processing (or broken before a response to an idempotent request):
-    /// send it again.
-    Retry,
+    /// Refused before processing (GOAWAY above it, REFUSED_STREAM, no new streams): safe to
+    /// send again, whatever the method.
+    Refused(ForwardError),
+    /// Reset or cut after it was sent, before any response: safe to send again only for an
+    /// idempotent method.
+    Broken(ForwardError),
 }
+
+/// Times a refused (never processed) HTTP/2 request is sent again before its 502: a new
+/// connection's first streams may exceed a stream limit its server has not announced yet.
+const H2_REFUSED_RETRIES: u8 = 3;
 
 /// The device's answer for an HTTP/2 stream that produced no response.
 fn h2_forward_error(destination: &str, e: H2Failure) -> ForwardError {
@@ -742,6 +749,7 @@ impl DeviceConn {
             received_at,
         } = x;
         let mut retried = false;
+        let mut refusals = 0u8;
         // An HTTP/1.1 retry takes a fresh connection, never another pooled one; an HTTP/2 retry
         // takes another stream from the pool, which no longer offers the refusing connection.
         let mut fresh = false;
@@ -760,14 +768,18 @@ impl DeviceConn {
                     if handle.reused {
                         self.state.metrics.borrow_mut().upstream_reused += 1;
                     }
-                    match Box::pin(self.exchange_h2(handle, dest, parts, x, retried)).await {
+                    match Box::pin(self.exchange_h2(handle, dest, parts, x)).await {
                         H2Outcome::Done(result) => return result,
-                        H2Outcome::Retry => {
-                            retried = true;
-                            self.state.metrics.borrow_mut().upstream_retries += 1;
-                            continue;
+                        H2Outcome::Refused(_) if refusals < H2_REFUSED_RETRIES => {
+                            refusals += 1;
                         }
+                        H2Outcome::Broken(_) if idempotent && !retried => {
+                            retried = true;
+                        }
+                        H2Outcome::Refused(e) | H2Outcome::Broken(e) => return Err(e),
                     }
+                    self.state.metrics.borrow_mut().upstream_retries += 1;
+                    continue;
                 }
             };
             if conn.reused {
@@ -836,16 +848,14 @@ impl DeviceConn {
     }
 
     /// [`Self::exchange`] as one stream on a shared HTTP/2 connection: send, wait for the head
-    /// (within `response_timeout`), relay. `Retry` when the server refused the stream before
-    /// processing it (GOAWAY above it, REFUSED_STREAM), or the connection broke before any
-    /// response to an idempotent request, and this was not already the retry.
+    /// (within `response_timeout`), relay. A stream the server refused unprocessed, or one
+    /// that broke before any response, is handed back for the caller's retry rule.
     async fn exchange_h2(
         &mut self,
         handle: H2Handle,
         dest: &crate::policy::DestinationPlan,
         parts: &[&[u8]],
         x: Exchange,
-        retried: bool,
     ) -> H2Outcome {
         let started = Instant::now();
         let deadline = started + dest.pool.response_timeout;
@@ -857,8 +867,12 @@ impl DeviceConn {
         };
         let response = match http2_exchange::round_trip(&handle, request, body, deadline).await {
             Ok(response) => response,
-            Err(H2Failure::Refused(_)) if !retried => return H2Outcome::Retry,
-            Err(H2Failure::Broken(_)) if !retried && x.idempotent => return H2Outcome::Retry,
+            Err(e @ H2Failure::Refused(_)) => {
+                return H2Outcome::Refused(h2_forward_error(&dest.name, e))
+            }
+            Err(e @ H2Failure::Broken(_)) => {
+                return H2Outcome::Broken(h2_forward_error(&dest.name, e))
+            }
             Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
         };
         let head_at = Instant::now();

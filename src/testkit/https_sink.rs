@@ -81,6 +81,12 @@ pub struct SinkConfig {
     /// HTTP/2 only: after this many requests on one connection, shut it down gracefully
     /// (GOAWAY; streams in flight finish), so clients must move to a new connection.
     pub goaway_after: Option<u64>,
+    /// HTTP/2 only: drop the connection (no GOAWAY, streams in flight lost) as soon as this
+    /// many requests on it have been read, before the last of them is answered.
+    pub close_after: Option<u64>,
+    /// HTTP/2 only: the SETTINGS_MAX_CONCURRENT_STREAMS the sink announces (hyper's default
+    /// otherwise).
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl SinkConfig {
@@ -99,6 +105,8 @@ impl SinkConfig {
             chunked_response: false,
             http2: false,
             goaway_after: None,
+            close_after: None,
+            max_concurrent_streams: None,
         }
     }
 }
@@ -187,6 +195,8 @@ pub struct SinkStats {
     pub h2_connections: u64,
     /// HTTP/2 connections the sink shut down with GOAWAY ([`SinkConfig::goaway_after`]).
     pub goaways: u64,
+    /// HTTP/2 connections the sink dropped ([`SinkConfig::close_after`]).
+    pub abrupt_closes: u64,
 }
 
 /// State shared by the workers and the [`HttpsSink`] handle. Counters sit under the same lock
@@ -221,6 +231,8 @@ struct Answer {
     delay: Option<Duration>,
     chunked: bool,
     goaway_after: Option<u64>,
+    close_after: Option<u64>,
+    max_concurrent_streams: Option<u32>,
 }
 
 /// A response body of unknown length (so hyper sends it chunked), yielded as separate frames.
@@ -288,6 +300,8 @@ impl HttpsSink {
             chunked: cfg.chunked_response,
             delay: cfg.response_delay,
             goaway_after: cfg.goaway_after,
+            close_after: cfg.close_after,
+            max_concurrent_streams: cfg.max_concurrent_streams,
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut sink = Self {
@@ -481,6 +495,8 @@ async fn serve_connection(
         .and_then(|leaf| common_name(leaf.as_ref()))
         .map(Arc::from);
     let goaway = Arc::new(tokio::sync::Notify::new());
+    let max_streams = answer.max_concurrent_streams;
+    let abrupt = answer.close_after.is_some();
     let connection = ConnectionContext {
         id: shared.next_connection_id.fetch_add(1, Ordering::Relaxed),
         client_cert_cn,
@@ -493,12 +509,20 @@ async fn serve_connection(
     let service = service_fn(move |request| Arc::clone(&connection).handle(request));
     // Client resets and malformed requests end the connection; the sink has nothing to report.
     if is_h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(tls), service);
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        if let Some(n) = max_streams {
+            builder.max_concurrent_streams(n);
+        }
+        let conn = builder.serve_connection(TokioIo::new(tls), service);
         let mut conn = std::pin::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => return,
             () = goaway.notified() => {}
+        }
+        if abrupt {
+            // Dropping the connection closes the socket: no GOAWAY, no answer.
+            shared.update(|state| state.stats.abrupt_closes += 1);
+            return;
         }
         shared.update(|state| state.stats.goaways += 1);
         conn.as_mut().graceful_shutdown();
@@ -542,6 +566,7 @@ impl ConnectionContext {
         if self.answer.goaway_after == Some(served) {
             self.goaway.notify_one();
         }
+
         let seq = self.shared.update(|state| {
             state.stats.requests += 1;
             state.stats.body_bytes += body_len as u64;
@@ -570,6 +595,11 @@ impl ConnectionContext {
             seq
         });
 
+        if self.answer.close_after == Some(served) {
+            // Recorded, never answered: the connection is dropped under it.
+            self.goaway.notify_one();
+            std::future::pending::<()>().await;
+        }
         if let Some(delay) = self.answer.delay {
             tokio::time::sleep(delay).await;
         }

@@ -54,6 +54,8 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// Stream-level receive window we advertise: a whole typical cloud answer fits without a
 /// WINDOW_UPDATE round trip.
 const STREAM_WINDOW: u32 = 1024 * 1024;
+/// Streams opened before the server's SETTINGS announce its limit.
+const INITIAL_MAX_STREAMS: usize = 100;
 /// Connection-level receive window.
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
@@ -351,6 +353,9 @@ pub async fn start(
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .enable_push(false)
+        // Until the server's SETTINGS arrive, open at most as many streams as RFC 9113 §6.5.2
+        // asks servers to allow (h2's default is unlimited); more wait inside h2.
+        .initial_max_send_streams(INITIAL_MAX_STREAMS)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| UpstreamError::Tls(format!("HTTP/2 handshake failed: {e}")))?;
