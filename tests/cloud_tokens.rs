@@ -360,6 +360,35 @@ fn oauth2_fetch_refuses_an_untrusted_endpoint() {
     assert_eq!(sink.tokens_issued(), 0);
 }
 
+/// `promtool check metrics` over `text` (with the credential series present), when promtool is
+/// installed (tests/metrics.rs requires it; here it is a bonus).
+fn promtool_check(text: &str) {
+    use std::io::Write as _;
+    let Ok(mut check) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool not found: exposition not checked");
+        return;
+    };
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool rejected /metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The value of the sample `series` (name with labels) in a `/metrics` text.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
@@ -432,6 +461,7 @@ fn simgate_renews_the_token_and_counts_failures() {
     wait_for("renewal after the failures", &|t| {
         sample(t, ok_series).unwrap_or(0.0) > ok_before
     });
+    promtool_check(&metrics());
     let stderr = simgate.stderr();
     assert!(
         stderr.contains("cloud token renewal failed"),

@@ -749,8 +749,8 @@ fn finish(control: &Control, tokens: &mut Tokens, attempt: u64, result: Result<M
             expires_at,
         } => {
             control.count_credential(&name, true);
-            let expires_in_s = in_s(expires_at).round();
-            let renew_in_s = in_s(renew_at).round();
+            let expires_in_s = (in_s(expires_at) * 10.0).round() / 10.0;
+            let renew_in_s = (in_s(renew_at) * 10.0).round() / 10.0;
             if first || recovered_after > 0 {
                 tracing::info!(
                     destination = %name,
