@@ -1022,6 +1022,26 @@ fn pubsub_batches_answer_each_device_with_its_own_message_id_and_a_failed_batch_
     cloud.sink.fail("gcp-pubsub", 500, 1, None);
     let answers = burst(&gw, "/ps-batch");
     assert_failed_batch(&cloud.sink, "gcp-pubsub", &before, &answers, 200, 500);
+    throttled_batch_tells_the_device_when_to_retry(&cloud, &gw, "gcp-pubsub", "/ps-batch");
+}
+
+/// A batch the cloud refuses with 429 and `Retry-After`: the device gets both.
+fn throttled_batch_tells_the_device_when_to_retry(
+    cloud: &Cloud,
+    gw: &Simgate,
+    sink_cloud: &str,
+    path: &str,
+) {
+    let before = cloud.sink.accepted(sink_cloud).len();
+    cloud.sink.fail(sink_cloud, 429, 1, Some(9));
+    let resp = device_post(gw, cloud.dir.path(), path, b"{}", "application/json");
+    assert_eq!(resp.status, 429, "{}", resp.body_text());
+    assert_eq!(resp.header("retry-after"), Some("9"), "{:?}", resp.headers);
+    assert_eq!(
+        cloud.sink.accepted(sink_cloud).len(),
+        before,
+        "nothing delivered"
+    );
 }
 
 /// What the sink had accepted and been called for `cloud` before a burst.
@@ -1119,6 +1139,7 @@ fn event_hubs_batches_answer_every_device_and_a_failed_batch_fails_all_in_it() {
     cloud.sink.fail("azure-event-hubs", 500, 1, None);
     let answers = burst(&gw, "/eh-batch");
     assert_failed_batch(&cloud.sink, "azure-event-hubs", &before, &answers, 201, 500);
+    throttled_batch_tells_the_device_when_to_retry(&cloud, &gw, "azure-event-hubs", "/eh-batch");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -665,7 +665,7 @@ impl DeviceConn {
             answer.status,
             answer.content_type,
             &answer.body,
-            None,
+            answer.retry_after,
             keep_device,
         );
         let len = out.len() as u64;
