@@ -243,6 +243,9 @@ pub struct ItemAnswer {
     pub content_type: Option<&'static str>,
     /// The body.
     pub body: Bytes,
+    /// `Retry-After` (seconds) the cloud gave with a refusal of the batch (429, 503), passed
+    /// on to each device of it.
+    pub retry_after: Option<u32>,
 }
 
 /// Each device's answer from the cloud's answer to a batch call of `count` messages: a 2xx
@@ -263,6 +266,7 @@ pub fn batch_answers(
                 body: Bytes::from(format!(
                     "the cloud refused the batch this message was in ({status})\n"
                 )),
+                retry_after: None,
             };
             count
         ]);
@@ -274,6 +278,7 @@ pub fn batch_answers(
                 status,
                 content_type: None,
                 body: Bytes::new(),
+                retry_after: None,
             };
             count
         ]),

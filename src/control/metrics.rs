@@ -11,7 +11,9 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use super::radius::RadiusStats;
+use crate::policy::AdapterKind;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
+use crate::stats::CLOUD_STATUSES;
 
 /// Reload counters kept by the control thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -196,6 +198,40 @@ pub fn render(
         let name = format!("simgate_{}_errors_total", protocol.label());
         counter(w, &name, help, &kind_refs);
     }
+    // Cloud adapters' calls: the clouds' answers by adapter and status bucket, and batching.
+    let mut cloud: Vec<(String, u64)> = Vec::new();
+    for (index, kind) in AdapterKind::ALL.iter().enumerate() {
+        if matches!(kind, AdapterKind::GenericHttps | AdapterKind::Mqtts) {
+            continue;
+        }
+        let row = m.cloud_responses.get(index);
+        for (bucket, status) in CLOUD_STATUSES.iter().enumerate() {
+            cloud.push((
+                format!("adapter=\"{}\",status=\"{status}\"", kind.config_name()),
+                row.map_or(0, |r| r[bucket]),
+            ));
+        }
+    }
+    let cloud_refs: Vec<(&str, u64)> = cloud.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_cloud_responses_total",
+        "Answers of the clouds to the cloud adapters' calls, by adapter and status (2xx, the \
+         statuses with a meaning of their own, then 4xx and 5xx for the rest)",
+        &cloud_refs,
+    );
+    counter(
+        w,
+        "simgate_cloud_batches_total",
+        "Batched cloud calls made (gcp-pubsub, azure-event-hubs with batch)",
+        &[("", m.cloud_batches)],
+    );
+    counter(
+        w,
+        "simgate_cloud_batched_messages_total",
+        "Device messages carried by batched cloud calls",
+        &[("", m.cloud_batched_messages)],
+    );
     counter(
         w,
         "simgate_http_trailer_fields_dropped_total",
@@ -637,5 +673,39 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn cloud_responses_are_exported_by_adapter_and_status() {
+        let mut m = ShardMetrics::default();
+        let pubsub = AdapterKind::ALL
+            .iter()
+            .position(|k| *k == AdapterKind::GcpPubsub)
+            .expect("pubsub");
+        m.cloud_response(pubsub, 200);
+        m.cloud_response(pubsub, 429);
+        m.cloud_response(pubsub, 503);
+        m.cloud_batches = 2;
+        m.cloud_batched_messages = 7;
+        let text = render(
+            &m,
+            &["http"],
+            &PlanGenerations::default(),
+            ReloadCounters::default(),
+            &BTreeMap::new(),
+            None,
+        );
+        for line in [
+            "simgate_cloud_responses_total{adapter=\"gcp-pubsub\",status=\"2xx\"} 1\n",
+            "simgate_cloud_responses_total{adapter=\"gcp-pubsub\",status=\"429\"} 1\n",
+            "simgate_cloud_responses_total{adapter=\"gcp-pubsub\",status=\"5xx\"} 1\n",
+            "simgate_cloud_responses_total{adapter=\"aws-iot-core\",status=\"401\"} 0\n",
+            "simgate_cloud_batches_total 2\n",
+            "simgate_cloud_batched_messages_total 7\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?}");
+        }
+        assert!(!text.contains("adapter=\"https\""));
+        assert!(!text.contains("adapter=\"mqtts\""));
     }
 }

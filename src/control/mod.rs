@@ -247,6 +247,7 @@ impl Control {
             .as_deref()
             .ok_or_else(|| "reload needs a config file (simgate run --config FILE)".to_string())?;
         let plan = config::load_plan(path).map_err(|e| e.to_string())?;
+        log_plan_warnings(&plan);
         let mut guard = self.gateway.lock();
         let gateway = guard
             .as_mut()
@@ -288,6 +289,13 @@ impl Control {
     }
 }
 
+/// Log each of the plan's warnings (`path: message`, e.g. an inline secret) at warn.
+fn log_plan_warnings(plan: &Plan) {
+    for warning in &plan.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
+}
+
 /// `simgate run`: load the config, start shards, announce listeners on stdout, then serve the
 /// admin endpoint and signals until SIGINT/SIGTERM.
 pub fn run(config_path: &Path) -> Result<(), RunError> {
@@ -304,6 +312,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file soft limit"),
     }
     let plan = config::load_plan(config_path).map_err(RunError::Config)?;
+    log_plan_warnings(&plan);
     tracing::info!(
         max_connections = plan.gateway.max_connections,
         reserved_fds = plan.gateway.reserved_fds,

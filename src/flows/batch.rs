@@ -278,13 +278,26 @@ async fn send_batch(
         .metrics
         .borrow_mut()
         .cloud_response(index, head.status);
-    adapters::batch_answers(&dest.adapter, head.status, &body, items.len()).map_err(|why| {
-        BatchError {
+    let mut answers = adapters::batch_answers(&dest.adapter, head.status, &body, items.len())
+        .map_err(|why| BatchError {
             status: 502,
             reason: format!("the cloud's answer to the batch: {why}"),
             kind: ErrorKind::UpstreamProtocol,
+        })?;
+    // A refusal's `Retry-After` (429, 503) is every device's, as it is a single device's when
+    // the cloud's answer is relayed.
+    if !(200..300).contains(&head.status) {
+        let retry_after = head
+            .headers
+            .iter()
+            .find(|h| h.is("retry-after"))
+            .and_then(|h| std::str::from_utf8(&h.value).ok())
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        for answer in &mut answers {
+            answer.retry_after = retry_after;
         }
-    })
+    }
+    Ok(answers)
 }
 
 /// The whole response body (de-chunked), at most [`MAX_ANSWER_BYTES`].

@@ -686,13 +686,18 @@ impl DeviceConn {
         received_at: Instant,
     ) -> Relayed {
         let keep_device = keep_device && !self.state.draining();
+        let retry_after = answer.retry_after.map(|s| s.to_string());
+        let extra: Vec<(&str, &str)> = retry_after
+            .iter()
+            .map(|v| ("Retry-After", v.as_str()))
+            .collect();
         let mut out = BytesMut::new();
         http1::write_answer(
             &mut out,
             answer.status,
             answer.content_type,
             &answer.body,
-            &[],
+            &extra,
             keep_device,
         );
         let len = out.len() as u64;
