@@ -90,8 +90,10 @@ impl Batcher {
         let (flush_now, arm_timer) = {
             let mut queues = self.queues.borrow_mut();
             let queue = queues.entry(key).or_default();
-            // An item that would overflow the byte bound goes into the next batch.
-            if !queue.items.is_empty() && queue.bytes + item.len() + 1 > settings.max_bytes {
+            // An item that would overflow the byte bound goes into the next batch. `bytes`
+            // counts each item and its separator; the call adds at most two bytes around them
+            // (`[`…`]`), so a batch's body stays within `max_bytes`.
+            if !queue.items.is_empty() && queue.bytes + item.len() + 1 + 2 > settings.max_bytes {
                 let seq = queue.seq;
                 drop(queues);
                 self.flush(state, key, seq);
@@ -102,7 +104,7 @@ impl Batcher {
             queue.items.push(item);
             queue.slots.push(slot.clone());
             let full = queue.items.len() >= settings.max_messages
-                || queue.bytes >= settings.max_bytes
+                || queue.bytes + 2 >= settings.max_bytes
                 || settings.linger.is_zero();
             (
                 full.then_some(queue.seq),
@@ -230,20 +232,6 @@ async fn send_batch(
     let mut head = BytesMut::new();
     request.write_head(&dest.host_header, &mut head);
     let parts: [&[u8]; 2] = [&head, &request.body];
-    let mut conn = state
-        .upstreams
-        .checkout(generation, dest)
-        .await
-        .map_err(|e| BatchError {
-            status: if e.is_local() { 503 } else { 502 },
-            reason: e.to_string(),
-            kind: match e {
-                crate::upstream::UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
-                crate::upstream::UpstreamError::BackingOff { .. } => ErrorKind::UpstreamBackoff,
-                crate::upstream::UpstreamError::LocalResources(_) => ErrorKind::LocalResources,
-                _ => ErrorKind::UpstreamConnect,
-            },
-        })?;
     let deadline = Instant::now() + dest.pool.response_timeout;
     let timeout = || BatchError {
         status: 504,
@@ -255,11 +243,35 @@ async fn send_batch(
         reason: "the cloud closed the connection before answering the batch".into(),
         kind: ErrorKind::UpstreamClosed,
     };
-    match reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(closed()),
-        Err(_) => return Err(timeout()),
-    }
+    // As for single requests: a batch is sent again on a fresh connection only when writing
+    // it to a pooled connection failed (the cloud had closed it: nothing was processed).
+    let mut retried = false;
+    let mut conn = loop {
+        let conn = if retried {
+            state.upstreams.connect_new(generation, dest).await
+        } else {
+            state.upstreams.checkout(generation, dest).await
+        };
+        let mut conn = conn.map_err(|e| BatchError {
+            status: if e.is_local() { 503 } else { 502 },
+            reason: e.to_string(),
+            kind: match e {
+                crate::upstream::UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
+                crate::upstream::UpstreamError::BackingOff { .. } => ErrorKind::UpstreamBackoff,
+                crate::upstream::UpstreamError::LocalResources(_) => ErrorKind::LocalResources,
+                _ => ErrorKind::UpstreamConnect,
+            },
+        })?;
+        match reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await {
+            Ok(Ok(())) => break conn,
+            Ok(Err(_)) if conn.reused && !retried => {
+                retried = true;
+                state.metrics.borrow_mut().upstream_retries += 1;
+            }
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => return Err(timeout()),
+        }
+    };
     let head = super::http_forward::read_response_head_for_batch(&mut conn, deadline)
         .await
         .map_err(|status| if status == 504 { timeout() } else { closed() })?;

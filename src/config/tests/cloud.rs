@@ -126,6 +126,29 @@ fn each_cloud_adapter_compiles_with_its_derived_endpoint() {
 }
 
 #[test]
+fn an_overridden_endpoint_keeps_the_clouds_host_and_server_name() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\nendpoint = \"sink.test:8443\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.endpoint, "sink.test:8443");
+    assert_eq!(d.host_header, "myhub.azure-devices.net");
+    assert_eq!(
+        d.server_name,
+        rustls::pki_types::ServerName::try_from("myhub.azure-devices.net").unwrap()
+    );
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\nendpoint = \"sink.test:8443\"\nhost_header = \"h.example\"\nserver_name = \"sink.test\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.destinations[0].host_header, "h.example");
+}
+
+#[test]
 fn token_recipes_follow_each_service() {
     let fx = fixture();
     let plan = fx
