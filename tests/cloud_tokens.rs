@@ -473,3 +473,98 @@ fn simgate_renews_the_token_and_counts_failures() {
     );
     assert!(!stderr.contains("assertion="), "the assertion leaked");
 }
+
+/// A token endpoint down past the token's expiry: devices get 503 with `Retry-After` (never a
+/// request without a token, never a silent drop), and the first token minted after the outage
+/// brings delivery back.
+#[test]
+fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The sink's tokens live 3 s; simgate renews at 80 %.
+    let sink = CloudSink::start(dir.path(), 3);
+    let simgate = common::Simgate::start(dir.path(), &config(&sink, dir.path(), "1h"));
+    let ok_series = r#"simgate_credential_refresh_total{destination="pubsub",result="ok"}"#;
+    let err_series = r#"simgate_credential_refresh_total{destination="pubsub",result="error"}"#;
+    let expiry_series = r#"simgate_credential_token_expiry_seconds{destination="pubsub"}"#;
+    let metrics = || {
+        let (status, text) = simgate.admin_get("/metrics");
+        assert_eq!(status, 200);
+        text
+    };
+    let wait_for = |what: &str, within: Duration, cond: &dyn Fn(&str) -> bool| -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = metrics();
+            if cond(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; stderr:\n{}",
+                simgate.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the first token", Duration::from_secs(15), &|t| {
+        sample(t, ok_series).unwrap_or(0.0) >= 1.0
+    });
+    let publish = common::post("/telemetry", b"{\"t\":1}", "");
+    let response = common::raw_exchange(simgate.http, &publish);
+    assert_eq!(response.status, 200, "{}", response.body_text());
+
+    // The token endpoint fails from now on; the token in hand runs out.
+    sink.fail_tokens(503, 10_000);
+    wait_for("the token to expire", Duration::from_secs(20), &|t| {
+        sample(t, err_series).unwrap_or(0.0) >= 1.0 && sample(t, expiry_series) == Some(0.0)
+    });
+    // The gauge counts whole seconds: the token may still be valid for a fraction of one, during
+    // which devices are served. Publish until the first 503.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (response, accepted_before) = loop {
+        let accepted = sink.control("GET", "/_sink/stats", None)["accepted"]["gcp-pubsub"]
+            .as_u64()
+            .unwrap_or(0);
+        let response = common::raw_exchange(simgate.http, &publish);
+        if response.status != 200 || Instant::now() > deadline {
+            break (response, accepted);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(response.status, 503, "{}", response.body_text());
+    assert_eq!(response.header("retry-after"), Some("5"));
+    let stats = sink.control("GET", "/_sink/stats", None);
+    assert_eq!(
+        stats["accepted"]["gcp-pubsub"].as_u64().unwrap_or(0),
+        accepted_before,
+        "nothing reached the cloud without a token: {stats}"
+    );
+    assert_eq!(
+        stats["rejected"]["gcp-pubsub"].as_u64().unwrap_or(0),
+        0,
+        "no unauthenticated call was made: {stats}"
+    );
+    let text = metrics();
+    assert!(
+        sample(
+            &text,
+            r#"simgate_http_errors_total{kind="credential_unavailable"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "counted: {}",
+        text.lines()
+            .filter(|l| l.contains("credential"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // The endpoint recovers: the next retry mints a token and devices are served again.
+    let ok_before = sample(&text, ok_series).unwrap_or(0.0);
+    sink.control("POST", "/_sink/reset", None);
+    wait_for("a token after the outage", Duration::from_secs(90), &|t| {
+        sample(t, ok_series).unwrap_or(0.0) > ok_before
+    });
+    let response = common::raw_exchange(simgate.http, &publish);
+    assert_eq!(response.status, 200, "{}", response.body_text());
+}
