@@ -16,22 +16,17 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use common::cloud_sink::CloudSink;
 use common::*;
 use serde_json::{json, Value};
 use simgate::testkit::TestPki;
-
-const PIP_HINT: &str =
-    "pip install botocore azure-iot-device azure-eventhub google-auth cryptography";
-
-const SINK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/cloud_sink.py");
 
 /// The SIM a curl device on 127.0.0.1 is.
 const IMSI: &str = "440101234567890";
@@ -50,169 +45,6 @@ const AWS_KEY_ID: &str = "AKIDPLANTEDEXAMPLE01";
 /// How long a test waits for something simgate or the sink signals (token minted, message
 /// accepted) before failing with what it saw.
 const SIGNAL_DEADLINE: Duration = Duration::from_secs(30);
-
-// ---------------------------------------------------------------------------------------------
-// The contract sink process.
-
-struct CloudSink {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-    stderr_path: PathBuf,
-    service_account: PathBuf,
-}
-
-impl Drop for CloudSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Panics with the pip hint when python's stderr says a module is missing.
-fn explain_python_failure(what: &str, stderr: &str) -> ! {
-    if stderr.contains("ModuleNotFoundError") || stderr.contains("No module named") {
-        panic!(
-            "{what}: a Python module the cloud sink needs is missing; install them with\n    \
-             {PIP_HINT}\n(scripts/test.sh does it). python said:\n{stderr}"
-        );
-    }
-    panic!("{what}; its stderr:\n{stderr}");
-}
-
-impl CloudSink {
-    fn start(dir: &Path, pki: &TestPki) -> CloudSink {
-        let cert = pki
-            .server_cert("cloud-sink", &["localhost", "127.0.0.1"])
-            .expect("sink certificate");
-        let service_account = dir.join("sa.json");
-        // token_uri is rewritten below once the port is known (the sink re-reads the file).
-        let out = Command::new("python3")
-            .arg(SINK_SCRIPT)
-            .arg("--make-service-account")
-            .arg(&service_account)
-            .args(["--token-uri", "https://127.0.0.1:1/token", "--project", "p"])
-            .output()
-            .expect("python3 is required for these tests: apt-get install python3");
-        if !out.status.success() {
-            explain_python_failure(
-                "cloud_sink.py --make-service-account failed",
-                &String::from_utf8_lossy(&out.stderr),
-            );
-        }
-        let config = json!({
-            "cert": cert.cert, "key": cert.key, "port": 0,
-            "aws": {"access_key_id": AWS_KEY_ID, "secret_access_key": AWS_SECRET,
-                    "session_token": null, "region": "eu-west-1"},
-            "azure_iot_hub": {"hub": "myhub", "key": HUB_KEY, "key_name": "iothubowner"},
-            "event_hubs": {"namespace": "ns", "hub": "telemetry", "key_name": "send",
-                           "key": EH_KEY},
-            "gcp": {"project": "p", "topic": "t", "service_account_file": service_account,
-                    "token_ttl_s": 3600},
-            "lambda": {"function": "fn", "region": "eu-west-1"},
-            "things_cloud": {"tenant": "t123", "username": "device-gw",
-                             "password": C8Y_PASSWORD},
-        });
-        let config_path = dir.join("sink.json");
-        std::fs::write(&config_path, config.to_string()).expect("write sink.json");
-        let stderr_path = dir.join("cloud_sink.stderr");
-        let mut child = Command::new("python3")
-            .arg(SINK_SCRIPT)
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr_path).expect("sink stderr file"))
-            .spawn()
-            .expect("python3 is required for these tests: apt-get install python3");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("sink stdout");
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let Some(port) = line
-            .strip_prefix("LISTENING ")
-            .and_then(|p| p.trim().parse::<u16>().ok())
-        else {
-            let _ = child.wait();
-            explain_python_failure(
-                &format!("the cloud sink did not start (stdout {line:?})"),
-                &std::fs::read_to_string(&stderr_path).unwrap_or_default(),
-            );
-        };
-        let mut sa: Value =
-            serde_json::from_slice(&std::fs::read(&service_account).expect("read sa.json"))
-                .expect("sa.json");
-        sa["token_uri"] = json!(format!("https://127.0.0.1:{port}/token"));
-        std::fs::write(&service_account, sa.to_string()).expect("rewrite sa.json");
-        CloudSink {
-            child,
-            port,
-            ca: pki.ca_pem.clone(),
-            stderr_path,
-            service_account,
-        }
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// A control request; returns (status, body).
-    fn control(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
-        let url = format!("https://127.0.0.1:{}{path}", self.port);
-        let mut args: Vec<String> = vec![
-            "-sS".into(),
-            "--cacert".into(),
-            self.ca.display().to_string(),
-            "-X".into(),
-            method.into(),
-            "-w".into(),
-            "\n%{http_code}".into(),
-        ];
-        if let Some(b) = body {
-            args.extend(["--data-binary".into(), b.to_string()]);
-        }
-        args.push(url);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (ok, out) = curl(&refs);
-        assert!(ok, "curl to the sink's {path} failed: {out}");
-        let (body, code) = out.rsplit_once('\n').expect("status line");
-        (code.trim().parse().expect("status"), body.to_owned())
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let (status, body) = self.control("GET", path, None);
-        assert_eq!(status, 200, "sink {path}: {body}");
-        serde_json::from_str(&body).expect("sink JSON")
-    }
-
-    /// Messages the sink accepted for `cloud`.
-    fn accepted(&self, cloud: &str) -> Vec<Value> {
-        match self.json(&format!("/_sink/accepted?cloud={cloud}")) {
-            Value::Array(items) => items,
-            other => panic!("accepted is not a list: {other}"),
-        }
-    }
-
-    fn stats(&self) -> Value {
-        self.json("/_sink/stats")
-    }
-
-    /// Cloud calls the sink received for `cloud` (accepted or not).
-    fn calls(&self, cloud: &str) -> u64 {
-        self.stats()["calls"][cloud].as_u64().unwrap_or(0)
-    }
-
-    /// The next `count` calls to `cloud` answer `status` (with `Retry-After` if given).
-    fn fail(&self, cloud: &str, status: u16, count: u32, retry_after: Option<u32>) {
-        let spec = json!({"cloud": cloud, "status": status, "count": count,
-                          "retry_after": retry_after});
-        let (code, body) = self.control("POST", "/_sink/fail", Some(&spec));
-        assert_eq!(code, 200, "sink /_sink/fail: {body}");
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The world: PKI, sink, credentials, simgate config.
@@ -237,7 +69,21 @@ impl Cloud {
     fn new() -> Cloud {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = TestPki::new(dir.path()).expect("pki");
-        let sink = CloudSink::start(dir.path(), &pki);
+        let sink = CloudSink::start(
+            dir.path(),
+            &pki,
+            json!({
+                "aws": {"access_key_id": AWS_KEY_ID, "secret_access_key": AWS_SECRET,
+                        "session_token": null, "region": "eu-west-1"},
+                "azure_iot_hub": {"hub": "myhub", "key": HUB_KEY, "key_name": "iothubowner"},
+                "event_hubs": {"namespace": "ns", "hub": "telemetry", "key_name": "send",
+                               "key": EH_KEY},
+                "gcp": {"project": "p", "topic": "t", "token_ttl_s": 3600},
+                "lambda": {"function": "fn", "region": "eu-west-1"},
+                "things_cloud": {"tenant": "t123", "username": "device-gw",
+                                 "password": C8Y_PASSWORD},
+            }),
+        );
         std::fs::write(dir.path().join("aws-secret.txt"), format!("{AWS_SECRET}\n"))
             .expect("aws secret");
         std::fs::write(dir.path().join("hub-key.txt"), HUB_KEY).expect("hub key");

@@ -19,136 +19,28 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::cloud_sink::CloudSink;
 use simgate::control::tokens::{fetch_oauth2, MintError, Outcome, Tokens};
 use simgate::policy::cloud::TokenSpec;
 use simgate::testkit::TestPki;
 
-const SINK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/cloud_sink.py");
-const PIP: &str = "pip install google-auth cryptography botocore azure-iot-device azure-eventhub";
-
-/// The contract sink, killed on drop.
-struct CloudSink {
-    child: Child,
-    port: u16,
-    ca: PathBuf,
-}
-
-impl Drop for CloudSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl CloudSink {
-    /// Start the sink in `dir` with a fresh CA, a Pub/Sub section (project `p`, topic `t`,
-    /// tokens valid `token_ttl_s`) and a new service account written to `dir/sa.json`.
-    fn start(dir: &Path, token_ttl_s: u64) -> CloudSink {
-        let check = Command::new("python3")
-            .args([
-                "-c",
-                "import google.auth, cryptography, botocore, azure.iot.device, azure.eventhub",
-            ])
-            .output()
-            .expect("python3 is required for the cloud sink");
-        assert!(
-            check.status.success(),
-            "the cloud sink needs the vendors' Python libraries: {PIP}\n{}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let pki = TestPki::new(dir).expect("pki");
-        let cert = pki
-            .server_cert("cloud-sink", &["localhost", "127.0.0.1"])
-            .expect("sink cert");
-        let sa = dir.join("sa.json");
-        // The account's token_uri is not where the sink listens (its port is not known yet);
-        // the sink also accepts the audience https://{Host}/token, which is what simgate signs
-        // for when the destination's token_uri points at the sink.
-        let made = Command::new("python3")
-            .arg(SINK)
-            .arg("--make-service-account")
-            .arg(&sa)
-            .args(["--token-uri", "https://oauth2.googleapis.com/token"])
-            .output()
-            .expect("run cloud_sink.py --make-service-account");
-        assert!(
-            made.status.success(),
-            "making a service account failed (missing libraries? {PIP}):\n{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let config = serde_json::json!({
-            "cert": cert.cert, "key": cert.key, "port": 0,
-            "gcp": {"project": "p", "topic": "t", "service_account_file": sa,
-                    "token_ttl_s": token_ttl_s},
-        });
-        let config_path = dir.join("sink.json");
-        std::fs::write(&config_path, config.to_string()).expect("write sink.json");
-        let mut child = Command::new("python3")
-            .arg(SINK)
-            .arg("--config")
-            .arg(&config_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start cloud_sink.py");
-        let stdout = child.stdout.take().expect("sink stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("sink output");
-        let port = match line.trim().strip_prefix("LISTENING ") {
-            Some(p) => p.parse().expect("sink port"),
-            None => {
-                let _ = child.kill();
-                panic!("cloud sink did not start (missing libraries? {PIP}): {line:?}");
-            }
-        };
-        CloudSink {
-            child,
-            port,
-            ca: pki.ca_pem.clone(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The sink's test-control endpoints, through curl (they are outside what is tested).
-    fn control(&self, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
-        let ca = self.ca.display().to_string();
-        let url = self.url(path);
-        let mut args = vec!["-sS", "--fail", "--cacert", &ca, "-X", method];
-        if let Some(b) = body {
-            args.extend(["-H", "content-type: application/json", "--data", b]);
-        }
-        args.push(&url);
-        let (ok, out) = common::curl(&args);
-        assert!(ok, "sink control {method} {path} failed: {out}");
-        serde_json::from_str(&out).expect("sink control answer is JSON")
-    }
-
-    /// Make the next `count` token requests fail with `status`.
-    fn fail_tokens(&self, status: u16, count: u32) {
-        let spec = format!(r#"{{"cloud":"token","status":{status},"count":{count}}}"#);
-        self.control("POST", "/_sink/fail", Some(&spec));
-    }
-
-    fn tokens_issued(&self) -> u64 {
-        self.control("GET", "/_sink/stats", None)["tokens_issued"]
-            .as_u64()
-            .expect("tokens_issued")
-    }
+/// The contract sink with a Pub/Sub section whose tokens live `token_ttl_s`.
+fn start_sink(dir: &Path, token_ttl_s: u64) -> CloudSink {
+    let pki = TestPki::new(dir).expect("pki");
+    CloudSink::start(
+        dir,
+        &pki,
+        serde_json::json!({"gcp": {"project": "p", "topic": "t", "token_ttl_s": token_ttl_s}}),
+    )
 }
 
 /// A config with one HTTP listener and a `gcp-pubsub` destination at the sink.
-fn config(sink: &CloudSink, dir: &Path, token_ttl: &str) -> String {
+fn config(sink: &CloudSink, token_ttl: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -181,7 +73,7 @@ token_ttl = "{token_ttl}"
 name = "default"
 routes = [ {{ listener = "http", path = "/", destination = "pubsub" }} ]
 "#,
-        sa = dir.join("sa.json").display(),
+        sa = sink.service_account.display(),
         port = sink.port,
         ca = sink.ca.display(),
         token_uri = sink.url("/token"),
@@ -191,8 +83,8 @@ routes = [ {{ listener = "http", path = "/", destination = "pubsub" }} ]
 #[test]
 fn oauth2_fetch_obtains_a_token_and_a_failure_keeps_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = CloudSink::start(dir.path(), 120);
-    let plan = simgate::config::compile_str(&config(&sink, dir.path(), "60s"), dir.path())
+    let sink = start_sink(dir.path(), 120);
+    let plan = simgate::config::compile_str(&config(&sink, "60s"), dir.path())
         .unwrap_or_else(|e| panic!("{e}"));
     let plan = Arc::new(plan);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -248,7 +140,7 @@ fn oauth2_fetch_obtains_a_token_and_a_failure_keeps_it() {
     // The renewal (due at 80 % of the 60 s ttl; the test passes that time in rather than
     // waiting) meets a failing endpoint: an error naming the host and the status, and the
     // token stays.
-    sink.fail_tokens(500, 1);
+    sink.fail("token", 500, 1, None);
     let now = SystemTime::now();
     assert!(tokens.start_due(now + Duration::from_secs(47)).is_empty());
     let mint = tokens
@@ -324,7 +216,7 @@ fn oauth2_fetch_obtains_a_token_and_a_failure_keeps_it() {
 #[test]
 fn oauth2_fetch_refuses_an_untrusted_endpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = CloudSink::start(dir.path(), 120);
+    let sink = start_sink(dir.path(), 120);
     // Trust another CA than the sink's.
     let other = TestPki::new(&dir.path().join("other")).expect("other pki");
     let mut roots = rustls::RootCertStore::empty();
@@ -401,8 +293,8 @@ fn sample(metrics: &str, series: &str) -> Option<f64> {
 #[test]
 fn simgate_renews_the_token_and_counts_failures() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let sink = CloudSink::start(dir.path(), 120);
-    let simgate = common::Simgate::start(dir.path(), &config(&sink, dir.path(), "2s"));
+    let sink = start_sink(dir.path(), 120);
+    let simgate = common::Simgate::start(dir.path(), &config(&sink, "2s"));
     let ok_series = r#"simgate_credential_refresh_total{destination="pubsub",result="ok"}"#;
     let err_series = r#"simgate_credential_refresh_total{destination="pubsub",result="error"}"#;
     let expiry_series = r#"simgate_credential_token_expiry_seconds{destination="pubsub"}"#;
@@ -446,7 +338,7 @@ fn simgate_renews_the_token_and_counts_failures() {
 
     // Two failures: counted, devices still forwarded with the token in hand, then renewal
     // resumes (backoff 0.5–1 s, then 1–2 s).
-    sink.fail_tokens(500, 2);
+    sink.fail("token", 500, 2, None);
     let text = wait_for("two errors", &|t| {
         sample(t, err_series).unwrap_or(0.0) >= 2.0
     });
@@ -481,8 +373,8 @@ fn simgate_renews_the_token_and_counts_failures() {
 fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The sink's tokens live 3 s; simgate renews at 80 %.
-    let sink = CloudSink::start(dir.path(), 3);
-    let simgate = common::Simgate::start(dir.path(), &config(&sink, dir.path(), "1h"));
+    let sink = start_sink(dir.path(), 3);
+    let simgate = common::Simgate::start(dir.path(), &config(&sink, "1h"));
     let ok_series = r#"simgate_credential_refresh_total{destination="pubsub",result="ok"}"#;
     let err_series = r#"simgate_credential_refresh_total{destination="pubsub",result="error"}"#;
     let expiry_series = r#"simgate_credential_token_expiry_seconds{destination="pubsub"}"#;
@@ -514,7 +406,7 @@ fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted
     assert_eq!(response.status, 200, "{}", response.body_text());
 
     // The token endpoint fails from now on; the token in hand runs out.
-    sink.fail_tokens(503, 10_000);
+    sink.fail("token", 503, 10_000, None);
     wait_for("the token to expire", Duration::from_secs(20), &|t| {
         sample(t, err_series).unwrap_or(0.0) >= 1.0 && sample(t, expiry_series) == Some(0.0)
     });
@@ -522,9 +414,7 @@ fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted
     // which devices are served. Publish until the first 503.
     let deadline = Instant::now() + Duration::from_secs(5);
     let (response, accepted_before) = loop {
-        let accepted = sink.control("GET", "/_sink/stats", None)["accepted"]["gcp-pubsub"]
-            .as_u64()
-            .unwrap_or(0);
+        let accepted = sink.stats()["accepted"]["gcp-pubsub"].as_u64().unwrap_or(0);
         let response = common::raw_exchange(simgate.http, &publish);
         if response.status != 200 || Instant::now() > deadline {
             break (response, accepted);
@@ -533,7 +423,7 @@ fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted
     };
     assert_eq!(response.status, 503, "{}", response.body_text());
     assert_eq!(response.header("retry-after"), Some("5"));
-    let stats = sink.control("GET", "/_sink/stats", None);
+    let stats = sink.stats();
     assert_eq!(
         stats["accepted"]["gcp-pubsub"].as_u64().unwrap_or(0),
         accepted_before,
@@ -561,7 +451,7 @@ fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted
 
     // The endpoint recovers: the next retry mints a token and devices are served again.
     let ok_before = sample(&text, ok_series).unwrap_or(0.0);
-    sink.control("POST", "/_sink/reset", None);
+    sink.reset();
     wait_for("a token after the outage", Duration::from_secs(90), &|t| {
         sample(t, ok_series).unwrap_or(0.0) > ok_before
     });
