@@ -19,7 +19,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -48,7 +48,8 @@ pub struct BatchError {
 /// One waiting device's place in a batch.
 #[derive(Default)]
 struct Slot {
-    result: RefCell<Option<Result<ItemAnswer, BatchError>>>,
+    /// The answer and how long the cloud call took (from sending to the whole answer).
+    result: RefCell<Option<Result<(ItemAnswer, Duration), BatchError>>>,
     done: Signal,
 }
 
@@ -77,7 +78,7 @@ impl Batcher {
         generation: u64,
         dest: &DestinationPlan,
         item: Vec<u8>,
-    ) -> Result<ItemAnswer, BatchError> {
+    ) -> Result<(ItemAnswer, Duration), BatchError> {
         let Some(settings) = dest.adapter.batch() else {
             return Err(BatchError {
                 status: 500,
@@ -165,9 +166,9 @@ impl Batcher {
                 })
             };
             match results {
-                Ok(answers) => {
+                Ok((answers, cloud_time)) => {
                     for (slot, answer) in slots.iter().zip(answers) {
-                        *slot.result.borrow_mut() = Some(Ok(answer));
+                        *slot.result.borrow_mut() = Some(Ok((answer, cloud_time)));
                         slot.done.notify();
                     }
                 }
@@ -190,7 +191,7 @@ async fn send_batch(
     generation: u64,
     dest_index: u16,
     items: &[Vec<u8>],
-) -> Result<Vec<ItemAnswer>, BatchError> {
+) -> Result<(Vec<ItemAnswer>, Duration), BatchError> {
     let dest = plan.destination(crate::policy::DestinationId(dest_index));
     let token = state.token(dest.id);
     let ctx = adapters::Context {
@@ -272,6 +273,8 @@ async fn send_batch(
             Err(_) => return Err(timeout()),
         }
     };
+    // The cloud's share of each device's wait: from the batch written to its whole answer.
+    let sent_at = Instant::now();
     let head = super::http_forward::read_response_head_for_batch(&mut conn, deadline)
         .await
         .map_err(|status| if status == 504 { timeout() } else { closed() })?;
@@ -309,7 +312,7 @@ async fn send_batch(
             answer.retry_after = retry_after;
         }
     }
-    Ok(answers)
+    Ok((answers, sent_at.elapsed()))
 }
 
 /// The whole response body (de-chunked), at most [`MAX_ANSWER_BYTES`].

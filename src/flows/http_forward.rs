@@ -634,7 +634,7 @@ impl DeviceConn {
                 Some(Err(e)) => return Err(adapter_error(&dest.name, &e)),
                 None => Vec::new(),
             };
-            let answer = self
+            let (answer, cloud_time) = self
                 .state
                 .batcher
                 .submit(&self.state, generation, dest, item)
@@ -645,7 +645,7 @@ impl DeviceConn {
                     kind: e.kind,
                 })?;
             return Ok(self
-                .send_batch_answer(answer, keep_device, received_at)
+                .send_batch_answer(answer, cloud_time, keep_device, received_at)
                 .await);
         }
         let cloud = match crate::adapters::request(&dest.adapter, &msg, &ctx) {
@@ -682,6 +682,7 @@ impl DeviceConn {
     async fn send_batch_answer(
         &mut self,
         answer: crate::adapters::ItemAnswer,
+        cloud_time: std::time::Duration,
         keep_device: bool,
         received_at: Instant,
     ) -> Relayed {
@@ -704,10 +705,15 @@ impl DeviceConn {
         if self.send_device(vec![out.freeze()]).await.is_err() {
             return Relayed::Aborted;
         }
-        let total = received_at.elapsed().as_micros() as u64;
+        // Added by simgate: everything but the cloud's answer time (the batch's linger is
+        // simgate's, and counted).
+        let total = received_at.elapsed();
         let mut m = self.state.metrics.borrow_mut();
         m.device_bytes_out += len;
-        m.record_latency(total, total);
+        m.record_latency(
+            total.as_micros() as u64,
+            total.saturating_sub(cloud_time).as_micros() as u64,
+        );
         Relayed::Done {
             keep_device,
             status: answer.status,
