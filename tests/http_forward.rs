@@ -456,6 +456,55 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
     );
 }
 
+/// A `bearer` credential on an `https` destination: simgate sends its token as the request's
+/// `Authorization`, replacing whatever the device sent; a `basic` credential likewise.
+#[test]
+fn https_destination_with_a_bearer_or_basic_credential_authorizes_every_request() {
+    let world = World::new();
+    std::fs::write(
+        world.dir.path().join("token.txt"),
+        "SECRET-bearer-token-0042\n",
+    )
+    .expect("write");
+    let with = |credential: &str| world.config(credential, "credential = \"cred\"");
+    {
+        let gw = world.simgate(&with(
+            "[[credential]]\nname = \"cred\"\nkind = \"bearer\"\ntoken = { file = \"token.txt\" }\n",
+        ));
+        let resp = raw_exchange(
+            gw.http,
+            &post("/m", b"1", "Authorization: Basic ZGV2aWNlOnB3\r\n"),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.body_text());
+        assert_eq!(world.sink.wait_for_requests(1, Duration::from_secs(10)), 1);
+        let got = world.sink.requests().remove(0);
+        let values: Vec<&[u8]> = got
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "authorization")
+            .map(|(_, v)| v.as_slice())
+            .collect();
+        assert_eq!(
+            values,
+            vec![&b"Bearer SECRET-bearer-token-0042"[..]],
+            "exactly simgate's, not the device's"
+        );
+    }
+    std::fs::write(world.dir.path().join("pw.txt"), "open sesame").expect("write");
+    let gw = world.simgate(&with(
+        "[[credential]]\nname = \"cred\"\nkind = \"basic\"\nusername = \"Aladdin\"\npassword = { file = \"pw.txt\" }\n",
+    ));
+    let resp = raw_exchange(gw.http, &post("/m", b"2", ""));
+    assert_eq!(resp.status, 200, "{}", resp.body_text());
+    assert_eq!(world.sink.wait_for_requests(2, Duration::from_secs(10)), 2);
+    let got = world.sink.requests().remove(1);
+    // RFC 7617's example credentials.
+    assert_eq!(
+        header(&got, "authorization"),
+        Some(&b"Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="[..])
+    );
+}
+
 /// Each bad request gets its status and a closed connection, while a keep-alive device that
 /// connected before keeps working.
 #[test]

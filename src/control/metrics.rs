@@ -31,6 +31,19 @@ pub struct DnsCounters {
     pub failures: u64,
 }
 
+/// Cloud token refreshes of one destination and its current token's expiry, kept by the
+/// control thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialCounters {
+    /// Refreshes that obtained a token.
+    pub ok: u64,
+    /// Refreshes that failed (the last token stayed in use while valid).
+    pub errors: u64,
+    /// When the current token expires (`None`: no token yet, or the destination left the
+    /// configuration).
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
 /// Upper bounds of the latency histogram buckets, in seconds.
 const BUCKETS_SECONDS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -458,6 +471,42 @@ pub fn render(
     out
 }
 
+/// Append the cloud token families (one series per token-carrying destination, so bounded by
+/// the configuration): refreshes by result, and seconds until each current token expires at
+/// `now` (0 when there is none or it has expired).
+pub fn render_credentials(
+    w: &mut String,
+    credentials: &BTreeMap<String, CredentialCounters>,
+    now: std::time::SystemTime,
+) {
+    // Destination names are [a-z0-9_-]: nothing to escape in the label value.
+    let mut refreshes: Vec<(String, u64)> = Vec::with_capacity(credentials.len() * 2);
+    let mut expiry: Vec<(String, u64)> = Vec::with_capacity(credentials.len());
+    for (name, c) in credentials {
+        refreshes.push((format!("destination=\"{name}\",result=\"ok\""), c.ok));
+        refreshes.push((format!("destination=\"{name}\",result=\"error\""), c.errors));
+        let left = c
+            .expires_at
+            .and_then(|t| t.duration_since(now).ok())
+            .map_or(0, |d| d.as_secs());
+        expiry.push((format!("destination=\"{name}\""), left));
+    }
+    let refresh_refs: Vec<(&str, u64)> = refreshes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    let expiry_refs: Vec<(&str, u64)> = expiry.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_credential_refresh_total",
+        "Cloud token mints and renewals by the control thread, by destination and result",
+        &refresh_refs,
+    );
+    gauge(
+        w,
+        "simgate_credential_token_expiry_seconds",
+        "Seconds until the destination's current cloud token expires (0: no valid token)",
+        &expiry_refs,
+    );
+}
+
 fn header(w: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(w, "# HELP {name} {help}");
     let _ = writeln!(w, "# TYPE {name} {kind}");
@@ -550,5 +599,43 @@ mod tests {
         assert!(text.contains("simgate_shards 2\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"broker\"} 2\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"upstream_down\"} 5\n"));
+    }
+
+    #[test]
+    fn credential_families_have_one_series_per_destination() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut credentials = BTreeMap::new();
+        credentials.insert(
+            "eh".to_owned(),
+            CredentialCounters {
+                ok: 3,
+                errors: 1,
+                expires_at: Some(now + Duration::from_millis(2_500_700)),
+            },
+        );
+        credentials.insert(
+            "ps".to_owned(),
+            CredentialCounters {
+                ok: 0,
+                errors: 2,
+                expires_at: Some(now - Duration::from_secs(1)),
+            },
+        );
+        credentials.insert("new".to_owned(), CredentialCounters::default());
+        let mut text = String::new();
+        render_credentials(&mut text, &credentials, now);
+        for line in [
+            "# TYPE simgate_credential_refresh_total counter\n",
+            "simgate_credential_refresh_total{destination=\"eh\",result=\"ok\"} 3\n",
+            "simgate_credential_refresh_total{destination=\"eh\",result=\"error\"} 1\n",
+            "simgate_credential_refresh_total{destination=\"ps\",result=\"error\"} 2\n",
+            "# TYPE simgate_credential_token_expiry_seconds gauge\n",
+            "simgate_credential_token_expiry_seconds{destination=\"eh\"} 2500\n",
+            "simgate_credential_token_expiry_seconds{destination=\"ps\"} 0\n",
+            "simgate_credential_token_expiry_seconds{destination=\"new\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -384,7 +384,7 @@ impl DeviceConn {
             503,
             Some("text/plain; charset=utf-8"),
             b"cloud credential not available yet, retry later\n",
-            Some(CREDENTIAL_RETRY_AFTER_S),
+            &[("Retry-After", CREDENTIAL_RETRY_AFTER_S)],
             keep_alive,
         );
         let len = out.len() as u64;
@@ -449,10 +449,14 @@ impl DeviceConn {
             Some((sim, g)) => (g.attach.headers(&sim), g.attach.user_properties(&sim)),
             None => (Vec::new(), Vec::new()),
         };
-        let extra: Vec<(&str, &[u8])> = attached
+        let mut extra: Vec<(&str, &[u8])> = attached
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_bytes()))
             .collect();
+        // A `basic`/`bearer` credential: its Authorization replaces the device's own.
+        if let Some(authorization) = &https.authorization {
+            extra.push(("Authorization", &authorization.0));
+        }
         // `envelope = "json"`: a request with a body gets it wrapped (de-chunked, trailers
         // dropped) and sent whole with `Content-Length`; a request without one goes as it is.
         // The base path, rendered for the device's SIM if it names one (the config made sure
@@ -563,6 +567,29 @@ impl DeviceConn {
         keep_device: bool,
         received_at: Instant,
     ) -> Result<Relayed, ForwardError> {
+        if !matches!(request.head.method.as_ref(), b"POST" | b"PUT") {
+            // A cloud call carries a message: there is nothing to GET or DELETE.
+            self.state
+                .metrics
+                .borrow_mut()
+                .error(Protocol::Http, ErrorKind::AdapterRejected);
+            let mut out = BytesMut::new();
+            http1::write_answer(
+                &mut out,
+                405,
+                Some("text/plain; charset=utf-8"),
+                b"cloud destinations take POST or PUT\n",
+                &[("Allow", "POST, PUT")],
+                keep_device,
+            );
+            if self.send_device(vec![out.freeze()]).await.is_err() {
+                return Ok(Relayed::Aborted);
+            }
+            return Ok(Relayed::Done {
+                keep_device,
+                status: 405,
+            });
+        }
         let identity = self.identity.filter(|i| i.is_current(generation));
         let sim = identity.and_then(|i| i.sim(plan));
         let group = identity.and_then(|i| plan.groups.get(usize::from(i.group().0)));
@@ -665,7 +692,7 @@ impl DeviceConn {
             answer.status,
             answer.content_type,
             &answer.body,
-            None,
+            &[],
             keep_device,
         );
         let len = out.len() as u64;
@@ -980,7 +1007,7 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
 
 /// `Retry-After` (seconds) of the 503 a device gets while its destination has no valid cloud
 /// token: the control thread retries minting within a few seconds.
-const CREDENTIAL_RETRY_AFTER_S: u32 = 5;
+const CREDENTIAL_RETRY_AFTER_S: &str = "5";
 
 /// A cloud adapter's refusal as the device's answer. A refusal of the device's own message
 /// (400, 413) is told as it is (no destination detail in it); the others name the destination
