@@ -324,8 +324,10 @@ fn simgate_renews_the_token_and_counts_failures() {
     };
 
     // The first token arrives right after start.
-    let text = wait_for("the first token", &|t| {
-        sample(t, ok_series).unwrap_or(0.0) >= 1.0
+    // The expiry gauge turns positive once the token is on the shards (the refresh counter
+    // counts it when minted, a moment before it is pushed).
+    let text = wait_for("the first token on the shards", &|t| {
+        sample(t, ok_series).unwrap_or(0.0) >= 1.0 && sample(t, expiry_series).unwrap_or(0.0) > 0.0
     });
     let expiry = sample(&text, expiry_series).expect("expiry gauge");
     assert!((100.0..=120.0).contains(&expiry), "expiry {expiry}");
@@ -398,9 +400,12 @@ fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    wait_for("the first token", Duration::from_secs(15), &|t| {
-        sample(t, ok_series).unwrap_or(0.0) >= 1.0
-    });
+    // The expiry gauge turns positive once the token is on the shards.
+    wait_for(
+        "the first token on the shards",
+        Duration::from_secs(15),
+        &|t| sample(t, expiry_series).unwrap_or(0.0) > 0.0,
+    );
     let publish = common::post("/telemetry", b"{\"t\":1}", "");
     let response = common::raw_exchange(simgate.http, &publish);
     assert_eq!(response.status, 200, "{}", response.body_text());
@@ -452,9 +457,14 @@ fn an_expired_token_gives_devices_503_with_retry_after_until_a_new_one_is_minted
     // The endpoint recovers: the next retry mints a token and devices are served again.
     let ok_before = sample(&text, ok_series).unwrap_or(0.0);
     sink.reset();
-    wait_for("a token after the outage", Duration::from_secs(90), &|t| {
-        sample(t, ok_series).unwrap_or(0.0) > ok_before
-    });
+    wait_for(
+        "a token on the shards after the outage",
+        Duration::from_secs(90),
+        &|t| {
+            sample(t, ok_series).unwrap_or(0.0) > ok_before
+                && sample(t, expiry_series).unwrap_or(0.0) > 0.0
+        },
+    );
     let response = common::raw_exchange(simgate.http, &publish);
     assert_eq!(response.status, 200, "{}", response.body_text());
 }
