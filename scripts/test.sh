@@ -49,11 +49,6 @@ pip_install() {
   fi
 }
 
-# paho-mqtt 2.x (the tests use its VERSION2 callback API).
-if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/dev/null 2>&1; then
-  echo "== installing paho-mqtt (pip)"
-  pip_install 'paho-mqtt>=2'
-fi
 
 # The vendors' own libraries, with which tests/python/cloud_sink.py (the HTTPS contract sink the
 # cloud adapter tests start) recomputes each cloud's auth: botocore (SigV4), azure-iot-device and
@@ -64,6 +59,14 @@ if ! python3 -c 'import botocore, azure.iot.device, azure.eventhub, google.auth,
     >/dev/null 2>&1; then
   echo "== installing botocore azure-iot-device azure-eventhub google-auth cryptography requests (pip)"
   pip_install botocore azure-iot-device azure-eventhub google-auth cryptography requests
+fi
+
+# paho-mqtt 2.x (the tests use its VERSION2 callback API). After the vendors' libraries on purpose:
+# azure-iot-device pins paho-mqtt<2 and pip downgrades it when installing them; the sink uses only
+# azure-iot-device's SAS helpers, which import fine beside paho-mqtt 2.
+if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/dev/null 2>&1; then
+  echo "== installing paho-mqtt (pip)"
+  pip_install 'paho-mqtt>=2'
 fi
 
 # Builds are not incremental here (a one-shot run gains nothing from it and its cache doubles the

@@ -30,6 +30,8 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration file; prints each bad field with its path, exits 1 if invalid.
+    /// Warnings (allowed but discouraged, e.g. an inline secret) go to stderr as
+    /// `warning: PATH: MESSAGE`; they do not change the exit status.
     Check {
         /// Configuration file (TOML).
         #[arg(short, long)]
@@ -74,6 +76,10 @@ fn main() -> ExitCode {
         },
         Command::Check { config } => match simgate::config::load_plan(&config) {
             Ok(plan) => {
+                // Allowed, but worth a word (e.g. a secret written inline): `path: message`.
+                for warning in &plan.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "{}: ok ({} listener(s), {} destination(s), {} group(s), {} SIM(s), \
                      {} shard(s), at most {} device connections{})",

@@ -9,16 +9,25 @@
 //!
 //! | protocol | rows |
 //! |---|---|
-//! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), floor (nginx answering `return 204;` itself, no upstream), simgate, simgate h2 (destination `alpn = ["h2", "http/1.1"]`, the sink offering h2: one shared HTTP/2 connection), nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
+//! | HTTP → HTTPS | direct (devices → plaintext HTTP sink), floor (nginx answering `return 204;` itself, no upstream), simgate, simgate h2 (destination `alpn = ["h2", "http/1.1"]`, the sink offering h2: one shared HTTP/2 connection), simgate event-hubs (`adapter = "azure-event-hubs"`, one cloud call per message), simgate event-hubs batch (the same with `batch = { max_messages = 100, linger = "5ms" }`: many devices' messages per call), nginx (peer: `proxy_pass https://` with upstream keepalive, `proxy_ssl_verify on`), haproxy (`server ... ssl verify required ca-file`, `http-reuse always`) |
 //! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), floor (a plain mosquitto the devices publish to, no bridge, no subscriber), simgate aggregate, simgate aggregate linger (`linger = "1ms"`), simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
 //! | TCP → TLS (same scenario, carried as bytes) | stunnel (client mode, verifying the sink), simgate: "n/a — simgate TCP flow not built yet" |
 //!
 //! Columns: messages delivered to the sink per second; that rate over direct's and over the
 //! peer's; end-to-end p50/p99/p99.9 at the sink (receive − intended send time); CPU µs per
 //! delivered message of the proxy process (user + system from `/proc/PID/stat` over the run);
-//! that CPU per message as a multiple of the floor's ("× floor"); its peak RSS;
-//! lost/dup/reordered; device-side errors. Under each table, the connections the sink accepted
-//! from each proxied row over its run (how many upstream connections the proxy used).
+//! that CPU per message as a multiple of the floor's ("× floor"); the sink's calls per delivered
+//! message ("calls/msg": HTTP requests the sink read ÷ messages it counted, after the warm-up
+//! when there is one; below 1 only when a call carries several messages, as an Event Hubs batch
+//! does); its peak RSS; lost/dup/reordered; device-side errors. Under each table, the connections the
+//! sink accepted from each proxied row over its run (how many upstream connections it used).
+//!
+//! The event-hubs rows point simgate's `azure-event-hubs` adapter at the same built-in HTTPS
+//! sink as the simgate row (`endpoint`, `ca` and `server_name` overridden; an `azure-sas`
+//! credential with `key_name = "send"` and a generated key read from a file). The sink answers
+//! every request 200; it reads each element's `Body` of a batch call
+//! (`application/vnd.microsoft.servicebus.json`) as one device message, so delivery, sequence
+//! and latency accounting are the same as for one message per request.
 //!
 //! The floor row is the lowest CPU per message any proxy could reach here: the same peer
 //! server, pinned the same way, on the same listen socket settings, with the same devices and
@@ -36,6 +45,7 @@
 //! between [`crate::sut::free_port`] and the proxy's bind.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,6 +92,9 @@ const AGGREGATE_LINGER: &str = "1ms";
 /// The floor row's system name (a peer answering the devices itself, no upstream).
 const FLOOR: &str = "floor";
 
+/// `destination.batch` of the "simgate event-hubs batch" row.
+const EVENT_HUBS_BATCH: &str = r#"{ max_messages = 100, linger = "5ms" }"#;
+
 /// Below the table when it has a floor row.
 const FLOOR_NOTE: &str = "floor: the peer server answering the devices itself, no upstream \
 (HTTP: nginx `return 204;`, body read and discarded; MQTT: a plain mosquitto, no bridge, no \
@@ -90,6 +103,11 @@ answers (HTTP 2xx; MQTT QoS 1 PUBACKs; QoS 0: PUBLISHes written to the socket), 
 are device-side (intended send → answer; QoS 0: → written) and lost/dup/reordered is -. With \
 --warmup its cut is the first once-a-second tick at or after the warm-up. \
 × floor = the row's proxy CPU µs/msg ÷ the floor's.";
+
+/// Below every table.
+const CALLS_NOTE: &str = "calls/msg: HTTP requests (MQTT: -) the sink read ÷ messages it \
+counted (after the warm-up when there is one); one call per message reads 1.000, an Event Hubs \
+batch call (application/vnd.microsoft.servicebus.json) carries one message per array element.";
 
 /// The `--only` spelling of a table's system name: "simgate aggregate" → "simgate-aggregate".
 fn system_slug(system: &str) -> String {
@@ -125,6 +143,9 @@ pub struct Measured {
     /// Connections the sink accepted from the proxy over the whole run (None without a proxy
     /// in front of a sink).
     pub upstream_connections: Option<u64>,
+    /// Requests the sink read (cloud calls) per message it counted, after the warm-up when there
+    /// was one (None: no sink).
+    pub calls_per_msg: Option<f64>,
 }
 
 /// What had been delivered, and the proxy's CPU, when the warm-up ended.
@@ -132,6 +153,7 @@ struct WarmMark {
     latency: Histogram<u64>,
     unique: u64,
     cpu_ticks: Option<u64>,
+    requests: u64,
 }
 
 impl Measured {
@@ -190,8 +212,8 @@ fn times_floor(system: Option<f64>, floor: Option<f64>) -> Option<f64> {
 
 /// Per system over several rounds: its proxy CPU µs/msg in each round and their median, its
 /// per-core ratio against the peer (peer's µs/msg ÷ the system's, both from the same round) in
-/// each round and their median, and its µs/msg as a multiple of the floor row's (same round) in
-/// each round and their median. Rows without a proxy (direct) or that failed are left out.
+/// each round and their median, its µs/msg as a multiple of the floor row's (same round) in
+/// each round and their median, and the sink's calls per message in each round. Rows without a proxy (direct) or that failed are left out.
 pub fn rounds_summary(rounds: &[Comparison]) -> String {
     let Some(first) = rounds.first() else {
         return String::new();
@@ -199,9 +221,9 @@ pub fn rounds_summary(rounds: &[Comparison]) -> String {
     let peer = first.peer;
     let mut out = format!(
         "rounds summary ({} rounds): proxy CPU µs/msg, per-core ratio vs {peer} (its µs/msg ÷ the system's, same round), \
-         and µs/msg as a multiple of the floor's (same round)\n\n\
-         | system | CPU µs/msg by round | median | vs {peer} by round | median ratio | × floor by round | median × floor |\n\
-         |---|---|---|---|---|---|---|\n",
+         µs/msg as a multiple of the floor's (same round), and the sink's calls per message\n\n\
+         | system | CPU µs/msg by round | median | vs {peer} by round | median ratio | × floor by round | median × floor | calls/msg by round |\n\
+         |---|---|---|---|---|---|---|---|\n",
         rounds.len()
     );
     let cpu = |c: &Comparison, system: &str| {
@@ -233,9 +255,19 @@ pub fn rounds_summary(rounds: &[Comparison]) -> String {
             .iter()
             .map(|c| times_floor(cpu(c, &row.system), cpu(c, FLOOR)))
             .collect();
+        let calls: Vec<Option<f64>> = rounds
+            .iter()
+            .map(|c| {
+                c.rows
+                    .iter()
+                    .find(|r| r.system == row.system)
+                    .and_then(|r| r.outcome.as_ref().ok())
+                    .and_then(|m| m.calls_per_msg)
+            })
+            .collect();
         let med = |v: &[Option<f64>]| median(&v.iter().flatten().copied().collect::<Vec<_>>());
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.system,
             list(&per_round, 1),
             med(&per_round).map_or_else(|| "-".into(), |m| format!("{m:.1}")),
@@ -243,6 +275,7 @@ pub fn rounds_summary(rounds: &[Comparison]) -> String {
             med(&ratios).map_or_else(|| "-".into(), |m| format!("{m:.2}×")),
             list(&floors, 2),
             med(&floors).map_or_else(|| "-".into(), |m| format!("{m:.2}×")),
+            list(&calls, 3),
         ));
     }
     out
@@ -304,6 +337,8 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             "floor",
             "simgate",
             "simgate-h2",
+            "simgate-event-hubs",
+            "simgate-event-hubs-batch",
             "nginx",
             "haproxy",
             "stunnel",
@@ -354,6 +389,10 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             row(FLOOR, "HTTP (no upstream)", &|| env.nginx_floor());
             row("simgate", p, &|| env.simgate_http(false));
             row("simgate h2", p, &|| env.simgate_http(true));
+            row("simgate event-hubs", p, &|| env.simgate_event_hubs(None));
+            row("simgate event-hubs batch", p, &|| {
+                env.simgate_event_hubs(Some(EVENT_HUBS_BATCH))
+            });
             row("nginx", p, &|| env.nginx());
             row("haproxy", p, &|| env.haproxy());
             row("stunnel", "TCP→TLS", &|| env.stunnel(SinkKind::Http));
@@ -433,6 +472,7 @@ impl Env<'_> {
         // the row's latency and CPU columns are what came after.
         let marker = warm.then(|| {
             let tracker = Arc::clone(sink.tracker());
+            let counters = Arc::clone(sink.counters());
             std::thread::spawn(move || {
                 std::thread::sleep(warmup); // the measurement schedule, not a synchronisation
                 let snapshot = tracker.snapshot();
@@ -441,12 +481,16 @@ impl Env<'_> {
                     unique: snapshot.summary().unique,
                     cpu_ticks: pid
                         .and_then(|p| crate::procstat::sample(p).ok().map(|s| s.cpu_ticks)),
+                    requests: counters.requests.load(Ordering::Relaxed),
                 }
             })
         });
         let report = fleet::run(self.scenario, &options, None)?;
         let end_ticks = pid.and_then(|p| crate::procstat::sample(p).ok().map(|s| s.cpu_ticks));
         let mut e2e = sink.tracker().snapshot().latency().clone();
+        let requests = sink.counters().requests.load(Ordering::Relaxed);
+        let unique = report.delivery.map_or(0, |d| d.unique);
+        let mut calls_per_msg = Some(requests as f64 / unique.max(1) as f64);
         let mut steady_cpu_us_per_msg = None;
         if let Some(marker) = marker {
             let mark = marker
@@ -454,8 +498,8 @@ impl Env<'_> {
                 .map_err(|_| anyhow::anyhow!("warm-up marker thread panicked"))?;
             e2e.subtract(&mark.latency)
                 .context("subtract the warm-up's latencies")?;
-            let unique = report.delivery.map_or(0, |d| d.unique);
             let delivered = unique.saturating_sub(mark.unique).max(1);
+            calls_per_msg = Some(requests.saturating_sub(mark.requests) as f64 / delivered as f64);
             if let (Some(end), Some(start)) = (end_ticks, mark.cpu_ticks) {
                 let seconds =
                     end.saturating_sub(start) as f64 / crate::procstat::CLOCK_TICKS_PER_SEC as f64;
@@ -473,6 +517,8 @@ impl Env<'_> {
                     .connections
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
+            // The MQTT sink counts no requests.
+            calls_per_msg: calls_per_msg.filter(|_| self.scenario.fleet.protocol == Protocol::Http),
         })
     }
 
@@ -515,6 +561,7 @@ impl Env<'_> {
             steady_cpu_us_per_msg,
             device_side: true,
             upstream_connections: None,
+            calls_per_msg: None,
         })
     }
 
@@ -590,6 +637,61 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
         );
         let name = if h2 { "simgate-h2" } else { "simgate-http" };
         self.run_simgate(name, &config, &sink)
+    }
+
+    /// simgate with an `azure-event-hubs` destination pointed at the HTTPS sink: one cloud
+    /// call per message, or with `batch` (a `destination.batch` inline table) many.
+    fn simgate_event_hubs(&self, batch: Option<&str>) -> Result<Measured> {
+        let sink = self.sink(SinkKind::Http, true)?;
+        // The policy key the SAS tokens are minted from (any text: the sink checks no token).
+        let key = self.path("event-hubs-send.key");
+        std::fs::write(&key, "c2ltZ2F0ZS1iZW5jaC1ldmVudC1odWJzLXNlbmQta2V5\n")?;
+        let config = format!(
+            r#"[gateway]
+shards = 1
+pin_shards = false
+admin = "off"
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "127.0.0.1:0"
+[[credential]]
+name = "event-hubs"
+kind = "azure-sas"
+key_name = "send"
+key = {{ file = "{key}" }}
+[[destination]]
+name = "sink"
+adapter = "azure-event-hubs"
+namespace = "simgate-bench"
+hub = "telemetry"
+credential = "event-hubs"
+endpoint = "{sink}"
+server_name = "localhost"
+ca = "{ca}"
+{batch}[destination.pool]
+warm = 8
+max_idle = 256
+{extra}[[group]]
+name = "default"
+routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
+"#,
+            key = key.display(),
+            sink = sink.addr(),
+            ca = self.ca(),
+            batch = batch.map_or(String::new(), |b| format!("batch = {b}\n")),
+            extra = self.pool_extra(),
+        );
+        let name = match batch {
+            Some(_) => "simgate-event-hubs-batch",
+            None => "simgate-event-hubs",
+        };
+        let measured = self.run_simgate(name, &config, &sink)?;
+        let bad = sink.counters().bad_batches.load(Ordering::Relaxed);
+        if bad > 0 {
+            bail!("the sink could not read {bad} batch call(s) (not a JSON array of events)");
+        }
+        Ok(measured)
     }
 
     /// simgate with one MQTT destination in `mode`; `linger` sets `destination.mqtt.linger`.
@@ -862,15 +964,18 @@ impl std::fmt::Display for Comparison {
             .and_then(Measured::cpu_us_per_msg);
         writeln!(
             f,
-            "| path | system | delivered msg/s | vs direct | vs {} | e2e p50 | e2e p99 | e2e p99.9 | proxy CPU µs/msg | × floor | proxy RSS peak | lost / dup / reordered | device errors |",
+            "| path | system | delivered msg/s | vs direct | vs {} | e2e p50 | e2e p99 | e2e p99.9 | proxy CPU µs/msg | × floor | calls/msg | proxy RSS peak | lost / dup / reordered | device errors |",
             self.peer
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(
+            f,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        )?;
         for row in &self.rows {
             match &row.outcome {
                 Err(why) => writeln!(
                     f,
-                    "| {} | {} | {} | | | | | | | | | | |",
+                    "| {} | {} | {} | | | | | | | | | | | |",
                     row.path,
                     row.system,
                     why.lines().next().unwrap_or("").replace('|', "/")
@@ -889,13 +994,16 @@ impl std::fmt::Display for Comparison {
                     let cpu = cpu_us.map_or_else(|| "-".into(), |us| format!("{us:.1}"));
                     let x_floor = times_floor(cpu_us, floor)
                         .map_or_else(|| "-".into(), |x| format!("{x:.2}×"));
+                    let calls = m
+                        .calls_per_msg
+                        .map_or_else(|| "-".into(), |c| format!("{c:.3}"));
                     let rss = match (&m.report.gateway, m.proxy) {
                         (Some(g), true) => format!("{:.1} MiB", g.rss_kib_peak as f64 / 1024.0),
                         _ => "-".into(),
                     };
                     writeln!(
                         f,
-                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                         row.path,
                         row.system,
                         rate,
@@ -906,6 +1014,7 @@ impl std::fmt::Display for Comparison {
                         ms(e2e.p999),
                         cpu,
                         x_floor,
+                        calls,
                         rss,
                         lost,
                         m.report.counts.error_total()
@@ -931,6 +1040,7 @@ impl std::fmt::Display for Comparison {
         if self.rows.iter().any(|r| r.system == FLOOR) {
             writeln!(f, "\n{FLOOR_NOTE}")?;
         }
+        writeln!(f, "\n{CALLS_NOTE}")?;
         if !self.missing.is_empty() {
             writeln!(
                 f,
@@ -993,6 +1103,7 @@ mod tests {
                 steady_cpu_us_per_msg: cpu_us,
                 device_side: system == FLOOR,
                 upstream_connections: None,
+                calls_per_msg: (system != FLOOR).then_some(1.0),
             }),
         }
     }
@@ -1029,9 +1140,12 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {system} line in\n{table}"))
                 .to_owned()
         };
-        assert!(line("simgate").contains("| 30.0 | 3.00× |"), "{table}");
+        assert!(
+            line("simgate").contains("| 30.0 | 3.00× | 1.000 |"),
+            "{table}"
+        );
         assert!(line("nginx").contains("| 35.0 | 3.50× |"), "{table}");
-        assert!(line(FLOOR).contains("| 10.0 | 1.00× |"), "{table}");
+        assert!(line(FLOOR).contains("| 10.0 | 1.00× | - |"), "{table}");
         assert!(line("direct").contains("| - | - |"), "{table}");
         assert!(
             table.contains("counted at the devices"),
@@ -1050,7 +1164,7 @@ mod tests {
             .expect("simgate line");
         assert_eq!(
             simgate,
-            "| simgate | 30.0 / 32.0 / 30.0 | 30.0 | 1.17 / 1.12 / 1.00 | 1.12× | 3.00 / 4.00 / 2.50 | 3.00× |"
+            "| simgate | 30.0 / 32.0 / 30.0 | 30.0 | 1.17 / 1.12 / 1.00 | 1.12× | 3.00 / 4.00 / 2.50 | 3.00× | 1.000 / 1.000 / 1.000 |"
         );
         assert!(
             summary.contains("| floor | 10.0 / 8.0 / 12.0 | 10.0 |")

@@ -117,8 +117,9 @@ enum Command {
         #[arg(long)]
         work_dir: Option<PathBuf>,
         /// Run only these systems (comma-separated, names as in the table, lower case, spaces as
-        /// dashes: direct, floor, simgate, simgate-h2, simgate-aggregate, simgate-aggregate-linger,
-        /// simgate-session, nginx, haproxy, stunnel, mosquitto-bridge). Default: all of the
+        /// dashes: direct, floor, simgate, simgate-h2, simgate-event-hubs,
+        /// simgate-event-hubs-batch, simgate-aggregate, simgate-aggregate-linger, simgate-session,
+        /// nginx, haproxy, stunnel, mosquitto-bridge). Default: all of the
         /// scenario's protocol.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -7,9 +7,14 @@
 //!
 //! - [`Sink`] with [`SinkKind::Http`]: HTTP/1.1 keep-alive server; reads each request (head with
 //!   `httparse`, `Content-Length` body), answers `200` with an empty body (`Connection: close`
-//!   when the request asked for it). With [`SinkOptions::http2`] and TLS it offers `h2` first in
-//!   ALPN and serves clients that select it with the `h2` crate's server: each stream's body is
-//!   read whole and answered `200` with no body.
+//!   when the request asked for it). A request with `Content-Type:
+//!   application/vnd.microsoft.servicebus.json` (an Event Hubs batch send: a JSON array of
+//!   `{"Body", …}` objects) carries many messages: each top-level element's `Body` string is one
+//!   message for the tracker; a body that is not such an array is answered `400` (and its
+//!   messages are not counted). [`SinkCounters::requests`] counts the requests themselves (the
+//!   cloud calls), so calls per message = requests ÷ messages. With [`SinkOptions::http2`] and TLS it offers `h2` first in ALPN and serves clients that
+//!   select it with the `h2` crate's server: each stream's body is read whole, recorded as one
+//!   message (batch bodies are not split over HTTP/2) and answered `200` with no body.
 //! - [`Sink`] with [`SinkKind::Mqtt`]: a minimal MQTT 3.1.1/5.0 server on simgate's own sans-IO
 //!   codec: CONNECT→CONNACK (success, no session), PUBLISH QoS 0; QoS 1→PUBACK; QoS 2→PUBREC,
 //!   PUBREL→PUBCOMP (a QoS 2 packet id awaiting PUBREL is not counted twice), SUBSCRIBE→SUBACK
@@ -136,6 +141,12 @@ pub struct SinkCounters {
     pub handshake_failures: AtomicU64,
     /// Connections closed because of unparseable input.
     pub protocol_errors: AtomicU64,
+    /// HTTP requests read in full (cloud calls; a batch call is one request carrying many
+    /// messages). Not counted for MQTT.
+    pub requests: AtomicU64,
+    /// HTTP batch requests whose body was not a JSON array of objects with a string `Body`
+    /// (answered 400).
+    pub bad_batches: AtomicU64,
     /// Connections served with HTTP/2.
     pub h2_connections: AtomicU64,
 }
@@ -202,7 +213,7 @@ impl Sink {
     }
 
     /// The sink's own counters.
-    pub fn counters(&self) -> &SinkCounters {
+    pub fn counters(&self) -> &Arc<SinkCounters> {
         &self.counters
     }
 }
@@ -272,16 +283,16 @@ async fn accept_loop(
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
                             counters.h2_connections.fetch_add(1, Ordering::Relaxed);
-                            serve_h2(tls, &tracker).await
+                            serve_h2(tls, &tracker, &counters).await
                         }
-                        Ok(Ok(tls)) => serve(tls, kind, &tracker).await,
+                        Ok(Ok(tls)) => serve(tls, kind, &tracker, &counters).await,
                         _ => {
                             counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
                     }
                 }
-                None => serve(stream, kind, &tracker).await,
+                None => serve(stream, kind, &tracker, &counters).await,
             };
             if served == Served::ProtocolError {
                 counters.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -303,9 +314,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     kind: SinkKind,
     tracker: &DeliveryTracker,
+    counters: &SinkCounters,
 ) -> Served {
     match kind {
-        SinkKind::Http => serve_http(stream, tracker).await,
+        SinkKind::Http => serve_http(stream, tracker, counters).await,
         SinkKind::Mqtt => serve_mqtt(stream, tracker).await,
     }
 }
@@ -316,6 +328,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     stream: S,
     tracker: &Arc<DeliveryTracker>,
+    counters: &Arc<SinkCounters>,
 ) -> Served {
     let Ok(mut connection) = h2::server::handshake(stream).await else {
         return Served::ProtocolError;
@@ -325,6 +338,7 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             return Served::Closed;
         };
         let tracker = Arc::clone(tracker);
+        let counters = Arc::clone(counters);
         tokio::spawn(async move {
             let mut body = request.into_body();
             let mut data = BytesMut::new();
@@ -333,6 +347,7 @@ async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 let _ = body.flow_control().release_capacity(chunk.len());
                 data.extend_from_slice(&chunk);
             }
+            counters.requests.fetch_add(1, Ordering::Relaxed);
             tracker.record(&data);
             let mut response = http::Response::new(());
             response
@@ -356,6 +371,28 @@ struct RequestHead {
     head_len: usize,
     body_len: usize,
     close: bool,
+    /// `Content-Type: application/vnd.microsoft.servicebus.json`: an Event Hubs batch.
+    batch: bool,
+}
+
+/// The media type of an Event Hubs batch send (a JSON array of events).
+pub const EVENT_HUBS_BATCH_TYPE: &str = "application/vnd.microsoft.servicebus.json";
+
+/// One element of an Event Hubs batch: only `Body` is read (the other members are skipped).
+#[derive(serde::Deserialize)]
+struct BatchEvent<'a> {
+    #[serde(rename = "Body", borrow)]
+    body: std::borrow::Cow<'a, str>,
+}
+
+/// Hands each event's `Body` of an Event Hubs batch body to `tracker`; the number of events, or
+/// `None` (nothing recorded) when `body` is not a JSON array of objects with a string `Body`.
+fn record_batch(body: &[u8], tracker: &DeliveryTracker) -> Option<usize> {
+    let events: Vec<BatchEvent<'_>> = serde_json::from_slice(body).ok()?;
+    for event in &events {
+        tracker.record(event.body.as_bytes());
+    }
+    Some(events.len())
 }
 
 /// Parses the request head at the start of `buf`: `Ok(None)` when incomplete, `Err(())` when
@@ -370,12 +407,19 @@ fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, ()> {
     };
     let mut body_len = 0usize;
     let mut close = request.version == Some(0);
+    let mut batch = false;
     for h in request.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             body_len = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .ok_or(())?;
+        } else if h.name.eq_ignore_ascii_case("content-type") {
+            // The media type without parameters (`; charset=utf-8`).
+            let media = h.value.split(|&b| b == b';').next().unwrap_or_default();
+            batch = media
+                .trim_ascii()
+                .eq_ignore_ascii_case(EVENT_HUBS_BATCH_TYPE.as_bytes());
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(());
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -391,12 +435,14 @@ fn parse_request_head(buf: &[u8]) -> Result<Option<RequestHead>, ()> {
         head_len,
         body_len,
         close,
+        batch,
     }))
 }
 
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     tracker: &DeliveryTracker,
+    counters: &SinkCounters,
 ) -> Served {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -421,9 +467,21 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
                 return Served::Closed;
             }
         }
-        tracker.record(&buf[head.head_len..total]);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let body = &buf[head.head_len..total];
+        let bad_batch = head.batch && record_batch(body, tracker).is_none();
+        if !head.batch {
+            tracker.record(body);
+        }
         buf.advance(total);
-        let answer: &[u8] = if head.close {
+        let answer: &[u8] = if bad_batch {
+            counters.bad_batches.fetch_add(1, Ordering::Relaxed);
+            if head.close {
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else {
+                b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+            }
+        } else if head.close {
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         } else {
             b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -800,5 +858,55 @@ mod tests {
         let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse_request_head(chunked), Err(()));
         assert_eq!(parse_request_head(b"\x16\x03\x01garbage\r\n\r\n"), Err(()));
+    }
+
+    #[test]
+    fn event_hubs_batches_are_recognised_by_media_type() {
+        let batch = b"POST /h/messages HTTP/1.1\r\ncontent-type: Application/Vnd.Microsoft.ServiceBus.JSON; charset=utf-8\r\nContent-Length: 2\r\n\r\n[]";
+        assert!(
+            parse_request_head(batch)
+                .expect("ok")
+                .expect("complete")
+                .batch
+        );
+        let single = b"POST /h/messages HTTP/1.1\r\ncontent-type: application/octet-stream\r\nContent-Length: 0\r\n\r\n";
+        assert!(
+            !parse_request_head(single)
+                .expect("ok")
+                .expect("complete")
+                .batch
+        );
+    }
+
+    #[test]
+    fn a_batch_feeds_each_body_to_the_tracker() {
+        let tracker = DeliveryTracker::new(None).expect("tracker");
+        let payload = |device: u64, seq: u64| {
+            let mut p = crate::payload::template(64);
+            crate::payload::stamp(
+                &mut p,
+                crate::payload::Stamp {
+                    device,
+                    seq,
+                    sent_unix_ns: crate::payload::now_unix_ns(),
+                },
+            );
+            String::from_utf8(p).expect("ascii")
+        };
+        let body = serde_json::json!([
+            {"Body": payload(1, 0), "BrokerProperties": {"PartitionKey": "k"}, "UserProperties": {"imsi": "1"}},
+            {"Body": payload(2, 0), "UserProperties": {}},
+            {"Body": payload(1, 1)},
+        ])
+        .to_string();
+        assert_eq!(record_batch(body.as_bytes(), &tracker), Some(3));
+        let summary = tracker.summary();
+        assert_eq!((summary.unique, summary.malformed), (3, 0), "{summary:?}");
+        assert_eq!(tracker.snapshot().highest_seq(1), Some(1));
+        // Not an array of events: nothing is recorded.
+        for bad in [&b"{}"[..], b"[{\"body\": \"x\"}]", b"[1]", b"not json"] {
+            assert_eq!(record_batch(bad, &tracker), None, "{bad:?}");
+        }
+        assert_eq!(tracker.summary().unique, 3);
     }
 }

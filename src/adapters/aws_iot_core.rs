@@ -14,9 +14,10 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
-use super::auth::sigv4::{self, AwsKeys, SignableRequest};
-use super::{percent_encode, render, AdapterError, CloudRequest, Context, DeviceMessage};
-use crate::policy::cloud::{AwsIotAuth, AwsIotCoreHttps, CloudCredential};
+use super::{
+    percent_encode, render, sigv4_headers, AdapterError, CloudRequest, Context, DeviceMessage,
+};
+use crate::policy::cloud::{AwsIotAuth, AwsIotCoreHttps};
 
 /// AWS IoT Core's largest message (128 KB).
 pub const MAX_PAYLOAD: usize = 128 * 1024;
@@ -49,43 +50,16 @@ pub fn request(
         headers.push(("content-type".into(), ct.to_owned()));
     }
     if let AwsIotAuth::SigV4 { region, credential } = &settings.auth {
-        let CloudCredential::AwsKeys {
-            access_key_id,
-            secret_access_key,
-            session_token,
-        } = &**credential
-        else {
-            return Err(AdapterError::Unrepresentable(
-                "aws-iot-core SigV4 needs an aws-keys credential".into(),
-            ));
-        };
-        let secret = String::from_utf8_lossy(&secret_access_key.0);
-        let session = session_token
-            .as_ref()
-            .map(|t| String::from_utf8_lossy(&t.0).into_owned());
-        let signed: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(n, v)| (n.as_ref(), v.as_str()))
-            .collect();
-        let added = sigv4::sign(
-            &SignableRequest {
-                method: "POST",
-                host: ctx.host,
-                path_and_query: &path,
-                headers: &signed,
-                body: msg.body,
-            },
-            &AwsKeys {
-                access_key_id,
-                secret_access_key: &secret,
-                session_token: session.as_deref(),
-            },
+        let signed = sigv4_headers(
+            credential,
             region,
             SIGNING_NAME,
-            ctx.now,
-        )
-        .map_err(|e| AdapterError::Unrepresentable(format!("SigV4: {e}")))?;
-        headers.extend(added.into_iter().map(|(n, v)| (Cow::Borrowed(n), v)));
+            &path,
+            &headers,
+            msg.body,
+            ctx,
+        )?;
+        headers.extend(signed);
     }
     Ok(CloudRequest {
         method: "POST",
@@ -101,6 +75,7 @@ mod tests {
 
     use super::*;
     use crate::adapters::test_support::{context, fields, one_sim};
+    use crate::policy::cloud::CloudCredential;
     use crate::policy::template::{Placeholder, SIM_PLACEHOLDERS};
     use crate::policy::{Secret, Template};
 

@@ -18,9 +18,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::auth::sigv4::{self, AwsKeys, SignableRequest};
-use super::{percent_encode, AdapterError, CloudRequest, Context, DeviceMessage};
-use crate::policy::cloud::{AwsLambda, CloudCredential, LambdaInvocation};
+use super::{percent_encode, sigv4_headers, AdapterError, CloudRequest, Context, DeviceMessage};
+use crate::policy::cloud::{AwsLambda, LambdaInvocation};
 
 /// Lambda's largest synchronous payload (6 MB).
 pub const MAX_PAYLOAD_SYNC: usize = 6 * 1024 * 1024;
@@ -83,43 +82,16 @@ pub fn request(
         }
         headers.push(("x-amz-client-context".into(), encoded));
     }
-    let CloudCredential::AwsKeys {
-        access_key_id,
-        secret_access_key,
-        session_token,
-    } = &*settings.credential
-    else {
-        return Err(AdapterError::Unrepresentable(
-            "aws-lambda needs an aws-keys credential".into(),
-        ));
-    };
-    let secret = String::from_utf8_lossy(&secret_access_key.0);
-    let session = session_token
-        .as_ref()
-        .map(|t| String::from_utf8_lossy(&t.0).into_owned());
-    let signed: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(n, v)| (n.as_ref(), v.as_str()))
-        .collect();
-    let added = sigv4::sign(
-        &SignableRequest {
-            method: "POST",
-            host: ctx.host,
-            path_and_query: &path,
-            headers: &signed,
-            body: msg.body,
-        },
-        &AwsKeys {
-            access_key_id,
-            secret_access_key: &secret,
-            session_token: session.as_deref(),
-        },
+    let signed = sigv4_headers(
+        &settings.credential,
         &settings.region,
         "lambda",
-        ctx.now,
-    )
-    .map_err(|e| AdapterError::Unrepresentable(format!("SigV4: {e}")))?;
-    headers.extend(added.into_iter().map(|(n, v)| (Cow::Borrowed(n), v)));
+        &path,
+        &headers,
+        msg.body,
+        ctx,
+    )?;
+    headers.extend(signed);
     Ok(CloudRequest {
         method: "POST",
         path_and_query: path,
@@ -134,6 +106,7 @@ mod tests {
 
     use super::*;
     use crate::adapters::test_support::{context, fields, one_sim};
+    use crate::policy::cloud::CloudCredential;
     use crate::policy::Secret;
 
     fn settings(invocation: LambdaInvocation) -> AwsLambda {

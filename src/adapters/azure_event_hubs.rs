@@ -26,8 +26,8 @@ pub const API_VERSION: &str = "2014-01";
 /// The batch media type.
 pub const BATCH_CONTENT_TYPE: &str = "application/vnd.microsoft.servicebus.json";
 
-/// Event Hubs' largest event / send (Standard tier: 1 MB).
-pub const MAX_PAYLOAD: usize = 1_000_000;
+/// Event Hubs' largest event / send (Standard tier: 1 MB, 1,048,576 bytes).
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
 
 fn path(settings: &AzureEventHubs) -> String {
     let mut path = String::with_capacity(64);
@@ -118,7 +118,8 @@ pub fn batch_item(
     }
     item.insert("UserProperties".into(), Value::Object(user));
     let encoded = Value::Object(item).to_string().into_bytes();
-    if encoded.len() > MAX_PAYLOAD {
+    // Alone in a batch it still needs its two brackets.
+    if encoded.len() + 2 > MAX_PAYLOAD {
         return Err(AdapterError::PayloadTooLarge { limit: MAX_PAYLOAD });
     }
     Ok(encoded)

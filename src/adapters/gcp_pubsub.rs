@@ -138,6 +138,7 @@ pub fn batch_answers(body: &[u8], count: usize) -> Result<Vec<ItemAnswer>, Strin
                 status: 200,
                 content_type: Some("application/json"),
                 body: Bytes::from(Value::Object(m).to_string()),
+                retry_after: None,
             })
         })
         .collect()

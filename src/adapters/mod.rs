@@ -243,6 +243,9 @@ pub struct ItemAnswer {
     pub content_type: Option<&'static str>,
     /// The body.
     pub body: Bytes,
+    /// `Retry-After` (seconds) the cloud gave with a refusal of the batch (429, 503), passed
+    /// on to each device of it.
+    pub retry_after: Option<u32>,
 }
 
 /// Each device's answer from the cloud's answer to a batch call of `count` messages: a 2xx
@@ -263,6 +266,7 @@ pub fn batch_answers(
                 body: Bytes::from(format!(
                     "the cloud refused the batch this message was in ({status})\n"
                 )),
+                retry_after: None,
             };
             count
         ]);
@@ -274,10 +278,66 @@ pub fn batch_answers(
                 status,
                 content_type: None,
                 body: Bytes::new(),
+                retry_after: None,
             };
             count
         ]),
     }
+}
+
+/// SigV4 headers (`authorization`, `x-amz-date`, `x-amz-security-token`) for a POST of `body`
+/// to `path` on `ctx.host`, signed with `credential` (an `aws-keys` one) for `region` and
+/// `service`, over `headers` (which are signed too).
+pub(crate) fn sigv4_headers(
+    credential: &crate::policy::cloud::CloudCredential,
+    region: &str,
+    service: &str,
+    path: &str,
+    headers: &[(Cow<'static, str>, String)],
+    body: &[u8],
+    ctx: &Context<'_>,
+) -> Result<Vec<(Cow<'static, str>, String)>, AdapterError> {
+    use auth::sigv4::{sign, AwsKeys, SignableRequest};
+    let crate::policy::cloud::CloudCredential::AwsKeys {
+        access_key_id,
+        secret_access_key,
+        session_token,
+    } = credential
+    else {
+        return Err(AdapterError::Unrepresentable(
+            "SigV4 needs an aws-keys credential".into(),
+        ));
+    };
+    let secret = String::from_utf8_lossy(&secret_access_key.0);
+    let session = session_token
+        .as_ref()
+        .map(|t| String::from_utf8_lossy(&t.0).into_owned());
+    let signed: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_ref(), v.as_str()))
+        .collect();
+    let added = sign(
+        &SignableRequest {
+            method: "POST",
+            host: ctx.host,
+            path_and_query: path,
+            headers: &signed,
+            body,
+        },
+        &AwsKeys {
+            access_key_id,
+            secret_access_key: &secret,
+            session_token: session.as_deref(),
+        },
+        region,
+        service,
+        ctx.now,
+    )
+    .map_err(|e| AdapterError::Unrepresentable(format!("SigV4: {e}")))?;
+    Ok(added
+        .into_iter()
+        .map(|(n, v)| (Cow::Borrowed(n), v))
+        .collect())
 }
 
 /// Whether `value` may go into a header field as it is (visible ASCII and spaces).

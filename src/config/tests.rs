@@ -1744,6 +1744,7 @@ fn connection_cap_defaults_derive_from_the_open_file_limit() {
 
 // ---------------------------------------------------------------------------------------------
 // SIMs: `[[sim]]`, `gateway.sims_file`, `listener.unknown`.
+mod cloud;
 mod sims;
 
 #[test]

@@ -11,7 +11,9 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 
 use super::radius::RadiusStats;
+use crate::policy::AdapterKind;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
+use crate::stats::CLOUD_STATUSES;
 
 /// Reload counters kept by the control thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,6 +31,19 @@ pub struct DnsCounters {
     pub changes: u64,
     /// Lookups that failed or returned no address (the last good addresses stayed).
     pub failures: u64,
+}
+
+/// Cloud token refreshes of one destination and its current token's expiry, kept by the
+/// control thread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialCounters {
+    /// Refreshes that obtained a token.
+    pub ok: u64,
+    /// Refreshes that failed (the last token stayed in use while valid).
+    pub errors: u64,
+    /// When the current token expires (`None`: no token yet, or the destination left the
+    /// configuration).
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 /// Upper bounds of the latency histogram buckets, in seconds.
@@ -183,6 +198,40 @@ pub fn render(
         let name = format!("simgate_{}_errors_total", protocol.label());
         counter(w, &name, help, &kind_refs);
     }
+    // Cloud adapters' calls: the clouds' answers by adapter and status bucket, and batching.
+    let mut cloud: Vec<(String, u64)> = Vec::new();
+    for (index, kind) in AdapterKind::ALL.iter().enumerate() {
+        if matches!(kind, AdapterKind::GenericHttps | AdapterKind::Mqtts) {
+            continue;
+        }
+        let row = m.cloud_responses.get(index);
+        for (bucket, status) in CLOUD_STATUSES.iter().enumerate() {
+            cloud.push((
+                format!("adapter=\"{}\",status=\"{status}\"", kind.config_name()),
+                row.map_or(0, |r| r[bucket]),
+            ));
+        }
+    }
+    let cloud_refs: Vec<(&str, u64)> = cloud.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_cloud_responses_total",
+        "Answers of the clouds to the cloud adapters' calls, by adapter and status (2xx, the \
+         statuses with a meaning of their own, then 4xx and 5xx for the rest)",
+        &cloud_refs,
+    );
+    counter(
+        w,
+        "simgate_cloud_batches_total",
+        "Batched cloud calls made (gcp-pubsub, azure-event-hubs with batch)",
+        &[("", m.cloud_batches)],
+    );
+    counter(
+        w,
+        "simgate_cloud_batched_messages_total",
+        "Device messages carried by batched cloud calls",
+        &[("", m.cloud_batched_messages)],
+    );
     counter(
         w,
         "simgate_http_trailer_fields_dropped_total",
@@ -464,6 +513,42 @@ pub fn render(
     out
 }
 
+/// Append the cloud token families (one series per token-carrying destination, so bounded by
+/// the configuration): refreshes by result, and seconds until each current token expires at
+/// `now` (0 when there is none or it has expired).
+pub fn render_credentials(
+    w: &mut String,
+    credentials: &BTreeMap<String, CredentialCounters>,
+    now: std::time::SystemTime,
+) {
+    // Destination names are [a-z0-9_-]: nothing to escape in the label value.
+    let mut refreshes: Vec<(String, u64)> = Vec::with_capacity(credentials.len() * 2);
+    let mut expiry: Vec<(String, u64)> = Vec::with_capacity(credentials.len());
+    for (name, c) in credentials {
+        refreshes.push((format!("destination=\"{name}\",result=\"ok\""), c.ok));
+        refreshes.push((format!("destination=\"{name}\",result=\"error\""), c.errors));
+        let left = c
+            .expires_at
+            .and_then(|t| t.duration_since(now).ok())
+            .map_or(0, |d| d.as_secs());
+        expiry.push((format!("destination=\"{name}\""), left));
+    }
+    let refresh_refs: Vec<(&str, u64)> = refreshes.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    let expiry_refs: Vec<(&str, u64)> = expiry.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_credential_refresh_total",
+        "Cloud token mints and renewals by the control thread, by destination and result",
+        &refresh_refs,
+    );
+    gauge(
+        w,
+        "simgate_credential_token_expiry_seconds",
+        "Seconds until the destination's current cloud token expires (0: no valid token)",
+        &expiry_refs,
+    );
+}
+
 fn header(w: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(w, "# HELP {name} {help}");
     let _ = writeln!(w, "# TYPE {name} {kind}");
@@ -556,5 +641,77 @@ mod tests {
         assert!(text.contains("simgate_shards 2\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"broker\"} 2\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"upstream_down\"} 5\n"));
+    }
+
+    #[test]
+    fn credential_families_have_one_series_per_destination() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut credentials = BTreeMap::new();
+        credentials.insert(
+            "eh".to_owned(),
+            CredentialCounters {
+                ok: 3,
+                errors: 1,
+                expires_at: Some(now + Duration::from_millis(2_500_700)),
+            },
+        );
+        credentials.insert(
+            "ps".to_owned(),
+            CredentialCounters {
+                ok: 0,
+                errors: 2,
+                expires_at: Some(now - Duration::from_secs(1)),
+            },
+        );
+        credentials.insert("new".to_owned(), CredentialCounters::default());
+        let mut text = String::new();
+        render_credentials(&mut text, &credentials, now);
+        for line in [
+            "# TYPE simgate_credential_refresh_total counter\n",
+            "simgate_credential_refresh_total{destination=\"eh\",result=\"ok\"} 3\n",
+            "simgate_credential_refresh_total{destination=\"eh\",result=\"error\"} 1\n",
+            "simgate_credential_refresh_total{destination=\"ps\",result=\"error\"} 2\n",
+            "# TYPE simgate_credential_token_expiry_seconds gauge\n",
+            "simgate_credential_token_expiry_seconds{destination=\"eh\"} 2500\n",
+            "simgate_credential_token_expiry_seconds{destination=\"ps\"} 0\n",
+            "simgate_credential_token_expiry_seconds{destination=\"new\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn cloud_responses_are_exported_by_adapter_and_status() {
+        let mut m = ShardMetrics::default();
+        let pubsub = AdapterKind::ALL
+            .iter()
+            .position(|k| *k == AdapterKind::GcpPubsub)
+            .expect("pubsub");
+        m.cloud_response(pubsub, 200);
+        m.cloud_response(pubsub, 429);
+        m.cloud_response(pubsub, 503);
+        m.cloud_batches = 2;
+        m.cloud_batched_messages = 7;
+        let text = render(
+            &m,
+            &["http"],
+            &PlanGenerations::default(),
+            ReloadCounters::default(),
+            &BTreeMap::new(),
+            None,
+        );
+        for line in [
+            "simgate_cloud_responses_total{adapter=\"gcp-pubsub\",status=\"2xx\"} 1\n",
+            "simgate_cloud_responses_total{adapter=\"gcp-pubsub\",status=\"429\"} 1\n",
+            "simgate_cloud_responses_total{adapter=\"gcp-pubsub\",status=\"5xx\"} 1\n",
+            "simgate_cloud_responses_total{adapter=\"aws-iot-core\",status=\"401\"} 0\n",
+            "simgate_cloud_batches_total 2\n",
+            "simgate_cloud_batched_messages_total 7\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?}");
+        }
+        assert!(!text.contains("adapter=\"https\""));
+        assert!(!text.contains("adapter=\"mqtts\""));
     }
 }

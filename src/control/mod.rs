@@ -8,7 +8,9 @@
 //! responsive.
 //!
 //! It also runs the periodic re-resolution of destination DNS names ([`resolve`]): lookups on
-//! the blocking pool, changed addresses handed to shards with [`Control::apply_addrs`].
+//! the blocking pool, changed addresses handed to shards with [`Control::apply_addrs`], and the
+//! minting and renewal of the destinations' cloud tokens ([`tokens`]), handed to shards with
+//! [`Control::apply_tokens`].
 //!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback`).
@@ -16,12 +18,14 @@
 pub mod metrics;
 pub mod radius;
 pub mod resolve;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -32,7 +36,7 @@ use parking_lot::Mutex;
 use crate::config;
 use crate::policy::{DestinationId, Plan};
 use crate::shard::{Gateway, GatewayError};
-pub use metrics::{DnsCounters, ReloadCounters};
+pub use metrics::{CredentialCounters, DnsCounters, ReloadCounters};
 
 /// Why `simgate run` stopped with an error.
 #[derive(Debug)]
@@ -71,6 +75,9 @@ pub struct Control {
     /// Re-resolution counters by destination name; kept across reloads (counters never go
     /// back).
     dns: Mutex<BTreeMap<String, DnsCounters>>,
+    /// Token refresh counters and current token expiry by destination name; counters kept
+    /// across reloads.
+    credentials: Mutex<BTreeMap<String, CredentialCounters>>,
     /// What the RADIUS accounting listener did (shared with its task).
     radius: Arc<Mutex<radius::RadiusStats>>,
 }
@@ -86,6 +93,7 @@ impl Control {
             reloads: Mutex::new(ReloadCounters::default()),
             plan_tx,
             dns: Mutex::new(BTreeMap::new()),
+            credentials: Mutex::new(BTreeMap::new()),
             radius: Arc::new(Mutex::new(radius::RadiusStats::default())),
         })
     }
@@ -112,6 +120,37 @@ impl Control {
             c.changes += 1;
         } else {
             c.failures += 1;
+        }
+    }
+
+    /// Record the token-carrying destinations of the served plan and their tokens' expiries
+    /// (`None`: no token yet). Destinations no longer listed keep their counters but lose their
+    /// expiry (their gauge reads 0).
+    pub fn record_credentials<'a>(
+        &self,
+        current: impl Iterator<Item = (&'a str, Option<SystemTime>)>,
+    ) {
+        let mut credentials = self.credentials.lock();
+        let mut seen = Vec::new();
+        for (name, expires_at) in current {
+            credentials.entry(name.to_owned()).or_default().expires_at = expires_at;
+            seen.push(name);
+        }
+        for (name, c) in credentials.iter_mut() {
+            if !seen.contains(&name.as_str()) {
+                c.expires_at = None;
+            }
+        }
+    }
+
+    /// Count a token refresh of destination `name`: `ok` (a token was obtained) or an error.
+    pub fn count_credential(&self, name: &str, ok: bool) {
+        let mut credentials = self.credentials.lock();
+        let c = credentials.entry(name.to_owned()).or_default();
+        if ok {
+            c.ok += 1;
+        } else {
+            c.errors += 1;
         }
     }
 
@@ -162,14 +201,17 @@ impl Control {
                     served: g.served_generations(),
                 };
                 let radius = self.radius.lock().clone();
-                metrics::render(
+                let mut text = metrics::render(
                     &shards,
                     &listeners,
                     &plans,
                     *self.reloads.lock(),
                     &dns,
                     plan.radius.as_ref().map(|_| &radius),
-                )
+                );
+                let credentials = self.credentials.lock().clone();
+                metrics::render_credentials(&mut text, &credentials, SystemTime::now());
+                text
             }
             None => String::new(),
         }
@@ -205,6 +247,7 @@ impl Control {
             .as_deref()
             .ok_or_else(|| "reload needs a config file (simgate run --config FILE)".to_string())?;
         let plan = config::load_plan(path).map_err(|e| e.to_string())?;
+        log_plan_warnings(&plan);
         let mut guard = self.gateway.lock();
         let gateway = guard
             .as_mut()
@@ -246,6 +289,13 @@ impl Control {
     }
 }
 
+/// Log each of the plan's warnings (`path: message`, e.g. an inline secret) at warn.
+fn log_plan_warnings(plan: &Plan) {
+    for warning in &plan.warnings {
+        tracing::warn!("configuration: {warning}");
+    }
+}
+
 /// `simgate run`: load the config, start shards, announce listeners on stdout, then serve the
 /// admin endpoint and signals until SIGINT/SIGTERM.
 pub fn run(config_path: &Path) -> Result<(), RunError> {
@@ -262,6 +312,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file soft limit"),
     }
     let plan = config::load_plan(config_path).map_err(RunError::Config)?;
+    log_plan_warnings(&plan);
     tracing::info!(
         max_connections = plan.gateway.max_connections,
         reserved_fds = plan.gateway.reserved_fds,
@@ -293,6 +344,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
             control.clone(),
             Arc::new(resolve::SystemResolver),
         ));
+        tokio::spawn(tokens::run(control.clone()));
         if let Some(settings) = radius_settings {
             let socket = radius::bind(settings.bind).map_err(RunError::Control)?;
             let bound = socket.local_addr().map_err(RunError::Control)?;

@@ -19,16 +19,18 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
+use super::http2_exchange::{self, H2Failure};
 use super::ShardState;
 use crate::adapters::{self, ItemAnswer};
 use crate::policy::{AdapterKind, DestinationPlan, Plan};
 use crate::proto::http1::{self, BodyChunk, BodyDecoder};
 use crate::reactor::{self, Signal};
 use crate::stats::ErrorKind;
+use crate::upstream::driver::HttpConn;
 use crate::upstream::UpstreamConn;
 
 /// Largest cloud answer to a batch call read (Pub/Sub's ids for 1,000 messages are ~30 KB).
@@ -48,7 +50,8 @@ pub struct BatchError {
 /// One waiting device's place in a batch.
 #[derive(Default)]
 struct Slot {
-    result: RefCell<Option<Result<ItemAnswer, BatchError>>>,
+    /// The answer and how long the cloud call took (from sending to the whole answer).
+    result: RefCell<Option<Result<(ItemAnswer, Duration), BatchError>>>,
     done: Signal,
 }
 
@@ -77,7 +80,7 @@ impl Batcher {
         generation: u64,
         dest: &DestinationPlan,
         item: Vec<u8>,
-    ) -> Result<ItemAnswer, BatchError> {
+    ) -> Result<(ItemAnswer, Duration), BatchError> {
         let Some(settings) = dest.adapter.batch() else {
             return Err(BatchError {
                 status: 500,
@@ -90,8 +93,10 @@ impl Batcher {
         let (flush_now, arm_timer) = {
             let mut queues = self.queues.borrow_mut();
             let queue = queues.entry(key).or_default();
-            // An item that would overflow the byte bound goes into the next batch.
-            if !queue.items.is_empty() && queue.bytes + item.len() + 1 > settings.max_bytes {
+            // An item that would overflow the byte bound goes into the next batch. `bytes`
+            // counts each item and its separator; the call adds at most two bytes around them
+            // (`[`…`]`), so a batch's body stays within `max_bytes`.
+            if !queue.items.is_empty() && queue.bytes + item.len() + 1 + 2 > settings.max_bytes {
                 let seq = queue.seq;
                 drop(queues);
                 self.flush(state, key, seq);
@@ -102,7 +107,7 @@ impl Batcher {
             queue.items.push(item);
             queue.slots.push(slot.clone());
             let full = queue.items.len() >= settings.max_messages
-                || queue.bytes >= settings.max_bytes
+                || queue.bytes + 2 >= settings.max_bytes
                 || settings.linger.is_zero();
             (
                 full.then_some(queue.seq),
@@ -163,9 +168,9 @@ impl Batcher {
                 })
             };
             match results {
-                Ok(answers) => {
+                Ok((answers, cloud_time)) => {
                     for (slot, answer) in slots.iter().zip(answers) {
-                        *slot.result.borrow_mut() = Some(Ok(answer));
+                        *slot.result.borrow_mut() = Some(Ok((answer, cloud_time)));
                         slot.done.notify();
                     }
                 }
@@ -188,7 +193,7 @@ async fn send_batch(
     generation: u64,
     dest_index: u16,
     items: &[Vec<u8>],
-) -> Result<Vec<ItemAnswer>, BatchError> {
+) -> Result<(Vec<ItemAnswer>, Duration), BatchError> {
     let dest = plan.destination(crate::policy::DestinationId(dest_index));
     let token = state.token(dest.id);
     let ctx = adapters::Context {
@@ -230,20 +235,6 @@ async fn send_batch(
     let mut head = BytesMut::new();
     request.write_head(&dest.host_header, &mut head);
     let parts: [&[u8]; 2] = [&head, &request.body];
-    let conn = state
-        .upstreams
-        .checkout_http(generation, dest)
-        .await
-        .map_err(|e| BatchError {
-            status: if e.is_local() { 503 } else { 502 },
-            reason: e.to_string(),
-            kind: match e {
-                crate::upstream::UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
-                crate::upstream::UpstreamError::BackingOff { .. } => ErrorKind::UpstreamBackoff,
-                crate::upstream::UpstreamError::LocalResources(_) => ErrorKind::LocalResources,
-                _ => ErrorKind::UpstreamConnect,
-            },
-        })?;
     let deadline = Instant::now() + dest.pool.response_timeout;
     let timeout = || BatchError {
         status: 504,
@@ -255,32 +246,71 @@ async fn send_batch(
         reason: "the cloud closed the connection before answering the batch".into(),
         kind: ErrorKind::UpstreamClosed,
     };
-    let mut conn = match conn {
-        crate::upstream::driver::HttpConn::Http1(conn) => conn,
-        crate::upstream::driver::HttpConn::Http2(handle) => {
-            // One stream on the shared HTTP/2 connection; never retried (a batch is a POST).
-            use super::http2_exchange::{self, H2Failure};
-            let (request, body) =
-                http2_exchange::request_from_http1(&parts).map_err(|_| closed())?;
-            let response = http2_exchange::round_trip(&handle, request, body, deadline)
-                .await
-                .map_err(|e| match e {
-                    H2Failure::Timeout => timeout(),
-                    _ => closed(),
-                })?;
-            let (head, mut body) = response.into_parts();
-            let status = head.status.as_u16();
-            let body = http2_exchange::read_body(&mut body, MAX_ANSWER_BYTES, deadline)
-                .await
-                .ok_or_else(closed)?;
-            return answer(state, dest, status, &body, items.len());
+    // As for single requests: a batch is sent again on a fresh connection only when writing
+    // it to a pooled connection failed (the cloud had closed it: nothing was processed), or
+    // when an HTTP/2 server refused its stream unprocessed.
+    let mut retried = false;
+    let mut conn = loop {
+        let conn = if retried {
+            state.upstreams.connect_new_http(generation, dest).await
+        } else {
+            state.upstreams.checkout_http(generation, dest).await
+        };
+        let conn = conn.map_err(|e| BatchError {
+            status: if e.is_local() { 503 } else { 502 },
+            reason: e.to_string(),
+            kind: match e {
+                crate::upstream::UpstreamError::Tls(_) => ErrorKind::UpstreamTls,
+                crate::upstream::UpstreamError::BackingOff { .. } => ErrorKind::UpstreamBackoff,
+                crate::upstream::UpstreamError::LocalResources(_) => ErrorKind::LocalResources,
+                _ => ErrorKind::UpstreamConnect,
+            },
+        })?;
+        let mut conn = match conn {
+            HttpConn::Http1(conn) => conn,
+            HttpConn::Http2(handle) => {
+                // One stream on the shared HTTP/2 connection.
+                let sent_at = Instant::now();
+                let (request, body) =
+                    http2_exchange::request_from_http1(&parts).map_err(|_| closed())?;
+                match http2_exchange::round_trip(&handle, request, body, deadline).await {
+                    Ok(response) => {
+                        let (head, mut body) = response.into_parts();
+                        let retry_after = head
+                            .headers
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u32>().ok());
+                        let body = http2_exchange::read_body(&mut body, MAX_ANSWER_BYTES, deadline)
+                            .await
+                            .ok_or_else(closed)?;
+                        let status = head.status.as_u16();
+                        let answers =
+                            batch_answers(state, dest, status, retry_after, &body, items.len())?;
+                        return Ok((answers, sent_at.elapsed()));
+                    }
+                    Err(H2Failure::Refused(_)) if !retried => {
+                        retried = true;
+                        state.metrics.borrow_mut().upstream_retries += 1;
+                        continue;
+                    }
+                    Err(H2Failure::Timeout) => return Err(timeout()),
+                    Err(_) => return Err(closed()),
+                }
+            }
+        };
+        match reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await {
+            Ok(Ok(())) => break conn,
+            Ok(Err(_)) if conn.reused && !retried => {
+                retried = true;
+                state.metrics.borrow_mut().upstream_retries += 1;
+            }
+            Ok(Err(_)) => return Err(closed()),
+            Err(_) => return Err(timeout()),
         }
     };
-    match reactor::timeout_at(deadline, conn.stream.write_all(&parts)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => return Err(closed()),
-        Err(_) => return Err(timeout()),
-    }
+    // The cloud's share of each device's wait: from the batch written to its whole answer.
+    let sent_at = Instant::now();
     let head = super::http_forward::read_response_head_for_batch(&mut conn, deadline)
         .await
         .map_err(|status| if status == 504 { timeout() } else { closed() })?;
@@ -290,14 +320,24 @@ async fn send_batch(
     if head.keep_alive && conn.stream.plaintext().is_empty() {
         state.upstreams.check_in(conn);
     }
-    answer(state, dest, head.status, &body, items.len())
+    let retry_after = head
+        .headers
+        .iter()
+        .find(|h| h.is("retry-after"))
+        .and_then(|h| std::str::from_utf8(&h.value).ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    let answers = batch_answers(state, dest, head.status, retry_after, &body, items.len())?;
+    Ok((answers, sent_at.elapsed()))
 }
 
-/// Count the cloud's answer to a batch and split it into the items' answers.
-fn answer(
+/// Count the cloud's answer to a batch and split it into the items' answers. A refusal's
+/// `Retry-After` (429, 503) is every device's, as it is a single device's when the cloud's
+/// answer is relayed.
+fn batch_answers(
     state: &ShardState,
     dest: &DestinationPlan,
     status: u16,
+    retry_after: Option<u32>,
     body: &[u8],
     items: usize,
 ) -> Result<Vec<ItemAnswer>, BatchError> {
@@ -307,11 +347,18 @@ fn answer(
         .position(|k| *k == adapter)
         .unwrap_or(0);
     state.metrics.borrow_mut().cloud_response(index, status);
-    adapters::batch_answers(&dest.adapter, status, body, items).map_err(|why| BatchError {
-        status: 502,
-        reason: format!("the cloud's answer to the batch: {why}"),
-        kind: ErrorKind::UpstreamProtocol,
-    })
+    let mut answers =
+        adapters::batch_answers(&dest.adapter, status, body, items).map_err(|why| BatchError {
+            status: 502,
+            reason: format!("the cloud's answer to the batch: {why}"),
+            kind: ErrorKind::UpstreamProtocol,
+        })?;
+    if !(200..300).contains(&status) {
+        for answer in &mut answers {
+            answer.retry_after = retry_after;
+        }
+    }
+    Ok(answers)
 }
 
 /// The whole response body (de-chunked), at most [`MAX_ANSWER_BYTES`].

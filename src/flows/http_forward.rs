@@ -430,7 +430,7 @@ impl DeviceConn {
             503,
             Some("text/plain; charset=utf-8"),
             b"cloud credential not available yet, retry later\n",
-            Some(CREDENTIAL_RETRY_AFTER_S),
+            &[("Retry-After", CREDENTIAL_RETRY_AFTER_S)],
             keep_alive,
         );
         let len = out.len() as u64;
@@ -613,6 +613,29 @@ impl DeviceConn {
         keep_device: bool,
         received_at: Instant,
     ) -> Result<Relayed, ForwardError> {
+        if !matches!(request.head.method.as_ref(), b"POST" | b"PUT") {
+            // A cloud call carries a message: there is nothing to GET or DELETE.
+            self.state
+                .metrics
+                .borrow_mut()
+                .error(Protocol::Http, ErrorKind::AdapterRejected);
+            let mut out = BytesMut::new();
+            http1::write_answer(
+                &mut out,
+                405,
+                Some("text/plain; charset=utf-8"),
+                b"cloud destinations take POST or PUT\n",
+                &[("Allow", "POST, PUT")],
+                keep_device,
+            );
+            if self.send_device(vec![out.freeze()]).await.is_err() {
+                return Ok(Relayed::Aborted);
+            }
+            return Ok(Relayed::Done {
+                keep_device,
+                status: 405,
+            });
+        }
         let identity = self.identity.filter(|i| i.is_current(generation));
         let sim = identity.and_then(|i| i.sim(plan));
         let group = identity.and_then(|i| plan.groups.get(usize::from(i.group().0)));
@@ -657,7 +680,7 @@ impl DeviceConn {
                 Some(Err(e)) => return Err(adapter_error(&dest.name, &e)),
                 None => Vec::new(),
             };
-            let answer = self
+            let (answer, cloud_time) = self
                 .state
                 .batcher
                 .submit(&self.state, generation, dest, item)
@@ -668,7 +691,7 @@ impl DeviceConn {
                     kind: e.kind,
                 })?;
             return Ok(self
-                .send_batch_answer(answer, keep_device, received_at)
+                .send_batch_answer(answer, cloud_time, keep_device, received_at)
                 .await);
         }
         let cloud = match crate::adapters::request(&dest.adapter, &msg, &ctx) {
@@ -705,27 +728,38 @@ impl DeviceConn {
     async fn send_batch_answer(
         &mut self,
         answer: crate::adapters::ItemAnswer,
+        cloud_time: std::time::Duration,
         keep_device: bool,
         received_at: Instant,
     ) -> Relayed {
         let keep_device = keep_device && !self.state.draining();
+        let retry_after = answer.retry_after.map(|s| s.to_string());
+        let extra: Vec<(&str, &str)> = retry_after
+            .iter()
+            .map(|v| ("Retry-After", v.as_str()))
+            .collect();
         let mut out = BytesMut::new();
         http1::write_answer(
             &mut out,
             answer.status,
             answer.content_type,
             &answer.body,
-            None,
+            &extra,
             keep_device,
         );
         let len = out.len() as u64;
         if self.send_device(vec![out.freeze()]).await.is_err() {
             return Relayed::Aborted;
         }
-        let total = received_at.elapsed().as_micros() as u64;
+        // Added by simgate: everything but the cloud's answer time (the batch's linger is
+        // simgate's, and counted).
+        let total = received_at.elapsed();
         let mut m = self.state.metrics.borrow_mut();
         m.device_bytes_out += len;
-        m.record_latency(total, total);
+        m.record_latency(
+            total.as_micros() as u64,
+            total.saturating_sub(cloud_time).as_micros() as u64,
+        );
         Relayed::Done {
             keep_device,
             status: answer.status,
@@ -1190,7 +1224,7 @@ fn upstream_error(destination: &str, e: &UpstreamError) -> ForwardError {
 
 /// `Retry-After` (seconds) of the 503 a device gets while its destination has no valid cloud
 /// token: the control thread retries minting within a few seconds.
-const CREDENTIAL_RETRY_AFTER_S: u32 = 5;
+const CREDENTIAL_RETRY_AFTER_S: &str = "5";
 
 /// A cloud adapter's refusal as the device's answer. A refusal of the device's own message
 /// (400, 413) is told as it is (no destination detail in it); the others name the destination

@@ -495,8 +495,13 @@ impl Compiler<'_> {
                         )
                         .map(Some),
                 };
-                // Event Hubs (Standard tier) takes at most 1 MB per send.
-                let batch = self.batch(p, raw.batch.as_ref(), 1_000_000, 10_000);
+                // Event Hubs (Standard tier) takes at most 1 MB (1,048,576 bytes) per send.
+                let batch = self.batch(
+                    p,
+                    raw.batch.as_ref(),
+                    crate::adapters::azure_event_hubs::MAX_PAYLOAD,
+                    10_000,
+                );
                 let Some(c) = credential else {
                     self.require_credential(p, kind, "\"azure-sas\" with key_name (a policy key)");
                     return None;
@@ -539,8 +544,14 @@ impl Compiler<'_> {
                         .cloud_template(format!("{p}.ordering_key"), text, SIM_PLACEHOLDERS)
                         .map(Some),
                 };
-                // Pub/Sub: 1,000 messages and 10 MB per publish request.
-                let batch = self.batch(p, raw.batch.as_ref(), 10_000_000, 1000);
+                // Pub/Sub: 1,000 messages and 10 MB per publish request, of which the
+                // `{"messages":[…]}` around the messages takes 15 bytes.
+                let batch = self.batch(
+                    p,
+                    raw.batch.as_ref(),
+                    crate::adapters::gcp_pubsub::MAX_REQUEST - 16,
+                    1000,
+                );
                 let Some(c) = credential else {
                     self.require_credential(p, kind, "\"gcp-service-account\"");
                     return None;

@@ -80,6 +80,13 @@ impl Compiler<'_> {
             },
             (None, None) => None,
         };
+        // The cloud's public host, when the adapter derives one: with `endpoint` overridden
+        // (a private endpoint, a test sink) it stays the default Host and TLS server name, as
+        // the service routes and certifies by it.
+        let public_host: Option<String> = adapter
+            .filter(|_| raw.endpoint.is_some())
+            .and_then(|kind| super::adapters::derived_endpoint(kind, raw).ok())
+            .and_then(|text| text.strip_suffix(":443").map(str::to_owned));
         let endpoint = match endpoint_text.as_deref().map(parse_endpoint) {
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
@@ -121,6 +128,9 @@ impl Compiler<'_> {
                     None
                 }
             },
+            (None, _) if public_host.is_some() => public_host
+                .clone()
+                .and_then(|host| ServerName::try_from(host).ok()),
             (None, Some(e)) => match &e.host {
                 EndpointHost::Ip(ip) => Some(ServerName::IpAddress((*ip).into())),
                 // `parse_endpoint` accepted it as a DNS name, so this conversion succeeds.
@@ -230,6 +240,7 @@ impl Compiler<'_> {
                 );
                 None
             }
+            (None, _) if public_host.is_some() => public_host.clone(),
             (None, Some(e)) if e.port == 443 => Some(e.host_as_written.clone()),
             (None, Some(_)) => endpoint_text.clone(),
             (None, None) => None,

@@ -1,0 +1,343 @@
+//! The cloud adapters' keys and the cloud credential kinds: what each compiles to, the
+//! endpoints derived from the keys, and every refused combination at its path.
+
+use super::{assert_single, Fixture};
+use crate::policy::cloud::{AwsIotAuth, LambdaInvocation, ThingsCloudKind, TokenSpec};
+use crate::policy::{Adapter, AdapterKind};
+
+const SERVICE_ACCOUNT: &str =
+    include_str!("../../adapters/auth/testdata/google/test-service-account.json");
+
+/// A listener, the credentials of every kind, and `destination` routed from `/`.
+fn config(destination: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "0.0.0.0:8080"
+
+[[credential]]
+name = "aws"
+kind = "aws-keys"
+access_key_id = "AKIDEXAMPLE"
+secret_access_key = {{ file = "secrets/broker.pass" }}
+
+[[credential]]
+name = "hub-policy"
+kind = "azure-sas"
+key_name = "iothubowner"
+key = {{ file = "secrets/broker.pass" }}
+
+[[credential]]
+name = "hub-device"
+kind = "azure-sas"
+key = {{ file = "secrets/broker.pass" }}
+
+[[credential]]
+name = "gcp"
+kind = "gcp-service-account"
+file = "sa.json"
+
+[[credential]]
+name = "c8y"
+kind = "basic"
+username = "gw"
+password = {{ file = "secrets/broker.pass" }}
+
+[[credential]]
+name = "client-cert"
+kind = "x509"
+cert = "certs/client.crt"
+key = "certs/client.key"
+
+[[destination]]
+name = "cloud"
+{destination}
+
+[[group]]
+name = "default"
+routes = [ {{ listener = "http", path = "/", destination = "cloud" }} ]
+"#
+    )
+}
+
+fn fixture() -> Fixture {
+    let mut fx = Fixture::new();
+    std::fs::write(fx.path().join("sa.json"), SERVICE_ACCOUNT).unwrap();
+    for host in [
+        "myhub.azure-devices.net",
+        "ns.servicebus.windows.net",
+        "pubsub.googleapis.com",
+        "lambda.eu-west-1.amazonaws.com",
+    ] {
+        fx.env
+            .hosts
+            .insert(host.to_owned(), vec!["127.0.0.1:0".parse().unwrap()]);
+    }
+    fx
+}
+
+#[test]
+fn each_cloud_adapter_compiles_with_its_derived_endpoint() {
+    let fx = fixture();
+    let cases = [
+        (
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"",
+            AdapterKind::AzureIotHub,
+            "myhub.azure-devices.net:443",
+        ),
+        (
+            "adapter = \"azure-event-hubs\"\nnamespace = \"ns\"\nhub = \"telemetry\"\ncredential = \"hub-policy\"",
+            AdapterKind::AzureEventHubs,
+            "ns.servicebus.windows.net:443",
+        ),
+        (
+            "adapter = \"gcp-pubsub\"\nproject = \"p\"\ntopic = \"t\"\ncredential = \"gcp\"",
+            AdapterKind::GcpPubsub,
+            "pubsub.googleapis.com:443",
+        ),
+        (
+            "adapter = \"aws-lambda\"\nregion = \"eu-west-1\"\nfunction = \"ingest\"\ncredential = \"aws\"",
+            AdapterKind::AwsLambda,
+            "lambda.eu-west-1.amazonaws.com:443",
+        ),
+        (
+            "adapter = \"aws-iot-core\"\nendpoint = \"sink.test:8443\"\ncredential = \"client-cert\"",
+            AdapterKind::AwsIotCore,
+            "sink.test:8443",
+        ),
+        (
+            "adapter = \"things-cloud\"\nendpoint = \"sink.test:443\"\ntenant = \"t1\"\ncredential = \"c8y\"",
+            AdapterKind::ThingsCloud,
+            "sink.test:443",
+        ),
+    ];
+    for (destination, kind, endpoint) in cases {
+        let plan = fx
+            .compile(&config(destination))
+            .unwrap_or_else(|e| panic!("{destination}:\n{e}"));
+        let d = &plan.destinations[0];
+        assert_eq!(d.adapter.kind(), kind);
+        assert_eq!(d.endpoint, endpoint);
+        // Host: the endpoint without :443.
+        assert_eq!(d.host_header, endpoint.trim_end_matches(":443"));
+    }
+}
+
+#[test]
+fn an_overridden_endpoint_keeps_the_clouds_host_and_server_name() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\nendpoint = \"sink.test:8443\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.endpoint, "sink.test:8443");
+    assert_eq!(d.host_header, "myhub.azure-devices.net");
+    assert_eq!(
+        d.server_name,
+        rustls::pki_types::ServerName::try_from("myhub.azure-devices.net").unwrap()
+    );
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\nendpoint = \"sink.test:8443\"\nhost_header = \"h.example\"\nserver_name = \"sink.test\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.destinations[0].host_header, "h.example");
+}
+
+#[test]
+fn token_recipes_follow_each_service() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\ntoken_ttl = \"10m\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.destinations[0].token {
+        Some(TokenSpec::Sas {
+            resource_uri,
+            key_is_base64,
+            key_name,
+            ttl,
+            ..
+        }) => {
+            assert_eq!(
+                resource_uri, "myhub.azure-devices.net",
+                "a policy key signs for the hub"
+            );
+            assert!(key_is_base64);
+            assert_eq!(key_name.as_deref(), Some("iothubowner"));
+            assert_eq!(ttl.as_secs(), 600);
+        }
+        other => panic!("{other:?}"),
+    }
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ndevice_id = \"meter-7\"\ncredential = \"hub-device\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.destinations[0].token {
+        Some(TokenSpec::Sas {
+            resource_uri,
+            key_name,
+            ..
+        }) => {
+            assert_eq!(resource_uri, "myhub.azure-devices.net/devices/meter-7");
+            assert_eq!(key_name, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let plan = fx
+        .compile(&config(
+            "adapter = \"azure-event-hubs\"\nnamespace = \"ns\"\nhub = \"telemetry\"\ncredential = \"hub-policy\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.destinations[0].token {
+        Some(TokenSpec::Sas {
+            resource_uri,
+            key_is_base64,
+            ..
+        }) => {
+            assert_eq!(resource_uri, "https://ns.servicebus.windows.net/telemetry");
+            assert!(!key_is_base64, "Event Hubs keys are used as their text");
+        }
+        other => panic!("{other:?}"),
+    }
+    let plan = fx
+        .compile(&config(
+            "adapter = \"gcp-pubsub\"\nproject = \"p\"\ntopic = \"t\"\ncredential = \"gcp\"\ntoken_uri = \"https://sink.test/token\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.destinations[0].token {
+        Some(TokenSpec::GoogleOauth2 {
+            token_uri, scope, ..
+        }) => {
+            assert_eq!(token_uri, "https://sink.test/token");
+            assert_eq!(scope, "https://www.googleapis.com/auth/pubsub");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn adapter_settings_and_defaults() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&config(
+            "adapter = \"aws-lambda\"\nregion = \"eu-west-1\"\nfunction = \"ingest\"\nqualifier = \"live\"\ninvocation = \"event\"\ncredential = \"aws\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Adapter::AwsLambda(l) = &plan.destinations[0].adapter else {
+        panic!()
+    };
+    assert_eq!(l.invocation, LambdaInvocation::Event);
+    assert_eq!(l.qualifier.as_deref(), Some("live"));
+    let plan = fx
+        .compile(&config(
+            "adapter = \"aws-iot-core\"\nendpoint = \"sink.test:443\"\ncredential = \"aws\"\nregion = \"eu-west-1\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Adapter::AwsIotCore(a) = &plan.destinations[0].adapter else {
+        panic!()
+    };
+    assert!(matches!(a.auth, AwsIotAuth::SigV4 { .. }));
+    assert_eq!(a.topic.as_str(), "{topic}");
+    let plan = fx
+        .compile(&config(
+            "adapter = \"things-cloud\"\nendpoint = \"sink.test:443\"\ntenant = \"t1\"\ncredential = \"c8y\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let Adapter::ThingsCloud(t) = &plan.destinations[0].adapter else {
+        panic!()
+    };
+    assert_eq!(t.kind, ThingsCloudKind::Measurement);
+    assert_eq!(t.source_id.as_str(), "{tag.c8y_id}");
+    // `{tenant}/{user}:{password}` = "t1/gw:s3cret-pass".
+    assert_eq!(&t.authorization.0[..], b"Basic dDEvZ3c6czNjcmV0LXBhc3M=");
+    let plan = fx
+        .compile(&config(
+            "adapter = \"gcp-pubsub\"\nproject = \"p\"\ntopic = \"t\"\ncredential = \"gcp\"\nbatch = { max_messages = 500, max_bytes = \"2MiB\", linger = \"20ms\" }",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let batch = plan.destinations[0].adapter.batch().expect("batch");
+    assert_eq!(
+        (
+            batch.max_messages,
+            batch.max_bytes,
+            batch.linger.as_millis()
+        ),
+        (500, 2 << 20, 20)
+    );
+}
+
+#[test]
+fn each_refused_combination_is_reported_at_its_path() {
+    let fx = fixture();
+    let cases = [
+        ("adapter = \"gcp-iot-core\"\nendpoint = \"sink.test:443\"", "destination[0].adapter", "gcp-pubsub"),
+        ("adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"aws\"", "destination[0].credential", "takes \"azure-sas\""),
+        ("adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-device\"", "destination[0].device_id", "device key"),
+        ("adapter = \"azure-iot-hub\"\ncredential = \"hub-policy\"", "destination[0].endpoint", "hub"),
+        ("adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\nregion = \"eu-west-1\"", "destination[0].region", "not a key of adapter \"azure-iot-hub\""),
+        ("adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"\ntoken_ttl = \"1s\"", "destination[0].token_ttl", "between"),
+        ("adapter = \"azure-event-hubs\"\nnamespace = \"ns\"\nhub = \"h\"\ncredential = \"hub-device\"", "destination[0].credential", "key_name"),
+        ("adapter = \"azure-event-hubs\"\nnamespace = \"ns\"\nhub = \"h\"\ncredential = \"hub-policy\"\nbatch = { max_messages = 20000 }", "destination[0].batch.max_messages", "between 1 and 10000"),
+        ("adapter = \"gcp-pubsub\"\nproject = \"p\"\ntopic = \"t\"\ncredential = \"gcp\"\ntoken_ttl = \"2h\"", "destination[0].token_ttl", "1h"),
+        ("adapter = \"gcp-pubsub\"\nproject = \"p\"\ntopic = \"t\"\ncredential = \"gcp\"\nbatch = { linger = \"2s\" }", "destination[0].batch.linger", "at most"),
+        ("adapter = \"gcp-pubsub\"\nproject = \"p\"\ncredential = \"gcp\"", "destination[0].topic", "required"),
+        ("adapter = \"aws-lambda\"\nregion = \"eu-west-1\"\nfunction = \"f\"\ncredential = \"aws\"\ninvocation = \"sync\"", "destination[0].invocation", "request-response"),
+        ("adapter = \"aws-lambda\"\nregion = \"eu-west-1\"\nfunction = \"f\"", "destination[0].credential", "aws-keys"),
+        ("adapter = \"aws-iot-core\"\nendpoint = \"sink.test:443\"\ncredential = \"aws\"", "destination[0].region", "SigV4"),
+        ("adapter = \"aws-iot-core\"\ncredential = \"client-cert\"", "destination[0].endpoint", "describe-endpoint"),
+        ("adapter = \"things-cloud\"\nendpoint = \"sink.test:443\"\ntenant = \"t1\"\ncredential = \"c8y\"\nkind = \"alarm\"", "destination[0].kind", "measurement"),
+        ("adapter = \"things-cloud\"\nendpoint = \"sink.test:443\"\ntenant = \"t1\"\ncredential = \"c8y\"\nbase_path = \"/x\"", "destination[0].base_path", "only for adapter \"https\""),
+        ("adapter = \"https\"\nendpoint = \"sink.test:443\"\ncredential = \"aws\"", "destination[0].credential", "\"x509\" or \"basic\" or \"bearer\""),
+    ];
+    for (destination, path, needle) in cases {
+        let error = fx.errors(&config(destination));
+        assert_single(&error, path, needle);
+    }
+}
+
+#[test]
+fn credential_kinds_check_their_own_keys() {
+    let fx = fixture();
+    let base = config("adapter = \"https\"\nendpoint = \"sink.test:443\"");
+    let cases = [
+        ("kind = \"aws-keys\"\naccess_key_id = \"AKIDEXAMPLE\"", "kind = \"aws-keys\"\naccess_key_id = \"AKIDEXAMPLE\"\nusername = \"x\"", "credential[0].username", "not a key of kind \"aws-keys\""),
+        ("access_key_id = \"AKIDEXAMPLE\"\nsecret_access_key = { file = \"secrets/broker.pass\" }", "access_key_id = \"AKIDEXAMPLE\"", "credential[0].secret_access_key", "required"),
+        ("access_key_id = \"AKIDEXAMPLE\"", "access_key_id = \"AKID EXAMPLE\"", "credential[0].access_key_id", "visible ASCII"),
+        ("file = \"sa.json\"", "file = \"certs/notes.txt\"", "credential[3].file", "service-account JSON"),
+        ("username = \"gw\"", "username = \"g:w\"", "credential[4].username", "':'"),
+        ("kind = \"aws-keys\"", "kind = \"sigv4\"", "credential[0].kind", "\"gcp-service-account\""),
+    ];
+    for (from, to, path, needle) in cases {
+        let error = fx.errors(&super::edit(&base, from, to));
+        assert_single(&error, path, needle);
+    }
+}
+
+#[test]
+fn an_inline_secret_is_accepted_with_a_warning_naming_its_key_not_its_value() {
+    let fx = fixture();
+    let text = super::edit(
+        &config("adapter = \"https\"\nendpoint = \"sink.test:443\""),
+        "secret_access_key = { file = \"secrets/broker.pass\" }",
+        "secret_access_key = \"inline-SECRET-value-9\"",
+    );
+    let plan = fx.compile(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0].starts_with("credential[0].secret_access_key: "),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(!plan.warnings[0].contains("inline-SECRET-value-9"));
+    assert!(
+        !format!("{plan:?}").contains("inline-SECRET-value-9"),
+        "Debug of the plan shows no secret"
+    );
+}
