@@ -17,6 +17,7 @@ const TARGETS: &[(&str, EntryPoint)] = &[
     ("mqtt_decode", simgate::proto::mqtt::fuzz_decode),
     ("mqtt_roundtrip", simgate::proto::mqtt::fuzz_roundtrip),
     ("radius_decode", simgate::proto::radius::fuzz_decode),
+    ("adapter_message", simgate::adapters::fuzz::fuzz_message),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {

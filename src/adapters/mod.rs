@@ -20,6 +20,7 @@ pub mod aws_iot_core;
 pub mod aws_lambda;
 pub mod azure_event_hubs;
 pub mod azure_iot_hub;
+pub mod fuzz;
 pub mod gcp_pubsub;
 pub mod things_cloud;
 
