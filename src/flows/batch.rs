@@ -92,6 +92,11 @@ impl Batcher {
         let slot = Rc::new(Slot::default());
         let (flush_now, arm_timer) = {
             let mut queues = self.queues.borrow_mut();
+            if !queues.contains_key(&key) {
+                // First message under this plan generation: forget the empty queues of earlier
+                // ones, so reloads do not accumulate them.
+                queues.retain(|k, q| k.0 == generation || !q.items.is_empty());
+            }
             let queue = queues.entry(key).or_default();
             // An item that would overflow the byte bound goes into the next batch. `bytes`
             // counts each item and its separator; the call adds at most two bytes around them
