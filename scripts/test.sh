@@ -5,7 +5,8 @@
 # the built-in HTTPS sink, curl as a device, nginx as an upstream, mosquitto as an MQTTS broker
 # with mosquitto_pub/sub and Eclipse Paho (paho-mqtt 2.x for Python 3) as devices, promtool and
 # a real Prometheus scraping /metrics, FreeRADIUS's radclient as a RADIUS accounting client), the
-# self-test of the cloud contract sink (tests/python/cloud_sink.py), and the fuzz corpus replay.
+# self-tests of the cloud contract sink (tests/python/cloud_sink.py) and of the MQTT cloud contract
+# front (tests/python/mqtt_cloud_front.py, in front of a real mosquitto), and the fuzz corpus replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -80,6 +81,13 @@ if ! sink_out=$(python3 tests/python/test_cloud_sink.py 2>&1); then
   exit 1
 fi
 tail -n 1 <<<"$sink_out"
+
+echo "== MQTT cloud contract front self-test (tests/python/test_mqtt_cloud_front.py)"
+if ! front_out=$(python3 tests/python/test_mqtt_cloud_front.py 2>&1); then
+  echo "$front_out" >&2
+  exit 1
+fi
+tail -n 1 <<<"$front_out"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

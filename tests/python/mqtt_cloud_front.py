@@ -105,6 +105,7 @@ import asyncio
 import collections
 import hmac
 import json
+import socket
 import ssl
 import sys
 import threading
@@ -527,14 +528,30 @@ class Front:
                 ctx.set_alpn_protocols([cfg["alpn"]])
         return ctx
 
-    async def handle(self, reader, writer):
-        peer = writer.get_extra_info("peername")
+    async def accept_loop(self, lsock):
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, peer = await loop.sock_accept(lsock)
+            asyncio.ensure_future(self.handle(sock, peer))
+
+    async def handle(self, sock, peer):
+        # The TLS handshake runs on the accepted socket before any byte is read as plaintext
+        # (StreamWriter.start_tls after start_server races with a ClientHello already buffered),
+        # so that a failed handshake is seen here and counted.
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        reader = asyncio.StreamReader(limit=2 ** 20)
+        protocol = asyncio.StreamReaderProtocol(reader)
         try:
-            await asyncio.wait_for(writer.start_tls(self.ctx), HANDSHAKE_TIMEOUT_S)
+            transport, _ = await asyncio.wait_for(
+                loop.connect_accepted_socket(lambda: protocol, sock, ssl=self.ctx,
+                                             ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S),
+                HANDSHAKE_TIMEOUT_S + 1)
         except (ssl.SSLError, OSError, asyncio.TimeoutError, EOFError) as e:
             self.state.event("refused", "tls_handshake", peer=str(peer), detail=type(e).__name__)
-            writer.transport.abort()
+            sock.close()
             return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         up_writer = None
         conn = None
         try:
@@ -699,13 +716,15 @@ def control_server(state):
 async def serve(config):
     state = State()
     front = Front(config, state)
-    server = await asyncio.start_server(front.handle, config.get("bind", "127.0.0.1"),
-                                        int(config.get("port") or 0))
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((config.get("bind", "127.0.0.1"), int(config.get("port") or 0)))
+    lsock.listen(128)
+    lsock.setblocking(False)
     control = control_server(state)
-    print(f"LISTENING {server.sockets[0].getsockname()[1]}", flush=True)
+    print(f"LISTENING {lsock.getsockname()[1]}", flush=True)
     print(f"CONTROL {control.server_address[1]}", flush=True)
-    async with server:
-        await server.serve_forever()
+    await front.accept_loop(lsock)
 
 
 def main(argv=None):
