@@ -88,8 +88,11 @@ Verified (search over vendor pages, 2026-12-05):
     bytes, 100 publish TPS. Payload 128 KB: CLOUD-CONTRACTS.md and the quotas page.
   - Throttling keeps the connection (dev.classmethod.jp, "behavior of MQTT messages when
     throttling occurs in AWS IoT Core": connection not cut, QoS 0 lost, QoS 1 no PUBACK -> resend).
-    The v5 PUBACK 0x97 is from AWS's "MQTT reason codes" table as remembered, not re-read.
-  - Keep-alive clamp 30..1200: AWS quotas page text as remembered (not re-read in this session).
+    The v5 PUBACK 0x97 (Quota exceeded) for a throttled publish is from AWS's "MQTT reason
+    codes" table as remembered -- NOT re-read in this session (the search found no copy).
+  - Keep-alive: an AWS answer on re:Post ("IoT Core will treat any value less than 30 as 30",
+    citing the message-broker-limits quota) and awslabs/aws-c-mqtt v0.4.27 ("AWS IoT maxes out at
+    (and defaults to) 1200 seconds"); the quotas page itself was not read directly.
   - learn.microsoft.com iot-mqtt-connect-to-iot-hub / iot-hub-mqtt-support: MQTT 3.1.1 on 8883,
     username/password/client id format, QoS 2 -> the hub closes the connection, RETAIN -> the
     mqtt-retain application property (github vjrantal/azure-iot-mqtt-features confirms it
@@ -254,6 +257,10 @@ def parse_connect(body):
     if level not in (4, 5):
         raise ProtocolError(f"protocol level {level} (only 3.1.1 and 5 are spoken)")
     flags = c.u8()
+    if flags & 0x01:
+        raise ProtocolError("CONNECT reserved flag set")
+    if not flags & 0x04 and flags & 0x38:
+        raise ProtocolError("will QoS/retain without a will")
     keep_alive_pos = c.pos
     keep_alive = c.u16()
     if level == 5:
@@ -273,6 +280,8 @@ def parse_connect(body):
 
 def parse_publish(first, body, level):
     qos = (first >> 1) & 3
+    if qos == 3:
+        raise ProtocolError("PUBLISH with QoS 3")
     c = Cursor(body)
     topic = c.string()
     packet_id = c.u16() if qos else None
@@ -562,7 +571,7 @@ class Front:
             if pkt is None:
                 return
             first, body, raw = pkt
-            if first >> 4 != CONNECT:
+            if first != CONNECT << 4:
                 raise ProtocolError("first packet is not CONNECT")
             conn = parse_connect(body)
             tls = writer.get_extra_info("ssl_object")

@@ -230,7 +230,11 @@ def raw_connect(port, client_id, pki=None, username=None, password=None, level=4
         length.append(b | (0x80 if n else 0))
         if not n:
             break
-    pkt = bytes([0x10]) + bytes(length) + body
+    return raw_exchange(port, bytes([0x10]) + bytes(length) + body, pki, alpn)
+
+
+def raw_exchange(port, pkt, pki, alpn=None):
+    """Sends `pkt` over a raw TLS socket; -> up to the first 4+ bytes answered (b"" at EOF)."""
     ctx = ssl.create_default_context(cafile=pki["ca"])
     if pki.get("with_client_cert", True):
         ctx.load_cert_chain(pki["client_cert"], pki["client_key"])
@@ -396,6 +400,12 @@ class AwsTest(unittest.TestCase):
         stats = front.get("/stats")
         self.assertEqual(stats["connections_accepted"], 1)
         self.assertEqual(stats["connections_refused"], {"alpn": 1})
+
+    def test_first_packet_not_connect_is_a_protocol_error(self):
+        # A PUBLISH (QoS 0, topic "a", payload "x") where a CONNECT must come first.
+        answer = raw_exchange(D["aws"].port, bytes([0x30, 4, 0, 1]) + b"ax", D["pki"])
+        self.assertEqual(answer, b"")
+        self.assertEqual(D["aws"].get("/stats")["connections_refused"], {"protocol_error": 1})
 
     def test_qos2_publish_disconnects(self):
         for proto, want in ((mqtt.MQTTv311, None), (mqtt.MQTTv5, 0x9B)):
