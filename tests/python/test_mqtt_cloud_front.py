@@ -477,6 +477,28 @@ class AwsTest(unittest.TestCase):
         finally:
             sub.close()
 
+    def test_client_id_over_128_bytes_refused(self):
+        self.assertEqual(raw_connect(D["aws"].port, "t" * 129, D["pki"]), bytes([0x20, 2, 0, 2]))
+        answer = raw_connect(D["aws"].port, "t" * 129, D["pki"], level=5)
+        self.assertEqual(answer, bytes([0x20, 3, 0, 0x85, 0]))
+        self.assertEqual(D["aws"].get("/stats")["connections_refused"], {"client_id": 2})
+
+    def test_over_rate_v311_qos0_dropped(self):
+        sub = BrokerSubscriber("rate0/#")
+        try:
+            dev = Device(D["aws"].port, "thing-rate0", mqtt.MQTTv311, D["pki"])
+            self.assertEqual(dev.wait_connack(), 0)
+            for i in range(3 * AWS_RATE_LIMIT):
+                dev.c.publish(f"rate0/{i}", b"x", qos=0)
+            self.assertTrue(sub.wait_count(AWS_RATE_LIMIT))
+            time.sleep(0.5)
+            self.assertEqual(len(sub.dev.messages), AWS_RATE_LIMIT)
+            self.assertFalse(dev.disconnected.is_set())
+            self.assertEqual(D["aws"].get("/stats")["publishes_throttled"], 2 * AWS_RATE_LIMIT)
+            dev.close()
+        finally:
+            sub.close()
+
     def test_keep_alive_clamped(self):
         dev = Device(D["aws"].port, "thing-ka", mqtt.MQTTv311, D["pki"], keepalive=5)
         self.assertEqual(dev.wait_connack(), 0)
@@ -554,6 +576,49 @@ class AzureTest(unittest.TestCase):
         self.assertLess(time.time() - t0, 4.5)
         dev.c.loop_stop()
         self.assertEqual(D["azure"].get("/stats")["disconnects"], {"sas_expired": 1})
+
+    def test_renewal_reconnect_with_new_token(self):
+        dev = Device(D["azure"].port, "dev10", mqtt.MQTTv311, D["pki"], azure_username("dev10"),
+                     device_token("dev10", ttl=2))
+        self.assertEqual(dev.wait_connack(), 0)
+        self.assertTrue(dev.disconnected.wait(TIMEOUT))
+        dev.c.loop_stop()
+        # What a renewing device does: a new connection with a fresh token.
+        dev2 = Device(D["azure"].port, "dev10", mqtt.MQTTv311, D["pki"], azure_username("dev10"),
+                      device_token("dev10", ttl=600))
+        self.assertEqual(dev2.wait_connack(), 0)
+        dev2.close()
+        stats = D["azure"].get("/stats")
+        self.assertEqual(stats["connections_accepted"], 2)
+        self.assertEqual(stats["disconnects"], {"sas_expired": 1})
+
+    def test_twin_get_round_trip(self):
+        dev = Device(D["azure"].port, "dev11", mqtt.MQTTv311, D["pki"], azure_username("dev11"),
+                     device_token("dev11"))
+        self.assertEqual(dev.wait_connack(), 0)
+        done = threading.Event()
+        dev.c.on_subscribe = lambda *a: done.set()
+        dev.c.subscribe("$iothub/twin/res/#", qos=0)
+        self.assertTrue(done.wait(TIMEOUT))
+        hub = BrokerSubscriber("$iothub/twin/GET/#")
+        try:
+            dev.c.publish("$iothub/twin/GET/?$rid=7", b"", qos=0)
+            self.assertTrue(hub.wait_count(1))
+            hub.dev.c.publish("$iothub/twin/res/200/?$rid=7", b'{"desired":{}}', qos=0)
+            self.assertTrue(dev.wait_for(lambda: dev.messages))
+            self.assertEqual(dev.messages, [("$iothub/twin/res/200/?$rid=7", b'{"desired":{}}')])
+        finally:
+            hub.close()
+            dev.close()
+
+    def test_subscribe_outside_hub_filters_disconnects(self):
+        dev = Device(D["azure"].port, "dev12", mqtt.MQTTv311, D["pki"], azure_username("dev12"),
+                     device_token("dev12"))
+        self.assertEqual(dev.wait_connack(), 0)
+        dev.c.subscribe("devices/dev13/messages/devicebound/#", qos=1)
+        self.assertTrue(dev.disconnected.wait(TIMEOUT))
+        dev.c.loop_stop()
+        self.assertEqual(D["azure"].get("/stats")["disconnects"], {"subscribe_not_allowed": 1})
 
     def test_c2d_message_reaches_subscribed_device(self):
         dev = Device(D["azure"].port, "dev7", mqtt.MQTTv311, D["pki"], azure_username("dev7"),
