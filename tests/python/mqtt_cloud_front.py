@@ -317,6 +317,16 @@ def puback_v5(packet_id, code):
     return bytes([PUBACK << 4, 4]) + packet_id.to_bytes(2, "big") + bytes([code, 0])
 
 
+async def close_gracefully(writer):
+    """Flush what was written (a CONNACK or DISCONNECT), send TLS close_notify, then close."""
+    try:
+        await asyncio.wait_for(writer.drain(), 2)
+        writer.close()
+        await asyncio.wait_for(writer.wait_closed(), 2)
+    except Exception:
+        pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared state for the control port.
 
@@ -583,7 +593,7 @@ class Front:
                 code = r.v5 if conn["level"] == 5 else r.v3
                 if code is not None:
                     writer.write(connack(conn["level"], code))
-                    await writer.drain()
+                    await close_gracefully(writer)
                 return
             if "keep_alive" in rewrite:
                 hdr_len = len(raw) - len(body)
@@ -672,10 +682,7 @@ class Front:
                                      detail=exc.detail)
                     if session.level == 5:
                         writer.write(disconnect_v5(exc.v5))
-                        try:
-                            await asyncio.wait_for(writer.drain(), 2)
-                        except Exception:
-                            pass
+                    await close_gracefully(writer)
                 elif exc is not None:
                     raise exc
         finally:
