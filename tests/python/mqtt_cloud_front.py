@@ -169,15 +169,6 @@ class RuleDisconnect(Exception):
 # ---------------------------------------------------------------------------------------------
 # MQTT framing: just enough to check and relay.
 
-def encode_varint(n):
-    out = bytearray()
-    while True:
-        b, n = n % 128, n // 128
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def decode_varint(buf, pos):
     """-> (value, new_pos) of the variable byte integer at buf[pos]."""
     value, mult = 0, 1
