@@ -10,8 +10,9 @@
 //! itself (the minted token) is checked by the unit tests of the token minting and of the
 //! mapping; a front that verifies it as IoT Hub would is another branch's work.
 //!
-//! Also: QoS 2 from a v5 device is refused with DISCONNECT 0x9B, and `simgate check` refuses
-//! aggregate mode with the reason.
+//! Also: QoS 2 from a device is carried as QoS 1 with the device's exchange completed after the
+//! hub's PUBACK, a retained PUBLISH from a v5 device is refused with DISCONNECT 0x9A, and
+//! `simgate check` refuses aggregate mode with the reason.
 
 mod common;
 
@@ -219,13 +220,46 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
             .expect("puback");
     }
 
-    // QoS 2: IoT Hub has none; the v5 device is told 0x9B and disconnected.
+    // QoS 2: carried as QoS 1 (the broker logs q1); the device's exchange completes after the
+    // hub's PUBACK: PUBREC, then simgate's own PUBCOMP.
     device
-        .publish("sensors/temp", "x", QoS::ExactlyOnce, 2)
+        .publish("alarm", "fire", QoS::ExactlyOnce, 2)
         .expect("publish");
     match next_packet(&mut device) {
-        Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode(0x9B)),
-        other => panic!("expected DISCONNECT 0x9B, got {other:?}"),
+        Packet::PubRec(r) => assert_eq!(r.reason_code, ReasonCode::SUCCESS),
+        other => panic!("expected PUBREC, got {other:?}"),
+    }
+    device
+        .send(&Packet::PubRel(PubResponse::success(
+            NonZeroU16::new(2).expect("id"),
+        )))
+        .expect("pubrel");
+    match next_packet(&mut device) {
+        Packet::PubComp(r) => assert_eq!(r.packet_id.get(), 2),
+        other => panic!("expected PUBCOMP, got {other:?}"),
+    }
+    let seen = hub_side
+        .next_message(WAIT)
+        .expect("the hub got the message");
+    assert!(seen.ends_with("&topic=alarm fire"), "{seen}");
+    let q1 = format!("Received PUBLISH from {IMSI} (d0, q1, r0, m2,");
+    broker.wait_log_where(WAIT, |line| line.contains(&q1));
+
+    // Retain: IoT Hub has none; the v5 device is told 0x9A and disconnected.
+    device
+        .send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: Bytes::from_static(b"state"),
+            packet_id: None,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"on"),
+        }))
+        .expect("publish");
+    match next_packet(&mut device) {
+        Packet::Disconnect(d) => assert_eq!(d.reason_code, ReasonCode(0x9A)),
+        other => panic!("expected DISCONNECT 0x9A, got {other:?}"),
     }
 
     // A 3.1.1 device: uplink without user properties, C2D on the same device topic.

@@ -13,9 +13,9 @@
 //! - Downlink: simgate subscribes to `devices/{device_id}/messages/devicebound/#`
 //!   ([`Session::c2d_filter`]); each message is delivered on the configured device topic, the
 //!   bag after `devicebound/` decoded into (name, value) pairs ([`Session::c2d_properties`]).
-//! - Rules IoT Hub sets that the device can be told: no QoS 2, no retain
-//!   ([`RETAIN_NOT_SUPPORTED`], [`QOS_NOT_SUPPORTED`]); device subscriptions other than the
-//!   C2D topic have nothing upstream ([`Session::grants`]).
+//! - Rules IoT Hub sets: no retain ([`RETAIN_NOT_SUPPORTED`]), no QoS 2 (carried as QoS 1 by
+//!   the session bridge); device subscriptions other than the C2D topic have nothing upstream
+//!   ([`Session::grants`]).
 //!
 //! What this does not do: IO, minting or renewing tokens, twin or direct-method topics.
 
@@ -28,9 +28,6 @@ pub const API_VERSION: &str = "2021-04-12";
 
 /// v5 reason code 0x9A "Retain not supported" (DISCONNECT).
 pub const RETAIN_NOT_SUPPORTED: u8 = 0x9A;
-
-/// v5 reason code 0x9B "QoS not supported" (DISCONNECT).
-pub const QOS_NOT_SUPPORTED: u8 = 0x9B;
 
 /// The MQTT user name IoT Hub expects from device `device_id` of hub `hub`.
 pub fn username(hub: &str, device_id: &str) -> String {

@@ -183,6 +183,9 @@ pub struct Bridge {
     /// `azure-iot-hub` over MQTT: topics are IoT Hub's (events with a property bag uplink,
     /// cloud-to-device downlink), QoS 2 and retain refused, subscriptions answered here.
     azure: Option<AzureSession>,
+    /// IoT Hub: packet ids of device QoS 2 PUBLISHes sent upstream as QoS 1, whose hub PUBACK
+    /// becomes the device's PUBREC (the device's PUBREL is then answered here).
+    azure_qos2: HashSet<u16>,
 }
 
 impl Bridge {
@@ -199,6 +202,7 @@ impl Bridge {
             pending_refusals: HashMap::new(),
             uplink_unacked: HashSet::new(),
             azure: None,
+            azure_qos2: HashSet::new(),
         }
     }
 
@@ -312,6 +316,12 @@ impl Bridge {
             }
             Packet::PubAck(r) => Action::Forward(Packet::PubAck(self.response_up(r))),
             Packet::PubRec(r) => Action::Forward(Packet::PubRec(self.response_up(r))),
+            // IoT Hub: the hub never sees QoS 2, so the device's PUBREL (for a QoS 2 PUBLISH
+            // the hub acknowledged as QoS 1) is completed here.
+            Packet::PubRel(r) if self.azure.is_some() => {
+                self.azure_qos2.remove(&r.packet_id.get());
+                Action::Reply(Packet::PubComp(PubResponse::success(r.packet_id)))
+            }
             Packet::PubRel(r) => Action::Forward(Packet::PubRel(self.response_up(r))),
             Packet::PubComp(r) => Action::Forward(Packet::PubComp(self.response_up(r))),
             Packet::Subscribe(s) if self.azure.is_some() => {
@@ -491,6 +501,13 @@ impl Bridge {
             }
             Packet::PubAck(r) => {
                 self.uplink_unacked.remove(&r.packet_id.get());
+                if self.azure_qos2.contains(&r.packet_id.get()) {
+                    // A device QoS 2 PUBLISH carried as QoS 1: the hub's PUBACK is its PUBREC.
+                    if r.reason_code.0 >= 0x80 {
+                        self.azure_qos2.remove(&r.packet_id.get());
+                    }
+                    return self.response_down(r, Packet::PubRec);
+                }
                 self.response_down(r, Packet::PubAck)
             }
             Packet::PubRec(r) => {
@@ -581,17 +598,13 @@ impl Bridge {
         }
     }
 
-    /// A device PUBLISH toward IoT Hub: QoS 2 and retain refused (the hub supports neither;
-    /// a v5 device was told so in its CONNACK), the topic mapped to the device's events topic.
+    /// A device PUBLISH toward IoT Hub: the topic mapped to the device's events topic; QoS 2
+    /// carried as QoS 1 (the hub has no QoS 2: at least once upstream, the device's exchange
+    /// completed after the hub's PUBACK); retain refused (a v5 device was told in its CONNACK).
     fn uplink_azure(&mut self, mut publish: Publish) -> Action {
         let Some(azure) = self.azure.as_ref() else {
             return Action::End(SessionEnd::UpstreamProtocol);
         };
-        if publish.qos == QoS::ExactlyOnce {
-            return Action::End(SessionEnd::DeviceProtocol(ReasonCode(
-                azure::QOS_NOT_SUPPORTED,
-            )));
-        }
         if publish.retain {
             return Action::End(SessionEnd::DeviceProtocol(ReasonCode(
                 azure::RETAIN_NOT_SUPPORTED,
@@ -616,6 +629,12 @@ impl Bridge {
         if let Some(fields) = &self.envelope {
             publish.payload =
                 Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload));
+        }
+        if publish.qos == QoS::ExactlyOnce {
+            publish.qos = QoS::AtLeastOnce;
+            if let Some(id) = publish.packet_id {
+                self.azure_qos2.insert(id.get());
+            }
         }
         if let Some(id) = publish
             .packet_id
@@ -859,7 +878,7 @@ mod tests {
     }
 
     #[test]
-    fn azure_uplink_goes_to_the_events_topic_and_refuses_qos2_and_retain() {
+    fn azure_uplink_goes_to_the_events_topic_carries_qos2_as_qos1_and_refuses_retain() {
         let mut b = azure_bridge(ProtocolVersion::V5);
         let mut p = publish(b"temp", None);
         p.properties.user_properties.push(mqtt::UserProperty {
@@ -875,11 +894,27 @@ mod tests {
         );
         assert!(up.properties.is_empty(), "3.1.1 upstream");
         assert_eq!(b.uplink_unacknowledged(), 1);
+        // QoS 2: QoS 1 upstream; the hub's PUBACK is the device's PUBREC, its PUBREL is
+        // completed here.
         let mut q2 = publish(b"t", None);
         q2.qos = QoS::ExactlyOnce;
+        q2.packet_id = Some(id(9));
+        let Action::Forward(Packet::Publish(up)) = b.uplink(Packet::Publish(q2)) else {
+            panic!("forwarded");
+        };
+        assert_eq!((up.qos, up.packet_id), (QoS::AtLeastOnce, Some(id(9))));
         assert_eq!(
-            b.uplink(Packet::Publish(q2)),
-            Action::End(SessionEnd::DeviceProtocol(ReasonCode(0x9B)))
+            b.downlink(Packet::PubAck(PubResponse::success(id(9)))),
+            Action::Forward(Packet::PubRec(PubResponse::success(id(9))))
+        );
+        assert_eq!(
+            b.uplink(Packet::PubRel(PubResponse::success(id(9)))),
+            Action::Reply(Packet::PubComp(PubResponse::success(id(9))))
+        );
+        // A QoS 1 PUBACK stays a PUBACK.
+        assert_eq!(
+            b.downlink(Packet::PubAck(PubResponse::success(id(7)))),
+            Action::Forward(Packet::PubAck(PubResponse::success(id(7))))
         );
         let mut retained = publish(b"t", None);
         retained.retain = true;

@@ -303,8 +303,7 @@ pub async fn serve(session: DeviceSession) {
     );
     let accepted = connack.reason_code == ReasonCode::SUCCESS;
     if azure.is_some() && accepted && device_version == ProtocolVersion::V5 {
-        // IoT Hub takes neither QoS 2 nor retained messages: a v5 device is told.
-        connack.properties.maximum_qos = Some(QoS::AtLeastOnce);
+        // IoT Hub takes no retained messages: a v5 device is told. (QoS 2 is carried as 1.)
         connack.properties.retain_available = Some(false);
     }
     let mut out = BytesMut::new();
