@@ -10,7 +10,8 @@
 //! itself (the minted token) is checked by the unit tests of the token minting and of the
 //! mapping; a front that verifies it as IoT Hub would is another branch's work.
 //!
-//! Also: QoS 2 from a device is carried as QoS 1 with the device's exchange completed after the
+//! Also: the hub dropping the connection (what IoT Hub does at token expiry) ends the session
+//! with DISCONNECT 0x80 for a v5 device; QoS 2 from a device is carried as QoS 1 with the device's exchange completed after the
 //! hub's PUBACK, a retained PUBLISH from a v5 device is refused with DISCONNECT 0x9A, and
 //! `simgate check` refuses aggregate mode with the reason.
 
@@ -125,7 +126,7 @@ fn next_packet(device: &mut Client) -> Packet {
 fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(dir.path()).expect("pki");
-    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let mut broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
     let hub_side = Sub::start(
         broker.plain_port,
         "devices/+/messages/events/#",
@@ -284,6 +285,17 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
     let c2d = next_publish(&mut old);
     assert_eq!(&c2d.topic[..], b"devicebound");
     assert_eq!(&c2d.payload[..], b"hello");
+    drop(old);
+
+    // The hub going away (as IoT Hub drops a connection whose token expired) ends the session
+    // as in any session mode: a v5 device gets DISCONNECT 0x80, then is closed.
+    let mut device = connect_device(&gw, ProtocolVersion::V5);
+    broker.kill9();
+    let rest = device.until_closed(WAIT);
+    assert!(
+        matches!(rest.as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode(0x80)),
+        "{rest:?}"
+    );
 }
 
 #[test]
