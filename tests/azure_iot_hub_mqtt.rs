@@ -6,9 +6,12 @@
 //! name (`myhub.azure-devices.net/{imsi}/?api-version=2021-04-12`) in mosquitto's connection
 //! log, the uplink topic with its URL-encoded property bag (a direct subscriber on `devices/+/messages/events/#`),
 //! and cloud-to-device messages published on `devices/{imsi}/messages/devicebound/{bag}`
-//! reaching the device on `devicebound` with the bag as v5 user properties. The SAS password
-//! itself (the minted token) is checked by the unit tests of the token minting and of the
-//! mapping; a front that verifies it as IoT Hub would is another branch's work.
+//! reaching the device on `devicebound` with the bag as v5 user properties. A second test runs
+//! the gateway in process against a broker that accepts only IoT Hub's user name with the
+//! shard's token as password: no token (or an expired one) is CONNACK 0x88 and
+//! `credential_unavailable`, the token handed to the shards is the password. Whether a minted
+//! token's signature is what IoT Hub accepts is the token minting's tests' matter; a front that
+//! verifies it over MQTT as IoT Hub would is another branch's work.
 //!
 //! Also: the hub dropping the connection (what IoT Hub does at token expiry) ends the session
 //! with DISCONNECT 0x80 for a v5 device; QoS 2 from a device is carried as QoS 1 with the device's exchange completed after the
@@ -296,6 +299,85 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
         matches!(rest.as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode(0x80)),
         "{rest:?}"
     );
+}
+
+/// In process (no control thread, so no token until the test hands one to the shards), against
+/// a broker whose TLS listener accepts only IoT Hub's user name with the token as password.
+#[test]
+fn the_sas_token_is_the_password_and_without_one_the_device_gets_0x88() {
+    let token = "SharedAccessSignature sr=myhub.azure-devices.net&sig=c2ln&se=4102444800&skn=device-gateway";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let broker = Broker::start(
+        dir.path(),
+        &pki,
+        BrokerOptions {
+            password: Some((
+                format!("myhub.azure-devices.net/{IMSI}/?api-version=2021-04-12"),
+                token.to_owned(),
+            )),
+            ..BrokerOptions::default()
+        },
+    );
+    let toml = config(dir.path(), &pki, &broker, "mode = \"session\"");
+    let plan = std::sync::Arc::new(
+        simgate::config::compile_str(&toml, dir.path()).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let mut gateway = simgate::shard::Gateway::start(plan.clone()).expect("gateway");
+    let addr = gateway
+        .listener_addrs()
+        .iter()
+        .find(|(n, _)| n == "mqtt")
+        .map(|(_, a)| *a)
+        .expect("mqtt listener");
+
+    // No token yet: refused with "server unavailable", counted, nothing sent upstream.
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        match Client::connect(addr, "meter", version, true) {
+            Err(ClientError::Refused(code)) => assert!(
+                code == ReasonCode::SERVER_UNAVAILABLE || code == ReasonCode(3),
+                "{version:?}: {code:?}"
+            ),
+            Ok(_) => panic!("{version:?}: connected without a token"),
+            Err(e) => panic!("{version:?}: {e:?}"),
+        }
+    }
+    assert_eq!(
+        gateway.metrics().errors_of(
+            simgate::shard::Protocol::Mqtt,
+            simgate::shard::ErrorKind::CredentialUnavailable
+        ),
+        2
+    );
+
+    // An expired token is no token.
+    let expired = simgate::policy::cloud::Token {
+        authorization: token.into(),
+        expires_at: std::time::SystemTime::now() - Duration::from_secs(1),
+    };
+    gateway
+        .set_tokens(&plan, vec![(simgate::policy::DestinationId(0), expired)])
+        .expect("tokens");
+    assert!(matches!(
+        Client::connect(addr, "meter", ProtocolVersion::V5, true),
+        Err(ClientError::Refused(ReasonCode::SERVER_UNAVAILABLE))
+    ));
+
+    // The token is the password the broker checks.
+    let valid = simgate::policy::cloud::Token {
+        authorization: token.into(),
+        expires_at: std::time::SystemTime::now() + Duration::from_secs(600),
+    };
+    gateway
+        .set_tokens(&plan, vec![(simgate::policy::DestinationId(0), valid)])
+        .expect("tokens");
+    let mut device = Client::connect(addr, "meter", ProtocolVersion::V5, true)
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", broker.log()));
+    device
+        .publish("t", "1", QoS::AtLeastOnce, 1)
+        .expect("publish");
+    assert!(matches!(next_packet(&mut device), Packet::PubAck(_)));
+    gateway.shutdown();
 }
 
 #[test]
