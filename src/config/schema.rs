@@ -246,6 +246,7 @@ pub(crate) struct RawMqtt {
     pub linger: Option<RawDuration>,
     pub accept_while_down: Option<bool>,
     pub down_after: Option<RawDuration>,
+    pub c2d_topic: Option<String>,
 }
 
 /// `[destination.pool]`.

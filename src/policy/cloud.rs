@@ -167,6 +167,21 @@ pub struct AzureIotHubHttps {
     pub device_id: Template,
 }
 
+/// `adapter = "azure-iot-hub"` over MQTT (a `[destination.mqtt]` table, session mode): each
+/// device session is its own IoT Hub device connection.
+#[derive(Debug, Clone)]
+pub struct AzureIotHubMqtt {
+    /// The hub's name (`{hub}.azure-devices.net`).
+    pub hub: String,
+    /// The device id template (the upstream client id, and the `{device_id}` of the topics).
+    pub device_id: Template,
+    /// The device topic cloud-to-device messages are delivered on (`mqtt.c2d_topic`).
+    pub c2d_topic: bytes::Bytes,
+    /// The session-mode settings the adapter derives (client id = device id, username, MQTT
+    /// 3.1.1, topic `{topic}`); the password is the destination's SAS token at connect time.
+    pub session: super::MqttDestination,
+}
+
 /// `adapter = "azure-event-hubs"`: `POST /{hub}/messages`.
 #[derive(Debug, Clone)]
 pub struct AzureEventHubs {

@@ -243,6 +243,8 @@ impl AdapterKind {
     }
 
     /// Whether the adapter speaks HTTP(S) to its destination (HTTP listeners route to these).
+    /// `azure-iot-hub` speaks MQTT instead when its destination has a `[destination.mqtt]`
+    /// table: see [`Adapter::is_mqtt`].
     pub fn is_http(self) -> bool {
         self != AdapterKind::Mqtts
     }
@@ -259,6 +261,8 @@ pub enum Adapter {
     AwsIotCore(cloud::AwsIotCoreHttps),
     /// `adapter = "azure-iot-hub"` (HTTPS).
     AzureIotHub(cloud::AzureIotHubHttps),
+    /// `adapter = "azure-iot-hub"` with a `[destination.mqtt]` table (MQTT, session mode).
+    AzureIotHubMqtt(cloud::AzureIotHubMqtt),
     /// `adapter = "azure-event-hubs"`.
     AzureEventHubs(cloud::AzureEventHubs),
     /// `adapter = "gcp-pubsub"`.
@@ -276,12 +280,17 @@ impl Adapter {
             Adapter::Https(_) => AdapterKind::GenericHttps,
             Adapter::Mqtts(_) => AdapterKind::Mqtts,
             Adapter::AwsIotCore(_) => AdapterKind::AwsIotCore,
-            Adapter::AzureIotHub(_) => AdapterKind::AzureIotHub,
+            Adapter::AzureIotHub(_) | Adapter::AzureIotHubMqtt(_) => AdapterKind::AzureIotHub,
             Adapter::AzureEventHubs(_) => AdapterKind::AzureEventHubs,
             Adapter::GcpPubsub(_) => AdapterKind::GcpPubsub,
             Adapter::AwsLambda(_) => AdapterKind::AwsLambda,
             Adapter::ThingsCloud(_) => AdapterKind::ThingsCloud,
         }
+    }
+
+    /// Whether the destination speaks MQTT (MQTT listeners route to these).
+    pub fn is_mqtt(&self) -> bool {
+        matches!(self, Adapter::Mqtts(_) | Adapter::AzureIotHubMqtt(_))
     }
 
     /// Batching settings, for the adapters that batch and have it configured.
@@ -482,10 +491,20 @@ pub struct DestinationPlan {
 }
 
 impl DestinationPlan {
-    /// The MQTT settings, if this is an MQTTS destination.
+    /// The MQTT settings, if this destination speaks MQTT (`mqtts`, or a cloud adapter's MQTT
+    /// form, whose settings the adapter derived).
     pub fn mqtt(&self) -> Option<&MqttDestination> {
         match &self.adapter {
             Adapter::Mqtts(m) => Some(m),
+            Adapter::AzureIotHubMqtt(a) => Some(&a.session),
+            _ => None,
+        }
+    }
+
+    /// The IoT Hub MQTT settings, if this is `azure-iot-hub` over MQTT.
+    pub fn azure_iot_hub_mqtt(&self) -> Option<&cloud::AzureIotHubMqtt> {
+        match &self.adapter {
+            Adapter::AzureIotHubMqtt(a) => Some(a),
             _ => None,
         }
     }

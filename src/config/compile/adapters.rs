@@ -11,14 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Compiler;
-use crate::config::schema::{RawBatch, RawDestination, RawDuration, RawSize};
+use crate::config::schema::{RawBatch, RawDestination, RawDuration, RawMqtt, RawSize};
 use crate::config::values::{format_duration, parse_duration, Endpoint};
 use crate::policy::cloud::{
-    AwsIotAuth, AwsIotCoreHttps, AwsLambda, AzureEventHubs, AzureIotHubHttps, BatchSettings,
-    CloudCredential, GcpPubsub, LambdaInvocation, ThingsCloud, ThingsCloudKind, TokenSpec,
+    AwsIotAuth, AwsIotCoreHttps, AwsLambda, AzureEventHubs, AzureIotHubHttps, AzureIotHubMqtt,
+    BatchSettings, CloudCredential, GcpPubsub, LambdaInvocation, ThingsCloud, ThingsCloudKind,
+    TokenSpec,
 };
 use crate::policy::template::{Placeholder, SIM_PLACEHOLDERS};
-use crate::policy::{Adapter, AdapterKind, Secret, Template};
+use crate::policy::{
+    Adapter, AdapterKind, MqttDestination, MqttMode, MqttUpstreamVersion, Secret, Template,
+    WhileDown,
+};
 
 /// `destination.token_ttl` default: SAS tokens and OAuth2 access tokens live an hour.
 pub(super) const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -71,7 +75,12 @@ pub(super) fn derived_endpoint(kind: AdapterKind, raw: &RawDestination) -> Resul
         }
     };
     match kind {
-        AdapterKind::AzureIotHub => Ok(format!("{}.azure-devices.net:443", need("hub", &raw.hub)?)),
+        // MQTT (a `[destination.mqtt]` table) on 8883: IoT Hub has no MQTT on 1883.
+        AdapterKind::AzureIotHub => Ok(format!(
+            "{}.azure-devices.net:{}",
+            need("hub", &raw.hub)?,
+            if raw.mqtt.is_some() { 8883 } else { 443 }
+        )),
         AdapterKind::AzureEventHubs => Ok(format!(
             "{}.servicebus.windows.net:443",
             need("namespace", &raw.namespace)?
@@ -140,7 +149,135 @@ pub(super) fn parse_size(raw: &RawSize) -> Result<u64, String> {
     }
 }
 
+/// `mqtt.c2d_topic` default: the device topic IoT Hub cloud-to-device messages arrive on.
+pub(super) const C2D_TOPIC: &str = "devicebound";
+
 impl Compiler<'_> {
+    /// `[destination.mqtt]` of `azure-iot-hub`: session mode only, the keys the adapter sets
+    /// refused, `c2d_topic` checked. Turns the HTTPS settings into the MQTT form.
+    pub(super) fn azure_iot_hub_mqtt(
+        &mut self,
+        p: &str,
+        raw: &RawMqtt,
+        https: AzureIotHubHttps,
+    ) -> Option<Adapter> {
+        let p = format!("{p}.mqtt");
+        let mut ok = true;
+        match raw.mode.as_str() {
+            "session" => {}
+            "aggregate" => {
+                self.push(
+                    format!("{p}.mode"),
+                    "an IoT Hub MQTT connection is one device: use session mode (mode = \
+                     \"session\": every SIM its own IoT Hub device)",
+                );
+                ok = false;
+            }
+            other => {
+                self.push(
+                    format!("{p}.mode"),
+                    format!("unknown mode {other:?}; adapter \"azure-iot-hub\" takes \"session\""),
+                );
+                ok = false;
+            }
+        }
+        let set_by_adapter = [
+            (
+                "client_id",
+                raw.client_id.is_some(),
+                "the device id (device_id)",
+            ),
+            (
+                "username",
+                raw.username.is_some(),
+                "{hub}.azure-devices.net/{device_id}/?api-version=2021-04-12",
+            ),
+            (
+                "password_file",
+                raw.password_file.is_some(),
+                "the SAS token minted from the credential",
+            ),
+            (
+                "pass_through_credentials",
+                raw.pass_through_credentials.is_some(),
+                "the SAS token minted from the credential",
+            ),
+            (
+                "topic",
+                raw.topic.is_some(),
+                "devices/{device_id}/messages/events/{property bag}",
+            ),
+            ("version", raw.version.is_some(), "MQTT 3.1.1"),
+        ];
+        for (key, set, what) in set_by_adapter {
+            if set {
+                self.push(
+                    format!("{p}.{key}"),
+                    format!("set by adapter \"azure-iot-hub\" (it sends {what}); remove it"),
+                );
+                ok = false;
+            }
+        }
+        for (key, set) in [
+            ("keep_alive", raw.keep_alive.is_some()),
+            ("connections_per_shard", raw.connections_per_shard.is_some()),
+            ("max_inflight", raw.max_inflight.is_some()),
+            ("linger", raw.linger.is_some()),
+            ("accept_while_down", raw.accept_while_down.is_some()),
+            ("down_after", raw.down_after.is_some()),
+        ] {
+            if set {
+                self.push(
+                    format!("{p}.{key}"),
+                    "only for mode \"aggregate\", which adapter \"azure-iot-hub\" does not take",
+                );
+                ok = false;
+            }
+        }
+        let c2d_topic = raw.c2d_topic.as_deref().unwrap_or(C2D_TOPIC);
+        if c2d_topic.is_empty() || c2d_topic.len() > 1024 || c2d_topic.contains(['+', '#', '\0']) {
+            self.push(
+                format!("{p}.c2d_topic"),
+                format!(
+                    "invalid device topic {c2d_topic:?}: 1 to 1024 bytes, without the wildcards \
+                     '+' and '#' or NUL"
+                ),
+            );
+            ok = false;
+        }
+        if !ok {
+            return None;
+        }
+        let username = format!(
+            "{}.azure-devices.net/{}/?api-version={}",
+            https.hub,
+            https.device_id.as_str(),
+            crate::adapters::azure_iot_hub_mqtt::API_VERSION
+        );
+        let username = self.cloud_template(format!("{p}.username"), &username, SIM_PLACEHOLDERS)?;
+        let topic = Template::parse("{topic}", &[Placeholder::Topic]).ok()?;
+        let session = MqttDestination {
+            mode: MqttMode::Session,
+            version: MqttUpstreamVersion::V311,
+            client_id: https.device_id.clone(),
+            username: Some(username),
+            password: None,
+            pass_through_credentials: false,
+            topic: Arc::new(topic),
+            keep_alive: Duration::from_secs(60),
+            connections_per_shard: 1,
+            max_inflight: 1,
+            linger: Duration::ZERO,
+            while_down: WhileDown::Accept,
+        };
+        Some(Adapter::AzureIotHubMqtt(AzureIotHubMqtt {
+            hub: https.hub,
+            device_id: https.device_id,
+            c2d_topic: bytes::Bytes::from(c2d_topic.to_owned()),
+            session,
+        }))
+    }
+
     /// Report every cloud key set on a destination whose adapter does not take it.
     pub(super) fn check_cloud_keys(
         &mut self,

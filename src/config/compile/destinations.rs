@@ -86,7 +86,7 @@ impl Compiler<'_> {
         let public_host: Option<String> = adapter
             .filter(|_| raw.endpoint.is_some())
             .and_then(|kind| super::adapters::derived_endpoint(kind, raw).ok())
-            .and_then(|text| text.strip_suffix(":443").map(str::to_owned));
+            .and_then(|text| text.rsplit_once(':').map(|(host, _)| host.to_owned()));
         let endpoint = match endpoint_text.as_deref().map(parse_endpoint) {
             Some(Ok(e)) => Some(e),
             Some(Err(e)) => {
@@ -290,12 +290,14 @@ impl Compiler<'_> {
                 );
                 None
             }
+            // IoT Hub over MQTT: compiled with the adapter's own settings below.
+            (Some(AdapterKind::AzureIotHub), Some(_)) => Some(None),
             (Some(kind), Some(_)) => {
                 self.push(
                     format!("{p}.mqtt"),
                     format!(
-                        "only for adapter \"mqtts\" (adapter {:?} speaks HTTPS; its MQTT form \
-                         is not built yet)",
+                        "only for adapter \"mqtts\" or \"azure-iot-hub\" (adapter {:?} \
+                         speaks HTTPS; its MQTT form is not built yet)",
                         kind.config_name()
                     ),
                 );
@@ -321,6 +323,9 @@ impl Compiler<'_> {
 
         let alpn = match adapter {
             Some(AdapterKind::Mqtts) => self.mqtts_alpn(&p, raw.alpn.as_deref()),
+            Some(AdapterKind::AzureIotHub) if raw.mqtt.is_some() => {
+                self.mqtts_alpn(&p, raw.alpn.as_deref())
+            }
             Some(AdapterKind::AwsIotCore) => self.aws_iot_alpn(
                 &p,
                 raw.alpn.as_deref(),
@@ -402,7 +407,14 @@ impl Compiler<'_> {
             ),
             (kind, None) => {
                 let ttl = token_ttl?;
-                self.cloud_adapter(&p, kind, raw, cloud_credential, &host_header, ttl)?
+                let (adapter, token) =
+                    self.cloud_adapter(&p, kind, raw, cloud_credential, &host_header, ttl)?;
+                match (adapter, &raw.mqtt) {
+                    (Adapter::AzureIotHub(https), Some(m)) => {
+                        (self.azure_iot_hub_mqtt(&p, m, https)?, token)
+                    }
+                    (adapter, _) => (adapter, token),
+                }
             }
             // `mqtt` is Some exactly for mqtts (checked above); unreachable in practice.
             (kind, _) => {

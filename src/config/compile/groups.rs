@@ -123,12 +123,24 @@ impl Compiler<'_> {
                     (None, None) => None,
                 };
                 let adapter_kind = adapter.and_then(AdapterKind::parse);
+                // `azure-iot-hub` speaks MQTT when its destination has a `[destination.mqtt]`.
+                let speaks_http = |kind: AdapterKind| {
+                    kind.is_http()
+                        && !(kind == AdapterKind::AzureIotHub
+                            && destination
+                                .and_then(|i| raw.destination.get(i))
+                                .is_some_and(|d| d.mqtt.is_some()))
+                };
                 let adapter_matches = match (is_mqtt, adapter_kind) {
-                    (Some(is_mqtt), Some(kind)) if is_mqtt == kind.is_http() => {
+                    (Some(is_mqtt), Some(kind)) if is_mqtt == speaks_http(kind) => {
                         let (listener_kind, other) = if is_mqtt {
                             ("MQTT", kind.config_name().to_owned())
                         } else {
-                            ("HTTP", "mqtts".to_owned())
+                            let other = match kind {
+                                AdapterKind::Mqtts => "mqtts".to_owned(),
+                                k => format!("{} over MQTT", k.config_name()),
+                            };
+                            ("HTTP", other)
                         };
                         self.push(
                             format!("{p}.destination"),

@@ -185,6 +185,14 @@ impl Compiler<'_> {
             );
             ok = false;
         }
+        if raw.c2d_topic.is_some() {
+            self.push(
+                format!("{p}.c2d_topic"),
+                "only for adapter \"azure-iot-hub\": an mqtts destination maps downlink topics \
+                 through `topic`",
+            );
+            ok = false;
+        }
         let pass_through_credentials = raw.pass_through_credentials.unwrap_or(false);
         if pass_through_credentials {
             let path = format!("{p}.pass_through_credentials");

@@ -341,3 +341,115 @@ fn an_inline_secret_is_accepted_with_a_warning_naming_its_key_not_its_value() {
         "Debug of the plan shows no secret"
     );
 }
+
+/// `config(destination)` with the listener speaking MQTT and the route an MQTT route.
+fn mqtt_config(destination: &str) -> String {
+    config(destination)
+        .replace(
+            "protocol = \"http\"",
+            "protocol = \"mqtt\"\nunknown = \"reject\"",
+        )
+        .replace("path = \"/\", ", "")
+}
+
+const HUB_MQTT: &str = "adapter = \"azure-iot-hub\"\nhub = \"myhub\"\ncredential = \"hub-policy\"";
+
+#[test]
+fn azure_iot_hub_with_an_mqtt_table_speaks_mqtt_on_8883_in_session_mode() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{HUB_MQTT}\n[destination.mqtt]\nmode = \"session\""
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.endpoint, "myhub.azure-devices.net:8883");
+    assert_eq!(d.adapter.kind(), AdapterKind::AzureIotHub);
+    let Adapter::AzureIotHubMqtt(a) = &d.adapter else {
+        panic!("{:?}", d.adapter)
+    };
+    assert_eq!(&a.c2d_topic[..], b"devicebound");
+    let m = d.mqtt().expect("session settings");
+    assert_eq!(m.mode, crate::policy::MqttMode::Session);
+    assert_eq!(m.version, crate::policy::MqttUpstreamVersion::V311);
+    assert_eq!(m.client_id.as_str(), "{imsi}");
+    assert_eq!(
+        m.username.as_ref().map(|u| u.as_str()),
+        Some("myhub.azure-devices.net/{imsi}/?api-version=2021-04-12")
+    );
+    assert!(m.password.is_none(), "the SAS token is the password");
+    assert!(matches!(d.token, Some(TokenSpec::Sas { .. })));
+    assert!(d.tls.alpn_protocols.is_empty(), "no ALPN on 8883");
+
+    // An overridden endpoint keeps the hub's name for TLS; c2d_topic is taken.
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{HUB_MQTT}\nendpoint = \"sink.test:8443\"\n[destination.mqtt]\nmode = \"session\"\nc2d_topic = \"c2d/in\""
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(
+        d.server_name,
+        rustls::pki_types::ServerName::try_from("myhub.azure-devices.net").unwrap()
+    );
+    let Adapter::AzureIotHubMqtt(a) = &d.adapter else {
+        panic!("{:?}", d.adapter)
+    };
+    assert_eq!(&a.c2d_topic[..], b"c2d/in");
+}
+
+#[test]
+fn azure_iot_hub_over_mqtt_refuses_aggregate_mode_and_the_keys_it_sets() {
+    let fx = fixture();
+    let cases = [
+        (
+            "mode = \"aggregate\"",
+            "destination[0].mqtt.mode",
+            "an IoT Hub MQTT connection is one device: use session mode",
+        ),
+        (
+            "mode = \"session\"\nusername = \"u\"",
+            "destination[0].mqtt.username",
+            "set by adapter \"azure-iot-hub\"",
+        ),
+        (
+            "mode = \"session\"\npassword_file = \"secrets/broker.pass\"",
+            "destination[0].mqtt.password_file",
+            "set by adapter \"azure-iot-hub\"",
+        ),
+        (
+            "mode = \"session\"\ntopic = \"x/{topic}\"",
+            "destination[0].mqtt.topic",
+            "set by adapter \"azure-iot-hub\"",
+        ),
+        (
+            "mode = \"session\"\npass_through_credentials = true",
+            "destination[0].mqtt.pass_through_credentials",
+            "set by adapter \"azure-iot-hub\"",
+        ),
+        (
+            "mode = \"session\"\nc2d_topic = \"c2d/#\"",
+            "destination[0].mqtt.c2d_topic",
+            "wildcards",
+        ),
+    ];
+    for (table, path, needle) in cases {
+        let err = fx
+            .compile(&mqtt_config(&format!(
+                "{HUB_MQTT}\n[destination.mqtt]\n{table}"
+            )))
+            .expect_err(table);
+        assert_single(&err, path, needle);
+    }
+    // An HTTP listener cannot route to the MQTT form, nor an mqtts destination take c2d_topic.
+    let err = fx
+        .compile(&config(&format!(
+            "{HUB_MQTT}\n[destination.mqtt]\nmode = \"session\""
+        )))
+        .expect_err("http route");
+    assert_single(
+        &err,
+        "group[0].routes[0].destination",
+        "is azure-iot-hub over MQTT",
+    );
+}

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::adapters::azure_iot_hub_mqtt::{self as azure, Session as AzureSession};
 use crate::flows::identity::AttachedProperties;
 use crate::policy::envelope;
 use crate::policy::TopicMap;
@@ -179,6 +180,12 @@ pub struct Bridge {
     /// `envelope = "json"`: the identity fields every uplink payload is wrapped with, whatever
     /// the broker's version; `None`: payloads go as sent.
     envelope: Option<Box<[(String, String)]>>,
+    /// `azure-iot-hub` over MQTT: topics are IoT Hub's (events with a property bag uplink,
+    /// cloud-to-device downlink), QoS 2 and retain refused, subscriptions answered here.
+    azure: Option<AzureSession>,
+    /// IoT Hub: packet ids of device QoS 2 PUBLISHes sent upstream as QoS 1, whose hub PUBACK
+    /// becomes the device's PUBREC (the device's PUBREL is then answered here).
+    azure_qos2: HashSet<u16>,
 }
 
 impl Bridge {
@@ -194,7 +201,16 @@ impl Bridge {
             pending_unsubscribes: HashMap::new(),
             pending_refusals: HashMap::new(),
             uplink_unacked: HashSet::new(),
+            azure: None,
+            azure_qos2: HashSet::new(),
         }
+    }
+
+    /// Speak IoT Hub's topics for this device (see [`crate::adapters::azure_iot_hub_mqtt`]).
+    #[must_use]
+    pub fn with_azure(mut self, session: Option<AzureSession>) -> Bridge {
+        self.azure = session;
+        self
     }
 
     /// Attach `identity` (the SIM's fields as user properties) to every uplink PUBLISH, when
@@ -263,6 +279,9 @@ impl Bridge {
                 if let Err(code) = self.resolve_device_alias(&mut publish) {
                     return Action::End(SessionEnd::DeviceProtocol(code));
                 }
+                if self.azure.is_some() {
+                    return self.uplink_azure(publish);
+                }
                 // A topic with no valid upstream form is the device's error (as a broker
                 // refuses an invalid topic name): DISCONNECT 0x90, nothing forwarded.
                 let invalid =
@@ -297,8 +316,46 @@ impl Bridge {
             }
             Packet::PubAck(r) => Action::Forward(Packet::PubAck(self.response_up(r))),
             Packet::PubRec(r) => Action::Forward(Packet::PubRec(self.response_up(r))),
+            // IoT Hub: the hub never sees QoS 2, so the device's PUBREL (for a QoS 2 PUBLISH
+            // the hub acknowledged as QoS 1) is completed here.
+            Packet::PubRel(r) if self.azure.is_some() => {
+                self.azure_qos2.remove(&r.packet_id.get());
+                Action::Reply(Packet::PubComp(PubResponse::success(r.packet_id)))
+            }
             Packet::PubRel(r) => Action::Forward(Packet::PubRel(self.response_up(r))),
             Packet::PubComp(r) => Action::Forward(Packet::PubComp(self.response_up(r))),
+            Packet::Subscribe(s) if self.azure.is_some() => {
+                // IoT Hub has nothing to subscribe to but the device's C2D messages, which
+                // simgate subscribed to at session start: answered here.
+                let reason_codes = s
+                    .subscriptions
+                    .iter()
+                    .map(|sub| {
+                        let granted = self.azure.as_ref().is_some_and(|a| a.grants(&sub.filter));
+                        match (granted, sub.options.qos) {
+                            (true, QoS::AtMostOnce) => ReasonCode::SUCCESS,
+                            (true, _) => ReasonCode::GRANTED_QOS_1,
+                            (false, _) => self.refusal_code(ReasonCode::NOT_AUTHORIZED),
+                        }
+                    })
+                    .collect();
+                Action::Reply(Packet::SubAck(SubAck {
+                    packet_id: s.packet_id,
+                    properties: Properties::default(),
+                    reason_codes,
+                }))
+            }
+            Packet::Unsubscribe(u) if self.azure.is_some() => {
+                let reason_codes = match self.device {
+                    ProtocolVersion::V5 => vec![ReasonCode::SUCCESS; u.filters.len()],
+                    ProtocolVersion::V311 => Vec::new(),
+                };
+                Action::Reply(Packet::UnsubAck(UnsubAck {
+                    packet_id: u.packet_id,
+                    properties: Properties::default(),
+                    reason_codes,
+                }))
+            }
             Packet::Subscribe(s) => {
                 let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
                 let mut refused = Vec::new();
@@ -419,6 +476,21 @@ impl Bridge {
                 if publish.properties.topic_alias.is_some() {
                     return protocol_error;
                 }
+                if let Some(azure) = &self.azure {
+                    // A cloud-to-device message: on the configured device topic, its bag as
+                    // user properties (v5 devices). Anything else passes as it is.
+                    if let Some(bag) = azure.c2d_properties(&publish.topic) {
+                        publish.topic = azure.c2d_topic.clone();
+                        publish.properties = Properties::default();
+                        if self.device == ProtocolVersion::V5 {
+                            publish.properties.user_properties = bag
+                                .into_iter()
+                                .map(|(name, value)| mqtt::UserProperty { name, value })
+                                .collect();
+                        }
+                        return Action::Forward(Packet::Publish(publish));
+                    }
+                }
                 // Everything the broker sends this session is addressed to this device: a topic
                 // without the template's affixes passes as it is.
                 publish.topic = self.device_topic(publish.topic);
@@ -429,6 +501,13 @@ impl Bridge {
             }
             Packet::PubAck(r) => {
                 self.uplink_unacked.remove(&r.packet_id.get());
+                if self.azure_qos2.contains(&r.packet_id.get()) {
+                    // A device QoS 2 PUBLISH carried as QoS 1: the hub's PUBACK is its PUBREC.
+                    if r.reason_code.0 >= 0x80 {
+                        self.azure_qos2.remove(&r.packet_id.get());
+                    }
+                    return self.response_down(r, Packet::PubRec);
+                }
                 self.response_down(r, Packet::PubAck)
             }
             Packet::PubRec(r) => {
@@ -517,6 +596,53 @@ impl Bridge {
             | Packet::Unsubscribe(_)
             | Packet::PingReq => protocol_error,
         }
+    }
+
+    /// A device PUBLISH toward IoT Hub: the topic mapped to the device's events topic; QoS 2
+    /// carried as QoS 1 (the hub has no QoS 2: at least once upstream, the device's exchange
+    /// completed after the hub's PUBACK); retain refused (a v5 device was told in its CONNACK).
+    fn uplink_azure(&mut self, mut publish: Publish) -> Action {
+        let Some(azure) = self.azure.as_ref() else {
+            return Action::End(SessionEnd::UpstreamProtocol);
+        };
+        if publish.retain {
+            return Action::End(SessionEnd::DeviceProtocol(ReasonCode(
+                azure::RETAIN_NOT_SUPPORTED,
+            )));
+        }
+        let user_properties: Vec<(Bytes, Bytes)> = match self.device {
+            ProtocolVersion::V5 => publish
+                .properties
+                .user_properties
+                .iter()
+                .map(|p| (p.name.clone(), p.value.clone()))
+                .collect(),
+            ProtocolVersion::V311 => Vec::new(),
+        };
+        publish.topic = match azure.events_topic(&publish.topic, &user_properties) {
+            Ok(t) => t,
+            Err(_) => {
+                return Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+            }
+        };
+        publish.properties = self.props_up(std::mem::take(&mut publish.properties));
+        if let Some(fields) = &self.envelope {
+            publish.payload =
+                Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload));
+        }
+        if publish.qos == QoS::ExactlyOnce {
+            publish.qos = QoS::AtLeastOnce;
+            if let Some(id) = publish.packet_id {
+                self.azure_qos2.insert(id.get());
+            }
+        }
+        if let Some(id) = publish
+            .packet_id
+            .filter(|_| publish.qos == QoS::AtLeastOnce)
+        {
+            self.uplink_unacked.insert(id.get());
+        }
+        Action::Forward(Packet::Publish(publish))
     }
 
     fn resolve_device_alias(&mut self, publish: &mut Publish) -> Result<(), ReasonCode> {
@@ -741,6 +867,103 @@ mod tests {
         assert_eq!(b.uplink_unacknowledged(), 1);
         b.downlink(Packet::PubRec(PubResponse::success(id(2))));
         assert_eq!(b.uplink_unacknowledged(), 0);
+    }
+
+    fn azure_bridge(device: ProtocolVersion) -> Bridge {
+        bridge(device, ProtocolVersion::V311).with_azure(Some(AzureSession {
+            device_id: "001010000000002".into(),
+            fields: vec![("imsi".to_owned(), "001010000000002".to_owned())].into(),
+            c2d_topic: Bytes::from_static(b"devicebound"),
+        }))
+    }
+
+    #[test]
+    fn azure_uplink_goes_to_the_events_topic_carries_qos2_as_qos1_and_refuses_retain() {
+        let mut b = azure_bridge(ProtocolVersion::V5);
+        let mut p = publish(b"temp", None);
+        p.properties.user_properties.push(mqtt::UserProperty {
+            name: Bytes::from_static(b"unit"),
+            value: Bytes::from_static(b"C"),
+        });
+        let Action::Forward(Packet::Publish(up)) = b.uplink(Packet::Publish(p)) else {
+            panic!("forwarded");
+        };
+        assert_eq!(
+            &up.topic[..],
+            b"devices/001010000000002/messages/events/imsi=001010000000002&topic=temp&unit=C"
+        );
+        assert!(up.properties.is_empty(), "3.1.1 upstream");
+        assert_eq!(b.uplink_unacknowledged(), 1);
+        // QoS 2: QoS 1 upstream; the hub's PUBACK is the device's PUBREC, its PUBREL is
+        // completed here.
+        let mut q2 = publish(b"t", None);
+        q2.qos = QoS::ExactlyOnce;
+        q2.packet_id = Some(id(9));
+        let Action::Forward(Packet::Publish(up)) = b.uplink(Packet::Publish(q2)) else {
+            panic!("forwarded");
+        };
+        assert_eq!((up.qos, up.packet_id), (QoS::AtLeastOnce, Some(id(9))));
+        assert_eq!(
+            b.downlink(Packet::PubAck(PubResponse::success(id(9)))),
+            Action::Forward(Packet::PubRec(PubResponse::success(id(9))))
+        );
+        assert_eq!(
+            b.uplink(Packet::PubRel(PubResponse::success(id(9)))),
+            Action::Reply(Packet::PubComp(PubResponse::success(id(9))))
+        );
+        // A QoS 1 PUBACK stays a PUBACK.
+        assert_eq!(
+            b.downlink(Packet::PubAck(PubResponse::success(id(7)))),
+            Action::Forward(Packet::PubAck(PubResponse::success(id(7))))
+        );
+        let mut retained = publish(b"t", None);
+        retained.retain = true;
+        assert_eq!(
+            b.uplink(Packet::Publish(retained)),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode(0x9A)))
+        );
+    }
+
+    #[test]
+    fn azure_subscriptions_are_answered_here_and_c2d_messages_delivered_with_properties() {
+        let mut b = azure_bridge(ProtocolVersion::V5);
+        let sub = |filter: &'static [u8]| Subscription {
+            filter: Bytes::from_static(filter),
+            options: SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+        };
+        let Action::Reply(Packet::SubAck(ack)) = b.uplink(Packet::Subscribe(Subscribe {
+            packet_id: id(2),
+            properties: Properties::default(),
+            subscriptions: vec![sub(b"devicebound"), sub(b"cmd/#")],
+        })) else {
+            panic!("answered here");
+        };
+        assert_eq!(
+            ack.reason_codes,
+            vec![ReasonCode::GRANTED_QOS_1, ReasonCode::NOT_AUTHORIZED]
+        );
+        let c2d = publish(
+            b"devices/001010000000002/messages/devicebound/k=v&%24.mid=7",
+            None,
+        );
+        let Action::Forward(Packet::Publish(down)) = b.downlink(Packet::Publish(c2d.clone()))
+        else {
+            panic!("delivered");
+        };
+        assert_eq!(&down.topic[..], b"devicebound");
+        let props: Vec<(&[u8], &[u8])> = down
+            .properties
+            .user_properties
+            .iter()
+            .map(|p| (&p.name[..], &p.value[..]))
+            .collect();
+        assert_eq!(props, vec![(&b"k"[..], &b"v"[..]), (b"$.mid", b"7")]);
+        let mut v311 = azure_bridge(ProtocolVersion::V311);
+        let Action::Forward(Packet::Publish(down)) = v311.downlink(Packet::Publish(c2d)) else {
+            panic!("delivered");
+        };
+        assert_eq!(&down.topic[..], b"devicebound");
+        assert!(down.properties.is_empty());
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::bridge::{encode_device_disconnect, Action, Bridge, SessionEnd};
 use super::connect::{
     build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
 };
+use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
 use crate::flows::mqtt_common::{
@@ -29,7 +30,7 @@ use crate::policy::envelope::Envelope;
 use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
     self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
-    ProtocolVersion, ReasonCode, Sender,
+    ProtocolVersion, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
@@ -139,6 +140,47 @@ pub async fn serve(session: DeviceSession) {
         ..session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0)
     };
     let topics = TopicMap::new(&mqtt.topic, &vars);
+    // `azure-iot-hub` over MQTT: the device's IoT Hub identity and the SAS token it connects
+    // with (no valid token: refused, never an unauthenticated CONNECT).
+    let azure = match dest.azure_iot_hub_mqtt() {
+        None => None,
+        Some(settings) => {
+            let device_id = String::from_utf8_lossy(&mqtt.client_id.render(&vars)).into_owned();
+            if !azure_mqtt::device_id_valid(&device_id) {
+                state
+                    .metrics
+                    .borrow_mut()
+                    .error(Protocol::Mqtt, ErrorKind::AdapterRejected);
+                send_connack(
+                    &mut stream,
+                    device_version,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                )
+                .await;
+                return;
+            }
+            let token = state
+                .token(destination)
+                .filter(|t| t.valid_at(std::time::SystemTime::now()));
+            let Some(token) = token else {
+                state
+                    .metrics
+                    .borrow_mut()
+                    .error(Protocol::Mqtt, ErrorKind::CredentialUnavailable);
+                send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+                return;
+            };
+            let session = azure_mqtt::Session {
+                device_id,
+                fields: identity.envelope_fields(&plan),
+                c2d_topic: settings.c2d_topic.clone(),
+            };
+            Some((
+                session,
+                Bytes::copy_from_slice(token.authorization.as_bytes()),
+            ))
+        }
+    };
     let mut connect_bytes = BytesMut::new();
     // The SIM's identity as user properties on the upstream CONNECT and every uplink PUBLISH,
     // when the broker speaks 5.0.
@@ -156,6 +198,16 @@ pub async fn serve(session: DeviceSession) {
     )
     .map(|mut c| {
         identity_properties.apply(&mut c.properties);
+        if let Some((session, password)) = &azure {
+            c.password = Some(password.clone());
+            // The will is a device-to-cloud message too: the events topic, never retained.
+            if let Some(will) = c.will.as_mut() {
+                will.retain = false;
+                if let Ok(topic) = session.events_topic(&will.topic, &[]) {
+                    will.topic = topic;
+                }
+            }
+        }
         c
     });
     if let Err(BuildError::WillTopicInvalid) = built {
@@ -216,7 +268,33 @@ pub async fn serve(session: DeviceSession) {
         }
     };
     let server_keep_alive = upstream_connack.properties.server_keep_alive;
-    let connack = device_connack(
+    let upstream_accepted = match up_version {
+        ProtocolVersion::V5 => upstream_connack.reason_code == ReasonCode::SUCCESS,
+        ProtocolVersion::V311 => upstream_connack.reason_code.0 == 0,
+    };
+    // IoT Hub: subscribe to the device's cloud-to-device messages before the device hears its
+    // CONNACK, so no packet id of simgate's is ever in flight beside the device's.
+    let mut stashed = Vec::new();
+    if let (Some((session, _)), true) = (&azure, upstream_accepted) {
+        let deadline = reactor::now() + dest.pool.connect_timeout;
+        match subscribe_c2d(&mut upstream, session, deadline, up_version, &decode_limits).await {
+            Ok(early) => stashed = early,
+            Err(e) => {
+                state
+                    .metrics
+                    .borrow_mut()
+                    .error(Protocol::Mqtt, e.error_kind());
+                send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
+                let _ = reactor::timeout_at(
+                    goodbye_deadline(&state, GOODBYE_TIMEOUT),
+                    upstream.stream.close(),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+    let mut connack = device_connack(
         upstream_connack,
         up_version,
         device_version,
@@ -224,6 +302,10 @@ pub async fn serve(session: DeviceSession) {
         assigned,
     );
     let accepted = connack.reason_code == ReasonCode::SUCCESS;
+    if azure.is_some() && accepted && device_version == ProtocolVersion::V5 {
+        // IoT Hub takes no retained messages: a v5 device is told. (QoS 2 is carried as 1.)
+        connack.properties.retain_available = Some(false);
+    }
     let mut out = BytesMut::new();
     if mqtt::encode(&Packet::ConnAck(connack), device_version, &mut out).is_err() {
         state
@@ -264,7 +346,8 @@ pub async fn serve(session: DeviceSession) {
         upstream: &mut upstream,
         bridge: Bridge::new(device_version, up_version, topics)
             .with_identity(identity_properties)
-            .with_envelope(envelope),
+            .with_envelope(envelope)
+            .with_azure(azure.map(|(session, _)| session)),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         identity,
@@ -273,7 +356,10 @@ pub async fn serve(session: DeviceSession) {
         peer_ip: peer.ip(),
         leaving: None,
     };
-    let end = pump.run().await;
+    let end = match pump.relay_stashed(stashed).await {
+        Some(end) => end,
+        None => pump.run().await,
+    };
     if let Some(kind) = end.error_kind() {
         state.metrics.borrow_mut().error(Protocol::Mqtt, kind);
     }
@@ -393,6 +479,57 @@ async fn exchange_connect(
     }
 }
 
+/// Subscribe (packet id 1, QoS 1) to the device's IoT Hub cloud-to-device topic and wait for
+/// the SUBACK. Packets the hub sends before it (C2D messages of a persistent session) are
+/// returned, to be relayed once the device has its CONNACK.
+async fn subscribe_c2d(
+    conn: &mut UpstreamConn,
+    session: &azure_mqtt::Session,
+    deadline: Instant,
+    version: ProtocolVersion,
+    limits: &DecodeLimits,
+) -> Result<Vec<Packet>, OpenError> {
+    const ID: std::num::NonZeroU16 = std::num::NonZeroU16::MIN;
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: ID,
+        properties: Properties::default(),
+        subscriptions: vec![Subscription {
+            filter: session.c2d_filter(),
+            options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+        }],
+    });
+    let mut bytes = BytesMut::new();
+    mqtt::encode(&subscribe, version, &mut bytes).map_err(|_| OpenError::Protocol)?;
+    let stream = &mut conn.stream;
+    match reactor::timeout_at(deadline, stream.write_all(&[&bytes])).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(open_error_of(&e)),
+        Err(_) => return Err(OpenError::Timeout),
+    }
+    let mut early = Vec::new();
+    loop {
+        loop {
+            match mqtt::decode_packet(stream.plaintext(), version, Sender::Server, limits) {
+                Ok(Decoded::Complete(Packet::SubAck(ack))) if ack.packet_id == ID => {
+                    return match ack.reason_codes.first() {
+                        Some(code) if code.0 < 0x80 => Ok(early),
+                        _ => Err(OpenError::Protocol),
+                    };
+                }
+                Ok(Decoded::Complete(p @ Packet::Publish(_))) if early.len() < 64 => early.push(p),
+                Ok(Decoded::Complete(_)) | Err(_) => return Err(OpenError::Protocol),
+                Ok(Decoded::Incomplete { .. }) => break,
+            }
+        }
+        match reactor::timeout_at(deadline, stream.fill()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err(OpenError::Closed),
+            Ok(Err(e)) => return Err(open_error_of(&e)),
+            Err(_) => return Err(OpenError::Timeout),
+        }
+    }
+}
+
 fn open_error_of(e: &TlsIoError) -> OpenError {
     match e {
         TlsIoError::Io { .. }
@@ -455,6 +592,45 @@ struct Pump<'a> {
 }
 
 impl Pump<'_> {
+    /// Relay broker packets that arrived before the session started pumping (IoT Hub C2D
+    /// messages received while simgate subscribed).
+    async fn relay_stashed(&mut self, packets: Vec<Packet>) -> Option<SessionEnd> {
+        if packets.is_empty() {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        let mut end = None;
+        let mut publishes = 0u64;
+        for packet in packets {
+            let (packet, ending) = match self.bridge.downlink(packet) {
+                Action::Forward(p) | Action::Reply(p) => (Some(p), None),
+                Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
+                Action::End(e) => (None, Some(e)),
+            };
+            if let Some(p) = packet {
+                if mqtt::encode(&p, self.bridge.device_version(), &mut out).is_err() {
+                    end = Some(SessionEnd::UpstreamProtocol);
+                    break;
+                }
+                publishes += 1;
+            }
+            if ending.is_some() {
+                end = ending;
+                break;
+            }
+        }
+        if !out.is_empty() {
+            if send_device(self.state, self.device, out.freeze())
+                .await
+                .is_err()
+            {
+                return Some(end.unwrap_or(SessionEnd::DeviceClosed));
+            }
+            self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
+        }
+        end
+    }
+
     async fn run(&mut self) -> SessionEnd {
         let mut deadline = self.keep_alive.map(|k| reactor::now() + k);
         let mut out = BytesMut::new();
