@@ -684,10 +684,7 @@ mod tests {
     #[test]
     fn cloud_responses_are_exported_by_adapter_and_status() {
         let mut m = ShardMetrics::default();
-        let pubsub = AdapterKind::ALL
-            .iter()
-            .position(|k| *k == AdapterKind::GcpPubsub)
-            .expect("pubsub");
+        let pubsub = AdapterKind::GcpPubsub.index();
         m.cloud_response(pubsub, 200);
         m.cloud_response(pubsub, 429);
         m.cloud_response(pubsub, 503);

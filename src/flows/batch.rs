@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use super::http2_exchange::{self, H2Failure};
 use super::ShardState;
 use crate::adapters::{self, ItemAnswer};
-use crate::policy::{AdapterKind, DestinationPlan, Plan};
+use crate::policy::{DestinationPlan, Plan};
 use crate::proto::http1::{self, BodyChunk, BodyDecoder};
 use crate::reactor::{self, Signal};
 use crate::stats::ErrorKind;
@@ -346,12 +346,10 @@ fn batch_answers(
     body: &[u8],
     items: usize,
 ) -> Result<Vec<ItemAnswer>, BatchError> {
-    let adapter = dest.adapter.kind();
-    let index = AdapterKind::ALL
-        .iter()
-        .position(|k| *k == adapter)
-        .unwrap_or(0);
-    state.metrics.borrow_mut().cloud_response(index, status);
+    state
+        .metrics
+        .borrow_mut()
+        .cloud_response(dest.adapter.kind().index(), status);
     let mut answers =
         adapters::batch_answers(&dest.adapter, status, body, items).map_err(|why| BatchError {
             status: 502,

@@ -836,17 +836,7 @@ impl DeviceConn {
             match response {
                 Ok(response_head) => {
                     let head_at = Instant::now();
-                    let adapter = dest.adapter.kind();
-                    if adapter != crate::policy::AdapterKind::GenericHttps {
-                        let index = crate::policy::AdapterKind::ALL
-                            .iter()
-                            .position(|k| *k == adapter)
-                            .unwrap_or(0);
-                        self.state
-                            .metrics
-                            .borrow_mut()
-                            .cloud_response(index, response_head.status);
-                    }
+                    self.count_cloud_response(dest, response_head.status);
                     let outcome = self
                         .relay(
                             conn,
@@ -932,14 +922,10 @@ impl DeviceConn {
     fn count_cloud_response(&self, dest: &crate::policy::DestinationPlan, status: u16) {
         let adapter = dest.adapter.kind();
         if adapter != crate::policy::AdapterKind::GenericHttps {
-            let index = crate::policy::AdapterKind::ALL
-                .iter()
-                .position(|k| *k == adapter)
-                .unwrap_or(0);
             self.state
                 .metrics
                 .borrow_mut()
-                .cloud_response(index, status);
+                .cloud_response(adapter.index(), status);
         }
     }
 

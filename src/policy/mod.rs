@@ -208,8 +208,12 @@ pub enum AdapterKind {
     ThingsCloud,
 }
 
+// The per-adapter counters in `stats` have one row per adapter.
+const _: () = assert!(AdapterKind::ALL.len() == crate::stats::CLOUD_ADAPTERS);
+
 impl AdapterKind {
-    /// Every adapter, in the order `check` lists them.
+    /// Every adapter, in the order `check` lists them (their declaration order, so that
+    /// [`AdapterKind::index`] is the position here).
     pub const ALL: [AdapterKind; 8] = [
         AdapterKind::GenericHttps,
         AdapterKind::Mqtts,
@@ -220,6 +224,11 @@ impl AdapterKind {
         AdapterKind::AwsLambda,
         AdapterKind::ThingsCloud,
     ];
+
+    /// Position in [`AdapterKind::ALL`] (and in `stats::ShardMetrics::cloud_responses`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The name in `destination.adapter` (also the `adapter` label of metrics).
     pub fn config_name(self) -> &'static str {
@@ -712,6 +721,13 @@ mod tests {
             "today's behaviour"
         );
         assert!(!WhileDown::Accept.refuses(None));
+    }
+
+    #[test]
+    fn adapter_index_is_its_position_in_all() {
+        for (i, kind) in super::AdapterKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind:?}");
+        }
     }
 
     #[test]
