@@ -17,8 +17,9 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::{header_safe, render, AdapterError, CloudRequest, Context, DeviceMessage};
+use super::{render, AdapterError, CloudRequest, Context, DeviceMessage};
 use crate::policy::cloud::AzureEventHubs;
+use crate::proto::http1::is_valid_header_value;
 
 /// The REST API version spoken.
 pub const API_VERSION: &str = "2014-01";
@@ -70,7 +71,7 @@ pub fn request(
         headers.push(("brokerproperties".into(), Value::Object(props).to_string()));
     }
     for (name, value) in ctx.fields {
-        if header_safe(value)
+        if is_valid_header_value(value.as_bytes())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))

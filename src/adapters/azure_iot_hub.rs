@@ -11,10 +11,9 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 
-use super::{
-    header_safe, percent_encode, render, AdapterError, CloudRequest, Context, DeviceMessage,
-};
+use super::{percent_encode, render, AdapterError, CloudRequest, Context, DeviceMessage};
 use crate::policy::cloud::AzureIotHubHttps;
+use crate::proto::http1::is_valid_header_value;
 
 /// The REST API version spoken.
 pub const API_VERSION: &str = "2021-04-12";
@@ -50,7 +49,9 @@ pub fn request(
         headers.push(("content-type".into(), ct.to_owned()));
     }
     for (name, value) in ctx.fields {
-        if header_safe(value) && name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        if is_valid_header_value(value.as_bytes())
+            && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+        {
             headers.push((format!("iothub-app-{name}").into(), value.clone()));
         }
     }

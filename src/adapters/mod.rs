@@ -342,27 +342,7 @@ pub(crate) fn sigv4_headers(
         .collect())
 }
 
-/// Whether `value` may go into a header field as it is (visible ASCII and spaces).
-pub(crate) fn header_safe(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
-}
-
-/// Percent-encodes `text` for a path segment or query value: everything but RFC 3986
-/// unreserved characters.
-pub(crate) fn percent_encode(text: &[u8], out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in text {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push('%');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        }
-    }
-}
+pub(crate) use crate::policy::template::percent_encode;
 
 /// Renders a template for this device to text (SIM fields are ASCII; anything else is
 /// replaced, never passed through raw).

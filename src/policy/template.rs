@@ -101,6 +101,22 @@ enum Segment {
     Tag(String),
 }
 
+/// Appends `text` percent-encoded: every byte but the RFC 3986 unreserved characters
+/// (`A-Z a-z 0-9 - . _ ~`) as `%XX` (upper-case hex), so the result is one URL path segment or
+/// query value.
+pub fn percent_encode(text: &[u8], out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
 /// A parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -342,13 +358,7 @@ impl Template {
                         segments: vec![other.clone()],
                     }
                     .render_into(vars, &mut value);
-                    for &b in &value {
-                        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                            out.push(char::from(b));
-                        } else {
-                            out.push_str(&format!("%{b:02X}"));
-                        }
-                    }
+                    percent_encode(&value, out);
                 }
             }
         }
