@@ -301,7 +301,16 @@ fn device_post(gw: &Simgate, dir: &Path, path: &str, body: &[u8], content_type: 
         "curl failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    parse_curl_response(&out.stdout)
+    let resp = parse_curl_response(&out.stdout);
+    if resp.status >= 500 {
+        // Shown only when the test fails: what simgate said about it.
+        eprintln!(
+            "{path} answered {}; simgate's log:\n{}",
+            resp.status,
+            tail(&gw.stderr(), 20)
+        );
+    }
+    resp
 }
 
 /// `curl -i` output: skips interim (1xx) heads.
@@ -822,6 +831,15 @@ fn pubsub_batches_answer_each_device_with_its_own_message_id_and_a_failed_batch_
     wait_for_token(&gw, &cloud.sink, "ps-batch");
 
     let answers = burst(&gw, "/ps-batch");
+    for (imsi, resp) in &answers {
+        assert_eq!(
+            resp.status,
+            200,
+            "{imsi}: {}\nsimgate's log:\n{}",
+            resp.body_text(),
+            tail(&gw.stderr(), 30)
+        );
+    }
     let accepted = cloud.sink.accepted("gcp-pubsub");
     assert_eq!(accepted.len(), BATCH_SIMS, "every message delivered once");
     let by_imsi: HashMap<String, &Value> = accepted.iter().map(|a| (imsi_of_body(a), a)).collect();
@@ -1058,7 +1076,13 @@ fn traffic_with_failures(cloud: &Cloud, gw: &Simgate, targets: &[(&str, &str, &[
         for status in [401, 403, 429, 500] {
             cloud.sink.fail(sink_cloud, status, 1, Some(1));
             let resp = device_post(gw, cloud.dir.path(), path, body, "application/json");
-            assert_eq!(resp.status, status, "{path}: {}", resp.body_text());
+            assert_eq!(
+                resp.status,
+                status,
+                "{path}: {}\nsimgate's log:\n{}",
+                resp.body_text(),
+                tail(&gw.stderr(), 30)
+            );
             seen.push_str(&format!("{:?}\n{}\n", resp.headers, resp.body_text()));
         }
         let resp = device_post(gw, cloud.dir.path(), path, body, "application/json");

@@ -1055,6 +1055,11 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of connects (simgate's shards opening
+    # connections for 50 devices at once) would overflow it, and a dropped SYN costs the
+    # client a 1 s + 2 s retransmit, longer than a short connect timeout. A cloud's front end
+    # does not drop connects at 6.
+    request_queue_size = socket.SOMAXCONN
 
     def __init__(self, config, ctx):
         self.config = config
