@@ -479,6 +479,7 @@ pub fn curl(args: &[&str]) -> (bool, String) {
     )
 }
 
+pub mod cloud_front;
 pub mod cloud_sink;
 pub mod mosquitto;
 pub mod mqtt_client;
