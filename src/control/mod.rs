@@ -12,8 +12,12 @@
 //! minting and renewal of the destinations' cloud tokens ([`tokens`]), handed to shards with
 //! [`Control::apply_tokens`].
 //!
+//! Admin requests carry `Authorization: Bearer <gateway.admin_token>` when the config sets a
+//! token (it must for a non-loopback address); the comparison is constant-time and a missing or
+//! wrong token gets 401 for every path.
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
-//! config says so explicitly (`gateway.admin_allow_non_loopback`).
+//! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
 pub mod metrics;
 pub mod radius;
@@ -417,6 +421,26 @@ pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control
     }
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>`. Both sides are hashed first and
+/// the digests compared in constant time, so neither the token's bytes nor its length leak
+/// through timing.
+fn bearer_matches(headers: &hyper::HeaderMap, token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+            scheme
+                .eq_ignore_ascii_case(b"bearer")
+                .then(|| rest.trim_ascii())
+        })
+        .unwrap_or_default();
+    let digest = |bytes: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let (a, b) = (digest(given), digest(token));
+    bool::from(a.as_ref().ct_eq(b.as_ref())) && !given.is_empty()
+}
+
 async fn admin(
     req: Request<Incoming>,
     control: Arc<Control>,
@@ -431,6 +455,25 @@ async fn admin(
         Ok(r)
     };
     const TEXT: &str = "text/plain; charset=utf-8";
+    // The token of the plan being served: a reload that changes it applies to the next request.
+    let token = control.plan_tx.borrow().gateway.admin_token.clone();
+    if let Some(token) = token {
+        if !bearer_matches(req.headers(), &token.0) {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                b"admin token required: Authorization: Bearer <gateway.admin_token>\n",
+            )));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"simgate-admin\""),
+            );
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(TEXT),
+            );
+            return Ok(r);
+        }
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
             let (dead, stale, expected) = control
