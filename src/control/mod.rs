@@ -87,6 +87,52 @@ pub struct Control {
 }
 
 impl Control {
+    /// `/readyz`: ready (true) when every shard is alive and serves the current plan and every
+    /// destination's warm pool has been filled on every shard since the plan was applied; the
+    /// text says what is missing. Blocks while asking the shards (call from a blocking task).
+    pub fn readiness(&self) -> (bool, String) {
+        let guard = self.gateway.lock();
+        let Some(gateway) = guard.as_ref() else {
+            return (false, "stopping\n".into());
+        };
+        let mut problems = String::new();
+        let dead = gateway.dead_shards();
+        if !dead.is_empty() {
+            problems.push_str(&format!("shard(s) {dead:?} stopped\n"));
+        }
+        for (shard, served) in gateway.stale_shards() {
+            problems.push_str(&format!(
+                "shard {shard} serves configuration generation {served}, not {}\n",
+                gateway.generation()
+            ));
+        }
+        let plan = gateway.plan().clone();
+        let snapshots = gateway.per_shard_metrics();
+        if snapshots.len() < gateway.shard_count() {
+            problems.push_str(&format!(
+                "{} of {} shards answered\n",
+                snapshots.len(),
+                gateway.shard_count()
+            ));
+        }
+        for (shard, snapshot) in snapshots.iter().enumerate() {
+            for d in &snapshot.cold_destinations {
+                let name = plan
+                    .destinations
+                    .get(usize::from(*d))
+                    .map_or("?", |d| d.name.as_str());
+                problems.push_str(&format!(
+                    "destination {name}: warm pool not filled yet on shard {shard}\n"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            (true, "ready\n".into())
+        } else {
+            (false, problems)
+        }
+    }
+
     /// Wrap a running gateway. `config_path` is what reloads re-read (None: reload disabled).
     pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
         let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
@@ -398,7 +444,8 @@ async fn wait_for_signals(control: &Arc<Control>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serve the admin endpoint: `GET /healthz`, `GET /metrics`, `POST /-/reload`.
+/// Serve the admin endpoint: `GET /healthz` (liveness), `GET /readyz` (readiness), `GET
+/// /metrics`, `POST /-/reload`.
 pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -500,6 +547,17 @@ async fn admin(
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, problems)
             }
         }
+        (&Method::GET, "/readyz") => {
+            let (status, body) = tokio::task::spawn_blocking(move || control.readiness())
+                .await
+                .unwrap_or((false, "readiness check failed\n".into()));
+            let code = if status {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(code, TEXT, body)
+        }
         (&Method::GET, "/metrics") => {
             let body = tokio::task::spawn_blocking(move || control.render_metrics())
                 .await
@@ -521,7 +579,7 @@ async fn admin(
                 ),
             }
         }
-        (_, "/healthz" | "/metrics" | "/-/reload") => reply(
+        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
             "method not allowed\n".into(),
@@ -529,7 +587,7 @@ async fn admin(
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /healthz, /metrics, POST /-/reload\n".into(),
+            "not found; try /healthz, /readyz, /metrics, POST /-/reload\n".into(),
         ),
     }
 }
