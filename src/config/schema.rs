@@ -247,6 +247,8 @@ pub(crate) struct RawMqtt {
     pub accept_while_down: Option<bool>,
     pub down_after: Option<RawDuration>,
     pub c2d_topic: Option<String>,
+    pub thing_name: Option<String>,
+    pub thing_topics: Option<bool>,
 }
 
 /// `[destination.pool]`.

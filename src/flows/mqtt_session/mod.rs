@@ -75,8 +75,8 @@ mod driver;
 
 pub use self::bridge::{Action, Bridge, SessionEnd, DEVICE_TOPIC_ALIAS_MAXIMUM};
 pub use self::connect::{
-    build_upstream_connect, device_connack, session_vars, upstream_version, v5_connack_code,
-    BuildError,
+    aws_connack, aws_connect, aws_session, build_upstream_connect, device_connack, session_vars,
+    upstream_version, v5_connack_code, BuildError,
 };
 pub use self::driver::serve;
 
