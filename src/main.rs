@@ -16,8 +16,21 @@ struct Cli {
     /// Log filter, e.g. `info`, `simgate=debug` (overrides RUST_LOG).
     #[arg(long, global = true)]
     log: Option<String>,
+    /// Log line format on stderr: `text` (colours only on a terminal) or `json` (one object
+    /// per line: timestamp, level, target, fields, spans; for log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -65,7 +78,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log.as_deref());
+    init_logging(cli.log.as_deref(), cli.log_format);
     match cli.command {
         Command::Run { config } => match simgate::control::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -134,13 +147,22 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: Option<&str>) {
+fn init_logging(filter: Option<&str>, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = filter
         .map(tracing_subscriber::EnvFilter::new)
         .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Colour codes only where a person reads them: a file or a pipe gets plain text.
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }

@@ -13,11 +13,23 @@
 //! - Downlink: simgate subscribes to `devices/{device_id}/messages/devicebound/#`
 //!   ([`Session::c2d_filter`]); each message is delivered on the configured device topic, the
 //!   bag after `devicebound/` decoded into (name, value) pairs ([`Session::c2d_properties`]).
+//! - Device twin and direct methods: IoT Hub's `$iothub/twin/…` and `$iothub/methods/…` topics
+//!   carry no device id (the connection is the device), so they are reached through two device
+//!   topic prefixes, `twin_topic` and `methods_topic` (defaults `$iothub/twin` and
+//!   `$iothub/methods`: a device written for IoT Hub speaks its own topics unchanged; a device
+//!   that cannot use `$` topics gets e.g. `twin` and `methods`). Only what the hub takes passes:
+//!   PUBLISH to `{twin}/GET/…`, `{twin}/PATCH/properties/reported/…` and `{methods}/res/…`
+//!   ([`Session::hub_topic`]); SUBSCRIBE to `{twin}/res/#`, `{twin}/PATCH/properties/desired/#`
+//!   and `{methods}/POST/#` ([`Session::hub_filter`]), forwarded to the hub so that it sees the
+//!   device online for methods only when the device asked; the hub's messages on those topics
+//!   come back under the device's prefixes ([`Session::device_topic`]). Request ids
+//!   (`?$rid=…`) and versions pass as they are.
 //! - Rules IoT Hub sets: no retain ([`RETAIN_NOT_SUPPORTED`]), no QoS 2 (carried as QoS 1 by
-//!   the session bridge); device subscriptions other than the C2D topic have nothing upstream
-//!   ([`Session::grants`]).
+//!   the session bridge); device subscriptions other than the C2D topic and the hub filters
+//!   above have nothing upstream ([`Session::grants`]).
 //!
-//! What this does not do: IO, minting or renewing tokens, twin or direct-method topics.
+//! What this does not do: IO, minting or renewing tokens, twin documents or method dispatch
+//! (the device's own business: simgate carries the topics).
 
 use bytes::Bytes;
 
@@ -43,11 +55,41 @@ pub fn device_id_valid(id: &str) -> bool {
             .any(|b| matches!(b, b'/' | b'+' | b'#' | 0 | b' '))
 }
 
+/// IoT Hub's twin topics (the device-side `twin_topic` default).
+pub const HUB_TWIN: &str = "$iothub/twin";
+/// IoT Hub's direct-method topics (the device-side `methods_topic` default).
+pub const HUB_METHODS: &str = "$iothub/methods";
+
+/// What a device may publish under the twin prefix: a GET of the twin, a reported-properties
+/// patch (each followed by `?$rid=…`).
+const TWIN_PUBLISH: [&str; 2] = ["/GET/", "/PATCH/properties/reported/"];
+/// What a device may publish under the methods prefix: a method's response
+/// (`/res/{status}/?$rid=…`).
+const METHODS_PUBLISH: [&str; 1] = ["/res/"];
+/// The twin filters IoT Hub takes: responses, desired-property patches.
+const TWIN_FILTERS: [&str; 2] = ["/res/#", "/PATCH/properties/desired/#"];
+/// The method filter IoT Hub takes: requests.
+const METHODS_FILTERS: [&str; 1] = ["/POST/#"];
+
 /// Why a device message cannot be carried to IoT Hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The mapped topic is over MQTT's 65,535 bytes.
     TopicTooLong,
+    /// A topic under the twin or methods prefix that IoT Hub does not take from a device
+    /// (e.g. `$iothub/twin/res/…`, which only the hub publishes).
+    NotAHubTopic,
+}
+
+/// Where a device SUBSCRIBE filter goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FilterRoute {
+    /// Answered by simgate: granted when it matches the C2D topic ([`Session::grants`]).
+    Local,
+    /// Forwarded to the hub as this filter (a twin or method filter).
+    Hub(Bytes),
+    /// Under the twin or methods prefix but not a filter IoT Hub takes: refused.
+    Refused,
 }
 
 /// One device's IoT Hub session: its device id, the identity fields it carries, and the
@@ -60,6 +102,23 @@ pub struct Session {
     pub fields: Box<[(String, String)]>,
     /// The device topic of cloud-to-device messages.
     pub c2d_topic: Bytes,
+    /// The device-side prefix of IoT Hub's twin topics (`$iothub/twin` by default).
+    pub twin_topic: Bytes,
+    /// The device-side prefix of IoT Hub's direct-method topics (`$iothub/methods` by default).
+    pub methods_topic: Bytes,
+}
+
+/// `topic` minus `prefix`, when `topic` is `prefix` itself or continues it with a `/`.
+fn under<'a>(topic: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let rest = topic.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with(b"/")).then_some(rest)
+}
+
+fn joined(head: &[u8], rest: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(head.len() + rest.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(rest);
+    Bytes::from(out)
 }
 
 impl Session {
@@ -135,10 +194,54 @@ impl Session {
         )
     }
 
-    /// Whether a device subscription to `filter` is granted: it must match the C2D topic
-    /// (the only device topic simgate delivers on).
+    /// Whether a device subscription to `filter` is granted here: it must match the C2D topic
+    /// (the only device topic simgate delivers on by itself).
     pub fn grants(&self, filter: &[u8]) -> bool {
         filter_matches(filter, &self.c2d_topic)
+    }
+
+    /// The hub topic of a device PUBLISH on `topic`: `None` when it is not under the twin or
+    /// methods prefix (it is telemetry: [`Session::events_topic`]), the `$iothub/…` topic when
+    /// it is one the hub takes from a device, [`Refusal::NotAHubTopic`] otherwise.
+    pub fn hub_topic(&self, topic: &[u8]) -> Option<Result<Bytes, Refusal>> {
+        let (hub, rest, allowed): (&str, &[u8], &[&str]) =
+            if let Some(rest) = under(topic, &self.twin_topic) {
+                (HUB_TWIN, rest, &TWIN_PUBLISH)
+            } else if let Some(rest) = under(topic, &self.methods_topic) {
+                (HUB_METHODS, rest, &METHODS_PUBLISH)
+            } else {
+                return None;
+            };
+        if !allowed.iter().any(|a| rest.starts_with(a.as_bytes())) {
+            return Some(Err(Refusal::NotAHubTopic));
+        }
+        Some(Ok(joined(hub.as_bytes(), rest)))
+    }
+
+    /// Where a device SUBSCRIBE (or UNSUBSCRIBE) `filter` goes.
+    pub fn hub_filter(&self, filter: &[u8]) -> FilterRoute {
+        let (hub, rest, allowed): (&str, &[u8], &[&str]) =
+            if let Some(rest) = under(filter, &self.twin_topic) {
+                (HUB_TWIN, rest, &TWIN_FILTERS)
+            } else if let Some(rest) = under(filter, &self.methods_topic) {
+                (HUB_METHODS, rest, &METHODS_FILTERS)
+            } else {
+                return FilterRoute::Local;
+            };
+        if allowed.iter().any(|a| rest == a.as_bytes()) {
+            FilterRoute::Hub(joined(hub.as_bytes(), rest))
+        } else {
+            FilterRoute::Refused
+        }
+    }
+
+    /// The device's topic of a hub message on a twin or method topic (a response, a desired
+    /// patch, a method request), or `None` for any other topic.
+    pub fn device_topic(&self, topic: &[u8]) -> Option<Bytes> {
+        if let Some(rest) = under(topic, HUB_TWIN.as_bytes()) {
+            return Some(joined(&self.twin_topic, rest));
+        }
+        under(topic, HUB_METHODS.as_bytes()).map(|rest| joined(&self.methods_topic, rest))
     }
 }
 
@@ -191,6 +294,8 @@ mod tests {
             ]
             .into(),
             c2d_topic: Bytes::from_static(b"devicebound"),
+            twin_topic: Bytes::from_static(HUB_TWIN.as_bytes()),
+            methods_topic: Bytes::from_static(HUB_METHODS.as_bytes()),
         }
     }
 
@@ -285,5 +390,92 @@ mod tests {
         for f in [&b"devicebound/x"[..], b"cmd/#", b"+/+"] {
             assert!(!s.grants(f), "{f:?}");
         }
+    }
+
+    #[test]
+    fn twin_and_method_topics_pass_when_the_hub_takes_them_from_a_device() {
+        let s = session();
+        assert_eq!(
+            s.hub_topic(b"$iothub/twin/GET/?$rid=1"),
+            Some(Ok(b("$iothub/twin/GET/?$rid=1")))
+        );
+        assert_eq!(
+            s.hub_topic(b"$iothub/twin/PATCH/properties/reported/?$rid=2"),
+            Some(Ok(b("$iothub/twin/PATCH/properties/reported/?$rid=2")))
+        );
+        assert_eq!(
+            s.hub_topic(b"$iothub/methods/res/200/?$rid=7"),
+            Some(Ok(b("$iothub/methods/res/200/?$rid=7")))
+        );
+        // What only the hub publishes, or nothing the hub knows: refused, not telemetry.
+        for bad in [
+            &b"$iothub/twin/res/200/?$rid=1"[..],
+            b"$iothub/twin",
+            b"$iothub/methods/POST/reboot/?$rid=1",
+            b"$iothub/methods/",
+        ] {
+            assert_eq!(
+                s.hub_topic(bad),
+                Some(Err(Refusal::NotAHubTopic)),
+                "{bad:?}"
+            );
+        }
+        // Telemetry, including look-alikes that are not under a prefix.
+        for telemetry in [&b"sensors/t"[..], b"$iothub/twinkle", b"$iothub/other"] {
+            assert_eq!(s.hub_topic(telemetry), None, "{telemetry:?}");
+        }
+    }
+
+    #[test]
+    fn twin_and_method_prefixes_map_both_ways() {
+        let s = Session {
+            twin_topic: b("twin"),
+            methods_topic: b("cmd/methods"),
+            ..session()
+        };
+        assert_eq!(
+            s.hub_topic(b"twin/PATCH/properties/reported/?$rid=3"),
+            Some(Ok(b("$iothub/twin/PATCH/properties/reported/?$rid=3")))
+        );
+        assert_eq!(
+            s.hub_topic(b"cmd/methods/res/404/?$rid=9"),
+            Some(Ok(b("$iothub/methods/res/404/?$rid=9")))
+        );
+        // The hub's own names are telemetry when the device's prefixes are others.
+        assert_eq!(s.hub_topic(b"$iothub/twin/GET/?$rid=1"), None);
+        assert_eq!(
+            s.hub_filter(b"twin/res/#"),
+            FilterRoute::Hub(b("$iothub/twin/res/#"))
+        );
+        assert_eq!(
+            s.hub_filter(b"twin/PATCH/properties/desired/#"),
+            FilterRoute::Hub(b("$iothub/twin/PATCH/properties/desired/#"))
+        );
+        assert_eq!(
+            s.hub_filter(b"cmd/methods/POST/#"),
+            FilterRoute::Hub(b("$iothub/methods/POST/#"))
+        );
+        for refused in [
+            &b"twin/#"[..],
+            b"twin/res/200/+",
+            b"cmd/methods/POST/reboot",
+        ] {
+            assert_eq!(s.hub_filter(refused), FilterRoute::Refused, "{refused:?}");
+        }
+        for local in [&b"devicebound"[..], b"#", b"twins/res/#"] {
+            assert_eq!(s.hub_filter(local), FilterRoute::Local, "{local:?}");
+        }
+        assert_eq!(
+            s.device_topic(b"$iothub/twin/res/200/?$rid=3&$version=4"),
+            Some(b("twin/res/200/?$rid=3&$version=4"))
+        );
+        assert_eq!(
+            s.device_topic(b"$iothub/methods/POST/reboot/?$rid=9"),
+            Some(b("cmd/methods/POST/reboot/?$rid=9"))
+        );
+        assert_eq!(
+            s.device_topic(b"devices/440101234567890/messages/devicebound/"),
+            None
+        );
     }
 }

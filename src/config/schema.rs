@@ -249,6 +249,8 @@ pub(crate) struct RawMqtt {
     pub c2d_topic: Option<String>,
     pub thing_name: Option<String>,
     pub thing_topics: Option<bool>,
+    pub twin_topic: Option<String>,
+    pub methods_topic: Option<String>,
 }
 
 /// `[destination.pool]`.

@@ -192,6 +192,10 @@ pub struct AzureIotHubMqtt {
     pub device_id: Template,
     /// The device topic cloud-to-device messages are delivered on (`mqtt.c2d_topic`).
     pub c2d_topic: bytes::Bytes,
+    /// The device-side prefix of IoT Hub's twin topics (`mqtt.twin_topic`).
+    pub twin_topic: bytes::Bytes,
+    /// The device-side prefix of IoT Hub's direct-method topics (`mqtt.methods_topic`).
+    pub methods_topic: bytes::Bytes,
     /// The session-mode settings the adapter derives (client id = device id, username, MQTT
     /// 3.1.1, topic `{topic}`); the password is the destination's SAS token at connect time.
     pub session: super::MqttDestination,

@@ -37,16 +37,27 @@ impl Simgate {
 
     /// [`Simgate::start`] with extra environment variables for the simgate process.
     pub fn start_with_env(dir: &Path, toml: &str, env: &[(&str, &Path)]) -> Simgate {
-        Simgate::start_full(dir, toml, env, None)
+        Simgate::start_full(dir, toml, env, None, &[])
+    }
+
+    /// [`Simgate::start`] with extra global options before `run` (e.g. `--log-format json`).
+    pub fn start_with_args(dir: &Path, toml: &str, args: &[&str]) -> Simgate {
+        Simgate::start_full(dir, toml, &[], None, args)
     }
 
     /// [`Simgate::start`] under an open-file limit of `fd_limit` (soft and hard, as
     /// `ulimit -n` sets them), so that descriptor exhaustion is cheap to reach.
     pub fn start_with_fd_limit(dir: &Path, toml: &str, fd_limit: u64) -> Simgate {
-        Simgate::start_full(dir, toml, &[], Some(fd_limit))
+        Simgate::start_full(dir, toml, &[], Some(fd_limit), &[])
     }
 
-    fn start_full(dir: &Path, toml: &str, env: &[(&str, &Path)], fd_limit: Option<u64>) -> Simgate {
+    fn start_full(
+        dir: &Path,
+        toml: &str,
+        env: &[(&str, &Path)],
+        fd_limit: Option<u64>,
+        global_args: &[&str],
+    ) -> Simgate {
         let config_path = dir.join("simgate.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let stderr_path = dir.join("simgate.stderr");
@@ -69,9 +80,9 @@ impl Simgate {
             .args([
                 "--log",
                 &std::env::var("SIMGATE_TEST_LOG").unwrap_or_else(|_| "simgate=debug".into()),
-                "run",
-                "--config",
             ])
+            .args(global_args)
+            .args(["run", "--config"])
             .arg(&config_path)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -479,6 +490,7 @@ pub fn curl(args: &[&str]) -> (bool, String) {
     )
 }
 
+pub mod cloud_front;
 pub mod cloud_sink;
 pub mod mosquitto;
 pub mod mqtt_client;

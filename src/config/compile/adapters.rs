@@ -247,6 +247,50 @@ impl Compiler<'_> {
             );
             ok = false;
         }
+        let twin_topic = raw
+            .twin_topic
+            .as_deref()
+            .unwrap_or(crate::adapters::azure_iot_hub_mqtt::HUB_TWIN);
+        let methods_topic = raw
+            .methods_topic
+            .as_deref()
+            .unwrap_or(crate::adapters::azure_iot_hub_mqtt::HUB_METHODS);
+        for (key, prefix) in [("twin_topic", twin_topic), ("methods_topic", methods_topic)] {
+            if prefix.is_empty()
+                || prefix.len() > 1024
+                || prefix.contains(['+', '#', '\0'])
+                || prefix.ends_with('/')
+            {
+                self.push(
+                    format!("{p}.{key}"),
+                    format!(
+                        "invalid device topic prefix {prefix:?}: 1 to 1024 bytes, without the \
+                         wildcards '+' and '#', NUL or a trailing '/'"
+                    ),
+                );
+                ok = false;
+            }
+        }
+        // Each device topic must have one meaning: telemetry, C2D, twin or methods.
+        let nested = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+        for (key, prefix, other_key, other) in [
+            ("twin_topic", twin_topic, "methods_topic", methods_topic),
+            ("methods_topic", methods_topic, "twin_topic", twin_topic),
+            ("twin_topic", twin_topic, "c2d_topic", c2d_topic),
+            ("methods_topic", methods_topic, "c2d_topic", c2d_topic),
+        ] {
+            if ok && (nested(prefix, other) || (other_key == "c2d_topic" && nested(other, prefix)))
+            {
+                self.push(
+                    format!("{p}.{key}"),
+                    format!(
+                        "{prefix:?} overlaps {other_key} {other:?}: a device topic would have two \
+                         meanings"
+                    ),
+                );
+                ok = false;
+            }
+        }
         if !ok {
             return None;
         }
@@ -276,6 +320,8 @@ impl Compiler<'_> {
             hub: https.hub,
             device_id: https.device_id,
             c2d_topic: bytes::Bytes::from(c2d_topic.to_owned()),
+            twin_topic: bytes::Bytes::from(twin_topic.to_owned()),
+            methods_topic: bytes::Bytes::from(methods_topic.to_owned()),
             session,
         }))
     }

@@ -142,6 +142,19 @@ impl Compiler<'_> {
                 ok = false;
             }
         }
+        for (key, set) in [
+            ("twin_topic", m.twin_topic.is_some()),
+            ("methods_topic", m.methods_topic.is_some()),
+        ] {
+            if set {
+                self.push(
+                    format!("{mp}.{key}"),
+                    "only for adapter \"azure-iot-hub\"; AWS IoT Core's Device Shadow and Jobs \
+                     are reached through thing_topics",
+                );
+                ok = false;
+            }
+        }
         if m.c2d_topic.is_some() {
             self.push(
                 format!("{mp}.c2d_topic"),
@@ -172,6 +185,8 @@ impl Compiler<'_> {
             c2d_topic: None,
             thing_name: None,
             thing_topics: None,
+            twin_topic: None,
+            methods_topic: None,
         };
         let session = self.mqtt(p, &generic, shards);
         let thing_topics = m.thing_topics.unwrap_or(true);

@@ -185,13 +185,19 @@ impl Compiler<'_> {
             );
             ok = false;
         }
-        if raw.c2d_topic.is_some() {
-            self.push(
-                format!("{p}.c2d_topic"),
-                "only for adapter \"azure-iot-hub\": an mqtts destination maps downlink topics \
-                 through `topic`",
-            );
-            ok = false;
+        for (key, set) in [
+            ("c2d_topic", raw.c2d_topic.is_some()),
+            ("twin_topic", raw.twin_topic.is_some()),
+            ("methods_topic", raw.methods_topic.is_some()),
+        ] {
+            if set {
+                self.push(
+                    format!("{p}.{key}"),
+                    "only for adapter \"azure-iot-hub\": an mqtts destination maps topics \
+                     through `topic`",
+                );
+                ok = false;
+            }
         }
         for (key, set) in [
             ("thing_name", raw.thing_name.is_some()),

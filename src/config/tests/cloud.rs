@@ -369,6 +369,12 @@ fn azure_iot_hub_with_an_mqtt_table_speaks_mqtt_on_8883_in_session_mode() {
         panic!("{:?}", d.adapter)
     };
     assert_eq!(&a.c2d_topic[..], b"devicebound");
+    assert_eq!(
+        &a.twin_topic[..],
+        b"$iothub/twin",
+        "IoT Hub's own topics by default"
+    );
+    assert_eq!(&a.methods_topic[..], b"$iothub/methods");
     let m = d.mqtt().expect("session settings");
     assert_eq!(m.mode, crate::policy::MqttMode::Session);
     assert_eq!(m.version, crate::policy::MqttUpstreamVersion::V311);
@@ -384,7 +390,7 @@ fn azure_iot_hub_with_an_mqtt_table_speaks_mqtt_on_8883_in_session_mode() {
     // An overridden endpoint keeps the hub's name for TLS; c2d_topic is taken.
     let plan = fx
         .compile(&mqtt_config(&format!(
-            "{HUB_MQTT}\nendpoint = \"sink.test:8443\"\n[destination.mqtt]\nmode = \"session\"\nc2d_topic = \"c2d/in\""
+            "{HUB_MQTT}\nendpoint = \"sink.test:8443\"\n[destination.mqtt]\nmode = \"session\"\nc2d_topic = \"c2d/in\"\ntwin_topic = \"twin\"\nmethods_topic = \"c2d/methods\""
         )))
         .unwrap_or_else(|e| panic!("{e}"));
     let d = &plan.destinations[0];
@@ -396,6 +402,8 @@ fn azure_iot_hub_with_an_mqtt_table_speaks_mqtt_on_8883_in_session_mode() {
         panic!("{:?}", d.adapter)
     };
     assert_eq!(&a.c2d_topic[..], b"c2d/in");
+    assert_eq!(&a.twin_topic[..], b"twin");
+    assert_eq!(&a.methods_topic[..], b"c2d/methods");
 }
 
 #[test]
@@ -431,6 +439,31 @@ fn azure_iot_hub_over_mqtt_refuses_aggregate_mode_and_the_keys_it_sets() {
             "mode = \"session\"\nc2d_topic = \"c2d/#\"",
             "destination[0].mqtt.c2d_topic",
             "wildcards",
+        ),
+        (
+            "mode = \"session\"\ntwin_topic = \"twin/\"",
+            "destination[0].mqtt.twin_topic",
+            "trailing '/'",
+        ),
+        (
+            "mode = \"session\"\nmethods_topic = \"m/+\"",
+            "destination[0].mqtt.methods_topic",
+            "wildcards",
+        ),
+        (
+            "mode = \"session\"\ntwin_topic = \"hub\"\nmethods_topic = \"hub/methods\"",
+            "destination[0].mqtt.methods_topic",
+            "overlaps twin_topic \"hub\"",
+        ),
+        (
+            "mode = \"session\"\ntwin_topic = \"devicebound\"",
+            "destination[0].mqtt.twin_topic",
+            "overlaps c2d_topic \"devicebound\"",
+        ),
+        (
+            "mode = \"session\"\nc2d_topic = \"dev/c2d\"\nmethods_topic = \"dev\"",
+            "destination[0].mqtt.methods_topic",
+            "overlaps c2d_topic",
         ),
     ];
     for (table, path, needle) in cases {

@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use bytes::{Bytes, BytesMut};
 
 use crate::adapters::aws_iot_core_mqtt::{self as aws, Session as AwsSession, TopicRefusal};
-use crate::adapters::azure_iot_hub_mqtt::{self as azure, Session as AzureSession};
+use crate::adapters::azure_iot_hub_mqtt::{self as azure, FilterRoute, Session as AzureSession};
 use crate::flows::identity::AttachedProperties;
 use crate::policy::envelope;
 use crate::policy::TopicMap;
@@ -199,6 +199,9 @@ pub struct Bridge {
     /// PINGREQs simgate sent upstream on its own (to keep a cloud session alive for a device
     /// whose keep-alive is longer than the cloud's) whose PINGRESP has not come back.
     own_pings: u32,
+    /// IoT Hub: device SUBSCRIBEs / UNSUBSCRIBEs forwarded with only their twin and method
+    /// filters: the (position, code) of the filters answered here, merged into the hub's answer.
+    azure_local_codes: HashMap<u16, Vec<(usize, ReasonCode)>>,
 }
 
 impl Bridge {
@@ -219,6 +222,7 @@ impl Bridge {
             qos2_as_qos1: HashSet::new(),
             refusals: [0; CloudRule::ALL.len()],
             own_pings: 0,
+            azure_local_codes: HashMap::new(),
         }
     }
 
@@ -450,38 +454,8 @@ impl Bridge {
             }
             Packet::PubRel(r) => Action::Forward(Packet::PubRel(self.response_up(r))),
             Packet::PubComp(r) => Action::Forward(Packet::PubComp(self.response_up(r))),
-            Packet::Subscribe(s) if self.azure.is_some() => {
-                // IoT Hub has nothing to subscribe to but the device's C2D messages, which
-                // simgate subscribed to at session start: answered here.
-                let reason_codes = s
-                    .subscriptions
-                    .iter()
-                    .map(|sub| {
-                        let granted = self.azure.as_ref().is_some_and(|a| a.grants(&sub.filter));
-                        match (granted, sub.options.qos) {
-                            (true, QoS::AtMostOnce) => ReasonCode::SUCCESS,
-                            (true, _) => ReasonCode::GRANTED_QOS_1,
-                            (false, _) => self.refusal_code(ReasonCode::NOT_AUTHORIZED),
-                        }
-                    })
-                    .collect();
-                Action::Reply(Packet::SubAck(SubAck {
-                    packet_id: s.packet_id,
-                    properties: Properties::default(),
-                    reason_codes,
-                }))
-            }
-            Packet::Unsubscribe(u) if self.azure.is_some() => {
-                let reason_codes = match self.device {
-                    ProtocolVersion::V5 => vec![ReasonCode::SUCCESS; u.filters.len()],
-                    ProtocolVersion::V311 => Vec::new(),
-                };
-                Action::Reply(Packet::UnsubAck(UnsubAck {
-                    packet_id: u.packet_id,
-                    properties: Properties::default(),
-                    reason_codes,
-                }))
-            }
+            Packet::Subscribe(s) if self.azure.is_some() => self.subscribe_azure(s),
+            Packet::Unsubscribe(u) if self.azure.is_some() => self.unsubscribe_azure(u),
             Packet::Subscribe(s) => {
                 let mut subscriptions = Vec::with_capacity(s.subscriptions.len());
                 let mut refused = Vec::new();
@@ -622,6 +596,13 @@ impl Bridge {
                         }
                         return Action::Forward(Packet::Publish(publish));
                     }
+                    // A twin response or desired patch, a method request: under the device's
+                    // prefixes.
+                    if let Some(topic) = azure.device_topic(&publish.topic) {
+                        publish.topic = topic;
+                        publish.properties = Properties::default();
+                        return Action::Forward(Packet::Publish(publish));
+                    }
                 }
                 // Everything the broker sends this session is addressed to this device: a topic
                 // without the template's affixes passes as it is.
@@ -670,6 +651,7 @@ impl Bridge {
                         reason_codes.insert(index.min(reason_codes.len()), code);
                     }
                 }
+                self.merge_azure_local_codes(s.packet_id.get(), &mut reason_codes);
                 Action::Forward(Packet::SubAck(SubAck {
                     packet_id: s.packet_id,
                     properties: self.props_down(s.properties),
@@ -691,6 +673,11 @@ impl Bridge {
                         let at = index.min(reason_codes.len());
                         reason_codes.insert(at, ReasonCode::TOPIC_FILTER_INVALID);
                     }
+                }
+                if self.device == ProtocolVersion::V5 {
+                    self.merge_azure_local_codes(u.packet_id.get(), &mut reason_codes);
+                } else {
+                    self.azure_local_codes.remove(&u.packet_id.get());
                 }
                 Action::Forward(Packet::UnsubAck(UnsubAck {
                     packet_id: u.packet_id,
@@ -756,17 +743,24 @@ impl Bridge {
                 .collect(),
             ProtocolVersion::V311 => Vec::new(),
         };
-        publish.topic = match azure.events_topic(&publish.topic, &user_properties) {
-            Ok(t) => t,
-            Err(_) => {
-                return Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+        let invalid = Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID));
+        match azure.hub_topic(&publish.topic) {
+            // A twin request or method response: to the hub's topic as sent (the hub reads the
+            // JSON body: no envelope).
+            Some(Ok(topic)) => publish.topic = topic,
+            Some(Err(_)) => return invalid,
+            None => {
+                publish.topic = match azure.events_topic(&publish.topic, &user_properties) {
+                    Ok(t) => t,
+                    Err(_) => return invalid,
+                };
+                if let Some(fields) = &self.envelope {
+                    publish.payload =
+                        Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload));
+                }
             }
-        };
-        publish.properties = self.props_up(std::mem::take(&mut publish.properties));
-        if let Some(fields) = &self.envelope {
-            publish.payload =
-                Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload));
         }
+        publish.properties = self.props_up(std::mem::take(&mut publish.properties));
         self.carry_qos2_as_qos1(&mut publish);
         if let Some(id) = publish
             .packet_id
@@ -775,6 +769,103 @@ impl Bridge {
             self.uplink_unacked.insert(id.get());
         }
         Action::Forward(Packet::Publish(publish))
+    }
+
+    /// A device SUBSCRIBE toward IoT Hub: the C2D topic is granted here (simgate subscribed
+    /// to it at session start), twin and method filters go to the hub (its SUBACK, with the
+    /// codes given here merged in, answers the device), anything else is refused.
+    fn subscribe_azure(&mut self, s: Subscribe) -> Action {
+        let Some(azure) = self.azure.as_ref() else {
+            return Action::End(SessionEnd::UpstreamProtocol);
+        };
+        let mut local = Vec::new();
+        let mut upstream = Vec::new();
+        for (index, sub) in s.subscriptions.iter().enumerate() {
+            let code = match azure.hub_filter(&sub.filter) {
+                FilterRoute::Hub(filter) => {
+                    let qos = match sub.options.qos {
+                        QoS::AtMostOnce => QoS::AtMostOnce,
+                        _ => QoS::AtLeastOnce,
+                    };
+                    upstream.push(Subscription {
+                        filter,
+                        options: SubscriptionOptions::with_qos(qos),
+                    });
+                    continue;
+                }
+                FilterRoute::Local if azure.grants(&sub.filter) => match sub.options.qos {
+                    QoS::AtMostOnce => ReasonCode::SUCCESS,
+                    _ => ReasonCode::GRANTED_QOS_1,
+                },
+                FilterRoute::Local => self.refusal_code(ReasonCode::NOT_AUTHORIZED),
+                FilterRoute::Refused => self.refusal_code(ReasonCode::TOPIC_FILTER_INVALID),
+            };
+            local.push((index, code));
+        }
+        if upstream.is_empty() {
+            return Action::Reply(Packet::SubAck(SubAck {
+                packet_id: s.packet_id,
+                properties: Properties::default(),
+                reason_codes: local.into_iter().map(|(_, code)| code).collect(),
+            }));
+        }
+        if !local.is_empty() {
+            self.azure_local_codes.insert(s.packet_id.get(), local);
+        }
+        Action::Forward(Packet::Subscribe(Subscribe {
+            packet_id: s.packet_id,
+            properties: Properties::default(),
+            subscriptions: upstream,
+        }))
+    }
+
+    /// A device UNSUBSCRIBE toward IoT Hub: twin and method filters go to the hub, the others
+    /// are answered here (success: nothing upstream to undo).
+    fn unsubscribe_azure(&mut self, u: Unsubscribe) -> Action {
+        let Some(azure) = self.azure.as_ref() else {
+            return Action::End(SessionEnd::UpstreamProtocol);
+        };
+        let mut local = Vec::new();
+        let mut upstream = Vec::new();
+        for (index, filter) in u.filters.iter().enumerate() {
+            match azure.hub_filter(filter) {
+                FilterRoute::Hub(f) => upstream.push(f),
+                FilterRoute::Local => local.push((index, ReasonCode::SUCCESS)),
+                FilterRoute::Refused => local.push((index, ReasonCode::TOPIC_FILTER_INVALID)),
+            }
+        }
+        if upstream.is_empty() {
+            let reason_codes = match self.device {
+                ProtocolVersion::V5 => local.into_iter().map(|(_, code)| code).collect(),
+                ProtocolVersion::V311 => Vec::new(),
+            };
+            return Action::Reply(Packet::UnsubAck(UnsubAck {
+                packet_id: u.packet_id,
+                properties: Properties::default(),
+                reason_codes,
+            }));
+        }
+        if self.device == ProtocolVersion::V5 && self.upstream == ProtocolVersion::V311 {
+            self.pending_unsubscribes
+                .insert(u.packet_id.get(), upstream.len());
+        }
+        if !local.is_empty() {
+            self.azure_local_codes.insert(u.packet_id.get(), local);
+        }
+        Action::Forward(Packet::Unsubscribe(Unsubscribe {
+            packet_id: u.packet_id,
+            properties: Properties::default(),
+            filters: upstream,
+        }))
+    }
+
+    /// Put the codes of filters answered here back in their places in the hub's answer.
+    fn merge_azure_local_codes(&mut self, packet_id: u16, reason_codes: &mut Vec<ReasonCode>) {
+        if let Some(local) = self.azure_local_codes.remove(&packet_id) {
+            for (index, code) in local {
+                reason_codes.insert(index.min(reason_codes.len()), code);
+            }
+        }
     }
 
     fn resolve_device_alias(&mut self, publish: &mut Publish) -> Result<(), ReasonCode> {
@@ -1006,7 +1097,105 @@ mod tests {
             device_id: "001010000000002".into(),
             fields: vec![("imsi".to_owned(), "001010000000002".to_owned())].into(),
             c2d_topic: Bytes::from_static(b"devicebound"),
+            twin_topic: Bytes::from_static(azure::HUB_TWIN.as_bytes()),
+            methods_topic: Bytes::from_static(b"methods"),
         }))
+    }
+
+    #[test]
+    fn azure_twin_and_method_topics_reach_the_hub_and_come_back() {
+        let mut b = azure_bridge(ProtocolVersion::V5);
+        let sub = |filter: &'static [u8]| Subscription {
+            filter: Bytes::from_static(filter),
+            options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+        };
+        // A mixed SUBSCRIBE: the hub gets the twin and method filters only; its SUBACK, with
+        // the local codes put back in their places, answers the device.
+        let Action::Forward(Packet::Subscribe(up)) = b.uplink(Packet::Subscribe(Subscribe {
+            packet_id: id(3),
+            properties: Properties::default(),
+            subscriptions: vec![
+                sub(b"devicebound"),
+                sub(b"$iothub/twin/res/#"),
+                sub(b"methods/POST/#"),
+                sub(b"methods/#"),
+            ],
+        })) else {
+            panic!("forwarded");
+        };
+        let filters: Vec<&[u8]> = up.subscriptions.iter().map(|s| &s.filter[..]).collect();
+        assert_eq!(
+            filters,
+            vec![&b"$iothub/twin/res/#"[..], b"$iothub/methods/POST/#"]
+        );
+        let Action::Forward(Packet::SubAck(ack)) = b.downlink(Packet::SubAck(SubAck {
+            packet_id: id(3),
+            properties: Properties::default(),
+            reason_codes: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::GRANTED_QOS_1],
+        })) else {
+            panic!("relayed");
+        };
+        assert_eq!(
+            ack.reason_codes,
+            vec![
+                ReasonCode::GRANTED_QOS_1,
+                ReasonCode::GRANTED_QOS_1,
+                ReasonCode::GRANTED_QOS_1,
+                ReasonCode::TOPIC_FILTER_INVALID
+            ]
+        );
+        // A method request comes back under the device's prefix; the response goes to the
+        // hub's topic as sent, without the telemetry property bag.
+        let Action::Forward(Packet::Publish(down)) = b.downlink(Packet::Publish(publish(
+            b"$iothub/methods/POST/reboot/?$rid=5",
+            None,
+        ))) else {
+            panic!("delivered");
+        };
+        assert_eq!(&down.topic[..], b"methods/POST/reboot/?$rid=5");
+        let Action::Forward(Packet::Publish(up)) =
+            b.uplink(Packet::Publish(publish(b"methods/res/200/?$rid=5", None)))
+        else {
+            panic!("forwarded");
+        };
+        assert_eq!(&up.topic[..], b"$iothub/methods/res/200/?$rid=5");
+        let Action::Forward(Packet::Publish(up)) =
+            b.uplink(Packet::Publish(publish(b"$iothub/twin/GET/?$rid=1", None)))
+        else {
+            panic!("forwarded");
+        };
+        assert_eq!(&up.topic[..], b"$iothub/twin/GET/?$rid=1");
+        // What only the hub publishes is the device's error.
+        assert_eq!(
+            b.uplink(Packet::Publish(publish(
+                b"$iothub/twin/res/200/?$rid=1",
+                None
+            ))),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+        );
+        // UNSUBSCRIBE: hub filters forwarded, the rest answered here; codes merged (v5).
+        let Action::Forward(Packet::Unsubscribe(up)) = b.uplink(Packet::Unsubscribe(Unsubscribe {
+            packet_id: id(4),
+            properties: Properties::default(),
+            filters: vec![
+                Bytes::from_static(b"devicebound"),
+                Bytes::from_static(b"methods/POST/#"),
+            ],
+        })) else {
+            panic!("forwarded");
+        };
+        assert_eq!(
+            up.filters,
+            vec![Bytes::from_static(b"$iothub/methods/POST/#")]
+        );
+        let Action::Forward(Packet::UnsubAck(ack)) = b.downlink(Packet::UnsubAck(UnsubAck {
+            packet_id: id(4),
+            properties: Properties::default(),
+            reason_codes: Vec::new(),
+        })) else {
+            panic!("relayed");
+        };
+        assert_eq!(ack.reason_codes, vec![ReasonCode::SUCCESS; 2]);
     }
 
     #[test]

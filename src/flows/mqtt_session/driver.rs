@@ -175,6 +175,8 @@ pub async fn serve(session: DeviceSession) {
                 device_id,
                 fields: identity.envelope_fields(&plan),
                 c2d_topic: settings.c2d_topic.clone(),
+                twin_topic: settings.twin_topic.clone(),
+                methods_topic: settings.methods_topic.clone(),
             };
             Some((
                 session,
