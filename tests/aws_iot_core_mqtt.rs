@@ -412,3 +412,51 @@ fn device_shadow_and_jobs_round_trip_through_the_things_topics() {
     assert_eq!(&got.topic[..], b"jobs/notify");
     assert_eq!(front.stat("disconnects.reserved_topic"), 0);
 }
+
+#[test]
+fn check_names_the_missing_x509_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let path = dir.path().join("simgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "aws"
+adapter = "aws-iot-core"
+endpoint = "127.0.0.1:8883"
+ca = "{ca}"
+[destination.mqtt]
+mode = "session"
+
+[[group]]
+name = "default"
+routes = [ {{ listener = "mqtt", destination = "aws" }} ]
+"#,
+            ca = pki.ca_pem.display()
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_simgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run simgate check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("destination[0].credential")
+            && text.contains("required for adapter \"aws-iot-core\" over MQTT"),
+        "{text}"
+    );
+}

@@ -646,3 +646,20 @@ fn aws_iot_core_over_mqtt_explains_every_refused_combination() {
         "only for adapter \"aws-iot-core\"",
     );
 }
+
+#[test]
+fn an_aws_thing_name_naming_a_field_some_sim_lacks_is_refused_at_its_path() {
+    let fx = fixture();
+    let text = format!(
+        "{}\n[[sim]]\nimsi = \"001010000000002\"\ngroup = \"default\"\n",
+        mqtt_config(&format!(
+            "{AWS_MQTT}\n[destination.mqtt]\nmode = \"session\"\nthing_name = \"t-{{imei}}\""
+        ))
+    );
+    let err = fx.compile(&text).expect_err("a SIM without an IMEI");
+    assert_single(
+        &err,
+        "destination[0].mqtt.thing_name",
+        "uses {imei}, which 1 SIM(s) of group \"default\" lack",
+    );
+}
