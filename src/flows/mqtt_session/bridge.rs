@@ -6,11 +6,18 @@
 //! aliases are resolved here and never forwarded; a broker alias is a protocol error. When the
 //! two hops speak different versions, properties are dropped toward 3.1.1 and reason codes
 //! mapped. Each translated packet comes back as an [`Action`]: forward it, forward it and end,
-//! or end.
+//! end, answer the device here, or absorb it (the PINGRESP to simgate's own PINGREQ).
+//!
+//! Cloud forms (`azure-iot-hub`, `aws-iot-core` over MQTT) add the cloud's topics and rules
+//! from their adapter files: a cloud without QoS 2 gets a device's QoS 2 as QoS 1, the device's
+//! exchange completed after the cloud's PUBACK (one path for both clouds); a message a cloud
+//! rule refuses is answered here and never forwarded (AWS: v5 QoS 1/2 PUBACK/PUBREC 0x90 for a
+//! topic, DISCONNECT 0x95 for a payload; see `refuse_topic`), and tallied by
+//! [`CloudRule`] for the driver to count ([`Bridge::take_refusals`]).
 //!
 //! What this module does not do: read or write sockets, keep time (keep-alive and drain
-//! deadlines are the driver's), count metrics, or build the CONNECT/CONNACK exchange (see
-//! `super::connect`).
+//! deadlines are the driver's), count metrics (it only tallies refusals), or build the
+//! CONNECT/CONNACK exchange (see `super::connect`).
 
 use std::collections::{HashMap, HashSet};
 
