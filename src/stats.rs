@@ -264,6 +264,9 @@ pub struct ShardMetrics {
     pub http_trailer_fields_dropped: u64,
     /// Idle upstream connections currently pooled.
     pub upstream_idle: u64,
+    /// Destinations (plan indexes) whose warm pool has not been filled yet under the current
+    /// plan, for `/readyz`; merged as a union.
+    pub cold_destinations: Vec<u16>,
     /// MQTT session-mode (1:1) device sessions bridged (upstream CONNACK accepted).
     pub mqtt_sessions_started: u64,
     /// MQTT session-mode device sessions currently bridged.
@@ -313,6 +316,7 @@ impl Default for ShardMetrics {
             upstream_retries: 0,
             http_trailer_fields_dropped: 0,
             upstream_idle: 0,
+            cold_destinations: Vec::new(),
             mqtt_sessions_started: 0,
             mqtt_sessions_open: 0,
             mqtt_connects_refused: 0,
@@ -487,6 +491,10 @@ impl ShardMetrics {
         self.upstream_retries += other.upstream_retries;
         self.http_trailer_fields_dropped += other.http_trailer_fields_dropped;
         self.upstream_idle += other.upstream_idle;
+        self.cold_destinations
+            .extend_from_slice(&other.cold_destinations);
+        self.cold_destinations.sort_unstable();
+        self.cold_destinations.dedup();
         self.mqtt_sessions_started += other.mqtt_sessions_started;
         self.mqtt_sessions_open += other.mqtt_sessions_open;
         self.mqtt_connects_refused += other.mqtt_connects_refused;

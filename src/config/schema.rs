@@ -47,6 +47,7 @@ pub(crate) struct RawGateway {
     pub pin_shards: Option<bool>,
     pub admin: Option<String>,
     pub admin_allow_non_loopback: Option<bool>,
+    pub admin_token: Option<RawSecret>,
     pub default_group: Option<String>,
     pub ring_entries: Option<i64>,
     pub recv_buffers: Option<i64>,

@@ -459,8 +459,31 @@ fn non_loopback_admin_needs_the_explicit_opt_in() {
         "[gateway]\n",
         "[gateway]\nadmin_allow_non_loopback = true\n",
     );
-    let plan = fx.compile(&allowed).unwrap_or_else(|e| panic!("{e}"));
+    // Exposed, the admin API needs a bearer token.
+    assert_single(
+        &fx.errors(&allowed),
+        "gateway.admin_token",
+        "required when gateway.admin (0.0.0.0:9180) is not a loopback address",
+    );
+    let token_file = fx.path().join("secrets/admin.token");
+    let with_token = edit(
+        &allowed,
+        "[gateway]\n",
+        "[gateway]\nadmin_token = { file = \"secrets/admin.token\" }\n",
+    );
+    std::fs::write(&token_file, "short\n").unwrap();
+    assert_single(&fx.errors(&with_token), "gateway.admin_token", "16");
+    std::fs::write(&token_file, "0123456789abcdef0123\n").unwrap();
+    let plan = fx.compile(&with_token).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(plan.gateway.admin, Some("0.0.0.0:9180".parse().unwrap()));
+    assert_eq!(
+        plan.gateway.admin_token.as_ref().map(|t| &t.0[..]),
+        Some(&b"0123456789abcdef0123"[..])
+    );
+    assert!(
+        !format!("{:?}", plan.gateway).contains("0123456789abcdef"),
+        "the token is never printed"
+    );
 }
 
 #[test]

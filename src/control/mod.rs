@@ -12,8 +12,12 @@
 //! minting and renewal of the destinations' cloud tokens ([`tokens`]), handed to shards with
 //! [`Control::apply_tokens`].
 //!
+//! Admin requests carry `Authorization: Bearer <gateway.admin_token>` when the config sets a
+//! token (it must for a non-loopback address); the comparison is constant-time and a missing or
+//! wrong token gets 401 for every path.
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
-//! config says so explicitly (`gateway.admin_allow_non_loopback`).
+//! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
 pub mod metrics;
 pub mod radius;
@@ -83,6 +87,52 @@ pub struct Control {
 }
 
 impl Control {
+    /// `/readyz`: ready (true) when every shard is alive and serves the current plan and every
+    /// destination's warm pool has been filled on every shard since the plan was applied; the
+    /// text says what is missing. Blocks while asking the shards (call from a blocking task).
+    pub fn readiness(&self) -> (bool, String) {
+        let guard = self.gateway.lock();
+        let Some(gateway) = guard.as_ref() else {
+            return (false, "stopping\n".into());
+        };
+        let mut problems = String::new();
+        let dead = gateway.dead_shards();
+        if !dead.is_empty() {
+            problems.push_str(&format!("shard(s) {dead:?} stopped\n"));
+        }
+        for (shard, served) in gateway.stale_shards() {
+            problems.push_str(&format!(
+                "shard {shard} serves configuration generation {served}, not {}\n",
+                gateway.generation()
+            ));
+        }
+        let plan = gateway.plan().clone();
+        let snapshots = gateway.per_shard_metrics();
+        if snapshots.len() < gateway.shard_count() {
+            problems.push_str(&format!(
+                "{} of {} shards answered\n",
+                snapshots.len(),
+                gateway.shard_count()
+            ));
+        }
+        for (shard, snapshot) in snapshots.iter().enumerate() {
+            for d in &snapshot.cold_destinations {
+                let name = plan
+                    .destinations
+                    .get(usize::from(*d))
+                    .map_or("?", |d| d.name.as_str());
+                problems.push_str(&format!(
+                    "destination {name}: warm pool not filled yet on shard {shard}\n"
+                ));
+            }
+        }
+        if problems.is_empty() {
+            (true, "ready\n".into())
+        } else {
+            (false, problems)
+        }
+    }
+
     /// Wrap a running gateway. `config_path` is what reloads re-read (None: reload disabled).
     pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
         let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
@@ -394,7 +444,8 @@ async fn wait_for_signals(control: &Arc<Control>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serve the admin endpoint: `GET /healthz`, `GET /metrics`, `POST /-/reload`.
+/// Serve the admin endpoint: `GET /healthz` (liveness), `GET /readyz` (readiness), `GET
+/// /metrics`, `POST /-/reload`.
 pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -417,6 +468,26 @@ pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control
     }
 }
 
+/// Whether `headers` carry `Authorization: Bearer <token>`. Both sides are hashed first and
+/// the digests compared in constant time, so neither the token's bytes nor its length leak
+/// through timing.
+fn bearer_matches(headers: &hyper::HeaderMap, token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = headers
+        .get(hyper::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_at(v.iter().position(|b| *b == b' ')?);
+            scheme
+                .eq_ignore_ascii_case(b"bearer")
+                .then(|| rest.trim_ascii())
+        })
+        .unwrap_or_default();
+    let digest = |bytes: &[u8]| aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let (a, b) = (digest(given), digest(token));
+    bool::from(a.as_ref().ct_eq(b.as_ref())) && !given.is_empty()
+}
+
 async fn admin(
     req: Request<Incoming>,
     control: Arc<Control>,
@@ -431,6 +502,25 @@ async fn admin(
         Ok(r)
     };
     const TEXT: &str = "text/plain; charset=utf-8";
+    // The token of the plan being served: a reload that changes it applies to the next request.
+    let token = control.plan_tx.borrow().gateway.admin_token.clone();
+    if let Some(token) = token {
+        if !bearer_matches(req.headers(), &token.0) {
+            let mut r = Response::new(Full::new(Bytes::from_static(
+                b"admin token required: Authorization: Bearer <gateway.admin_token>\n",
+            )));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer realm=\"simgate-admin\""),
+            );
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(TEXT),
+            );
+            return Ok(r);
+        }
+    }
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => {
             let (dead, stale, expected) = control
@@ -457,6 +547,17 @@ async fn admin(
                 reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, problems)
             }
         }
+        (&Method::GET, "/readyz") => {
+            let (status, body) = tokio::task::spawn_blocking(move || control.readiness())
+                .await
+                .unwrap_or((false, "readiness check failed\n".into()));
+            let code = if status {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(code, TEXT, body)
+        }
         (&Method::GET, "/metrics") => {
             let body = tokio::task::spawn_blocking(move || control.render_metrics())
                 .await
@@ -478,7 +579,7 @@ async fn admin(
                 ),
             }
         }
-        (_, "/healthz" | "/metrics" | "/-/reload") => reply(
+        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
             "method not allowed\n".into(),
@@ -486,7 +587,7 @@ async fn admin(
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /healthz, /metrics, POST /-/reload\n".into(),
+            "not found; try /healthz, /readyz, /metrics, POST /-/reload\n".into(),
         ),
     }
 }

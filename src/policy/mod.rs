@@ -45,6 +45,9 @@ pub struct GatewaySettings {
     pub pin_shards: bool,
     /// Admin/metrics HTTP endpoint; loopback by default.
     pub admin: Option<SocketAddr>,
+    /// `gateway.admin_token`: when set, every admin request must carry
+    /// `Authorization: Bearer <token>` (required for a non-loopback `admin`). Never printed.
+    pub admin_token: Option<crate::policy::Secret>,
     /// Group that devices without a SIM entry belong to.
     pub default_group: GroupId,
     /// io_uring submission queue entries per shard.

@@ -618,6 +618,12 @@ async fn command_loop(
                 ShardCommand::Snapshot(reply) => {
                     let mut snapshot = state.metrics.borrow().clone();
                     snapshot.upstream_idle = state.upstreams.idle_count() as u64;
+                    snapshot.cold_destinations = state
+                        .upstreams
+                        .not_warmed()
+                        .into_iter()
+                        .map(|d| d.0)
+                        .collect();
                     snapshot.upstream = state.upstreams.counters();
                     let agg = &state.mqtt_aggregate;
                     let c = state.links.counters();

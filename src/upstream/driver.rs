@@ -167,6 +167,11 @@ impl ShardUpstreams {
         self.pools.borrow().idle_count()
     }
 
+    /// Destinations whose pool has not held its `warm` connections yet under the current plan.
+    pub fn not_warmed(&self) -> Vec<crate::policy::DestinationId> {
+        self.pools.borrow().not_warmed()
+    }
+
     /// This shard's connect counters.
     pub fn counters(&self) -> UpstreamCounters {
         *self.counters.borrow()

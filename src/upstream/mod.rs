@@ -210,6 +210,14 @@ impl DestPool {
             self.settings.warm
         }
     }
+
+    /// Latch [`DestPool::warmed`] once the ready connections (idle HTTP/1.1, HTTP/2) reach the
+    /// warm target.
+    fn note_warm(&mut self) {
+        if self.idle.len() + self.h2.len() >= self.warm_target() {
+            self.warmed = true;
+        }
+    }
 }
 
 /// The pool of one destination on one shard.
@@ -234,6 +242,10 @@ pub struct DestPool {
     h2_mode: bool,
     /// A connect for an HTTP/2 connection is under way (others wait for it).
     h2_connecting: bool,
+    /// The pool has held its `warm` target of ready connections at least once since these
+    /// pools were made (start or reload): what `/readyz` asks. Not cleared when traffic takes
+    /// the idle connections, so readiness does not flap under load.
+    warmed: bool,
 }
 
 /// At most this many HTTP/2 connections per destination per shard: another is opened only
@@ -283,6 +295,7 @@ impl Pools {
                 h2: Vec::new(),
                 h2_mode: d.tls.alpn_protocols.iter().any(|p| p == http2::ALPN_H2),
                 h2_connecting: false,
+                warmed: d.pool.warm == 0,
             })
             .collect();
         Pools {
@@ -381,7 +394,17 @@ impl Pools {
         }
         if let Some(pool) = self.dests.get_mut(usize::from(conn.destination.0)) {
             pool.h2.push(conn);
+            pool.note_warm();
         }
+    }
+
+    /// Destinations whose pool has not yet held its `warm` connections since these pools were
+    /// made (see [`DestPool::warmed`]).
+    pub fn not_warmed(&self) -> Vec<DestinationId> {
+        (0..self.dests.len())
+            .filter(|&i| !self.dests[i].warmed)
+            .filter_map(|i| u16::try_from(i).ok().map(DestinationId))
+            .collect()
     }
 
     /// The server of `dest` answered with HTTP/1.1: serve it from the HTTP/1.1 pool from now on
@@ -516,6 +539,7 @@ impl Pools {
             since: now,
             connected_at: conn.connected_at,
         });
+        pool.note_warm();
     }
 
     /// Close idle connections past their destination's `idle_timeout` or `max_age`. An HTTP/2

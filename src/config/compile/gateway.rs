@@ -13,6 +13,9 @@ use super::{defaults, Compiler};
 use crate::config::schema::{RawGateway, RawShards};
 use crate::policy::{GatewaySettings, GroupId};
 
+/// The shortest `gateway.admin_token` taken: 16 bytes (128 bits if random).
+const ADMIN_TOKEN_MIN_BYTES: usize = 16;
+
 impl Compiler<'_> {
     pub(super) fn gateway(
         &mut self,
@@ -66,6 +69,24 @@ impl Compiler<'_> {
             }
         };
 
+        // A bearer token for the admin API: any address may have one; a non-loopback one
+        // must (it can reload the config and, with the usage API, shows who sent what).
+        let admin_token = raw
+            .admin_token
+            .as_ref()
+            .and_then(|t| self.secret("gateway.admin_token", t, ADMIN_TOKEN_MIN_BYTES))
+            .map(|bytes| crate::policy::Secret(bytes::Bytes::from(bytes)));
+        if let Some(Some(addr)) = admin {
+            if !addr.ip().is_loopback() && raw.admin_token.is_none() {
+                self.push(
+                    "gateway.admin_token",
+                    format!(
+                        "required when gateway.admin ({addr}) is not a loopback address: every \
+                         admin request must then carry `Authorization: Bearer <token>`"
+                    ),
+                );
+            }
+        }
         let group_name = raw
             .default_group
             .as_deref()
@@ -111,6 +132,7 @@ impl Compiler<'_> {
             shards: shards?,
             pin_shards: raw.pin_shards.unwrap_or(true),
             admin: admin?,
+            admin_token,
             default_group: default_group?,
             ring_entries: ring_entries?,
             recv_buffers: recv_buffers?,
