@@ -286,6 +286,9 @@ pub struct ShardMetrics {
     pub cloud_batches: u64,
     /// Messages carried by batched calls.
     pub cloud_batched_messages: u64,
+    /// Device MQTT messages (and CONNECTs) refused by a cloud rule simgate enforces, by
+    /// adapter index (the order of `policy::AdapterKind::ALL`) and [`CloudRule`].
+    pub cloud_refusals: [[u64; CloudRule::ALL.len()]; CLOUD_ADAPTERS],
     /// Device-observed request time inside simgate, from the request fully received to the
     /// response fully sent, in µs.
     pub request_total_us: Histogram<u64>,
@@ -323,9 +326,58 @@ impl Default for ShardMetrics {
             cloud_responses: [[0; CLOUD_STATUSES.len()]; CLOUD_ADAPTERS],
             cloud_batches: 0,
             cloud_batched_messages: 0,
+            cloud_refusals: [[0; CloudRule::ALL.len()]; CLOUD_ADAPTERS],
             request_total_us: new_histogram(),
             gateway_added_us: new_histogram(),
         }
+    }
+}
+
+/// A cloud rule simgate enforced on a device's MQTT traffic before the cloud would have: the
+/// message (or CONNECT) was refused and never sent upstream
+/// (`simgate_mqtt_cloud_refusals_total{adapter,rule}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloudRule {
+    /// The upstream topic is longer than the cloud takes (AWS IoT Core: 256 bytes).
+    TopicBytes,
+    /// The upstream topic has more levels than the cloud takes (AWS IoT Core: 7 slashes).
+    TopicSlashes,
+    /// A device topic would have reached the cloud's reserved topic space (`$aws/...`).
+    ReservedTopic,
+    /// The payload is larger than the cloud takes (AWS IoT Core: 128 KB).
+    PayloadTooLarge,
+    /// The upstream client id is longer than the cloud takes (AWS IoT Core: 128 bytes).
+    ClientIdTooLong,
+    /// A retained PUBLISH to a cloud without retained messages (Azure IoT Hub).
+    Retain,
+}
+
+impl CloudRule {
+    /// Every rule, in exposition order.
+    pub const ALL: [CloudRule; 6] = [
+        CloudRule::TopicBytes,
+        CloudRule::TopicSlashes,
+        CloudRule::ReservedTopic,
+        CloudRule::PayloadTooLarge,
+        CloudRule::ClientIdTooLong,
+        CloudRule::Retain,
+    ];
+
+    /// Label value used in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloudRule::TopicBytes => "topic_bytes",
+            CloudRule::TopicSlashes => "topic_slashes",
+            CloudRule::ReservedTopic => "reserved_topic",
+            CloudRule::PayloadTooLarge => "payload_too_large",
+            CloudRule::ClientIdTooLong => "client_id_too_long",
+            CloudRule::Retain => "retain",
+        }
+    }
+
+    /// Position in [`CloudRule::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -354,6 +406,13 @@ impl ShardMetrics {
         };
         if let Some(row) = self.cloud_responses.get_mut(adapter) {
             row[bucket] += 1;
+        }
+    }
+
+    /// Count `n` refusals by `rule` of adapter `adapter` (its index in `AdapterKind::ALL`).
+    pub fn cloud_refusal(&mut self, adapter: usize, rule: CloudRule, n: u64) {
+        if let Some(row) = self.cloud_refusals.get_mut(adapter) {
+            row[rule.index()] += n;
         }
     }
 
@@ -449,6 +508,11 @@ impl ShardMetrics {
         }
         self.cloud_batches += other.cloud_batches;
         self.cloud_batched_messages += other.cloud_batched_messages;
+        for (row, other_row) in self.cloud_refusals.iter_mut().zip(&other.cloud_refusals) {
+            for (a, b) in row.iter_mut().zip(other_row) {
+                *a += b;
+            }
+        }
         // Both histograms share bounds, so `add` only fails if a value exceeds them, which
         // `saturating_record` already prevents; ignore rather than panic.
         let _ = self.request_total_us.add(&other.request_total_us);

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod aws_iot_core;
+pub mod aws_iot_core_mqtt;
 pub mod aws_lambda;
 pub mod azure_event_hubs;
 pub mod azure_iot_hub;
@@ -199,7 +200,10 @@ pub fn request(
     ctx: &Context<'_>,
 ) -> Option<Result<CloudRequest, AdapterError>> {
     Some(match adapter {
-        Adapter::Https(_) | Adapter::Mqtts(_) | Adapter::AzureIotHubMqtt(_) => return None,
+        Adapter::Https(_)
+        | Adapter::Mqtts(_)
+        | Adapter::AzureIotHubMqtt(_)
+        | Adapter::AwsIotCoreMqtt(_) => return None,
         Adapter::AwsIotCore(s) => aws_iot_core::request(s, msg, ctx),
         Adapter::AzureIotHub(s) => azure_iot_hub::request(s, msg, ctx),
         Adapter::AzureEventHubs(s) => azure_event_hubs::request(s, msg, ctx),

@@ -248,6 +248,8 @@ pub(crate) struct RawMqtt {
     pub accept_while_down: Option<bool>,
     pub down_after: Option<RawDuration>,
     pub c2d_topic: Option<String>,
+    pub thing_name: Option<String>,
+    pub thing_topics: Option<bool>,
     pub twin_topic: Option<String>,
     pub methods_topic: Option<String>,
 }

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use super::radius::RadiusStats;
 use crate::policy::AdapterKind;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
-use crate::stats::CLOUD_STATUSES;
+use crate::stats::{CloudRule, CLOUD_STATUSES};
 
 /// Reload counters kept by the control thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -219,6 +219,30 @@ pub fn render(
         "Answers of the clouds to the cloud adapters' calls, by adapter and status (2xx, the \
          statuses with a meaning of their own, then 4xx and 5xx for the rest)",
         &cloud_refs,
+    );
+    // Device MQTT traffic refused by a cloud's rule before it went upstream, for the adapters
+    // with an MQTT form.
+    let mut refusals: Vec<(String, u64)> = Vec::new();
+    for kind in [AdapterKind::AwsIotCore, AdapterKind::AzureIotHub] {
+        let row = m.cloud_refusals.get(kind.index());
+        for rule in CloudRule::ALL {
+            refusals.push((
+                format!(
+                    "adapter=\"{}\",rule=\"{}\"",
+                    kind.config_name(),
+                    rule.label()
+                ),
+                row.map_or(0, |r| r[rule.index()]),
+            ));
+        }
+    }
+    let refusal_refs: Vec<(&str, u64)> = refusals.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    counter(
+        w,
+        "simgate_mqtt_cloud_refusals_total",
+        "Device MQTT messages and CONNECTs refused by a cloud's rule that simgate enforces \
+         before the cloud would have (never sent upstream), by adapter and rule",
+        &refusal_refs,
     );
     counter(
         w,
@@ -690,6 +714,7 @@ mod tests {
         m.cloud_response(pubsub, 503);
         m.cloud_batches = 2;
         m.cloud_batched_messages = 7;
+        m.cloud_refusal(AdapterKind::AwsIotCore.index(), CloudRule::TopicSlashes, 3);
         let text = render(
             &m,
             &["http"],
@@ -705,6 +730,8 @@ mod tests {
             "simgate_cloud_responses_total{adapter=\"aws-iot-core\",status=\"401\"} 0\n",
             "simgate_cloud_batches_total 2\n",
             "simgate_cloud_batched_messages_total 7\n",
+            "simgate_mqtt_cloud_refusals_total{adapter=\"aws-iot-core\",rule=\"topic_slashes\"} 3\n",
+            "simgate_mqtt_cloud_refusals_total{adapter=\"azure-iot-hub\",rule=\"retain\"} 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?}");
         }

@@ -158,6 +158,21 @@ pub struct AwsIotCoreHttps {
     pub auth: AwsIotAuth,
 }
 
+/// `adapter = "aws-iot-core"` with a `[destination.mqtt]` table: AWS IoT Core over MQTT,
+/// session mode (every SIM its own thing), mutual TLS with the destination's x509 credential.
+#[derive(Debug, Clone)]
+pub struct AwsIotCoreMqtt {
+    /// The thing name template (`mqtt.thing_name`, default: the client id template): the
+    /// `{thing}` of `$aws/things/{thing}/shadow/...` and `.../jobs/...`.
+    pub thing_name: Template,
+    /// `mqtt.thing_topics` (default true): device topics `shadow/...` and `jobs/...` are the
+    /// thing's Device Shadow and Jobs topics, both ways.
+    pub thing_topics: bool,
+    /// The session-mode settings (client id `{imsi}` by default, topic `{topic}` by default,
+    /// no user name or password: the certificate authenticates).
+    pub session: super::MqttDestination,
+}
+
 /// `adapter = "azure-iot-hub"` over HTTPS: `POST /devices/{id}/messages/events`.
 #[derive(Debug, Clone)]
 pub struct AzureIotHubHttps {

@@ -255,8 +255,8 @@ impl AdapterKind {
     }
 
     /// Whether the adapter speaks HTTP(S) to its destination (HTTP listeners route to these).
-    /// `azure-iot-hub` speaks MQTT instead when its destination has a `[destination.mqtt]`
-    /// table: see [`Adapter::is_mqtt`].
+    /// `azure-iot-hub` and `aws-iot-core` speak MQTT instead when their destination has a
+    /// `[destination.mqtt]` table: see [`Adapter::is_mqtt`].
     pub fn is_http(self) -> bool {
         self != AdapterKind::Mqtts
     }
@@ -271,6 +271,8 @@ pub enum Adapter {
     Mqtts(MqttDestination),
     /// `adapter = "aws-iot-core"` (HTTPS publish).
     AwsIotCore(cloud::AwsIotCoreHttps),
+    /// `adapter = "aws-iot-core"` with a `[destination.mqtt]` table (MQTT, session mode).
+    AwsIotCoreMqtt(cloud::AwsIotCoreMqtt),
     /// `adapter = "azure-iot-hub"` (HTTPS).
     AzureIotHub(cloud::AzureIotHubHttps),
     /// `adapter = "azure-iot-hub"` with a `[destination.mqtt]` table (MQTT, session mode).
@@ -291,7 +293,7 @@ impl Adapter {
         match self {
             Adapter::Https(_) => AdapterKind::GenericHttps,
             Adapter::Mqtts(_) => AdapterKind::Mqtts,
-            Adapter::AwsIotCore(_) => AdapterKind::AwsIotCore,
+            Adapter::AwsIotCore(_) | Adapter::AwsIotCoreMqtt(_) => AdapterKind::AwsIotCore,
             Adapter::AzureIotHub(_) | Adapter::AzureIotHubMqtt(_) => AdapterKind::AzureIotHub,
             Adapter::AzureEventHubs(_) => AdapterKind::AzureEventHubs,
             Adapter::GcpPubsub(_) => AdapterKind::GcpPubsub,
@@ -302,7 +304,10 @@ impl Adapter {
 
     /// Whether the destination speaks MQTT (MQTT listeners route to these).
     pub fn is_mqtt(&self) -> bool {
-        matches!(self, Adapter::Mqtts(_) | Adapter::AzureIotHubMqtt(_))
+        matches!(
+            self,
+            Adapter::Mqtts(_) | Adapter::AzureIotHubMqtt(_) | Adapter::AwsIotCoreMqtt(_)
+        )
     }
 
     /// Batching settings, for the adapters that batch and have it configured.
@@ -509,6 +514,15 @@ impl DestinationPlan {
         match &self.adapter {
             Adapter::Mqtts(m) => Some(m),
             Adapter::AzureIotHubMqtt(a) => Some(&a.session),
+            Adapter::AwsIotCoreMqtt(a) => Some(&a.session),
+            _ => None,
+        }
+    }
+
+    /// The AWS IoT Core MQTT settings, if this is `aws-iot-core` over MQTT.
+    pub fn aws_iot_core_mqtt(&self) -> Option<&cloud::AwsIotCoreMqtt> {
+        match &self.adapter {
+            Adapter::AwsIotCoreMqtt(a) => Some(a),
             _ => None,
         }
     }

@@ -19,6 +19,8 @@ pub struct Client {
     stream: TcpStream,
     buf: BytesMut,
     version: ProtocolVersion,
+    /// The server's CONNACK (properties such as Server Keep Alive).
+    connack: Option<mqtt::ConnAck>,
 }
 
 /// Why the test client failed (read through `Debug` in panic messages).
@@ -108,6 +110,7 @@ impl Client {
             stream,
             buf: BytesMut::new(),
             version,
+            connack: None,
         };
         client.send(&Packet::Connect(Box::new(Connect {
             protocol_version: version,
@@ -121,6 +124,7 @@ impl Client {
         })))?;
         match client.next(Duration::from_secs(10))? {
             Some(Packet::ConnAck(ack)) if ack.reason_code == mqtt::ReasonCode::SUCCESS => {
+                client.connack = Some(ack);
                 Ok(client)
             }
             Some(Packet::ConnAck(ack)) => Err(ClientError::Refused(ack.reason_code)),
@@ -169,6 +173,11 @@ impl Client {
                 Err(e) => return Err(ClientError::Io(e.kind())),
             }
         }
+    }
+
+    /// The CONNACK that accepted this client.
+    pub fn connack(&self) -> Option<&mqtt::ConnAck> {
+        self.connack.as_ref()
     }
 
     pub fn publish(

@@ -90,10 +90,12 @@ pub(super) fn derived_endpoint(kind: AdapterKind, raw: &RawDestination) -> Resul
             "lambda.{}.amazonaws.com:443",
             need("region", &raw.region)?
         )),
-        AdapterKind::AwsIotCore => Err("required: your account's AWS IoT data endpoint, e.g. \
-             \"abc123-ats.iot.eu-west-1.amazonaws.com:8443\" (aws iot describe-endpoint \
-             --endpoint-type iot:Data-ATS)"
-            .to_owned()),
+        AdapterKind::AwsIotCore => Err(format!(
+            "required: your account's AWS IoT data endpoint, e.g. \
+             \"abc123-ats.iot.eu-west-1.amazonaws.com:{}\" (aws iot describe-endpoint \
+             --endpoint-type iot:Data-ATS)",
+            if raw.mqtt.is_some() { 8883 } else { 8443 }
+        )),
         AdapterKind::ThingsCloud => Err(
             "required: your tenant's host, e.g. \"mytenant.je1.thingscloud.ntt.com:443\""
                 .to_owned(),

@@ -290,14 +290,15 @@ impl Compiler<'_> {
                 );
                 None
             }
-            // IoT Hub over MQTT: compiled with the adapter's own settings below.
-            (Some(AdapterKind::AzureIotHub), Some(_)) => Some(None),
+            // IoT Hub and AWS IoT Core over MQTT: compiled with the adapter's own settings
+            // below.
+            (Some(AdapterKind::AzureIotHub | AdapterKind::AwsIotCore), Some(_)) => Some(None),
             (Some(kind), Some(_)) => {
                 self.push(
                     format!("{p}.mqtt"),
                     format!(
-                        "only for adapter \"mqtts\" or \"azure-iot-hub\" (adapter {:?} \
-                         speaks HTTPS; its MQTT form is not built yet)",
+                        "only for adapter \"mqtts\", \"azure-iot-hub\" or \"aws-iot-core\" \
+                         (adapter {:?} speaks HTTPS; its MQTT form is not built yet)",
                         kind.config_name()
                     ),
                 );
@@ -325,6 +326,9 @@ impl Compiler<'_> {
             Some(AdapterKind::Mqtts) => self.mqtts_alpn(&p, raw.alpn.as_deref()),
             Some(AdapterKind::AzureIotHub) if raw.mqtt.is_some() => {
                 self.mqtts_alpn(&p, raw.alpn.as_deref())
+            }
+            Some(AdapterKind::AwsIotCore) if raw.mqtt.is_some() => {
+                self.aws_iot_mqtt_alpn(&p, raw.alpn.as_deref(), endpoint.as_ref())
             }
             Some(AdapterKind::AwsIotCore) => self.aws_iot_alpn(
                 &p,
@@ -405,6 +409,12 @@ impl Compiler<'_> {
                 }),
                 None,
             ),
+            // AWS IoT Core over MQTT: mutual TLS (the x509 credential is in `tls`), no token.
+            (AdapterKind::AwsIotCore, None) if raw.mqtt.is_some() => {
+                let m = raw.mqtt.as_ref()?;
+                let x509 = identity.is_some();
+                (self.aws_iot_core_mqtt(&p, raw, m, shards, x509)?, None)
+            }
             (kind, None) => {
                 let ttl = token_ttl?;
                 let (adapter, token) =

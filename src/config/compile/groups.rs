@@ -123,10 +123,11 @@ impl Compiler<'_> {
                     (None, None) => None,
                 };
                 let adapter_kind = adapter.and_then(AdapterKind::parse);
-                // `azure-iot-hub` speaks MQTT when its destination has a `[destination.mqtt]`.
+                // `azure-iot-hub` and `aws-iot-core` speak MQTT when their destination has a
+                // `[destination.mqtt]`.
                 let speaks_http = |kind: AdapterKind| {
                     kind.is_http()
-                        && !(kind == AdapterKind::AzureIotHub
+                        && !(matches!(kind, AdapterKind::AzureIotHub | AdapterKind::AwsIotCore)
                             && destination
                                 .and_then(|i| raw.destination.get(i))
                                 .is_some_and(|d| d.mqtt.is_some()))

@@ -27,6 +27,7 @@
 //! known.
 
 mod adapters;
+mod aws_mqtt;
 mod credentials;
 mod destinations;
 mod environment;

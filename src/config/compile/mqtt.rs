@@ -199,6 +199,19 @@ impl Compiler<'_> {
                 ok = false;
             }
         }
+        for (key, set) in [
+            ("thing_name", raw.thing_name.is_some()),
+            ("thing_topics", raw.thing_topics.is_some()),
+        ] {
+            if set {
+                self.push(
+                    format!("{p}.{key}"),
+                    "only for adapter \"aws-iot-core\" (the thing's Device Shadow and Jobs \
+                     topics)",
+                );
+                ok = false;
+            }
+        }
         let pass_through_credentials = raw.pass_through_credentials.unwrap_or(false);
         if pass_through_credentials {
             let path = format!("{p}.pass_through_credentials");
@@ -266,7 +279,7 @@ impl Compiler<'_> {
 
     /// Parses a template for an MQTT field. `field_allows` is what the field accepts in some
     /// mode; placeholders in `excluded` (those `mode` cannot fill) get an error saying why.
-    fn template(
+    pub(super) fn template(
         &mut self,
         path: &str,
         text: &str,
@@ -493,7 +506,7 @@ impl Compiler<'_> {
 
 /// Placeholders of `mqtt.client_id` and `mqtt.username` (before the per-mode exclusions),
 /// besides the SIM's ([`SIM_PLACEHOLDERS`]).
-const IDENTITY_BASE: &[Placeholder] = &[
+pub(super) const IDENTITY_BASE: &[Placeholder] = &[
     Placeholder::ClientId,
     Placeholder::Ip,
     Placeholder::Shard,
@@ -504,13 +517,13 @@ const IDENTITY_BASE: &[Placeholder] = &[
 const TOPIC_BASE: &[Placeholder] = &[Placeholder::ClientId, Placeholder::Ip, Placeholder::Topic];
 
 /// `base` and every SIM placeholder.
-fn with_sim(base: &[Placeholder]) -> Vec<Placeholder> {
+pub(super) fn with_sim(base: &[Placeholder]) -> Vec<Placeholder> {
     base.iter().chain(SIM_PLACEHOLDERS).copied().collect()
 }
 
 /// Placeholders a mode cannot fill: session connections have no shard-wide numbering,
 /// aggregate connections no single device (so no device's address or SIM either).
-fn excluded_in_mode(mode: MqttMode) -> Vec<Placeholder> {
+pub(super) fn excluded_in_mode(mode: MqttMode) -> Vec<Placeholder> {
     match mode {
         MqttMode::Session => vec![Placeholder::Shard, Placeholder::Conn],
         MqttMode::Aggregate => with_sim(&[Placeholder::ClientId, Placeholder::Ip]),

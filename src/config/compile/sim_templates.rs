@@ -41,6 +41,13 @@ fn sim_templates(plan: &Plan, destination: usize) -> Vec<(String, &crate::policy
     if mqtt.topic.uses_sim() {
         out.push((format!("{p}.topic"), &*mqtt.topic));
     }
+    if let Some(aws) = dest
+        .aws_iot_core_mqtt()
+        .filter(|a| a.thing_topics && a.thing_name.uses_sim())
+        .filter(|a| a.thing_name.as_str() != mqtt.client_id.as_str())
+    {
+        out.push((format!("{p}.thing_name"), &aws.thing_name));
+    }
     out
 }
 

@@ -486,3 +486,180 @@ fn azure_iot_hub_over_mqtt_refuses_aggregate_mode_and_the_keys_it_sets() {
         "is azure-iot-hub over MQTT",
     );
 }
+
+const AWS_MQTT: &str =
+    "adapter = \"aws-iot-core\"\nendpoint = \"127.0.0.1:8883\"\ncredential = \"client-cert\"";
+
+#[test]
+fn aws_iot_core_with_an_mqtt_table_speaks_mqtt_with_mutual_tls() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{AWS_MQTT}\n[destination.mqtt]\nmode = \"session\""
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.adapter.kind(), AdapterKind::AwsIotCore);
+    assert!(d.adapter.is_mqtt());
+    let Adapter::AwsIotCoreMqtt(a) = &d.adapter else {
+        panic!("{:?}", d.adapter)
+    };
+    assert_eq!(a.thing_name.as_str(), "{imsi}", "thing name = client id");
+    assert!(a.thing_topics);
+    let m = d.mqtt().expect("session settings");
+    assert_eq!(m.mode, crate::policy::MqttMode::Session);
+    assert_eq!(m.version, crate::policy::MqttUpstreamVersion::SameAsDevice);
+    assert_eq!(m.client_id.as_str(), "{imsi}");
+    assert_eq!(m.topic.as_str(), "{topic}");
+    assert!(m.username.is_none() && m.password.is_none());
+    assert!(d.token.is_none(), "the certificate authenticates");
+    assert!(d.tls.alpn_protocols.is_empty(), "no ALPN on 8883");
+
+    // Port 443: ALPN x-amzn-mqtt-ca offered; templates and version taken.
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{}\n[destination.mqtt]\nmode = \"session\"\nversion = \"5\"\n\
+             client_id = \"sim-{{imsi}}\"\nthing_name = \"meter-{{imsi}}\"\n\
+             topic = \"dt/{{imsi}}/{{topic}}\"",
+            AWS_MQTT.replace(":8883", ":443")
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.tls.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
+    let Adapter::AwsIotCoreMqtt(a) = &d.adapter else {
+        panic!("{:?}", d.adapter)
+    };
+    assert_eq!(a.thing_name.as_str(), "meter-{imsi}");
+    assert_eq!(a.session.client_id.as_str(), "sim-{imsi}");
+    assert_eq!(a.session.topic.as_str(), "dt/{imsi}/{topic}");
+    assert_eq!(a.session.version, crate::policy::MqttUpstreamVersion::V5);
+
+    // Another port (a private endpoint, a test front) takes the ALPN as written.
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{}\nalpn = [\"x-amzn-mqtt-ca\"]\n[destination.mqtt]\nmode = \"session\"",
+            AWS_MQTT.replace(":8883", ":9443")
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.destinations[0].tls.alpn_protocols,
+        vec![b"x-amzn-mqtt-ca".to_vec()]
+    );
+}
+
+#[test]
+fn aws_iot_core_over_mqtt_explains_every_refused_combination() {
+    let fx = fixture();
+    let session = "[destination.mqtt]\nmode = \"session\"";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("adapter = \"aws-iot-core\"\nendpoint = \"127.0.0.1:8883\"\n{session}"),
+            "destination[0].credential",
+            "required for adapter \"aws-iot-core\" over MQTT: the name of an \"x509\"",
+        ),
+        (
+            format!(
+                "adapter = \"aws-iot-core\"\nendpoint = \"127.0.0.1:8883\"\ncredential = \"aws\"\n\
+                 {session}"
+            ),
+            "destination[0].credential",
+            "is not of kind \"x509\"",
+        ),
+        (
+            format!("{AWS_MQTT}\ntopic = \"t/{{topic}}\"\n{session}"),
+            "destination[0].topic",
+            "the topic template is mqtt.topic",
+        ),
+        (
+            format!("{AWS_MQTT}\n[destination.mqtt]\nmode = \"aggregate\""),
+            "destination[0].mqtt.mode",
+            "an AWS IoT Core MQTT connection is one thing: use session mode",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\nusername = \"u\""),
+            "destination[0].mqtt.username",
+            "the gateway's certificate (credential) authenticates",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\ntopic = \"$aws/things/{{imsi}}/{{topic}}\""),
+            "destination[0].mqtt.topic",
+            "writes into AWS's reserved topics",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\ntopic = \"a/b/c/d/e/f/g/h/{{topic}}\""),
+            "destination[0].mqtt.topic",
+            "its own text has 8 slashes; AWS IoT Core takes at most 7",
+        ),
+        (
+            format!(
+                "{AWS_MQTT}\n{session}\nclient_id = \"{}{{imsi}}\"",
+                "x".repeat(129)
+            ),
+            "destination[0].mqtt.client_id",
+            "AWS IoT Core takes client ids up to 128 bytes",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\nthing_name = \"a/{{imsi}}\""),
+            "destination[0].mqtt.thing_name",
+            "cannot be a thing name",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\nthing_name = \"t-{{imsi}}\"\nthing_topics = false"),
+            "destination[0].mqtt.thing_name",
+            "only with thing_topics = true",
+        ),
+        (
+            format!(
+                "{}\nalpn = []\n{session}",
+                AWS_MQTT.replace(":8883", ":443")
+            ),
+            "destination[0].alpn",
+            "port 443 takes MQTT with mutual TLS only with ALPN \"x-amzn-mqtt-ca\"",
+        ),
+        (
+            format!("{AWS_MQTT}\nalpn = [\"x-amzn-mqtt-ca\"]\n{session}"),
+            "destination[0].alpn",
+            "port 8883 takes MQTT without ALPN",
+        ),
+        (
+            format!("{AWS_MQTT}\nalpn = [\"x-amzn-http-ca\"]\n{session}"),
+            "destination[0].alpn[0]",
+            "\"x-amzn-http-ca\" is its HTTPS",
+        ),
+    ];
+    for (destination, path, needle) in cases {
+        let err = fx
+            .compile(&mqtt_config(&destination))
+            .expect_err(&destination);
+        assert_single(&err, path, needle);
+    }
+    // thing_name and thing_topics belong to aws-iot-core.
+    let err = fx
+        .compile(&mqtt_config(
+            "adapter = \"mqtts\"\nendpoint = \"127.0.0.1:8883\"\n[destination.mqtt]\n\
+             mode = \"session\"\nthing_topics = true",
+        ))
+        .expect_err("mqtts");
+    assert_single(
+        &err,
+        "destination[0].mqtt.thing_topics",
+        "only for adapter \"aws-iot-core\"",
+    );
+}
+
+#[test]
+fn an_aws_thing_name_naming_a_field_some_sim_lacks_is_refused_at_its_path() {
+    let fx = fixture();
+    let text = format!(
+        "{}\n[[sim]]\nimsi = \"001010000000002\"\ngroup = \"default\"\n",
+        mqtt_config(&format!(
+            "{AWS_MQTT}\n[destination.mqtt]\nmode = \"session\"\nthing_name = \"t-{{imei}}\""
+        ))
+    );
+    let err = fx.compile(&text).expect_err("a SIM without an IMEI");
+    assert_single(
+        &err,
+        "destination[0].mqtt.thing_name",
+        "uses {imei}, which 1 SIM(s) of group \"default\" lack",
+    );
+}

@@ -6,16 +6,24 @@
 //! aliases are resolved here and never forwarded; a broker alias is a protocol error. When the
 //! two hops speak different versions, properties are dropped toward 3.1.1 and reason codes
 //! mapped. Each translated packet comes back as an [`Action`]: forward it, forward it and end,
-//! or end.
+//! end, answer the device here, or absorb it (the PINGRESP to simgate's own PINGREQ).
+//!
+//! Cloud forms (`azure-iot-hub`, `aws-iot-core` over MQTT) add the cloud's topics and rules
+//! from their adapter files: a cloud without QoS 2 gets a device's QoS 2 as QoS 1, the device's
+//! exchange completed after the cloud's PUBACK (one path for both clouds); a message a cloud
+//! rule refuses is answered here and never forwarded (AWS: v5 QoS 1/2 PUBACK/PUBREC 0x90 for a
+//! topic, DISCONNECT 0x95 for a payload; see `refuse_topic`), and tallied by
+//! [`CloudRule`] for the driver to count ([`Bridge::take_refusals`]).
 //!
 //! What this module does not do: read or write sockets, keep time (keep-alive and drain
-//! deadlines are the driver's), count metrics, or build the CONNECT/CONNACK exchange (see
-//! `super::connect`).
+//! deadlines are the driver's), count metrics (it only tallies refusals), or build the
+//! CONNECT/CONNACK exchange (see `super::connect`).
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::adapters::aws_iot_core_mqtt::{self as aws, Session as AwsSession, TopicRefusal};
 use crate::adapters::azure_iot_hub_mqtt::{self as azure, FilterRoute, Session as AzureSession};
 use crate::flows::identity::AttachedProperties;
 use crate::policy::envelope;
@@ -24,7 +32,7 @@ use crate::proto::mqtt::{
     self, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
     SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
-use crate::stats::ErrorKind;
+use crate::stats::{CloudRule, ErrorKind};
 
 /// Topic Alias Maximum simgate advertises to v5 devices: device aliases are resolved here (the
 /// map holds copies of at most this many topics per session) and never sent upstream.
@@ -138,6 +146,8 @@ pub enum Action {
     End(SessionEnd),
     /// Answer the device with this packet; nothing goes upstream.
     Reply(Packet),
+    /// Nothing to send either way (the broker's PINGRESP to simgate's own PINGREQ).
+    Absorb,
 }
 
 /// A v5 DISCONNECT carrying `reason_code`, or 0x80 "Unspecified error" when that code is not
@@ -183,9 +193,19 @@ pub struct Bridge {
     /// `azure-iot-hub` over MQTT: topics are IoT Hub's (events with a property bag uplink,
     /// cloud-to-device downlink), QoS 2 and retain refused, subscriptions answered here.
     azure: Option<AzureSession>,
-    /// IoT Hub: packet ids of device QoS 2 PUBLISHes sent upstream as QoS 1, whose hub PUBACK
-    /// becomes the device's PUBREC (the device's PUBREL is then answered here).
-    azure_qos2: HashSet<u16>,
+    /// `aws-iot-core` over MQTT: AWS's topic, payload and reserved-topic rules, the thing's
+    /// shadow and jobs topics, QoS 2 carried as QoS 1.
+    aws: Option<AwsSession>,
+    /// Clouds without QoS 2 (IoT Hub, AWS IoT Core): packet ids of device QoS 2 PUBLISHes sent
+    /// upstream as QoS 1, whose cloud PUBACK becomes the device's PUBREC (the device's PUBREL
+    /// is then answered here).
+    qos2_as_qos1: HashSet<u16>,
+    /// Device messages refused by a cloud rule since the driver last took the counts, by
+    /// [`CloudRule`] index.
+    refusals: [u64; CloudRule::ALL.len()],
+    /// PINGREQs simgate sent upstream on its own (to keep a cloud session alive for a device
+    /// whose keep-alive is longer than the cloud's) whose PINGRESP has not come back.
+    own_pings: u32,
     /// IoT Hub: device SUBSCRIBEs / UNSUBSCRIBEs forwarded with only their twin and method
     /// filters: the (position, code) of the filters answered here, merged into the hub's answer.
     azure_local_codes: HashMap<u16, Vec<(usize, ReasonCode)>>,
@@ -205,9 +225,109 @@ impl Bridge {
             pending_refusals: HashMap::new(),
             uplink_unacked: HashSet::new(),
             azure: None,
-            azure_qos2: HashSet::new(),
+            aws: None,
+            qos2_as_qos1: HashSet::new(),
+            refusals: [0; CloudRule::ALL.len()],
+            own_pings: 0,
             azure_local_codes: HashMap::new(),
         }
+    }
+
+    /// Enforce AWS IoT Core's rules and speak its thing topics for this device (see
+    /// [`crate::adapters::aws_iot_core_mqtt`]).
+    #[must_use]
+    pub fn with_aws(mut self, session: Option<AwsSession>) -> Bridge {
+        self.aws = session;
+        self
+    }
+
+    /// The device messages refused by a cloud rule since the last call, by [`CloudRule`]
+    /// index (for the driver to count).
+    pub fn take_refusals(&mut self) -> [u64; CloudRule::ALL.len()] {
+        std::mem::take(&mut self.refusals)
+    }
+
+    /// simgate sent a PINGREQ upstream of its own: the broker's next PINGRESP is not the
+    /// device's.
+    pub fn note_own_ping(&mut self) {
+        self.own_pings += 1;
+    }
+
+    /// Whether the cloud takes no QoS 2, so a device's QoS 2 is carried as QoS 1.
+    fn qos2_carried_as_qos1(&self) -> bool {
+        self.azure.is_some() || self.aws.is_some()
+    }
+
+    /// A device QoS 2 PUBLISH toward a cloud without QoS 2: QoS 1 upstream (at least once),
+    /// the device's exchange completed after the cloud's PUBACK (which becomes its PUBREC).
+    fn carry_qos2_as_qos1(&mut self, publish: &mut Publish) {
+        if publish.qos == QoS::ExactlyOnce {
+            publish.qos = QoS::AtLeastOnce;
+            if let Some(id) = publish.packet_id {
+                self.qos2_as_qos1.insert(id.get());
+            }
+        }
+    }
+
+    fn count_refusal(&mut self, rule: CloudRule) {
+        self.refusals[rule.index()] += 1;
+    }
+
+    /// The upstream topic name of a device topic: AWS's mapping and rules for `aws-iot-core`,
+    /// the template otherwise.
+    fn uplink_topic_name(&self, topic: &Bytes) -> Result<Bytes, TopicRefusal> {
+        match &self.aws {
+            Some(aws) => aws.uplink_topic(&self.topics, topic),
+            None => self
+                .topics
+                .uplink_topic(topic)
+                .map_err(|_| TopicRefusal::Invalid),
+        }
+    }
+
+    /// The upstream filter of a device filter (as [`Self::uplink_topic_name`]); a refusal by
+    /// a cloud rule is counted here.
+    fn uplink_filter_of(&mut self, filter: &Bytes) -> Option<Bytes> {
+        let mapped = match &self.aws {
+            Some(aws) => aws.uplink_filter(&self.topics, filter, self.upstream),
+            None => self
+                .topics
+                .uplink_filter(filter, self.upstream)
+                .map_err(|_| TopicRefusal::Invalid),
+        };
+        match mapped {
+            Ok(f) => Some(f),
+            Err(TopicRefusal::Cloud(rule)) => {
+                self.count_refusal(rule);
+                None
+            }
+            Err(TopicRefusal::Invalid) => None,
+        }
+    }
+
+    /// A device PUBLISH whose topic has no upstream form: a topic a broker would refuse ends
+    /// the session with DISCONNECT 0x90. Toward AWS IoT Core (whose rules simgate enforces
+    /// before the cloud disconnects), a v5 device's QoS 1 / QoS 2 PUBLISH is answered PUBACK /
+    /// PUBREC 0x90 instead and the session goes on; QoS 0 (nothing to answer) and 3.1.1
+    /// devices (nothing to say it with) end as above. Nothing is sent upstream.
+    fn refuse_topic(&mut self, publish: &Publish, refusal: TopicRefusal) -> Action {
+        if let TopicRefusal::Cloud(rule) = refusal {
+            self.count_refusal(rule);
+        }
+        let code = ReasonCode::TOPIC_NAME_INVALID;
+        if self.aws.is_some() && self.device == ProtocolVersion::V5 {
+            let answer = publish.packet_id.map(|id| PubResponse {
+                packet_id: id,
+                reason_code: code,
+                properties: Properties::default(),
+            });
+            match (publish.qos, answer) {
+                (QoS::AtLeastOnce, Some(r)) => return Action::Reply(Packet::PubAck(r)),
+                (QoS::ExactlyOnce, Some(r)) => return Action::Reply(Packet::PubRec(r)),
+                _ => {}
+            }
+        }
+        Action::End(SessionEnd::DeviceProtocol(code))
     }
 
     /// Speak IoT Hub's topics for this device (see [`crate::adapters::azure_iot_hub_mqtt`]).
@@ -287,24 +407,37 @@ impl Bridge {
                     return self.uplink_azure(publish);
                 }
                 // A topic with no valid upstream form is the device's error (as a broker
-                // refuses an invalid topic name): DISCONNECT 0x90, nothing forwarded.
-                let invalid =
-                    Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID));
-                publish.topic = match self.topics.uplink_topic(&publish.topic) {
+                // refuses an invalid topic name): see `refuse_topic`; nothing forwarded.
+                let topic = match self.uplink_topic_name(&publish.topic) {
                     Ok(t) => t,
-                    Err(_) => return invalid,
+                    Err(refusal) => return self.refuse_topic(&publish, refusal),
                 };
+                publish.topic = topic;
                 let mut props = self.props_up(std::mem::take(&mut publish.properties));
-                props.response_topic =
-                    match props.response_topic.map(|t| self.topics.uplink_topic(&t)) {
-                        None => None,
-                        Some(Ok(t)) => Some(t),
-                        Some(Err(_)) => return invalid,
-                    };
+                props.response_topic = match props
+                    .response_topic
+                    .take()
+                    .map(|t| self.uplink_topic_name(&t))
+                {
+                    None => None,
+                    Some(Ok(t)) => Some(t),
+                    Some(Err(refusal)) => return self.refuse_topic(&publish, refusal),
+                };
                 // Wrapped before signing: the signature covers the payload as sent.
                 if let Some(fields) = &self.envelope {
                     publish.payload =
                         Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload));
+                }
+                if self.aws.is_some() {
+                    // Larger than the cloud takes (as sent, envelope included): DISCONNECT
+                    // 0x95 (3.1.1: closed), never sent upstream.
+                    if let Err(rule) = aws::check_payload(publish.payload.len()) {
+                        self.count_refusal(rule);
+                        return Action::End(SessionEnd::DeviceProtocol(
+                            ReasonCode::PACKET_TOO_LARGE,
+                        ));
+                    }
+                    self.carry_qos2_as_qos1(&mut publish);
                 }
                 if self.upstream == ProtocolVersion::V5 {
                     self.identity
@@ -320,10 +453,10 @@ impl Bridge {
             }
             Packet::PubAck(r) => Action::Forward(Packet::PubAck(self.response_up(r))),
             Packet::PubRec(r) => Action::Forward(Packet::PubRec(self.response_up(r))),
-            // IoT Hub: the hub never sees QoS 2, so the device's PUBREL (for a QoS 2 PUBLISH
-            // the hub acknowledged as QoS 1) is completed here.
-            Packet::PubRel(r) if self.azure.is_some() => {
-                self.azure_qos2.remove(&r.packet_id.get());
+            // A cloud without QoS 2 never sees it, so the device's PUBREL (for a QoS 2 PUBLISH
+            // the cloud acknowledged as QoS 1) is completed here.
+            Packet::PubRel(r) if self.qos2_carried_as_qos1() => {
+                self.qos2_as_qos1.remove(&r.packet_id.get());
                 Action::Reply(Packet::PubComp(PubResponse::success(r.packet_id)))
             }
             Packet::PubRel(r) => Action::Forward(Packet::PubRel(self.response_up(r))),
@@ -336,17 +469,20 @@ impl Bridge {
                 for (index, sub) in s.subscriptions.into_iter().enumerate() {
                     // A filter with no valid upstream form is refused in the SUBACK, as a broker
                     // refuses an invalid filter; the others go upstream.
-                    let Ok(filter) = self.topics.uplink_filter(&sub.filter, self.upstream) else {
+                    let Some(filter) = self.uplink_filter_of(&sub.filter) else {
                         refused.push(index);
                         continue;
                     };
-                    subscriptions.push(Subscription {
-                        filter,
-                        options: match self.upstream {
-                            ProtocolVersion::V5 => sub.options,
-                            ProtocolVersion::V311 => SubscriptionOptions::with_qos(sub.options.qos),
-                        },
-                    });
+                    let mut options = match self.upstream {
+                        ProtocolVersion::V5 => sub.options,
+                        ProtocolVersion::V311 => SubscriptionOptions::with_qos(sub.options.qos),
+                    };
+                    // A cloud without QoS 2 does not answer a QoS 2 subscription: ask for 1
+                    // (the device is granted what the cloud grants).
+                    if self.qos2_carried_as_qos1() && options.qos == QoS::ExactlyOnce {
+                        options.qos = QoS::AtLeastOnce;
+                    }
+                    subscriptions.push(Subscription { filter, options });
                 }
                 if !refused.is_empty() {
                     if subscriptions.is_empty() {
@@ -371,9 +507,9 @@ impl Bridge {
                 let mut refused = Vec::new();
                 for (index, filter) in u.filters.iter().enumerate() {
                     // As for SUBSCRIBE: a filter with no upstream form is refused in the UNSUBACK.
-                    match self.topics.uplink_filter(filter, self.upstream) {
-                        Ok(f) => filters.push(f),
-                        Err(_) => refused.push(index),
+                    match self.uplink_filter_of(filter) {
+                        Some(f) => filters.push(f),
+                        None => refused.push(index),
                     }
                 }
                 if filters.is_empty() {
@@ -437,7 +573,10 @@ impl Bridge {
     /// The device's form of a topic the broker sent this session: the template's affixes
     /// stripped; a topic without them passes as it is (the broker addresses this device only).
     fn device_topic(&self, topic: Bytes) -> Bytes {
-        self.topics.downlink_topic(&topic).unwrap_or(topic)
+        match &self.aws {
+            Some(aws) => aws.downlink_topic(&self.topics, topic),
+            None => self.topics.downlink_topic(&topic).unwrap_or(topic),
+        }
     }
 
     /// Translate a packet from the broker for the device.
@@ -482,10 +621,10 @@ impl Bridge {
             }
             Packet::PubAck(r) => {
                 self.uplink_unacked.remove(&r.packet_id.get());
-                if self.azure_qos2.contains(&r.packet_id.get()) {
-                    // A device QoS 2 PUBLISH carried as QoS 1: the hub's PUBACK is its PUBREC.
+                if self.qos2_as_qos1.contains(&r.packet_id.get()) {
+                    // A device QoS 2 PUBLISH carried as QoS 1: the cloud's PUBACK is its PUBREC.
                     if r.reason_code.0 >= 0x80 {
-                        self.azure_qos2.remove(&r.packet_id.get());
+                        self.qos2_as_qos1.remove(&r.packet_id.get());
                     }
                     return self.response_down(r, Packet::PubRec);
                 }
@@ -553,6 +692,10 @@ impl Bridge {
                     reason_codes,
                 }))
             }
+            Packet::PingResp if self.own_pings > 0 => {
+                self.own_pings -= 1;
+                Action::Absorb
+            }
             Packet::PingResp => Action::Forward(Packet::PingResp),
             Packet::Disconnect(d) => {
                 let end = SessionEnd::UpstreamDisconnected(d.reason_code);
@@ -593,6 +736,7 @@ impl Bridge {
             return Action::End(SessionEnd::UpstreamProtocol);
         };
         if publish.retain {
+            self.count_refusal(CloudRule::Retain);
             return Action::End(SessionEnd::DeviceProtocol(ReasonCode(
                 azure::RETAIN_NOT_SUPPORTED,
             )));
@@ -624,12 +768,7 @@ impl Bridge {
             }
         }
         publish.properties = self.props_up(std::mem::take(&mut publish.properties));
-        if publish.qos == QoS::ExactlyOnce {
-            publish.qos = QoS::AtLeastOnce;
-            if let Some(id) = publish.packet_id {
-                self.azure_qos2.insert(id.get());
-            }
-        }
+        self.carry_qos2_as_qos1(&mut publish);
         if let Some(id) = publish
             .packet_id
             .filter(|_| publish.qos == QoS::AtLeastOnce)
@@ -1153,6 +1292,181 @@ mod tests {
         };
         assert_eq!(&down.topic[..], b"devicebound");
         assert!(down.properties.is_empty());
+    }
+
+    const THING: &str = "001010000000002";
+
+    fn aws_bridge(device: ProtocolVersion) -> Bridge {
+        let topics = TopicMap::new(&template("{topic}"), &vars(THING.as_bytes()));
+        let session = AwsSession::new(Some(THING), &topics);
+        Bridge::new(device, ProtocolVersion::V311, topics).with_aws(Some(session))
+    }
+
+    fn refused(b: &mut Bridge, rule: CloudRule) -> u64 {
+        b.take_refusals()[rule.index()]
+    }
+
+    #[test]
+    fn aws_carries_qos2_as_qos1_and_completes_the_device_exchange_after_the_puback() {
+        let mut b = aws_bridge(ProtocolVersion::V5);
+        let mut q2 = publish(b"dt/temp", None);
+        q2.qos = QoS::ExactlyOnce;
+        q2.packet_id = Some(id(9));
+        let Action::Forward(Packet::Publish(up)) = b.uplink(Packet::Publish(q2)) else {
+            panic!("forwarded");
+        };
+        assert_eq!(&up.topic[..], b"dt/temp");
+        assert_eq!((up.qos, up.packet_id), (QoS::AtLeastOnce, Some(id(9))));
+        assert_eq!(b.uplink_unacknowledged(), 1);
+        assert_eq!(
+            b.downlink(Packet::PubAck(PubResponse::success(id(9)))),
+            Action::Forward(Packet::PubRec(PubResponse::success(id(9))))
+        );
+        assert_eq!(b.uplink_unacknowledged(), 0);
+        assert_eq!(
+            b.uplink(Packet::PubRel(PubResponse::success(id(9)))),
+            Action::Reply(Packet::PubComp(PubResponse::success(id(9))))
+        );
+        // Retained messages are AWS IoT Core's to keep: they pass.
+        let mut retained = publish(b"state", None);
+        retained.retain = true;
+        assert!(matches!(
+            b.uplink(Packet::Publish(retained)),
+            Action::Forward(Packet::Publish(p)) if p.retain
+        ));
+    }
+
+    #[test]
+    fn aws_topic_rules_answer_a_v5_qos1_publish_with_0x90_and_keep_the_session() {
+        let mut b = aws_bridge(ProtocolVersion::V5);
+        let puback_0x90 = Action::Reply(Packet::PubAck(PubResponse {
+            packet_id: id(7),
+            reason_code: ReasonCode::TOPIC_NAME_INVALID,
+            properties: Properties::default(),
+        }));
+        assert_eq!(
+            b.uplink(Packet::Publish(publish(b"a/b/c/d/e/f/g/h/i", None))),
+            puback_0x90
+        );
+        assert_eq!(refused(&mut b, CloudRule::TopicSlashes), 1);
+        let long: &'static [u8] = Box::leak(vec![b'a'; 257].into_boxed_slice());
+        assert_eq!(b.uplink(Packet::Publish(publish(long, None))), puback_0x90);
+        assert_eq!(refused(&mut b, CloudRule::TopicBytes), 1);
+        assert_eq!(
+            b.uplink(Packet::Publish(publish(
+                b"$aws/things/other/shadow/update",
+                None
+            ))),
+            puback_0x90
+        );
+        assert_eq!(refused(&mut b, CloudRule::ReservedTopic), 1);
+        assert_eq!(b.uplink_unacknowledged(), 0, "nothing went upstream");
+        // QoS 2: PUBREC 0x90. QoS 0: nothing to answer, so DISCONNECT 0x90.
+        let mut q2 = publish(b"a/b/c/d/e/f/g/h/i", None);
+        q2.qos = QoS::ExactlyOnce;
+        assert!(matches!(
+            b.uplink(Packet::Publish(q2)),
+            Action::Reply(Packet::PubRec(r)) if r.reason_code == ReasonCode::TOPIC_NAME_INVALID
+        ));
+        let mut q0 = publish(b"a/b/c/d/e/f/g/h/i", None);
+        q0.qos = QoS::AtMostOnce;
+        q0.packet_id = None;
+        assert_eq!(
+            b.uplink(Packet::Publish(q0)),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+        );
+        assert_eq!(refused(&mut b, CloudRule::TopicSlashes), 2);
+        // A 3.1.1 device cannot be told: the connection is closed.
+        let mut old = aws_bridge(ProtocolVersion::V311);
+        assert_eq!(
+            old.uplink(Packet::Publish(publish(b"a/b/c/d/e/f/g/h/i", None))),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::TOPIC_NAME_INVALID))
+        );
+    }
+
+    #[test]
+    fn aws_refuses_a_payload_over_128_kb_with_0x95() {
+        let mut b = aws_bridge(ProtocolVersion::V5);
+        let mut big = publish(b"dt/blob", None);
+        big.payload = Bytes::from(vec![0u8; aws::MAX_PAYLOAD_BYTES + 1]);
+        assert_eq!(
+            b.uplink(Packet::Publish(big)),
+            Action::End(SessionEnd::DeviceProtocol(ReasonCode::PACKET_TOO_LARGE))
+        );
+        assert_eq!(refused(&mut b, CloudRule::PayloadTooLarge), 1);
+        let mut fits = publish(b"dt/blob", None);
+        fits.payload = Bytes::from(vec![0u8; aws::MAX_PAYLOAD_BYTES]);
+        assert!(matches!(
+            b.uplink(Packet::Publish(fits)),
+            Action::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn aws_shadow_topics_map_both_ways_and_subscriptions_ask_for_qos1() {
+        let mut b = aws_bridge(ProtocolVersion::V5);
+        let Action::Forward(Packet::Publish(up)) =
+            b.uplink(Packet::Publish(publish(b"shadow/update", None)))
+        else {
+            panic!("forwarded");
+        };
+        assert_eq!(&up.topic[..], b"$aws/things/001010000000002/shadow/update");
+        let Action::Forward(Packet::Subscribe(s)) = b.uplink(Packet::Subscribe(Subscribe {
+            packet_id: id(3),
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: Bytes::from_static(b"shadow/update/+"),
+                options: SubscriptionOptions::with_qos(QoS::ExactlyOnce),
+            }],
+        })) else {
+            panic!("forwarded");
+        };
+        assert_eq!(
+            &s.subscriptions[0].filter[..],
+            b"$aws/things/001010000000002/shadow/update/+"
+        );
+        assert_eq!(s.subscriptions[0].options.qos, QoS::AtLeastOnce);
+        let Action::Forward(Packet::Publish(down)) = b.downlink(Packet::Publish(publish(
+            b"$aws/things/001010000000002/shadow/update/accepted",
+            None,
+        ))) else {
+            panic!("delivered");
+        };
+        assert_eq!(&down.topic[..], b"shadow/update/accepted");
+        // A subscription to another thing's topics is refused in the SUBACK and counted.
+        let Action::Reply(Packet::SubAck(ack)) = b.uplink(Packet::Subscribe(Subscribe {
+            packet_id: id(4),
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: Bytes::from_static(b"$aws/things/+/shadow/#"),
+                options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            }],
+        })) else {
+            panic!("answered here");
+        };
+        assert_eq!(ack.reason_codes, vec![ReasonCode::TOPIC_FILTER_INVALID]);
+        assert_eq!(refused(&mut b, CloudRule::ReservedTopic), 1);
+    }
+
+    #[test]
+    fn the_answer_to_simgates_own_ping_is_not_the_devices() {
+        let mut b = aws_bridge(ProtocolVersion::V311);
+        b.note_own_ping();
+        assert_eq!(b.downlink(Packet::PingResp), Action::Absorb);
+        assert_eq!(
+            b.downlink(Packet::PingResp),
+            Action::Forward(Packet::PingResp)
+        );
+    }
+
+    #[test]
+    fn azure_retain_refusals_are_counted() {
+        let mut b = azure_bridge(ProtocolVersion::V5);
+        let mut retained = publish(b"t", None);
+        retained.retain = true;
+        let _ = b.uplink(Packet::Publish(retained));
+        assert_eq!(refused(&mut b, CloudRule::Retain), 1);
+        assert_eq!(refused(&mut b, CloudRule::Retain), 0, "taken once");
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! built from the device's ([`build_upstream_connect`], with [`session_vars`] and
 //! [`upstream_version`]) and the CONNACK relayed back ([`device_connack`], [`v5_connack_code`]).
 //!
+//! For `aws-iot-core` over MQTT, [`aws_session`], [`aws_connect`] and [`aws_connack`] add
+//! the cloud's rules to the exchange: client id and thing name checked, keep-alive clamped as
+//! AWS clamps it (and a v5 device told so), the will's topic mapped and checked.
+//!
 //! What this module does not do: send or wait for anything (the driver does, within the
 //! destination's `connect_timeout`), assign client ids (`flows::mqtt_bridge::assign_client_id`)
 //! or translate packets after the CONNACK (`super::bridge`).
@@ -12,13 +16,16 @@ use std::num::NonZeroU32;
 use bytes::Bytes;
 
 use super::bridge::DEVICE_TOPIC_ALIAS_MAXIMUM;
+use crate::adapters::aws_iot_core_mqtt::{self as aws, Session as AwsSession};
 #[cfg(doc)]
 use crate::flows::mqtt_common::assign_client_id;
 use crate::flows::mqtt_common::v311_return_code;
+use crate::policy::cloud::AwsIotCoreMqtt;
 use crate::policy::{
     MqttDestination, MqttListenerLimits, MqttUpstreamVersion, TemplateVars, TopicMap,
 };
 use crate::proto::mqtt::{ConnAck, Connect, Properties, ProtocolVersion, ReasonCode, Will};
+use crate::stats::CloudRule;
 
 /// Why an upstream CONNECT could not be built from the device's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +143,68 @@ pub fn build_upstream_connect(
         username,
         password,
     })
+}
+
+/// The AWS IoT Core session of a device (`vars` and `topics` as for its CONNECT), or why it
+/// cannot have one: `Err(Some(rule))` for a cloud rule (client id over 128 bytes), `Err(None)`
+/// for an empty client id or an invalid thing name. Either way the device gets CONNACK 0x85
+/// (3.1.1: 2) and nothing is sent upstream.
+pub fn aws_session(
+    settings: &AwsIotCoreMqtt,
+    vars: &TemplateVars<'_>,
+    topics: &TopicMap,
+) -> Result<AwsSession, Option<CloudRule>> {
+    let client_id = settings.session.client_id.render(vars);
+    if client_id.is_empty() {
+        return Err(None);
+    }
+    aws::check_client_id(&client_id).map_err(Some)?;
+    let thing = if settings.thing_topics {
+        let name = String::from_utf8_lossy(&settings.thing_name.render(vars)).into_owned();
+        if !aws::thing_name_valid(&name) {
+            return Err(None);
+        }
+        Some(name)
+    } else {
+        None
+    };
+    Ok(AwsSession::new(thing.as_deref(), topics))
+}
+
+/// The upstream CONNECT `c` (built from `device`'s) made AWS IoT Core's: keep-alive clamped as
+/// AWS clamps it ([`aws::upstream_keep_alive`]), the will's topic mapped like a PUBLISH's and
+/// checked by AWS's rules (a refused one is [`BuildError::WillTopicInvalid`]: CONNACK 0x90).
+pub fn aws_connect(
+    c: &mut Connect,
+    device: &Connect,
+    session: &AwsSession,
+    topics: &TopicMap,
+) -> Result<(), BuildError> {
+    c.keep_alive = aws::upstream_keep_alive(device.keep_alive);
+    if let (Some(will), Some(device_will)) = (c.will.as_mut(), device.will.as_ref()) {
+        will.topic = session
+            .uplink_topic(topics, &device_will.topic)
+            .map_err(|_| BuildError::WillTopicInvalid)?;
+    }
+    Ok(())
+}
+
+/// The keep-alive an AWS IoT Core session holds the device to, after telling a v5 device
+/// (accepted, and not told one by the cloud) the clamped value AWS uses as Server Keep Alive
+/// when it differs from the device's own. A 3.1.1 device keeps its own.
+pub fn aws_connack(connack: &mut ConnAck, device: &Connect) -> u16 {
+    let clamped = aws::upstream_keep_alive(device.keep_alive);
+    if device.protocol_version == ProtocolVersion::V311 {
+        return device.keep_alive;
+    }
+    if let Some(told) = connack.properties.server_keep_alive {
+        return told;
+    }
+    if connack.reason_code == ReasonCode::SUCCESS && clamped != device.keep_alive {
+        connack.properties.server_keep_alive = Some(clamped);
+        return clamped;
+    }
+    device.keep_alive
 }
 
 /// Map a 3.1.1 CONNACK return code onto the v5 reason code that means the same.
@@ -431,6 +500,97 @@ mod tests {
         assert_eq!(
             c.properties.maximum_packet_size.map(|m| m.get()),
             Some(1000)
+        );
+    }
+
+    fn aws_settings(client_id: &str, thing: &str) -> AwsIotCoreMqtt {
+        let mut session = destination("{topic}");
+        session.client_id = super::super::test_support::template(client_id);
+        session.username = None;
+        session.password = None;
+        AwsIotCoreMqtt {
+            thing_name: super::super::test_support::template(thing),
+            thing_topics: true,
+            session,
+        }
+    }
+
+    #[test]
+    fn aws_checks_the_client_id_and_thing_name_before_connecting() {
+        let device = device_connect(ProtocolVersion::V5);
+        let v = vars(&device.client_id);
+        let topics = TopicMap::new(
+            &aws_settings("{client_id}", "{client_id}").session.topic,
+            &v,
+        );
+        assert!(aws_session(&aws_settings("{client_id}", "{client_id}"), &v, &topics).is_ok());
+        let long = format!("{}{{client_id}}", "x".repeat(125));
+        assert_eq!(
+            aws_session(&aws_settings(&long, "t"), &v, &topics),
+            Err(Some(CloudRule::ClientIdTooLong))
+        );
+        assert_eq!(
+            aws_session(&aws_settings("{client_id}", "a/{client_id}"), &v, &topics),
+            Err(None)
+        );
+    }
+
+    #[test]
+    fn aws_clamps_keep_alive_tells_a_v5_device_and_maps_the_will() {
+        let settings = aws_settings("{client_id}", "{client_id}");
+        for (keep_alive, upstream) in [(0u16, 1200u16), (10, 30), (60, 60), (3600, 1200)] {
+            let mut device = device_connect(ProtocolVersion::V5);
+            device.keep_alive = keep_alive;
+            device.will.as_mut().expect("will").topic = Bytes::from_static(b"shadow/update");
+            let v = vars(&device.client_id);
+            let topics = TopicMap::new(&settings.session.topic, &v);
+            let session = aws_session(&settings, &v, &topics).expect("session");
+            let mut c = build_upstream_connect(
+                &device,
+                &settings.session,
+                &v,
+                ProtocolVersion::V5,
+                &topics,
+                1000,
+            )
+            .expect("builds");
+            aws_connect(&mut c, &device, &session, &topics).expect("aws");
+            assert_eq!(c.keep_alive, upstream);
+            assert_eq!(
+                &c.will.expect("will").topic[..],
+                b"$aws/things/dev1/shadow/update"
+            );
+            let mut connack = ConnAck {
+                session_present: false,
+                reason_code: ReasonCode::SUCCESS,
+                properties: Properties::default(),
+            };
+            assert_eq!(aws_connack(&mut connack, &device), upstream);
+            let told = (upstream != keep_alive).then_some(upstream);
+            assert_eq!(connack.properties.server_keep_alive, told, "{keep_alive}");
+            // A 3.1.1 device keeps its own (simgate pings upstream when it is longer).
+            let mut old = device.clone();
+            old.protocol_version = ProtocolVersion::V311;
+            assert_eq!(aws_connack(&mut connack.clone(), &old), keep_alive);
+        }
+        // A will on a reserved topic is refused (CONNACK 0x90).
+        let mut device = device_connect(ProtocolVersion::V5);
+        device.will.as_mut().expect("will").topic = Bytes::from_static(b"$aws/events/x");
+        let v = vars(&device.client_id);
+        let topics = TopicMap::new(&settings.session.topic, &v);
+        let session = aws_session(&settings, &v, &topics).expect("session");
+        let mut c = build_upstream_connect(
+            &device,
+            &settings.session,
+            &v,
+            ProtocolVersion::V5,
+            &topics,
+            1000,
+        )
+        .expect("builds");
+        assert_eq!(
+            aws_connect(&mut c, &device, &session, &topics),
+            Err(BuildError::WillTopicInvalid)
         );
     }
 

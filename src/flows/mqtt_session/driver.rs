@@ -17,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::bridge::{encode_device_disconnect, Action, Bridge, SessionEnd};
 use super::connect::{
-    build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
+    aws_connack, aws_connect, aws_session, build_upstream_connect, device_connack, session_vars,
+    upstream_version, BuildError,
 };
 use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
 use crate::flows::identity::AttachedProperties;
@@ -34,7 +35,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::stats::{ErrorKind, Protocol};
+use crate::stats::{CloudRule, ErrorKind, Protocol};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -183,6 +184,30 @@ pub async fn serve(session: DeviceSession) {
             ))
         }
     };
+    // `aws-iot-core` over MQTT: the device's AWS session (client id and thing name checked).
+    let adapter_index = dest.adapter.kind().index();
+    let aws = match dest.aws_iot_core_mqtt() {
+        None => None,
+        Some(settings) => match aws_session(settings, &vars, &topics) {
+            Ok(session) => Some(session),
+            Err(rule) => {
+                {
+                    let mut m = state.metrics.borrow_mut();
+                    match rule {
+                        Some(rule) => m.cloud_refusal(adapter_index, rule, 1),
+                        None => m.error(Protocol::Mqtt, ErrorKind::AdapterRejected),
+                    }
+                }
+                send_connack(
+                    &mut stream,
+                    device_version,
+                    ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                )
+                .await;
+                return;
+            }
+        },
+    };
     let mut connect_bytes = BytesMut::new();
     // The SIM's identity as user properties on the upstream CONNECT and every uplink PUBLISH,
     // when the broker speaks 5.0.
@@ -198,6 +223,12 @@ pub async fn serve(session: DeviceSession) {
         &topics,
         limits.max_packet_size,
     )
+    .and_then(|mut c| {
+        if let Some(session) = &aws {
+            aws_connect(&mut c, &connect, session, &topics)?;
+        }
+        Ok(c)
+    })
     .map(|mut c| {
         identity_properties.apply(&mut c.properties);
         if let Some((session, password)) = &azure {
@@ -308,6 +339,8 @@ pub async fn serve(session: DeviceSession) {
         // IoT Hub takes no retained messages: a v5 device is told. (QoS 2 is carried as 1.)
         connack.properties.retain_available = Some(false);
     }
+    // AWS IoT Core clamps keep-alive to 30..=1200 s: a v5 device is told the value in force.
+    let aws_keep_alive = aws.as_ref().map(|_| aws_connack(&mut connack, &connect));
     let mut out = BytesMut::new();
     if mqtt::encode(&Packet::ConnAck(connack), device_version, &mut out).is_err() {
         state
@@ -335,7 +368,14 @@ pub async fn serve(session: DeviceSession) {
         // The device left before its CONNACK: drop the link abruptly (will published).
         return;
     }
-    let keep_alive = server_keep_alive.unwrap_or(connect.keep_alive);
+    let keep_alive = aws_keep_alive.unwrap_or(server_keep_alive.unwrap_or(connect.keep_alive));
+    // AWS IoT Core drops a client silent for 1.5x the clamped keep-alive: when the device's own
+    // interval is longer (or off), simgate pings upstream itself after that long without
+    // writing anything there.
+    let upstream_ping = aws.as_ref().and_then(|_| {
+        let upstream = crate::adapters::aws_iot_core_mqtt::upstream_keep_alive(connect.keep_alive);
+        (keep_alive == 0 || keep_alive > upstream).then(|| Duration::from_secs(u64::from(upstream)))
+    });
     let group_key = plan
         .groups
         .get(usize::from(identity.group().0))
@@ -349,7 +389,8 @@ pub async fn serve(session: DeviceSession) {
         bridge: Bridge::new(device_version, up_version, topics)
             .with_identity(identity_properties)
             .with_envelope(envelope)
-            .with_azure(azure.map(|(session, _)| session)),
+            .with_azure(azure.map(|(session, _)| session))
+            .with_aws(aws),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         identity,
@@ -357,6 +398,9 @@ pub async fn serve(session: DeviceSession) {
         listener,
         peer_ip: peer.ip(),
         leaving: None,
+        adapter_index,
+        upstream_ping,
+        last_upstream_write: reactor::now(),
     };
     let end = match pump.relay_stashed(stashed).await {
         Some(end) => end,
@@ -591,6 +635,15 @@ struct Pump<'a> {
     /// Set when a reload moved the device's SIM to another group: the device is no longer
     /// read, and the session ends (0x98) once the broker answered what is in flight, or then.
     leaving: Option<Instant>,
+    /// The destination's adapter ([`crate::policy::AdapterKind::index`]), for the cloud
+    /// refusals counted.
+    adapter_index: usize,
+    /// How long the upstream may go without a packet from simgate before simgate sends a
+    /// PINGREQ of its own (AWS IoT Core, for a device whose keep-alive is longer than the
+    /// cloud's); `None`: the device's own PINGREQs keep it alive.
+    upstream_ping: Option<Duration>,
+    /// When simgate last wrote to the upstream.
+    last_upstream_write: Instant,
 }
 
 impl Pump<'_> {
@@ -608,6 +661,7 @@ impl Pump<'_> {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
                 Action::End(e) => (None, Some(e)),
+                Action::Absorb => (None, None),
             };
             if let Some(p) = packet {
                 if mqtt::encode(&p, self.bridge.device_version(), &mut out).is_err() {
@@ -700,19 +754,59 @@ impl Pump<'_> {
             let drain_or_reload =
                 select2(self.state.drain.wait(), self.state.plan_changed.changed());
             let device_or_drain = select2(device_read, drain_or_reload);
-            match select2(device_or_drain, self.upstream.stream.fill()).await {
-                Either::Left(Either::Left(DeviceRead::Bytes(n))) => {
+            let ping_at = self.upstream_ping.map(|p| self.last_upstream_write + p);
+            let ping_due = async move {
+                match ping_at {
+                    Some(at) => reactor::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let local = select2(device_or_drain, ping_due);
+            match select2(local, self.upstream.stream.fill()).await {
+                Either::Left(Either::Left(Either::Left(DeviceRead::Bytes(n)))) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
                     deadline = self.keep_alive.map(|k| reactor::now() + k);
                 }
-                Either::Left(Either::Left(DeviceRead::Closed)) => return SessionEnd::DeviceClosed,
-                Either::Left(Either::Left(DeviceRead::KeepAliveExpired)) => {
+                Either::Left(Either::Left(Either::Left(DeviceRead::Closed))) => {
+                    return SessionEnd::DeviceClosed
+                }
+                Either::Left(Either::Left(Either::Left(DeviceRead::KeepAliveExpired))) => {
                     return SessionEnd::DeviceKeepAliveTimeout
                 }
                 // The shard started draining, or a reload: handled at the top of the loop.
-                Either::Left(Either::Right(_)) => {}
+                Either::Left(Either::Left(Either::Right(_))) => {}
+                Either::Left(Either::Right(())) => {
+                    if let Some(end) = self.ping_upstream().await {
+                        return end;
+                    }
+                }
                 Either::Right(Ok(true)) => {}
                 Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
+            }
+        }
+    }
+
+    /// Send the broker a PINGREQ of simgate's own (its PINGRESP is absorbed by the bridge).
+    async fn ping_upstream(&mut self) -> Option<SessionEnd> {
+        let mut bytes = BytesMut::with_capacity(2);
+        if mqtt::encode(&Packet::PingReq, self.bridge.upstream_version(), &mut bytes).is_err() {
+            return Some(SessionEnd::UpstreamProtocol);
+        }
+        if self.upstream.stream.write_all(&[&bytes]).await.is_err() {
+            return Some(SessionEnd::UpstreamClosed);
+        }
+        self.bridge.note_own_ping();
+        self.last_upstream_write = reactor::now();
+        None
+    }
+
+    /// Count the device messages the bridge refused by a cloud rule.
+    fn count_refusals(&mut self) {
+        let counts = self.bridge.take_refusals();
+        if counts.iter().any(|n| *n > 0) {
+            let mut m = self.state.metrics.borrow_mut();
+            for rule in CloudRule::ALL {
+                m.cloud_refusal(self.adapter_index, rule, counts[rule.index()]);
             }
         }
     }
@@ -742,9 +836,11 @@ impl Pump<'_> {
                 Action::Forward(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
                 Action::End(e) => (None, Some(e)),
+                Action::Absorb => (None, None),
                 Action::Reply(p) => {
-                    // Answered here (a SUBSCRIBE whose every filter was refused): the reply
-                    // goes to the device after this batch's uplink write.
+                    // Answered here (a SUBSCRIBE whose every filter was refused, a PUBLISH
+                    // refused by a cloud rule): the reply goes to the device after this
+                    // batch's uplink write.
                     if mqtt::encode(&p, version, &mut replies).is_err() {
                         end = Some(SessionEnd::DeviceProtocol(
                             ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
@@ -766,6 +862,7 @@ impl Pump<'_> {
             }
             end = ending;
         }
+        self.count_refusals();
         // A malformed or refused packet ends the session: what came before it is still sent (the
         // device sent it first), unless the session ends abruptly on the upstream side anyway.
         if !out.is_empty() {
@@ -774,6 +871,7 @@ impl Pump<'_> {
             if sent.is_err() {
                 return Some(end.unwrap_or(SessionEnd::UpstreamClosed));
             }
+            self.last_upstream_write = reactor::now();
             self.state.metrics.borrow_mut().mqtt_publishes_uplink += publishes;
         }
         if !replies.is_empty()
@@ -811,6 +909,7 @@ impl Pump<'_> {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
                 Action::End(e) => (None, Some(e)),
+                Action::Absorb => (None, None),
             };
             if let Some(p) = packet {
                 if mqtt::encode(&p, self.bridge.device_version(), out).is_err() {

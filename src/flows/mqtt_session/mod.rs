@@ -35,6 +35,11 @@
 //! advertises no aliases upstream, so a broker alias is a protocol error. When the two hops
 //! speak different versions, properties are dropped toward 3.1.1 and reason codes mapped.
 //!
+//! Cloud forms: `azure-iot-hub` over MQTT (IoT Hub's device topics, SAS password) and
+//! `aws-iot-core` over MQTT (AWS's topic, payload and client-id rules enforced before the cloud
+//! would disconnect, keep-alive clamped as AWS does with simgate's own PINGREQ for a device
+//! that sleeps longer, the thing's shadow and jobs topics): see docs/adapters.md.
+//!
 //! Endings:
 //! - device DISCONNECT: forwarded upstream (normal: the broker discards the will), both closed;
 //!   a v5 "disconnect with will" (0x04) toward a 3.1.1 broker drops the link abruptly instead;
@@ -75,8 +80,8 @@ mod driver;
 
 pub use self::bridge::{Action, Bridge, SessionEnd, DEVICE_TOPIC_ALIAS_MAXIMUM};
 pub use self::connect::{
-    build_upstream_connect, device_connack, session_vars, upstream_version, v5_connack_code,
-    BuildError,
+    aws_connack, aws_connect, aws_session, build_upstream_connect, device_connack, session_vars,
+    upstream_version, v5_connack_code, BuildError,
 };
 pub use self::driver::serve;
 
