@@ -26,9 +26,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cloud_front::{CloudFront, FrontCloud};
 use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
+use serde_json::json;
 use simgate::proto::mqtt::{
     Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, UserProperty,
 };
@@ -406,5 +408,181 @@ fn check_refuses_aggregate_mode_with_the_reason() {
         text.contains("destination[0].mqtt.mode")
             && text.contains("an IoT Hub MQTT connection is one device: use session mode"),
         "{text}"
+    );
+}
+
+/// The hub policy key (base64) the contract front checks the SAS signature with.
+const HUB_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
+
+/// A gateway config whose `azure-iot-hub` destination is the contract front, with
+/// `dest_extra` added to the destination table and `mqtt_table` as its `[destination.mqtt]`.
+fn front_config(dir: &Path, front: &CloudFront, dest_extra: &str) -> String {
+    std::fs::write(dir.join("hub.key"), HUB_KEY).expect("key file");
+    format!(
+        r#"
+[gateway]
+shards = 1
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+unknown = "reject"
+
+[[credential]]
+name = "hub"
+kind = "azure-sas"
+key_name = "device-gateway"
+key = {{ file = "hub.key" }}
+
+[[destination]]
+name = "hub"
+adapter = "azure-iot-hub"
+hub = "myhub"
+credential = "hub"
+endpoint = "{endpoint}"
+server_name = "localhost"
+ca = "{ca}"
+{dest_extra}
+[destination.mqtt]
+mode = "session"
+
+[[sim]]
+imsi = "{IMSI}"
+ip = "127.0.0.1"
+imei = "{IMEI}"
+group = "default"
+
+[[group]]
+name = "default"
+attach = ["imsi", "imei"]
+routes = [ {{ listener = "mqtt", destination = "hub" }} ]
+"#,
+        endpoint = front.addr(),
+        ca = front.ca.display(),
+    )
+}
+
+fn start_front(dir: &Path, pki: &TestPki, broker: &Broker) -> CloudFront {
+    CloudFront::start(
+        dir,
+        pki,
+        broker,
+        FrontCloud::Azure,
+        json!({"hub": "myhub", "key": HUB_KEY, "key_name": "device-gateway"}),
+    )
+}
+
+/// `simgate_mqtt_session_renewals_total{result}` from /metrics.
+fn renewals(gw: &Simgate, result: &str) -> u64 {
+    let (status, body) = gw.admin_get("/metrics");
+    assert_eq!(status, 200, "{body}");
+    let prefix = format!("simgate_mqtt_session_renewals_total{{result=\"{result}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+}
+
+#[test]
+fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let front = start_front(dir.path(), &pki, &broker);
+    let events = Sub::start(
+        broker.plain_port,
+        &format!("devices/{IMSI}/messages/events/#"),
+        &["-q", "1"],
+    );
+    // Tokens live 5 s: a newer one reaches the shard every 4 s, and the front closes any
+    // connection whose token's `se` passes (rule "sas_expired").
+    let gw = Simgate::start(
+        dir.path(),
+        &front_config(dir.path(), &front, "token_ttl = \"5s\""),
+    );
+    let mut device = connect_device(&gw, ProtocolVersion::V5);
+    // A twin subscription, which each new connection must carry.
+    device
+        .subscribe("$iothub/twin/res/#", QoS::AtLeastOnce)
+        .expect("twin subscription");
+
+    // QoS 1, up to 8 in flight (so some are in flight at each switch), until two renewals.
+    const WINDOW: usize = 8;
+    let mut in_flight: std::collections::HashMap<u16, String> = Default::default();
+    let mut acked: Vec<String> = Vec::new();
+    let mut sent = 0u32;
+    let mut stop = false;
+    while !stop || !in_flight.is_empty() {
+        while !stop && in_flight.len() < WINDOW {
+            sent += 1;
+            let id = (sent % 60_000) as u16 + 1;
+            let payload = format!("m{sent}");
+            device
+                .publish("telemetry", &payload, QoS::AtLeastOnce, id)
+                .expect("publish");
+            in_flight.insert(id, payload);
+        }
+        match device.next(WAIT) {
+            Ok(Some(Packet::PubAck(ack))) => {
+                assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
+                let payload = in_flight
+                    .remove(&ack.packet_id.get())
+                    .unwrap_or_else(|| panic!("PUBACK for {} not in flight", ack.packet_id));
+                acked.push(payload);
+                if !stop && acked.len() % 50 == 0 && renewals(&gw, "ok") >= 2 {
+                    stop = true;
+                }
+            }
+            other => panic!(
+                "the device must see only PUBACKs, got {other:?} after {} acks; front: {}; simgate:\n{}",
+                acked.len(),
+                front.stats(),
+                gw.stderr()
+            ),
+        }
+    }
+
+    // Every message acknowledged to the device reached the hub (duplicates allowed).
+    let mut missing: std::collections::HashSet<&str> = acked.iter().map(|s| s.as_str()).collect();
+    let deadline = Instant::now() + WAIT;
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = events.next_message(left) else {
+            panic!(
+                "{} acknowledged messages never reached the hub",
+                missing.len()
+            );
+        };
+        if let Some((_, payload)) = line.rsplit_once(' ') {
+            missing.remove(payload);
+        }
+    }
+
+    // The device leaves; then nothing renews any more and the counts can be compared.
+    device
+        .send(&Packet::Disconnect(simgate::proto::mqtt::Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }))
+        .expect("disconnect");
+    let stats = front.wait_stats(WAIT, |s| s["active_connections"] == 0);
+    let ok = renewals(&gw, "ok");
+    assert!(ok >= 2, "{ok}");
+    assert_eq!(renewals(&gw, "failed"), 0);
+    assert_eq!(
+        stats["connections_accepted"].as_u64(),
+        Some(ok + 1),
+        "one accepted connection per renewal: {stats}"
+    );
+    assert!(
+        stats["disconnects"].get("sas_expired").is_none(),
+        "no connection outlived its token: {stats}"
+    );
+    assert_eq!(stats["connections_refused"], json!({}), "{stats}");
+    eprintln!(
+        "{} messages acknowledged across {ok} renewals; front: {stats}",
+        acked.len()
     );
 }

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 
@@ -19,6 +19,7 @@ use super::bridge::{encode_device_disconnect, Action, Bridge, SessionEnd};
 use super::connect::{
     build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
 };
+use super::renewal::{Carry, Schedule};
 use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
@@ -26,10 +27,11 @@ use crate::flows::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
 use crate::flows::ShardState;
+use crate::policy::cloud::Token;
 use crate::policy::envelope::Envelope;
-use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
+use crate::policy::{DestinationId, DestinationPlan, ListenerId, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
-    self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
+    self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
     ProtocolVersion, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,
 };
 use crate::reactor::{self, TcpStream};
@@ -180,6 +182,7 @@ pub async fn serve(session: DeviceSession) {
             Some((
                 session,
                 Bytes::copy_from_slice(token.authorization.as_bytes()),
+                token.expires_at,
             ))
         }
     };
@@ -200,7 +203,7 @@ pub async fn serve(session: DeviceSession) {
     )
     .map(|mut c| {
         identity_properties.apply(&mut c.properties);
-        if let Some((session, password)) = &azure {
+        if let Some((session, password, _)) = &azure {
             c.password = Some(password.clone());
             // The will is a device-to-cloud message too: the events topic, never retained.
             if let Some(will) = c.will.as_mut() {
@@ -220,7 +223,12 @@ pub async fn serve(session: DeviceSession) {
         send_connack(&mut stream, device_version, ReasonCode::TOPIC_NAME_INVALID).await;
         return;
     }
+    // IoT Hub: the CONNECT is sent again, with a newer token, when the session renews.
+    let mut renewal_connect: Option<Connect> = None;
     let encoded = built.map(|c| {
+        if azure.is_some() {
+            renewal_connect = Some(c.clone());
+        }
         mqtt::encode(
             &Packet::Connect(Box::new(c)),
             up_version,
@@ -277,9 +285,10 @@ pub async fn serve(session: DeviceSession) {
     // IoT Hub: subscribe to the device's cloud-to-device messages before the device hears its
     // CONNACK, so no packet id of simgate's is ever in flight beside the device's.
     let mut stashed = Vec::new();
-    if let (Some((session, _)), true) = (&azure, upstream_accepted) {
+    if let (Some((session, _, _)), true) = (&azure, upstream_accepted) {
         let deadline = reactor::now() + dest.pool.connect_timeout;
-        match subscribe_c2d(&mut upstream, session, deadline, up_version, &decode_limits).await {
+        let c2d = vec![c2d_subscription(session.c2d_filter())];
+        match subscribe_hub(&mut upstream, c2d, deadline, up_version, &decode_limits).await {
             Ok(early) => stashed = early,
             Err(e) => {
                 state
@@ -341,6 +350,23 @@ pub async fn serve(session: DeviceSession) {
         .get(usize::from(identity.group().0))
         .map_or(0, |g| group_key(&g.name));
     let envelope = (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(&plan));
+    let renew = match (&azure, renewal_connect) {
+        (Some((session, _, expires_at)), Some(connect)) => Some(Renew {
+            destination,
+            dest,
+            generation,
+            connect,
+            c2d_filter: session.c2d_filter(),
+            schedule: Schedule::new(
+                *expires_at,
+                on_reactor_clock(*expires_at),
+                jitter_of(&session.device_id),
+            ),
+            carry: Carry::new(limits.receive_maximum),
+            tokens_seen: state.tokens_changed.epoch(),
+        }),
+        _ => None,
+    };
     let mut pump = Pump {
         state: &state,
         device: &mut stream,
@@ -349,7 +375,7 @@ pub async fn serve(session: DeviceSession) {
         bridge: Bridge::new(device_version, up_version, topics)
             .with_identity(identity_properties)
             .with_envelope(envelope)
-            .with_azure(azure.map(|(session, _)| session)),
+            .with_azure(azure.map(|(session, _, _)| session)),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         identity,
@@ -357,6 +383,7 @@ pub async fn serve(session: DeviceSession) {
         listener,
         peer_ip: peer.ip(),
         leaving: None,
+        renew,
     };
     let end = match pump.relay_stashed(stashed).await {
         Some(end) => end,
@@ -422,7 +449,7 @@ async fn send_device(
 /// Take a connection (warm if possible), send CONNECT and wait for the CONNACK. A pooled
 /// connection that turns out dead before any reply is replaced once by a fresh one.
 async fn open_upstream(
-    state: &Rc<ShardState>,
+    state: &ShardState,
     generation: u64,
     destination: &DestinationPlan,
     connect_timeout: Duration,
@@ -481,12 +508,21 @@ async fn exchange_connect(
     }
 }
 
-/// Subscribe (packet id 1, QoS 1) to the device's IoT Hub cloud-to-device topic and wait for
-/// the SUBACK. Packets the hub sends before it (C2D messages of a persistent session) are
-/// returned, to be relayed once the device has its CONNACK.
-async fn subscribe_c2d(
+/// The device's IoT Hub cloud-to-device subscription (QoS 1).
+fn c2d_subscription(filter: Bytes) -> Subscription {
+    Subscription {
+        filter,
+        options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+    }
+}
+
+/// Subscribe (packet id 1) to `subscriptions` on an IoT Hub connection no device packet was
+/// sent on yet (the device's cloud-to-device topic first) and wait for the SUBACK; the first
+/// filter must be granted. Packets the hub sends before it (C2D messages of a persistent
+/// session) are returned, to be relayed to the device.
+async fn subscribe_hub(
     conn: &mut UpstreamConn,
-    session: &azure_mqtt::Session,
+    subscriptions: Vec<Subscription>,
     deadline: Instant,
     version: ProtocolVersion,
     limits: &DecodeLimits,
@@ -495,10 +531,7 @@ async fn subscribe_c2d(
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: ID,
         properties: Properties::default(),
-        subscriptions: vec![Subscription {
-            filter: session.c2d_filter(),
-            options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
-        }],
+        subscriptions,
     });
     let mut bytes = BytesMut::new();
     mqtt::encode(&subscribe, version, &mut bytes).map_err(|_| OpenError::Protocol)?;
@@ -591,6 +624,50 @@ struct Pump<'a> {
     /// Set when a reload moved the device's SIM to another group: the device is no longer
     /// read, and the session ends (0x98) once the broker answered what is in flight, or then.
     leaving: Option<Instant>,
+    /// `azure-iot-hub`: renewal of the upstream connection with newer SAS tokens.
+    renew: Option<Renew<'a>>,
+}
+
+/// An IoT Hub session's token renewal (see `super::renewal`): what it needs to open the
+/// next upstream connection, when, and what it carries across.
+struct Renew<'a> {
+    destination: DestinationId,
+    dest: &'a DestinationPlan,
+    /// The pools' generation the session's connections are made for.
+    generation: u64,
+    /// The upstream CONNECT as first sent; sent again with each newer token.
+    connect: Connect,
+    c2d_filter: Bytes,
+    schedule: Schedule,
+    carry: Carry,
+    /// `tokens_changed` epoch when the shard's token was last looked at.
+    tokens_seen: u64,
+}
+
+/// A wall-clock moment (a token's expiry) on the reactor's clock.
+fn on_reactor_clock(at: SystemTime) -> Instant {
+    reactor::now()
+        + at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+}
+
+/// A session's fixed place in its destination's renewal window, in `[0, 1)`: a hash of its
+/// device id, so sessions spread without a random source.
+fn jitter_of(device_id: &str) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    device_id.hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Completes when the session should look at its renewal again: when one is due, or (none
+/// scheduled) when the shard receives tokens; never for a session that does not renew.
+async fn renewal_wake(state: &ShardState, due: Option<(Option<Instant>, u64)>) {
+    match due {
+        None => std::future::pending().await,
+        Some((Some(at), _)) => reactor::sleep_until(at).await,
+        Some((None, seen)) => state.tokens_changed.changed_since(seen).await,
+    }
 }
 
 impl Pump<'_> {
@@ -604,6 +681,9 @@ impl Pump<'_> {
         let mut end = None;
         let mut publishes = 0u64;
         for packet in packets {
+            if let Some(r) = self.renew.as_mut() {
+                r.carry.downlink(&packet);
+            }
             let (packet, ending) = match self.bridge.downlink(packet) {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
@@ -666,6 +746,12 @@ impl Pump<'_> {
             let draining = self.state.draining() || self.leaving.is_some();
             // Bytes already buffered first: pipelined after CONNECT, or after the CONNACK.
             if !draining {
+                match self.renew_if_due().await {
+                    Ok(false) => {}
+                    // The device was not read meanwhile: its keep-alive starts again.
+                    Ok(true) => deadline = self.keep_alive.map(|k| reactor::now() + k),
+                    Err(end) => return end,
+                }
                 if let Some(end) = self.drain_device(&mut out).await {
                     return end;
                 }
@@ -696,9 +782,24 @@ impl Pump<'_> {
                 // Release the buffer's memory between bursts: an idle session holds none.
                 self.device_buf = BytesMut::new();
             }
-            let device_read = read_device(self.device, &mut self.device_buf, deadline);
-            let drain_or_reload =
-                select2(self.state.drain.wait(), self.state.plan_changed.changed());
+            // IoT Hub: the requests kept for a renewal are at their bound: the device waits.
+            let paused = self.renew.as_ref().is_some_and(|r| r.carry.is_full());
+            let (device, device_buf) = (&mut *self.device, &mut self.device_buf);
+            let device_read = async move {
+                if paused {
+                    std::future::pending().await
+                } else {
+                    read_device(device, device_buf, deadline).await
+                }
+            };
+            let renewal = self
+                .renew
+                .as_ref()
+                .map(|r| (r.schedule.due(), r.tokens_seen));
+            let drain_or_reload = select2(
+                select2(self.state.drain.wait(), self.state.plan_changed.changed()),
+                renewal_wake(self.state, renewal),
+            );
             let device_or_drain = select2(device_read, drain_or_reload);
             match select2(device_or_drain, self.upstream.stream.fill()).await {
                 Either::Left(Either::Left(DeviceRead::Bytes(n))) => {
@@ -717,6 +818,121 @@ impl Pump<'_> {
         }
     }
 
+    /// IoT Hub: look at the shard's token and, when a renewal is due, replace the upstream
+    /// connection. `Ok(true)`: an attempt was made (the device was not read meanwhile);
+    /// `Err`: the session ends (the new connection failed after the hub accepted it, which
+    /// closes the old one).
+    async fn renew_if_due(&mut self) -> Result<bool, SessionEnd> {
+        let now = reactor::now();
+        let Some(r) = self.renew.as_mut() else {
+            return Ok(false);
+        };
+        r.tokens_seen = self.state.tokens_changed.epoch();
+        let token = self.state.token(r.destination);
+        if let Some(t) = &token {
+            r.schedule.offered(t.expires_at, now);
+        }
+        if !r.schedule.is_due(now) {
+            return Ok(false);
+        }
+        let token = token.filter(|t| t.valid_at(SystemTime::now()));
+        let opened = match token {
+            Some(token) => self.open_renewal(&token).await,
+            None => Err(()),
+        };
+        let Some(r) = self.renew.as_mut() else {
+            return Ok(true);
+        };
+        let (mut conn, early, expires_at) = match opened {
+            Ok(Ok(new)) => new,
+            Ok(Err(end)) => {
+                self.state.metrics.borrow_mut().mqtt_session_renewals_failed += 1;
+                return Err(end);
+            }
+            Err(()) => {
+                // The old connection stays (its token is still valid); retried with backoff.
+                r.schedule.failed(reactor::now());
+                self.state.metrics.borrow_mut().mqtt_session_renewals_failed += 1;
+                return Ok(true);
+            }
+        };
+        // The switch: the hub closed the old connection when it accepted the new one.
+        std::mem::swap(self.upstream, &mut conn);
+        drop(conn);
+        r.schedule.renewed(expires_at, on_reactor_clock(expires_at));
+        let again = r.carry.switch();
+        self.state.metrics.borrow_mut().mqtt_session_renewals_ok += 1;
+        if !again.is_empty() {
+            let parts: Vec<&[u8]> = again.iter().map(|b| &b[..]).collect();
+            if self.upstream.stream.write_all(&parts).await.is_err() {
+                return Err(SessionEnd::UpstreamClosed);
+            }
+        }
+        match self.relay_stashed(early).await {
+            Some(end) => Err(end),
+            None => Ok(true),
+        }
+    }
+
+    /// Open the next upstream connection with `token` (the shard's newer one): CONNECT with the
+    /// session's client id and Clean Session / Clean Start 0 (what the hub holds for the
+    /// device is kept), then subscribe again to the C2D topic and the device's hub filters.
+    /// `Err(())`: no new session (the old connection stays); `Ok(Err)`: the hub accepted the
+    /// new CONNECT (so closed the old connection) but the new connection failed.
+    #[allow(clippy::type_complexity)]
+    async fn open_renewal(
+        &mut self,
+        token: &Token,
+    ) -> Result<Result<(UpstreamConn, Vec<Packet>, SystemTime), SessionEnd>, ()> {
+        let Some(r) = self.renew.as_ref() else {
+            return Err(());
+        };
+        let version = self.bridge.upstream_version();
+        let mut connect = r.connect.clone();
+        connect.password = Some(Bytes::copy_from_slice(token.authorization.as_bytes()));
+        connect.clean_start = false;
+        let expires_at = token.expires_at;
+        let mut bytes = BytesMut::new();
+        mqtt::encode(&Packet::Connect(Box::new(connect)), version, &mut bytes).map_err(|_| ())?;
+        let timeout = r.dest.pool.connect_timeout;
+        let opened = open_upstream(
+            self.state,
+            r.generation,
+            r.dest,
+            timeout,
+            &bytes,
+            version,
+            &self.limits,
+        )
+        .await;
+        let (mut conn, connack) = opened.map_err(|_| ())?;
+        let accepted = match version {
+            ProtocolVersion::V5 => connack.reason_code == ReasonCode::SUCCESS,
+            ProtocolVersion::V311 => connack.reason_code.0 == 0,
+        };
+        if !accepted {
+            return Err(());
+        }
+        let mut subscriptions = vec![c2d_subscription(r.c2d_filter.clone())];
+        subscriptions.extend(
+            r.carry
+                .subscriptions()
+                .iter()
+                .map(|(filter, qos)| Subscription {
+                    filter: filter.clone(),
+                    options: SubscriptionOptions::with_qos(*qos),
+                }),
+        );
+        let deadline = reactor::now() + timeout;
+        Ok(
+            match subscribe_hub(&mut conn, subscriptions, deadline, version, &self.limits).await {
+                Ok(early) => Ok((conn, early, expires_at)),
+                Err(OpenError::Protocol) => Err(SessionEnd::UpstreamProtocol),
+                Err(_) => Err(SessionEnd::UpstreamClosed),
+            },
+        )
+    }
+
     /// Decode every complete device packet, forward the translations upstream in one write.
     async fn drain_device(&mut self, out: &mut BytesMut) -> Option<SessionEnd> {
         let version = self.bridge.device_version();
@@ -724,6 +940,10 @@ impl Pump<'_> {
         let mut publishes = 0u64;
         let mut replies = BytesMut::new();
         while end.is_none() {
+            // IoT Hub: as many requests unanswered as are kept for a renewal: read on later.
+            if self.renew.as_ref().is_some_and(|r| r.carry.is_full()) {
+                break;
+            }
             let packet = match mqtt::decode_packet(
                 &mut self.device_buf,
                 version,
@@ -754,6 +974,12 @@ impl Pump<'_> {
                     (None, None)
                 }
             };
+            // IoT Hub: kept until answered, for a renewal (a PUBACK for a C2D message of a
+            // replaced connection is dropped).
+            let packet = packet.filter(|p| match self.renew.as_mut() {
+                Some(r) => r.carry.uplink(p, self.bridge.upstream_version()),
+                None => true,
+            });
             if let Some(p) = packet {
                 if mqtt::encode(&p, self.bridge.upstream_version(), out).is_err() {
                     // Not representable upstream (e.g. too long once the template is applied).
@@ -807,6 +1033,9 @@ impl Pump<'_> {
                 }
             };
             let is_publish = matches!(packet, Packet::Publish(_));
+            if let Some(r) = self.renew.as_mut() {
+                r.carry.downlink(&packet);
+            }
             let (packet, ending) = match self.bridge.downlink(packet) {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),

@@ -72,6 +72,7 @@
 mod bridge;
 mod connect;
 mod driver;
+mod renewal;
 
 pub use self::bridge::{Action, Bridge, SessionEnd, DEVICE_TOPIC_ALIAS_MAXIMUM};
 pub use self::connect::{
