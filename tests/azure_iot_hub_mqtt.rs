@@ -1,22 +1,24 @@
-//! `adapter = "azure-iot-hub"` over MQTT (session mode) against a real mosquitto 2.x with TLS
-//! standing in for the hub, and a real `simgate run`.
+//! `adapter = "azure-iot-hub"` over MQTT (session mode) with a real `simgate run`, through the
+//! IoT Hub contract front (tests/python/mqtt_cloud_front.py: it verifies the SAS password
+//! with `azure-iot-device`'s own code, IoT Hub's topics, filters and QoS, and closes a
+//! connection when its token's `se` passes) in front of a real mosquitto 2.x.
 //!
-//! mosquitto accepts any user name and password (`allow_anonymous true`), so what these tests
-//! check end to end is what a broker can see: the upstream client id (the SIM's IMSI) and user
-//! name (`myhub.azure-devices.net/{imsi}/?api-version=2021-04-12`) in mosquitto's connection
-//! log, the uplink topic with its URL-encoded property bag (a direct subscriber on `devices/+/messages/events/#`),
-//! and cloud-to-device messages published on `devices/{imsi}/messages/devicebound/{bag}`
-//! reaching the device on `devicebound` with the bag as v5 user properties. A second test runs
-//! the gateway in process against a broker that accepts only IoT Hub's user name with the
-//! shard's token as password: no token (or an expired one) is CONNACK 0x88 and
-//! `credential_unavailable`, the token handed to the shards is the password. Whether a minted
-//! token's signature is what IoT Hub accepts is the token minting's tests' matter; a front that
-//! verifies it over MQTT as IoT Hub would is another branch's work.
+//! Through the front: the upstream client id (the SIM's IMSI) and user name
+//! (`myhub.azure-devices.net/{imsi}/?api-version=2021-04-12`) in mosquitto's connection log,
+//! the uplink topic with its URL-encoded property bag (a direct subscriber on
+//! `devices/+/messages/events/#`), cloud-to-device messages published on
+//! `devices/{imsi}/messages/devicebound/{bag}` reaching the device on `devicebound` with the
+//! bag as v5 user properties, QoS 2 from a device carried as QoS 1 with the device's exchange
+//! completed after the hub's PUBACK, a retained PUBLISH from a v5 device refused with
+//! DISCONNECT 0x9A, the hub dropping the connection ending the session with DISCONNECT 0x80;
+//! and token renewal: with 5 s tokens, a device publishing QoS 1 continuously across two
+//! renewals loses nothing, is never disconnected, and keeps its subscriptions.
 //!
-//! Also: the hub dropping the connection (what IoT Hub does at token expiry) ends the session
-//! with DISCONNECT 0x80 for a v5 device; QoS 2 from a device is carried as QoS 1 with the device's exchange completed after the
-//! hub's PUBACK, a retained PUBLISH from a v5 device is refused with DISCONNECT 0x9A, and
-//! `simgate check` refuses aggregate mode with the reason.
+//! Against plain mosquitto (what only it can show): the gateway in process, with no control
+//! thread, against a broker that accepts only IoT Hub's user name with the shard's token as
+//! password: no token (or an expired one) is CONNACK 0x88 and `credential_unavailable`, the
+//! token handed to the shards is the password; and `simgate check` refusing aggregate mode
+//! with the reason.
 
 mod common;
 
@@ -132,17 +134,16 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(dir.path()).expect("pki");
     let mut broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let front = start_front(dir.path(), &pki, &broker);
     let hub_side = Sub::start(
         broker.plain_port,
         "devices/+/messages/events/#",
         &["-q", "1"],
     );
-    let gw = Simgate::start(
-        dir.path(),
-        &config(dir.path(), &pki, &broker, "mode = \"session\""),
-    );
+    let gw = Simgate::start(dir.path(), &front_config(dir.path(), &front, ""));
 
-    // CONNECT: client id = the IMSI, user name = IoT Hub's.
+    // CONNECT: client id = the IMSI, user name = IoT Hub's, the SAS token verified by the
+    // front (relayed to mosquitto as sent).
     let mut device = connect_device(&gw, ProtocolVersion::V5);
     let username = format!("u'myhub.azure-devices.net/{IMSI}/?api-version=2021-04-12'");
     broker.wait_log_where(WAIT, |line| {
@@ -292,8 +293,14 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
     assert_eq!(&c2d.payload[..], b"hello");
     drop(old);
 
-    // The hub going away (as IoT Hub drops a connection whose token expired) ends the session
-    // as in any session mode: a v5 device gets DISCONNECT 0x80, then is closed.
+    // The front took every CONNECT (the SAS password as azure-iot-device computes it), topic,
+    // filter and QoS: simgate refused the retained PUBLISH itself.
+    let stats = front.stats();
+    assert_eq!(stats["connections_refused"], json!({}), "{stats}");
+    assert_eq!(stats["disconnects"], json!({}), "{stats}");
+
+    // The hub going away ends the session as in any session mode: a v5 device gets
+    // DISCONNECT 0x80, then is closed.
     let mut device = connect_device(&gw, ProtocolVersion::V5);
     broker.kill9();
     let rest = device.until_closed(WAIT);
@@ -559,6 +566,20 @@ fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
             missing.remove(payload);
         }
     }
+
+    // The new connections carry the device's subscriptions: a twin answer and a C2D message
+    // published at the hub now reach the device.
+    let hub_publish = |topic: &str, payload: &str| {
+        let (ok, stderr) = publish(broker.plain_port, topic, payload, &["-q", "1"]);
+        assert!(ok, "{stderr}");
+    };
+    hub_publish("$iothub/twin/res/200/?$rid=1", "{}");
+    let twin = next_publish(&mut device);
+    assert_eq!(&twin.topic[..], b"$iothub/twin/res/200/?$rid=1");
+    hub_publish(&format!("devices/{IMSI}/messages/devicebound/k=v"), "after");
+    let c2d = next_publish(&mut device);
+    assert_eq!(&c2d.topic[..], b"devicebound");
+    assert_eq!(&c2d.payload[..], b"after");
 
     // The device leaves; then nothing renews any more and the counts can be compared.
     device
