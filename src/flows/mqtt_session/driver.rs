@@ -2,8 +2,9 @@
 //! opens its upstream MQTTS connection (pool checkout, CONNECT, CONNACK within the
 //! destination's `connect_timeout`, one retry on a dead pooled connection), relays the CONNACK,
 //! then pumps both sockets through a [`Bridge`] until either side ends the session, and says
-//! goodbye to each side as the [`SessionEnd`] decides. It keeps the open-sessions gauge and the
-//! per-shard counters.
+//! goodbye to each side as the [`SessionEnd`] decides. For `azure-iot-hub` it also replaces the
+//! upstream connection when a newer SAS token is due (`Pump::renew_if_due`, driven by the pure
+//! `super::renewal`). It keeps the open-sessions gauge and the per-shard counters.
 //!
 //! What this module does not do: translate packets or map CONNECT/CONNACK fields (that is
 //! [`Bridge`] and `super::connect`, both pure), or read the device's CONNECT (`flows::mqtt_bridge`).
@@ -11,7 +12,7 @@
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -20,6 +21,9 @@ use super::connect::{
     build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
 };
 use super::renewal::{Carry, Schedule};
+
+mod renew;
+use self::renew::{jitter_of, on_reactor_clock, renewal_wake, Renew};
 use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
@@ -27,9 +31,8 @@ use crate::flows::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
 use crate::flows::ShardState;
-use crate::policy::cloud::Token;
 use crate::policy::envelope::Envelope;
-use crate::policy::{DestinationId, DestinationPlan, ListenerId, TemplateVars, TopicMap};
+use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
     self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
     ProtocolVersion, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,
@@ -352,7 +355,8 @@ pub async fn serve(session: DeviceSession) {
     let envelope = (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(&plan));
     let renew = match (&azure, renewal_connect) {
         (Some((session, _, expires_at)), Some(connect)) => Some(Renew {
-            destination,
+            destination: Some(destination),
+            plan_seen: state.upstreams.generation(),
             dest,
             generation,
             connect,
@@ -628,48 +632,6 @@ struct Pump<'a> {
     renew: Option<Renew<'a>>,
 }
 
-/// An IoT Hub session's token renewal (see `super::renewal`): what it needs to open the
-/// next upstream connection, when, and what it carries across.
-struct Renew<'a> {
-    destination: DestinationId,
-    dest: &'a DestinationPlan,
-    /// The pools' generation the session's connections are made for.
-    generation: u64,
-    /// The upstream CONNECT as first sent; sent again with each newer token.
-    connect: Connect,
-    c2d_filter: Bytes,
-    schedule: Schedule,
-    carry: Carry,
-    /// `tokens_changed` epoch when the shard's token was last looked at.
-    tokens_seen: u64,
-}
-
-/// A wall-clock moment (a token's expiry) on the reactor's clock.
-fn on_reactor_clock(at: SystemTime) -> Instant {
-    reactor::now()
-        + at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-}
-
-/// A session's fixed place in its destination's renewal window, in `[0, 1)`: a hash of its
-/// device id, so sessions spread without a random source.
-fn jitter_of(device_id: &str) -> f64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    device_id.hash(&mut h);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Completes when the session should look at its renewal again: when one is due, or (none
-/// scheduled) when the shard receives tokens; never for a session that does not renew.
-async fn renewal_wake(state: &ShardState, due: Option<(Option<Instant>, u64)>) {
-    match due {
-        None => std::future::pending().await,
-        Some((Some(at), _)) => reactor::sleep_until(at).await,
-        Some((None, seen)) => state.tokens_changed.changed_since(seen).await,
-    }
-}
-
 impl Pump<'_> {
     /// Relay broker packets that arrived before the session started pumping (IoT Hub C2D
     /// messages received while simgate subscribed).
@@ -816,121 +778,6 @@ impl Pump<'_> {
                 Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
             }
         }
-    }
-
-    /// IoT Hub: look at the shard's token and, when a renewal is due, replace the upstream
-    /// connection. `Ok(true)`: an attempt was made (the device was not read meanwhile);
-    /// `Err`: the session ends (the new connection failed after the hub accepted it, which
-    /// closes the old one).
-    async fn renew_if_due(&mut self) -> Result<bool, SessionEnd> {
-        let now = reactor::now();
-        let Some(r) = self.renew.as_mut() else {
-            return Ok(false);
-        };
-        r.tokens_seen = self.state.tokens_changed.epoch();
-        let token = self.state.token(r.destination);
-        if let Some(t) = &token {
-            r.schedule.offered(t.expires_at, now);
-        }
-        if !r.schedule.is_due(now) {
-            return Ok(false);
-        }
-        let token = token.filter(|t| t.valid_at(SystemTime::now()));
-        let opened = match token {
-            Some(token) => self.open_renewal(&token).await,
-            None => Err(()),
-        };
-        let Some(r) = self.renew.as_mut() else {
-            return Ok(true);
-        };
-        let (mut conn, early, expires_at) = match opened {
-            Ok(Ok(new)) => new,
-            Ok(Err(end)) => {
-                self.state.metrics.borrow_mut().mqtt_session_renewals_failed += 1;
-                return Err(end);
-            }
-            Err(()) => {
-                // The old connection stays (its token is still valid); retried with backoff.
-                r.schedule.failed(reactor::now());
-                self.state.metrics.borrow_mut().mqtt_session_renewals_failed += 1;
-                return Ok(true);
-            }
-        };
-        // The switch: the hub closed the old connection when it accepted the new one.
-        std::mem::swap(self.upstream, &mut conn);
-        drop(conn);
-        r.schedule.renewed(expires_at, on_reactor_clock(expires_at));
-        let again = r.carry.switch();
-        self.state.metrics.borrow_mut().mqtt_session_renewals_ok += 1;
-        if !again.is_empty() {
-            let parts: Vec<&[u8]> = again.iter().map(|b| &b[..]).collect();
-            if self.upstream.stream.write_all(&parts).await.is_err() {
-                return Err(SessionEnd::UpstreamClosed);
-            }
-        }
-        match self.relay_stashed(early).await {
-            Some(end) => Err(end),
-            None => Ok(true),
-        }
-    }
-
-    /// Open the next upstream connection with `token` (the shard's newer one): CONNECT with the
-    /// session's client id and Clean Session / Clean Start 0 (what the hub holds for the
-    /// device is kept), then subscribe again to the C2D topic and the device's hub filters.
-    /// `Err(())`: no new session (the old connection stays); `Ok(Err)`: the hub accepted the
-    /// new CONNECT (so closed the old connection) but the new connection failed.
-    #[allow(clippy::type_complexity)]
-    async fn open_renewal(
-        &mut self,
-        token: &Token,
-    ) -> Result<Result<(UpstreamConn, Vec<Packet>, SystemTime), SessionEnd>, ()> {
-        let Some(r) = self.renew.as_ref() else {
-            return Err(());
-        };
-        let version = self.bridge.upstream_version();
-        let mut connect = r.connect.clone();
-        connect.password = Some(Bytes::copy_from_slice(token.authorization.as_bytes()));
-        connect.clean_start = false;
-        let expires_at = token.expires_at;
-        let mut bytes = BytesMut::new();
-        mqtt::encode(&Packet::Connect(Box::new(connect)), version, &mut bytes).map_err(|_| ())?;
-        let timeout = r.dest.pool.connect_timeout;
-        let opened = open_upstream(
-            self.state,
-            r.generation,
-            r.dest,
-            timeout,
-            &bytes,
-            version,
-            &self.limits,
-        )
-        .await;
-        let (mut conn, connack) = opened.map_err(|_| ())?;
-        let accepted = match version {
-            ProtocolVersion::V5 => connack.reason_code == ReasonCode::SUCCESS,
-            ProtocolVersion::V311 => connack.reason_code.0 == 0,
-        };
-        if !accepted {
-            return Err(());
-        }
-        let mut subscriptions = vec![c2d_subscription(r.c2d_filter.clone())];
-        subscriptions.extend(
-            r.carry
-                .subscriptions()
-                .iter()
-                .map(|(filter, qos)| Subscription {
-                    filter: filter.clone(),
-                    options: SubscriptionOptions::with_qos(*qos),
-                }),
-        );
-        let deadline = reactor::now() + timeout;
-        Ok(
-            match subscribe_hub(&mut conn, subscriptions, deadline, version, &self.limits).await {
-                Ok(early) => Ok((conn, early, expires_at)),
-                Err(OpenError::Protocol) => Err(SessionEnd::UpstreamProtocol),
-                Err(_) => Err(SessionEnd::UpstreamClosed),
-            },
-        )
     }
 
     /// Decode every complete device packet, forward the translations upstream in one write.
