@@ -505,10 +505,13 @@ fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
     );
     // Tokens live 5 s: a newer one reaches the shard every 4 s, and the front closes any
     // connection whose token's `se` passes (rule "sas_expired").
-    let gw = Simgate::start(
-        dir.path(),
-        &front_config(dir.path(), &front, "token_ttl = \"5s\""),
+    // Receive Maximum 8, as many as the device keeps in flight: the session holds at most 8
+    // requests for resending and stops reading the device at that bound.
+    let toml = front_config(dir.path(), &front, "token_ttl = \"5s\"").replace(
+        "unknown = \"reject\"",
+        "unknown = \"reject\"\nreceive_maximum = 8",
     );
+    let gw = Simgate::start(dir.path(), &toml);
     let mut device = connect_device(&gw, ProtocolVersion::V5);
     // A twin subscription, which each new connection must carry.
     device

@@ -777,6 +777,10 @@ impl Pump<'_> {
                 Either::Right(Ok(true)) => {}
                 Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
             }
+            if paused {
+                // The device was not read: its silence is not counted against its keep-alive.
+                deadline = self.keep_alive.map(|k| reactor::now() + k);
+            }
         }
     }
 
