@@ -11,8 +11,9 @@
 //! bag as v5 user properties, QoS 2 from a device carried as QoS 1 with the device's exchange
 //! completed after the hub's PUBACK, a retained PUBLISH from a v5 device refused with
 //! DISCONNECT 0x9A, the hub dropping the connection ending the session with DISCONNECT 0x80;
-//! and token renewal: with 5 s tokens, a device publishing QoS 1 continuously across two
-//! renewals loses nothing, is never disconnected, and keeps its subscriptions.
+//! and token renewal: with 5 s tokens, two devices (5.0 and 3.1.1) publishing QoS 1
+//! continuously across two renewals each lose nothing, are never disconnected, and keep their
+//! subscriptions.
 //!
 //! Against plain mosquitto (what only it can show): the gateway in process, with no control
 //! thread, against a broker that accepts only IoT Hub's user name with the shard's token as
@@ -41,6 +42,8 @@ use simgate::testkit::TestPki;
 const WAIT: Duration = Duration::from_secs(15);
 const IMSI: &str = "001010000000002";
 const IMEI: &str = "490154203237518";
+/// A second SIM (source address 127.0.0.2), for the renewal test's second device.
+const IMSI2: &str = "001010000000003";
 
 fn config(dir: &Path, pki: &TestPki, broker: &Broker, mqtt_table: &str) -> String {
     // Any base64 key: mosquitto does not verify the token.
@@ -461,6 +464,11 @@ ip = "127.0.0.1"
 imei = "{IMEI}"
 group = "default"
 
+[[sim]]
+imsi = "{IMSI2}"
+ip = "127.0.0.2"
+group = "default"
+
 [[group]]
 name = "default"
 attach = ["imsi", "imei"]
@@ -492,6 +500,56 @@ fn renewals(gw: &Simgate, result: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
 }
 
+/// Publish QoS 1 from `device`, up to `WINDOW` in flight (so some are in flight at each
+/// switch), until `stop` is set (by this device or another) once /metrics counts `renewals`
+/// successful renewals; then collect the last PUBACKs. Returns the payloads acknowledged.
+/// Anything but a PUBACK (a DISCONNECT, a close, silence) fails the test.
+fn publish_until_renewed(
+    device: &mut Client,
+    label: &str,
+    gw: &Simgate,
+    stop: &std::sync::atomic::AtomicBool,
+    renewed: u64,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    const WINDOW: usize = 8;
+    let mut in_flight: std::collections::HashMap<u16, String> = Default::default();
+    let mut acked: Vec<String> = Vec::new();
+    let mut sent = 0u32;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && in_flight.is_empty() {
+            return acked;
+        }
+        while !stopping && in_flight.len() < WINDOW {
+            sent += 1;
+            let id = (sent % 60_000) as u16 + 1;
+            let payload = format!("{label}-{sent}");
+            device
+                .publish("telemetry", &payload, QoS::AtLeastOnce, id)
+                .expect("publish");
+            in_flight.insert(id, payload);
+        }
+        match device.next(WAIT) {
+            Ok(Some(Packet::PubAck(ack))) => {
+                assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{label}: {ack:?}");
+                let payload = in_flight.remove(&ack.packet_id.get()).unwrap_or_else(|| {
+                    panic!("{label}: PUBACK for {} not in flight", ack.packet_id)
+                });
+                acked.push(payload);
+                if acked.len() % 50 == 0 && renewals(gw, "ok") >= renewed {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            other => panic!(
+                "{label}: the device must see only PUBACKs, got {other:?} after {} acks; simgate:\n{}",
+                acked.len(),
+                gw.stderr()
+            ),
+        }
+    }
+}
+
 #[test]
 fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -500,59 +558,43 @@ fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
     let front = start_front(dir.path(), &pki, &broker);
     let events = Sub::start(
         broker.plain_port,
-        &format!("devices/{IMSI}/messages/events/#"),
+        "devices/+/messages/events/#",
         &["-q", "1"],
     );
     // Tokens live 5 s: a newer one reaches the shard every 4 s, and the front closes any
     // connection whose token's `se` passes (rule "sas_expired").
-    // Receive Maximum 8, as many as the device keeps in flight: the session holds at most 8
-    // requests for resending and stops reading the device at that bound.
+    // Receive Maximum 8, as many as a device keeps in flight: a session holds at most 8
+    // requests for resending and stops reading its device at that bound.
     let toml = front_config(dir.path(), &front, "token_ttl = \"5s\"").replace(
         "unknown = \"reject\"",
         "unknown = \"reject\"\nreceive_maximum = 8",
     );
     let gw = Simgate::start(dir.path(), &toml);
+    // Two devices (two SIMs, two IoT Hub sessions, renewing at their own moments): a 5.0
+    // device with a twin subscription, which each new connection must carry, and a 3.1.1 one.
     let mut device = connect_device(&gw, ProtocolVersion::V5);
-    // A twin subscription, which each new connection must carry.
     device
         .subscribe("$iothub/twin/res/#", QoS::AtLeastOnce)
         .expect("twin subscription");
+    let mut other = Client::connect_from(
+        gw.listener("mqtt"),
+        "127.0.0.2".parse().expect("ip"),
+        "meter2",
+        ProtocolVersion::V311,
+    )
+    .expect("second device");
+    const DEVICES: u64 = 2;
 
-    // QoS 1, up to 8 in flight (so some are in flight at each switch), until two renewals.
-    const WINDOW: usize = 8;
-    let mut in_flight: std::collections::HashMap<u16, String> = Default::default();
-    let mut acked: Vec<String> = Vec::new();
-    let mut sent = 0u32;
-    let mut stop = false;
-    while !stop || !in_flight.is_empty() {
-        while !stop && in_flight.len() < WINDOW {
-            sent += 1;
-            let id = (sent % 60_000) as u16 + 1;
-            let payload = format!("m{sent}");
-            device
-                .publish("telemetry", &payload, QoS::AtLeastOnce, id)
-                .expect("publish");
-            in_flight.insert(id, payload);
-        }
-        match device.next(WAIT) {
-            Ok(Some(Packet::PubAck(ack))) => {
-                assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{ack:?}");
-                let payload = in_flight
-                    .remove(&ack.packet_id.get())
-                    .unwrap_or_else(|| panic!("PUBACK for {} not in flight", ack.packet_id));
-                acked.push(payload);
-                if !stop && acked.len() % 50 == 0 && renewals(&gw, "ok") >= 2 {
-                    stop = true;
-                }
-            }
-            other => panic!(
-                "the device must see only PUBACKs, got {other:?} after {} acks; front: {}; simgate:\n{}",
-                acked.len(),
-                front.stats(),
-                gw.stderr()
-            ),
-        }
-    }
+    // QoS 1 from both until each session renewed twice (on average: the counter is the
+    // shard's); every PUBACK accounted for, nothing else seen.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acked, acked_other) = std::thread::scope(|scope| {
+        let second =
+            scope.spawn(|| publish_until_renewed(&mut other, "b", &gw, &stop, 2 * DEVICES));
+        let first = publish_until_renewed(&mut device, "a", &gw, &stop, 2 * DEVICES);
+        (first, second.join().expect("second device"))
+    });
+    let acked: Vec<String> = acked.into_iter().chain(acked_other).collect();
 
     // Every message acknowledged to the device reached the hub (duplicates allowed).
     let mut missing: std::collections::HashSet<&str> = acked.iter().map(|s| s.as_str()).collect();
@@ -583,21 +625,28 @@ fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
     let c2d = next_publish(&mut device);
     assert_eq!(&c2d.topic[..], b"devicebound");
     assert_eq!(&c2d.payload[..], b"after");
+    hub_publish(
+        &format!("devices/{IMSI2}/messages/devicebound/k=v"),
+        "after",
+    );
+    let c2d = next_publish(&mut other);
+    assert_eq!(&c2d.payload[..], b"after");
 
-    // The device leaves; then nothing renews any more and the counts can be compared.
-    device
-        .send(&Packet::Disconnect(simgate::proto::mqtt::Disconnect {
+    // The devices leave; then nothing renews any more and the counts can be compared.
+    for d in [&mut device, &mut other] {
+        d.send(&Packet::Disconnect(simgate::proto::mqtt::Disconnect {
             reason_code: ReasonCode::SUCCESS,
             properties: Properties::default(),
         }))
         .expect("disconnect");
+    }
     let stats = front.wait_stats(WAIT, |s| s["active_connections"] == 0);
     let ok = renewals(&gw, "ok");
-    assert!(ok >= 2, "{ok}");
+    assert!(ok >= 2 * DEVICES, "{ok}");
     assert_eq!(renewals(&gw, "failed"), 0);
     assert_eq!(
         stats["connections_accepted"].as_u64(),
-        Some(ok + 1),
+        Some(ok + DEVICES),
         "one accepted connection per renewal: {stats}"
     );
     assert!(
