@@ -19,6 +19,7 @@ use crate::proto::mqtt::{
     self, Connect, Packet, ProtocolVersion, ReasonCode, Subscription, SubscriptionOptions,
 };
 use crate::reactor;
+use crate::stats::{ErrorKind, Protocol};
 use crate::upstream::UpstreamConn;
 
 /// An IoT Hub session's token renewal (see `super::renewal`): what it needs to open the
@@ -103,7 +104,7 @@ impl Pump<'_> {
         let token = token.filter(|t| t.valid_at(SystemTime::now()));
         let opened = match token {
             Some(token) => self.open_renewal(&token).await,
-            None => Err(()),
+            None => Err(ErrorKind::CredentialUnavailable),
         };
         let Some(r) = self.renew.as_mut() else {
             return Ok(true);
@@ -114,10 +115,12 @@ impl Pump<'_> {
                 self.state.metrics.borrow_mut().mqtt_session_renewals_failed += 1;
                 return Err(end);
             }
-            Err(()) => {
+            Err(kind) => {
                 // The old connection stays (its token is still valid); retried with backoff.
                 r.schedule.failed(reactor::now());
-                self.state.metrics.borrow_mut().mqtt_session_renewals_failed += 1;
+                let mut metrics = self.state.metrics.borrow_mut();
+                metrics.mqtt_session_renewals_failed += 1;
+                metrics.error(Protocol::Mqtt, kind);
                 return Ok(true);
             }
         };
@@ -142,11 +145,14 @@ impl Pump<'_> {
     /// Open the next upstream connection with `token` (the shard's newer one): CONNECT with the
     /// session's client id and Clean Session / Clean Start 0 (what the hub holds for the
     /// device is kept), then subscribe again to the C2D topic and the device's hub filters.
-    /// `Err(())`: no new session (the old connection stays); `Ok(Err)`: the hub accepted the
-    /// new CONNECT (so closed the old connection) but the new connection failed.
-    async fn open_renewal(&mut self, token: &Token) -> Result<Result<Renewed, SessionEnd>, ()> {
+    /// `Err(kind)`: no new session, for that reason (the old connection stays); `Ok(Err)`: the
+    /// hub accepted the new CONNECT (so closed the old connection) but the new connection failed.
+    async fn open_renewal(
+        &mut self,
+        token: &Token,
+    ) -> Result<Result<Renewed, SessionEnd>, ErrorKind> {
         let Some(r) = self.renew.as_ref() else {
-            return Err(());
+            return Err(ErrorKind::UpstreamProtocol);
         };
         let version = self.bridge.upstream_version();
         let mut connect = r.connect.clone();
@@ -154,7 +160,8 @@ impl Pump<'_> {
         connect.clean_start = false;
         let expires_at = token.expires_at;
         let mut bytes = BytesMut::new();
-        mqtt::encode(&Packet::Connect(Box::new(connect)), version, &mut bytes).map_err(|_| ())?;
+        mqtt::encode(&Packet::Connect(Box::new(connect)), version, &mut bytes)
+            .map_err(|_| ErrorKind::UpstreamProtocol)?;
         let timeout = r.dest.pool.connect_timeout;
         let opened = open_upstream(
             self.state,
@@ -166,13 +173,14 @@ impl Pump<'_> {
             &self.limits,
         )
         .await;
-        let (mut conn, connack) = opened.map_err(|_| ())?;
+        let (mut conn, connack) = opened.map_err(|e| e.error_kind())?;
         let accepted = match version {
             ProtocolVersion::V5 => connack.reason_code == ReasonCode::SUCCESS,
             ProtocolVersion::V311 => connack.reason_code.0 == 0,
         };
         if !accepted {
-            return Err(());
+            // A refused CONNECT does not take the old connection over.
+            return Err(ErrorKind::UpstreamProtocol);
         }
         let mut subscriptions = vec![c2d_subscription(r.c2d_filter.clone())];
         subscriptions.extend(
