@@ -564,7 +564,7 @@ fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
     // Tokens live 5 s: a newer one reaches the shard every 4 s, and the front closes any
     // connection whose token's `se` passes (rule "sas_expired").
     // Receive Maximum 8, as many as a device keeps in flight: a session holds at most 8
-    // requests for resending and stops reading its device at that bound.
+    // requests for resending, and a ninth would wait at that bound.
     let toml = front_config(dir.path(), &front, "token_ttl = \"5s\"").replace(
         "unknown = \"reject\"",
         "unknown = \"reject\"\nreceive_maximum = 8",

@@ -20,7 +20,7 @@ use super::bridge::{encode_device_disconnect, Action, Bridge, SessionEnd};
 use super::connect::{
     build_upstream_connect, device_connack, session_vars, upstream_version, BuildError,
 };
-use super::renewal::{Carry, Schedule};
+use super::renewal::{kept_until_answered, Carry, Schedule};
 
 mod renew;
 use self::renew::{jitter_of, on_reactor_clock, renewal_wake, Renew};
@@ -744,8 +744,10 @@ impl Pump<'_> {
                 // Release the buffer's memory between bursts: an idle session holds none.
                 self.device_buf = BytesMut::new();
             }
-            // IoT Hub: the requests kept for a renewal are at their bound: the device waits.
-            let paused = self.renew.as_ref().is_some_and(|r| r.carry.is_full());
+            // IoT Hub: the requests kept for a renewal are at their bound and the next device
+            // packet is one more: the device is not read on until the hub answers one.
+            let paused = self.renew.as_ref().is_some_and(|r| r.carry.is_full())
+                && kept_until_answered(&self.device_buf);
             let (device, device_buf) = (&mut *self.device, &mut self.device_buf);
             let device_read = async move {
                 if paused {
@@ -791,8 +793,11 @@ impl Pump<'_> {
         let mut publishes = 0u64;
         let mut replies = BytesMut::new();
         while end.is_none() {
-            // IoT Hub: as many requests unanswered as are kept for a renewal: read on later.
-            if self.renew.as_ref().is_some_and(|r| r.carry.is_full()) {
+            // IoT Hub: as many requests unanswered as are kept for a renewal, and the next one
+            // would be kept too: it waits (PINGREQ, PUBACK, DISCONNECT still pass).
+            if self.renew.as_ref().is_some_and(|r| r.carry.is_full())
+                && kept_until_answered(&self.device_buf)
+            {
                 break;
             }
             let packet = match mqtt::decode_packet(

@@ -17,8 +17,9 @@
 //! which never got it, delivers the message again (at least once).
 //!
 //! Bounds: the requests kept for resending are copies (encoded, DUP set), at most the
-//! listener's Receive Maximum of them; at that bound the driver stops reading the device
-//! ([`Carry::is_full`]) until the hub answers one.
+//! listener's Receive Maximum of them; at that bound ([`Carry::is_full`]) the device's next
+//! packet that would be kept ([`kept_until_answered`]) waits in its socket until the hub
+//! answers one, while PINGREQs and acknowledgements still pass.
 //!
 //! What this module does not do: sockets, the clock (time is passed in), choose the token
 //! (the control thread mints it, the shard holds it), or count metrics.
@@ -263,6 +264,18 @@ impl Carry {
     }
 }
 
+/// Whether the device packet starting `buf` (its fixed header's first byte) is one a [`Carry`]
+/// keeps until the hub answers it: a QoS 1/2 PUBLISH, a SUBSCRIBE or an UNSUBSCRIBE. At the
+/// bound ([`Carry::is_full`]) such a packet waits; any other (PINGREQ, PUBACK, DISCONNECT)
+/// still passes, so a device with the Receive Maximum in flight still gets its PINGRESP.
+pub fn kept_until_answered(buf: &[u8]) -> bool {
+    buf.first().is_some_and(|&b| match b >> 4 {
+        3 => (b >> 1) & 0b11 != 0,
+        8 | 10 => true,
+        _ => false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +388,35 @@ mod tests {
         assert!(c.is_full(), "the device is not read on");
         c.downlink(&Packet::PubAck(PubResponse::success(id(1))));
         assert!(!c.is_full());
+    }
+
+    #[test]
+    fn at_the_bound_only_what_would_be_kept_waits() {
+        let first = |p: &Packet| {
+            let mut b = BytesMut::new();
+            mqtt::encode(p, V, &mut b).expect("encode");
+            b.freeze()
+        };
+        assert!(kept_until_answered(&first(&publish(
+            1,
+            QoS::AtLeastOnce,
+            b"x"
+        ))));
+        assert!(kept_until_answered(&first(&publish(
+            1,
+            QoS::ExactlyOnce,
+            b"x"
+        ))));
+        assert!(kept_until_answered(&first(&subscribe(2, &[b"a"]))));
+        assert!(!kept_until_answered(&first(&publish(
+            0,
+            QoS::AtMostOnce,
+            b"x"
+        ))));
+        assert!(!kept_until_answered(&first(&Packet::PingReq)));
+        let puback = Packet::PubAck(PubResponse::success(id(3)));
+        assert!(!kept_until_answered(&first(&puback)));
+        assert!(!kept_until_answered(&[]));
     }
 
     #[test]

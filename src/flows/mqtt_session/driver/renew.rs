@@ -82,26 +82,40 @@ impl Pump<'_> {
         let Some(r) = self.renew.as_mut() else {
             return Ok(false);
         };
-        r.tokens_seen = self.state.tokens_changed.epoch();
+        // Looked at only when the shard received tokens or the plan changed: the session
+        // started with the shard's newest token.
+        let epoch = self.state.tokens_changed.epoch();
         let generation = self.state.upstreams.generation();
-        if r.plan_seen != generation {
-            // A reload: the token table is the new plan's, indexed by its destinations.
-            let (plan, _) = self.state.current();
-            r.destination = plan
-                .destinations
-                .iter()
-                .find(|d| d.name == r.dest.name && d.token == r.dest.token)
-                .map(|d| d.id);
-            r.plan_seen = generation;
-        }
-        let token = r.destination.and_then(|id| self.state.token(id));
-        if let Some(t) = &token {
-            r.schedule.offered(t.expires_at, now);
+        if r.tokens_seen != epoch || r.plan_seen != generation {
+            if r.plan_seen != generation {
+                // A reload: the token table is the new plan's, indexed by its destinations.
+                let (plan, _) = self.state.current();
+                r.destination = plan
+                    .destinations
+                    .iter()
+                    .find(|d| d.name == r.dest.name && d.token == r.dest.token)
+                    .map(|d| d.id);
+                r.plan_seen = generation;
+            }
+            r.tokens_seen = epoch;
+            let newest = r.destination.and_then(|id| {
+                let tokens = self.state.tokens.borrow();
+                tokens
+                    .get(usize::from(id.0))?
+                    .as_ref()
+                    .map(|t| t.expires_at)
+            });
+            if let Some(expires_at) = newest {
+                r.schedule.offered(expires_at, now);
+            }
         }
         if !r.schedule.is_due(now) {
             return Ok(false);
         }
-        let token = token.filter(|t| t.valid_at(SystemTime::now()));
+        let token = r
+            .destination
+            .and_then(|id| self.state.token(id))
+            .filter(|t| t.valid_at(SystemTime::now()));
         let opened = match token {
             Some(token) => self.open_renewal(&token).await,
             None => Err(ErrorKind::CredentialUnavailable),
