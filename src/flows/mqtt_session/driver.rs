@@ -367,7 +367,9 @@ pub async fn serve(session: DeviceSession) {
                 jitter_of(&session.device_id),
             ),
             carry: Carry::new(limits.receive_maximum),
-            tokens_seen: state.tokens_changed.epoch(),
+            // Not the current epoch: the first pump turn looks at the shard's token, in case a
+            // newer one arrived while the session was opening.
+            tokens_seen: state.tokens_changed.epoch().wrapping_sub(1),
         }),
         _ => None,
     };

@@ -82,8 +82,8 @@ impl Pump<'_> {
         let Some(r) = self.renew.as_mut() else {
             return Ok(false);
         };
-        // Looked at only when the shard received tokens or the plan changed: the session
-        // started with the shard's newest token.
+        // Looked at only when the shard received tokens or the plan changed (and on the first
+        // turn).
         let epoch = self.state.tokens_changed.epoch();
         let generation = self.state.upstreams.generation();
         if r.tokens_seen != epoch || r.plan_seen != generation {
