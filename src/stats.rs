@@ -273,6 +273,10 @@ pub struct ShardMetrics {
     pub mqtt_sessions_open: u64,
     /// MQTT device CONNECTs the upstream broker refused (its CONNACK relayed to the device).
     pub mqtt_connects_refused: u64,
+    /// Session-mode upstream connections replaced by one with a newer token (`azure-iot-hub`).
+    pub mqtt_session_renewals_ok: u64,
+    /// Session-mode renewal attempts that failed (the old connection was kept).
+    pub mqtt_session_renewals_failed: u64,
     /// MQTT PUBLISH packets forwarded device → upstream.
     pub mqtt_publishes_uplink: u64,
     /// MQTT PUBLISH packets forwarded upstream → device.
@@ -320,6 +324,8 @@ impl Default for ShardMetrics {
             mqtt_sessions_started: 0,
             mqtt_sessions_open: 0,
             mqtt_connects_refused: 0,
+            mqtt_session_renewals_ok: 0,
+            mqtt_session_renewals_failed: 0,
             mqtt_publishes_uplink: 0,
             mqtt_publishes_downlink: 0,
             mqtt_aggregate: AggregateTotals::default(),
@@ -498,6 +504,8 @@ impl ShardMetrics {
         self.mqtt_sessions_started += other.mqtt_sessions_started;
         self.mqtt_sessions_open += other.mqtt_sessions_open;
         self.mqtt_connects_refused += other.mqtt_connects_refused;
+        self.mqtt_session_renewals_ok += other.mqtt_session_renewals_ok;
+        self.mqtt_session_renewals_failed += other.mqtt_session_renewals_failed;
         self.mqtt_publishes_uplink += other.mqtt_publishes_uplink;
         self.mqtt_publishes_downlink += other.mqtt_publishes_downlink;
         self.mqtt_aggregate.merge(&other.mqtt_aggregate);

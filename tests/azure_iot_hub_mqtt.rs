@@ -1,22 +1,25 @@
-//! `adapter = "azure-iot-hub"` over MQTT (session mode) against a real mosquitto 2.x with TLS
-//! standing in for the hub, and a real `simgate run`.
+//! `adapter = "azure-iot-hub"` over MQTT (session mode) with a real `simgate run`, through the
+//! IoT Hub contract front (tests/python/mqtt_cloud_front.py: it verifies the SAS password
+//! with `azure-iot-device`'s own code, IoT Hub's topics, filters and QoS, and closes a
+//! connection when its token's `se` passes) in front of a real mosquitto 2.x.
 //!
-//! mosquitto accepts any user name and password (`allow_anonymous true`), so what these tests
-//! check end to end is what a broker can see: the upstream client id (the SIM's IMSI) and user
-//! name (`myhub.azure-devices.net/{imsi}/?api-version=2021-04-12`) in mosquitto's connection
-//! log, the uplink topic with its URL-encoded property bag (a direct subscriber on `devices/+/messages/events/#`),
-//! and cloud-to-device messages published on `devices/{imsi}/messages/devicebound/{bag}`
-//! reaching the device on `devicebound` with the bag as v5 user properties. A second test runs
-//! the gateway in process against a broker that accepts only IoT Hub's user name with the
-//! shard's token as password: no token (or an expired one) is CONNACK 0x88 and
-//! `credential_unavailable`, the token handed to the shards is the password. Whether a minted
-//! token's signature is what IoT Hub accepts is the token minting's tests' matter; a front that
-//! verifies it over MQTT as IoT Hub would is another branch's work.
+//! Through the front: the upstream client id (the SIM's IMSI) and user name
+//! (`myhub.azure-devices.net/{imsi}/?api-version=2021-04-12`) in mosquitto's connection log,
+//! the uplink topic with its URL-encoded property bag (a direct subscriber on
+//! `devices/+/messages/events/#`), cloud-to-device messages published on
+//! `devices/{imsi}/messages/devicebound/{bag}` reaching the device on `devicebound` with the
+//! bag as v5 user properties, QoS 2 from a device carried as QoS 1 with the device's exchange
+//! completed after the hub's PUBACK, a retained PUBLISH from a v5 device refused with
+//! DISCONNECT 0x9A, the hub dropping the connection ending the session with DISCONNECT 0x80;
+//! and token renewal: with 5 s tokens, two devices (5.0 and 3.1.1) publishing QoS 1
+//! continuously across two renewals each lose nothing, are never disconnected, and keep their
+//! subscriptions.
 //!
-//! Also: the hub dropping the connection (what IoT Hub does at token expiry) ends the session
-//! with DISCONNECT 0x80 for a v5 device; QoS 2 from a device is carried as QoS 1 with the device's exchange completed after the
-//! hub's PUBACK, a retained PUBLISH from a v5 device is refused with DISCONNECT 0x9A, and
-//! `simgate check` refuses aggregate mode with the reason.
+//! Against plain mosquitto (what only it can show): the gateway in process, with no control
+//! thread, against a broker that accepts only IoT Hub's user name with the shard's token as
+//! password: no token (or an expired one) is CONNACK 0x88 and `credential_unavailable`, the
+//! token handed to the shards is the password; and `simgate check` refusing aggregate mode
+//! with the reason.
 
 mod common;
 
@@ -26,9 +29,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cloud_front::{CloudFront, FrontCloud};
 use common::mosquitto::{publish, Broker, BrokerOptions, Sub};
 use common::mqtt_client::{Client, ClientError};
 use common::Simgate;
+use serde_json::json;
 use simgate::proto::mqtt::{
     Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode, UserProperty,
 };
@@ -37,6 +42,8 @@ use simgate::testkit::TestPki;
 const WAIT: Duration = Duration::from_secs(15);
 const IMSI: &str = "001010000000002";
 const IMEI: &str = "490154203237518";
+/// A second SIM (source address 127.0.0.2), for the renewal test's second device.
+const IMSI2: &str = "001010000000003";
 
 fn config(dir: &Path, pki: &TestPki, broker: &Broker, mqtt_table: &str) -> String {
     // Any base64 key: mosquitto does not verify the token.
@@ -130,17 +137,16 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::new(dir.path()).expect("pki");
     let mut broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let front = start_front(dir.path(), &pki, &broker);
     let hub_side = Sub::start(
         broker.plain_port,
         "devices/+/messages/events/#",
         &["-q", "1"],
     );
-    let gw = Simgate::start(
-        dir.path(),
-        &config(dir.path(), &pki, &broker, "mode = \"session\""),
-    );
+    let gw = Simgate::start(dir.path(), &front_config(dir.path(), &front, ""));
 
-    // CONNECT: client id = the IMSI, user name = IoT Hub's.
+    // CONNECT: client id = the IMSI, user name = IoT Hub's, the SAS token verified by the
+    // front (relayed to mosquitto as sent).
     let mut device = connect_device(&gw, ProtocolVersion::V5);
     let username = format!("u'myhub.azure-devices.net/{IMSI}/?api-version=2021-04-12'");
     broker.wait_log_where(WAIT, |line| {
@@ -290,8 +296,14 @@ fn devices_are_iot_hub_devices_uplink_and_cloud_to_device() {
     assert_eq!(&c2d.payload[..], b"hello");
     drop(old);
 
-    // The hub going away (as IoT Hub drops a connection whose token expired) ends the session
-    // as in any session mode: a v5 device gets DISCONNECT 0x80, then is closed.
+    // The front took every CONNECT (the SAS password as azure-iot-device computes it), topic,
+    // filter and QoS: simgate refused the retained PUBLISH itself.
+    let stats = front.stats();
+    assert_eq!(stats["connections_refused"], json!({}), "{stats}");
+    assert_eq!(stats["disconnects"], json!({}), "{stats}");
+
+    // The hub going away ends the session as in any session mode: a v5 device gets
+    // DISCONNECT 0x80, then is closed.
     let mut device = connect_device(&gw, ProtocolVersion::V5);
     broker.kill9();
     let rest = device.until_closed(WAIT);
@@ -406,5 +418,244 @@ fn check_refuses_aggregate_mode_with_the_reason() {
         text.contains("destination[0].mqtt.mode")
             && text.contains("an IoT Hub MQTT connection is one device: use session mode"),
         "{text}"
+    );
+}
+
+/// The hub policy key (base64) the contract front checks the SAS signature with.
+const HUB_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
+
+/// A gateway config whose `azure-iot-hub` destination is the contract front, with
+/// `dest_extra` added to the destination table and `mqtt_table` as its `[destination.mqtt]`.
+fn front_config(dir: &Path, front: &CloudFront, dest_extra: &str) -> String {
+    std::fs::write(dir.join("hub.key"), HUB_KEY).expect("key file");
+    format!(
+        r#"
+[gateway]
+shards = 1
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+unknown = "reject"
+
+[[credential]]
+name = "hub"
+kind = "azure-sas"
+key_name = "device-gateway"
+key = {{ file = "hub.key" }}
+
+[[destination]]
+name = "hub"
+adapter = "azure-iot-hub"
+hub = "myhub"
+credential = "hub"
+endpoint = "{endpoint}"
+server_name = "localhost"
+ca = "{ca}"
+{dest_extra}
+[destination.mqtt]
+mode = "session"
+
+[[sim]]
+imsi = "{IMSI}"
+ip = "127.0.0.1"
+imei = "{IMEI}"
+group = "default"
+
+[[sim]]
+imsi = "{IMSI2}"
+ip = "127.0.0.2"
+group = "default"
+
+[[group]]
+name = "default"
+attach = ["imsi", "imei"]
+routes = [ {{ listener = "mqtt", destination = "hub" }} ]
+"#,
+        endpoint = front.addr(),
+        ca = front.ca.display(),
+    )
+}
+
+fn start_front(dir: &Path, pki: &TestPki, broker: &Broker) -> CloudFront {
+    CloudFront::start(
+        dir,
+        pki,
+        broker,
+        FrontCloud::Azure,
+        json!({"hub": "myhub", "key": HUB_KEY, "key_name": "device-gateway"}),
+    )
+}
+
+/// `simgate_mqtt_session_renewals_total{result}` from /metrics.
+fn renewals(gw: &Simgate, result: &str) -> u64 {
+    let (status, body) = gw.admin_get("/metrics");
+    assert_eq!(status, 200, "{body}");
+    let prefix = format!("simgate_mqtt_session_renewals_total{{result=\"{result}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+}
+
+/// Publish QoS 1 from `device`, up to `WINDOW` in flight (so some are in flight at each
+/// switch), until `stop` is set (by this device or another) once /metrics counts `renewals`
+/// successful renewals; then collect the last PUBACKs. Returns the payloads acknowledged.
+/// Anything but a PUBACK (a DISCONNECT, a close, silence) fails the test.
+fn publish_until_renewed(
+    device: &mut Client,
+    label: &str,
+    gw: &Simgate,
+    stop: &std::sync::atomic::AtomicBool,
+    renewed: u64,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    const WINDOW: usize = 8;
+    let mut in_flight: std::collections::HashMap<u16, String> = Default::default();
+    let mut acked: Vec<String> = Vec::new();
+    let mut sent = 0u32;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && in_flight.is_empty() {
+            return acked;
+        }
+        while !stopping && in_flight.len() < WINDOW {
+            sent += 1;
+            let id = (sent % 60_000) as u16 + 1;
+            let payload = format!("{label}-{sent}");
+            device
+                .publish("telemetry", &payload, QoS::AtLeastOnce, id)
+                .expect("publish");
+            in_flight.insert(id, payload);
+        }
+        match device.next(WAIT) {
+            Ok(Some(Packet::PubAck(ack))) => {
+                assert_eq!(ack.reason_code, ReasonCode::SUCCESS, "{label}: {ack:?}");
+                let payload = in_flight.remove(&ack.packet_id.get()).unwrap_or_else(|| {
+                    panic!("{label}: PUBACK for {} not in flight", ack.packet_id)
+                });
+                acked.push(payload);
+                if acked.len() % 50 == 0 && renewals(gw, "ok") >= renewed {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            other => panic!(
+                "{label}: the device must see only PUBACKs, got {other:?} after {} acks; simgate:\n{}",
+                acked.len(),
+                gw.stderr()
+            ),
+        }
+    }
+}
+
+#[test]
+fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let front = start_front(dir.path(), &pki, &broker);
+    let events = Sub::start(
+        broker.plain_port,
+        "devices/+/messages/events/#",
+        &["-q", "1"],
+    );
+    // Tokens live 5 s: a newer one reaches the shard every 4 s, and the front closes any
+    // connection whose token's `se` passes (rule "sas_expired").
+    // Receive Maximum 8, as many as a device keeps in flight: a session holds at most 8
+    // requests for resending, and a ninth would wait at that bound.
+    let toml = front_config(dir.path(), &front, "token_ttl = \"5s\"").replace(
+        "unknown = \"reject\"",
+        "unknown = \"reject\"\nreceive_maximum = 8",
+    );
+    let gw = Simgate::start(dir.path(), &toml);
+    // Two devices (two SIMs, two IoT Hub sessions, renewing at their own moments): a 5.0
+    // device with a twin subscription, which each new connection must carry, and a 3.1.1 one.
+    let mut device = connect_device(&gw, ProtocolVersion::V5);
+    device
+        .subscribe("$iothub/twin/res/#", QoS::AtLeastOnce)
+        .expect("twin subscription");
+    let mut other = Client::connect_from(
+        gw.listener("mqtt"),
+        "127.0.0.2".parse().expect("ip"),
+        "meter2",
+        ProtocolVersion::V311,
+    )
+    .expect("second device");
+    const DEVICES: u64 = 2;
+
+    // QoS 1 from both until each session renewed twice (on average: the counter is the
+    // shard's); every PUBACK accounted for, nothing else seen.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (acked, acked_other) = std::thread::scope(|scope| {
+        let second =
+            scope.spawn(|| publish_until_renewed(&mut other, "b", &gw, &stop, 2 * DEVICES));
+        let first = publish_until_renewed(&mut device, "a", &gw, &stop, 2 * DEVICES);
+        (first, second.join().expect("second device"))
+    });
+    let acked: Vec<String> = acked.into_iter().chain(acked_other).collect();
+
+    // Every message acknowledged to the device reached the hub (duplicates allowed).
+    let mut missing: std::collections::HashSet<&str> = acked.iter().map(|s| s.as_str()).collect();
+    let deadline = Instant::now() + WAIT;
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = events.next_message(left) else {
+            panic!(
+                "{} acknowledged messages never reached the hub",
+                missing.len()
+            );
+        };
+        if let Some((_, payload)) = line.rsplit_once(' ') {
+            missing.remove(payload);
+        }
+    }
+
+    // The new connections carry the device's subscriptions: a twin answer and a C2D message
+    // published at the hub now reach the device.
+    let hub_publish = |topic: &str, payload: &str| {
+        let (ok, stderr) = publish(broker.plain_port, topic, payload, &["-q", "1"]);
+        assert!(ok, "{stderr}");
+    };
+    hub_publish("$iothub/twin/res/200/?$rid=1", "{}");
+    let twin = next_publish(&mut device);
+    assert_eq!(&twin.topic[..], b"$iothub/twin/res/200/?$rid=1");
+    hub_publish(&format!("devices/{IMSI}/messages/devicebound/k=v"), "after");
+    let c2d = next_publish(&mut device);
+    assert_eq!(&c2d.topic[..], b"devicebound");
+    assert_eq!(&c2d.payload[..], b"after");
+    hub_publish(
+        &format!("devices/{IMSI2}/messages/devicebound/k=v"),
+        "after",
+    );
+    let c2d = next_publish(&mut other);
+    assert_eq!(&c2d.payload[..], b"after");
+
+    // The devices leave; then nothing renews any more and the counts can be compared.
+    for d in [&mut device, &mut other] {
+        d.send(&Packet::Disconnect(simgate::proto::mqtt::Disconnect {
+            reason_code: ReasonCode::SUCCESS,
+            properties: Properties::default(),
+        }))
+        .expect("disconnect");
+    }
+    let stats = front.wait_stats(WAIT, |s| s["active_connections"] == 0);
+    let ok = renewals(&gw, "ok");
+    assert!(ok >= 2 * DEVICES, "{ok}");
+    assert_eq!(renewals(&gw, "failed"), 0);
+    assert_eq!(
+        stats["connections_accepted"].as_u64(),
+        Some(ok + DEVICES),
+        "one accepted connection per renewal: {stats}"
+    );
+    assert!(
+        stats["disconnects"].get("sas_expired").is_none(),
+        "no connection outlived its token: {stats}"
+    );
+    assert_eq!(stats["connections_refused"], json!({}), "{stats}");
+    eprintln!(
+        "{} messages acknowledged across {ok} renewals; front: {stats}",
+        acked.len()
     );
 }

@@ -393,6 +393,16 @@ pub fn render(
     );
     counter(
         w,
+        "simgate_mqtt_session_renewals_total",
+        "Session-mode upstream connections replaced before their token expired (azure-iot-hub), \
+         by result: ok (switched to the new connection) or failed (the old one was kept)",
+        &[
+            ("result=\"ok\"", m.mqtt_session_renewals_ok),
+            ("result=\"failed\"", m.mqtt_session_renewals_failed),
+        ],
+    );
+    counter(
+        w,
         "simgate_mqtt_publishes_total",
         "MQTT PUBLISHes forwarded, by mode and direction",
         &[
@@ -631,6 +641,8 @@ mod tests {
         };
         m.response(200);
         m.mqtt_connects_refused = 2;
+        m.mqtt_session_renewals_ok = 3;
+        m.mqtt_session_renewals_failed = 1;
         m.mqtt_aggregate.connects_refused_down = 5;
         m.record_latency(80, 20);
         m.record_latency(3_000, 40);
@@ -664,6 +676,8 @@ mod tests {
         assert!(text.contains("simgate_http_request_duration_seconds_count 2\n"));
         assert!(text.contains("simgate_shards 2\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"broker\"} 2\n"));
+        assert!(text.contains("simgate_mqtt_session_renewals_total{result=\"ok\"} 3\n"));
+        assert!(text.contains("simgate_mqtt_session_renewals_total{result=\"failed\"} 1\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"upstream_down\"} 5\n"));
     }
 

@@ -60,6 +60,9 @@ pub struct ShardState {
     /// The cloud tokens (SAS, OAuth2 bearer) the control thread minted for the served plan's
     /// destinations, by destination index.
     pub tokens: RefCell<Vec<Option<Token>>>,
+    /// Notified when the control thread installs new tokens (sessions that renew their
+    /// upstream connection with a newer token wait on it).
+    pub tokens_changed: Broadcast,
     /// Batch queues of the batching cloud adapters.
     pub batcher: super::batch::Batcher,
 }
@@ -84,6 +87,7 @@ impl ShardState {
             bindings,
             mqtt_aggregate: AggregateShard::default(),
             tokens: RefCell::new(Vec::new()),
+            tokens_changed: Broadcast::default(),
             batcher: super::batch::Batcher::default(),
         }
     }
@@ -111,6 +115,8 @@ impl ShardState {
                 *slot = Some(token);
             }
         }
+        drop(table);
+        self.tokens_changed.notify_all();
         true
     }
 

@@ -2,8 +2,9 @@
 //! opens its upstream MQTTS connection (pool checkout, CONNECT, CONNACK within the
 //! destination's `connect_timeout`, one retry on a dead pooled connection), relays the CONNACK,
 //! then pumps both sockets through a [`Bridge`] until either side ends the session, and says
-//! goodbye to each side as the [`SessionEnd`] decides. It keeps the open-sessions gauge and the
-//! per-shard counters.
+//! goodbye to each side as the [`SessionEnd`] decides. For `azure-iot-hub` it also replaces the
+//! upstream connection when a newer SAS token is due (`Pump::renew_if_due`, driven by the pure
+//! `super::renewal`). It keeps the open-sessions gauge and the per-shard counters.
 //!
 //! What this module does not do: translate packets or map CONNECT/CONNACK fields (that is
 //! [`Bridge`] and `super::connect`, both pure), or read the device's CONNECT (`flows::mqtt_bridge`).
@@ -20,6 +21,10 @@ use super::connect::{
     aws_connack, aws_connect, aws_session, build_upstream_connect, device_connack, session_vars,
     upstream_version, BuildError,
 };
+use super::renewal::{kept_until_answered, Carry, Schedule};
+
+mod renew;
+use self::renew::{jitter_of, on_reactor_clock, renewal_wake, Renew};
 use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
@@ -30,7 +35,7 @@ use crate::flows::ShardState;
 use crate::policy::envelope::Envelope;
 use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
 use crate::proto::mqtt::{
-    self, ConnAck, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
+    self, ConnAck, Connect, DecodeLimits, Decoded, Disconnect, MqttError, Packet, Properties,
     ProtocolVersion, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,
 };
 use crate::reactor::{self, TcpStream};
@@ -181,6 +186,7 @@ pub async fn serve(session: DeviceSession) {
             Some((
                 session,
                 Bytes::copy_from_slice(token.authorization.as_bytes()),
+                token.expires_at,
             ))
         }
     };
@@ -231,7 +237,7 @@ pub async fn serve(session: DeviceSession) {
     })
     .map(|mut c| {
         identity_properties.apply(&mut c.properties);
-        if let Some((session, password)) = &azure {
+        if let Some((session, password, _)) = &azure {
             c.password = Some(password.clone());
             // The will is a device-to-cloud message too: the events topic, never retained.
             if let Some(will) = c.will.as_mut() {
@@ -251,7 +257,12 @@ pub async fn serve(session: DeviceSession) {
         send_connack(&mut stream, device_version, ReasonCode::TOPIC_NAME_INVALID).await;
         return;
     }
+    // IoT Hub: the CONNECT is sent again, with a newer token, when the session renews.
+    let mut renewal_connect: Option<Connect> = None;
     let encoded = built.map(|c| {
+        if azure.is_some() {
+            renewal_connect = Some(c.clone());
+        }
         mqtt::encode(
             &Packet::Connect(Box::new(c)),
             up_version,
@@ -308,9 +319,10 @@ pub async fn serve(session: DeviceSession) {
     // IoT Hub: subscribe to the device's cloud-to-device messages before the device hears its
     // CONNACK, so no packet id of simgate's is ever in flight beside the device's.
     let mut stashed = Vec::new();
-    if let (Some((session, _)), true) = (&azure, upstream_accepted) {
+    if let (Some((session, _, _)), true) = (&azure, upstream_accepted) {
         let deadline = reactor::now() + dest.pool.connect_timeout;
-        match subscribe_c2d(&mut upstream, session, deadline, up_version, &decode_limits).await {
+        let c2d = vec![c2d_subscription(session.c2d_filter())];
+        match subscribe_hub(&mut upstream, c2d, deadline, up_version, &decode_limits).await {
             Ok(early) => stashed = early,
             Err(e) => {
                 state
@@ -381,6 +393,26 @@ pub async fn serve(session: DeviceSession) {
         .get(usize::from(identity.group().0))
         .map_or(0, |g| group_key(&g.name));
     let envelope = (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(&plan));
+    let renew = match (&azure, renewal_connect) {
+        (Some((session, _, expires_at)), Some(connect)) => Some(Renew {
+            destination: Some(destination),
+            plan_seen: state.upstreams.generation(),
+            dest,
+            generation,
+            connect,
+            c2d_filter: session.c2d_filter(),
+            schedule: Schedule::new(
+                *expires_at,
+                on_reactor_clock(*expires_at),
+                jitter_of(&session.device_id),
+            ),
+            carry: Carry::new(limits.receive_maximum),
+            // Not the current epoch: the first pump turn looks at the shard's token, in case a
+            // newer one arrived while the session was opening.
+            tokens_seen: state.tokens_changed.epoch().wrapping_sub(1),
+        }),
+        _ => None,
+    };
     let mut pump = Pump {
         state: &state,
         device: &mut stream,
@@ -389,7 +421,7 @@ pub async fn serve(session: DeviceSession) {
         bridge: Bridge::new(device_version, up_version, topics)
             .with_identity(identity_properties)
             .with_envelope(envelope)
-            .with_azure(azure.map(|(session, _)| session))
+            .with_azure(azure.map(|(session, _, _)| session))
             .with_aws(aws),
         limits: decode_limits,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
@@ -401,6 +433,7 @@ pub async fn serve(session: DeviceSession) {
         adapter_index,
         upstream_ping,
         last_upstream_write: reactor::now(),
+        renew,
     };
     let end = match pump.relay_stashed(stashed).await {
         Some(end) => end,
@@ -466,7 +499,7 @@ async fn send_device(
 /// Take a connection (warm if possible), send CONNECT and wait for the CONNACK. A pooled
 /// connection that turns out dead before any reply is replaced once by a fresh one.
 async fn open_upstream(
-    state: &Rc<ShardState>,
+    state: &ShardState,
     generation: u64,
     destination: &DestinationPlan,
     connect_timeout: Duration,
@@ -525,12 +558,21 @@ async fn exchange_connect(
     }
 }
 
-/// Subscribe (packet id 1, QoS 1) to the device's IoT Hub cloud-to-device topic and wait for
-/// the SUBACK. Packets the hub sends before it (C2D messages of a persistent session) are
-/// returned, to be relayed once the device has its CONNACK.
-async fn subscribe_c2d(
+/// The device's IoT Hub cloud-to-device subscription (QoS 1).
+fn c2d_subscription(filter: Bytes) -> Subscription {
+    Subscription {
+        filter,
+        options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+    }
+}
+
+/// Subscribe (packet id 1) to `subscriptions` on an IoT Hub connection no device packet was
+/// sent on yet (the device's cloud-to-device topic first) and wait for the SUBACK; the first
+/// filter must be granted. Packets the hub sends before it (C2D messages of a persistent
+/// session) are returned, to be relayed to the device.
+async fn subscribe_hub(
     conn: &mut UpstreamConn,
-    session: &azure_mqtt::Session,
+    subscriptions: Vec<Subscription>,
     deadline: Instant,
     version: ProtocolVersion,
     limits: &DecodeLimits,
@@ -539,10 +581,7 @@ async fn subscribe_c2d(
     let subscribe = Packet::Subscribe(Subscribe {
         packet_id: ID,
         properties: Properties::default(),
-        subscriptions: vec![Subscription {
-            filter: session.c2d_filter(),
-            options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
-        }],
+        subscriptions,
     });
     let mut bytes = BytesMut::new();
     mqtt::encode(&subscribe, version, &mut bytes).map_err(|_| OpenError::Protocol)?;
@@ -644,6 +683,8 @@ struct Pump<'a> {
     upstream_ping: Option<Duration>,
     /// When simgate last wrote to the upstream.
     last_upstream_write: Instant,
+    /// `azure-iot-hub`: renewal of the upstream connection with newer SAS tokens.
+    renew: Option<Renew<'a>>,
 }
 
 impl Pump<'_> {
@@ -657,6 +698,9 @@ impl Pump<'_> {
         let mut end = None;
         let mut publishes = 0u64;
         for packet in packets {
+            if let Some(r) = self.renew.as_mut() {
+                r.carry.downlink(&packet);
+            }
             let (packet, ending) = match self.bridge.downlink(packet) {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
@@ -720,6 +764,12 @@ impl Pump<'_> {
             let draining = self.state.draining() || self.leaving.is_some();
             // Bytes already buffered first: pipelined after CONNECT, or after the CONNACK.
             if !draining {
+                match self.renew_if_due().await {
+                    Ok(false) => {}
+                    // The device was not read meanwhile: its keep-alive starts again.
+                    Ok(true) => deadline = self.keep_alive.map(|k| reactor::now() + k),
+                    Err(end) => return end,
+                }
                 if let Some(end) = self.drain_device(&mut out).await {
                     return end;
                 }
@@ -750,9 +800,26 @@ impl Pump<'_> {
                 // Release the buffer's memory between bursts: an idle session holds none.
                 self.device_buf = BytesMut::new();
             }
-            let device_read = read_device(self.device, &mut self.device_buf, deadline);
-            let drain_or_reload =
-                select2(self.state.drain.wait(), self.state.plan_changed.changed());
+            // IoT Hub: the requests kept for a renewal are at their bound and the next device
+            // packet is one more: the device is not read on until the hub answers one.
+            let paused = self.renew.as_ref().is_some_and(|r| r.carry.is_full())
+                && kept_until_answered(&self.device_buf);
+            let (device, device_buf) = (&mut *self.device, &mut self.device_buf);
+            let device_read = async move {
+                if paused {
+                    std::future::pending().await
+                } else {
+                    read_device(device, device_buf, deadline).await
+                }
+            };
+            let renewal = self
+                .renew
+                .as_ref()
+                .map(|r| (r.schedule.due(), r.tokens_seen));
+            let drain_or_reload = select2(
+                select2(self.state.drain.wait(), self.state.plan_changed.changed()),
+                renewal_wake(self.state, renewal),
+            );
             let device_or_drain = select2(device_read, drain_or_reload);
             let ping_at = self.upstream_ping.map(|p| self.last_upstream_write + p);
             let ping_due = async move {
@@ -782,6 +849,10 @@ impl Pump<'_> {
                 }
                 Either::Right(Ok(true)) => {}
                 Either::Right(Ok(false) | Err(_)) => return SessionEnd::UpstreamClosed,
+            }
+            if paused {
+                // The device was not read: its silence is not counted against its keep-alive.
+                deadline = self.keep_alive.map(|k| reactor::now() + k);
             }
         }
     }
@@ -818,6 +889,13 @@ impl Pump<'_> {
         let mut publishes = 0u64;
         let mut replies = BytesMut::new();
         while end.is_none() {
+            // IoT Hub: as many requests unanswered as are kept for a renewal, and the next one
+            // would be kept too: it waits (PINGREQ, PUBACK, DISCONNECT still pass).
+            if self.renew.as_ref().is_some_and(|r| r.carry.is_full())
+                && kept_until_answered(&self.device_buf)
+            {
+                break;
+            }
             let packet = match mqtt::decode_packet(
                 &mut self.device_buf,
                 version,
@@ -850,6 +928,12 @@ impl Pump<'_> {
                     (None, None)
                 }
             };
+            // IoT Hub: kept until answered, for a renewal (a PUBACK for a C2D message of a
+            // replaced connection is dropped).
+            let packet = packet.filter(|p| match self.renew.as_mut() {
+                Some(r) => r.carry.uplink(p, self.bridge.upstream_version()),
+                None => true,
+            });
             if let Some(p) = packet {
                 if mqtt::encode(&p, self.bridge.upstream_version(), out).is_err() {
                     // Not representable upstream (e.g. too long once the template is applied).
@@ -905,6 +989,9 @@ impl Pump<'_> {
                 }
             };
             let is_publish = matches!(packet, Packet::Publish(_));
+            if let Some(r) = self.renew.as_mut() {
+                r.carry.downlink(&packet);
+            }
             let (packet, ending) = match self.bridge.downlink(packet) {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),

@@ -40,6 +40,12 @@
 //! would disconnect, keep-alive clamped as AWS does with simgate's own PINGREQ for a device
 //! that sleeps longer, the thing's shadow and jobs topics): see docs/adapters.md.
 //!
+//! IoT Hub token renewal (`azure-iot-hub` only): before the session's SAS token expires, its
+//! upstream connection is replaced by one opened with the shard's newer token; device requests
+//! left unanswered are sent again on it (QoS 1 with DUP), C2D and the device's hub filters are
+//! subscribed again, and the device sees nothing (see `renewal.rs` and
+//! docs/decisions/0015-azure-token-renewal.md).
+//!
 //! Endings:
 //! - device DISCONNECT: forwarded upstream (normal: the broker discards the will), both closed;
 //!   a v5 "disconnect with will" (0x04) toward a 3.1.1 broker drops the link abruptly instead;
@@ -62,7 +68,8 @@
 //! Authentication Method is refused with 0x8C before this module runs, a device AUTH is a
 //! Protocol Error 0x82 and is not forwarded, a broker AUTH before CONNACK gets the device 0x83
 //! and one after it ends the session as an upstream protocol error), enforcement of the listener's Receive Maximum (it is only advertised;
-//! the broker enforces its own), persistence of anything across an upstream reconnect (the
+//! the broker enforces its own; for IoT Hub it bounds what is kept for a renewal),
+//! persistence of anything across an upstream reconnect other than an IoT Hub renewal (the
 //! device reconnects and its broker session resumes), or buffering: a side that stops reading
 //! stalls the other direction (TCP back-pressure).
 //!
@@ -71,12 +78,15 @@
 //! - `connect.rs` — the upstream CONNECT and the relayed CONNACK ([`build_upstream_connect`],
 //!   [`device_connack`]), pure;
 //! - `bridge.rs` — [`Bridge`], the packet translation, and [`SessionEnd`], pure;
-//! - `driver.rs` — [`serve`]: sockets, the pool, timeouts, drain, metrics;
+//! - `driver.rs` — [`serve`]: sockets, the pool, timeouts, drain, IoT Hub renewal, metrics;
+//! - `renewal.rs` — when an IoT Hub session renews its connection and what it carries across
+//!   (the unanswered requests, the hub filters, stale C2D packet ids), pure;
 //! - `test_support.rs` — fixtures for the unit tests of `connect` and `bridge` (tests only).
 
 mod bridge;
 mod connect;
 mod driver;
+mod renewal;
 
 pub use self::bridge::{Action, Bridge, SessionEnd, DEVICE_TOPIC_ALIAS_MAXIMUM};
 pub use self::connect::{
