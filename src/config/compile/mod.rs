@@ -37,6 +37,7 @@ mod mqtt;
 mod pool;
 mod radius;
 mod sim_templates;
+mod usage;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -260,7 +261,9 @@ impl Compiler<'_> {
             None => Some(None),
             Some(r) => self.radius(r).map(Some),
         };
+        let usage = self.usage(raw.usage.as_ref());
         let plan = Plan {
+            usage: usage?,
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
