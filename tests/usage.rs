@@ -1,6 +1,6 @@
 //! Integration: usage metering (issue #14). A real `simgate run` with two shards, SIMs on
 //! distinct source addresses (127.0.0.x), HTTP devices to the built-in HTTPS sink and MQTT
-//! session-mode devices to a real mosquitto over TLS, a reload in the middle (one SIM moves to
+//! devices (session and aggregate mode) to a real mosquitto over TLS, a reload in the middle (one SIM moves to
 //! another group), then SIGTERM. The sum of the usage file's JSON lines (across rotated files)
 //! and `GET /admin/usage` (JSON and CSV) both equal, exactly, the messages and bytes the
 //! devices sent and received, per SIM and group.
@@ -36,6 +36,11 @@ fn add(u: &mut Usage, imsi: &str, group: &str, c: [u64; 5]) {
 }
 
 fn config(world: &World, broker: &Broker, moved_group: &str) -> String {
+    let aggregate = broker.destination_toml(
+        "agg",
+        &world.pki.ca_pem,
+        "mode = \"aggregate\"\nversion = \"5\"\ntopic = \"a/{client_id}/{topic}\"",
+    );
     let session = broker.destination_toml(
         "sess",
         &world.pki.ca_pem,
@@ -62,6 +67,11 @@ name = "mqtt"
 protocol = "mqtt"
 bind = "127.0.0.1:0"
 
+[[listener]]
+name = "mqtt-agg"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
 [[destination]]
 name = "sink"
 adapter = "https"
@@ -70,14 +80,15 @@ server_name = "localhost"
 ca = "{ca}"
 
 {session}
+{aggregate}
 
 [[group]]
 name = "default"
-routes = [ {{ listener = "http", path = "/", destination = "sink" }}, {{ listener = "mqtt", destination = "sess" }} ]
+routes = [ {{ listener = "http", path = "/", destination = "sink" }}, {{ listener = "mqtt", destination = "sess" }}, {{ listener = "mqtt-agg", destination = "agg" }} ]
 
 [[group]]
 name = "meters"
-routes = [ {{ listener = "http", path = "/", destination = "sink" }}, {{ listener = "mqtt", destination = "sess" }} ]
+routes = [ {{ listener = "http", path = "/", destination = "sink" }}, {{ listener = "mqtt", destination = "sess" }}, {{ listener = "mqtt-agg", destination = "agg" }} ]
 
 [[sim]]
 imsi = "001010000000002"
@@ -186,8 +197,8 @@ fn http_traffic(addr: SocketAddr, from: &str, n: usize, close_with_last: bool) -
     [n as u64, d.sent, n as u64, d.received, 0]
 }
 
-/// One MQTT session from `from`: subscribes to `echo` (mapped to `u/{client_id}/echo` upstream
-/// like the PUBLISHes), sends `n` QoS 1 PUBLISHes to it and receives each back from the broker
+/// One MQTT session from `from`: subscribes to `echo` (mapped upstream by the destination's
+/// topic template, like the PUBLISHes), sends `n` QoS 1 PUBLISHes to it and receives each back from the broker
 /// (a downlink PUBLISH of the same payload), then disconnects.
 fn mqtt_traffic(addr: SocketAddr, from: &str, client_id: &str, n: usize) -> [u64; 5] {
     let mut c = Client::connect_from(addr, ip(from), client_id, ProtocolVersion::V5)
@@ -290,6 +301,7 @@ fn usage_file_and_api_equal_the_traffic_across_two_shards_a_reload_and_sigterm()
     let gw = world.simgate(&config(&world, &broker, "default"));
     let http = gw.listener("http");
     let mqtt = gw.listener("mqtt");
+    let agg = gw.listener("mqtt-agg");
     let mut want = Usage::new();
 
     // Before the reload: several connections per SIM, so both shards see traffic.

@@ -178,6 +178,13 @@ impl ShardState {
         self.usage.borrow_mut().add(key, counts, now);
     }
 
+    /// Hand a connection's pending usage to the meter (and zero it), if there is any.
+    pub fn usage_flush(&self, key: UsageKey, pending: &mut crate::stats::usage::UsageCounts) {
+        if !pending.is_zero() {
+            self.usage_add(key, &std::mem::take(pending));
+        }
+    }
+
     /// Count an error of the device's usage (one per error counted in `/metrics`).
     pub fn usage_error(&self, key: UsageKey) {
         let now = crate::reactor::now();
