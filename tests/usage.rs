@@ -392,6 +392,19 @@ fn usage_file_and_api_equal_the_traffic_across_two_shards_a_reload_and_sigterm()
             mqtt_traffic(mqtt, "127.0.0.2", &id, 2),
         );
     }
+    // Aggregate mode (N:1 links): the same counting, per SIM.
+    for k in 0..3 {
+        let id = format!("a4-{k}");
+        let sent = mqtt_traffic(agg, "127.0.0.4", &id, 2);
+        add(&mut want, "001010000000004", "meters", sent);
+        let id = format!("a9-{k}");
+        add(
+            &mut want,
+            "unknown",
+            "default",
+            mqtt_traffic(agg, "127.0.0.9", &id, 1),
+        );
+    }
     api_equals(&gw, &want);
 
     // The filters and the CSV form agree with the JSON.
