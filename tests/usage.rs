@@ -411,6 +411,24 @@ fn usage_file_and_api_equal_the_traffic_across_two_shards_a_reload_and_sigterm()
     let (status, csv) = gw.admin_get("/admin/usage?format=csv");
     assert_eq!(status, 200);
     assert_eq!(parse_csv(&csv), want, "CSV");
+    let admin = gw.admin.expect("admin endpoint");
+    let by_accept = raw_exchange(
+        admin,
+        b"GET /admin/usage HTTP/1.1\r\nHost: a\r\nAccept: text/csv\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(
+        by_accept.header("content-type"),
+        Some("text/csv; charset=utf-8")
+    );
+    assert_eq!(parse_csv(&by_accept.body_text()), want, "CSV by Accept");
+    // /metrics has the metering's own counters, without per-SIM labels.
+    let (_, metrics) = gw.admin_get("/metrics");
+    assert!(
+        metrics.contains(&format!("\nsimgate_usage_sims {}\n", want.len())),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\nsimgate_usage_intervals_total "));
+    assert!(!metrics.contains("001010000000002"), "no IMSI in /metrics");
     let (_, meters) = gw.admin_get("/admin/usage?group=meters");
     let want_meters: Usage = want
         .iter()

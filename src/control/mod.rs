@@ -102,6 +102,8 @@ struct UsageState {
     file: Option<usage_file::UsageFile>,
     /// `usage.interval` in force (fixed at start).
     interval: std::time::Duration,
+    /// Failed writes to the usage file.
+    write_errors: u64,
 }
 
 impl Control {
@@ -161,6 +163,7 @@ impl Control {
                 usage_file::UsageFile::new(path, settings.max_file_bytes, settings.max_file_age)
             }),
             interval: settings.interval,
+            write_errors: 0,
         };
         Arc::new(Control {
             usage: Mutex::new(usage),
@@ -288,6 +291,16 @@ impl Control {
                 );
                 let credentials = self.credentials.lock().clone();
                 metrics::render_credentials(&mut text, &credentials, SystemTime::now());
+                let usage = self.usage.lock();
+                metrics::render_usage(
+                    &mut text,
+                    &metrics::UsageCounters {
+                        intervals: usage.ledger.intervals_closed(),
+                        file_write_errors: usage.write_errors,
+                        file_rotations: usage.file.as_ref().map_or(0, |f| f.rotations()),
+                        sims: usage.ledger.sims(),
+                    },
+                );
                 text
             }
             None => String::new(),
@@ -419,6 +432,7 @@ fn close_interval(usage: &mut UsageState) {
     let lines = usage::interval_lines(usage.ledger.close(now));
     if let Some(file) = usage.file.as_mut() {
         if let Err(e) = file.append(lines.as_bytes(), now) {
+            usage.write_errors += 1;
             tracing::error!(
                 file = %file.path().display(),
                 error = %e,

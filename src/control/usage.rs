@@ -49,6 +49,8 @@ pub struct Ledger {
     intervals: VecDeque<Interval>,
     /// True once an interval was dropped from `intervals` for the `keep` bound.
     evicted: bool,
+    /// Intervals closed so far.
+    closed_count: u64,
 }
 
 /// An `/admin/usage` answer: totals per (group, SIM) over `[from, to)`.
@@ -75,7 +77,23 @@ impl Ledger {
             closed: UsageTable::default(),
             intervals: VecDeque::new(),
             evicted: false,
+            closed_count: 0,
         }
+    }
+
+    /// Intervals closed so far.
+    pub fn intervals_closed(&self) -> u64 {
+        self.closed_count
+    }
+
+    /// (SIM, group) pairs with usage since start, closed or open.
+    pub fn sims(&self) -> u64 {
+        let open_only = self
+            .open
+            .rows()
+            .filter(|(g, i, _)| !self.closed.contains(g, *i))
+            .count();
+        (self.closed.len() + open_only) as u64
     }
 
     /// Add shards' records to the open interval.
@@ -94,6 +112,7 @@ impl Ledger {
             table: std::mem::take(&mut self.open),
         };
         self.closed.merge(&interval.table);
+        self.closed_count += 1;
         self.open_from = to;
         if self.intervals.len() == self.keep {
             self.intervals.pop_front();

@@ -25,6 +25,8 @@ pub struct UsageFile {
     open: Option<(File, u64, SystemTime)>,
     /// Blocks not yet written (a write failed): written before the next block.
     pending: Vec<u8>,
+    /// Files rotated so far.
+    rotations: u64,
 }
 
 impl UsageFile {
@@ -37,7 +39,13 @@ impl UsageFile {
             max_age,
             open: None,
             pending: Vec::new(),
+            rotations: 0,
         }
+    }
+
+    /// Files rotated by this writer.
+    pub fn rotations(&self) -> u64 {
+        self.rotations
     }
 
     /// Where the live file is.
@@ -112,7 +120,9 @@ impl UsageFile {
             target = PathBuf::from(n);
             k += 1;
         }
-        std::fs::rename(&self.path, &target)
+        std::fs::rename(&self.path, &target)?;
+        self.rotations += 1;
+        Ok(())
     }
 }
 

@@ -255,6 +255,11 @@ impl UsageTable {
         self.rows.len()
     }
 
+    /// True if there is a row of `group` and `imsi`.
+    pub fn contains(&self, group: &str, imsi: Option<Imsi>) -> bool {
+        self.rows.contains_key(&(group.to_owned(), imsi))
+    }
+
     /// True when there are no rows.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
