@@ -819,7 +819,10 @@ mod tests {
         let now = tracker.summary();
         assert_eq!(now.lost, expected);
         assert!(now.dropped_by_sink >= now.lost && now.dropped_by_sink <= now.lost + 2);
-        assert!(d.lost <= now.lost && d.lost + 2 >= now.lost, "{d:?} then {now:?}");
+        assert!(
+            d.lost <= now.lost && d.lost + 2 >= now.lost,
+            "{d:?} then {now:?}"
+        );
         assert_eq!((d.duplicates, d.reordered), (0, 0));
     }
 }
