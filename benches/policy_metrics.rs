@@ -1,6 +1,7 @@
 //! Criterion benches for per-message work outside the codecs: rendering an aggregate-mode topic
-//! template (`devices/{client_id}/{topic}`) and recording a request's latencies into the shard's
-//! HDR histograms. Both run once per relayed message. Run with `cargo bench --bench
+//! template (`devices/{client_id}/{topic}`), recording a request's latencies into the shard's
+//! HDR histograms, and counting a message into the shard's usage meter (10 000 SIMs active).
+//! Each runs once per relayed message. Run with `cargo bench --bench
 //! policy_metrics` on a quiet machine; instruction counts of the same loops are in
 //! benches/instructions.rs (scripts/callgrind.sh).
 
@@ -53,5 +54,28 @@ fn histogram_record(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, topic_template, histogram_record);
+fn usage_meter(c: &mut Criterion) {
+    use simgate::identity::Imsi;
+    use simgate::stats::usage::{ShardUsage, UsageKey};
+    let keys: Vec<UsageKey> = (0..10_000u64)
+        .map(|i| UsageKey {
+            imsi: Imsi::parse(&format!("44010{i:010}")),
+            group: i % 7,
+        })
+        .collect();
+    let mut usage = ShardUsage::default();
+    let now = std::time::Instant::now();
+    let mut i = 0usize;
+    let mut group = c.benchmark_group("usage_meter");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("uplink_10k_sims", |b| {
+        b.iter(|| {
+            i = (i + 7919) % keys.len();
+            usage.uplink(black_box(keys[i]), 1, black_box(48), now);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, topic_template, histogram_record, usage_meter);
 criterion_main!(benches);

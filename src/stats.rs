@@ -7,6 +7,11 @@
 //! channel and merges clones with [`ShardMetrics::merge`]. Nothing here is shared between threads
 //! while it is being written. Histograms hold microseconds from 1 µs to 60 s at 3 significant
 //! digits.
+//!
+//! Usage metering per SIM and group (what a carrier bills) is in [`usage`]: also per shard,
+//! but handed to the control thread as deltas rather than snapshots.
+
+pub mod usage;
 
 use hdrhistogram::Histogram;
 

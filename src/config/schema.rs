@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     pub group: Vec<RawGroup>,
     /// `[radius]`: optional.
     pub radius: Option<RawRadius>,
+    /// `[usage]`: optional; usage is metered either way.
+    pub usage: Option<RawUsage>,
     /// `[[sim]]`.
     #[serde(default)]
     pub sim: Vec<RawSim>,
@@ -287,6 +289,18 @@ pub(crate) struct RawRadius {
     pub bind: String,
     pub secret: RawSecret,
     pub unknown_imsi: Option<String>,
+}
+
+/// `[usage]`: the usage file and its rotation, and the intervals kept for `/admin/usage`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUsage {
+    /// JSON-lines file, relative to the config file's directory.
+    pub file: Option<PathBuf>,
+    pub interval: Option<RawDuration>,
+    pub max_file_bytes: Option<i64>,
+    pub max_file_age: Option<RawDuration>,
+    pub keep_intervals: Option<i64>,
 }
 
 /// A secret: inline (`"…"`), `{ file = "path" }` (relative to the config's directory; a trailing

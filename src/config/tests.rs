@@ -2059,3 +2059,44 @@ fn https_destinations_may_offer_h2() {
         assert_eq!(plan.destinations[0].tls.alpn_protocols, expected);
     }
 }
+
+#[test]
+fn usage_table_defaults_paths_and_ranges() {
+    let fx = Fixture::new();
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.usage, crate::policy::UsageSettings::default());
+    assert_eq!(plan.usage.interval, std::time::Duration::from_secs(60));
+    let with = |table: &str| format!("{MINIMAL}\n[usage]\n{table}\n");
+    let plan = fx
+        .compile(&with(
+            "file = \"usage.jsonl\"\ninterval = \"10s\"\nmax_file_bytes = 4096\nmax_file_age = \"1h\"\nkeep_intervals = 6",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.usage.file, Some(fx.dir.path().join("usage.jsonl")));
+    assert_eq!(plan.usage.interval, std::time::Duration::from_secs(10));
+    assert_eq!(plan.usage.max_file_bytes, 4096);
+    assert_eq!(plan.usage.keep_intervals, 6);
+    let cases = [
+        (
+            "interval = \"500ms\"",
+            "usage.interval",
+            "between 1s and 1h",
+        ),
+        ("interval = \"2h\"", "usage.interval", "between 1s and 1h"),
+        ("max_file_bytes = 100", "usage.max_file_bytes", "4096"),
+        ("keep_intervals = 0", "usage.keep_intervals", "1..="),
+        (
+            "interval = \"10m\"\nmax_file_age = \"1m\"",
+            "usage.max_file_age",
+            "at least usage.interval",
+        ),
+    ];
+    for (table, path, needle) in cases {
+        assert_single(&fx.errors(&with(table)), path, needle);
+    }
+    assert_eq!(
+        paths(&fx.errors(&with("fiel = \"x\""))).len(),
+        1,
+        "unknown key"
+    );
+}

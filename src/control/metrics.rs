@@ -598,6 +598,48 @@ fn samples(w: &mut String, name: &str, values: &[(&str, u64)]) {
     }
 }
 
+/// What the usage metering's control side did (no labels: usage per SIM is at
+/// `/admin/usage`, never in `/metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageCounters {
+    /// Intervals closed.
+    pub intervals: u64,
+    /// Writes to the usage file that failed (the block is retried with the next interval).
+    pub file_write_errors: u64,
+    /// Usage files rotated.
+    pub file_rotations: u64,
+    /// (SIM, group) pairs with usage since start.
+    pub sims: u64,
+}
+
+/// Append the usage metering's own counters.
+pub fn render_usage(w: &mut String, c: &UsageCounters) {
+    counter(
+        w,
+        "simgate_usage_intervals_total",
+        "Usage intervals closed (each written once to the usage file, if configured)",
+        &[("", c.intervals)],
+    );
+    counter(
+        w,
+        "simgate_usage_file_write_errors_total",
+        "Writes to the usage file that failed; the interval is retried with the next one",
+        &[("", c.file_write_errors)],
+    );
+    counter(
+        w,
+        "simgate_usage_file_rotations_total",
+        "Usage files rotated by size or age",
+        &[("", c.file_rotations)],
+    );
+    gauge(
+        w,
+        "simgate_usage_sims",
+        "SIM and group pairs with usage since start (rows of /admin/usage)",
+        &[("", c.sims)],
+    );
+}
+
 fn counter(w: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
     header(w, name, help, "counter");
     samples(w, name, values);

@@ -16,6 +16,11 @@
 //! token (it must for a non-loopback address); the comparison is constant-time and a missing or
 //! wrong token gets 401 for every path.
 //!
+//! It also keeps usage per SIM and group ([`usage`]): every `usage.interval` it takes the
+//! shards' usage deltas, closes an interval and appends it to the usage file
+//! ([`usage_file`]); `GET /admin/usage` answers the totals; on SIGTERM the partial interval is
+//! closed after the shards drained.
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
@@ -23,6 +28,8 @@ pub mod metrics;
 pub mod radius;
 pub mod resolve;
 pub mod tokens;
+pub mod usage;
+pub mod usage_file;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -84,6 +91,19 @@ pub struct Control {
     credentials: Mutex<BTreeMap<String, CredentialCounters>>,
     /// What the RADIUS accounting listener did (shared with its task).
     radius: Arc<Mutex<radius::RadiusStats>>,
+    /// Usage intervals and totals, and the usage file. Locked after `gateway` when both are
+    /// held (never the other way round).
+    usage: Mutex<UsageState>,
+}
+
+/// The control thread's usage state.
+struct UsageState {
+    ledger: usage::Ledger,
+    file: Option<usage_file::UsageFile>,
+    /// `usage.interval` in force (fixed at start).
+    interval: std::time::Duration,
+    /// Failed writes to the usage file.
+    write_errors: u64,
 }
 
 impl Control {
@@ -136,7 +156,17 @@ impl Control {
     /// Wrap a running gateway. `config_path` is what reloads re-read (None: reload disabled).
     pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
         let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
+        let settings = gateway.plan().usage.clone();
+        let usage = UsageState {
+            ledger: usage::Ledger::new(SystemTime::now(), settings.keep_intervals),
+            file: settings.file.map(|path| {
+                usage_file::UsageFile::new(path, settings.max_file_bytes, settings.max_file_age)
+            }),
+            interval: settings.interval,
+            write_errors: 0,
+        };
         Arc::new(Control {
+            usage: Mutex::new(usage),
             gateway: Mutex::new(Some(gateway)),
             reload_lock: Mutex::new(()),
             config_path,
@@ -261,6 +291,16 @@ impl Control {
                 );
                 let credentials = self.credentials.lock().clone();
                 metrics::render_credentials(&mut text, &credentials, SystemTime::now());
+                let usage = self.usage.lock();
+                metrics::render_usage(
+                    &mut text,
+                    &metrics::UsageCounters {
+                        intervals: usage.ledger.intervals_closed(),
+                        file_write_errors: usage.write_errors,
+                        file_rotations: usage.file.as_ref().map_or(0, |f| f.rotations()),
+                        sims: usage.ledger.sims(),
+                    },
+                );
                 text
             }
             None => String::new(),
@@ -298,6 +338,14 @@ impl Control {
             .ok_or_else(|| "reload needs a config file (simgate run --config FILE)".to_string())?;
         let plan = config::load_plan(path).map_err(|e| e.to_string())?;
         log_plan_warnings(&plan);
+        if self
+            .gateway
+            .lock()
+            .as_ref()
+            .is_some_and(|g| g.plan().usage != plan.usage)
+        {
+            tracing::warn!("usage: changes to [usage] apply at the next restart");
+        }
         let mut guard = self.gateway.lock();
         let gateway = guard
             .as_mut()
@@ -330,12 +378,79 @@ impl Control {
         result
     }
 
-    /// Stop the data plane: stop accepting, drain, join shards. Idempotent.
+    /// Stop the data plane: stop accepting, drain, join shards; then close the partial usage
+    /// interval (with everything the shards counted up to the end of their drain) and write
+    /// it. Idempotent.
     pub fn shutdown(&self) {
         let gateway = self.gateway.lock().take();
         if let Some(g) = gateway {
-            g.shutdown();
+            let records = g.shutdown();
+            let mut usage = self.usage.lock();
+            usage.ledger.absorb(&records);
+            close_interval(&mut usage);
         }
+    }
+
+    /// Take the shards' usage deltas, close the open usage interval now and append it to the
+    /// usage file. Blocking (waits for the shards). Does nothing once the gateway stopped
+    /// (shutdown closed the last interval).
+    pub fn close_usage_interval(&self) {
+        let mut guard = self.gateway.lock();
+        let Some(gateway) = guard.as_mut() else {
+            return;
+        };
+        let records = gateway.take_usage();
+        let mut usage = self.usage.lock();
+        usage.ledger.absorb(&records);
+        close_interval(&mut usage);
+    }
+
+    /// `/admin/usage`: totals per SIM and group of `group` (all if `None`) since `since`
+    /// (since start if `None`), current to this call. Blocking (takes the shards' deltas).
+    pub fn usage_report(
+        &self,
+        group: Option<&str>,
+        since: Option<SystemTime>,
+    ) -> Result<usage::UsageAnswer, String> {
+        let mut guard = self.gateway.lock();
+        let records = guard.as_mut().map(Gateway::take_usage).unwrap_or_default();
+        let mut usage = self.usage.lock();
+        drop(guard);
+        usage.ledger.absorb(&records);
+        usage.ledger.query(group, since, SystemTime::now())
+    }
+
+    /// `usage.interval` in force.
+    pub fn usage_interval(&self) -> std::time::Duration {
+        self.usage.lock().interval
+    }
+}
+
+/// Close the open usage interval now and append its lines to the usage file (if any).
+fn close_interval(usage: &mut UsageState) {
+    let now = SystemTime::now();
+    let lines = usage::interval_lines(usage.ledger.close(now));
+    if let Some(file) = usage.file.as_mut() {
+        if let Err(e) = file.append(lines.as_bytes(), now) {
+            usage.write_errors += 1;
+            tracing::error!(
+                file = %file.path().display(),
+                error = %e,
+                "usage: cannot write the usage file; the interval is kept and written with the next"
+            );
+        }
+    }
+}
+
+/// Every `usage.interval`: close an interval (on the blocking pool: it waits for shards).
+async fn usage_loop(control: Arc<Control>) {
+    let period = control.usage_interval();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || c.close_usage_interval()).await;
     }
 }
 
@@ -395,6 +510,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
             Arc::new(resolve::SystemResolver),
         ));
         tokio::spawn(tokens::run(control.clone()));
+        tokio::spawn(usage_loop(control.clone()));
         if let Some(settings) = radius_settings {
             let socket = radius::bind(settings.bind).map_err(RunError::Control)?;
             let bound = socket.local_addr().map_err(RunError::Control)?;
@@ -579,7 +695,40 @@ async fn admin(
                 ),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload") => reply(
+        (&Method::GET, "/admin/usage") => {
+            let csv = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("text/csv"));
+            let query = match UsageQuery::parse(req.uri().query().unwrap_or(""), csv) {
+                Ok(q) => q,
+                Err(e) => return reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+            };
+            let answer = tokio::task::spawn_blocking(move || {
+                control
+                    .usage_report(query.group.as_deref(), query.since)
+                    .map(|a| (a, query.csv))
+            })
+            .await;
+            match answer {
+                Ok(Ok((a, true))) => reply(
+                    StatusCode::OK,
+                    "text/csv; charset=utf-8",
+                    usage::answer_csv(&a),
+                ),
+                Ok(Ok((a, false))) => {
+                    reply(StatusCode::OK, "application/json", usage::answer_json(&a))
+                }
+                Ok(Err(e)) => reply(StatusCode::UNPROCESSABLE_ENTITY, TEXT, format!("{e}\n")),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "usage failed\n".into(),
+                ),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage") => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
             "method not allowed\n".into(),
@@ -587,7 +736,72 @@ async fn admin(
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /healthz, /readyz, /metrics, POST /-/reload\n".into(),
+            "not found; try /healthz, /readyz, /metrics, /admin/usage, POST /-/reload\n".into(),
         ),
     }
+}
+
+/// The query of `GET /admin/usage`: `group=`, `since=` (RFC 3339), `format=json|csv`.
+struct UsageQuery {
+    group: Option<String>,
+    since: Option<SystemTime>,
+    csv: bool,
+}
+
+impl UsageQuery {
+    /// Parse `query`; `csv` is the default format (from the Accept header).
+    fn parse(query: &str, csv: bool) -> Result<UsageQuery, String> {
+        let mut q = UsageQuery {
+            group: None,
+            since: None,
+            csv,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value =
+                percent_decode(value).ok_or_else(|| format!("{key}: bad percent-encoding"))?;
+            match key {
+                "group" => q.group = Some(value),
+                "since" => {
+                    q.since = Some(usage::parse_rfc3339(&value).ok_or_else(|| {
+                        format!("since: {value:?} is not an RFC 3339 time (2026-12-05T09:00:00Z)")
+                    })?)
+                }
+                "format" => {
+                    q.csv = match value.as_str() {
+                        "csv" => true,
+                        "json" => false,
+                        other => return Err(format!("format: {other:?}; expected json or csv")),
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}; expected group, since, format"
+                    ))
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// Decode the `%XX` escapes of a query value (a `+` stays a `+`, as RFC 3339 offsets need); `None` for a bad escape or non-UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }

@@ -1,5 +1,5 @@
 //! What every flow of a shard shares: the shard's id, the plan it serves and its upstream
-//! connections ([`ShardUpstreams`]), its metrics, the drain signal, the aggregate-mode MQTT
+//! connections ([`ShardUpstreams`]), its metrics and usage meter, the drain signal, the aggregate-mode MQTT
 //! state and the gateway-wide client-id table. One [`ShardState`] per shard thread, in an `Rc`;
 //! the shard builds it and hands it to each connection's flow.
 //!
@@ -21,6 +21,7 @@ use crate::identity::LiveBindings;
 use crate::policy::cloud::Token;
 use crate::policy::{DestinationId, Plan};
 use crate::reactor::Broadcast;
+use crate::stats::usage::{ShardUsage, UsageKey};
 use crate::stats::ShardMetrics;
 use crate::upstream::driver::ShardUpstreams;
 use crate::upstream::link_registry::LinkRegistry;
@@ -42,6 +43,8 @@ pub struct ShardState {
     pub links: LinkRegistry,
     /// Counters and histograms (borrow briefly, never across an await).
     pub metrics: RefCell<ShardMetrics>,
+    /// Usage per SIM and group since the control thread last took it (borrow briefly).
+    pub usage: RefCell<ShardUsage>,
     /// Fired when shutdown begins; idle connections wait on it to close at once.
     pub drain: DrainSignal,
     /// Notified when a reload replaced the plan: long-lived sessions check whether their
@@ -75,8 +78,11 @@ impl ShardState {
         client_ids: Arc<ClientIds>,
         bindings: Arc<LiveBindings>,
     ) -> ShardState {
+        let mut usage = ShardUsage::default();
+        name_groups(&mut usage, &plan);
         ShardState {
             id,
+            usage: RefCell::new(usage),
             upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
             links: LinkRegistry::default(),
             metrics: RefCell::new(ShardMetrics::default()),
@@ -152,5 +158,48 @@ impl ShardState {
     /// across reloads).
     pub fn current(&self) -> (Arc<Plan>, u64) {
         self.upstreams.current()
+    }
+
+    /// Remember the group names of `plan` for usage records (call before serving it).
+    pub fn name_usage_groups(&self, plan: &Plan) {
+        name_groups(&mut self.usage.borrow_mut(), plan);
+    }
+
+    /// Count usage from the device: `msgs` messages, `bytes` bytes (docs/metrics.md says what
+    /// each protocol counts).
+    pub fn usage_up(&self, key: UsageKey, msgs: u64, bytes: u64) {
+        let now = crate::reactor::now();
+        self.usage.borrow_mut().uplink(key, msgs, bytes, now);
+    }
+
+    /// Count usage to the device.
+    pub fn usage_down(&self, key: UsageKey, msgs: u64, bytes: u64) {
+        let now = crate::reactor::now();
+        self.usage.borrow_mut().downlink(key, msgs, bytes, now);
+    }
+
+    /// Add a connection's pending usage counts at once.
+    pub fn usage_add(&self, key: UsageKey, counts: &crate::stats::usage::UsageCounts) {
+        let now = crate::reactor::now();
+        self.usage.borrow_mut().add(key, counts, now);
+    }
+
+    /// Hand a connection's pending usage to the meter (and zero it), if there is any.
+    pub fn usage_flush(&self, key: UsageKey, pending: &mut crate::stats::usage::UsageCounts) {
+        if !pending.is_zero() {
+            self.usage_add(key, &std::mem::take(pending));
+        }
+    }
+
+    /// Count an error of the device's usage (one per error counted in `/metrics`).
+    pub fn usage_error(&self, key: UsageKey) {
+        let now = crate::reactor::now();
+        self.usage.borrow_mut().error(key, now);
+    }
+}
+
+fn name_groups(usage: &mut ShardUsage, plan: &Plan) {
+    for g in &plan.groups {
+        usage.name_group(super::identity::group_key(&g.name), &g.name);
     }
 }

@@ -49,6 +49,7 @@ use crate::proto::http1::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
+use crate::stats::usage::UsageCounts;
 use crate::stats::{ErrorKind, Protocol};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::driver::HttpConn;
@@ -116,8 +117,10 @@ pub async fn serve(
         send_timeout: std::time::Duration::from_secs(60),
         error_detail: ErrorDetail::Generic,
         identity: None,
+        usage: UsageCounts::default(),
     };
     conn.run().await;
+    conn.flush_usage();
 }
 
 struct DeviceConn {
@@ -138,6 +141,10 @@ struct DeviceConn {
     /// The device's SIM and group, resolved at its first request and again only after a
     /// reload replaced the plan.
     identity: Option<DeviceIdentity>,
+    /// Usage not yet handed to the shard's meter: the wire bytes each way, answers sent and
+    /// errors since the last [`DeviceConn::flush_usage`] (at each request's start and at the
+    /// connection's end; the request count is added when the request is identified).
+    usage: UsageCounts,
 }
 
 /// How reading a request ended.
@@ -185,8 +192,36 @@ enum Relayed {
 }
 
 impl DeviceConn {
+    /// Hand the pending usage to the shard's meter, under the device's SIM and group (resolved
+    /// now if no request identified it yet; dropped for a refused unknown source).
+    fn flush_usage(&mut self) {
+        if self.usage.is_zero() {
+            return;
+        }
+        let key = match self.identity {
+            Some(identity) => Some(identity.usage()),
+            None => {
+                let (plan, generation) = self.state.current();
+                let peer = self.peer.ip();
+                DeviceIdentity::resolve(
+                    &self.state.bindings,
+                    &plan,
+                    generation,
+                    self.listener,
+                    peer,
+                )
+                .map(|i| i.usage())
+            }
+        };
+        let pending = std::mem::take(&mut self.usage);
+        if let Some(key) = key {
+            self.state.usage_add(key, &pending);
+        }
+    }
+
     async fn run(&mut self) {
         loop {
+            self.flush_usage();
             // Only HTTP listeners dispatch to this flow, and reloads keep listeners as they are.
             let Some(limits) = self.state.plan().listener(self.listener).http().cloned() else {
                 return;
@@ -206,6 +241,7 @@ impl DeviceConn {
                         m.requests += 1;
                         m.error(Protocol::Http, kind);
                     }
+                    self.usage.errors += 1;
                     // Boxed, as are the other rare sends below: the connection task is allocated at the
                     // size of its largest await, and an idle connection should not pay for them.
                     let _ = Box::pin(self.send_error(status, &reason, false)).await;
@@ -254,6 +290,7 @@ impl DeviceConn {
                     }
                 }
             };
+            self.usage.up_msgs += 1;
             let group = identity.group();
             // Routed on the target's path, which the decoder has checked is in normal form (no
             // dot or empty segments, no encoded separators): exactly the path forwarded after the
@@ -263,6 +300,7 @@ impl DeviceConn {
                     .metrics
                     .borrow_mut()
                     .error(Protocol::Http, ErrorKind::NoRoute);
+                self.usage.errors += 1;
                 let reason = "no route for this path";
                 if Box::pin(self.send_error(404, reason, keep_device))
                     .await
@@ -285,6 +323,7 @@ impl DeviceConn {
                     status,
                 }) => {
                     self.state.metrics.borrow_mut().response(status);
+                    self.usage.down_msgs += 1;
                     if !keep_device {
                         return;
                     }
@@ -295,6 +334,7 @@ impl DeviceConn {
                         .metrics
                         .borrow_mut()
                         .error(Protocol::Http, e.kind);
+                    self.usage.errors += 1;
                     self.log_gateway_error(e.status, e.kind, &e.reason, false);
                     let sent = if e.kind == ErrorKind::CredentialUnavailable {
                         // The device may retry once the control thread has a token again.
@@ -384,6 +424,7 @@ impl DeviceConn {
                 Ok(Ok(0)) | Ok(Err(_)) => return ReadOutcome::Closed,
                 Ok(Ok(n)) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
+                    self.usage.up_bytes += n as u64;
                     if head_deadline.is_none() {
                         head_deadline = Some(reactor::now() + limits.header_timeout);
                     }
@@ -407,6 +448,7 @@ impl DeviceConn {
     /// Send to the device, failing if it makes no progress within `send_timeout`.
     async fn send_device(&mut self, mut parts: Vec<Bytes>) -> std::io::Result<()> {
         let timeout = self.send_timeout;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
         let stream = &mut self.stream;
         let send = async move {
             if parts.len() == 1 {
@@ -416,10 +458,14 @@ impl DeviceConn {
                 stream.send_all_vectored(parts).await
             }
         };
-        match reactor::timeout(timeout, send).await {
+        let result = match reactor::timeout(timeout, send).await {
             Ok(result) => result,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        if result.is_ok() {
+            self.usage.down_bytes += len;
         }
+        result
     }
 
     /// 503 with `Retry-After`: the destination's cloud token is not available yet.
@@ -435,6 +481,7 @@ impl DeviceConn {
         );
         let len = out.len() as u64;
         self.send_device(vec![out.freeze()]).await?;
+        self.usage.down_msgs += 1;
         let mut m = self.state.metrics.borrow_mut();
         m.device_bytes_out += len;
         m.response(503);
@@ -451,6 +498,7 @@ impl DeviceConn {
         http1::write_error_response(&mut out, status, reason, keep_alive);
         let len = out.len() as u64;
         self.send_device(vec![out.freeze()]).await?;
+        self.usage.down_msgs += 1;
         let mut m = self.state.metrics.borrow_mut();
         m.device_bytes_out += len;
         m.response(status);
@@ -1137,6 +1185,7 @@ impl DeviceConn {
             .metrics
             .borrow_mut()
             .error(Protocol::Http, ErrorKind::UpstreamClosed);
+        self.usage.errors += 1;
         self.log_gateway_error(502, ErrorKind::UpstreamClosed, reason, !head_unsent);
         if head_unsent {
             let reason = device_reason(self.error_detail, 502, reason);

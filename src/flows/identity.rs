@@ -6,8 +6,10 @@
 //! binding from the packet core (RADIUS accounting, [`LiveBindings`]) takes precedence over the
 //! table's configured address.
 //!
-//! A [`DeviceIdentity`] is two words a connection keeps across awaits; it borrows nothing, and
+//! A [`DeviceIdentity`] is a few words a connection keeps across awaits; it borrows nothing, and
 //! the SIM's fields are read through the plan it was resolved with ([`DeviceIdentity::sim`]).
+//! It also carries the connection's [`UsageKey`] (IMSI and group-name key), which stays valid
+//! across reloads, so usage is billed to the right SIM and group whatever plan is served.
 //!
 //! What this module does not do: answer a refused device (each flow answers in its protocol:
 //! HTTP 403, MQTT CONNACK 0x87) or attach fields upstream ([`crate::policy::attach`]).
@@ -23,6 +25,7 @@ use crate::policy::attach::Attach;
 use crate::policy::signature::{SignInput, Signer, MQTT_METHOD};
 use crate::policy::{GroupId, ListenerId, Plan, UnknownSource};
 use crate::proto::mqtt::{Properties, UserProperty};
+use crate::stats::usage::UsageKey;
 
 /// A device connection's SIM (if known) and group, under the plan of one generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub struct DeviceIdentity {
     sim: u32,
     group: GroupId,
     generation: u64,
+    /// Whom the connection's traffic is billed to.
+    usage: UsageKey,
 }
 
 impl DeviceIdentity {
@@ -47,32 +52,35 @@ impl DeviceIdentity {
         // holds the address now.
         if let Some(bound) = bindings.lookup(peer) {
             if let Some(sim) = plan.sims.by_imsi(bound.imsi) {
-                return Some(DeviceIdentity {
-                    sim: sim.index(),
-                    group: GroupId(sim.group_index()),
+                return Some(DeviceIdentity::new(
+                    plan,
+                    sim.index(),
+                    GroupId(sim.group_index()),
                     generation,
-                });
+                    Some(sim.imsi()),
+                ));
             }
             if bound.default_if_unknown {
-                return Some(DeviceIdentity {
-                    sim: u32::MAX,
-                    group: plan.gateway.default_group,
-                    generation,
-                });
+                let group = plan.gateway.default_group;
+                return Some(DeviceIdentity::new(plan, u32::MAX, group, generation, None));
             }
         }
         match plan.identify(peer) {
-            Some((sim, group)) => Some(DeviceIdentity {
-                sim: sim.index(),
+            Some((sim, group)) => Some(DeviceIdentity::new(
+                plan,
+                sim.index(),
                 group,
                 generation,
-            }),
+                Some(sim.imsi()),
+            )),
             None => match plan.listener(listener).unknown {
-                UnknownSource::Default => Some(DeviceIdentity {
-                    sim: u32::MAX,
-                    group: plan.gateway.default_group,
+                UnknownSource::Default => Some(DeviceIdentity::new(
+                    plan,
+                    u32::MAX,
+                    plan.gateway.default_group,
                     generation,
-                }),
+                    None,
+                )),
                 UnknownSource::Reject => None,
             },
         }
@@ -96,6 +104,33 @@ impl DeviceIdentity {
             .get(usize::from(new.group.0))
             .is_some_and(|g| self::group_key(&g.name) == group_key);
         same.then_some(new)
+    }
+
+    fn new(
+        plan: &Plan,
+        sim: u32,
+        group: GroupId,
+        generation: u64,
+        imsi: Option<crate::identity::Imsi>,
+    ) -> DeviceIdentity {
+        let name = plan
+            .groups
+            .get(usize::from(group.0))
+            .map_or("", |g| &g.name);
+        DeviceIdentity {
+            sim,
+            group,
+            generation,
+            usage: UsageKey {
+                imsi,
+                group: group_key(name),
+            },
+        }
+    }
+
+    /// Whom this device's traffic is billed to: valid under every plan (IMSI and group name).
+    pub fn usage(&self) -> UsageKey {
+        self.usage
     }
 
     /// True while the plan it was resolved under is the one served.

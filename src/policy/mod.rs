@@ -626,6 +626,34 @@ pub enum UnknownImsi {
     Default,
 }
 
+/// `[usage]`: where and how often usage records are written (usage is metered either way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSettings {
+    /// The JSON-lines usage file (absolute, or relative to the working directory after the
+    /// config's directory was applied); `None`: no file, `/admin/usage` only.
+    pub file: Option<std::path::PathBuf>,
+    /// How often an interval is closed (and written).
+    pub interval: std::time::Duration,
+    /// The file is rotated before a write would take it past this size.
+    pub max_file_bytes: u64,
+    /// The file is rotated before a write once it is this old.
+    pub max_file_age: std::time::Duration,
+    /// Closed intervals kept in memory for `/admin/usage?since=`.
+    pub keep_intervals: usize,
+}
+
+impl Default for UsageSettings {
+    fn default() -> UsageSettings {
+        UsageSettings {
+            file: None,
+            interval: std::time::Duration::from_secs(60),
+            max_file_bytes: 64 * 1024 * 1024,
+            max_file_age: std::time::Duration::from_secs(24 * 3600),
+            keep_intervals: 1440,
+        }
+    }
+}
+
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -642,6 +670,8 @@ pub struct Plan {
     pub sims: Arc<SimTable>,
     /// The RADIUS accounting listener, if configured.
     pub radius: Option<RadiusSettings>,
+    /// `[usage]`.
+    pub usage: UsageSettings,
     /// What `check` and a start or reload warn about without refusing the config
     /// (`path: message`, e.g. an inline secret). Never contains a secret.
     pub warnings: Vec<String>,

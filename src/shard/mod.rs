@@ -8,6 +8,13 @@
 //! plus an eventfd [`Notifier`] to wake the shard's ring: commands in ([`ShardCommand`]),
 //! snapshots out.
 //!
+//! Usage metering: each shard hands its usage deltas ([`crate::stats::usage::ShardUsage::take`])
+//! to the control thread over one channel shared by all shards, when asked
+//! ([`ShardCommand::TakeUsage`], see [`Gateway::take_usage`]) and once more when it exits after
+//! its drain, so a count leaves the shard exactly once. A reply that arrives after
+//! [`Gateway::take_usage`] stopped waiting stays in the channel for the next take: late, never
+//! lost.
+//!
 //! What this module does not do: parse protocols (see `flows`) or decide routes (see `policy`).
 //!
 //! Race window: a reload swaps the plan between two requests of a keep-alive connection; a request
@@ -32,8 +39,20 @@ pub use crate::flows::{ShardId, ShardState};
 use crate::identity::LiveBindings;
 use crate::policy::{DestinationId, ListenerId, ListenerProtocol, Plan};
 use crate::reactor::{self, Notifier, NotifyListener, ReactorConfig, TcpListener};
+pub use crate::stats::usage::UsageRecord;
 pub use crate::stats::{CapReason, ErrorKind, Protocol, ShardMetrics};
 use crate::upstream;
+
+/// What a shard sends on the usage channel: its usage since its previous send.
+#[derive(Debug)]
+pub struct UsageBatch {
+    /// The shard.
+    pub shard: usize,
+    /// The [`ShardCommand::TakeUsage`] request answered; `None` for the final batch at exit.
+    pub request: Option<u64>,
+    /// The records.
+    pub records: Vec<UsageRecord>,
+}
 
 /// A command from the control thread to a shard.
 pub enum ShardCommand {
@@ -65,6 +84,9 @@ pub enum ShardCommand {
     },
     /// Reply with a copy of the shard's metrics.
     Snapshot(Sender<ShardMetrics>),
+    /// Hand the usage counted since the last take to the gateway's usage channel, tagged with
+    /// this request number.
+    TakeUsage(u64),
     /// Stop accepting, finish in-flight requests (up to the drain timeout), then exit.
     Shutdown,
 }
@@ -137,6 +159,10 @@ pub struct Gateway {
     bindings: Arc<LiveBindings>,
     /// The generation each shard serves, as the shard itself records it when it swaps plans.
     served: Arc<[AtomicU64]>,
+    /// Usage deltas from every shard (see the module doc).
+    usage_rx: Receiver<UsageBatch>,
+    /// Number of the last [`ShardCommand::TakeUsage`] request.
+    usage_requests: u64,
 }
 
 /// How long a shard waits for open device connections to finish after `Shutdown`.
@@ -177,6 +203,9 @@ impl Gateway {
         let client_ids = Arc::new(ClientIds::new(shard_count));
         let served: Arc<[AtomicU64]> = (0..shard_count).map(|_| AtomicU64::new(0)).collect();
         let bindings = Arc::new(LiveBindings::default());
+        // Unbounded: a shard never blocks on it; each shard has at most one batch per take
+        // in it, and takes are paced by the control thread.
+        let (usage_tx, usage_rx) = crossbeam_channel::unbounded::<UsageBatch>();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(shard_count);
         let mut shards = Vec::with_capacity(shard_count);
@@ -191,6 +220,7 @@ impl Gateway {
                 client_ids: client_ids.clone(),
                 served: served.clone(),
                 bindings: bindings.clone(),
+                usage: usage_tx.clone(),
             };
             let core = if plan.gateway.pin_shards && !cores.is_empty() {
                 Some(cores[index % cores.len()])
@@ -240,6 +270,8 @@ impl Gateway {
                         generation: 0,
                         served: served.clone(),
                         bindings: bindings.clone(),
+                        usage_rx: usage_rx.clone(),
+                        usage_requests: 0,
                     };
                     partial.stop();
                     return Err(GatewayError::ShardStart(why));
@@ -260,6 +292,8 @@ impl Gateway {
             generation: 0,
             served,
             bindings,
+            usage_rx,
+            usage_requests: 0,
         };
         for _ in 0..shard_count {
             match ready_rx.recv() {
@@ -449,9 +483,47 @@ impl Gateway {
             .collect()
     }
 
-    /// Stop accepting, drain, and join every shard thread.
-    pub fn shutdown(mut self) {
+    /// Usage every shard counted since the previous take. Waits up to a second for each
+    /// shard's answer; an answer that comes later is returned by the next take (or by
+    /// [`Gateway::shutdown`]), so nothing is counted twice or lost.
+    pub fn take_usage(&mut self) -> Vec<UsageRecord> {
+        self.usage_requests += 1;
+        let request = self.usage_requests;
+        let mut waiting = 0;
+        for shard in &self.shards {
+            if shard
+                .commands
+                .send(ShardCommand::TakeUsage(request))
+                .is_ok()
+            {
+                let _ = shard.notifier.notify();
+                waiting += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut records = Vec::new();
+        while waiting > 0 {
+            match self.usage_rx.recv_deadline(deadline) {
+                Ok(batch) => {
+                    if batch.request == Some(request) {
+                        waiting -= 1;
+                    }
+                    records.extend(batch.records);
+                }
+                Err(_) => break,
+            }
+        }
+        records
+    }
+
+    /// Stop accepting, drain, and join every shard thread; returns the usage the shards had
+    /// not handed over yet (counted up to the end of their drain).
+    pub fn shutdown(mut self) -> Vec<UsageRecord> {
         self.stop();
+        self.usage_rx
+            .try_iter()
+            .flat_map(|batch| batch.records)
+            .collect()
     }
 
     fn stop(&mut self) {
@@ -521,6 +593,8 @@ struct SharedByShards {
     served: Arc<[AtomicU64]>,
     /// Live IP → SIM bindings (written by the control thread's RADIUS listener).
     bindings: Arc<LiveBindings>,
+    /// Where the shard sends its usage deltas.
+    usage: Sender<UsageBatch>,
 }
 
 fn shard_main(
@@ -536,6 +610,7 @@ fn shard_main(
     let ready_on_error = ready.clone();
     let result = reactor::block_on(&cfg, async move {
         let served = shared.served;
+        let usage = shared.usage;
         let state = Rc::new(ShardState::new(
             id,
             plan,
@@ -562,7 +637,7 @@ fn shard_main(
         }
         let maintenance = reactor::spawn(upstream::driver::keep_pools(state.upstreams.clone()));
         let _ = ready.send(Ok(()));
-        command_loop(&state, &served, commands, notify).await;
+        command_loop(&state, &served, &usage, commands, notify).await;
         // Shutdown: stop accepting (dropping the tasks drops the listeners), stop warming,
         // let open connections finish their current request.
         let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -576,15 +651,29 @@ fn shard_main(
         {
             reactor::sleep(Duration::from_millis(20)).await;
         }
+        // What was counted up to the end of the drain (the last batch this shard sends).
+        let records = take_usage(&state);
+        let _ = usage.send(UsageBatch {
+            shard: id.0,
+            request: None,
+            records,
+        });
     });
     if let Err(e) = result {
         let _ = ready_on_error.send(Err(format!("shard {}: io_uring: {e}", id.0)));
     }
 }
 
+fn take_usage(state: &ShardState) -> Vec<UsageRecord> {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now();
+    state.usage.borrow_mut().take(now, wall)
+}
+
 async fn command_loop(
     state: &Rc<ShardState>,
     served: &[AtomicU64],
+    usage: &Sender<UsageBatch>,
     commands: Receiver<ShardCommand>,
     mut notify: NotifyListener,
 ) {
@@ -592,6 +681,7 @@ async fn command_loop(
         while let Ok(cmd) = commands.try_recv() {
             match cmd {
                 ShardCommand::Reload(plan, ack) => {
+                    state.name_usage_groups(&plan);
                     state.carry_tokens(&state.plan(), &plan);
                     state.upstreams.replace_plan(plan);
                     state.mqtt_aggregate.plan_changed();
@@ -643,6 +733,13 @@ async fn command_loop(
                         links_up: c.links_up.get(),
                     };
                     let _ = reply.send(snapshot);
+                }
+                ShardCommand::TakeUsage(request) => {
+                    let _ = usage.send(UsageBatch {
+                        shard: state.id.0,
+                        request: Some(request),
+                        records: take_usage(state),
+                    });
                 }
                 ShardCommand::Shutdown => return,
             }

@@ -38,6 +38,7 @@ mod mqtt;
 mod pool;
 mod radius;
 mod sim_templates;
+mod usage;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -261,7 +262,9 @@ impl Compiler<'_> {
             None => Some(None),
             Some(r) => self.radius(r).map(Some),
         };
+        let usage = self.usage(raw.usage.as_ref());
         let plan = Plan {
+            usage: usage?,
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,

@@ -22,6 +22,7 @@ use crate::proto::mqtt::{
     self, DecodeLimits, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
+use crate::stats::usage::UsageCounts;
 use crate::upstream::mqtt_link::{Enqueued, Link, LinkEvent, PublishOwner, SessionKey};
 
 /// Why a device session ends.
@@ -56,6 +57,8 @@ pub(super) struct Device {
     /// Boxed: most devices have none, and this struct is what every idle device costs.
     pub(super) will: Option<Box<Will>>,
     pub(super) out: BytesMut,
+    /// Usage not yet handed to the shard's meter (PUBLISHes taken by the link, delivered).
+    pub(super) usage: UsageCounts,
 }
 
 /// What a device has in flight and subscribed. Boxed in [`Device`] and allocated on first use:
@@ -190,6 +193,7 @@ impl Device {
         key: SessionKey,
         state: &Rc<ShardState>,
     ) -> Option<End> {
+        let device_bytes = publish.payload.len() as u64;
         if publish.properties.topic_alias.is_some() || publish.topic.is_empty() {
             // We advertised Topic Alias Maximum 0 ([MQTT-3.3.2-9]).
             return Some(End::Abnormal(Some(ReasonCode(0x94))));
@@ -258,6 +262,9 @@ impl Device {
         };
         if link.with_core(|c| c.publish(upstream, owner)) == Enqueued::Dropped {
             tracing::trace!("qos 0 publish dropped: link down");
+        } else {
+            self.usage.up_msgs += 1;
+            self.usage.up_bytes += device_bytes;
         }
         None
     }
@@ -443,6 +450,7 @@ impl Device {
             properties,
             payload: publish.payload,
         });
+        let payload_bytes = publish_payload_len(&packet);
         if let Some(max) = self.device_max_packet {
             match mqtt::encoded_len(&packet, self.version) {
                 Ok(len) if len as u64 <= u64::from(max.get()) => {}
@@ -451,6 +459,15 @@ impl Device {
             }
         }
         self.write(&packet);
+        self.usage.down_msgs += 1;
+        self.usage.down_bytes += payload_bytes;
+    }
+}
+
+fn publish_payload_len(packet: &Packet) -> u64 {
+    match packet {
+        Packet::Publish(p) => p.payload.len() as u64,
+        _ => 0,
     }
 }
 
@@ -488,6 +505,7 @@ mod tests {
             tracking: None,
             will: None,
             out: BytesMut::new(),
+            usage: UsageCounts::default(),
         }
     }
 

@@ -324,6 +324,7 @@ fn admit(
         tracking: None,
         will: connect.will.clone().map(Box::new),
         out: BytesMut::new(),
+        usage: Default::default(),
     };
     let keep_alive = match connect.keep_alive {
         0 => None,
@@ -405,9 +406,16 @@ fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
         let Session {
             state,
             stream,
-            admitted: Admitted { device, link, .. },
+            admitted:
+                Admitted {
+                    device,
+                    link,
+                    identity,
+                    ..
+                },
             ..
         } = &mut s;
+        state.usage_flush(identity.usage(), &mut device.usage);
         if let End::Abnormal(code) = end {
             // The will first: it is queued on the link at once, so a device that does not read its
             // DISCONNECT cannot hold it back past the shard's drain window.
@@ -454,6 +462,7 @@ async fn run_session(s: &mut Session) -> End {
     let mut keep_alive_timer = reactor::sleep_until(last_heard + keep_alive);
     let mut was_paused = false;
     loop {
+        state.usage_flush(identity.usage(), &mut device.usage);
         for event in mailbox.drain() {
             if let Some(end) = device.on_link_event(event) {
                 let _ = flush(state, stream, &mut device.out).await;
@@ -502,6 +511,7 @@ async fn run_session(s: &mut Session) -> End {
                         .metrics
                         .borrow_mut()
                         .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+                    device.usage.errors += 1;
                     Some(End::Abnormal(Some(e.reason_code())))
                 }
             };

@@ -441,6 +441,7 @@ pub async fn serve(session: DeviceSession) {
     };
     if let Some(kind) = end.error_kind() {
         state.metrics.borrow_mut().error(Protocol::Mqtt, kind);
+        state.usage_error(identity.usage());
     }
     if device_version == ProtocolVersion::V5 {
         if let Some(reason_code) = end.device_reason() {
@@ -696,11 +697,12 @@ impl Pump<'_> {
         }
         let mut out = BytesMut::new();
         let mut end = None;
-        let mut publishes = 0u64;
+        let (mut publishes, mut bytes) = (0u64, 0u64);
         for packet in packets {
             if let Some(r) = self.renew.as_mut() {
                 r.carry.downlink(&packet);
             }
+            let payload = publish_payload_len(&packet);
             let (packet, ending) = match self.bridge.downlink(packet) {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
@@ -713,6 +715,7 @@ impl Pump<'_> {
                     break;
                 }
                 publishes += 1;
+                bytes += payload;
             }
             if ending.is_some() {
                 end = ending;
@@ -727,6 +730,8 @@ impl Pump<'_> {
                 return Some(end.unwrap_or(SessionEnd::DeviceClosed));
             }
             self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
+            self.state
+                .usage_down(self.identity.usage(), publishes, bytes);
         }
         end
     }
@@ -886,7 +891,7 @@ impl Pump<'_> {
     async fn drain_device(&mut self, out: &mut BytesMut) -> Option<SessionEnd> {
         let version = self.bridge.device_version();
         let mut end = None;
-        let mut publishes = 0u64;
+        let (mut publishes, mut bytes) = (0u64, 0u64);
         let mut replies = BytesMut::new();
         while end.is_none() {
             // IoT Hub: as many requests unanswered as are kept for a renewal, and the next one
@@ -910,6 +915,7 @@ impl Pump<'_> {
                 }
             };
             let is_publish = matches!(packet, Packet::Publish(_));
+            let payload = publish_payload_len(&packet);
             let (packet, ending) = match self.bridge.uplink(packet) {
                 Action::Forward(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
@@ -943,6 +949,7 @@ impl Pump<'_> {
                     break;
                 }
                 publishes += u64::from(is_publish);
+                bytes += payload;
             }
             end = ending;
         }
@@ -957,6 +964,7 @@ impl Pump<'_> {
             }
             self.last_upstream_write = reactor::now();
             self.state.metrics.borrow_mut().mqtt_publishes_uplink += publishes;
+            self.state.usage_up(self.identity.usage(), publishes, bytes);
         }
         if !replies.is_empty()
             && send_device(self.state, self.device, replies.freeze())
@@ -972,7 +980,7 @@ impl Pump<'_> {
     async fn drain_upstream(&mut self, out: &mut BytesMut) -> Option<SessionEnd> {
         let version = self.bridge.upstream_version();
         let mut end = None;
-        let mut publishes = 0u64;
+        let (mut publishes, mut bytes) = (0u64, 0u64);
         while end.is_none() {
             let decoded = mqtt::decode_packet(
                 self.upstream.stream.plaintext(),
@@ -992,6 +1000,7 @@ impl Pump<'_> {
             if let Some(r) = self.renew.as_mut() {
                 r.carry.downlink(&packet);
             }
+            let payload = publish_payload_len(&packet);
             let (packet, ending) = match self.bridge.downlink(packet) {
                 Action::Forward(p) | Action::Reply(p) => (Some(p), None),
                 Action::ForwardAndEnd(p, e) => (Some(p), Some(e)),
@@ -1004,15 +1013,20 @@ impl Pump<'_> {
                     break;
                 }
                 publishes += u64::from(is_publish);
+                bytes += payload;
             }
             end = ending;
         }
         if !out.is_empty() {
-            let bytes = out.split().freeze();
-            if send_device(self.state, self.device, bytes).await.is_err() {
+            if send_device(self.state, self.device, out.split().freeze())
+                .await
+                .is_err()
+            {
                 return Some(end.unwrap_or(SessionEnd::DeviceClosed));
             }
             self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
+            self.state
+                .usage_down(self.identity.usage(), publishes, bytes);
         }
         end
     }
@@ -1020,4 +1034,12 @@ impl Pump<'_> {
 /// The DISCONNECT reason code for a device packet that failed to decode.
 fn device_error_code(e: MqttError) -> ReasonCode {
     e.reason_code()
+}
+
+/// Usage counts a PUBLISH's payload bytes as the device sent or receives them (0 for others).
+fn publish_payload_len(packet: &Packet) -> u64 {
+    match packet {
+        Packet::Publish(p) => p.payload.len() as u64,
+        _ => 0,
+    }
 }
