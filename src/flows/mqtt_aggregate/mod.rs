@@ -83,6 +83,7 @@ use crate::stats::{ErrorKind, Protocol};
 use crate::upstream::mqtt_link::{Link, LinkEvent, SessionKey, SessionMailbox};
 
 mod device;
+mod rate;
 
 use device::{Device, End};
 
@@ -323,6 +324,14 @@ fn admit(
         },
         tracking: None,
         will: connect.will.clone().map(Box::new),
+        rate: link.core.borrow().is_rate_limited().then(|| {
+            Box::new(rate::DeviceRate::new(
+                set.clone(),
+                mailbox.clone(),
+                connect.keep_alive,
+                state.links.counters().rate_outcomes(&dest.name),
+            ))
+        }),
         out: BytesMut::new(),
     };
     let keep_alive = match connect.keep_alive {
@@ -486,7 +495,7 @@ async fn run_session(s: &mut Session) -> End {
         // Draining or leaving: no new device packets (what the device sent and we did not take
         // in, it sends again elsewhere; it was not acknowledged).
         let draining = state.draining() || device.leaving.is_some();
-        while !draining && !device.paused() {
+        while !draining && !device.paused() && device.held(reactor::now()).is_none() {
             // The decoded packet is consumed before any await: kept in the match scrutinee, it
             // would be stored in the session future for the device's whole life.
             let end = match mqtt::decode_packet(
@@ -495,7 +504,9 @@ async fn run_session(s: &mut Session) -> End {
                 Sender::Client,
                 &device.decode_limits,
             ) {
-                Ok(Decoded::Complete(packet)) => device.on_packet(packet, link, key, state),
+                Ok(Decoded::Complete(packet)) => {
+                    device.on_packet(packet, link, key, state, reactor::now())
+                }
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
                     state
@@ -533,6 +544,17 @@ async fn run_session(s: &mut Session) -> End {
             was_paused = true;
             // Not reading: the device is waiting for our acknowledgements.
             let _ = select2(mailbox.signal.wait(), state.drain.wait()).await;
+            continue;
+        }
+        if let Some(until) = device.held(reactor::now()) {
+            was_paused = true;
+            // Not reading: the device's last message waits for its link's turn under
+            // `max_publish_rate`; its keep-alive clock restarts when we read again.
+            let _ = select2(
+                select2(mailbox.signal.wait(), state.drain.wait()),
+                reactor::sleep_until(until),
+            )
+            .await;
             continue;
         }
         if was_paused {
@@ -600,5 +622,5 @@ fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
         properties: Properties::default(),
         payload: will.payload,
     };
-    link.with_core(|c| c.publish(publish, None));
+    link.with_core(|c| c.publish(reactor::now(), publish, None));
 }

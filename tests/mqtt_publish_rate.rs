@@ -1,0 +1,308 @@
+//! `[destination.mqtt] max_publish_rate` (issue #13) against a real mosquitto over TLS: devices
+//! (the small MQTT client of `common::mqtt_client`) burst QoS 1 PUBLISHes at simgate in
+//! aggregate mode; a subscriber on the broker's plaintext listener timestamps every message, and
+//! the broker's log says which upstream link (client id) carried it.
+//!
+//! Checked: every message a device saw acknowledged arrived, exactly once, and nothing else;
+//! no upstream link exceeded the rate in any one-second window (a correctness bound simgate
+//! enforces, asserted with a tolerance of one message for clock granularity and delivery
+//! jitter), measured both at the subscriber (per link) and from the broker log's per-second
+//! timestamps; refusals are seen by a 5.0 device as PUBACK 0x97 and counted in
+//! `simgate_mqtt_publish_rate_limited_total`, and a 3.1.1 device is disconnected instead.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::mosquitto::{Broker, BrokerOptions};
+use common::mqtt_client::Client;
+use common::Simgate;
+use simgate::proto::mqtt::{Packet, ProtocolVersion, QoS, ReasonCode};
+use simgate::testkit::TestPki;
+
+fn world() -> (tempfile::TempDir, TestPki) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::new(dir.path()).expect("pki");
+    (dir, pki)
+}
+
+fn start_gateway(dir: &Path, pki: &TestPki, broker: &Broker, mqtt_extra: &str) -> Simgate {
+    let toml = broker.gateway_toml(
+        1,
+        &pki.ca_pem,
+        &format!("mode = \"aggregate\"\nkeep_alive = \"10s\"\n{mqtt_extra}"),
+        "warm = 0\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
+    );
+    Simgate::start(dir, &toml)
+}
+
+/// A plain MQTT subscriber on the broker (read with [`collect`]).
+fn subscriber(port: u16, filter: &str) -> Client {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut c = Client::connect(addr, "rate-checker", ProtocolVersion::V311, true)
+        .expect("checker connects to the broker");
+    c.subscribe(filter, QoS::AtMostOnce)
+        .expect("checker subscribes");
+    c
+}
+
+/// `(receive time, topic, payload)` of each message the subscriber gets, until `n` arrived
+/// (or `timeout`).
+fn collect(c: &mut Client, n: usize, timeout: Duration) -> Vec<(Instant, String, String)> {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match c.next(left) {
+            Ok(Some(Packet::Publish(p))) => got.push((
+                Instant::now(),
+                String::from_utf8_lossy(&p.topic).into_owned(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("checker: {e:?}"),
+        }
+    }
+    got
+}
+
+/// Most of `times` in any closed window `[t, t + 1 s]`.
+fn max_in_any_second(times: &[Instant]) -> usize {
+    times
+        .iter()
+        .map(|&start| {
+            times
+                .iter()
+                .filter(|&&t| t >= start && t <= start + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `simgate_mqtt_publish_rate_limited_total{destination="broker",outcome=...}`.
+fn rate_limited(gw: &Simgate, outcome: &str) -> u64 {
+    let (status, text) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    let prefix = format!(
+        "simgate_mqtt_publish_rate_limited_total{{destination=\"broker\",outcome=\"{outcome}\"}} "
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
+}
+
+/// Upstream client id and epoch second of every "Received PUBLISH" in the broker log, by
+/// upstream topic.
+fn broker_receipts(log: &str) -> HashMap<String, (String, u64)> {
+    let mut out = HashMap::new();
+    for line in log.lines() {
+        let Some((secs, rest)) = line.split_once(": Received PUBLISH from ") else {
+            continue;
+        };
+        let Some((client, rest)) = rest.split_once(" (") else {
+            continue;
+        };
+        let topic = rest.split('\'').nth(1).unwrap_or_default();
+        if let Ok(secs) = secs.trim().parse::<u64>() {
+            out.insert(topic.to_string(), (client.to_string(), secs));
+        }
+    }
+    out
+}
+
+const RATE: usize = 20;
+
+#[test]
+fn a_burst_of_qos1_from_many_devices_never_exceeds_the_rate_on_any_link() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let mut checker = subscriber(broker.plain_port, "devices/#");
+    let gw = start_gateway(
+        dir.path(),
+        &pki,
+        &broker,
+        &format!("connections_per_shard = 2\nmax_publish_rate = {RATE}"),
+    );
+    let addr = gw.listener("mqtt");
+    const DEVICES: usize = 8;
+    const EACH: u16 = 12;
+    // Every device connects first, then all burst at once.
+    let (ready_tx, ready_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Arc::new(std::sync::Mutex::new(go_rx));
+    let threads: Vec<_> = (0..DEVICES)
+        .map(|i| {
+            let ready = ready_tx.clone();
+            let go = go_rx.clone();
+            std::thread::spawn(move || -> Result<(Vec<String>, Vec<String>), String> {
+                let version = if i % 2 == 0 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V311
+                };
+                let id = format!("rate-{i}");
+                let mut c = Client::connect(addr, &id, version, true)
+                    .map_err(|e| format!("{id}: connect: {e:?}"))?;
+                let _ = ready.send(());
+                let _ = go.lock().map(|g| g.recv());
+                for n in 1..=EACH {
+                    c.publish(
+                        &format!("up/{n}"),
+                        &format!("{id}:{n}"),
+                        QoS::AtLeastOnce,
+                        n,
+                    )
+                    .map_err(|e| format!("{id}: publish {n}: {e:?}"))?;
+                }
+                let (mut acked, mut refused) = (Vec::new(), Vec::new());
+                while acked.len() + refused.len() < usize::from(EACH) {
+                    match c.next(Duration::from_secs(30)) {
+                        Ok(Some(Packet::PubAck(ack))) => {
+                            let topic = format!("devices/{id}/up/{}", ack.packet_id);
+                            match ack.reason_code {
+                                ReasonCode::SUCCESS => acked.push(topic),
+                                ReasonCode::QUOTA_EXCEEDED => refused.push(topic),
+                                other => return Err(format!("{id}: PUBACK {other}")),
+                            }
+                        }
+                        Ok(Some(other)) => return Err(format!("{id}: unexpected {other:?}")),
+                        Ok(None) => return Err(format!("{id}: no PUBACK within 30 s")),
+                        Err(e) => return Err(format!("{id}: {e:?}")),
+                    }
+                }
+                Ok((acked, refused))
+            })
+        })
+        .collect();
+    for _ in 0..DEVICES {
+        ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("every device connected");
+    }
+    for _ in 0..DEVICES {
+        let _ = go_tx.send(());
+    }
+    let (mut acked, mut refused) = (BTreeSet::new(), BTreeSet::new());
+    for t in threads {
+        match t.join().expect("device thread") {
+            Ok((a, r)) => {
+                acked.extend(a);
+                refused.extend(r);
+            }
+            Err(e) => panic!("{e}\n{}", gw.stderr()),
+        }
+    }
+
+    // Exactly what was acknowledged arrived, once each.
+    let got = collect(&mut checker, acked.len(), Duration::from_secs(30));
+    let topics: Vec<&String> = got.iter().map(|(_, t, _)| t).collect();
+    let distinct: BTreeSet<String> = topics.iter().map(|t| t.to_string()).collect();
+    assert_eq!(distinct.len(), topics.len(), "a message arrived twice");
+    assert_eq!(distinct, acked, "arrived != acknowledged");
+    assert_eq!(
+        rate_limited(&gw, "refused") as usize,
+        refused.len(),
+        "every refusal counted, and seen as 0x97"
+    );
+    assert!(
+        rate_limited(&gw, "waited") + rate_limited(&gw, "spilled") > 0,
+        "a burst of {} over two links of {RATE}/s had to wait or spill",
+        DEVICES * usize::from(EACH)
+    );
+
+    // Which link carried each message: the broker log (mosquitto logs a PUBLISH on receipt,
+    // before forwarding it; its log reaches the file through a pipe, so wait for the last).
+    if let Some((_, last, _)) = got.last() {
+        broker.wait_log(&format!("'{last}'"), Duration::from_secs(10));
+    }
+    let receipts = broker_receipts(&broker.log());
+    let mut per_link: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+    let mut per_second: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for (at, topic, _) in &got {
+        let Some((client, secs)) = receipts.get(topic) else {
+            panic!("broker log has no PUBLISH for {topic}:\n{}", broker.log());
+        };
+        per_link.entry(client.clone()).or_default().push(*at);
+        *per_second.entry((client.clone(), *secs)).or_default() += 1;
+    }
+    assert!(per_link.len() <= 2, "two links: {:?}", per_link.keys());
+    for (link, times) in &per_link {
+        let max = max_in_any_second(times);
+        eprintln!(
+            "link {link}: {} messages, at most {max} in any 1 s window at the subscriber",
+            times.len()
+        );
+        assert!(
+            max <= RATE + 1,
+            "link {link} carried {max} messages within one second (max_publish_rate {RATE})"
+        );
+    }
+    for ((link, secs), n) in &per_second {
+        assert!(
+            *n <= RATE + 1,
+            "broker received {n} PUBLISHes from {link} in second {secs}"
+        );
+    }
+    eprintln!(
+        "acked {}, refused {}, waited {}, spilled {}",
+        acked.len(),
+        refused.len(),
+        rate_limited(&gw, "waited"),
+        rate_limited(&gw, "spilled")
+    );
+}
+
+#[test]
+fn a_wait_over_the_keep_alive_bound_is_refused_0x97_for_v5_and_a_disconnect_for_v311() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    // One publish per second on one link; a device with keep-alive 1 s may wait 500 ms at most,
+    // so a second message within the same second is always refused.
+    let gw = start_gateway(dir.path(), &pki, &broker, "max_publish_rate = 1");
+    let addr = gw.listener("mqtt");
+
+    let mut v5 = Client::connect_keep_alive(addr, "quick-v5", ProtocolVersion::V5, true, 1)
+        .expect("v5 device connects");
+    v5.publish("up", "one", QoS::AtLeastOnce, 1)
+        .expect("publish 1");
+    v5.publish("up", "two", QoS::AtLeastOnce, 2)
+        .expect("publish 2");
+    let mut codes = BTreeMap::new();
+    while codes.len() < 2 {
+        match v5.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::PubAck(ack))) => {
+                codes.insert(ack.packet_id.get(), ack.reason_code);
+            }
+            other => panic!("v5 device: {other:?} after {codes:?}\n{}", gw.stderr()),
+        }
+    }
+    assert_eq!(codes[&1], ReasonCode::SUCCESS);
+    assert_eq!(codes[&2], ReasonCode::QUOTA_EXCEEDED);
+    assert_eq!(rate_limited(&gw, "refused"), 1);
+
+    // 3.1.1 has no "refused" PUBACK: the device is disconnected and resends after reconnecting.
+    let mut v3 = Client::connect_keep_alive(addr, "quick-v3", ProtocolVersion::V311, true, 1)
+        .expect("v3.1.1 device connects");
+    v3.publish("up", "three", QoS::AtLeastOnce, 1)
+        .expect("publish 1");
+    v3.publish("up", "four", QoS::AtLeastOnce, 2)
+        .expect("publish 2");
+    let seen = v3.until_closed(Duration::from_secs(10));
+    assert!(
+        !seen
+            .iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == 2)),
+        "the refused message was acknowledged: {seen:?}"
+    );
+    assert_eq!(rate_limited(&gw, "refused"), 2);
+}
