@@ -40,35 +40,46 @@ fn start_gateway(dir: &Path, pki: &TestPki, broker: &Broker, mqtt_extra: &str) -
     Simgate::start(dir, &toml)
 }
 
-/// A plain MQTT subscriber on the broker (read with [`collect`]).
-fn subscriber(port: u16, filter: &str) -> Client {
+/// A plain MQTT subscriber on the broker, read on its own thread so that each message is
+/// timestamped when it arrives: `(receive time, topic, payload)` on the channel. The thread ends
+/// when the broker goes away.
+fn subscriber(port: u16, filter: &str) -> mpsc::Receiver<(Instant, String, String)> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut c = Client::connect(addr, "rate-checker", ProtocolVersion::V311, true)
         .expect("checker connects to the broker");
     c.subscribe(filter, QoS::AtMostOnce)
         .expect("checker subscribes");
-    c
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        match c.next(Duration::from_secs(3600)) {
+            Ok(Some(Packet::Publish(p))) => {
+                let message = (
+                    Instant::now(),
+                    String::from_utf8_lossy(&p.topic).into_owned(),
+                    String::from_utf8_lossy(&p.payload).into_owned(),
+                );
+                if tx.send(message).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    });
+    rx
 }
 
-/// `(receive time, topic, payload)` of each message the subscriber gets, until `n` arrived
-/// (or `timeout`).
-fn collect(c: &mut Client, n: usize, timeout: Duration) -> Vec<(Instant, String, String)> {
-    let deadline = Instant::now() + timeout;
+/// The first `n` messages from [`subscriber`] (fewer if none comes for `timeout`).
+fn collect(
+    rx: &mpsc::Receiver<(Instant, String, String)>,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(Instant, String, String)> {
     let mut got = Vec::new();
     while got.len() < n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match c.next(left) {
-            Ok(Some(Packet::Publish(p))) => got.push((
-                Instant::now(),
-                String::from_utf8_lossy(&p.topic).into_owned(),
-                String::from_utf8_lossy(&p.payload).into_owned(),
-            )),
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => panic!("checker: {e:?}"),
+        match rx.recv_timeout(timeout) {
+            Ok(m) => got.push(m),
+            Err(_) => break,
         }
     }
     got
@@ -126,7 +137,7 @@ const RATE: usize = 20;
 fn a_burst_of_qos1_from_many_devices_never_exceeds_the_rate_on_any_link() {
     let (dir, pki) = world();
     let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
-    let mut checker = subscriber(broker.plain_port, "devices/#");
+    let checker = subscriber(broker.plain_port, "devices/#");
     let gw = start_gateway(
         dir.path(),
         &pki,
@@ -204,7 +215,7 @@ fn a_burst_of_qos1_from_many_devices_never_exceeds_the_rate_on_any_link() {
     }
 
     // Exactly what was acknowledged arrived, once each.
-    let got = collect(&mut checker, acked.len(), Duration::from_secs(30));
+    let got = collect(&checker, acked.len(), Duration::from_secs(30));
     let topics: Vec<&String> = got.iter().map(|(_, t, _)| t).collect();
     let distinct: BTreeSet<String> = topics.iter().map(|t| t.to_string()).collect();
     assert_eq!(distinct.len(), topics.len(), "a message arrived twice");
