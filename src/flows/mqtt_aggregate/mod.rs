@@ -16,6 +16,14 @@
 //! `receive_maximum` messages unacknowledged is not read from until one is acknowledged
 //! (backpressure instead of dropping; its keep-alive clock stops meanwhile).
 //!
+//! Publish rate (`max_publish_rate`, docs/decisions/0014-aggregate-publish-rate.md): each link
+//! spaces its PUBLISHes so no second holds more than N. A device message whose link has no turn
+//! free goes on another link of the destination that has one if the device has nothing
+//! unacknowledged (order kept), else waits for its turn with the device not read meanwhile (its
+//! keep-alive clock restarts after), unless the wait exceeds half the device's keep-alive (at
+//! most 5 s): then it is refused (5.0: 0x97; QoS 0: dropped; 3.1.1 QoS 1/2: connection closed
+//! unacknowledged). See [`rate`].
+//!
 //! Downlink: a device SUBSCRIBE to filter F becomes an upstream subscription to the template
 //! applied to F (once per distinct upstream filter per link, reference counted); the device's
 //! SUBACK waits for the broker's. Messages are mapped back by stripping the template's text around
