@@ -317,3 +317,32 @@ fn a_wait_over_the_keep_alive_bound_is_refused_0x97_for_v5_and_a_disconnect_for_
     );
     assert_eq!(rate_limited(&gw, "refused"), 2);
 }
+
+#[test]
+fn a_device_held_back_for_the_rate_is_not_timed_out_by_its_keep_alive() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    // 2/s: eight messages sent at once leave over 3.5 s, longer than the 3 s (1.5 × 2 s) simgate
+    // allows a silent device; each waits 500 ms at most, within its bound (half of 2 s).
+    let gw = start_gateway(dir.path(), &pki, &broker, "max_publish_rate = 2");
+    let addr = gw.listener("mqtt");
+    let mut c = Client::connect_keep_alive(addr, "held", ProtocolVersion::V5, true, 2)
+        .expect("device connects");
+    for n in 1..=8 {
+        c.publish("up", &n.to_string(), QoS::AtLeastOnce, n)
+            .expect("publish");
+    }
+    // The device says nothing more: every byte it sent arrived at once, and what simgate has not
+    // read yet is its own doing.
+    let mut acked = BTreeSet::new();
+    while acked.len() < 8 {
+        match c.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::PubAck(ack))) if ack.reason_code == ReasonCode::SUCCESS => {
+                acked.insert(ack.packet_id.get());
+            }
+            other => panic!("after {acked:?}: {other:?}\n{}", gw.stderr()),
+        }
+    }
+    assert_eq!(rate_limited(&gw, "refused"), 0);
+    assert_eq!(rate_limited(&gw, "waited"), 7);
+}

@@ -673,6 +673,49 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_refused_for_the_rate_is_0x97_dropped_or_a_disconnect() {
+        let publish = |qos, id: Option<u16>| Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: Bytes::from_static(b"t"),
+            packet_id: id.map(nz),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"p"),
+        };
+        let quota = |id| {
+            let mut r = PubResponse::success(nz(id));
+            r.reason_code = ReasonCode::QUOTA_EXCEEDED;
+            r
+        };
+        let mut v5 = device("{topic}", ProtocolVersion::V5);
+        assert_eq!(
+            v5.refuse_over_rate(&publish(QoS::AtLeastOnce, Some(1))),
+            None
+        );
+        assert_eq!(
+            v5.refuse_over_rate(&publish(QoS::ExactlyOnce, Some(2))),
+            None
+        );
+        assert_eq!(v5.refuse_over_rate(&publish(QoS::AtMostOnce, None)), None);
+        assert_eq!(
+            written(&mut v5),
+            vec![Packet::PubAck(quota(1)), Packet::PubRec(quota(2))]
+        );
+        assert!(
+            v5.tracked().awaiting_pubrel.is_empty(),
+            "nothing to complete"
+        );
+        let mut v3 = device("{topic}", ProtocolVersion::V311);
+        assert_eq!(v3.refuse_over_rate(&publish(QoS::AtMostOnce, None)), None);
+        assert_eq!(
+            v3.refuse_over_rate(&publish(QoS::AtLeastOnce, Some(1))),
+            Some(End::Abnormal(None))
+        );
+        assert!(written(&mut v3).is_empty());
+    }
+
+    #[test]
     fn downlink_goes_only_to_matching_subscriptions_at_qos0() {
         let mut d = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
         d.tracking_mut().subs.insert(
