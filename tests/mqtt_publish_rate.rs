@@ -346,3 +346,57 @@ fn a_device_held_back_for_the_rate_is_not_timed_out_by_its_keep_alive() {
     assert_eq!(rate_limited(&gw, "refused"), 0);
     assert_eq!(rate_limited(&gw, "waited"), 7);
 }
+
+#[test]
+fn an_idle_device_spills_to_the_other_link_when_its_own_has_no_turn() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let checker = subscriber(broker.plain_port, "devices/#");
+    // 1/s per link: within a second of a device's message its link has no turn.
+    let gw = start_gateway(
+        dir.path(),
+        &pki,
+        &broker,
+        "connections_per_shard = 2\nmax_publish_rate = 1",
+    );
+    let addr = gw.listener("mqtt");
+    let mut c = Client::connect(addr, "spiller", ProtocolVersion::V5, true).expect("connects");
+    // Both links up (created with the first device session).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = gw.admin_get("/metrics");
+        if text.contains("simgate_mqtt_links{state=\"up\"} 2\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "links not up:\n{text}");
+        std::thread::sleep(Duration::from_millis(20)); // polling the gateway's gauge
+    }
+    for n in 1..=2u16 {
+        c.publish(&format!("up/{n}"), &format!("m{n}"), QoS::AtLeastOnce, n)
+            .expect("publish");
+        match c.next(Duration::from_secs(10)) {
+            Ok(Some(Packet::PubAck(ack)))
+                if ack.packet_id.get() == n && ack.reason_code == ReasonCode::SUCCESS => {}
+            other => panic!("message {n}: {other:?}\n{}", gw.stderr()),
+        }
+    }
+    // The second went at once on the other link: nothing was unacknowledged, so order holds.
+    assert_eq!(rate_limited(&gw, "spilled"), 1);
+    assert_eq!(rate_limited(&gw, "waited"), 0);
+    let got = collect(&checker, 2, Duration::from_secs(10));
+    let payloads: Vec<&str> = got.iter().map(|(_, _, p)| p.as_str()).collect();
+    assert_eq!(payloads, ["m1", "m2"]);
+    // The broker logs through a pipe: wait for the second PUBLISH's line.
+    broker.wait_log("'devices/spiller/up/2'", Duration::from_secs(10));
+    let senders: BTreeSet<String> = broker
+        .log()
+        .lines()
+        .filter(|l| l.contains("Received PUBLISH from") && l.contains("'devices/spiller/up/"))
+        .filter_map(|l| {
+            l.split_once("Received PUBLISH from ")
+                .and_then(|(_, rest)| rest.split_once(" ("))
+                .map(|(client, _)| client.to_string())
+        })
+        .collect();
+    assert_eq!(senders.len(), 2, "one message per link: {senders:?}");
+}
