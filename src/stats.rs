@@ -229,6 +229,17 @@ impl AggregateTotals {
     }
 }
 
+/// `max_publish_rate` outcomes of one destination (see `upstream::mqtt_link::RateOutcomes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitedTotals {
+    /// Device PUBLISHes that waited for their link's turn.
+    pub waited: u64,
+    /// Device PUBLISHes sent on another link of the destination.
+    pub spilled: u64,
+    /// Device PUBLISHes refused (wait over the device's bound).
+    pub refused: u64,
+}
+
 /// Counters and histograms of one shard (or, after merging, of the whole gateway).
 #[derive(Debug, Clone)]
 pub struct ShardMetrics {
@@ -288,6 +299,9 @@ pub struct ShardMetrics {
     pub mqtt_publishes_downlink: u64,
     /// Aggregate-mode (N:1) counters, copied from the shard's links at snapshot time.
     pub mqtt_aggregate: AggregateTotals,
+    /// Aggregate-mode `max_publish_rate` outcomes by destination name (destinations with a
+    /// limit that had devices), in first-seen order.
+    pub mqtt_rate_limited: Vec<(String, RateLimitedTotals)>,
     /// Answers of the clouds to the cloud adapters' calls, by adapter index (the order of
     /// `policy::AdapterKind::ALL`) and [`CLOUD_STATUSES`] bucket.
     pub cloud_responses: [[u64; CLOUD_STATUSES.len()]; CLOUD_ADAPTERS],
@@ -334,6 +348,7 @@ impl Default for ShardMetrics {
             mqtt_publishes_uplink: 0,
             mqtt_publishes_downlink: 0,
             mqtt_aggregate: AggregateTotals::default(),
+            mqtt_rate_limited: Vec::new(),
             cloud_responses: [[0; CLOUD_STATUSES.len()]; CLOUD_ADAPTERS],
             cloud_batches: 0,
             cloud_batched_messages: 0,
@@ -514,6 +529,16 @@ impl ShardMetrics {
         self.mqtt_publishes_uplink += other.mqtt_publishes_uplink;
         self.mqtt_publishes_downlink += other.mqtt_publishes_downlink;
         self.mqtt_aggregate.merge(&other.mqtt_aggregate);
+        for (name, theirs) in &other.mqtt_rate_limited {
+            match self.mqtt_rate_limited.iter_mut().find(|(n, _)| n == name) {
+                Some((_, mine)) => {
+                    mine.waited += theirs.waited;
+                    mine.spilled += theirs.spilled;
+                    mine.refused += theirs.refused;
+                }
+                None => self.mqtt_rate_limited.push((name.clone(), *theirs)),
+            }
+        }
         for (row, other_row) in self.cloud_responses.iter_mut().zip(&other.cloud_responses) {
             for (a, b) in row.iter_mut().zip(other_row) {
                 *a += b;

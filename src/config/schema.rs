@@ -246,6 +246,7 @@ pub(crate) struct RawMqtt {
     pub keep_alive: Option<RawDuration>,
     pub connections_per_shard: Option<i64>,
     pub max_inflight: Option<i64>,
+    pub max_publish_rate: Option<i64>,
     pub linger: Option<RawDuration>,
     pub accept_while_down: Option<bool>,
     pub down_after: Option<RawDuration>,

@@ -1254,6 +1254,7 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     assert_eq!(m.keep_alive, Duration::from_secs(60));
     assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
     assert_eq!(m.linger, Duration::ZERO);
+    assert_eq!(m.max_publish_rate, None);
     assert_eq!(m.while_down, crate::policy::WhileDown::Accept);
 
     let aggregate = edit(
@@ -1272,6 +1273,20 @@ fn mqtt_omitted_keys_take_their_per_mode_defaults() {
     assert_eq!(m.keep_alive, Duration::from_secs(60));
     assert_eq!((m.connections_per_shard, m.max_inflight), (1, 256));
     assert_eq!(m.linger, Duration::ZERO);
+    assert_eq!(m.max_publish_rate, None, "mqtts: unlimited unless set");
+    let limited = edit(
+        &aggregate,
+        "mode = \"aggregate\"",
+        "mode = \"aggregate\"\nmax_publish_rate = 100",
+    );
+    let limited = fx.compile(&limited).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        limited.destinations[0]
+            .mqtt()
+            .and_then(|m| m.max_publish_rate)
+            .map(std::num::NonZeroU32::get),
+        Some(100)
+    );
     assert_eq!(
         m.while_down,
         crate::policy::WhileDown::Accept,
@@ -1316,6 +1331,11 @@ fn mqtt_boundary_values_are_accepted() {
         ("max_inflight = 100", "max_inflight = 65535"),
         ("linger = \"2ms\"", "linger = \"0ms\""),
         ("linger = \"2ms\"", "linger = \"100ms\""),
+        ("linger = \"2ms\"", "linger = \"2ms\"\nmax_publish_rate = 1"),
+        (
+            "linger = \"2ms\"",
+            "linger = \"2ms\"\nmax_publish_rate = 1000000",
+        ),
         ("down_after = \"45s\"", "down_after = \"1s\""),
         ("down_after = \"45s\"", "down_after = \"24h\""),
         ("down_after = \"45s\"\n", ""),
@@ -1460,6 +1480,9 @@ const MQTT_SINGLE_ERROR_CASES: &[(&str, &str, &str, &str)] = &[
     ("linger = \"2ms\"", "linger = \"1s\"", "destination[2].mqtt.linger", "must be between 0s and 100ms"),
     ("linger = \"2ms\"", "linger = \"fast\"", "destination[2].mqtt.linger", "invalid duration"),
     ("keep_alive = \"30s\"", "keep_alive = \"30s\"\nlinger = \"1ms\"", "destination[1].mqtt.linger", "only for mode \"aggregate\""),
+    ("linger = \"2ms\"", "linger = \"2ms\"\nmax_publish_rate = 0", "destination[2].mqtt.max_publish_rate", "must be in 1..=1000000, got 0"),
+    ("linger = \"2ms\"", "linger = \"2ms\"\nmax_publish_rate = 1000001", "destination[2].mqtt.max_publish_rate", "must be in 1..=1000000"),
+    ("keep_alive = \"30s\"", "keep_alive = \"30s\"\nmax_publish_rate = 100", "destination[1].mqtt.max_publish_rate", "only for mode \"aggregate\": in session mode every device has its own upstream connection"),
     // Upstream down.
     ("down_after = \"45s\"", "down_after = \"999ms\"", "destination[2].mqtt.down_after", "must be between 1s and 24h, got \"999ms\""),
     ("down_after = \"45s\"", "down_after = \"25h\"", "destination[2].mqtt.down_after", "must be between 1s and 24h"),

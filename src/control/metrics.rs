@@ -469,6 +469,28 @@ pub fn render(
         "Device PUBLISHes refused because the rewritten topic is invalid",
         &[("", a.topics_refused)],
     );
+    // Destination names are [a-z0-9_-]: nothing to escape in the label value.
+    let rate_labels: Vec<(String, u64)> = m
+        .mqtt_rate_limited
+        .iter()
+        .flat_map(|(name, t)| {
+            [
+                ("waited", t.waited),
+                ("spilled", t.spilled),
+                ("refused", t.refused),
+            ]
+            .map(|(outcome, n)| (format!("destination=\"{name}\",outcome=\"{outcome}\""), n))
+        })
+        .collect();
+    let rate_rows: Vec<(&str, u64)> = rate_labels.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    counter(
+        w,
+        "simgate_mqtt_publish_rate_limited_total",
+        "Aggregate-mode device PUBLISHes whose upstream link had no turn free under \
+         max_publish_rate, by destination and outcome: waited for it, spilled to another link, \
+         or refused",
+        &rate_rows,
+    );
     counter(
         w,
         "simgate_mqtt_sessions_taken_over_total",
@@ -686,6 +708,18 @@ mod tests {
         m.mqtt_session_renewals_ok = 3;
         m.mqtt_session_renewals_failed = 1;
         m.mqtt_aggregate.connects_refused_down = 5;
+        let mut other = ShardMetrics::default();
+        let rl = |waited, spilled, refused| crate::stats::RateLimitedTotals {
+            waited,
+            spilled,
+            refused,
+        };
+        m.mqtt_rate_limited = vec![("aws".to_owned(), rl(3, 2, 1))];
+        other.mqtt_rate_limited = vec![
+            ("aws".to_owned(), rl(1, 0, 4)),
+            ("b".to_owned(), rl(7, 0, 0)),
+        ];
+        m.merge(&other);
         m.record_latency(80, 20);
         m.record_latency(3_000, 40);
         let mut dns = BTreeMap::new();
@@ -721,6 +755,14 @@ mod tests {
         assert!(text.contains("simgate_mqtt_session_renewals_total{result=\"ok\"} 3\n"));
         assert!(text.contains("simgate_mqtt_session_renewals_total{result=\"failed\"} 1\n"));
         assert!(text.contains("simgate_mqtt_connects_refused_total{reason=\"upstream_down\"} 5\n"));
+        for line in [
+            "simgate_mqtt_publish_rate_limited_total{destination=\"aws\",outcome=\"waited\"} 4\n",
+            "simgate_mqtt_publish_rate_limited_total{destination=\"aws\",outcome=\"spilled\"} 2\n",
+            "simgate_mqtt_publish_rate_limited_total{destination=\"aws\",outcome=\"refused\"} 5\n",
+            "simgate_mqtt_publish_rate_limited_total{destination=\"b\",outcome=\"waited\"} 7\n",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
     }
 
     #[test]

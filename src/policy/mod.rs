@@ -17,6 +17,7 @@ pub mod signature;
 pub mod template;
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -396,6 +397,10 @@ pub struct MqttDestination {
     /// that several travel in one TLS record and one `send` (aggregate mode; default 0: write
     /// as soon as the connection task runs). At most [`MQTT_LINGER_MAX`].
     pub linger: Duration,
+    /// Most PUBLISHes per second per upstream connection, in any one-second window (aggregate
+    /// mode, `max_publish_rate`; `None`: unlimited, the `mqtts` default). At most
+    /// [`MQTT_MAX_PUBLISH_RATE_MAX`]. See `upstream::mqtt_link::PublishPacer`.
+    pub max_publish_rate: Option<NonZeroU32>,
     /// What a new device CONNECT gets while its upstream link cannot connect (aggregate mode:
     /// keys `accept_while_down` and `down_after`; session mode answers from the broker itself).
     pub while_down: WhileDown,
@@ -434,6 +439,32 @@ pub const MQTT_DOWN_AFTER_MIN: Duration = Duration::from_secs(1);
 
 /// Longest `destination[].mqtt.linger`.
 pub const MQTT_LINGER_MAX: Duration = Duration::from_millis(100);
+
+/// Largest `max_publish_rate` (PUBLISHes per second per upstream connection).
+pub const MQTT_MAX_PUBLISH_RATE_MAX: u32 = 1_000_000;
+
+/// AWS IoT Core's per-connection limit on inbound PUBLISH requests per second (documented as
+/// not adjustable); over it the cloud throttles (drops, and a QoS 1 PUBLISH gets no PUBACK).
+pub const AWS_IOT_CORE_MAX_PUBLISH_RATE: NonZeroU32 = match NonZeroU32::new(100) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// `max_publish_rate` defaults of adapters whose cloud limits PUBLISHes per connection; an
+/// adapter not listed (`mqtts`) is unlimited by default. The hook for the lead's one-line
+/// change: `(AdapterKind::AwsIotCore, AWS_IOT_CORE_MAX_PUBLISH_RATE)` once that adapter speaks
+/// MQTT in aggregate mode.
+pub const PUBLISH_RATE_DEFAULTS: &[(AdapterKind, NonZeroU32)] = &[];
+
+/// The `max_publish_rate` of an aggregate-mode destination that does not set it
+/// ([`PUBLISH_RATE_DEFAULTS`]; `None`: unlimited).
+pub fn default_max_publish_rate(adapter: Option<AdapterKind>) -> Option<NonZeroU32> {
+    let adapter = adapter?;
+    PUBLISH_RATE_DEFAULTS
+        .iter()
+        .find(|(kind, _)| *kind == adapter)
+        .map(|(_, rate)| *rate)
+}
 
 /// Upstream connection pool settings for one destination (per shard).
 #[derive(Debug, Clone)]

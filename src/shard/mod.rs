@@ -732,6 +732,19 @@ async fn command_loop(
                         links_running: c.links_running.get(),
                         links_up: c.links_up.get(),
                     };
+                    snapshot.mqtt_rate_limited = c
+                        .publish_rate
+                        .borrow()
+                        .iter()
+                        .map(|(name, o)| {
+                            let totals = crate::stats::RateLimitedTotals {
+                                waited: o.waited.get(),
+                                spilled: o.spilled.get(),
+                                refused: o.refused.get(),
+                            };
+                            (name.clone(), totals)
+                        })
+                        .collect();
                     let _ = reply.send(snapshot);
                 }
                 ShardCommand::TakeUsage(request) => {

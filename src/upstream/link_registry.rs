@@ -26,6 +26,12 @@ pub struct LinkSet {
 }
 
 impl LinkSet {
+    /// A set of these links (the registry builds them with their drivers; tests build them
+    /// bare).
+    pub fn new(links: Vec<Rc<Link>>) -> LinkSet {
+        LinkSet { links }
+    }
+
     /// The link for a device: a stable hash of its client id, so one device always uses the same
     /// link (per-device order).
     pub fn pick(&self, client_id: &[u8]) -> Option<&Rc<Link>> {
@@ -39,6 +45,11 @@ impl LinkSet {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         self.links.get((h % self.links.len() as u64) as usize)
+    }
+
+    /// Every link of the set, in connection order.
+    pub fn links(&self) -> &[Rc<Link>] {
+        &self.links
     }
 
     fn retire(&self) {
@@ -126,6 +137,7 @@ impl LinkRegistry {
                 self.counters.clone(),
             );
             core.set_name(&settings.client_id);
+            core.set_publish_rate(settings.max_publish_rate);
             let link = Link::new(core);
             tasks.push(run_link(
                 upstreams.clone(),

@@ -224,6 +224,7 @@ impl Compiler<'_> {
             ("keep_alive", raw.keep_alive.is_some()),
             ("connections_per_shard", raw.connections_per_shard.is_some()),
             ("max_inflight", raw.max_inflight.is_some()),
+            ("max_publish_rate", raw.max_publish_rate.is_some()),
             ("linger", raw.linger.is_some()),
             ("accept_while_down", raw.accept_while_down.is_some()),
             ("down_after", raw.down_after.is_some()),
@@ -314,6 +315,7 @@ impl Compiler<'_> {
             connections_per_shard: 1,
             max_inflight: 1,
             linger: Duration::ZERO,
+            max_publish_rate: None,
             while_down: WhileDown::Accept,
         };
         Some(Adapter::AzureIotHubMqtt(AzureIotHubMqtt {

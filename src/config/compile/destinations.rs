@@ -26,8 +26,8 @@ use crate::policy::cloud::CloudCredential;
 use crate::policy::envelope::Envelope;
 use crate::policy::template::SIM_PLACEHOLDERS;
 use crate::policy::{
-    Adapter, AdapterKind, DestinationId, DestinationPlan, HttpsDestination, MqttDestination,
-    Reresolve, Secret, Template,
+    default_max_publish_rate, Adapter, AdapterKind, DestinationId, DestinationPlan,
+    HttpsDestination, MqttDestination, Reresolve, Secret, Template,
 };
 
 impl Compiler<'_> {
@@ -281,7 +281,9 @@ impl Compiler<'_> {
 
         // Outer None: an error was reported. Inner None: not an MQTT destination.
         let mqtt: Option<Option<MqttDestination>> = match (adapter, &raw.mqtt) {
-            (Some(AdapterKind::Mqtts), Some(m)) => self.mqtt(&p, m, shards).map(Some),
+            (Some(AdapterKind::Mqtts), Some(m)) => self
+                .mqtt(&p, m, shards, default_max_publish_rate(adapter))
+                .map(Some),
             (Some(AdapterKind::Mqtts), None) => {
                 self.push(
                     format!("{p}.mqtt"),
@@ -306,7 +308,7 @@ impl Compiler<'_> {
             }
             (Some(_), None) => Some(None),
             // Unknown adapter (already reported): still check the table's values.
-            (None, Some(m)) => self.mqtt(&p, m, shards).map(Some),
+            (None, Some(m)) => self.mqtt(&p, m, shards, None).map(Some),
             (None, None) => Some(None),
         };
         let token_ttl = self.token_ttl(&p, adapter, raw.token_ttl.as_ref());

@@ -6,6 +6,7 @@
 //! What this does not do: the rest of the destination (see `destinations`), or render
 //! templates (see `policy::template`).
 
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +18,18 @@ use crate::config::values::{format_duration, parse_duration};
 use crate::policy::template::{Placeholder, SIM_PLACEHOLDERS};
 use crate::policy::{
     MqttDestination, MqttMode, MqttUpstreamVersion, Secret, Template, TemplateError, WhileDown,
-    MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN, MQTT_LINGER_MAX,
+    MQTT_DOWN_AFTER, MQTT_DOWN_AFTER_MIN, MQTT_LINGER_MAX, MQTT_MAX_PUBLISH_RATE_MAX,
 };
 
 impl Compiler<'_> {
-    /// `[destination.mqtt]`; `p` is the destination's path.
+    /// `[destination.mqtt]`; `p` is the destination's path. `default_rate` is the adapter's
+    /// `max_publish_rate` when the key is not set (`policy::default_max_publish_rate`).
     pub(super) fn mqtt(
         &mut self,
         p: &str,
         raw: &RawMqtt,
         shards: Option<usize>,
+        default_rate: Option<NonZeroU32>,
     ) -> Option<MqttDestination> {
         let p = format!("{p}.mqtt");
         let mode = match raw.mode.as_str() {
@@ -54,6 +57,17 @@ impl Compiler<'_> {
             1..=65535,
         );
         let linger = self.linger(&format!("{p}.linger"), raw.linger.as_ref());
+        let max_publish_rate = match raw.max_publish_rate {
+            None => Some(default_rate),
+            Some(_) => self
+                .int::<u32>(
+                    &format!("{p}.max_publish_rate"),
+                    raw.max_publish_rate,
+                    0,
+                    1..=i64::from(MQTT_MAX_PUBLISH_RATE_MAX),
+                )
+                .map(NonZeroU32::new),
+        };
         let down_after = self.down_after(&format!("{p}.down_after"), raw.down_after.as_ref());
         // Everything below depends on the mode.
         let mode = mode?;
@@ -164,6 +178,15 @@ impl Compiler<'_> {
             );
             ok = false;
         }
+        if mode == MqttMode::Session && raw.max_publish_rate.is_some() {
+            self.push(
+                format!("{p}.max_publish_rate"),
+                "only for mode \"aggregate\": in session mode every device has its own upstream \
+                 connection, so that connection's rate is the device's own and simgate does not \
+                 pace it",
+            );
+            ok = false;
+        }
         let accept_while_down = raw.accept_while_down.unwrap_or(true);
         if mode == MqttMode::Session {
             let why = "only for mode \"aggregate\": in session mode a device's CONNECT is \
@@ -269,6 +292,11 @@ impl Compiler<'_> {
             connections_per_shard: connections_per_shard?,
             max_inflight: max_inflight?,
             linger: linger?,
+            // Session mode has no links to pace (an adapter default applies to aggregate only).
+            max_publish_rate: match mode {
+                MqttMode::Session => None,
+                MqttMode::Aggregate => max_publish_rate?,
+            },
             while_down: if accept_while_down {
                 WhileDown::Accept
             } else {

@@ -1,9 +1,10 @@
 //! The device side of an aggregate-mode session: what simgate, acting as the device's broker,
 //! does with each device packet and each event of the shared upstream link — acknowledgements
 //! relayed only after the broker's, QoS 2 completed toward the device, subscriptions mapped
-//! through the topic template, downlink delivery, the session's end. Works on the device's
-//! state and writes into its output buffer; the socket, timers and drain are the driver's
-//! (`super`).
+//! through the topic template, downlink delivery, the session's end, and the
+//! `max_publish_rate` decision for each uplink PUBLISH (through `super::rate`). Works on the
+//! device's state and writes into its output buffer; the socket, timers and drain are the
+//! driver's (`super`), and time is passed in.
 //!
 //! What this module does not do: read or write sockets, or keep time.
 
@@ -11,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
 use std::time::Instant;
+
+use super::rate::DeviceRate;
 
 use bytes::{Bytes, BytesMut};
 
@@ -56,6 +59,8 @@ pub(super) struct Device {
     pub(super) tracking: Option<Box<Tracking>>,
     /// Boxed: most devices have none, and this struct is what every idle device costs.
     pub(super) will: Option<Box<Will>>,
+    /// `max_publish_rate` state, when the destination has one (boxed, as `will`).
+    pub(super) rate: Option<Box<DeviceRate>>,
     pub(super) out: BytesMut,
     /// Usage not yet handed to the shard's meter (PUBLISHes taken by the link, delivered).
     pub(super) usage: UsageCounts,
@@ -92,6 +97,12 @@ impl Device {
 
     pub(super) fn paused(&self) -> bool {
         self.tracked().outstanding.len() >= self.receive_maximum
+    }
+
+    /// Until when the device is not read at `now` because its last message waits for its
+    /// link's `max_publish_rate` turn (`None`: it is not held).
+    pub(super) fn held(&self, now: Instant) -> Option<Instant> {
+        self.rate.as_ref().and_then(|r| r.holds(now))
     }
 
     pub(super) fn write(&mut self, packet: &Packet) {
@@ -133,16 +144,17 @@ impl Device {
         }
     }
 
-    /// Apply one device packet. `Some(end)` closes the session.
+    /// Apply one device packet, received at `now`. `Some(end)` closes the session.
     pub(super) fn on_packet(
         &mut self,
         packet: Packet,
         link: &Rc<Link>,
         key: SessionKey,
         state: &Rc<ShardState>,
+        now: Instant,
     ) -> Option<End> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p, link, key, state),
+            Packet::Publish(p) => self.on_publish(p, link, key, state, now),
             Packet::PubRel(rel) => {
                 let known = self
                     .tracking_mut()
@@ -192,6 +204,7 @@ impl Device {
         link: &Rc<Link>,
         key: SessionKey,
         state: &Rc<ShardState>,
+        now: Instant,
     ) -> Option<End> {
         let device_bytes = publish.payload.len() as u64;
         if publish.properties.topic_alias.is_some() || publish.topic.is_empty() {
@@ -225,6 +238,20 @@ impl Device {
                 (ProtocolVersion::V5, None) => None,
                 (ProtocolVersion::V311, _) => Some(End::Abnormal(None)),
             };
+        };
+        // `max_publish_rate`: on its own link, spilled to another, or refused.
+        let idle = self.tracked().outstanding.is_empty();
+        let spilled = match self.rate.as_mut() {
+            None => None,
+            Some(rate) => match rate.route(now, link, key, idle) {
+                Some((to, k)) if !Rc::ptr_eq(&to, link) => Some((to, k)),
+                Some(_) => None,
+                None => return self.refuse_over_rate(&publish),
+            },
+        };
+        let (link, key) = match &spilled {
+            Some((to, k)) => (to, *k),
+            None => (link, key),
         };
         // Wrapped before signing: the signature covers the payload as sent.
         let payload = match &self.envelope {
@@ -260,13 +287,35 @@ impl Device {
             properties,
             payload,
         };
-        if link.with_core(|c| c.publish(upstream, owner)) == Enqueued::Dropped {
+        if link.with_core(|c| c.publish(now, upstream, owner)) == Enqueued::Dropped {
             tracing::trace!("qos 0 publish dropped: link down");
         } else {
             self.usage.up_msgs += 1;
             self.usage.up_bytes += device_bytes;
         }
         None
+    }
+
+    /// Answer a PUBLISH refused because its wait for the link's `max_publish_rate` would exceed
+    /// the device's bound: 5.0 QoS 1/2 get 0x97 Quota exceeded; QoS 0 is dropped (it has no
+    /// answer); a 3.1.1 device cannot be told "refused" and would take a PUBACK for delivered,
+    /// so its connection is closed unacknowledged (it resends the message after reconnecting),
+    /// as for any broker refusal.
+    fn refuse_over_rate(&mut self, publish: &Publish) -> Option<End> {
+        tracing::debug!(qos = ?publish.qos, "device publish refused: max_publish_rate wait too long");
+        match (self.version, publish.packet_id) {
+            (_, None) => None,
+            (ProtocolVersion::V5, Some(id)) => {
+                let mut r = PubResponse::success(id);
+                r.reason_code = ReasonCode::QUOTA_EXCEEDED;
+                self.write(&match publish.qos {
+                    QoS::ExactlyOnce => Packet::PubRec(r),
+                    _ => Packet::PubAck(r),
+                });
+                None
+            }
+            (ProtocolVersion::V311, Some(_)) => Some(End::Abnormal(None)),
+        }
     }
 
     pub(super) fn on_subscribe(&mut self, sub: Subscribe, link: &Rc<Link>, key: SessionKey) {
@@ -504,6 +553,7 @@ mod tests {
             decode_limits: DecodeLimits::default(),
             tracking: None,
             will: None,
+            rate: None,
             out: BytesMut::new(),
             usage: UsageCounts::default(),
         }
@@ -638,6 +688,49 @@ mod tests {
                 reason_codes: vec![ReasonCode::SUCCESS, ReasonCode::TOPIC_FILTER_INVALID],
             })]
         );
+    }
+
+    #[test]
+    fn a_publish_refused_for_the_rate_is_0x97_dropped_or_a_disconnect() {
+        let publish = |qos, id: Option<u16>| Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: Bytes::from_static(b"t"),
+            packet_id: id.map(nz),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"p"),
+        };
+        let quota = |id| {
+            let mut r = PubResponse::success(nz(id));
+            r.reason_code = ReasonCode::QUOTA_EXCEEDED;
+            r
+        };
+        let mut v5 = device("{topic}", ProtocolVersion::V5);
+        assert_eq!(
+            v5.refuse_over_rate(&publish(QoS::AtLeastOnce, Some(1))),
+            None
+        );
+        assert_eq!(
+            v5.refuse_over_rate(&publish(QoS::ExactlyOnce, Some(2))),
+            None
+        );
+        assert_eq!(v5.refuse_over_rate(&publish(QoS::AtMostOnce, None)), None);
+        assert_eq!(
+            written(&mut v5),
+            vec![Packet::PubAck(quota(1)), Packet::PubRec(quota(2))]
+        );
+        assert!(
+            v5.tracked().awaiting_pubrel.is_empty(),
+            "nothing to complete"
+        );
+        let mut v3 = device("{topic}", ProtocolVersion::V311);
+        assert_eq!(v3.refuse_over_rate(&publish(QoS::AtMostOnce, None)), None);
+        assert_eq!(
+            v3.refuse_over_rate(&publish(QoS::AtLeastOnce, Some(1))),
+            Some(End::Abnormal(None))
+        );
+        assert!(written(&mut v3).is_empty());
     }
 
     #[test]

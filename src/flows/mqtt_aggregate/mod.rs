@@ -16,6 +16,14 @@
 //! `receive_maximum` messages unacknowledged is not read from until one is acknowledged
 //! (backpressure instead of dropping; its keep-alive clock stops meanwhile).
 //!
+//! Publish rate (`max_publish_rate`, docs/decisions/0014-aggregate-publish-rate.md): each link
+//! spaces its PUBLISHes so no second holds more than N. A device message whose link has no turn
+//! free goes on another link of the destination that has one if the device has nothing
+//! unacknowledged (order kept), else waits for its turn with the device not read meanwhile (its
+//! keep-alive clock restarts after), unless the wait exceeds half the device's keep-alive (at
+//! most 5 s): then it is refused (5.0: 0x97; QoS 0: dropped; 3.1.1 QoS 1/2: connection closed
+//! unacknowledged). See [`rate`].
+//!
 //! Downlink: a device SUBSCRIBE to filter F becomes an upstream subscription to the template
 //! applied to F (once per distinct upstream filter per link, reference counted); the device's
 //! SUBACK waits for the broker's. Messages are mapped back by stripping the template's text around
@@ -83,6 +91,7 @@ use crate::stats::{ErrorKind, Protocol};
 use crate::upstream::mqtt_link::{Link, LinkEvent, SessionKey, SessionMailbox};
 
 mod device;
+mod rate;
 
 use device::{Device, End};
 
@@ -323,6 +332,14 @@ fn admit(
         },
         tracking: None,
         will: connect.will.clone().map(Box::new),
+        rate: link.core.borrow().is_rate_limited().then(|| {
+            Box::new(rate::DeviceRate::new(
+                set.clone(),
+                mailbox.clone(),
+                connect.keep_alive,
+                state.links.counters().rate_outcomes(&dest.name),
+            ))
+        }),
         out: BytesMut::new(),
         usage: Default::default(),
     };
@@ -495,7 +512,7 @@ async fn run_session(s: &mut Session) -> End {
         // Draining or leaving: no new device packets (what the device sent and we did not take
         // in, it sends again elsewhere; it was not acknowledged).
         let draining = state.draining() || device.leaving.is_some();
-        while !draining && !device.paused() {
+        while !draining && !device.paused() && device.held(reactor::now()).is_none() {
             // The decoded packet is consumed before any await: kept in the match scrutinee, it
             // would be stored in the session future for the device's whole life.
             let end = match mqtt::decode_packet(
@@ -504,7 +521,9 @@ async fn run_session(s: &mut Session) -> End {
                 Sender::Client,
                 &device.decode_limits,
             ) {
-                Ok(Decoded::Complete(packet)) => device.on_packet(packet, link, key, state),
+                Ok(Decoded::Complete(packet)) => {
+                    device.on_packet(packet, link, key, state, reactor::now())
+                }
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
                     state
@@ -543,6 +562,17 @@ async fn run_session(s: &mut Session) -> End {
             was_paused = true;
             // Not reading: the device is waiting for our acknowledgements.
             let _ = select2(mailbox.signal.wait(), state.drain.wait()).await;
+            continue;
+        }
+        if let Some(until) = device.held(reactor::now()) {
+            was_paused = true;
+            // Not reading: the device's last message waits for its link's turn under
+            // `max_publish_rate`; its keep-alive clock restarts when we read again.
+            let _ = select2(
+                select2(mailbox.signal.wait(), state.drain.wait()),
+                reactor::sleep_until(until),
+            )
+            .await;
             continue;
         }
         if was_paused {
@@ -610,5 +640,5 @@ fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
         properties: Properties::default(),
         payload: will.payload,
     };
-    link.with_core(|c| c.publish(publish, None));
+    link.with_core(|c| c.publish(reactor::now(), publish, None));
 }

@@ -41,6 +41,7 @@ pub(super) fn destination(topic: &str) -> MqttDestination {
         connections_per_shard: 1,
         max_inflight: 256,
         linger: Duration::ZERO,
+        max_publish_rate: None,
         while_down: crate::policy::WhileDown::Accept,
     }
 }

@@ -12,8 +12,9 @@
 //! the driver, `super::driver`); it encodes packets into its outbox and nothing more.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::num::NonZeroU16;
+use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,6 +22,7 @@ use super::events::{
     bump, AggregateCounters, Enqueued, LinkEvent, LinkProtocolError, PublishOwner, SessionKey,
     SessionMailbox,
 };
+use super::rate::PublishPacer;
 use crate::proto::mqtt::{
     self, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
     SubscriptionOptions, Unsubscribe,
@@ -73,6 +75,8 @@ pub struct LinkCore {
     subs: HashMap<Bytes, UpstreamSub>,
     pending_subscribes: HashMap<u16, Bytes>,
     counters: Rc<AggregateCounters>,
+    /// `max_publish_rate`: spaces every PUBLISH written (first sends, resends, QoS 0, Wills).
+    pacer: Option<PublishPacer>,
 }
 
 impl LinkCore {
@@ -102,7 +106,43 @@ impl LinkCore {
             subs: HashMap::new(),
             pending_subscribes: HashMap::new(),
             counters,
+            pacer: None,
         }
+    }
+
+    /// Limit the PUBLISHes this link writes to `per_second` in any one-second window
+    /// (`max_publish_rate`; `None`: unlimited). See [`PublishPacer`].
+    pub fn set_publish_rate(&mut self, per_second: Option<NonZeroU32>) {
+        self.pacer = per_second.map(PublishPacer::new);
+    }
+
+    /// Whether the link has a `max_publish_rate`.
+    pub fn is_rate_limited(&self) -> bool {
+        self.pacer.is_some()
+    }
+
+    /// How long a PUBLISH handed over at `now` waits for the rate limit alone (zero without
+    /// one): its own turn after those already waiting. A lower bound: the in-flight window, or
+    /// a connection not up, may hold it longer (that wait is `accept_while_down`'s business).
+    pub fn publish_delay(&self, now: Instant) -> Duration {
+        self.pacer
+            .as_ref()
+            .map_or(Duration::ZERO, |p| p.delay(now, self.waiting.len()))
+    }
+
+    /// When the driver must call [`LinkCore::poll`] again: a PUBLISH waits for the rate limit
+    /// alone until then. `None`: nothing waits on the rate.
+    pub fn pace_deadline(&self, now: Instant) -> Option<Instant> {
+        if !self.connected || self.waiting.is_empty() {
+            return None;
+        }
+        self.pacer.as_ref()?.blocked_until(now)
+    }
+
+    /// Send what the rate limit allows at `now` (the driver calls this at
+    /// [`LinkCore::pace_deadline`]).
+    pub fn poll(&mut self, now: Instant) {
+        self.pump(now);
     }
 
     /// Name the link in logs (its upstream client id).
@@ -171,7 +211,14 @@ impl LinkCore {
     /// Hand over an upstream PUBLISH (topic already rewritten; QoS 2 is sent as QoS 1; the
     /// packet id and DUP are the link's to set). `owner` is told when the broker acknowledges it
     /// (`None` for QoS 0 and for Will messages).
-    pub fn publish(&mut self, mut publish: Publish, owner: Option<PublishOwner>) -> Enqueued {
+    ///
+    /// `now` is the reactor's clock, for the rate limit.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        mut publish: Publish,
+        owner: Option<PublishOwner>,
+    ) -> Enqueued {
         bump(&self.counters.uplink_publishes);
         publish.dup = false;
         publish.packet_id = None;
@@ -183,8 +230,9 @@ impl LinkCore {
                 bump(&self.counters.qos0_dropped);
                 return Enqueued::Dropped;
             }
-            if self.connected && self.waiting.is_empty() {
+            if self.connected && self.waiting.is_empty() && self.pacer_ready(now) {
                 self.write(&Packet::Publish(publish));
+                self.paced(now);
                 return Enqueued::Sent;
             }
             self.queued_qos0 += 1;
@@ -197,7 +245,7 @@ impl LinkCore {
         publish.qos = QoS::AtLeastOnce;
         let was_waiting = self.waiting.len();
         self.waiting.push_back(Outgoing { publish, owner });
-        self.pump();
+        self.pump(now);
         if self.waiting.len() > was_waiting {
             Enqueued::Queued
         } else {
@@ -263,11 +311,17 @@ impl LinkCore {
         }
     }
 
-    /// The upstream session is established (CONNACK accepted). `broker_receive_maximum` is the
-    /// 5.0 CONNACK's Receive Maximum. Re-sends unacknowledged PUBLISHes in order with DUP,
-    /// re-subscribes, then sends what waited. Returns how many PUBLISHes were sent again (not
-    /// counting those that were waiting and go out for the first time).
-    pub fn on_connected(&mut self, broker_receive_maximum: Option<NonZeroU16>) -> usize {
+    /// The upstream session is established (CONNACK accepted) at `now`.
+    /// `broker_receive_maximum` is the 5.0 CONNACK's Receive Maximum. Re-subscribes, re-sends
+    /// unacknowledged PUBLISHes in order with DUP, then sends what waited (all of it paced by
+    /// the rate limit, if any: resends count against it like any PUBLISH). Returns how many
+    /// PUBLISHes are to be sent again (not counting those that were waiting and go out for the
+    /// first time).
+    pub fn on_connected(
+        &mut self,
+        now: Instant,
+        broker_receive_maximum: Option<NonZeroU16>,
+    ) -> usize {
         self.connected = true;
         self.ever_connected = true;
         self.outbox.clear();
@@ -275,14 +329,13 @@ impl LinkCore {
             Some(rm) => self.max_inflight.min(usize::from(rm.get())),
             None => self.max_inflight,
         };
+        // Unacknowledged ones go back to the head of the queue, in order, keeping their ids:
+        // `pump` sends them first (an id already set marks a resend).
         let inflight = std::mem::take(&mut self.inflight);
         let resent = inflight.len();
-        for mut out in inflight {
+        for mut out in inflight.into_iter().rev() {
             out.publish.dup = true;
-            bump(&self.counters.resent_after_reconnect);
-            trace_publish(&self.name, "uplink publish resent", &out);
-            self.write(&Packet::Publish(out.publish.clone()));
-            self.inflight.push_back(out);
+            self.waiting.push_front(out);
         }
         let filters: Vec<Bytes> = self
             .subs
@@ -293,7 +346,7 @@ impl LinkCore {
         for filter in filters {
             self.send_subscribe(filter);
         }
-        self.pump();
+        self.pump(now);
         resent
     }
 
@@ -309,10 +362,11 @@ impl LinkCore {
             bump(&self.counters.qos0_dropped);
         }
         self.queued_qos0 = 0;
-        // Only the in-flight PUBLISHes keep their packet ids.
+        // Only the in-flight PUBLISHes (and those waiting to be resent) keep their packet ids.
         self.ids_in_use = self
             .inflight
             .iter()
+            .chain(&self.waiting)
             .filter_map(|o| o.publish.packet_id.map(NonZeroU16::get))
             .collect();
         self.pending_subscribes.clear();
@@ -345,11 +399,12 @@ impl LinkCore {
         self.write(&Packet::PingReq);
     }
 
-    /// Apply one packet from the broker (PINGRESP is the driver's business and ignored here).
-    pub fn handle(&mut self, packet: Packet) -> Result<(), LinkProtocolError> {
+    /// Apply one packet from the broker, received at `now` (PINGRESP is the driver's business
+    /// and ignored here).
+    pub fn handle(&mut self, now: Instant, packet: Packet) -> Result<(), LinkProtocolError> {
         match packet {
             Packet::PubAck(ack) => {
-                self.on_puback(ack);
+                self.on_puback(now, ack);
                 Ok(())
             }
             Packet::SubAck(suback) => {
@@ -391,7 +446,7 @@ impl LinkCore {
         }
     }
 
-    fn on_puback(&mut self, ack: PubResponse) {
+    fn on_puback(&mut self, now: Instant, ack: PubResponse) {
         let id = ack.packet_id;
         let Some(pos) = self
             .inflight
@@ -421,7 +476,7 @@ impl LinkCore {
                 });
             }
         }
-        self.pump();
+        self.pump(now);
     }
 
     fn on_suback(&mut self, filter: &Bytes, id: NonZeroU16, code: mqtt::ReasonCode) {
@@ -496,23 +551,30 @@ impl LinkCore {
         self.pending_subscribes.insert(id.get(), filter);
     }
 
-    /// Move waiting PUBLISHes into the outbox while connected and the window has room.
-    fn pump(&mut self) {
+    /// Move waiting PUBLISHes into the outbox while connected, the window has room and the
+    /// rate limit allows at `now`. One with a packet id already is a resend after a reconnect:
+    /// it was in the window before and goes regardless of it.
+    fn pump(&mut self, now: Instant) {
         while self.connected {
             let Some(front) = self.waiting.front() else {
                 return;
             };
+            if !self.pacer_ready(now) {
+                return;
+            }
             if front.publish.qos == QoS::AtMostOnce {
                 if let Some(out) = self.waiting.pop_front() {
                     self.queued_qos0 = self.queued_qos0.saturating_sub(1);
                     self.write(&Packet::Publish(out.publish));
+                    self.paced(now);
                 }
                 continue;
             }
-            if self.inflight.len() >= self.window {
+            let resend = front.publish.packet_id;
+            if resend.is_none() && self.inflight.len() >= self.window {
                 return;
             }
-            let Some(id) = self.alloc_id() else {
+            let Some(id) = resend.or_else(|| self.alloc_id()) else {
                 return;
             };
             let Some(mut out) = self.waiting.pop_front() else {
@@ -520,8 +582,25 @@ impl LinkCore {
             };
             out.publish.packet_id = Some(id);
             self.write(&Packet::Publish(out.publish.clone()));
-            trace_publish(&self.name, "uplink publish sent", &out);
+            self.paced(now);
+            if resend.is_some() {
+                bump(&self.counters.resent_after_reconnect);
+                trace_publish(&self.name, "uplink publish resent", &out);
+            } else {
+                trace_publish(&self.name, "uplink publish sent", &out);
+            }
             self.inflight.push_back(out);
+        }
+    }
+
+    fn pacer_ready(&self, now: Instant) -> bool {
+        self.pacer.as_ref().is_none_or(|p| p.ready(now))
+    }
+
+    /// Account a PUBLISH just written at `now` to the rate limit.
+    fn paced(&mut self, now: Instant) {
+        if let Some(p) = &mut self.pacer {
+            p.sent(now);
         }
     }
 
@@ -588,6 +667,11 @@ mod tests {
         NonZeroU16::new(n).expect("non-zero")
     }
 
+    /// For tests without a rate limit, where time does not matter.
+    fn now() -> Instant {
+        Instant::now()
+    }
+
     fn publish(topic: &'static str, qos: QoS, payload: &'static str) -> Publish {
         Publish {
             dup: false,
@@ -647,16 +731,16 @@ mod tests {
         let mut c = core(8);
         let mailbox = Rc::new(SessionMailbox::default());
         let s = c.register(mailbox.clone());
-        c.on_connected(None);
+        c.on_connected(now(), None);
         assert_eq!(
-            c.publish(publish("d/1/t", QoS::AtLeastOnce, "a"), owner(s, 7)),
+            c.publish(now(), publish("d/1/t", QoS::AtLeastOnce, "a"), owner(s, 7)),
             Enqueued::Sent
         );
         let sent = publishes(&mut c);
         assert_eq!(sent.len(), 1);
         let upstream_id = sent[0].packet_id.expect("QoS 1 has an id");
         assert!(mailbox.drain().is_empty(), "nothing acked before PUBACK");
-        c.handle(Packet::PubAck(PubResponse::success(upstream_id)))
+        c.handle(now(), Packet::PubAck(PubResponse::success(upstream_id)))
             .expect("valid");
         let events: Vec<_> = mailbox.drain().into_iter().collect();
         assert_eq!(
@@ -676,11 +760,15 @@ mod tests {
         let mailbox = Rc::new(SessionMailbox::default());
         let s = c.register(mailbox.clone());
         // Two before the first connection: they wait.
-        c.publish(publish("t", QoS::AtLeastOnce, "1"), owner(s, 1));
-        c.publish(publish("t", QoS::AtLeastOnce, "2"), owner(s, 2));
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "1"), owner(s, 1));
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "2"), owner(s, 2));
         assert!(c.take_outbox().is_none());
-        assert_eq!(c.on_connected(None), 0, "first sends are not resends");
-        c.publish(publish("t", QoS::AtLeastOnce, "3"), owner(s, 3));
+        assert_eq!(
+            c.on_connected(now(), None),
+            0,
+            "first sends are not resends"
+        );
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "3"), owner(s, 3));
         let first = publishes(&mut c);
         // Window of 2: "3" waits.
         assert_eq!(
@@ -691,12 +779,12 @@ mod tests {
         // QoS 0 during the outage is dropped; QoS 1 waits.
         c.on_disconnected();
         assert_eq!(
-            c.publish(publish("t", QoS::AtMostOnce, "x"), None),
+            c.publish(now(), publish("t", QoS::AtMostOnce, "x"), None),
             Enqueued::Dropped
         );
-        c.publish(publish("t", QoS::AtLeastOnce, "4"), owner(s, 4));
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "4"), owner(s, 4));
         assert_eq!(
-            c.on_connected(None),
+            c.on_connected(now(), None),
             2,
             "only the two in flight count as resent"
         );
@@ -710,13 +798,15 @@ mod tests {
         );
         assert_eq!(again[0].packet_id, first[0].packet_id);
         // Acks free the window in order: 3 then 4 go out, never duplicated.
-        c.handle(Packet::PubAck(PubResponse::success(
-            again[0].packet_id.expect("id"),
-        )))
+        c.handle(
+            now(),
+            Packet::PubAck(PubResponse::success(again[0].packet_id.expect("id"))),
+        )
         .expect("valid");
-        c.handle(Packet::PubAck(PubResponse::success(
-            again[1].packet_id.expect("id"),
-        )))
+        c.handle(
+            now(),
+            Packet::PubAck(PubResponse::success(again[1].packet_id.expect("id"))),
+        )
         .expect("valid");
         let rest = publishes(&mut c);
         assert_eq!(
@@ -747,9 +837,9 @@ mod tests {
         let mut c = core(4);
         let mailbox = Rc::new(SessionMailbox::default());
         let s = c.register(mailbox.clone());
-        c.on_connected(None);
-        c.publish(publish("t", QoS::AtLeastOnce, "1"), owner(s, 11));
-        c.publish(publish("t", QoS::AtLeastOnce, "2"), owner(s, 12));
+        c.on_connected(now(), None);
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "1"), owner(s, 11));
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "2"), owner(s, 12));
         let sent = publishes(&mut c);
         let (a, b) = (
             sent[0].packet_id.expect("id"),
@@ -757,21 +847,21 @@ mod tests {
         );
         // An id nothing is in flight under (a stale PUBACK) acknowledges nothing.
         let stale = id(a.get().wrapping_add(100));
-        c.handle(Packet::PubAck(PubResponse::success(stale)))
+        c.handle(now(), Packet::PubAck(PubResponse::success(stale)))
             .expect("valid");
         assert!(mailbox.drain().is_empty());
         // The broker dies; on the new connection "1" and "2" go again under their ids, and
         // each PUBACK acknowledges its own message once; a repeated PUBACK acknowledges nothing.
         c.on_disconnected();
-        assert_eq!(c.on_connected(None), 2);
+        assert_eq!(c.on_connected(now(), None), 2);
         let again = publishes(&mut c);
         assert_eq!(
             again.iter().map(|p| p.packet_id).collect::<Vec<_>>(),
             vec![Some(a), Some(b)]
         );
-        c.handle(Packet::PubAck(PubResponse::success(b)))
+        c.handle(now(), Packet::PubAck(PubResponse::success(b)))
             .expect("valid");
-        c.handle(Packet::PubAck(PubResponse::success(b)))
+        c.handle(now(), Packet::PubAck(PubResponse::success(b)))
             .expect("valid");
         assert_eq!(acked_ids(&mailbox), vec![12]);
         assert_eq!(c.inflight_len(), 1, "\"1\" is still unacknowledged");
@@ -781,18 +871,19 @@ mod tests {
     fn qos0_keeps_its_place_behind_waiting_qos1() {
         let mut c = core(1);
         let s = c.register(Rc::new(SessionMailbox::default()));
-        c.on_connected(None);
-        c.publish(publish("t", QoS::AtLeastOnce, "1"), owner(s, 1));
-        c.publish(publish("t", QoS::AtLeastOnce, "2"), owner(s, 2));
+        c.on_connected(now(), None);
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "1"), owner(s, 1));
+        c.publish(now(), publish("t", QoS::AtLeastOnce, "2"), owner(s, 2));
         assert_eq!(
-            c.publish(publish("t", QoS::AtMostOnce, "3"), None),
+            c.publish(now(), publish("t", QoS::AtMostOnce, "3"), None),
             Enqueued::Queued
         );
         let first = publishes(&mut c);
         assert_eq!(first.len(), 1);
-        c.handle(Packet::PubAck(PubResponse::success(
-            first[0].packet_id.expect("id"),
-        )))
+        c.handle(
+            now(),
+            Packet::PubAck(PubResponse::success(first[0].packet_id.expect("id"))),
+        )
         .expect("valid");
         let next = publishes(&mut c);
         assert_eq!(
@@ -806,9 +897,9 @@ mod tests {
         let mut c = core(10);
         let s = c.register(Rc::new(SessionMailbox::default()));
         for n in 1..=5 {
-            c.publish(publish("t", QoS::ExactlyOnce, "p"), owner(s, n));
+            c.publish(now(), publish("t", QoS::ExactlyOnce, "p"), owner(s, n));
         }
-        c.on_connected(NonZeroU16::new(3));
+        c.on_connected(now(), NonZeroU16::new(3));
         let sent = publishes(&mut c);
         assert_eq!(sent.len(), 3);
         assert!(sent.iter().all(|p| p.qos == QoS::AtLeastOnce));
@@ -822,7 +913,7 @@ mod tests {
         let m2 = Rc::new(SessionMailbox::default());
         let s1 = c.register(m1.clone());
         let s2 = c.register(m2.clone());
-        c.on_connected(None);
+        c.on_connected(now(), None);
         let filter = Bytes::from_static(b"devices/a/cmd/#");
         c.subscribe(s1, filter.clone(), id(5), 0);
         c.subscribe(s2, filter.clone(), id(9), 1);
@@ -831,11 +922,14 @@ mod tests {
         let Packet::Subscribe(sub) = &sent[0] else {
             panic!("expected SUBSCRIBE, got {sent:?}");
         };
-        c.handle(Packet::SubAck(mqtt::SubAck {
-            packet_id: sub.packet_id,
-            properties: Properties::default(),
-            reason_codes: vec![mqtt::ReasonCode::GRANTED_QOS_1],
-        }))
+        c.handle(
+            now(),
+            Packet::SubAck(mqtt::SubAck {
+                packet_id: sub.packet_id,
+                properties: Properties::default(),
+                reason_codes: vec![mqtt::ReasonCode::GRANTED_QOS_1],
+            }),
+        )
         .expect("valid");
         assert_eq!(
             m1.drain().into_iter().collect::<Vec<_>>(),
@@ -847,17 +941,16 @@ mod tests {
         );
         assert_eq!(m2.drain().len(), 1);
         // Downlink goes to both subscribers, once each.
-        c.handle(Packet::Publish(publish(
-            "devices/a/cmd/x",
-            QoS::AtMostOnce,
-            "go",
-        )))
+        c.handle(
+            now(),
+            Packet::Publish(publish("devices/a/cmd/x", QoS::AtMostOnce, "go")),
+        )
         .expect("valid");
         assert_eq!(m1.drain().len(), 1);
         assert_eq!(m2.drain().len(), 1);
         // Reconnect: re-subscribed.
         c.on_disconnected();
-        c.on_connected(None);
+        c.on_connected(now(), None);
         assert!(matches!(&packets(&mut c)[..], [Packet::Subscribe(_)]));
         // First unsubscriber keeps the filter; the last sends UNSUBSCRIBE.
         c.unsubscribe(s1, &filter);
@@ -869,10 +962,10 @@ mod tests {
     #[test]
     fn downlink_qos1_is_acknowledged_upstream() {
         let mut c = core(4);
-        c.on_connected(None);
+        c.on_connected(now(), None);
         let mut p = publish("x", QoS::AtLeastOnce, "y");
         p.packet_id = Some(id(42));
-        c.handle(Packet::Publish(p)).expect("valid");
+        c.handle(now(), Packet::Publish(p)).expect("valid");
         assert_eq!(
             packets(&mut c),
             vec![Packet::PubAck(PubResponse::success(id(42)))]
@@ -882,15 +975,18 @@ mod tests {
     #[test]
     fn broker_disconnect_is_an_error() {
         let mut c = core(4);
-        c.on_connected(None);
+        c.on_connected(now(), None);
         assert!(c
-            .handle(Packet::Disconnect(Disconnect {
-                reason_code: mqtt::ReasonCode::SERVER_BUSY,
-                properties: Properties::default(),
-            }))
+            .handle(
+                now(),
+                Packet::Disconnect(Disconnect {
+                    reason_code: mqtt::ReasonCode::SERVER_BUSY,
+                    properties: Properties::default(),
+                })
+            )
             .is_err());
         assert!(c
-            .handle(Packet::PubRec(PubResponse::success(id(1))))
+            .handle(now(), Packet::PubRec(PubResponse::success(id(1))))
             .is_err());
     }
 
@@ -911,13 +1007,69 @@ mod tests {
     }
 
     #[test]
+    fn max_publish_rate_paces_first_sends_qos0_and_resends_on_a_virtual_clock() {
+        let t0 = Instant::now();
+        let rate = NonZeroU32::new(10).expect("non-zero");
+        let interval = PublishPacer::interval(rate);
+        let mut c = core(100);
+        c.set_publish_rate(Some(rate));
+        let s = c.register(Rc::new(SessionMailbox::default()));
+        c.on_connected(t0, None);
+        assert_eq!(c.publish_delay(t0), Duration::ZERO);
+        for n in 1..=3 {
+            c.publish(t0, publish("t", QoS::AtLeastOnce, "p"), owner(s, n));
+        }
+        assert_eq!(
+            c.publish(t0, publish("t", QoS::AtMostOnce, "q0"), None),
+            Enqueued::Queued,
+            "QoS 0 waits its turn behind the paced QoS 1"
+        );
+        assert_eq!(publishes(&mut c).len(), 1, "one at t0, the rest paced");
+        assert_eq!(c.pace_deadline(t0), Some(t0 + interval));
+        // A fifth would wait for the three ahead of it, then its own turn.
+        assert_eq!(c.publish_delay(t0), interval * 4);
+        // Polled early: nothing; at the deadline: one more.
+        c.poll(t0 + interval / 2);
+        assert!(publishes(&mut c).is_empty());
+        c.poll(t0 + interval);
+        assert_eq!(publishes(&mut c).len(), 1);
+        // The connection drops with two in flight; on reconnect their resends are paced too.
+        c.on_disconnected();
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(c.on_connected(t1, None), 2);
+        let first = publishes(&mut c);
+        assert_eq!(first.len(), 1);
+        assert!(first[0].dup);
+        let mut t = t1;
+        let mut sent = Vec::new();
+        while let Some(next) = c.pace_deadline(t) {
+            t = next;
+            c.poll(t);
+            sent.extend(
+                publishes(&mut c)
+                    .into_iter()
+                    .map(|p| (t - t1, p.dup, p.qos)),
+            );
+        }
+        assert_eq!(
+            sent,
+            vec![
+                (interval, true, QoS::AtLeastOnce),
+                (interval * 2, false, QoS::AtLeastOnce),
+            ],
+            "resend first, then the third; the QoS 0 was dropped with the connection"
+        );
+        assert_eq!(c.waiting_len(), 0);
+    }
+
+    #[test]
     fn packet_ids_skip_those_in_use() {
         let mut c = core(3);
         let s = c.register(Rc::new(SessionMailbox::default()));
-        c.on_connected(None);
+        c.on_connected(now(), None);
         c.next_id = u16::MAX - 1;
         for n in 1..=3 {
-            c.publish(publish("t", QoS::AtLeastOnce, "p"), owner(s, n));
+            c.publish(now(), publish("t", QoS::AtLeastOnce, "p"), owner(s, n));
         }
         let ids: Vec<u16> = publishes(&mut c)
             .iter()

@@ -75,17 +75,21 @@ impl Link {
     }
 
     /// Run `f` on the core, then wake the driver if the outbox just became non-empty or just
-    /// reached [`LINGER_FLUSH_BYTES`]. The driver never sleeps on a non-empty outbox except while
-    /// lingering (until its flush time or that size), so other additions need no wake-up: one
-    /// wake per batch, not per message.
+    /// reached [`LINGER_FLUSH_BYTES`], or if a PUBLISH just started waiting for the rate limit.
+    /// The driver never sleeps on a non-empty outbox except while lingering (until its flush
+    /// time or that size), nor past a pace deadline it has seen, so other additions need no
+    /// wake-up: one wake per batch, not per message.
     pub fn with_core<R>(&self, f: impl FnOnce(&mut LinkCore) -> R) -> R {
         let (r, wake) = {
             let mut core = self.core.borrow_mut();
+            let now = reactor::now();
             let before = core.outbox_len();
+            let paced_before = core.pace_deadline(now).is_some();
             let r = f(&mut core);
             let after = core.outbox_len();
             let wake = (before == 0 && after > 0)
-                || (before < LINGER_FLUSH_BYTES && after >= LINGER_FLUSH_BYTES);
+                || (before < LINGER_FLUSH_BYTES && after >= LINGER_FLUSH_BYTES)
+                || (!paced_before && core.pace_deadline(now).is_some());
             (r, wake)
         };
         if wake {
@@ -166,7 +170,8 @@ pub async fn run_link(
                         let up = GaugeHold::new(&counters.links_up);
                         link.status.set(LinkStatus::Up);
                         delay = settings.backoff_initial;
-                        let resent = link.with_core(|c| c.on_connected(receive_maximum));
+                        let resent =
+                            link.with_core(|c| c.on_connected(reactor::now(), receive_maximum));
                         tracing::info!(shard = upstreams.shard(), dest = %dest_name, resent, "mqtt link up");
                         let end = serve_connection(&mut tls, &link, &settings).await;
                         drop(up);
@@ -285,6 +290,8 @@ async fn serve_connection(
     loop {
         let out = {
             let mut core = link.core.borrow_mut();
+            // PUBLISHes whose turn under `max_publish_rate` has come.
+            core.poll(reactor::now());
             let queued = core.outbox_len();
             let write_now = queued > 0
                 && (settings.linger.is_zero()
@@ -320,7 +327,10 @@ async fn serve_connection(
             return ConnectionEnd::Retired;
         }
         let ping_at = ping_deadline.unwrap_or(next_ping);
-        let deadline = flush_at.map_or(ping_at, |f| f.min(ping_at));
+        let mut deadline = flush_at.map_or(ping_at, |f| f.min(ping_at));
+        if let Some(pace) = link.core.borrow().pace_deadline(reactor::now()) {
+            deadline = deadline.min(pace);
+        }
         match select2(
             tls.fill(),
             select2(link.wake.wait(), reactor::sleep_until(deadline)),
@@ -335,7 +345,7 @@ async fn serve_connection(
                         ping_deadline = None;
                     }
                     Ok(Decoded::Complete(packet)) => {
-                        if let Err(e) = link.with_core(|c| c.handle(packet)) {
+                        if let Err(e) = link.with_core(|c| c.handle(reactor::now(), packet)) {
                             return ConnectionEnd::Lost(e.to_string());
                         }
                     }
@@ -349,7 +359,8 @@ async fn serve_connection(
             Either::Left(Err(e)) => return ConnectionEnd::Lost(e.to_string()),
             Either::Right(Either::Left(())) => {}
             Either::Right(Either::Right(())) if reactor::now() < ping_at => {
-                // The linger time is up: written at the top of the loop.
+                // The linger time is up, or a paced PUBLISH's turn came: written at the top of
+                // the loop.
             }
             Either::Right(Either::Right(())) => {
                 if ping_deadline.is_some() {

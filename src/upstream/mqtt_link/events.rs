@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
+use std::rc::Rc;
 
 use crate::proto::mqtt::{self, Publish, QoS};
 use crate::reactor::Signal;
@@ -142,6 +143,35 @@ pub struct AggregateCounters {
     pub links_running: Cell<u64>,
     /// Of those, links with an upstream MQTT session now (a gauge).
     pub links_up: Cell<u64>,
+    /// `max_publish_rate` outcomes by destination name (only destinations with a limit that
+    /// had devices on this shard). Kept across reloads: the counters only grow.
+    pub publish_rate: RefCell<Vec<(String, Rc<RateOutcomes>)>>,
+}
+
+impl AggregateCounters {
+    /// The `max_publish_rate` outcome counters of destination `name`, created on first use.
+    pub fn rate_outcomes(&self, name: &str) -> Rc<RateOutcomes> {
+        let mut all = self.publish_rate.borrow_mut();
+        if let Some((_, o)) = all.iter().find(|(n, _)| n == name) {
+            return o.clone();
+        }
+        let o = Rc::new(RateOutcomes::default());
+        all.push((name.to_string(), o.clone()));
+        o
+    }
+}
+
+/// What became of device PUBLISHes whose link had no turn free under `max_publish_rate`
+/// (those sent at once are not counted).
+#[derive(Debug, Default)]
+pub struct RateOutcomes {
+    /// Queued on the device's link for their turn (the device not read meanwhile).
+    pub waited: Cell<u64>,
+    /// Sent on another link of the destination that had a turn free.
+    pub spilled: Cell<u64>,
+    /// Refused: the wait would have exceeded the device's bound (5.0: 0x97; QoS 0: dropped;
+    /// 3.1.1 QoS 1/2: connection closed).
+    pub refused: Cell<u64>,
 }
 
 /// Add one to a counter.

@@ -35,6 +35,10 @@
 //!   sent again first, in their original order, with DUP set ([MQTT-4.4.0-1]). QoS 0 PUBLISHes not
 //!   yet written are dropped and counted, and so is QoS 0 arriving while the link is down (before
 //!   the very first connection QoS 0 queues instead, bounded, so start-up loses nothing).
+//! - With `max_publish_rate` N, every PUBLISH the link writes (first sends, resends, QoS 0,
+//!   Wills) is spaced so that no one-second window holds more than N ([`PublishPacer`]); what
+//!   must wait stays in the FIFO queue, and the driver wakes at [`LinkCore::pace_deadline`].
+//!   Whether a device's message may wait at all is the device side's decision.
 //! - Upstream sessions are clean (Clean Session / Clean Start = 1): the link re-subscribes every
 //!   upstream filter still wanted after each reconnect.
 //!
@@ -47,6 +51,7 @@
 //! - `events.rs` — what the link and its device sessions exchange ([`LinkEvent`],
 //!   [`SessionMailbox`], [`PublishOwner`], [`Enqueued`]) and the [`AggregateCounters`];
 //! - `core.rs` — [`LinkCore`], the sans-IO state machine, and [`topic_matches`];
+//! - `rate.rs` — [`PublishPacer`], the `max_publish_rate` spacing (time passed in);
 //! - `status.rs` — [`LinkStatus`] (up, or down since when; time passed in);
 //! - `settings.rs` — [`LinkSettings`] and [`destination_fingerprint`], pure mappings from the plan;
 //! - `driver.rs` — [`Link`] and [`run_link`]: sockets, TLS, timers, backoff.
@@ -54,14 +59,16 @@
 mod core;
 mod driver;
 mod events;
+mod rate;
 mod settings;
 mod status;
 
 pub use self::core::{topic_matches, LinkCore};
 pub use self::driver::{run_link, Link};
 pub use self::events::{
-    AggregateCounters, Enqueued, LinkEvent, LinkProtocolError, PublishOwner, SessionKey,
-    SessionMailbox,
+    AggregateCounters, Enqueued, LinkEvent, LinkProtocolError, PublishOwner, RateOutcomes,
+    SessionKey, SessionMailbox,
 };
+pub use self::rate::PublishPacer;
 pub use self::settings::{destination_fingerprint, LinkSettings};
 pub use self::status::LinkStatus;

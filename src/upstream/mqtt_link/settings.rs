@@ -35,6 +35,8 @@ pub struct LinkSettings {
     pub backoff_max: Duration,
     /// How long queued uplink bytes may wait for more before being written (0: none).
     pub linger: Duration,
+    /// `max_publish_rate`: most PUBLISHes in any one-second window (`None`: unlimited).
+    pub max_publish_rate: Option<std::num::NonZeroU32>,
 }
 
 impl LinkSettings {
@@ -67,12 +69,13 @@ impl LinkSettings {
             backoff_initial: dest.pool.backoff_initial.max(Duration::from_millis(10)),
             backoff_max: dest.pool.backoff_max.max(dest.pool.backoff_initial),
             linger: mqtt.linger,
+            max_publish_rate: mqtt.max_publish_rate,
         })
     }
 }
 
 /// A hash of every destination setting a link depends on (endpoint, TLS name, version, client
-/// id, credentials, keep-alive, links per shard, in-flight bound); `None` unless the destination
+/// id, credentials, keep-alive, links per shard, in-flight bound, linger, publish rate); `None` unless the destination
 /// is in aggregate mode. Two plans whose fingerprints match can share links.
 ///
 /// The endpoint's resolved addresses are deliberately left out: DNS may return them in another
@@ -93,5 +96,6 @@ pub fn destination_fingerprint(dest: &DestinationPlan) -> Option<u64> {
     mqtt.connections_per_shard.hash(&mut h);
     mqtt.max_inflight.hash(&mut h);
     mqtt.linger.hash(&mut h);
+    mqtt.max_publish_rate.hash(&mut h);
     Some(h.finish())
 }
