@@ -5,8 +5,9 @@
 //!
 //! Checked: every message a device saw acknowledged arrived, exactly once, and nothing else;
 //! no upstream link exceeded the rate in any one-second window (a correctness bound simgate
-//! enforces, asserted with a tolerance of one message for clock granularity and delivery
-//! jitter), measured both at the subscriber (per link) and from the broker log's per-second
+//! enforces, asserted with a tolerance of a quarter of the rate for delivery jitter: messages
+//! that simgate sent evenly spaced can arrive bunched after a stall of the broker or the
+//! subscriber on a loaded machine; a limiter that does not work shows twice the rate or more), measured both at the subscriber (per link) and from the broker log's per-second
 //! timestamps; refusals are seen by a 5.0 device as PUBACK 0x97 and counted in
 //! `simgate_mqtt_publish_rate_limited_total`, and a 3.1.1 device is disconnected instead.
 
@@ -132,6 +133,8 @@ fn broker_receipts(log: &str) -> HashMap<String, (String, u64)> {
 }
 
 const RATE: usize = 20;
+/// Messages more than `RATE` that one window may show at the receiving end (see the module doc).
+const JITTER: usize = RATE / 4;
 
 #[test]
 fn a_burst_of_qos1_from_many_devices_never_exceeds_the_rate_on_any_link() {
@@ -254,13 +257,13 @@ fn a_burst_of_qos1_from_many_devices_never_exceeds_the_rate_on_any_link() {
             times.len()
         );
         assert!(
-            max <= RATE + 1,
+            max <= RATE + JITTER,
             "link {link} carried {max} messages within one second (max_publish_rate {RATE})"
         );
     }
     for ((link, secs), n) in &per_second {
         assert!(
-            *n <= RATE + 1,
+            *n <= RATE + JITTER,
             "broker received {n} PUBLISHes from {link} in second {secs}"
         );
     }

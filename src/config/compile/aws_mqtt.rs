@@ -182,13 +182,14 @@ impl Compiler<'_> {
             linger: None,
             accept_while_down: None,
             down_after: None,
+            max_publish_rate: None,
             c2d_topic: None,
             thing_name: None,
             thing_topics: None,
             twin_topic: None,
             methods_topic: None,
         };
-        let session = self.mqtt(p, &generic, shards);
+        let session = self.mqtt(p, &generic, shards, None);
         let thing_topics = m.thing_topics.unwrap_or(true);
         let thing_text = m
             .thing_name

@@ -16,7 +16,7 @@
 //! `receive_maximum` messages unacknowledged is not read from until one is acknowledged
 //! (backpressure instead of dropping; its keep-alive clock stops meanwhile).
 //!
-//! Publish rate (`max_publish_rate`, docs/decisions/0014-aggregate-publish-rate.md): each link
+//! Publish rate (`max_publish_rate`, docs/decisions/0017-aggregate-publish-rate.md): each link
 //! spaces its PUBLISHes so no second holds more than N. A device message whose link has no turn
 //! free goes on another link of the destination that has one if the device has nothing
 //! unacknowledged (order kept), else waits for its turn with the device not read meanwhile (its

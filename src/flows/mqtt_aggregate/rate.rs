@@ -5,7 +5,7 @@
 //! closed unacknowledged, as for any upstream refusal) — and the per-device state that carries
 //! it out (extra link registrations for spilled messages, the time the device is held until).
 //!
-//! The rules (docs/decisions/0014-aggregate-publish-rate.md):
+//! The rules (docs/decisions/0017-aggregate-publish-rate.md):
 //! - a message whose link may send it now goes now (not counted);
 //! - else, if the device has nothing unacknowledged (so no earlier QoS 1/2 message of its own
 //!   can be overtaken) and another up link of the destination may send now, it goes there;
