@@ -400,6 +400,7 @@ async fn mqtt_exchange(stream: &mut Tls, m: &MqttProbe) -> Result<(String, Optio
         password: m.password.clone(),
     }));
     let mut rbuf = BytesMut::with_capacity(256);
+    let t = Instant::now();
     send(stream, &connect, m.version).await?;
     match read_packet(stream, &mut rbuf, m.version).await? {
         Packet::ConnAck(c) if c.reason_code == ReasonCode::SUCCESS => {}
@@ -408,6 +409,8 @@ async fn mqtt_exchange(stream: &mut Tls, m: &MqttProbe) -> Result<(String, Optio
         }
         other => return Err(format!("expected CONNACK, got {:?}", other.packet_type())),
     }
+    let connack = t.elapsed();
+    let t = Instant::now();
     send(stream, &Packet::PingReq, m.version).await?;
     loop {
         match read_packet(stream, &mut rbuf, m.version).await? {
@@ -422,13 +425,22 @@ async fn mqtt_exchange(stream: &mut Tls, m: &MqttProbe) -> Result<(String, Optio
             _ => {}
         }
     }
+    let pingresp = t.elapsed();
     let disconnect = Packet::Disconnect(Disconnect {
         reason_code: ReasonCode::SUCCESS,
         properties: Properties::default(),
     });
     send(stream, &disconnect, m.version).await?;
     let _ = stream.shutdown().await;
-    Ok(("CONNACK accepted, PINGRESP".into(), None))
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    Ok((
+        format!(
+            "CONNACK accepted in {:.1} ms, PINGRESP in {:.1} ms",
+            ms(connack),
+            ms(pingresp)
+        ),
+        None,
+    ))
 }
 
 async fn send(stream: &mut Tls, packet: &Packet, version: ProtocolVersion) -> Result<(), String> {

@@ -24,9 +24,10 @@
 //!
 //! What this does not do: carry device traffic or touch a shard (probes never use the shards'
 //! pools, counters or reactors, so they never count as device traffic), resolve names (the
-//! probe uses the addresses the plan resolved; re-resolution is [`super::resolve`]'s), keep a
-//! histogram of round trips (the gauges hold the last probe's stage times), or put secrets in
-//! its output: errors name the stage and the kind of failure, never a token or a password.
+//! probe uses the addresses the shards were last given; re-resolution is
+//! [`super::resolve`]'s), keep stage-time distributions (the gauges hold the last probe's stage
+//! times; only the whole round trip of passing probes has a histogram), or put secrets in its
+//! output: errors name the stage and the kind of failure, never a token or a password.
 
 pub mod driver;
 
@@ -35,6 +36,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::metrics::BUCKETS_SECONDS;
 use crate::policy::{DestinationId, Plan};
 
 /// A stage of a probe, in the order they run.
@@ -70,7 +72,7 @@ impl Stage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Every stage worked. `detail` says what the exchange answered (`HTTP 404`,
-    /// `CONNACK accepted, PINGRESP`).
+    /// `CONNACK accepted in 0.4 ms, PINGRESP in 0.2 ms`).
     Ok {
         /// What the exchange answered.
         detail: String,
@@ -181,6 +183,30 @@ struct History {
     consecutive_failures: u32,
     ok_total: u64,
     failed_total: u64,
+    round_trips: RoundTrips,
+}
+
+/// Round trips (all stages) of passing probes, in the `/metrics` latency buckets: plain
+/// counters and an exact sum (a handful of samples per interval needs no HDR histogram).
+#[derive(Debug, Clone, Default)]
+struct RoundTrips {
+    /// Samples at or below each bound of [`BUCKETS_SECONDS`] (cumulative, as exposed).
+    buckets: [u64; BUCKETS_SECONDS.len()],
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl RoundTrips {
+    fn record(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, le) in self.buckets.iter_mut().zip(BUCKETS_SECONDS) {
+            if s <= le {
+                *b += 1;
+            }
+        }
+        self.count += 1;
+        self.sum_seconds += s;
+    }
 }
 
 #[derive(Debug)]
@@ -296,6 +322,8 @@ impl Board {
         let change = if report.outcome.is_ok() {
             let after = h.consecutive_failures;
             h.ok_total += 1;
+            h.round_trips
+                .record(report.stage_times.iter().flatten().sum());
             h.consecutive_failures = 0;
             (was_ok != Some(true)).then(|| StateChange::Ok {
                 name: e.name.clone(),
@@ -378,6 +406,37 @@ impl Board {
                 w,
                 "simgate_probe_total{{destination=\"{}\",result=\"failed\"}} {}",
                 e.name, h.failed_total
+            );
+        }
+        family(
+            w,
+            "simgate_probe_round_trip_seconds",
+            "Round trips (connect, TLS handshake and exchange) of the destination's passing probes",
+            "histogram",
+        );
+        for e in &self.entries {
+            let rt = &e.history.round_trips;
+            for (count, le) in rt.buckets.iter().zip(BUCKETS_SECONDS) {
+                let _ = writeln!(
+                    w,
+                    "simgate_probe_round_trip_seconds_bucket{{destination=\"{}\",le=\"{le}\"}} {count}",
+                    e.name
+                );
+            }
+            let _ = writeln!(
+                w,
+                "simgate_probe_round_trip_seconds_bucket{{destination=\"{}\",le=\"+Inf\"}} {}",
+                e.name, rt.count
+            );
+            let _ = writeln!(
+                w,
+                "simgate_probe_round_trip_seconds_sum{{destination=\"{}\"}} {}",
+                e.name, rt.sum_seconds
+            );
+            let _ = writeln!(
+                w,
+                "simgate_probe_round_trip_seconds_count{{destination=\"{}\"}} {}",
+                e.name, rt.count
             );
         }
         family(

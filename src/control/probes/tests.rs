@@ -196,6 +196,21 @@ fn metrics_show_stage_success_and_times() {
         !text.contains("stage=\"tls\"} 0.0"),
         "no time for a stage that failed"
     );
+    assert!(text.contains("simgate_probe_round_trip_seconds_count{destination=\"a\"} 0"));
+    // A passing probe of 3 ms in all lands in the 5 ms bucket, not the 2.5 ms one.
+    let due = b.start_due(t0 + INTERVAL * 2);
+    b.complete(due[0], ok(), t0 + INTERVAL * 2);
+    let mut text = String::new();
+    b.render_metrics(&mut text);
+    for line in [
+        "simgate_probe_round_trip_seconds_bucket{destination=\"a\",le=\"0.0025\"} 0",
+        "simgate_probe_round_trip_seconds_bucket{destination=\"a\",le=\"0.005\"} 1",
+        "simgate_probe_round_trip_seconds_bucket{destination=\"a\",le=\"+Inf\"} 1",
+        "simgate_probe_round_trip_seconds_sum{destination=\"a\"} 0.003",
+        "simgate_probe_round_trip_seconds_count{destination=\"a\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
 }
 
 #[test]
