@@ -279,4 +279,24 @@ client_id = "probe-test-{{hostname}}"
         "{log}"
     );
     assert!(!log.contains("SharedAccessSignature"));
+
+    // A reload turns probes off: the board empties and the series go.
+    std::fs::write(
+        &gw.config_path,
+        toml.replace("interval = \"200ms\"", "interval = \"off\""),
+    )
+    .expect("rewrite config");
+    let (status, body) = gw.reload();
+    assert_eq!(status, 200, "{body}");
+    let start = Instant::now();
+    while !probes(&gw)["interval_ms"].is_null() {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "reload did not reach the probes"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(probes(&gw)["destinations"], serde_json::json!([]));
+    let (_, text) = gw.admin_get("/metrics");
+    assert!(!text.contains("simgate_probe_"), "{text}");
 }
