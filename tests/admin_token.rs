@@ -45,6 +45,7 @@ fn every_admin_endpoint_needs_the_bearer_token_and_a_reload_can_change_it() {
     for (method, path) in [
         ("GET", "/healthz"),
         ("GET", "/metrics"),
+        ("GET", "/admin/probes"),
         ("POST", "/-/reload"),
         ("GET", "/no-such-path"),
     ] {
@@ -59,6 +60,9 @@ fn every_admin_endpoint_needs_the_bearer_token_and_a_reload_can_change_it() {
     let (status, body) = admin(addr, "GET", "/metrics", Some(TOKEN));
     assert_eq!(status, 200);
     assert!(body.contains("simgate_"), "{body}");
+    let (status, body) = admin(addr, "GET", "/admin/probes", Some(TOKEN));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"destination\":\"sink\""), "{body}");
 
     // A reload with a new token file: the next request needs the new token.
     std::fs::write(&token_file, format!("{NEW_TOKEN}\n")).expect("token file");

@@ -36,6 +36,8 @@ pub(crate) struct RawConfig {
     pub radius: Option<RawRadius>,
     /// `[usage]`: optional; usage is metered either way.
     pub usage: Option<RawUsage>,
+    /// `[probe]`: optional; destinations are probed every 30 s unless it says `interval = "off"`.
+    pub probe: Option<RawProbe>,
     /// `[[sim]]`.
     #[serde(default)]
     pub sim: Vec<RawSim>,
@@ -302,6 +304,18 @@ pub(crate) struct RawUsage {
     pub max_file_bytes: Option<i64>,
     pub max_file_age: Option<RawDuration>,
     pub keep_intervals: Option<i64>,
+}
+
+/// `[probe]`: the control thread's internal probe of every destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProbe {
+    /// How often (`"off"` or `"0"`: never).
+    pub interval: Option<RawDuration>,
+    /// Longest one probe may take, connect to last answer.
+    pub timeout: Option<RawDuration>,
+    /// MQTT client id of the probe's CONNECT; `{hostname}` is this node's host name.
+    pub client_id: Option<String>,
 }
 
 /// A secret: inline (`"…"`), `{ file = "path" }` (relative to the config's directory; a trailing

@@ -2123,3 +2123,45 @@ fn usage_table_defaults_paths_and_ranges() {
         "unknown key"
     );
 }
+
+#[test]
+fn probe_table_defaults_off_and_ranges() {
+    use std::time::Duration;
+    let fx = Fixture::new();
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.probe.interval, Some(Duration::from_secs(30)));
+    assert_eq!(plan.probe.timeout, Duration::from_secs(5));
+    assert!(plan.probe.client_id.starts_with("simgate-probe-"));
+    assert!(!plan.probe.client_id.contains('{'));
+    let with = |table: &str| format!("{MINIMAL}\n[probe]\n{table}\n");
+    let plan = fx
+        .compile(&with(
+            "interval = \"200ms\"\ntimeout = \"1s\"\nclient_id = \"probe-{hostname}-a\"",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.probe.interval, Some(Duration::from_millis(200)));
+    assert_eq!(plan.probe.timeout, Duration::from_secs(1));
+    assert!(plan.probe.client_id.starts_with("probe-") && plan.probe.client_id.ends_with("-a"));
+    for off in ["off", "0"] {
+        let plan = fx
+            .compile(&with(&format!("interval = \"{off}\"")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plan.probe.interval, None);
+    }
+    let cases = [
+        ("interval = \"50ms\"", "probe.interval", "between"),
+        ("interval = \"2h\"", "probe.interval", "between"),
+        ("interval = \"soon\"", "probe.interval", "invalid duration"),
+        ("timeout = \"5m\"", "probe.timeout", "between"),
+        ("client_id = \"p-{imsi}\"", "probe.client_id", "{hostname}"),
+        ("client_id = \"a b\"", "probe.client_id", "letters, digits"),
+    ];
+    for (table, path, needle) in cases {
+        assert_single(&fx.errors(&with(table)), path, needle);
+    }
+    assert_eq!(
+        paths(&fx.errors(&with("intervall = \"1s\""))).len(),
+        1,
+        "unknown key"
+    );
+}

@@ -47,7 +47,7 @@ pub struct CredentialCounters {
 }
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS_SECONDS: [f64; 17] = [
+pub(super) const BUCKETS_SECONDS: [f64; 17] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];

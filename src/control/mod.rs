@@ -21,10 +21,15 @@
 //! ([`usage_file`]); `GET /admin/usage` answers the totals; on SIGTERM the partial interval is
 //! closed after the shards drained.
 //!
+//! It probes every destination every `probe.interval` ([`probes`]): TCP connect, TLS handshake
+//! and the cheapest protocol exchange, on this thread, never through a shard; `/metrics` and
+//! `GET /admin/probes` show the results.
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
 pub mod metrics;
+pub mod probes;
 pub mod radius;
 pub mod resolve;
 pub mod tokens;
@@ -94,6 +99,10 @@ pub struct Control {
     /// Usage intervals and totals, and the usage file. Locked after `gateway` when both are
     /// held (never the other way round).
     usage: Mutex<UsageState>,
+    /// The internal probes' schedule and results (locked briefly, never across an await).
+    probes: Mutex<probes::Board>,
+    /// Addresses and tokens the shards were last handed, for the probes.
+    probe_inputs: Mutex<probes::driver::Inputs>,
 }
 
 /// The control thread's usage state.
@@ -157,6 +166,7 @@ impl Control {
     pub fn new(gateway: Gateway, config_path: Option<PathBuf>) -> Arc<Control> {
         let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
         let settings = gateway.plan().usage.clone();
+        let gateway_plan = gateway.plan().clone();
         let usage = UsageState {
             ledger: usage::Ledger::new(SystemTime::now(), settings.keep_intervals),
             file: settings.file.map(|path| {
@@ -175,6 +185,8 @@ impl Control {
             dns: Mutex::new(BTreeMap::new()),
             credentials: Mutex::new(BTreeMap::new()),
             radius: Arc::new(Mutex::new(radius::RadiusStats::default())),
+            probes: Mutex::new(probes::Board::new(gateway_plan, std::time::Instant::now())),
+            probe_inputs: Mutex::new(probes::driver::Inputs::default()),
         })
     }
 
@@ -247,9 +259,16 @@ impl Control {
         let Some(gateway) = guard.as_mut() else {
             return Ok(false);
         };
-        gateway
+        let recorded = addrs.clone();
+        let applied = gateway
             .update_addrs(plan, destination, addrs)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if applied {
+            self.probe_inputs
+                .lock()
+                .record_addrs(plan, destination, &recorded);
+        }
+        Ok(applied)
     }
 
     /// Hand cloud tokens minted for `plan` to every shard, if `plan` is still the one served.
@@ -264,7 +283,14 @@ impl Control {
         let Some(gateway) = guard.as_mut() else {
             return Ok(false);
         };
-        gateway.set_tokens(plan, tokens).map_err(|e| e.to_string())
+        let recorded = tokens.clone();
+        let applied = gateway
+            .set_tokens(plan, tokens)
+            .map_err(|e| e.to_string())?;
+        if applied {
+            self.probe_inputs.lock().record_tokens(plan, &recorded);
+        }
+        Ok(applied)
     }
 
     /// Prometheus exposition of the merged shard metrics. Blocks up to a second per shard.
@@ -301,6 +327,8 @@ impl Control {
                         sims: usage.ledger.sims(),
                     },
                 );
+                drop(usage);
+                self.probes.lock().render_metrics(&mut text);
                 text
             }
             None => String::new(),
@@ -511,6 +539,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         ));
         tokio::spawn(tokens::run(control.clone()));
         tokio::spawn(usage_loop(control.clone()));
+        tokio::spawn(probes::driver::run(control.clone()));
         if let Some(settings) = radius_settings {
             let socket = radius::bind(settings.bind).map_err(RunError::Control)?;
             let bound = socket.local_addr().map_err(RunError::Control)?;
@@ -561,7 +590,7 @@ async fn wait_for_signals(control: &Arc<Control>) -> std::io::Result<()> {
 }
 
 /// Serve the admin endpoint: `GET /healthz` (liveness), `GET /readyz` (readiness), `GET
-/// /metrics`, `POST /-/reload`.
+/// /metrics`, `GET /admin/usage`, `GET /admin/probes`, `POST /-/reload`.
 pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -728,7 +757,14 @@ async fn admin(
                 ),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage") => reply(
+        (&Method::GET, "/admin/probes") => {
+            let body = control.probes.lock().json().to_string();
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage" | "/admin/probes",
+        ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
             "method not allowed\n".into(),
@@ -736,7 +772,9 @@ async fn admin(
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /healthz, /readyz, /metrics, /admin/usage, POST /-/reload\n".into(),
+            "not found; try /healthz, /readyz, /metrics, /admin/usage, /admin/probes, \
+             POST /-/reload\n"
+                .into(),
         ),
     }
 }

@@ -685,6 +685,28 @@ impl Default for UsageSettings {
     }
 }
 
+/// `[probe]`: the control thread's internal probe of every destination (TCP connect, TLS
+/// handshake, cheapest protocol exchange).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSettings {
+    /// How often each destination is probed; `None`: probes are off.
+    pub interval: Option<std::time::Duration>,
+    /// Longest one probe may take, TCP connect to the last answer.
+    pub timeout: std::time::Duration,
+    /// The client id of the probe's MQTT CONNECT (`{hostname}` already replaced).
+    pub client_id: String,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> ProbeSettings {
+        ProbeSettings {
+            interval: Some(std::time::Duration::from_secs(30)),
+            timeout: std::time::Duration::from_secs(5),
+            client_id: "simgate-probe".into(),
+        }
+    }
+}
+
 /// The whole compiled configuration.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -703,6 +725,8 @@ pub struct Plan {
     pub radius: Option<RadiusSettings>,
     /// `[usage]`.
     pub usage: UsageSettings,
+    /// `[probe]`.
+    pub probe: ProbeSettings,
     /// What `check` and a start or reload warn about without refusing the config
     /// (`path: message`, e.g. an inline secret). Never contains a secret.
     pub warnings: Vec<String>,

@@ -36,6 +36,7 @@ mod groups;
 mod listeners;
 mod mqtt;
 mod pool;
+mod probe;
 mod radius;
 mod sim_templates;
 mod usage;
@@ -263,8 +264,10 @@ impl Compiler<'_> {
             Some(r) => self.radius(r).map(Some),
         };
         let usage = self.usage(raw.usage.as_ref());
+        let probe = self.probe(raw.probe.as_ref());
         let plan = Plan {
             usage: usage?,
+            probe: probe?,
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
