@@ -79,6 +79,7 @@ use super::mqtt_common::{
     SessionFuture,
 };
 use super::ShardState;
+use crate::adapters::aws_iot_core_mqtt::TopicRefusal;
 use crate::policy::envelope::Envelope;
 use crate::policy::{DestinationId, ListenerId, Plan, TemplateVars, TopicMap, WhileDown};
 use crate::proto::mqtt::{
@@ -325,6 +326,7 @@ fn admit(
         identity_properties,
         envelope: (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(plan)),
         topics: TopicMap::new(&mqtt_dest.topic, &vars),
+        aws: dest.aws_iot_core_mqtt().is_some(),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
         device_max_packet: connect.properties.maximum_packet_size,
         decode_limits: DecodeLimits {
@@ -437,7 +439,7 @@ fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
             // The will first: it is queued on the link at once, so a device that does not read its
             // DISCONNECT cannot hold it back past the shard's drain window.
             if let Some(will) = device.will.take() {
-                publish_will(device, link, *will);
+                publish_will(state, device, link, *will);
             }
             if let (Some(code), ProtocolVersion::V5) = (code, device.version) {
                 device.write(&Packet::Disconnect(Disconnect {
@@ -627,10 +629,23 @@ async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMu
     }
 }
 
-fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
-    let Some(topic) = device.upstream_topic(&will.topic) else {
-        return;
+/// Queue the device's Will on its link, its topic mapped as any uplink message's (a Will
+/// whose topic or payload AWS IoT Core would refuse is not sent, and counted).
+fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will) {
+    let topic = match device.upstream_topic(&will.topic) {
+        Ok(topic) => topic,
+        Err(TopicRefusal::Cloud(rule)) => {
+            device::count_cloud_refusal(state, rule);
+            return;
+        }
+        Err(TopicRefusal::Invalid) => return,
     };
+    if device.aws {
+        if let Err(rule) = crate::adapters::aws_iot_core_mqtt::check_payload(will.payload.len()) {
+            device::count_cloud_refusal(state, rule);
+            return;
+        }
+    }
     let publish = Publish {
         dup: false,
         qos: will.qos.min(QoS::AtLeastOnce),
