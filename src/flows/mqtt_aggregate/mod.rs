@@ -24,6 +24,14 @@
 //! most 5 s): then it is refused (5.0: 0x97; QoS 0: dropped; 3.1.1 QoS 1/2: connection closed
 //! unacknowledged). See [`rate`].
 //!
+//! AWS IoT Core (`adapter = "aws-iot-core"`, aggregate mode): every mapped uplink topic and
+//! filter is checked against AWS's rules (256 bytes, 7 slashes, `$aws/` only where the template
+//! writes it) and every payload against 128 KB, through `crate::adapters::aws_iot_core_mqtt`;
+//! a refused topic is answered as any topic without an upstream form (5.0 QoS 1/2: 0x90), a
+//! refused payload ends the session (5.0: DISCONNECT 0x95), a refused Will is not published;
+//! each is counted in `simgate_mqtt_cloud_refusals_total{adapter="aws-iot-core",rule}` and never
+//! reaches the cloud, which would disconnect the shared link. See `device`.
+//!
 //! Downlink: a device SUBSCRIBE to filter F becomes an upstream subscription to the template
 //! applied to F (once per distinct upstream filter per link, reference counted); the device's
 //! SUBACK waits for the broker's. Messages are mapped back by stripping the template's text around

@@ -8,9 +8,9 @@
 //! `interval = floor((1 s + JITTER_GUARD) / N) + 1 ns`, so `N × interval > 1 s + JITTER_GUARD`.
 //!
 //! **Invariant** (proved in [`PublishPacer::interval`]'s doc, tested below): in any *closed*
-//! window of one second plus [`JITTER_GUARD`] at most N PUBLISHes are allowed, so the cloud,
+//! window of one second plus `JITTER_GUARD` at most N PUBLISHes are allowed, so the cloud,
 //! which sees them after network and scheduling jitter, counts at most N in its sliding second
-//! as long as no PUBLISH reaches it more than [`JITTER_GUARD`] later, relative to the one N
+//! as long as no PUBLISH reaches it more than `JITTER_GUARD` later, relative to the one N
 //! before it, than that one did. Spacing by exactly `1 s / N` left a margin of N nanoseconds:
 //! measured against the AWS contract front at its own limit, about one burst in ten was
 //! throttled (docs/decisions/0018-publish-pacing-jitter-guard.md). The cost: the sustained rate
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 /// counting N + 1 in a sliding second (see the module doc).
 pub const JITTER_GUARD: Duration = Duration::from_millis(50);
 
-/// Spaces the PUBLISHes of one link so that no window of one second plus [`JITTER_GUARD`]
+/// Spaces the PUBLISHes of one link so that no window of one second plus `JITTER_GUARD`
 /// holds more than N.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishPacer {
@@ -39,7 +39,7 @@ pub struct PublishPacer {
 
 impl PublishPacer {
     /// A pacer allowing `per_second` PUBLISHes in any window of one second plus
-    /// [`JITTER_GUARD`].
+    /// `JITTER_GUARD`.
     pub fn new(per_second: NonZeroU32) -> Self {
         PublishPacer {
             interval: Self::interval(per_second),
@@ -48,7 +48,7 @@ impl PublishPacer {
     }
 
     /// The spacing for `per_second`: `floor(W / N) + 1` nanoseconds, `W` = 1 s +
-    /// [`JITTER_GUARD`] in nanoseconds.
+    /// `JITTER_GUARD` in nanoseconds.
     ///
     /// Proof of the invariant: let `k` PUBLISHes fall in a closed window `[a, a + W]`. Each
     /// follows the previous by at least `interval`, so the window spans at least
