@@ -1,5 +1,7 @@
-//! `adapter = "aws-iot-core"` over MQTT (session mode): the pure rules of AWS IoT Core's message
-//! broker for one device session, and the mapping of the thing's Device Shadow and Jobs topics.
+//! `adapter = "aws-iot-core"` over MQTT: the pure rules of AWS IoT Core's message broker for one
+//! device's messages — in session mode (the device's own connection) and in aggregate mode (a
+//! shared link: [`Session::new`] without a thing) — and the mapping of the thing's Device
+//! Shadow and Jobs topics (session mode).
 //!
 //! - Connection: mutual TLS with the gateway's certificate (the destination's `x509`
 //!   credential), on port 8883, or on 443 with ALPN [`ALPN`]; no user name or password. Client
@@ -24,9 +26,10 @@
 //! - Load-time checks of the templates' own text ([`template_problem`]), so `simgate check`
 //!   explains a template no device topic could satisfy.
 //!
-//! What this does not do: IO, reason codes or counting (the session bridge maps a
-//! [`TopicRefusal`] to the device's answer and counts it), QoS 2 (carried as QoS 1 by the
-//! bridge), AWS's per-connection publish rate (issue #13's aggregate work throttles), IoT
+//! What this does not do: IO, reason codes or counting (the session bridge and the aggregate
+//! device path map a [`TopicRefusal`] to the device's answer and count it), QoS 2 (carried as
+//! QoS 1 by the bridge), AWS's per-connection publish rate (aggregate links are paced by
+//! `max_publish_rate`, whose AWS default and ceiling is `policy::AWS_IOT_CORE_MAX_PUBLISH_RATE`), IoT
 //! policies (the cloud's; see docs/adapters.md for the policy a carrier needs), custom
 //! authorizers, or MQTT over WebSocket.
 

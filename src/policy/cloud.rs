@@ -159,18 +159,22 @@ pub struct AwsIotCoreHttps {
 }
 
 /// `adapter = "aws-iot-core"` with a `[destination.mqtt]` table: AWS IoT Core over MQTT,
-/// session mode (every SIM its own thing), mutual TLS with the destination's x509 credential.
+/// session mode (every SIM its own thing) or aggregate mode (SIMs share the gateway's links),
+/// mutual TLS with the destination's x509 credential.
 #[derive(Debug, Clone)]
 pub struct AwsIotCoreMqtt {
     /// The thing name template (`mqtt.thing_name`, default: the client id template): the
-    /// `{thing}` of `$aws/things/{thing}/shadow/...` and `.../jobs/...`.
+    /// `{thing}` of `$aws/things/{thing}/shadow/...` and `.../jobs/...`. Used only with
+    /// `thing_topics`.
     pub thing_name: Template,
-    /// `mqtt.thing_topics` (default true): device topics `shadow/...` and `jobs/...` are the
-    /// thing's Device Shadow and Jobs topics, both ways.
+    /// `mqtt.thing_topics` (session mode: default true; aggregate mode: always false): device
+    /// topics `shadow/...` and `jobs/...` are the thing's Device Shadow and Jobs topics, both
+    /// ways.
     pub thing_topics: bool,
-    /// The session-mode settings (client id `{imsi}` by default, topic `{topic}` by default,
-    /// no user name or password: the certificate authenticates).
-    pub session: super::MqttDestination,
+    /// The MQTT settings (session mode: client id `{imsi}` and topic `{topic}` by default;
+    /// aggregate mode: as `mqtts`, with `max_publish_rate` at most AWS's limit; no user name or
+    /// password: the certificate authenticates).
+    pub mqtt: super::MqttDestination,
 }
 
 /// `adapter = "azure-iot-hub"` over HTTPS: `POST /devices/{id}/messages/events`.

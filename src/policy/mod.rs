@@ -272,7 +272,8 @@ pub enum Adapter {
     Mqtts(MqttDestination),
     /// `adapter = "aws-iot-core"` (HTTPS publish).
     AwsIotCore(cloud::AwsIotCoreHttps),
-    /// `adapter = "aws-iot-core"` with a `[destination.mqtt]` table (MQTT, session mode).
+    /// `adapter = "aws-iot-core"` with a `[destination.mqtt]` table (MQTT, session or aggregate
+    /// mode).
     AwsIotCoreMqtt(cloud::AwsIotCoreMqtt),
     /// `adapter = "azure-iot-hub"` (HTTPS).
     AzureIotHub(cloud::AzureIotHubHttps),
@@ -451,10 +452,10 @@ pub const AWS_IOT_CORE_MAX_PUBLISH_RATE: NonZeroU32 = match NonZeroU32::new(100)
 };
 
 /// `max_publish_rate` defaults of adapters whose cloud limits PUBLISHes per connection; an
-/// adapter not listed (`mqtts`) is unlimited by default. The hook for the lead's one-line
-/// change: `(AdapterKind::AwsIotCore, AWS_IOT_CORE_MAX_PUBLISH_RATE)` once that adapter speaks
-/// MQTT in aggregate mode.
-pub const PUBLISH_RATE_DEFAULTS: &[(AdapterKind, NonZeroU32)] = &[];
+/// adapter not listed (`mqtts`) is unlimited by default. `aws-iot-core` in aggregate mode
+/// paces every link at AWS's limit unless set lower (higher is refused at load).
+pub const PUBLISH_RATE_DEFAULTS: &[(AdapterKind, NonZeroU32)] =
+    &[(AdapterKind::AwsIotCore, AWS_IOT_CORE_MAX_PUBLISH_RATE)];
 
 /// The `max_publish_rate` of an aggregate-mode destination that does not set it
 /// ([`PUBLISH_RATE_DEFAULTS`]; `None`: unlimited).
@@ -545,7 +546,7 @@ impl DestinationPlan {
         match &self.adapter {
             Adapter::Mqtts(m) => Some(m),
             Adapter::AzureIotHubMqtt(a) => Some(&a.session),
-            Adapter::AwsIotCoreMqtt(a) => Some(&a.session),
+            Adapter::AwsIotCoreMqtt(a) => Some(&a.mqtt),
             _ => None,
         }
     }

@@ -342,7 +342,12 @@ impl Compiler<'_> {
         };
         // Aggregate mode keeps its own upstream links: nothing to pre-handshake by default.
         let default_warm = match &raw.mqtt {
-            Some(m) if is_mqtts && m.mode == "aggregate" => defaults::POOL_WARM_MQTT_AGGREGATE,
+            Some(m)
+                if m.mode == "aggregate"
+                    && (is_mqtts || adapter == Some(AdapterKind::AwsIotCore)) =>
+            {
+                defaults::POOL_WARM_MQTT_AGGREGATE
+            }
             _ => defaults::POOL_WARM,
         };
         let pool = self.pool(&p, &raw.pool, default_warm);

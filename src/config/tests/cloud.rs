@@ -530,9 +530,9 @@ fn aws_iot_core_with_an_mqtt_table_speaks_mqtt_with_mutual_tls() {
         panic!("{:?}", d.adapter)
     };
     assert_eq!(a.thing_name.as_str(), "meter-{imsi}");
-    assert_eq!(a.session.client_id.as_str(), "sim-{imsi}");
-    assert_eq!(a.session.topic.as_str(), "dt/{imsi}/{topic}");
-    assert_eq!(a.session.version, crate::policy::MqttUpstreamVersion::V5);
+    assert_eq!(a.mqtt.client_id.as_str(), "sim-{imsi}");
+    assert_eq!(a.mqtt.topic.as_str(), "dt/{imsi}/{topic}");
+    assert_eq!(a.mqtt.version, crate::policy::MqttUpstreamVersion::V5);
 
     // Another port (a private endpoint, a test front) takes the ALPN as written.
     let plan = fx
@@ -571,9 +571,19 @@ fn aws_iot_core_over_mqtt_explains_every_refused_combination() {
             "the topic template is mqtt.topic",
         ),
         (
-            format!("{AWS_MQTT}\n[destination.mqtt]\nmode = \"aggregate\""),
+            format!("{AWS_MQTT}\n[destination.mqtt]\nmode = \"shared\""),
             "destination[0].mqtt.mode",
-            "an AWS IoT Core MQTT connection is one thing: use session mode",
+            "takes \"session\" (every SIM its own thing) or \"aggregate\"",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\nmax_publish_rate = 10"),
+            "destination[0].mqtt.max_publish_rate",
+            "only for mode \"aggregate\": in session mode every SIM has its own connection",
+        ),
+        (
+            format!("{AWS_MQTT}\n{session}\nconnections_per_shard = 2"),
+            "destination[0].mqtt.connections_per_shard",
+            "only for mode \"aggregate\"",
         ),
         (
             format!("{AWS_MQTT}\n{session}\nusername = \"u\""),
@@ -662,4 +672,147 @@ fn an_aws_thing_name_naming_a_field_some_sim_lacks_is_refused_at_its_path() {
         "destination[0].mqtt.thing_name",
         "uses {imei}, which 1 SIM(s) of group \"default\" lack",
     );
+}
+
+const AWS_AGGREGATE: &str = "[destination.mqtt]\nmode = \"aggregate\"";
+
+#[test]
+fn aws_iot_core_over_mqtt_in_aggregate_mode_shares_links_paced_at_awss_limit() {
+    let fx = fixture();
+    let plan = fx
+        .compile(&mqtt_config(&format!("{AWS_MQTT}\n{AWS_AGGREGATE}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.adapter.kind(), AdapterKind::AwsIotCore);
+    let Adapter::AwsIotCoreMqtt(a) = &d.adapter else {
+        panic!("{:?}", d.adapter)
+    };
+    assert!(!a.thing_topics, "no thing of its own in aggregate mode");
+    let m = d.mqtt().expect("mqtt settings");
+    assert_eq!(m.mode, crate::policy::MqttMode::Aggregate);
+    assert_eq!(m.client_id.as_str(), "simgate-{shard}-{conn}");
+    assert_eq!(m.topic.as_str(), "devices/{client_id}/{topic}");
+    assert_eq!(m.version, crate::policy::MqttUpstreamVersion::V311);
+    assert_eq!(
+        m.max_publish_rate,
+        Some(crate::policy::AWS_IOT_CORE_MAX_PUBLISH_RATE),
+        "AWS's 100 per second per connection by default"
+    );
+    assert_eq!(m.max_publish_rate.map(|r| r.get()), Some(100));
+    assert_eq!(d.pool.warm, 0, "the links are the connections");
+    assert!(d.tls.alpn_protocols.is_empty(), "no ALPN on 8883");
+
+    // The aggregate keys as for mqtts; a rate below AWS's; AWS's keep-alive bounds included.
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{}\n{AWS_AGGREGATE}\nconnections_per_shard = 2\nmax_inflight = 50\n\
+             linger = \"5ms\"\naccept_while_down = false\ndown_after = \"10s\"\n\
+             max_publish_rate = 20\nkeep_alive = \"30s\"\nthing_topics = false\n\
+             client_id = \"gw1-{{shard}}-{{conn}}\"\ntopic = \"$aws/rules/ingest/{{imsi}}/{{topic}}\"",
+            AWS_MQTT.replace(":8883", ":443")
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = &plan.destinations[0];
+    assert_eq!(d.tls.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
+    let m = d.mqtt().expect("mqtt settings");
+    assert_eq!(m.connections_per_shard, 2);
+    assert_eq!(m.max_inflight, 50);
+    assert_eq!(m.max_publish_rate.map(|r| r.get()), Some(20));
+    assert_eq!(m.keep_alive, std::time::Duration::from_secs(30));
+    assert_eq!(m.client_id.as_str(), "gw1-{shard}-{conn}");
+    let plan = fx
+        .compile(&mqtt_config(&format!(
+            "{AWS_MQTT}\n{AWS_AGGREGATE}\nkeep_alive = \"1200s\"\nmax_publish_rate = 100"
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        plan.destinations[0].mqtt().map(|m| m.keep_alive.as_secs()),
+        Some(1200)
+    );
+}
+
+#[test]
+fn aws_iot_core_over_mqtt_in_aggregate_mode_explains_every_refused_combination() {
+    let fx = fixture();
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nmax_publish_rate = 101"),
+            "destination[0].mqtt.max_publish_rate",
+            "101 is over AWS IoT Core's limit of 100 PUBLISH requests per second per connection",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nkeep_alive = \"29s\""),
+            "destination[0].mqtt.keep_alive",
+            "29s is outside AWS IoT Core's keep-alive range of 30s to 1200s",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nkeep_alive = \"1201s\""),
+            "destination[0].mqtt.keep_alive",
+            "1201s is outside AWS IoT Core's keep-alive range",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nthing_topics = true"),
+            "destination[0].mqtt.thing_topics",
+            "Device Shadow and Jobs need session mode",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nthing_name = \"t\""),
+            "destination[0].mqtt.thing_name",
+            "only for mode \"session\"",
+        ),
+        (
+            format!(
+                "{AWS_MQTT}\n{AWS_AGGREGATE}\nclient_id = \"{}-{{shard}}-{{conn}}\"",
+                "x".repeat(125)
+            ),
+            "destination[0].mqtt.client_id",
+            "the last link's client id is",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nclient_id = \"{{imsi}}-{{shard}}\""),
+            "destination[0].mqtt.client_id",
+            "placeholder {imsi} is not allowed in mode \"aggregate\"",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nversion = \"device\""),
+            "destination[0].mqtt.version",
+            "\"device\" is only for mode \"session\"",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\nusername = \"u\""),
+            "destination[0].mqtt.username",
+            "the gateway's certificate (credential) authenticates",
+        ),
+        (
+            format!("{AWS_MQTT}\n{AWS_AGGREGATE}\ntopic = \"$aws/things/x/{{topic}}\""),
+            "destination[0].mqtt.topic",
+            "writes into AWS's reserved topics",
+        ),
+        (
+            format!(
+                "{AWS_MQTT}\n{AWS_AGGREGATE}\ntopic = \"a/b/c/d/e/f/g/{{client_id}}/{{topic}}\""
+            ),
+            "destination[0].mqtt.topic",
+            "its own text has 8 slashes; AWS IoT Core takes at most 7",
+        ),
+        (
+            format!(
+                "adapter = \"aws-iot-core\"\nendpoint = \"127.0.0.1:8883\"\ncredential = \"aws\"\n\
+                 {AWS_AGGREGATE}"
+            ),
+            "destination[0].credential",
+            "is not of kind \"x509\"",
+        ),
+        (
+            format!("{AWS_MQTT}\nalpn = [\"x-amzn-mqtt-ca\"]\n{AWS_AGGREGATE}"),
+            "destination[0].alpn",
+            "port 8883 takes MQTT without ALPN",
+        ),
+    ];
+    for (destination, path, needle) in cases {
+        let err = fx
+            .compile(&mqtt_config(&destination))
+            .expect_err(&destination);
+        assert_single(&err, path, needle);
+    }
 }

@@ -2,7 +2,9 @@
 //! does with each device packet and each event of the shared upstream link — acknowledgements
 //! relayed only after the broker's, QoS 2 completed toward the device, subscriptions mapped
 //! through the topic template, downlink delivery, the session's end, and the
-//! `max_publish_rate` decision for each uplink PUBLISH (through `super::rate`). Works on the
+//! `max_publish_rate` decision for each uplink PUBLISH (through `super::rate`), and, toward AWS
+//! IoT Core, AWS's topic, reserved-topic and payload rules on every uplink message and filter
+//! (through [`crate::adapters::aws_iot_core_mqtt`], refusals counted by rule). Works on the
 //! device's state and writes into its output buffer; the socket, timers and drain are the
 //! driver's (`super`), and time is passed in.
 //!
@@ -17,15 +19,17 @@ use super::rate::DeviceRate;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::adapters::aws_iot_core_mqtt::{self as aws, Session as AwsSession, TopicRefusal};
 use crate::flows::identity::AttachedProperties;
 use crate::flows::ShardState;
 use crate::policy::envelope;
-use crate::policy::TopicMap;
+use crate::policy::{AdapterKind, TopicMap};
 use crate::proto::mqtt::{
     self, DecodeLimits, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, ReasonCode,
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::stats::usage::UsageCounts;
+use crate::stats::CloudRule;
 use crate::upstream::mqtt_link::{Enqueued, Link, LinkEvent, PublishOwner, SessionKey};
 
 /// Why a device session ends.
@@ -51,6 +55,11 @@ pub(super) struct Device {
     pub(super) envelope: Option<Box<[(String, String)]>>,
     /// The destination's `topic` template resolved for this device.
     pub(super) topics: TopicMap,
+    /// The destination is AWS IoT Core (`aws-iot-core` over MQTT): AWS's topic, reserved-topic
+    /// and payload rules apply to every uplink message and filter (a flag, not the rules: they
+    /// are the adapter's, derived from `topics` when needed, and every idle device pays for
+    /// this field).
+    pub(super) aws: bool,
     pub(super) receive_maximum: usize,
     /// Largest packet the device accepts (5.0 CONNECT Maximum Packet Size).
     pub(super) device_max_packet: Option<NonZeroU32>,
@@ -111,24 +120,49 @@ impl Device {
         }
     }
 
-    /// The upstream topic for device topic `topic` (None: it has no valid upstream form).
-    pub(super) fn upstream_topic(&self, topic: &Bytes) -> Option<Bytes> {
-        self.topics.uplink_topic(topic).ok()
+    /// The AWS IoT Core rules of this device's messages (no thing of its own: aggregate links
+    /// carry many SIMs), if its destination is AWS IoT Core.
+    fn aws_rules(&self) -> Option<AwsSession> {
+        self.aws.then(|| AwsSession::new(None, &self.topics))
     }
 
-    /// The upstream filter for device filter `filter`, or the SUBACK failure code. Upstream
-    /// subscriptions are shared by every device on the link, so a template without `{topic}`
-    /// (whose filters would pass unchanged) and shared subscriptions are refused.
-    pub(super) fn upstream_filter(&self, filter: &Bytes) -> Result<Bytes, ReasonCode> {
+    /// The upstream topic for device topic `topic`, or why it has none: no valid upstream form,
+    /// or (AWS IoT Core) one of the cloud's rules.
+    pub(super) fn upstream_topic(&self, topic: &Bytes) -> Result<Bytes, TopicRefusal> {
+        match self.aws_rules() {
+            Some(rules) => rules.uplink_topic(&self.topics, topic),
+            None => self
+                .topics
+                .uplink_topic(topic)
+                .map_err(|_| TopicRefusal::Invalid),
+        }
+    }
+
+    /// The upstream filter for device filter `filter`, or the SUBACK failure code (and the
+    /// cloud rule that refused it, if one did). Upstream subscriptions are shared by every
+    /// device on the link, so a template without `{topic}` (whose filters would pass
+    /// unchanged) and shared subscriptions are refused.
+    pub(super) fn upstream_filter(
+        &self,
+        filter: &Bytes,
+    ) -> Result<Bytes, (ReasonCode, Option<CloudRule>)> {
         if self.version == ProtocolVersion::V5 && filter.starts_with(b"$share/") {
-            return Err(ReasonCode(0x9E)); // Shared Subscriptions not supported
+            return Err((ReasonCode(0x9E), None)); // Shared Subscriptions not supported
         }
         if !self.topics.has_topic() {
-            return Err(ReasonCode::UNSPECIFIED_ERROR);
+            return Err((ReasonCode::UNSPECIFIED_ERROR, None));
         }
-        self.topics
-            .uplink_filter(filter, ProtocolVersion::V311)
-            .map_err(|_| ReasonCode::TOPIC_FILTER_INVALID)
+        let mapped = match self.aws_rules() {
+            Some(rules) => rules.uplink_filter(&self.topics, filter, ProtocolVersion::V311),
+            None => self
+                .topics
+                .uplink_filter(filter, ProtocolVersion::V311)
+                .map_err(|_| TopicRefusal::Invalid),
+        };
+        mapped.map_err(|refusal| match refusal {
+            TopicRefusal::Cloud(rule) => (ReasonCode::TOPIC_FILTER_INVALID, Some(rule)),
+            TopicRefusal::Invalid => (ReasonCode::TOPIC_FILTER_INVALID, None),
+        })
     }
 
     /// The device topic for an upstream topic (template text around `{topic}` stripped); None
@@ -173,7 +207,7 @@ impl Device {
                 Some(End::Abnormal(Some(ReasonCode(0xA1))))
             }
             Packet::Subscribe(sub) => {
-                self.on_subscribe(sub, link, key);
+                self.on_subscribe(sub, link, key, state);
                 None
             }
             Packet::Unsubscribe(unsub) => {
@@ -222,23 +256,35 @@ impl Device {
                 return None;
             }
         }
-        let Some(topic) = self.upstream_topic(&publish.topic) else {
-            let c = &state.links.counters().topics_refused;
-            c.set(c.get() + 1);
-            return match (self.version, publish.packet_id) {
-                (ProtocolVersion::V5, Some(id)) => {
-                    let mut r = PubResponse::success(id);
-                    r.reason_code = ReasonCode::TOPIC_NAME_INVALID;
-                    self.write(&match publish.qos {
-                        QoS::ExactlyOnce => Packet::PubRec(r),
-                        _ => Packet::PubAck(r),
-                    });
-                    None
+        let topic = match self.upstream_topic(&publish.topic) {
+            Ok(topic) => topic,
+            Err(refusal) => {
+                match refusal {
+                    TopicRefusal::Cloud(rule) => count_cloud_refusal(state, rule),
+                    TopicRefusal::Invalid => {
+                        let c = &state.links.counters().topics_refused;
+                        c.set(c.get() + 1);
+                    }
                 }
-                (ProtocolVersion::V5, None) => None,
-                (ProtocolVersion::V311, _) => Some(End::Abnormal(None)),
-            };
+                return self.refuse_topic(&publish);
+            }
         };
+        // Wrapped before the cloud's size check and before signing: both see the payload as
+        // sent.
+        let payload = match &self.envelope {
+            Some(fields) => {
+                Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload))
+            }
+            None => publish.payload.clone(),
+        };
+        if self.aws {
+            // Larger than AWS IoT Core takes: DISCONNECT 0x95 (3.1.1: closed), never sent
+            // upstream (the cloud would disconnect the link, and every device on it).
+            if let Err(rule) = aws::check_payload(payload.len()) {
+                count_cloud_refusal(state, rule);
+                return Some(End::Abnormal(Some(ReasonCode::PACKET_TOO_LARGE)));
+            }
+        }
         // `max_publish_rate`: on its own link, spilled to another, or refused.
         let idle = self.tracked().outstanding.is_empty();
         let spilled = match self.rate.as_mut() {
@@ -252,13 +298,6 @@ impl Device {
         let (link, key) = match &spilled {
             Some((to, k)) => (to, *k),
             None => (link, key),
-        };
-        // Wrapped before signing: the signature covers the payload as sent.
-        let payload = match &self.envelope {
-            Some(fields) => {
-                Bytes::from(envelope::wrap(fields, envelope::now_ms(), &publish.payload))
-            }
-            None => publish.payload,
         };
         let properties = if link.core.borrow().version() == ProtocolVersion::V5 {
             let mut p = publish.properties;
@@ -296,6 +335,26 @@ impl Device {
         None
     }
 
+    /// Answer a PUBLISH whose topic has no upstream form (none under the template, or one an
+    /// AWS IoT Core rule refuses): 5.0 QoS 1/2 get PUBACK/PUBREC 0x90 Topic Name invalid and
+    /// the session goes on; 5.0 QoS 0 is dropped (nothing to answer); a 3.1.1 device cannot be
+    /// told, so its connection is closed unacknowledged. Nothing goes upstream.
+    fn refuse_topic(&mut self, publish: &Publish) -> Option<End> {
+        match (self.version, publish.packet_id) {
+            (ProtocolVersion::V5, Some(id)) => {
+                let mut r = PubResponse::success(id);
+                r.reason_code = ReasonCode::TOPIC_NAME_INVALID;
+                self.write(&match publish.qos {
+                    QoS::ExactlyOnce => Packet::PubRec(r),
+                    _ => Packet::PubAck(r),
+                });
+                None
+            }
+            (ProtocolVersion::V5, None) => None,
+            (ProtocolVersion::V311, _) => Some(End::Abnormal(None)),
+        }
+    }
+
     /// Answer a PUBLISH refused because its wait for the link's `max_publish_rate` would exceed
     /// the device's bound: 5.0 QoS 1/2 get 0x97 Quota exceeded; QoS 0 is dropped (it has no
     /// answer); a 3.1.1 device cannot be told "refused" and would take a PUBACK for delivered,
@@ -318,7 +377,13 @@ impl Device {
         }
     }
 
-    pub(super) fn on_subscribe(&mut self, sub: Subscribe, link: &Rc<Link>, key: SessionKey) {
+    pub(super) fn on_subscribe(
+        &mut self,
+        sub: Subscribe,
+        link: &Rc<Link>,
+        key: SessionKey,
+        state: &ShardState,
+    ) {
         let n = sub.subscriptions.len();
         let mut codes = vec![None; n];
         let mut filters = Vec::with_capacity(n);
@@ -326,7 +391,12 @@ impl Device {
         for (index, s) in sub.subscriptions.into_iter().enumerate() {
             filters.push(s.filter.clone());
             match self.upstream_filter(&s.filter) {
-                Err(code) => codes[index] = Some(self.failure_code(code)),
+                Err((code, rule)) => {
+                    if let Some(rule) = rule {
+                        count_cloud_refusal(state, rule);
+                    }
+                    codes[index] = Some(self.failure_code(code));
+                }
                 Ok(upstream) => {
                     self.tracking_mut()
                         .subs
@@ -513,6 +583,15 @@ impl Device {
     }
 }
 
+/// Count a device message or filter refused by one of AWS IoT Core's rules
+/// (`simgate_mqtt_cloud_refusals_total{adapter="aws-iot-core",rule}`).
+pub(super) fn count_cloud_refusal(state: &ShardState, rule: CloudRule) {
+    state
+        .metrics
+        .borrow_mut()
+        .cloud_refusal(AdapterKind::AwsIotCore.index(), rule, 1);
+}
+
 fn publish_payload_len(packet: &Packet) -> u64 {
     match packet {
         Packet::Publish(p) => p.payload.len() as u64,
@@ -548,6 +627,7 @@ mod tests {
             identity_properties: AttachedProperties::default(),
             envelope: None,
             topics: TopicMap::new(&topic, &vars),
+            aws: false,
             receive_maximum: 2,
             device_max_packet: None,
             decode_limits: DecodeLimits::default(),
@@ -582,7 +662,7 @@ mod tests {
         let d = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
         assert_eq!(
             d.upstream_topic(&Bytes::from_static(b"temp/1")).as_deref(),
-            Some(&b"devices/dev1/temp/1"[..])
+            Ok(&b"devices/dev1/temp/1"[..])
         );
         assert_eq!(
             d.upstream_filter(&Bytes::from_static(b"cmd/#")).as_deref(),
@@ -604,11 +684,11 @@ mod tests {
         let d = device("devices/{client_id}/{topic}/up", ProtocolVersion::V5);
         assert_eq!(
             d.upstream_filter(&Bytes::from_static(b"cmd/#")),
-            Err(ReasonCode::TOPIC_FILTER_INVALID)
+            Err((ReasonCode::TOPIC_FILTER_INVALID, None))
         );
         assert_eq!(
             d.upstream_filter(&Bytes::from_static(b"$share/g/x")),
-            Err(ReasonCode(0x9E))
+            Err((ReasonCode(0x9E), None))
         );
         let fixed = device("all/devices", ProtocolVersion::V311);
         assert!(fixed.upstream_filter(&Bytes::from_static(b"x")).is_err());
@@ -688,6 +768,77 @@ mod tests {
                 reason_codes: vec![ReasonCode::SUCCESS, ReasonCode::TOPIC_FILTER_INVALID],
             })]
         );
+    }
+
+    #[test]
+    fn aws_rules_refuse_topics_and_filters_by_rule_and_devices_hear_0x90() {
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        let mut d = device("devices/{client_id}/{topic}", ProtocolVersion::V5);
+        // Not AWS: the deep topic passes (as for any broker).
+        assert!(d.upstream_topic(&b("a/b/c/d/e/f/g")).is_ok());
+        d.aws = true;
+        assert_eq!(
+            d.upstream_topic(&b("a/b/c/d/e/f")).as_deref(),
+            Ok(&b"devices/dev1/a/b/c/d/e/f"[..])
+        );
+        assert_eq!(
+            d.upstream_topic(&b("a/b/c/d/e/f/g")),
+            Err(TopicRefusal::Cloud(CloudRule::TopicSlashes))
+        );
+        assert_eq!(
+            d.upstream_topic(&b(&"x".repeat(250))),
+            Err(TopicRefusal::Cloud(CloudRule::TopicBytes))
+        );
+        assert_eq!(d.upstream_topic(&b("a/+")), Err(TopicRefusal::Invalid));
+        assert_eq!(
+            d.upstream_filter(&b("a/b/c/d/e/f/#")),
+            Err((
+                ReasonCode::TOPIC_FILTER_INVALID,
+                Some(CloudRule::TopicSlashes)
+            ))
+        );
+        assert!(d.upstream_filter(&b("cmd/#")).is_ok());
+        // `$aws/...` only where the template writes it.
+        let mut bare = device("{topic}", ProtocolVersion::V5);
+        bare.aws = true;
+        assert_eq!(
+            bare.upstream_topic(&b("$aws/things/other/shadow/update")),
+            Err(TopicRefusal::Cloud(CloudRule::ReservedTopic))
+        );
+        let mut ingest = device("$aws/rules/r/{client_id}/{topic}", ProtocolVersion::V5);
+        ingest.aws = true;
+        assert!(ingest.upstream_topic(&b("a/b/c/d/e/f")).is_ok());
+
+        // What the device hears: 5.0 QoS 1 / 2: PUBACK / PUBREC 0x90; QoS 0: nothing; 3.1.1:
+        // closed.
+        let publish = |qos, id: Option<u16>| Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: b("a/b/c/d/e/f/g"),
+            packet_id: id.map(nz),
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"p"),
+        };
+        let invalid = |id| {
+            let mut r = PubResponse::success(nz(id));
+            r.reason_code = ReasonCode::TOPIC_NAME_INVALID;
+            r
+        };
+        assert_eq!(d.refuse_topic(&publish(QoS::AtLeastOnce, Some(1))), None);
+        assert_eq!(d.refuse_topic(&publish(QoS::ExactlyOnce, Some(2))), None);
+        assert_eq!(d.refuse_topic(&publish(QoS::AtMostOnce, None)), None);
+        assert_eq!(
+            written(&mut d),
+            vec![Packet::PubAck(invalid(1)), Packet::PubRec(invalid(2))]
+        );
+        let mut v3 = device("devices/{client_id}/{topic}", ProtocolVersion::V311);
+        v3.aws = true;
+        assert_eq!(
+            v3.refuse_topic(&publish(QoS::AtLeastOnce, Some(1))),
+            Some(End::Abnormal(None))
+        );
+        assert!(written(&mut v3).is_empty());
     }
 
     #[test]

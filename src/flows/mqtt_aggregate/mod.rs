@@ -24,6 +24,14 @@
 //! most 5 s): then it is refused (5.0: 0x97; QoS 0: dropped; 3.1.1 QoS 1/2: connection closed
 //! unacknowledged). See [`rate`].
 //!
+//! AWS IoT Core (`adapter = "aws-iot-core"`, aggregate mode): every mapped uplink topic and
+//! filter is checked against AWS's rules (256 bytes, 7 slashes, `$aws/` only where the template
+//! writes it) and every payload against 128 KB, through `crate::adapters::aws_iot_core_mqtt`;
+//! a refused topic is answered as any topic without an upstream form (5.0 QoS 1/2: 0x90), a
+//! refused payload ends the session (5.0: DISCONNECT 0x95), a refused Will is not published;
+//! each is counted in `simgate_mqtt_cloud_refusals_total{adapter="aws-iot-core",rule}` and never
+//! reaches the cloud, which would disconnect the shared link. See `device`.
+//!
 //! Downlink: a device SUBSCRIBE to filter F becomes an upstream subscription to the template
 //! applied to F (once per distinct upstream filter per link, reference counted); the device's
 //! SUBACK waits for the broker's. Messages are mapped back by stripping the template's text around
@@ -79,6 +87,7 @@ use super::mqtt_common::{
     SessionFuture,
 };
 use super::ShardState;
+use crate::adapters::aws_iot_core_mqtt::TopicRefusal;
 use crate::policy::envelope::Envelope;
 use crate::policy::{DestinationId, ListenerId, Plan, TemplateVars, TopicMap, WhileDown};
 use crate::proto::mqtt::{
@@ -325,6 +334,7 @@ fn admit(
         identity_properties,
         envelope: (dest.envelope == Envelope::Json).then(|| identity.envelope_fields(plan)),
         topics: TopicMap::new(&mqtt_dest.topic, &vars),
+        aws: dest.aws_iot_core_mqtt().is_some(),
         receive_maximum: usize::from(limits.receive_maximum.max(1)),
         device_max_packet: connect.properties.maximum_packet_size,
         decode_limits: DecodeLimits {
@@ -437,7 +447,7 @@ fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
             // The will first: it is queued on the link at once, so a device that does not read its
             // DISCONNECT cannot hold it back past the shard's drain window.
             if let Some(will) = device.will.take() {
-                publish_will(device, link, *will);
+                publish_will(state, device, link, *will);
             }
             if let (Some(code), ProtocolVersion::V5) = (code, device.version) {
                 device.write(&Packet::Disconnect(Disconnect {
@@ -627,10 +637,23 @@ async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMu
     }
 }
 
-fn publish_will(device: &Device, link: &Rc<Link>, will: Will) {
-    let Some(topic) = device.upstream_topic(&will.topic) else {
-        return;
+/// Queue the device's Will on its link, its topic mapped as any uplink message's (a Will
+/// whose topic or payload AWS IoT Core would refuse is not sent, and counted).
+fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will) {
+    let topic = match device.upstream_topic(&will.topic) {
+        Ok(topic) => topic,
+        Err(TopicRefusal::Cloud(rule)) => {
+            device::count_cloud_refusal(state, rule);
+            return;
+        }
+        Err(TopicRefusal::Invalid) => return,
     };
+    if device.aws {
+        if let Err(rule) = crate::adapters::aws_iot_core_mqtt::check_payload(will.payload.len()) {
+            device::count_cloud_refusal(state, rule);
+            return;
+        }
+    }
     let publish = Publish {
         dup: false,
         qos: will.qos.min(QoS::AtLeastOnce),

@@ -154,7 +154,7 @@ pub fn aws_session(
     vars: &TemplateVars<'_>,
     topics: &TopicMap,
 ) -> Result<AwsSession, Option<CloudRule>> {
-    let client_id = settings.session.client_id.render(vars);
+    let client_id = settings.mqtt.client_id.render(vars);
     if client_id.is_empty() {
         return Err(None);
     }
@@ -511,7 +511,7 @@ mod tests {
         AwsIotCoreMqtt {
             thing_name: super::super::test_support::template(thing),
             thing_topics: true,
-            session,
+            mqtt: session,
         }
     }
 
@@ -519,10 +519,7 @@ mod tests {
     fn aws_checks_the_client_id_and_thing_name_before_connecting() {
         let device = device_connect(ProtocolVersion::V5);
         let v = vars(&device.client_id);
-        let topics = TopicMap::new(
-            &aws_settings("{client_id}", "{client_id}").session.topic,
-            &v,
-        );
+        let topics = TopicMap::new(&aws_settings("{client_id}", "{client_id}").mqtt.topic, &v);
         assert!(aws_session(&aws_settings("{client_id}", "{client_id}"), &v, &topics).is_ok());
         let long = format!("{}{{client_id}}", "x".repeat(125));
         assert_eq!(
@@ -543,11 +540,11 @@ mod tests {
             device.keep_alive = keep_alive;
             device.will.as_mut().expect("will").topic = Bytes::from_static(b"shadow/update");
             let v = vars(&device.client_id);
-            let topics = TopicMap::new(&settings.session.topic, &v);
+            let topics = TopicMap::new(&settings.mqtt.topic, &v);
             let session = aws_session(&settings, &v, &topics).expect("session");
             let mut c = build_upstream_connect(
                 &device,
-                &settings.session,
+                &settings.mqtt,
                 &v,
                 ProtocolVersion::V5,
                 &topics,
@@ -577,11 +574,11 @@ mod tests {
         let mut device = device_connect(ProtocolVersion::V5);
         device.will.as_mut().expect("will").topic = Bytes::from_static(b"$aws/events/x");
         let v = vars(&device.client_id);
-        let topics = TopicMap::new(&settings.session.topic, &v);
+        let topics = TopicMap::new(&settings.mqtt.topic, &v);
         let session = aws_session(&settings, &v, &topics).expect("session");
         let mut c = build_upstream_connect(
             &device,
-            &settings.session,
+            &settings.mqtt,
             &v,
             ProtocolVersion::V5,
             &topics,
