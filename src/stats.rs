@@ -11,9 +11,12 @@
 //! Usage metering per SIM and group (what a carrier bills) is in [`usage`]: also per shard,
 //! but handed to the control thread as deltas rather than snapshots.
 
+pub mod latency;
 pub mod usage;
 
 use hdrhistogram::Histogram;
+
+pub use latency::{DestinationLatencies, Latency};
 
 /// The device protocol an error is counted under: the same upstream failure is an HTTP 502
 /// for an HTTP device and a refused CONNACK or a DISCONNECT for an MQTT one, and each protocol
@@ -145,8 +148,7 @@ impl CapReason {
 }
 
 fn new_histogram() -> Histogram<u64> {
-    // Constant, valid bounds: 1 µs .. 60 s at 3 significant digits.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+    latency::new_latency_histogram()
 }
 
 /// Counters of a shard's upstream connects, copied into its metrics on a snapshot.
@@ -318,6 +320,9 @@ pub struct ShardMetrics {
     /// Latency added by simgate: `request_total_us` minus the time spent waiting for the
     /// upstream's response head, in µs.
     pub gateway_added_us: Histogram<u64>,
+    /// Latency histograms by destination and device protocol
+    /// (`simgate_request_duration_seconds`, `simgate_upstream_rtt_seconds`, ...).
+    pub latency: DestinationLatencies,
 }
 
 impl Default for ShardMetrics {
@@ -355,6 +360,7 @@ impl Default for ShardMetrics {
             cloud_refusals: [[0; CloudRule::ALL.len()]; CLOUD_ADAPTERS],
             request_total_us: new_histogram(),
             gateway_added_us: new_histogram(),
+            latency: DestinationLatencies::default(),
         }
     }
 }
@@ -473,6 +479,19 @@ impl ShardMetrics {
         self.gateway_added_us.saturating_record(added_us.max(1));
     }
 
+    /// Record `us` microseconds of `latency` for a device of `protocol` at the served plan's
+    /// destination `index` named `name` (see [`DestinationLatencies::record`]).
+    pub fn record_destination(
+        &mut self,
+        index: usize,
+        name: &str,
+        latency: Latency,
+        protocol: Protocol,
+        us: u64,
+    ) {
+        self.latency.record(index, name, latency, protocol, us);
+    }
+
     /// Add `other` into `self` (counters summed, histograms merged).
     pub fn merge(&mut self, other: &ShardMetrics) {
         self.connections_accepted += other.connections_accepted;
@@ -555,6 +574,7 @@ impl ShardMetrics {
         // `saturating_record` already prevents; ignore rather than panic.
         let _ = self.request_total_us.add(&other.request_total_us);
         let _ = self.gateway_added_us.add(&other.gateway_added_us);
+        self.latency.merge(&other.latency);
     }
 }
 

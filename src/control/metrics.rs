@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use super::radius::RadiusStats;
 use crate::policy::AdapterKind;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
-use crate::stats::{CloudRule, CLOUD_STATUSES};
+use crate::stats::{CloudRule, DestinationLatencies, Latency, CLOUD_STATUSES};
 
 /// Reload counters kept by the control thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -566,7 +566,71 @@ pub fn render(
         &m.request_total_us,
     );
     histogram(w, "simgate_http_gateway_added_seconds", "Request duration minus time waiting for the upstream response head: the latency simgate adds", &m.gateway_added_us);
+    render_latency(w, &m.latency);
     out
+}
+
+/// Append the per-destination latency families: one series per destination and device
+/// protocol (or connect stage) that has samples, so bounded by the configuration.
+fn render_latency(w: &mut String, l: &DestinationLatencies) {
+    let families: [(&str, &str, &[Latency]); 3] = [
+        (
+            "simgate_request_duration_seconds",
+            "Device-observed time in simgate by destination and device protocol: HTTP request \
+             fully received to response fully sent; MQTT QoS 1 PUBLISH received to its PUBACK \
+             sent to the device",
+            &[Latency::RequestDuration],
+        ),
+        (
+            "simgate_upstream_rtt_seconds",
+            "Upstream round trip by destination and device protocol: request (QoS 1 PUBLISH) \
+             written upstream to response head (PUBACK) received",
+            &[Latency::UpstreamRtt],
+        ),
+        (
+            "simgate_upstream_connect_seconds",
+            "Upstream connection set-up by destination and stage: TCP connect, then the TLS \
+             handshake (full or resumed)",
+            &[
+                Latency::ConnectTcp,
+                Latency::ConnectTlsFull,
+                Latency::ConnectTlsResumed,
+            ],
+        ),
+    ];
+    for (name, help, kinds) in families {
+        header(w, name, help, "histogram");
+        for d in &l.destinations {
+            // Destination names are [a-z0-9_-]: nothing to escape in the label value.
+            let dest = &d.name;
+            for &kind in kinds {
+                match kind {
+                    Latency::RequestDuration | Latency::UpstreamRtt => {
+                        for p in Protocol::ALL {
+                            if let Some(h) = d.get(kind, p) {
+                                let labels =
+                                    format!("destination=\"{dest}\",protocol=\"{}\"", p.label());
+                                histogram_series(w, name, &labels, h);
+                            }
+                        }
+                    }
+                    Latency::ConnectTcp | Latency::ConnectTlsFull | Latency::ConnectTlsResumed => {
+                        if let Some(h) = d.all_protocols(kind) {
+                            let (stage, resumed) = match kind {
+                                Latency::ConnectTcp => ("tcp", "false"),
+                                Latency::ConnectTlsFull => ("tls", "false"),
+                                _ => ("tls", "true"),
+                            };
+                            let labels = format!(
+                                "destination=\"{dest}\",stage=\"{stage}\",resumed=\"{resumed}\""
+                            );
+                            histogram_series(w, name, &labels, &h);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Append the cloud token families (one series per token-carrying destination, so bounded by
@@ -674,6 +738,12 @@ fn gauge(w: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
 
 fn histogram(w: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
     header(w, name, help, "histogram");
+    histogram_series(w, name, "", h);
+}
+
+/// One histogram's `_bucket`, `_sum` and `_count` samples, with `labels` (may be empty).
+fn histogram_series(w: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
+    let sep = if labels.is_empty() { "" } else { "," };
     for le in BUCKETS_SECONDS {
         let bound_us = (le * 1e6) as u64;
         let count = if h.is_empty() {
@@ -681,21 +751,66 @@ fn histogram(w: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
         } else {
             h.count_between(0, bound_us)
         };
-        let _ = writeln!(w, "{name}_bucket{{le=\"{le}\"}} {count}");
+        let _ = writeln!(w, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {count}");
     }
-    let _ = writeln!(w, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
+    let _ = writeln!(w, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.len());
     let sum = if h.is_empty() {
         0.0
     } else {
         h.mean() * h.len() as f64 / 1e6
     };
-    let _ = writeln!(w, "{name}_sum {sum}");
-    let _ = writeln!(w, "{name}_count {}", h.len());
+    if labels.is_empty() {
+        let _ = writeln!(w, "{name}_sum {sum}");
+        let _ = writeln!(w, "{name}_count {}", h.len());
+    } else {
+        let _ = writeln!(w, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(w, "{name}_count{{{labels}}} {}", h.len());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_families_have_a_series_per_destination_and_protocol_with_samples() {
+        let mut m = ShardMetrics::default();
+        m.latency.set_destinations(["a", "b"]);
+        m.record_destination(0, "a", Latency::RequestDuration, Protocol::Http, 80);
+        m.record_destination(0, "a", Latency::RequestDuration, Protocol::Http, 3_000);
+        m.record_destination(1, "b", Latency::UpstreamRtt, Protocol::Mqtt, 70);
+        m.record_destination(1, "b", Latency::ConnectTlsResumed, Protocol::Mqtt, 900);
+        let text = render(
+            &m,
+            &[],
+            &PlanGenerations::default(),
+            ReloadCounters::default(),
+            &BTreeMap::new(),
+            None,
+        );
+        let a = "destination=\"a\",protocol=\"http\"";
+        assert!(text.contains(&format!(
+            "simgate_request_duration_seconds_bucket{{{a},le=\"0.0001\"}} 1\n"
+        )));
+        assert!(text.contains(&format!(
+            "simgate_request_duration_seconds_bucket{{{a},le=\"+Inf\"}} 2\n"
+        )));
+        assert!(text.contains(&format!(
+            "simgate_request_duration_seconds_count{{{a}}} 2\n"
+        )));
+        assert!(!text.contains("simgate_request_duration_seconds_count{destination=\"b\""));
+        assert!(text.contains(
+            "simgate_upstream_rtt_seconds_count{destination=\"b\",protocol=\"mqtt\"} 1\n"
+        ));
+        assert!(text.contains(
+            "simgate_upstream_connect_seconds_count{destination=\"b\",stage=\"tls\",resumed=\"true\"} 1\n"
+        ));
+        assert_eq!(
+            text.matches("# TYPE simgate_upstream_rtt_seconds histogram")
+                .count(),
+            1
+        );
+    }
 
     #[test]
     fn exposition_has_cumulative_buckets_and_counts() {

@@ -80,12 +80,14 @@ impl ShardState {
     ) -> ShardState {
         let mut usage = ShardUsage::default();
         name_groups(&mut usage, &plan);
+        let mut metrics = ShardMetrics::default();
+        name_destinations(&mut metrics, &plan);
         ShardState {
             id,
             usage: RefCell::new(usage),
             upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
             links: LinkRegistry::default(),
-            metrics: RefCell::new(ShardMetrics::default()),
+            metrics: RefCell::new(metrics),
             drain: DrainSignal::default(),
             plan_changed: Broadcast::default(),
             gateway_error_log: LogThrottle::new(LOG_THROTTLE),
@@ -165,6 +167,29 @@ impl ShardState {
         name_groups(&mut self.usage.borrow_mut(), plan);
     }
 
+    /// Index the per-destination latency histograms by `plan`'s destinations (on reload;
+    /// samples of destinations that keep their name survive).
+    pub fn name_destinations(&self, plan: &Plan) {
+        name_destinations(&mut self.metrics.borrow_mut(), plan);
+    }
+
+    /// Record `elapsed` of `latency` for a device of `protocol` at `dest`.
+    pub fn record_latency(
+        &self,
+        dest: &crate::policy::DestinationPlan,
+        latency: crate::stats::Latency,
+        protocol: crate::stats::Protocol,
+        elapsed: std::time::Duration,
+    ) {
+        self.metrics.borrow_mut().record_destination(
+            usize::from(dest.id.0),
+            &dest.name,
+            latency,
+            protocol,
+            elapsed.as_micros() as u64,
+        );
+    }
+
     /// Count usage from the device: `msgs` messages, `bytes` bytes (docs/metrics.md says what
     /// each protocol counts).
     pub fn usage_up(&self, key: UsageKey, msgs: u64, bytes: u64) {
@@ -202,4 +227,10 @@ fn name_groups(usage: &mut ShardUsage, plan: &Plan) {
     for g in &plan.groups {
         usage.name_group(super::identity::group_key(&g.name), &g.name);
     }
+}
+
+fn name_destinations(metrics: &mut ShardMetrics, plan: &Plan) {
+    metrics
+        .latency
+        .set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
 }

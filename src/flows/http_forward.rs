@@ -50,7 +50,7 @@ use crate::proto::http1::{
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
 use crate::stats::usage::UsageCounts;
-use crate::stats::{ErrorKind, Protocol};
+use crate::stats::{ErrorKind, Latency, Protocol};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::driver::HttpConn;
 use crate::upstream::http2::H2Handle;
@@ -739,7 +739,7 @@ impl DeviceConn {
                     kind: e.kind,
                 })?;
             return Ok(self
-                .send_batch_answer(answer, cloud_time, keep_device, received_at)
+                .send_batch_answer(dest, answer, cloud_time, keep_device, received_at)
                 .await);
         }
         let cloud = match crate::adapters::request(&dest.adapter, &msg, &ctx) {
@@ -775,6 +775,7 @@ impl DeviceConn {
     /// Send a batched message's answer to its device.
     async fn send_batch_answer(
         &mut self,
+        dest: &crate::policy::DestinationPlan,
         answer: crate::adapters::ItemAnswer,
         cloud_time: std::time::Duration,
         keep_device: bool,
@@ -802,12 +803,19 @@ impl DeviceConn {
         // Added by simgate: everything but the cloud's answer time (the batch's linger is
         // simgate's, and counted).
         let total = received_at.elapsed();
-        let mut m = self.state.metrics.borrow_mut();
-        m.device_bytes_out += len;
-        m.record_latency(
-            total.as_micros() as u64,
-            total.saturating_sub(cloud_time).as_micros() as u64,
-        );
+        {
+            let mut m = self.state.metrics.borrow_mut();
+            m.device_bytes_out += len;
+            m.record_latency(
+                total.as_micros() as u64,
+                total.saturating_sub(cloud_time).as_micros() as u64,
+            );
+        }
+        // The batch's round trip, shared by the messages it carried.
+        self.state
+            .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
+        self.state
+            .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, cloud_time);
         Relayed::Done {
             keep_device,
             status: answer.status,
@@ -903,6 +911,7 @@ impl DeviceConn {
                             total.as_micros() as u64,
                             total.saturating_sub(upstream).as_micros() as u64,
                         );
+                        self.record_exchange(dest, total, upstream);
                     }
                     return Ok(outcome);
                 }
@@ -962,8 +971,24 @@ impl DeviceConn {
                 total.as_micros() as u64,
                 total.saturating_sub(upstream).as_micros() as u64,
             );
+            self.record_exchange(dest, total, upstream);
         }
         H2Outcome::Done(Ok(outcome))
+    }
+
+    /// Record a relayed exchange with `dest` in its latency histograms: `total` from the
+    /// request fully received to the response fully sent, `upstream` from the request
+    /// written upstream to the response head received.
+    fn record_exchange(
+        &self,
+        dest: &crate::policy::DestinationPlan,
+        total: std::time::Duration,
+        upstream: std::time::Duration,
+    ) {
+        self.state
+            .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
+        self.state
+            .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, upstream);
     }
 
     /// Count a cloud adapter's answer status (not for generic `https`).

@@ -682,6 +682,7 @@ async fn command_loop(
             match cmd {
                 ShardCommand::Reload(plan, ack) => {
                     state.name_usage_groups(&plan);
+                    state.name_destinations(&plan);
                     state.carry_tokens(&state.plan(), &plan);
                     state.upstreams.replace_plan(plan);
                     state.mqtt_aggregate.plan_changed();
