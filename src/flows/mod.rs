@@ -5,6 +5,7 @@
 //! protocol-level decisions the codecs and pools cannot make alone: timeouts per phase, which
 //! error a device sees, when a connection is reusable, and when a retry is safe.
 
+pub mod ack_timing;
 pub mod batch;
 pub mod client_ids;
 pub mod context;

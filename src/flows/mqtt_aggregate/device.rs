@@ -80,8 +80,12 @@ pub(super) struct Device {
 /// add ~190 bytes to every idle device's session.
 #[derive(Default)]
 pub(super) struct Tracking {
-    /// Device packet ids of QoS 1/2 PUBLISHes waiting for the broker's PUBACK.
-    pub(super) outstanding: HashSet<u16>,
+    /// Device packet ids of QoS 1/2 PUBLISHes waiting for the broker's PUBACK, with when
+    /// each was received (for the latency histograms).
+    pub(super) outstanding: HashMap<u16, Instant>,
+    /// When the QoS 1 PUBLISHes acknowledged to the device since the session last looked were
+    /// received ([`Device::take_acked`]).
+    pub(super) acked: Vec<Instant>,
     /// QoS 2 ids answered with PUBREC, waiting for the device's PUBREL.
     pub(super) awaiting_pubrel: HashSet<u16>,
     /// Device filter -> upstream filter, for granted or pending subscriptions.
@@ -246,7 +250,7 @@ impl Device {
             return Some(End::Abnormal(Some(ReasonCode(0x94))));
         }
         if let Some(id) = publish.packet_id {
-            if self.tracked().outstanding.contains(&id.get()) {
+            if self.tracked().outstanding.contains_key(&id.get()) {
                 return None; // a duplicate of one still in flight upstream
             }
             if publish.qos == QoS::ExactlyOnce && self.tracked().awaiting_pubrel.contains(&id.get())
@@ -315,7 +319,7 @@ impl Device {
             device_qos: publish.qos,
         });
         if let Some(id) = publish.packet_id {
-            self.tracking_mut().outstanding.insert(id.get());
+            self.tracking_mut().outstanding.insert(id.get(), now);
         }
         let upstream = Publish {
             dup: false,
@@ -464,6 +468,15 @@ impl Device {
         }));
     }
 
+    /// When the QoS 1 PUBLISHes acknowledged to the device since the last call were received
+    /// (their PUBACKs are in [`Device::out`]).
+    pub(super) fn take_acked(&mut self) -> Vec<Instant> {
+        match self.tracking.as_mut() {
+            Some(t) if !t.acked.is_empty() => std::mem::take(&mut t.acked),
+            _ => Vec::new(),
+        }
+    }
+
     /// Apply one event from the link. `Some(end)` closes the session.
     pub(super) fn on_link_event(&mut self, event: LinkEvent) -> Option<End> {
         match event {
@@ -472,7 +485,8 @@ impl Device {
                 device_qos,
                 reason,
             } => {
-                self.tracking_mut()
+                let received = self
+                    .tracking_mut()
                     .outstanding
                     .remove(&device_packet_id.get());
                 let refused = reason.0 >= 0x80;
@@ -493,6 +507,9 @@ impl Device {
                     self.write(&Packet::PubRec(response));
                 } else {
                     self.write(&Packet::PubAck(response));
+                    if let Some(received) = received {
+                        self.tracking_mut().acked.push(received);
+                    }
                 }
                 None
             }
@@ -697,8 +714,8 @@ mod tests {
     #[test]
     fn acks_map_to_puback_pubrec_and_pubrel_completes_qos2() {
         let mut d = device("{topic}", ProtocolVersion::V311);
-        d.tracking_mut().outstanding.insert(3);
-        d.tracking_mut().outstanding.insert(4);
+        d.tracking_mut().outstanding.insert(3, Instant::now());
+        d.tracking_mut().outstanding.insert(4, Instant::now());
         assert!(d
             .on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(3),
@@ -727,7 +744,7 @@ mod tests {
     #[test]
     fn v311_device_is_closed_not_acked_when_the_broker_refuses() {
         let mut d = device("{topic}", ProtocolVersion::V311);
-        d.tracking_mut().outstanding.insert(1);
+        d.tracking_mut().outstanding.insert(1, Instant::now());
         assert_eq!(
             d.on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(1),

@@ -76,7 +76,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -96,7 +96,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::stats::{ErrorKind, Protocol};
+use crate::stats::{ErrorKind, Latency, Protocol};
 use crate::upstream::mqtt_link::{Link, LinkEvent, SessionKey, SessionMailbox};
 
 mod device;
@@ -196,6 +196,9 @@ struct Admitted {
     group_key: u64,
     peer_ip: IpAddr,
     listener: ListenerId,
+    /// The destination's index in the plan of admission and its name, for the latency
+    /// histograms.
+    latency_dest: (usize, Box<str>),
 }
 
 /// Admit one device session to the shard's shared upstream links and return the future that
@@ -387,6 +390,7 @@ fn admit(
         group_key,
         peer_ip: peer.ip(),
         listener,
+        latency_dest: (usize::from(destination.0), dest.name.as_str().into()),
     })
 }
 
@@ -477,6 +481,7 @@ async fn run_session(s: &mut Session) -> End {
                 group_key,
                 peer_ip,
                 listener,
+                latency_dest,
                 ..
             },
     } = s;
@@ -496,6 +501,7 @@ async fn run_session(s: &mut Session) -> End {
                 return end;
             }
         }
+        record_acked(state, latency_dest, device.take_acked());
         // A reload replaced the plan: a device whose SIM moved to another group (or is now
         // refused) leaves like a drained one, with 0x98 "administrative action", and
         // reconnects into its new group.
@@ -664,4 +670,19 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
         payload: will.payload,
     };
     link.with_core(|c| c.publish(reactor::now(), publish, None));
+}
+
+/// Record the device-observed latency (device PUBLISH received → PUBACK queued for the
+/// device, in the same turn as the link's PUBACK from the broker) of acknowledged QoS 1
+/// PUBLISHes received at `received`.
+fn record_acked(state: &ShardState, (index, name): &(usize, Box<str>), received: Vec<Instant>) {
+    if received.is_empty() {
+        return;
+    }
+    let now = reactor::now();
+    let mut m = state.metrics.borrow_mut();
+    for r in received {
+        let us = now.saturating_duration_since(r).as_micros() as u64;
+        m.record_destination(*index, name, Latency::RequestDuration, Protocol::Mqtt, us);
+    }
 }

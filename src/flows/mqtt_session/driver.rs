@@ -26,6 +26,7 @@ use super::renewal::{kept_until_answered, Carry, Schedule};
 mod renew;
 use self::renew::{jitter_of, on_reactor_clock, renewal_wake, Renew};
 use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
+use crate::flows::ack_timing::AckTimes;
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
 use crate::flows::mqtt_common::{
@@ -40,7 +41,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::stats::{CloudRule, ErrorKind, Protocol};
+use crate::stats::{CloudRule, ErrorKind, Latency, Protocol};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -434,6 +435,8 @@ pub async fn serve(session: DeviceSession) {
         upstream_ping,
         last_upstream_write: reactor::now(),
         renew,
+        latency_dest: (usize::from(destination.0), dest.name.as_str().into()),
+        acks: AckTimes::default(),
     };
     let end = match pump.relay_stashed(stashed).await {
         Some(end) => end,
@@ -686,6 +689,12 @@ struct Pump<'a> {
     last_upstream_write: Instant,
     /// `azure-iot-hub`: renewal of the upstream connection with newer SAS tokens.
     renew: Option<Renew<'a>>,
+    /// The destination's index in the plan the session opened under and its name, for the
+    /// latency histograms.
+    latency_dest: (usize, Box<str>),
+    /// Device QoS 1 PUBLISHes forwarded upstream and not yet acknowledged, for the latency
+    /// histograms.
+    acks: AckTimes,
 }
 
 impl Pump<'_> {
@@ -915,6 +924,10 @@ impl Pump<'_> {
                 }
             };
             let is_publish = matches!(packet, Packet::Publish(_));
+            let qos1_id = match &packet {
+                Packet::Publish(p) if p.qos == QoS::AtLeastOnce => p.packet_id,
+                _ => None,
+            };
             let payload = publish_payload_len(&packet);
             let (packet, ending) = match self.bridge.uplink(packet) {
                 Action::Forward(p) => (Some(p), None),
@@ -950,6 +963,9 @@ impl Pump<'_> {
                 }
                 publishes += u64::from(is_publish);
                 bytes += payload;
+                if let Some(id) = qos1_id {
+                    self.acks.received(id.get(), reactor::now());
+                }
             }
             end = ending;
         }
@@ -963,6 +979,7 @@ impl Pump<'_> {
                 return Some(end.unwrap_or(SessionEnd::UpstreamClosed));
             }
             self.last_upstream_write = reactor::now();
+            self.acks.sent_upstream(self.last_upstream_write);
             self.state.metrics.borrow_mut().mqtt_publishes_uplink += publishes;
             self.state.usage_up(self.identity.usage(), publishes, bytes);
         }
@@ -974,6 +991,28 @@ impl Pump<'_> {
             return Some(end.unwrap_or(SessionEnd::DeviceClosed));
         }
         end
+    }
+
+    /// Record the device-observed latency and upstream round trip of the QoS 1 PUBLISHes whose
+    /// PUBACK was just sent to the device.
+    fn record_acks(&mut self) {
+        let now = reactor::now();
+        let (index, name) = (&self.latency_dest.0, &*self.latency_dest.1);
+        let mut m = self.state.metrics.borrow_mut();
+        for t in self.acks.take_acked() {
+            let device = now.saturating_duration_since(t.received).as_micros() as u64;
+            m.record_destination(
+                *index,
+                name,
+                Latency::RequestDuration,
+                Protocol::Mqtt,
+                device,
+            );
+            if let Some(rtt) = t.upstream_rtt() {
+                let rtt = rtt.as_micros() as u64;
+                m.record_destination(*index, name, Latency::UpstreamRtt, Protocol::Mqtt, rtt);
+            }
+        }
     }
 
     /// Decode every complete broker packet, forward the translations to the device in one send.
@@ -1014,6 +1053,9 @@ impl Pump<'_> {
                 }
                 publishes += u64::from(is_publish);
                 bytes += payload;
+                if let Packet::PubAck(r) = &p {
+                    self.acks.acked(r.packet_id.get(), reactor::now());
+                }
             }
             end = ending;
         }
@@ -1024,6 +1066,7 @@ impl Pump<'_> {
             {
                 return Some(end.unwrap_or(SessionEnd::DeviceClosed));
             }
+            self.record_acks();
             self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
             self.state
                 .usage_down(self.identity.usage(), publishes, bytes);
