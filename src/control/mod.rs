@@ -28,6 +28,7 @@
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
+pub mod histograms;
 pub mod metrics;
 pub mod probes;
 pub mod radius;
@@ -755,6 +756,25 @@ async fn admin(
                     TEXT,
                     "usage failed\n".into(),
                 ),
+            }
+        }
+        (&Method::GET, path) if path.starts_with(histograms::PREFIX) => {
+            let name = path[histograms::PREFIX.len()..].to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let answer = tokio::task::spawn_blocking(move || {
+                let m = control.metrics().unwrap_or_default();
+                histograms::answer(&m, &name, &query)
+            })
+            .await;
+            match answer {
+                Ok(Ok(text)) => reply(StatusCode::OK, TEXT, text),
+                Ok(Err(histograms::HistogramError::NotFound(e))) => {
+                    reply(StatusCode::NOT_FOUND, TEXT, format!("{e}\n"))
+                }
+                Ok(Err(histograms::HistogramError::BadQuery(e))) => {
+                    reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n"))
+                }
+                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "failed\n".into()),
             }
         }
         (&Method::GET, "/admin/probes") => {
