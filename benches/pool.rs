@@ -53,7 +53,7 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
     reactor::block_on(&ReactorConfig::default(), async {
         let mut pools = Pools::new(&plan, 0, 1);
         for _ in 0..POOLED {
-            let stream = upstream::connect(ConnectParams::for_destination(&dest))
+            let (stream, _) = upstream::connect(ConnectParams::for_destination(&dest))
                 .await
                 .expect("connect to the sink");
             pools.check_in(UpstreamConn::new(stream, dest.id, 0), Instant::now());

@@ -716,6 +716,7 @@ async fn command_loop(
                         .map(|d| d.0)
                         .collect();
                     snapshot.upstream = state.upstreams.counters();
+                    snapshot.latency.merge(&state.upstreams.connect_latency());
                     let agg = &state.mqtt_aggregate;
                     let c = state.links.counters();
                     snapshot.mqtt_aggregate = crate::stats::AggregateTotals {

@@ -21,6 +21,7 @@ use super::{connect, ConnectParams, H2Take, Pools, UpstreamConn, UpstreamError};
 use crate::policy::{DestinationId, DestinationPlan, Plan};
 use crate::reactor::{self, select2, Broadcast, Either, Signal};
 pub use crate::stats::UpstreamCounters;
+use crate::stats::{DestinationLatencies, Latency, Protocol};
 
 /// A connection for one HTTP request: an HTTP/1.1 connection of its own, or a stream on a
 /// shared HTTP/2 connection (the destination offers `h2` and its server selected it).
@@ -62,6 +63,8 @@ pub struct ShardUpstreams {
     generation: Cell<u64>,
     pools: RefCell<Pools>,
     counters: RefCell<UpstreamCounters>,
+    /// Connect and handshake times by destination (`simgate_upstream_connect_seconds`).
+    latency: RefCell<DestinationLatencies>,
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
     /// now rather than at its next once-a-second round, so a burst of device connects keeps
     /// finding warm ones.
@@ -115,6 +118,7 @@ impl ShardUpstreams {
         ShardUpstreams {
             shard,
             pools: RefCell::new(Pools::new(&plan, 0, seed_for(shard))),
+            latency: RefCell::new(latency_for(&plan)),
             plan: RefCell::new(plan),
             generation: Cell::new(0),
             counters: RefCell::default(),
@@ -150,6 +154,9 @@ impl ShardUpstreams {
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         *self.pools.borrow_mut() = Pools::new(&plan, generation, seed_for(self.shard));
+        self.latency
+            .borrow_mut()
+            .set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
         *self.plan.borrow_mut() = plan;
         self.pool_waiters.notify_all();
     }
@@ -175,6 +182,11 @@ impl ShardUpstreams {
     /// This shard's connect counters.
     pub fn counters(&self) -> UpstreamCounters {
         *self.counters.borrow()
+    }
+
+    /// This shard's connect and handshake time histograms, by destination.
+    pub fn connect_latency(&self) -> DestinationLatencies {
+        self.latency.borrow().clone()
     }
 
     /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
@@ -296,11 +308,27 @@ impl ShardUpstreams {
         let mut counters = self.counters.borrow_mut();
         let still_current = pools.generation() == generation;
         match result {
-            Ok(stream) => {
+            Ok((stream, times)) => {
                 counters.connects += 1;
-                if stream.was_resumed() {
+                let tls = if stream.was_resumed() {
                     counters.tls_resumed += 1;
-                }
+                    Latency::ConnectTlsResumed
+                } else {
+                    Latency::ConnectTlsFull
+                };
+                let index = usize::from(dest.id.0);
+                let mut latency = self.latency.borrow_mut();
+                // Counted under the HTTP protocol slot: a connection's protocol is the
+                // destination's, and /metrics shows connects without a protocol label.
+                let us = |d: Duration| d.as_micros() as u64;
+                latency.record(
+                    index,
+                    &dest.name,
+                    Latency::ConnectTcp,
+                    Protocol::Http,
+                    us(times.tcp),
+                );
+                latency.record(index, &dest.name, tls, Protocol::Http, us(times.tls));
                 if still_current {
                     pools.record_connect(dest.id, None, reactor::now());
                 }
@@ -481,4 +509,10 @@ fn seed_for(shard: usize) -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x9E37_79B9);
     t ^ ((shard as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+fn latency_for(plan: &Plan) -> DestinationLatencies {
+    let mut l = DestinationLatencies::default();
+    l.set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
+    l
 }

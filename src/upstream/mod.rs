@@ -624,9 +624,20 @@ impl Pools {
     }
 }
 
+/// How long the stages of a successful connect took (of the address that answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectTimes {
+    /// TCP connect submitted → connected.
+    pub tcp: Duration,
+    /// TCP connected → TLS handshake done.
+    pub tls: Duration,
+}
+
 /// Connect to the first reachable address and complete the TLS handshake, all within the
 /// destination's connect timeout. Nothing of any request is sent.
-pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamError> {
+pub async fn connect(
+    params: ConnectParams,
+) -> Result<(UpstreamStream, ConnectTimes), UpstreamError> {
     let deadline = reactor::now() + params.timeout;
     let mut last = UpstreamError::Connect(std::io::ErrorKind::NotFound);
     for (i, addr) in params.addrs.iter().enumerate() {
@@ -635,15 +646,22 @@ pub async fn connect(params: ConnectParams) -> Result<UpstreamStream, UpstreamEr
         let left = deadline.saturating_duration_since(reactor::now());
         let remaining = (params.addrs.len() - i) as u32;
         let attempt = async {
+            let started = reactor::now();
             let tcp = TcpStream::connect(*addr)
                 .await
                 .map_err(|e| UpstreamError::from_connect_io(&e))?;
-            TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
+            let connected = reactor::now();
+            let tls = TlsStream::connect(tcp, params.tls.clone(), params.server_name.clone())
                 .await
                 .map_err(|e| match e {
                     TlsIoError::Io { kind, .. } => UpstreamError::Connect(kind),
                     other => UpstreamError::Tls(other.to_string()),
-                })
+                })?;
+            let times = ConnectTimes {
+                tcp: connected.saturating_duration_since(started),
+                tls: reactor::now().saturating_duration_since(connected),
+            };
+            Ok((tls, times))
         };
         match reactor::timeout(left / remaining.max(1), attempt).await {
             Ok(Ok(stream)) => return Ok(stream),
