@@ -1,5 +1,6 @@
 //! Integration: `/metrics` is valid Prometheus exposition (checked by `promtool`) and a real
-//! Prometheus scrapes it and can query simgate's counters.
+//! Prometheus scrapes it and can query simgate's counters and, with `histogram_quantile`, its
+//! per-destination latency histograms; `/histograms/{name}` answers the same samples.
 
 mod common;
 
@@ -108,6 +109,211 @@ fn metrics_pass_promtool_and_are_scraped_by_prometheus() {
         assert!(
             Instant::now() < deadline,
             "Prometheus never returned simgate_http_responses_total{{class=\"2xx\"}} = 5"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `promtool check metrics` accepts `text`.
+fn promtool_accepts(text: &str) {
+    let mut check = Command::new(need("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    {
+        use std::io::Write;
+        let mut stdin = check.stdin.take().expect("stdin");
+        stdin.write_all(text.as_bytes()).expect("feed promtool");
+    }
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool rejected /metrics:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `Total count` of an HdrHistogram percentile distribution text.
+fn distribution_total(text: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.contains("Total count"))
+        .unwrap_or_else(|| panic!("no footer in:\n{text}"));
+    line.split('=')
+        .nth(2)
+        .and_then(|v| v.trim().trim_end_matches(']').trim().parse().ok())
+        .unwrap_or_else(|| panic!("bad footer {line:?}"))
+}
+
+#[test]
+fn per_destination_histograms_count_every_request_and_prometheus_answers_quantiles() {
+    let world = World::new();
+    let toml = format!(
+        r#"
+[gateway]
+shards = 2
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "alpha"
+adapter = "https"
+endpoint = "{sink}"
+server_name = "localhost"
+ca = "{ca}"
+
+[[destination]]
+name = "beta"
+adapter = "https"
+endpoint = "{sink}"
+server_name = "localhost"
+ca = "{ca}"
+
+[[group]]
+name = "default"
+routes = [
+  {{ listener = "http", path = "/a", destination = "alpha" }},
+  {{ listener = "http", path = "/b", destination = "beta" }},
+]
+"#,
+        sink = world.sink.addr(),
+        ca = world.pki.ca_pem.display()
+    );
+    let gw = world.simgate(&toml);
+    // Many connections, so the kernel spreads them over both shards.
+    let (per_alpha, per_beta) = (3u64, 2u64);
+    let connections = 8u64;
+    for _ in 0..connections {
+        let mut d = Device::connect(gw.http);
+        for _ in 0..per_alpha {
+            assert_eq!(d.request(&post("/a/m", b"x", "")).status, 200);
+        }
+        for _ in 0..per_beta {
+            assert_eq!(d.request(&post("/b/m", b"y", "")).status, 200);
+        }
+    }
+    let (alpha, beta) = (connections * per_alpha, connections * per_beta);
+
+    let (status, text) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    promtool_accepts(&text);
+    for (dest, n) in [("alpha", alpha), ("beta", beta)] {
+        let labels = format!("destination=\"{dest}\",protocol=\"http\"");
+        for family in [
+            "simgate_request_duration_seconds",
+            "simgate_upstream_rtt_seconds",
+        ] {
+            assert_eq!(
+                sample(&text, &format!("{family}_count{{{labels}}}")),
+                Some(n as f64),
+                "{family} of {dest}:\n{text}"
+            );
+            assert_eq!(
+                sample(&text, &format!("{family}_bucket{{{labels},le=\"+Inf\"}}")),
+                Some(n as f64)
+            );
+        }
+        // Every connect's TCP stage, and its TLS stage (full or resumed) once each.
+        let stage = |s: &str, r: &str| {
+            sample(
+                &text,
+                &format!(
+                    "simgate_upstream_connect_seconds_count{{destination=\"{dest}\",stage=\"{s}\",resumed=\"{r}\"}}"
+                ),
+            )
+            .unwrap_or(0.0)
+        };
+        let tcp = stage("tcp", "false");
+        assert!(tcp >= 1.0, "no connect timed for {dest}:\n{text}");
+        assert_eq!(tcp, stage("tls", "false") + stage("tls", "true"));
+
+        let (status, dist) =
+            gw.admin_get(&format!("/histograms/request_duration?destination={dest}"));
+        assert_eq!(status, 200, "{dist}");
+        assert!(dist.trim_start().starts_with("Value"), "{dist}");
+        assert_eq!(distribution_total(&dist), n, "{dist}");
+    }
+    // The connect counters and the connect histograms agree.
+    let connects = sample(&text, "simgate_upstream_connects_total").expect("connects counter");
+    let timed: f64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("simgate_upstream_connect_seconds_count{") && l.contains("stage=\"tcp\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(timed, connects, "{text}");
+    assert_eq!(gw.admin_get("/histograms/nope?destination=alpha").0, 404);
+    assert_eq!(
+        gw.admin_get("/histograms/request_duration?destination=gone")
+            .0,
+        404
+    );
+
+    // A real Prometheus: histogram_quantile over the new series answers for each destination.
+    let admin = gw.admin.expect("admin endpoint");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let dir = world.dir.path();
+    let conf = dir.join("prometheus.yml");
+    std::fs::write(
+        &conf,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: simgate\n    \
+             static_configs:\n      - targets: ['{admin}']\n"
+        ),
+    )
+    .expect("write prometheus.yml");
+    let _prom = Prometheus(
+        Command::new(need("prometheus"))
+            .arg(format!("--config.file={}", conf.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    // histogram_quantile(0.99, sum by (destination, le) (simgate_request_duration_seconds_bucket))
+    let query = "GET /api/v1/query?query=histogram_quantile%280.99%2C%20sum%20by%20%28destination%2C%20le%29%20%28simgate_request_duration_seconds_bucket%29%29 HTTP/1.1\r\nHost: p\r\nConnection: close\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            drop(s);
+            let resp = raw_exchange(([127, 0, 0, 1], port).into(), query.as_bytes());
+            let body = resp.body_text();
+            if resp.status == 200
+                && body.contains("\"destination\":\"alpha\"")
+                && body.contains("\"destination\":\"beta\"")
+            {
+                // A number of seconds, not NaN (which an empty histogram would give).
+                assert!(!body.contains("NaN"), "{body}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never answered histogram_quantile over simgate_request_duration_seconds"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
