@@ -1,6 +1,7 @@
 //! Criterion benches for per-message work outside the codecs: rendering an aggregate-mode topic
 //! template (`devices/{client_id}/{topic}`), recording a request's latencies into the shard's
-//! HDR histograms, and counting a message into the shard's usage meter (10 000 SIMs active).
+//! HDR histograms (the two gateway-wide ones, and a destination's `request_duration` and
+//! `upstream_rtt`), and counting a message into the shard's usage meter (10 000 SIMs active).
 //! Each runs once per relayed message. Run with `cargo bench --bench
 //! policy_metrics` on a quiet machine; instruction counts of the same loops are in
 //! benches/instructions.rs (scripts/callgrind.sh).
@@ -11,7 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use simgate::policy::template::Placeholder;
 use simgate::policy::{Template, TemplateVars};
-use simgate::shard::ShardMetrics;
+use simgate::shard::{Protocol, ShardMetrics};
+use simgate::stats::Latency;
 
 fn topic_template(c: &mut Criterion) {
     let template = Template::parse(
@@ -49,6 +51,34 @@ fn histogram_record(c: &mut Criterion) {
         b.iter(|| {
             value = (value * 7 + 13) % 50_000;
             metrics.record_latency(black_box(value + 100), black_box(value / 10 + 1));
+        })
+    });
+    // What an HTTP request adds now: its device-observed time and its upstream round trip into
+    // its destination's histograms (8 destinations configured, names checked per record).
+    let names: Vec<String> = (0..8).map(|i| format!("destination-{i}")).collect();
+    metrics
+        .latency
+        .set_destinations(names.iter().map(String::as_str));
+    let mut d = 0usize;
+    group.bench_function("record_per_destination_duration_and_rtt", |b| {
+        b.iter(|| {
+            value = (value * 7 + 13) % 50_000;
+            d = (d + 5) % names.len();
+            let name = names[d].as_str();
+            metrics.record_destination(
+                d,
+                black_box(name),
+                Latency::RequestDuration,
+                Protocol::Http,
+                black_box(value + 100),
+            );
+            metrics.record_destination(
+                d,
+                black_box(name),
+                Latency::UpstreamRtt,
+                Protocol::Http,
+                black_box(value / 2 + 1),
+            );
         })
     });
     group.finish();
