@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::mosquitto::{publish, publish_output, Broker, BrokerOptions, Sub};
 use simgate::policy::Plan;
-use simgate::shard::Gateway;
+use simgate::shard::{Gateway, Protocol};
+use simgate::stats::Latency;
 use simgate::testkit::TestPki;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -200,6 +201,13 @@ fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
     let m = s.gateway.metrics();
     assert_eq!(m.mqtt_publishes_uplink, 6);
     assert_eq!(m.mqtt_sessions_started, 6);
+    // The two QoS 1 PUBLISHes (one per version), timed device in -> PUBACK to the device and
+    // written upstream -> broker PUBACK; QoS 0 and 2 are not.
+    let broker = m.latency.get("broker").expect("destination histograms");
+    let count = |l| broker.get(l, Protocol::Mqtt).map_or(0, |h| h.len());
+    assert_eq!(count(Latency::RequestDuration), 2);
+    assert_eq!(count(Latency::UpstreamRtt), 2);
+    assert!(broker.get(Latency::RequestDuration, Protocol::Http).is_none());
 }
 
 #[test]
