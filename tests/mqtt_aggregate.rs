@@ -85,6 +85,15 @@ fn uplink_qos0_qos1_qos2_from_v311_and_v5_devices_is_rewritten_per_device() {
         .into_iter()
         .collect();
     assert_eq!(got, expected);
+    // The two QoS 1 PUBLISHes were timed device in -> PUBACK to the device (each
+    // mosquitto_pub above exited after its PUBACK); QoS 0 and 2 are not.
+    assert_eq!(
+        metric(
+            &gw,
+            "simgate_request_duration_seconds_count{destination=\"broker\",protocol=\"mqtt\"}"
+        ),
+        2
+    );
 }
 
 #[test]
