@@ -258,6 +258,13 @@ routes = [
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(timed, connects, "{text}");
+    // Pool waits: at most one per request (most were served by a pooled connection at once).
+    let waits: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("simgate_upstream_pool_wait_seconds_count{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(waits <= (alpha + beta) as f64, "{text}");
     assert_eq!(gw.admin_get("/histograms/nope?destination=alpha").0, 404);
     assert_eq!(
         gw.admin_get("/histograms/request_duration?destination=gone")

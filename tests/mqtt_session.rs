@@ -207,7 +207,9 @@ fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
     let count = |l| broker.get(l, Protocol::Mqtt).map_or(0, |h| h.len());
     assert_eq!(count(Latency::RequestDuration), 2);
     assert_eq!(count(Latency::UpstreamRtt), 2);
-    assert!(broker.get(Latency::RequestDuration, Protocol::Http).is_none());
+    assert!(broker
+        .get(Latency::RequestDuration, Protocol::Http)
+        .is_none());
 }
 
 #[test]

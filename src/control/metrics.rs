@@ -573,7 +573,7 @@ pub fn render(
 /// Append the per-destination latency families: one series per destination and device
 /// protocol (or connect stage) that has samples, so bounded by the configuration.
 fn render_latency(w: &mut String, l: &DestinationLatencies) {
-    let families: [(&str, &str, &[Latency]); 3] = [
+    let families: [(&str, &str, &[Latency]); 4] = [
         (
             "simgate_request_duration_seconds",
             "Device-observed time in simgate by destination and device protocol: HTTP request \
@@ -596,6 +596,12 @@ fn render_latency(w: &mut String, l: &DestinationLatencies) {
                 Latency::ConnectTlsFull,
                 Latency::ConnectTlsResumed,
             ],
+        ),
+        (
+            "simgate_upstream_pool_wait_seconds",
+            "Time a request or MQTT session waited for an upstream connection when the pool \
+             had no idle one (to its own connect or a returned connection), by destination",
+            &[Latency::PoolWait],
         ),
     ];
     for (name, help, kinds) in families {
@@ -624,6 +630,12 @@ fn render_latency(w: &mut String, l: &DestinationLatencies) {
                             let labels = format!(
                                 "destination=\"{dest}\",stage=\"{stage}\",resumed=\"{resumed}\""
                             );
+                            histogram_series(w, name, &labels, &h);
+                        }
+                    }
+                    Latency::PoolWait => {
+                        if let Some(h) = d.all_protocols(kind) {
+                            let labels = format!("destination=\"{dest}\"");
                             histogram_series(w, name, &labels, &h);
                         }
                     }
@@ -780,6 +792,7 @@ mod tests {
         m.record_destination(0, "a", Latency::RequestDuration, Protocol::Http, 3_000);
         m.record_destination(1, "b", Latency::UpstreamRtt, Protocol::Mqtt, 70);
         m.record_destination(1, "b", Latency::ConnectTlsResumed, Protocol::Mqtt, 900);
+        m.record_destination(1, "b", Latency::PoolWait, Protocol::Http, 1_500);
         let text = render(
             &m,
             &[],

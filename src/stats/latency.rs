@@ -50,16 +50,22 @@ pub enum Latency {
     ConnectTlsFull,
     /// Upstream TLS handshake that resumed a session.
     ConnectTlsResumed,
+    /// Time an HTTP/1.1 request or an MQTT session-mode CONNECT waited for an upstream
+    /// connection when the pool had no idle one: the miss → a connection in hand (its own
+    /// connect, or one returned meanwhile). Checkouts served from the pool at once are not
+    /// samples.
+    PoolWait,
 }
 
 impl Latency {
     /// Every kind, in exposition order.
-    pub const ALL: [Latency; 5] = [
+    pub const ALL: [Latency; 6] = [
         Latency::RequestDuration,
         Latency::UpstreamRtt,
         Latency::ConnectTcp,
         Latency::ConnectTlsFull,
         Latency::ConnectTlsResumed,
+        Latency::PoolWait,
     ];
 
     /// The name in `/histograms/{name}`.
@@ -70,6 +76,7 @@ impl Latency {
             Latency::ConnectTcp => "upstream_connect_tcp",
             Latency::ConnectTlsFull => "upstream_connect_tls_full",
             Latency::ConnectTlsResumed => "upstream_connect_tls_resumed",
+            Latency::PoolWait => "pool_wait",
         }
     }
 

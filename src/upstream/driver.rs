@@ -195,10 +195,38 @@ impl ShardUpstreams {
     /// and fewer than `max_connecting` (if set) are under way; otherwise it waits (up to
     /// `connect_timeout`) for a connection to come back or a connect to end. One that connects
     /// also takes a returned connection if that comes first.
+    ///
+    /// A checkout that found no idle connection at once is timed, from that miss to a
+    /// connection in hand (its own connect, or a returned one), as `pool_wait`.
     pub async fn checkout(
         self: &Rc<Self>,
         generation: u64,
         dest: &DestinationPlan,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let started = reactor::now();
+        let mut waited = false;
+        let result = self.checkout_inner(generation, dest, &mut waited).await;
+        if waited && result.is_ok() {
+            let us = reactor::now()
+                .saturating_duration_since(started)
+                .as_micros() as u64;
+            self.latency.borrow_mut().record(
+                usize::from(dest.id.0),
+                &dest.name,
+                Latency::PoolWait,
+                Protocol::Http,
+                us,
+            );
+        }
+        result
+    }
+
+    /// [`Self::checkout`]; sets `waited` when the pool had no idle connection at first.
+    async fn checkout_inner(
+        self: &Rc<Self>,
+        generation: u64,
+        dest: &DestinationPlan,
+        waited: &mut bool,
     ) -> Result<UpstreamConn, UpstreamError> {
         let give_up = reactor::now() + dest.pool.connect_timeout;
         // Registered as waiting on the first miss, until this returns (see try_reserve_connect).
@@ -230,6 +258,7 @@ impl ShardUpstreams {
             if let Some(conn) = idle {
                 return Ok(conn);
             }
+            *waited = true;
             if slot {
                 let slot = ConnectSlot {
                     state: Rc::clone(self),
