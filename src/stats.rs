@@ -6,7 +6,8 @@
 //! hot path; the control thread asks for a [`ShardMetrics`] clone through the shard's command
 //! channel and merges clones with [`ShardMetrics::merge`]. Nothing here is shared between threads
 //! while it is being written. Histograms hold microseconds from 1 µs to 60 s at 3 significant
-//! digits.
+//! digits; the per-destination latency histograms (device-observed time, upstream round trip,
+//! connect stages, pool waits) and their percentile-distribution text are in [`latency`].
 //!
 //! Usage metering per SIM and group (what a carrier bills) is in [`usage`]: also per shard,
 //! but handed to the control thread as deltas rather than snapshots.

@@ -266,6 +266,7 @@ routes = [
         .sum();
     assert!(waits <= (alpha + beta) as f64, "{text}");
     assert_eq!(gw.admin_get("/histograms/nope?destination=alpha").0, 404);
+
     assert_eq!(
         gw.admin_get("/histograms/request_duration?destination=gone")
             .0,
@@ -324,4 +325,40 @@ routes = [
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+
+    // After the scrape: a reload that keeps alpha, drops beta and adds gamma (listed first, so alpha moves to
+    // another index): alpha's samples survive, beta's series go, gamma has none yet.
+    let reloaded = toml
+        .replace("name = \"beta\"", "name = \"gamma\"")
+        .replace("destination = \"beta\"", "destination = \"gamma\"");
+    let (alpha_start, rest) = reloaded.split_at(reloaded.find("[[destination]]").expect("dest"));
+    let second = rest[15..]
+        .find("[[destination]]")
+        .expect("second destination")
+        + 15;
+    let reordered = format!("{alpha_start}{}\n{}", &rest[second..], &rest[..second]);
+    std::fs::write(&gw.config_path, &reordered).expect("rewrite config");
+    let (status, body) = gw.reload();
+    assert_eq!(status, 200, "reload: {body}\n{reordered}");
+    let (_, text) = gw.admin_get("/metrics");
+    assert_eq!(
+        sample(
+            &text,
+            "simgate_request_duration_seconds_count{destination=\"alpha\",protocol=\"http\"}"
+        ),
+        Some(alpha as f64),
+        "{text}"
+    );
+    assert!(!text.contains("destination=\"beta\""), "{text}");
+    assert_eq!(
+        gw.admin_get("/histograms/request_duration?destination=beta")
+            .0,
+        404
+    );
+    let (status, dist) = gw.admin_get("/histograms/request_duration?destination=gamma");
+    assert_eq!((status, distribution_total(&dist)), (200, 0));
+    let mut d = Device::connect(gw.http);
+    assert_eq!(d.request(&post("/a/m", b"x", "")).status, 200);
+    let (_, dist) = gw.admin_get("/histograms/request_duration?destination=alpha");
+    assert_eq!(distribution_total(&dist), alpha + 1);
 }
