@@ -46,6 +46,7 @@ fn every_admin_endpoint_needs_the_bearer_token_and_a_reload_can_change_it() {
         ("GET", "/healthz"),
         ("GET", "/metrics"),
         ("GET", "/admin/probes"),
+        ("GET", "/histograms/request_duration?destination=sink"),
         ("POST", "/-/reload"),
         ("GET", "/no-such-path"),
     ] {
@@ -57,6 +58,13 @@ fn every_admin_endpoint_needs_the_bearer_token_and_a_reload_can_change_it() {
     }
     let (status, body) = admin(addr, "GET", "/healthz", Some(TOKEN));
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = admin(
+        addr,
+        "GET",
+        "/histograms/request_duration?destination=sink",
+        Some(TOKEN),
+    );
+    assert_eq!(status, 200, "{body}");
     let (status, body) = admin(addr, "GET", "/metrics", Some(TOKEN));
     assert_eq!(status, 200);
     assert!(body.contains("simgate_"), "{body}");
