@@ -469,12 +469,12 @@ impl Device {
     }
 
     /// When the QoS 1 PUBLISHes acknowledged to the device since the last call were received
-    /// (their PUBACKs are in [`Device::out`]).
-    pub(super) fn take_acked(&mut self) -> Vec<Instant> {
-        match self.tracking.as_mut() {
-            Some(t) if !t.acked.is_empty() => std::mem::take(&mut t.acked),
-            _ => Vec::new(),
-        }
+    /// (their PUBACKs are in [`Device::out`]); the buffer is kept for the next ones.
+    pub(super) fn drain_acked(&mut self) -> impl Iterator<Item = Instant> + '_ {
+        self.tracking
+            .as_mut()
+            .into_iter()
+            .flat_map(|t| t.acked.drain(..))
     }
 
     /// Apply one event from the link. `Some(end)` closes the session.

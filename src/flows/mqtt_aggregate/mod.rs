@@ -501,7 +501,7 @@ async fn run_session(s: &mut Session) -> End {
                 return end;
             }
         }
-        record_acked(state, latency_dest, device.take_acked());
+        record_acked(state, latency_dest, device.drain_acked());
         // A reload replaced the plan: a device whose SIM moved to another group (or is now
         // refused) leaves like a drained one, with 0x98 "administrative action", and
         // reconnects into its new group.
@@ -675,8 +675,13 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
 /// Record the device-observed latency (device PUBLISH received → PUBACK queued for the
 /// device, in the same turn as the link's PUBACK from the broker) of acknowledged QoS 1
 /// PUBLISHes received at `received`.
-fn record_acked(state: &ShardState, (index, name): &(usize, Box<str>), received: Vec<Instant>) {
-    if received.is_empty() {
+fn record_acked(
+    state: &ShardState,
+    (index, name): &(usize, Box<str>),
+    received: impl Iterator<Item = Instant>,
+) {
+    let mut received = received.peekable();
+    if received.peek().is_none() {
         return;
     }
     let now = reactor::now();
