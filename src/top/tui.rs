@@ -32,9 +32,17 @@ impl Drop for Restore {
 }
 
 pub(super) fn run(opts: &Options) -> Result<(), TopError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return Err(TopError::Terminal(std::io::Error::other(
+            "standard output is not a terminal; use --once for a plain-text report",
+        )));
+    }
     let mut prev = opts.admin.sample()?;
-    let mut terminal = ratatui::try_init().map_err(TopError::Terminal)?;
+    // Before `try_init`: a setup that fails half way (raw mode on, alternate screen refused) is
+    // undone too.
     let _restore = Restore;
+    let mut terminal = ratatui::try_init().map_err(TopError::Terminal)?;
     let mut view: Option<View> = None;
     let mut problem: Option<String> = None;
     loop {
