@@ -1,11 +1,11 @@
 //! `simgate top` against a real `simgate run` (2 shards, the HTTPS sink): after device traffic,
 //! `simgate top --once` prints a report whose request total equals the
 //! `simgate_http_requests_total` sum `/metrics` gives after it, whose readiness line matches
-//! `/readyz`, and whose rate is positive while devices send during its interval; with
-//! `gateway.admin_token` set it exits 2 naming the token when given none, and works with the
-//! token from `--token-file` or `SIMGATE_ADMIN_TOKEN`; an unreachable address exits 2. The live
-//! view runs under tmux (a private tmux server): it draws the same figures, `q` quits with
-//! status 0 and the terminal is back on its normal screen.
+//! `/readyz` (ready, and not ready with the reason), and whose rate is positive while devices
+//! send during its interval; with `gateway.admin_token` set it exits 2 naming the token when
+//! given none, and works with the token from `--token-file` or `SIMGATE_ADMIN_TOKEN`; an
+//! unreachable address exits 2. The live view runs under tmux (a private tmux server): it draws
+//! the same figures, `q` quits with status 0 and the terminal is back on its normal screen.
 
 mod common;
 
@@ -178,6 +178,33 @@ fn once_shows_throughput_while_devices_send() {
     let after = metric_sum(&metrics, "simgate_http_requests_total") as f64;
     assert!(field("per_s=") > 0.0, "{requests}");
     assert!(field("total=") <= after, "{requests} vs {after} after");
+}
+
+#[test]
+fn once_reports_not_ready_with_the_reason_readyz_gives() {
+    let world = World::new();
+    // Nothing listens at the destination: its warm pool can never fill, /readyz stays 503.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let toml = world
+        .config("", "")
+        .replace(&world.sink.addr().to_string(), &format!("127.0.0.1:{port}"));
+    let gw = world.simgate(&toml);
+    let admin = gw.admin.expect("admin address");
+
+    let out = top(admin, &["--once", "--interval", "100ms"], None);
+    let report = text(&out.stdout);
+    assert!(out.status.success(), "{report}\n{}", text(&out.stderr));
+    let ready = line(&report, "ready ");
+    assert!(
+        ready.starts_with("ready status=not_ready detail=\"")
+            && ready.contains("destination sink: warm pool not filled yet on shard"),
+        "{ready}"
+    );
+    let (status, body) = gw.admin_get("/readyz");
+    assert_eq!(status, 503, "{body}");
 }
 
 #[test]
