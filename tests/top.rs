@@ -4,8 +4,9 @@
 //! `/readyz` (ready, and not ready with the reason), and whose rate is positive while devices
 //! send during its interval; with `gateway.admin_token` set it exits 2 naming the token when
 //! given none, and works with the token from `--token-file` or `SIMGATE_ADMIN_TOKEN`; an
-//! unreachable address exits 2. The live view runs under tmux (a private tmux server): it draws
-//! the same figures, `q` quits with status 0 and the terminal is back on its normal screen.
+//! unreachable address exits 2, and so does the live view without a terminal. The live view
+//! runs under tmux (a private tmux server): it draws the same figures, `q` quits with status 0
+//! and the terminal is back on its normal screen.
 
 mod common;
 
@@ -257,7 +258,7 @@ fn admin_token_401_names_the_token_and_the_token_works() {
 }
 
 #[test]
-fn unreachable_admin_exits_2() {
+fn unreachable_admin_or_no_terminal_exits_2() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -270,6 +271,11 @@ fn unreachable_admin_exits_2() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("cannot reach the admin API"), "{err}");
+    // The live view wants a terminal; a pipe is told to use --once.
+    let out = top(SocketAddr::from(([127, 0, 0, 1], port)), &[], None);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a terminal; use --once"), "{err}");
 }
 
 /// A private tmux server (its own socket), killed when dropped.
