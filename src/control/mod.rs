@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod probes;
 pub mod radius;
 pub mod resolve;
+pub mod sessions;
 pub mod tokens;
 pub mod usage;
 pub mod usage_file;
@@ -333,6 +334,26 @@ impl Control {
             }
             None => String::new(),
         }
+    }
+
+    /// `GET /admin/sessions`: the page `query` asks for, as JSON. Blocks up to a second per
+    /// shard (call from a blocking task).
+    pub fn sessions_json(&self, query: &sessions::Query) -> Result<String, String> {
+        let guard = self.gateway.lock();
+        let Some(gateway) = guard.as_ref() else {
+            return Err("stopping".into());
+        };
+        if let Some(shard) = query.shard {
+            if shard >= gateway.shard_count() {
+                return Err(format!(
+                    "shard: {shard}; this gateway has shards 0..{}",
+                    gateway.shard_count()
+                ));
+            }
+        }
+        let (page, answered) = gateway.sessions(query.shard, query.page.clone());
+        drop(guard);
+        Ok(sessions::answer_json(query, &page, answered))
     }
 
     /// Merged metrics, if the gateway is running.
@@ -757,13 +778,31 @@ async fn admin(
                 ),
             }
         }
+        (&Method::GET, "/admin/sessions") => {
+            let query =
+                match sessions::Query::parse(req.uri().query().unwrap_or(""), percent_decode) {
+                    Ok(q) => q,
+                    Err(e) => return reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+                };
+            let body = tokio::task::spawn_blocking(move || control.sessions_json(&query)).await;
+            match body {
+                Ok(Ok(body)) => reply(StatusCode::OK, "application/json", body),
+                Ok(Err(e)) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "sessions failed\n".into(),
+                ),
+            }
+        }
         (&Method::GET, "/admin/probes") => {
             let body = control.probes.lock().json().to_string();
             reply(StatusCode::OK, "application/json", body)
         }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage" | "/admin/probes",
+            "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage" | "/admin/probes"
+            | "/admin/sessions",
         ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
@@ -773,7 +812,7 @@ async fn admin(
             StatusCode::NOT_FOUND,
             TEXT,
             "not found; try /healthz, /readyz, /metrics, /admin/usage, /admin/probes, \
-             POST /-/reload\n"
+             /admin/sessions, POST /-/reload\n"
                 .into(),
         ),
     }
