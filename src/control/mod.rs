@@ -28,6 +28,7 @@
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
+pub mod effective_config;
 pub mod metrics;
 pub mod probes;
 pub mod radius;
@@ -778,6 +779,11 @@ async fn admin(
                 ),
             }
         }
+        (&Method::GET, "/admin/config") => {
+            let plan = control.plan_tx.borrow().clone();
+            let body = effective_config::render(&plan).to_string();
+            reply(StatusCode::OK, "application/json", body)
+        }
         (&Method::GET, "/admin/sessions") => {
             let query =
                 match sessions::Query::parse(req.uri().query().unwrap_or(""), percent_decode) {
@@ -802,7 +808,7 @@ async fn admin(
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage" | "/admin/probes"
-            | "/admin/sessions",
+            | "/admin/sessions" | "/admin/config",
         ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
@@ -812,7 +818,7 @@ async fn admin(
             StatusCode::NOT_FOUND,
             TEXT,
             "not found; try /healthz, /readyz, /metrics, /admin/usage, /admin/probes, \
-             /admin/sessions, POST /-/reload\n"
+             /admin/sessions, /admin/config, POST /-/reload\n"
                 .into(),
         ),
     }
