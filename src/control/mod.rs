@@ -25,6 +25,10 @@
 //! and the cheapest protocol exchange, on this thread, never through a shard; `/metrics` and
 //! `GET /admin/probes` show the results.
 //!
+//! `GET /admin/sessions` pages through the shards' registries of live device connections
+//! ([`sessions`], via [`Gateway::sessions`]); `GET /admin/config` renders the served plan with
+//! every secret redacted ([`effective_config`]).
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
@@ -612,7 +616,8 @@ async fn wait_for_signals(control: &Arc<Control>) -> std::io::Result<()> {
 }
 
 /// Serve the admin endpoint: `GET /healthz` (liveness), `GET /readyz` (readiness), `GET
-/// /metrics`, `GET /admin/usage`, `GET /admin/probes`, `POST /-/reload`.
+/// /metrics`, `GET /admin/usage`, `GET /admin/probes`, `GET /admin/sessions`, `GET
+/// /admin/config`, `POST /-/reload`.
 pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control>) {
     loop {
         let (stream, _) = match listener.accept().await {
