@@ -3,7 +3,8 @@
 //! to the built-in HTTPS sink, and MQTT devices in session and aggregate mode to a real
 //! mosquitto over TLS. The endpoint lists each live connection with its shard, IMSI, group,
 //! protocol, destination, device-side bytes and client id; paging (`offset`, `limit`, `total`)
-//! and the filters work; after the devices disconnect the list empties. The endpoint is polled
+//! and the filters work; a connection that sent nothing yet is listed unidentified; after the
+//! devices disconnect (and after a malformed CONNECT is refused) the list empties. The endpoint is polled
 //! until it shows what is expected (no sleeps, no timing thresholds).
 
 mod common;
@@ -335,7 +336,62 @@ fn admin_sessions_lists_live_device_connections_pages_them_and_empties_when_they
     assert_eq!(one["total"], 1);
     assert_eq!(rows(&one)[0]["protocol"], "http");
 
+    // A connection that has sent nothing yet is listed, not identified, with no destination;
+    // an MQTT device without a client id shows the one simgate gave it.
+    let bare = std::net::TcpStream::connect(http).expect("bare connection");
+    let bare_peer = bare.local_addr().expect("local addr").to_string();
+    let anonymous = Client::connect_from(
+        gw.listener("mqtt-agg"),
+        ip("127.0.0.7"),
+        "",
+        ProtocolVersion::V5,
+    )
+    .expect("CONNECT without a client id accepted");
+    let more = poll(admin, "?limit=1000", |v| v["total"] == 8);
+    let r = rows(&more)
+        .iter()
+        .find(|r| r["peer"] == bare_peer.as_str())
+        .unwrap_or_else(|| panic!("{bare_peer} listed: {more:#}"));
+    assert_eq!(
+        (&r["protocol"], &r["imsi"], &r["group"], &r["destination"]),
+        (
+            &Value::from("http"),
+            &Value::Null,
+            &Value::Null,
+            &Value::Null
+        ),
+        "{r}"
+    );
+    let r = rows(&more)
+        .iter()
+        .find(|r| {
+            r["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.7:"))
+        })
+        .unwrap_or_else(|| panic!("127.0.0.7 listed: {more:#}"));
+    assert_eq!(
+        (&r["imsi"], &r["group"]),
+        (&Value::Null, &Value::from("default")),
+        "{r}"
+    );
+    assert!(
+        r["client_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("simgate-")),
+        "{r}"
+    );
+    // A connection refused at its CONNECT (a malformed one) leaves no entry behind: the final
+    // empty list below includes it.
+    let mut junk = std::net::TcpStream::connect(gw.listener("mqtt")).expect("junk connection");
+    junk.write_all(b"\x10\xff\xff\xff\xff\x7f")
+        .expect("send junk");
+    let mut rest = Vec::new();
+    let _ = junk.read_to_end(&mut rest);
+
     // Everyone leaves: the list empties.
+    drop(bare);
+    drop(anonymous);
     drop(held);
     drop(session_client);
     drop(aggregate_client);

@@ -228,13 +228,22 @@ pub fn start(session: DeviceSession) -> SessionFuture {
         peer,
         identity,
     ) {
-        Ok(admitted) => Box::pin(serve(Session {
-            state,
-            stream,
-            buf,
-            session,
-            admitted,
-        })),
+        Ok((admitted, assigned)) => {
+            if let Some(id) = assigned {
+                // The device sent none: `/admin/sessions` shows the one simgate gave it.
+                state
+                    .sessions
+                    .borrow_mut()
+                    .set_client_id(session, &String::from_utf8_lossy(&id));
+            }
+            Box::pin(serve(Session {
+                state,
+                stream,
+                buf,
+                session,
+                admitted,
+            }))
+        }
         Err(code) => Box::pin(refuse(stream, connect.protocol_version, code)),
     }
 }
@@ -244,7 +253,8 @@ async fn refuse(mut stream: TcpStream, version: ProtocolVersion, code: ReasonCod
 }
 
 /// Check the device's client id, pick its link, register it there, and build its state with
-/// the CONNACK queued in its output. `Err` is the CONNACK reason code of a refusal.
+/// the CONNACK queued in its output; with it, the client id simgate assigned (the device sent
+/// none). `Err` is the CONNACK reason code of a refusal.
 fn admit(
     state: &Rc<ShardState>,
     plan: &Plan,
@@ -253,7 +263,7 @@ fn admit(
     connect: &Connect,
     peer: SocketAddr,
     identity: DeviceIdentity,
-) -> Result<Admitted, ReasonCode> {
+) -> Result<(Admitted, Option<Bytes>), ReasonCode> {
     let version = connect.protocol_version;
     let dest = plan.destination(destination);
     let mqtt_dest = dest.mqtt().ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
@@ -368,7 +378,7 @@ fn admit(
         props.topic_alias_maximum = Some(0);
         props.shared_subscription_available = Some(false);
         props.subscription_identifier_available = Some(false);
-        props.assigned_client_identifier = assigned;
+        props.assigned_client_identifier = assigned.clone();
     }
     device.write(&Packet::ConnAck(ConnAck {
         session_present: false,
@@ -379,7 +389,7 @@ fn admit(
         .groups
         .get(usize::from(identity.group().0))
         .map_or(0, |g| group_key(&g.name));
-    Ok(Admitted {
+    let admitted = Admitted {
         device,
         link,
         key,
@@ -390,7 +400,8 @@ fn admit(
         group_key,
         peer_ip: peer.ip(),
         listener,
-    })
+    };
+    Ok((admitted, assigned))
 }
 
 /// `Err(SERVER_UNAVAILABLE)` (counted) if `while_down` says a new session is refused while

@@ -143,6 +143,13 @@ pub async fn serve(session: DeviceSession) {
             return;
         }
     };
+    if let Some(id) = &assigned {
+        // The device sent none: `/admin/sessions` shows the one simgate gave it.
+        state
+            .sessions
+            .borrow_mut()
+            .set_client_id(session, &String::from_utf8_lossy(id));
+    }
     let vars = TemplateVars {
         sim: identity.sim(&plan),
         ..session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0)
