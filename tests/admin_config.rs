@@ -1,7 +1,8 @@
 //! `GET /admin/config` (issue #14): the effective configuration, rendered from the served plan,
 //! with every secret redacted. A real `simgate run` whose config plants a distinct marker in
 //! every secret-bearing key — credentials of every kind (x509 key file, aws-keys secret and
-//! session token, azure-sas key, gcp-service-account JSON, basic password, bearer token), an
+//! session token, azure-sas key, gcp-service-account JSON, basic password, bearer token written
+//! inline so that a load warning names it too), an
 //! mqtts `password_file`, a group's `signing_secret`, `radius.secret` and `gateway.admin_token`
 //! — answers with none of them (nor the client key's PEM body), while the non-secret fields are
 //! there; a reload shows the new plan; the admin token is required.
@@ -94,7 +95,7 @@ password = {{ file = "basic.password" }}
 [[credential]]
 name = "bearer"
 kind = "bearer"
-token = {{ file = "bearer.token" }}
+token = "{BEARER_TOKEN}"
 
 [[destination]]
 name = "sink"
@@ -201,7 +202,6 @@ fn admin_config_shows_the_effective_config_with_every_secret_redacted() {
         ("aws.session", AWS_SESSION),
         ("sas.key", SAS_KEY),
         ("basic.password", BASIC_PASSWORD),
-        ("bearer.token", BEARER_TOKEN),
         ("mqtt.password", MQTT_PASSWORD),
         ("signing.secret", SIGNING_SECRET),
     ] {
@@ -332,6 +332,13 @@ fn admin_config_shows_the_effective_config_with_every_secret_redacted() {
         .expect("group default");
     assert_eq!(default["signing_secret"], Value::Null);
     assert_eq!(default["mqtt_routes"][0]["destination"], "broker");
+    // The bearer token is written inline: the load warning names its path, not its value.
+    assert!(
+        v["warnings"].as_array().expect("warnings").iter().any(|w| w
+            .as_str()
+            .is_some_and(|w| w.starts_with("credential[5].token"))),
+        "{v:#}"
+    );
     assert!(v["usage"]["interval_s"].is_number(), "{v:#}");
     assert!(v["probe"]["timeout_s"].is_number(), "{v:#}");
 
