@@ -22,6 +22,7 @@
 //! - [`shard`]: shard threads, listeners, per-shard state and metrics.
 //! - [`control`]: the control thread: admin API, metrics exposition, reload.
 //! - [`demo`]: `simgate demo`, the whole path on loopback.
+//! - [`top`]: `simgate top`, a live terminal view read from the admin API.
 //! - [`testkit`]: certificate minting, an HTTPS sink and a device simulator for the demo,
 //!   tests and load tests.
 #![deny(unsafe_code)]
@@ -41,4 +42,5 @@ pub mod shard;
 pub mod stats;
 pub mod testkit;
 pub mod tls;
+pub mod top;
 pub mod upstream;

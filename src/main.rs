@@ -72,6 +72,25 @@ enum Command {
         #[arg(long)]
         http1: bool,
     },
+    /// A live terminal view of a running simgate, read from its admin API: throughput, errors,
+    /// connections, cloud responses, probes, readiness, top SIMs. `q` quits. With `--once`,
+    /// prints one plain-text report over two samples `--interval` apart and exits. Exits 2 when
+    /// the admin API cannot be reached or answers 401 (a token is needed).
+    Top {
+        /// The admin endpoint (`gateway.admin`), `HOST:PORT`.
+        #[arg(long, default_value = "127.0.0.1:9180")]
+        admin: String,
+        /// File holding the admin token (`gateway.admin_token`); else the `SIMGATE_ADMIN_TOKEN`
+        /// environment variable, if set.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Time between polls: `500ms`, `1s`, `2m`.
+        #[arg(long, default_value = "1s", value_parser = simgate::top::parse_interval)]
+        interval: Duration,
+        /// Print one report (two samples `--interval` apart) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -136,6 +155,35 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("simgate demo: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Top {
+            admin,
+            token_file,
+            interval,
+            once,
+        } => {
+            let token = match simgate::top::load_token(
+                token_file.as_deref(),
+                std::env::var("SIMGATE_ADMIN_TOKEN").ok(),
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("simgate top: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = simgate::top::Options {
+                admin: simgate::top::Admin { addr: admin, token },
+                interval,
+                once,
+            };
+            match simgate::top::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("simgate top: {e}");
                     ExitCode::from(2)
                 }
             }

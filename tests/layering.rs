@@ -33,8 +33,9 @@ use std::path::{Path, PathBuf};
 /// never one of its own layer or of a layer above. `identity` and `adapters` are not written yet;
 /// their place is declared now so that they land in it.
 const LAYERS: &[(&str, &[&str])] = &[
-    // `simgate demo`: the whole path on loopback; may use everything, nothing may use it.
-    ("tools", &["demo"]),
+    // `simgate demo`: the whole path on loopback; `simgate top`: a client of the admin API. Tools
+    // may use everything, nothing may use them.
+    ("tools", &["demo", "top"]),
     // Test doubles (certificates, HTTPS sink, device simulator): may use everything below,
     // nothing in the data plane or the control plane may use them.
     ("test doubles", &["testkit"]),

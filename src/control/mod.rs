@@ -25,14 +25,20 @@
 //! and the cheapest protocol exchange, on this thread, never through a shard; `/metrics` and
 //! `GET /admin/probes` show the results.
 //!
+//! `GET /admin/sessions` pages through the shards' registries of live device connections
+//! ([`sessions`], via [`Gateway::sessions`]); `GET /admin/config` renders the served plan with
+//! every secret redacted ([`effective_config`]).
+//!
 //! What it does not do: serve device traffic, or accept non-loopback admin binds unless the
 //! config says so explicitly (`gateway.admin_allow_non_loopback` and `gateway.admin_token`).
 
+pub mod effective_config;
 pub mod histograms;
 pub mod metrics;
 pub mod probes;
 pub mod radius;
 pub mod resolve;
+pub mod sessions;
 pub mod tokens;
 pub mod usage;
 pub mod usage_file;
@@ -336,6 +342,26 @@ impl Control {
         }
     }
 
+    /// `GET /admin/sessions`: the page `query` asks for, as JSON. Blocks up to a second per
+    /// shard (call from a blocking task).
+    pub fn sessions_json(&self, query: &sessions::Query) -> Result<String, String> {
+        let guard = self.gateway.lock();
+        let Some(gateway) = guard.as_ref() else {
+            return Err("stopping".into());
+        };
+        if let Some(shard) = query.shard {
+            if shard >= gateway.shard_count() {
+                return Err(format!(
+                    "shard: {shard}; this gateway has shards 0..{}",
+                    gateway.shard_count()
+                ));
+            }
+        }
+        let (page, answered) = gateway.sessions(query.shard, query.page.clone());
+        drop(guard);
+        Ok(sessions::answer_json(query, &page, answered))
+    }
+
     /// Merged metrics, if the gateway is running.
     pub fn metrics(&self) -> Option<crate::shard::ShardMetrics> {
         self.gateway.lock().as_ref().map(Gateway::metrics)
@@ -591,7 +617,8 @@ async fn wait_for_signals(control: &Arc<Control>) -> std::io::Result<()> {
 }
 
 /// Serve the admin endpoint: `GET /healthz` (liveness), `GET /readyz` (readiness), `GET
-/// /metrics`, `GET /admin/usage`, `GET /admin/probes`, `POST /-/reload`.
+/// /metrics`, `GET /admin/usage`, `GET /admin/probes`, `GET /admin/sessions`, `GET
+/// /admin/config`, `POST /-/reload`.
 pub async fn serve_admin(listener: tokio::net::TcpListener, control: Arc<Control>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -758,6 +785,28 @@ async fn admin(
                 ),
             }
         }
+        (&Method::GET, "/admin/config") => {
+            let plan = control.plan_tx.borrow().clone();
+            let body = effective_config::render(&plan).to_string();
+            reply(StatusCode::OK, "application/json", body)
+        }
+        (&Method::GET, "/admin/sessions") => {
+            let query =
+                match sessions::Query::parse(req.uri().query().unwrap_or(""), percent_decode) {
+                    Ok(q) => q,
+                    Err(e) => return reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+                };
+            let body = tokio::task::spawn_blocking(move || control.sessions_json(&query)).await;
+            match body {
+                Ok(Ok(body)) => reply(StatusCode::OK, "application/json", body),
+                Ok(Err(e)) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    TEXT,
+                    "sessions failed\n".into(),
+                ),
+            }
+        }
         (&Method::GET, path) if path.starts_with(histograms::PREFIX) => {
             let name = path[histograms::PREFIX.len()..].to_string();
             let query = req.uri().query().unwrap_or("").to_string();
@@ -783,7 +832,8 @@ async fn admin(
         }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage" | "/admin/probes",
+            "/healthz" | "/readyz" | "/metrics" | "/-/reload" | "/admin/usage" | "/admin/probes"
+            | "/admin/sessions" | "/admin/config",
         ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             TEXT,
@@ -793,7 +843,7 @@ async fn admin(
             StatusCode::NOT_FOUND,
             TEXT,
             "not found; try /healthz, /readyz, /metrics, /admin/usage, /admin/probes, \
-             POST /-/reload\n"
+             /admin/sessions, /admin/config, POST /-/reload\n"
                 .into(),
         ),
     }

@@ -68,6 +68,8 @@ pub struct ShardState {
     pub tokens_changed: Broadcast,
     /// Batch queues of the batching cloud adapters.
     pub batcher: super::batch::Batcher,
+    /// Live device connections, for `/admin/sessions` (borrow briefly).
+    pub sessions: RefCell<super::sessions::SessionTable>,
 }
 
 impl ShardState {
@@ -97,6 +99,7 @@ impl ShardState {
             tokens: RefCell::new(Vec::new()),
             tokens_changed: Broadcast::default(),
             batcher: super::batch::Batcher::default(),
+            sessions: RefCell::default(),
         }
     }
 

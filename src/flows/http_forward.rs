@@ -40,6 +40,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::identity::DeviceIdentity;
+use super::sessions::RegistryKey;
 use super::ShardState;
 use crate::policy::envelope::{self, Envelope};
 use crate::policy::signature::{SignInput, Signer};
@@ -106,12 +107,14 @@ pub async fn serve(
     listener: ListenerId,
     stream: TcpStream,
     peer: SocketAddr,
+    session: RegistryKey,
 ) {
     let mut conn = DeviceConn {
         state,
         listener,
         stream,
         peer,
+        session,
         buf: BytesMut::new(),
         served: 0,
         send_timeout: std::time::Duration::from_secs(60),
@@ -128,6 +131,8 @@ struct DeviceConn {
     listener: ListenerId,
     stream: TcpStream,
     peer: SocketAddr,
+    /// The connection's entry in the shard's session registry.
+    session: RegistryKey,
     /// Bytes received from the device and not yet consumed. Released whenever it empties, so
     /// an idle keep-alive connection holds no buffer.
     buf: BytesMut,
@@ -197,6 +202,11 @@ impl DeviceConn {
     fn flush_usage(&mut self) {
         if self.usage.is_zero() {
             return;
+        }
+        {
+            let mut sessions = self.state.sessions.borrow_mut();
+            sessions.add_in(self.session, self.usage.up_bytes);
+            sessions.add_out(self.session, self.usage.down_bytes);
         }
         let key = match self.identity {
             Some(identity) => Some(identity.usage()),
@@ -276,6 +286,10 @@ impl DeviceConn {
                     ) {
                         Some(identity) => {
                             self.identity = Some(identity);
+                            self.state
+                                .sessions
+                                .borrow_mut()
+                                .set_identity(self.session, identity.usage());
                             identity
                         }
                         None => {
@@ -312,6 +326,12 @@ impl DeviceConn {
                 continue;
             };
 
+            self.state.sessions.borrow_mut().set_destination(
+                self.session,
+                generation,
+                dest,
+                &plan.destination(dest).name,
+            );
             // Boxed: the forward state (TLS connect, relay) is large and lives only while a
             // request is in flight, so an idle keep-alive connection does not carry it.
             let forwarded =

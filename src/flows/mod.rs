@@ -17,6 +17,7 @@ pub mod mqtt_aggregate;
 pub mod mqtt_bridge;
 pub mod mqtt_common;
 pub mod mqtt_session;
+pub mod sessions;
 pub mod throttle;
 
 pub use context::{ShardId, ShardState};

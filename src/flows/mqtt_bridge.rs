@@ -32,6 +32,7 @@ use bytes::BytesMut;
 
 use super::identity::DeviceIdentity;
 use super::mqtt_common::{send_connack, DeviceSession, SessionFuture};
+use super::sessions::{RegistryKey, SessionProtocol};
 use super::ShardState;
 use crate::policy::{ListenerId, MqttMode};
 use crate::proto::mqtt::{
@@ -52,8 +53,9 @@ pub fn serve(
     listener: ListenerId,
     stream: TcpStream,
     peer: SocketAddr,
+    session: RegistryKey,
 ) -> impl std::future::Future<Output = ()> {
-    let connect = Box::pin(connect_phase(state, listener, stream, peer));
+    let connect = Box::pin(connect_phase(state, listener, stream, peer, session));
     async move {
         if let Some(session) = connect.await {
             session.await;
@@ -67,6 +69,7 @@ async fn connect_phase(
     listener: ListenerId,
     mut stream: TcpStream,
     peer: SocketAddr,
+    session: RegistryKey,
 ) -> Option<SessionFuture> {
     let (plan, generation) = state.current();
     // Only MQTT listeners dispatch to this flow, and reloads keep listeners as they are.
@@ -88,6 +91,7 @@ async fn connect_phase(
         match reactor::timeout_at(deadline, stream.recv_append(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {
                 state.metrics.borrow_mut().device_bytes_in += n as u64;
+                state.sessions.borrow_mut().add_in(session, n as u64);
             }
             // EOF, socket error, or no CONNECT in time: nothing to answer.
             _ => return None,
@@ -124,7 +128,26 @@ async fn connect_phase(
         return None;
     };
     let mode = plan.destination(destination).mqtt().map(|m| m.mode);
+    {
+        let mut sessions = state.sessions.borrow_mut();
+        let protocol = match mode {
+            Some(MqttMode::Aggregate) => SessionProtocol::MqttAggregate,
+            _ => SessionProtocol::MqttSession,
+        };
+        sessions.set_protocol(session, protocol);
+        if !connect.client_id.is_empty() {
+            sessions.set_client_id(session, &String::from_utf8_lossy(&connect.client_id));
+        }
+        sessions.set_identity(session, identity.usage());
+        sessions.set_destination(
+            session,
+            generation,
+            destination,
+            &plan.destination(destination).name,
+        );
+    }
     let session = DeviceSession {
+        session,
         state,
         plan,
         listener,

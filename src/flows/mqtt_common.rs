@@ -66,6 +66,8 @@ pub struct DeviceSession {
     pub buf: BytesMut,
     /// The device's SIM and group, resolved under `plan`.
     pub identity: DeviceIdentity,
+    /// The connection's entry in the shard's session registry.
+    pub session: super::sessions::RegistryKey,
 }
 
 impl DeviceSession {

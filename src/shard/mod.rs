@@ -34,6 +34,8 @@ use socket2::{Domain, Socket, Type};
 
 use crate::flows::client_ids::ClientIds;
 use crate::flows::context::LOG_THROTTLE;
+use crate::flows::sessions::{merge_pages, RegistryKey, SessionProtocol};
+pub use crate::flows::sessions::{SessionPage, SessionQuery, SessionRow};
 use crate::flows::throttle::LogThrottle;
 pub use crate::flows::{ShardId, ShardState};
 use crate::identity::LiveBindings;
@@ -84,6 +86,9 @@ pub enum ShardCommand {
     },
     /// Reply with a copy of the shard's metrics.
     Snapshot(Sender<ShardMetrics>),
+    /// Reply with the shard's live device sessions matching the query: the count of all that
+    /// match and a copy of at most `offset + limit` of them.
+    Sessions(SessionQuery, Sender<SessionPage>),
     /// Hand the usage counted since the last take to the gateway's usage channel, tagged with
     /// this request number.
     TakeUsage(u64),
@@ -483,6 +488,34 @@ impl Gateway {
             .collect()
     }
 
+    /// The page `query` asks for of the live device sessions of every shard (or of shard
+    /// `shard` only), with the total that match. Each shard copies at most `offset + limit`
+    /// entries; shards that do not answer within a second are skipped (the second value is
+    /// the number of shards that answered).
+    pub fn sessions(&self, shard: Option<usize>, query: SessionQuery) -> (SessionPage, usize) {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for (index, handle) in self.shards.iter().enumerate() {
+            if shard.is_some_and(|s| s != index) {
+                continue;
+            }
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if handle
+                .commands
+                .send(ShardCommand::Sessions(query.clone(), tx))
+                .is_ok()
+            {
+                let _ = handle.notifier.notify();
+                replies.push(rx);
+            }
+        }
+        let pages: Vec<SessionPage> = replies
+            .into_iter()
+            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .collect();
+        let answered = pages.len();
+        (merge_pages(pages, query.offset, query.limit), answered)
+    }
+
     /// Usage every shard counted since the previous take. Waits up to a second for each
     /// shard's answer; an answer that comes later is returned by the next take (or by
     /// [`Gateway::shutdown`]), so nothing is counted twice or lost.
@@ -749,6 +782,18 @@ async fn command_loop(
                         .collect();
                     let _ = reply.send(snapshot);
                 }
+                ShardCommand::Sessions(query, reply) => {
+                    let usage = state.usage.borrow();
+                    let page =
+                        state
+                            .sessions
+                            .borrow()
+                            .page(state.id.0, &query, reactor::now(), |key| {
+                                usage.group_name(key).map(str::to_owned)
+                            });
+                    drop(usage);
+                    let _ = reply.send(page);
+                }
                 ShardCommand::TakeUsage(request) => {
                     let _ = usage.send(UsageBatch {
                         shard: state.id.0,
@@ -819,9 +864,18 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                     m.connections_accepted += 1;
                     m.connections_open += 1;
                 }
+                let session = state.sessions.borrow_mut().open(
+                    peer,
+                    match protocol {
+                        ListenerProtocol::Http => SessionProtocol::Http,
+                        ListenerProtocol::Mqtt => SessionProtocol::Mqtt,
+                    },
+                    reactor::now(),
+                );
                 let gauge = OpenConnection {
                     acceptor: acceptor.clone(),
                     listener: listener_id,
+                    session,
                 };
                 let state = state.clone();
                 // One spawn per protocol, so each task is allocated at the size of its own
@@ -830,11 +884,23 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                 // costs in memory.
                 match protocol {
                     ListenerProtocol::Http => {
-                        let f = crate::flows::http_forward::serve(state, listener_id, stream, peer);
+                        let f = crate::flows::http_forward::serve(
+                            state,
+                            listener_id,
+                            stream,
+                            peer,
+                            session,
+                        );
                         reactor::spawn(reactor::Guarded::new(f, gauge)).detach();
                     }
                     ListenerProtocol::Mqtt => {
-                        let f = crate::flows::mqtt_bridge::serve(state, listener_id, stream, peer);
+                        let f = crate::flows::mqtt_bridge::serve(
+                            state,
+                            listener_id,
+                            stream,
+                            peer,
+                            session,
+                        );
                         reactor::spawn(reactor::Guarded::new(f, gauge)).detach();
                     }
                 }
@@ -859,16 +925,23 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
     }
 }
 
-/// Decrements the open-connection gauge and the connection caps' counts however a
-/// connection task ends (including being dropped at shutdown).
+/// Decrements the open-connection gauge and the connection caps' counts, and removes the
+/// connection's session entry, however a connection task ends (including being dropped at
+/// shutdown).
 struct OpenConnection {
     acceptor: Rc<Acceptor>,
     listener: ListenerId,
+    session: RegistryKey,
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.acceptor.connections.release(self.listener);
+        self.acceptor
+            .state
+            .sessions
+            .borrow_mut()
+            .close(self.session);
         let mut m = self.acceptor.state.metrics.borrow_mut();
         m.connections_open = m.connections_open.saturating_sub(1);
     }

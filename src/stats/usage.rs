@@ -126,6 +126,11 @@ impl ShardUsage {
         }
     }
 
+    /// The name of group key `key`, if a plan this shard served had it.
+    pub fn group_name(&self, key: u64) -> Option<&str> {
+        self.names.get(&key).map(|n| &**n)
+    }
+
     fn slot(&mut self, key: UsageKey, now: Instant) -> &mut Slot {
         let slot = self.slots.entry(key).or_insert(Slot {
             counts: UsageCounts::default(),

@@ -524,6 +524,10 @@ class Front:
         host, _, port = config.get("upstream", "127.0.0.1:1883").rpartition(":")
         self.upstream = (host or "127.0.0.1", int(port))
         self.ctx = self.make_tls_context()
+        # The event loop keeps only weak references to tasks: a connection's task that nothing
+        # else references can be garbage-collected mid-flight ("Task was destroyed but it is
+        # pending!"), silently dropping that connection. Each one is held here until it ends.
+        self.connections = set()
 
     def make_tls_context(self):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -542,7 +546,9 @@ class Front:
         loop = asyncio.get_running_loop()
         while True:
             sock, peer = await loop.sock_accept(lsock)
-            asyncio.ensure_future(self.handle(sock, peer))
+            task = asyncio.ensure_future(self.handle(sock, peer))
+            self.connections.add(task)
+            task.add_done_callback(self.connections.discard)
 
     async def handle(self, sock, peer):
         # The TLS handshake runs on the accepted socket before any byte is read as plaintext

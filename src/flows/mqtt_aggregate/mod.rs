@@ -86,6 +86,7 @@ use super::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
     SessionFuture,
 };
+use super::sessions::RegistryKey;
 use super::ShardState;
 use crate::adapters::aws_iot_core_mqtt::TopicRefusal;
 use crate::policy::envelope::Envelope;
@@ -219,6 +220,7 @@ pub fn start(session: DeviceSession) -> SessionFuture {
         connect,
         buf,
         identity,
+        session,
     } = session;
     match admit(
         &state,
@@ -229,12 +231,22 @@ pub fn start(session: DeviceSession) -> SessionFuture {
         peer,
         identity,
     ) {
-        Ok(admitted) => Box::pin(serve(Session {
-            state,
-            stream,
-            buf,
-            admitted,
-        })),
+        Ok((admitted, assigned)) => {
+            if let Some(id) = assigned {
+                // The device sent none: `/admin/sessions` shows the one simgate gave it.
+                state
+                    .sessions
+                    .borrow_mut()
+                    .set_client_id(session, &String::from_utf8_lossy(&id));
+            }
+            Box::pin(serve(Session {
+                state,
+                stream,
+                buf,
+                session,
+                admitted,
+            }))
+        }
         Err(code) => Box::pin(refuse(stream, connect.protocol_version, code)),
     }
 }
@@ -244,7 +256,8 @@ async fn refuse(mut stream: TcpStream, version: ProtocolVersion, code: ReasonCod
 }
 
 /// Check the device's client id, pick its link, register it there, and build its state with
-/// the CONNACK queued in its output. `Err` is the CONNACK reason code of a refusal.
+/// the CONNACK queued in its output; with it, the client id simgate assigned (the device sent
+/// none). `Err` is the CONNACK reason code of a refusal.
 fn admit(
     state: &Rc<ShardState>,
     plan: &Plan,
@@ -253,7 +266,7 @@ fn admit(
     connect: &Connect,
     peer: SocketAddr,
     identity: DeviceIdentity,
-) -> Result<Admitted, ReasonCode> {
+) -> Result<(Admitted, Option<Bytes>), ReasonCode> {
     let version = connect.protocol_version;
     let dest = plan.destination(destination);
     let mqtt_dest = dest.mqtt().ok_or(ReasonCode::SERVER_UNAVAILABLE)?;
@@ -368,7 +381,7 @@ fn admit(
         props.topic_alias_maximum = Some(0);
         props.shared_subscription_available = Some(false);
         props.subscription_identifier_available = Some(false);
-        props.assigned_client_identifier = assigned;
+        props.assigned_client_identifier = assigned.clone();
     }
     device.write(&Packet::ConnAck(ConnAck {
         session_present: false,
@@ -379,7 +392,7 @@ fn admit(
         .groups
         .get(usize::from(identity.group().0))
         .map_or(0, |g| group_key(&g.name));
-    Ok(Admitted {
+    let admitted = Admitted {
         device,
         link,
         key,
@@ -391,7 +404,8 @@ fn admit(
         peer_ip: peer.ip(),
         listener,
         latency_dest: (usize::from(destination.0), dest.name.as_str().into()),
-    })
+    };
+    Ok((admitted, assigned))
 }
 
 /// `Err(SERVER_UNAVAILABLE)` (counted) if `while_down` says a new session is refused while
@@ -423,6 +437,8 @@ struct Session {
     state: Rc<ShardState>,
     stream: TcpStream,
     buf: BytesMut,
+    /// The connection's entry in the shard's session registry.
+    session: RegistryKey,
     admitted: Admitted,
 }
 
@@ -444,8 +460,10 @@ fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
                     identity,
                     ..
                 },
+            session,
             ..
         } = &mut s;
+        let session = *session;
         state.usage_flush(identity.usage(), &mut device.usage);
         if let End::Abnormal(code) = end {
             // The will first: it is queued on the link at once, so a device that does not read its
@@ -459,7 +477,8 @@ fn serve(mut s: Session) -> impl std::future::Future<Output = ()> {
                     properties: Properties::default(),
                 }));
                 let until = goodbye_deadline(state, DEVICE_WRITE_TIMEOUT);
-                let _ = reactor::timeout_at(until, flush(state, stream, &mut device.out)).await;
+                let _ = reactor::timeout_at(until, flush(state, session, stream, &mut device.out))
+                    .await;
             }
         }
     }
@@ -470,6 +489,7 @@ async fn run_session(s: &mut Session) -> End {
         state,
         stream,
         buf,
+        session,
         admitted:
             Admitted {
                 device,
@@ -486,6 +506,7 @@ async fn run_session(s: &mut Session) -> End {
             },
     } = s;
     let key = *key;
+    let session = *session;
     let far = Duration::from_secs(365 * 24 * 3600);
     let keep_alive = keep_alive.unwrap_or(far);
     // Received bytes only move `last_heard`; the timer is re-armed when it fires early, so a
@@ -497,7 +518,7 @@ async fn run_session(s: &mut Session) -> End {
         state.usage_flush(identity.usage(), &mut device.usage);
         for event in mailbox.drain() {
             if let Some(end) = device.on_link_event(event) {
-                let _ = flush(state, stream, &mut device.out).await;
+                let _ = flush(state, session, stream, &mut device.out).await;
                 return end;
             }
         }
@@ -551,11 +572,11 @@ async fn run_session(s: &mut Session) -> End {
                 }
             };
             if let Some(end) = end {
-                let _ = flush(state, stream, &mut device.out).await;
+                let _ = flush(state, session, stream, &mut device.out).await;
                 return end;
             }
         }
-        if !flush(state, stream, &mut device.out).await {
+        if !flush(state, session, stream, &mut device.out).await {
             return End::Abnormal(None);
         }
         if draining {
@@ -607,6 +628,7 @@ async fn run_session(s: &mut Session) -> End {
         {
             Either::Left(Either::Left(Ok(n))) if n > 0 => {
                 state.metrics.borrow_mut().device_bytes_in += n as u64;
+                state.sessions.borrow_mut().add_in(session, n as u64);
                 last_heard = reactor::now();
             }
             // EOF or socket error without DISCONNECT: abnormal.
@@ -626,7 +648,12 @@ async fn run_session(s: &mut Session) -> End {
 }
 
 /// Send what the device has queued; false if the device is gone or stuck.
-async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMut) -> bool {
+async fn flush(
+    state: &Rc<ShardState>,
+    session: RegistryKey,
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+) -> bool {
     if out.is_empty() {
         return true;
     }
@@ -637,6 +664,7 @@ async fn flush(state: &Rc<ShardState>, stream: &mut TcpStream, out: &mut BytesMu
     match reactor::timeout(DEVICE_WRITE_TIMEOUT, stream.send_all(bytes)).await {
         Ok(Ok(())) => {
             state.metrics.borrow_mut().device_bytes_out += n;
+            state.sessions.borrow_mut().add_out(session, n);
             true
         }
         _ => false,

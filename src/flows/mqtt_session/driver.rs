@@ -32,6 +32,7 @@ use crate::flows::identity::{group_key, DeviceIdentity};
 use crate::flows::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
 };
+use crate::flows::sessions::RegistryKey;
 use crate::flows::ShardState;
 use crate::policy::envelope::Envelope;
 use crate::policy::{DestinationPlan, ListenerId, TemplateVars, TopicMap};
@@ -122,6 +123,7 @@ pub async fn serve(session: DeviceSession) {
         connect,
         buf,
         identity,
+        session,
     } = session;
     let device_version = connect.protocol_version;
     let dest = plan.destination(destination);
@@ -142,6 +144,13 @@ pub async fn serve(session: DeviceSession) {
             return;
         }
     };
+    if let Some(id) = &assigned {
+        // The device sent none: `/admin/sessions` shows the one simgate gave it.
+        state
+            .sessions
+            .borrow_mut()
+            .set_client_id(session, &String::from_utf8_lossy(id));
+    }
     let vars = TemplateVars {
         sim: identity.sim(&plan),
         ..session_vars(&connect, assigned.as_ref(), peer.ip(), state.id.0)
@@ -365,7 +374,7 @@ pub async fn serve(session: DeviceSession) {
     }
     if !accepted {
         state.metrics.borrow_mut().mqtt_connects_refused += 1;
-        let _ = send_device(&state, &mut stream, out.freeze()).await;
+        let _ = send_device(&state, session, &mut stream, out.freeze()).await;
         let _ = reactor::timeout_at(
             goodbye_deadline(&state, GOODBYE_TIMEOUT),
             upstream.stream.close(),
@@ -374,7 +383,7 @@ pub async fn serve(session: DeviceSession) {
         return;
     }
     let _open = OpenSession::start(&state);
-    if send_device(&state, &mut stream, out.freeze())
+    if send_device(&state, session, &mut stream, out.freeze())
         .await
         .is_err()
     {
@@ -416,6 +425,7 @@ pub async fn serve(session: DeviceSession) {
     };
     let mut pump = Pump {
         state: &state,
+        session,
         device: &mut stream,
         device_buf: buf,
         upstream: &mut upstream,
@@ -451,7 +461,7 @@ pub async fn serve(session: DeviceSession) {
             let bye = encode_device_disconnect(reason_code);
             let _ = reactor::timeout_at(
                 goodbye_deadline(&state, GOODBYE_TIMEOUT),
-                send_device(&state, &mut stream, bye),
+                send_device(&state, session, &mut stream, bye),
             )
             .await;
         }
@@ -491,12 +501,14 @@ pub async fn serve(session: DeviceSession) {
 
 async fn send_device(
     state: &ShardState,
+    session: RegistryKey,
     stream: &mut TcpStream,
     bytes: Bytes,
 ) -> std::io::Result<()> {
     let n = bytes.len() as u64;
     stream.send_all(bytes).await?;
     state.metrics.borrow_mut().device_bytes_out += n;
+    state.sessions.borrow_mut().add_out(session, n);
     Ok(())
 }
 
@@ -662,6 +674,8 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Pump<'a> {
     state: &'a ShardState,
+    /// The connection's entry in the shard's session registry.
+    session: RegistryKey,
     device: &'a mut TcpStream,
     device_buf: BytesMut,
     upstream: &'a mut UpstreamConn,
@@ -732,7 +746,7 @@ impl Pump<'_> {
             }
         }
         if !out.is_empty() {
-            if send_device(self.state, self.device, out.freeze())
+            if send_device(self.state, self.session, self.device, out.freeze())
                 .await
                 .is_err()
             {
@@ -846,6 +860,10 @@ impl Pump<'_> {
             match select2(local, self.upstream.stream.fill()).await {
                 Either::Left(Either::Left(Either::Left(DeviceRead::Bytes(n)))) => {
                     self.state.metrics.borrow_mut().device_bytes_in += n as u64;
+                    self.state
+                        .sessions
+                        .borrow_mut()
+                        .add_in(self.session, n as u64);
                     deadline = self.keep_alive.map(|k| reactor::now() + k);
                 }
                 Either::Left(Either::Left(Either::Left(DeviceRead::Closed))) => {
@@ -984,7 +1002,7 @@ impl Pump<'_> {
             self.state.usage_up(self.identity.usage(), publishes, bytes);
         }
         if !replies.is_empty()
-            && send_device(self.state, self.device, replies.freeze())
+            && send_device(self.state, self.session, self.device, replies.freeze())
                 .await
                 .is_err()
         {
@@ -1060,7 +1078,7 @@ impl Pump<'_> {
             end = ending;
         }
         if !out.is_empty() {
-            if send_device(self.state, self.device, out.split().freeze())
+            if send_device(self.state, self.session, self.device, out.split().freeze())
                 .await
                 .is_err()
             {
