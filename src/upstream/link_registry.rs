@@ -139,6 +139,7 @@ impl LinkRegistry {
             core.set_name(&settings.client_id);
             core.set_publish_rate(settings.max_publish_rate);
             let link = Link::new(core);
+            link.set_destination(&dest.name);
             tasks.push(run_link(
                 upstreams.clone(),
                 link.clone(),

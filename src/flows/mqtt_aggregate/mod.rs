@@ -197,9 +197,9 @@ struct Admitted {
     group_key: u64,
     peer_ip: IpAddr,
     listener: ListenerId,
-    /// The destination's index in the plan of admission and its name, for the latency
-    /// histograms.
-    latency_dest: (usize, Box<str>),
+    /// The destination's index in the plan of admission, for the latency histograms (its
+    /// name is the link's).
+    latency_index: u16,
 }
 
 /// Admit one device session to the shard's shared upstream links and return the future that
@@ -403,7 +403,7 @@ fn admit(
         group_key,
         peer_ip: peer.ip(),
         listener,
-        latency_dest: (usize::from(destination.0), dest.name.as_str().into()),
+        latency_index: destination.0,
     };
     Ok((admitted, assigned))
 }
@@ -501,7 +501,7 @@ async fn run_session(s: &mut Session) -> End {
                 group_key,
                 peer_ip,
                 listener,
-                latency_dest,
+                latency_index,
                 ..
             },
     } = s;
@@ -522,7 +522,11 @@ async fn run_session(s: &mut Session) -> End {
                 return end;
             }
         }
-        record_acked(state, latency_dest, device.drain_acked());
+        record_acked(
+            state,
+            (*latency_index, link.destination()),
+            device.drain_acked(),
+        );
         // A reload replaced the plan: a device whose SIM moved to another group (or is now
         // refused) leaves like a drained one, with 0x98 "administrative action", and
         // reconnects into its new group.
@@ -705,7 +709,7 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
 /// PUBLISHes received at `received`.
 fn record_acked(
     state: &ShardState,
-    (index, name): &(usize, Box<str>),
+    (index, name): (u16, &str),
     received: impl Iterator<Item = Instant>,
 ) {
     let mut received = received.peekable();
@@ -716,6 +720,12 @@ fn record_acked(
     let mut m = state.metrics.borrow_mut();
     for r in received {
         let us = now.saturating_duration_since(r).as_micros() as u64;
-        m.record_destination(*index, name, Latency::RequestDuration, Protocol::Mqtt, us);
+        m.record_destination(
+            usize::from(index),
+            name,
+            Latency::RequestDuration,
+            Protocol::Mqtt,
+            us,
+        );
     }
 }

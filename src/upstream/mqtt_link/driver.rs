@@ -48,9 +48,22 @@ pub struct Link {
     retired: Cell<bool>,
     ended: Cell<bool>,
     status: Cell<LinkStatus>,
+    /// The name of the destination the link serves (empty until set), for the sessions'
+    /// latency histograms.
+    destination: std::cell::OnceCell<Box<str>>,
 }
 
 impl Link {
+    /// Name the destination the link serves (once; later calls are ignored).
+    pub fn set_destination(&self, name: &str) {
+        let _ = self.destination.set(name.into());
+    }
+
+    /// The name given with [`Link::set_destination`] (empty if none).
+    pub fn destination(&self) -> &str {
+        self.destination.get().map_or("", |n| n)
+    }
+
     /// A new, disconnected link: down since now (the reactor's clock), until its first CONNACK.
     pub fn new(core: LinkCore) -> Rc<Link> {
         Rc::new(Link {
@@ -61,6 +74,7 @@ impl Link {
             status: Cell::new(LinkStatus::Down {
                 since: reactor::now(),
             }),
+            destination: std::cell::OnceCell::new(),
         })
     }
 
