@@ -52,6 +52,9 @@ pub struct ShardState {
     pub plan_changed: Broadcast,
     /// Keeps "request answered with a gateway error" (HTTP) to one info line per interval.
     pub gateway_error_log: LogThrottle,
+    /// Keeps "client id taken over" (MQTT aggregate mode) to one info line per interval: a
+    /// device reconnecting in a loop with the same id must not fill the log.
+    pub takeover_log: LogThrottle,
     /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
     /// takes the id over from the session holding it, on whichever shard that is.
     pub client_ids: Arc<ClientIds>,
@@ -93,6 +96,7 @@ impl ShardState {
             drain: DrainSignal::default(),
             plan_changed: Broadcast::default(),
             gateway_error_log: LogThrottle::new(LOG_THROTTLE),
+            takeover_log: LogThrottle::new(LOG_THROTTLE),
             client_ids,
             bindings,
             mqtt_aggregate: AggregateShard::default(),

@@ -311,11 +311,16 @@ fn admit(
     // any shard) is told to end with DISCONNECT 0x8E "session taken over".
     let (claim, previous) = state.client_ids.claim(listener, &client_id, state.id.0);
     if previous.is_some() {
-        tracing::info!(
-            client_id = %String::from_utf8_lossy(&client_id),
-            %peer,
-            "client id taken over: the session that held it is disconnected"
-        );
+        // Counted in simgate_mqtt_sessions_taken_over_total every time; logged once per
+        // interval.
+        if let Some(held_back) = state.takeover_log.allow(crate::reactor::now()) {
+            tracing::info!(
+                client_id = %String::from_utf8_lossy(&client_id),
+                %peer,
+                taken_over_since_last_line = held_back,
+                "client id taken over: the session that held it is disconnected"
+            );
+        }
     }
     state
         .mqtt_aggregate
