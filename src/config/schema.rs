@@ -316,6 +316,22 @@ pub(crate) struct RawProbe {
     pub timeout: Option<RawDuration>,
     /// MQTT client id of the probe's CONNECT; `{hostname}` is this node's host name.
     pub client_id: Option<String>,
+    /// `[probe.e2e]`: the end-to-end probe.
+    pub e2e: Option<RawProbeE2e>,
+}
+
+/// `[probe.e2e]`: the end-to-end probe through an MQTT listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProbeE2e {
+    pub listener: String,
+    pub topic: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub window: Option<i64>,
+    pub loss_alarm: Option<f64>,
+    pub p99_alarm: Option<RawDuration>,
+    pub alarm_affects_readiness: Option<bool>,
 }
 
 /// A secret: inline (`"…"`), `{ file = "path" }` (relative to the config's directory; a trailing

@@ -162,9 +162,27 @@ impl Control {
                 ));
             }
         }
+        drop(guard);
+        // The end-to-end probe's alarm: a detail line; a 503 only with
+        // probe.e2e.alarm_affects_readiness.
+        let mut details = String::new();
+        if let Some(e2e) = self.probes.lock().e2e() {
+            if let Some(why) = e2e.alarm() {
+                let line = format!(
+                    "end-to-end probe alarm ({}): {why}\n",
+                    e2e.settings().listener
+                );
+                if e2e.affects_readiness() {
+                    problems.push_str(&line);
+                } else {
+                    details.push_str(&line);
+                }
+            }
+        }
         if problems.is_empty() {
-            (true, "ready\n".into())
+            (true, format!("ready\n{details}"))
         } else {
+            problems.push_str(&details);
             (false, problems)
         }
     }
@@ -567,6 +585,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         tokio::spawn(tokens::run(control.clone()));
         tokio::spawn(usage_loop(control.clone()));
         tokio::spawn(probes::driver::run(control.clone()));
+        tokio::spawn(probes::driver::run_e2e(control.clone()));
         if let Some(settings) = radius_settings {
             let socket = radius::bind(settings.bind).map_err(RunError::Control)?;
             let bound = socket.local_addr().map_err(RunError::Control)?;

@@ -688,7 +688,7 @@ impl Default for UsageSettings {
 
 /// `[probe]`: the control thread's internal probe of every destination (TCP connect, TLS
 /// handshake, cheapest protocol exchange).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeSettings {
     /// How often each destination is probed; `None`: probes are off.
     pub interval: Option<std::time::Duration>,
@@ -696,6 +696,30 @@ pub struct ProbeSettings {
     pub timeout: std::time::Duration,
     /// The client id of the probe's MQTT CONNECT (`{hostname}` already replaced).
     pub client_id: String,
+    /// The end-to-end probe (`[probe.e2e]`); `None`: off.
+    pub e2e: Option<E2eSettings>,
+}
+
+/// `[probe.e2e]`: a synthetic device on the control thread publishing numbered QoS 1 messages
+/// to simgate's own MQTT listener and reading them back through the cloud broker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct E2eSettings {
+    /// The MQTT listener the probe connects to (by name).
+    pub listener: String,
+    /// The device topic published to and subscribed to.
+    pub topic: String,
+    /// Time between two probe messages.
+    pub interval: std::time::Duration,
+    /// A message not back within this long counts as lost.
+    pub timeout: std::time::Duration,
+    /// How many of the latest probe messages the loss ratio and p99 cover.
+    pub window: usize,
+    /// Loss ratio over the window above which the alarm is raised.
+    pub loss_alarm: f64,
+    /// p99 delay over the window above which the alarm is raised (`None`: no delay bound).
+    pub p99_alarm: Option<std::time::Duration>,
+    /// Whether a raised alarm makes `/readyz` answer 503 (default: only a detail line).
+    pub alarm_affects_readiness: bool,
 }
 
 impl Default for ProbeSettings {
@@ -704,6 +728,7 @@ impl Default for ProbeSettings {
             interval: Some(std::time::Duration::from_secs(30)),
             timeout: std::time::Duration::from_secs(5),
             client_id: "simgate-probe".into(),
+            e2e: None,
         }
     }
 }

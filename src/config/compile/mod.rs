@@ -265,6 +265,9 @@ impl Compiler<'_> {
         };
         let usage = self.usage(raw.usage.as_ref());
         let probe = self.probe(raw.probe.as_ref());
+        if let (Some(probe), Some(listeners)) = (&probe, &listeners) {
+            self.check_e2e_listener(probe, listeners);
+        }
         let plan = Plan {
             usage: usage?,
             probe: probe?,

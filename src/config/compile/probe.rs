@@ -1,14 +1,29 @@
 //! Compiles `[probe]`: how often the control thread probes every destination, how long one
-//! probe may take, and the client id of its MQTT CONNECT (`{hostname}` replaced here, once).
+//! probe may take, and the client id of its MQTT CONNECT (`{hostname}` replaced here, once);
+//! and `[probe.e2e]`, the end-to-end probe through one MQTT listener (its bounds checked here,
+//! its listener checked against the compiled listeners).
 //!
 //! What this module does not do: probe (`control::probes`).
 
 use std::time::Duration;
 
 use super::Compiler;
-use crate::config::schema::RawProbe;
+use crate::config::schema::{RawProbe, RawProbeE2e};
 use crate::config::values::{format_duration, parse_duration};
-use crate::policy::ProbeSettings;
+use crate::policy::{E2eSettings, ListenerKind, ListenerPlan, ProbeSettings};
+
+/// Default `probe.e2e.topic`.
+const DEFAULT_E2E_TOPIC: &str = "simgate/probe";
+/// Default `probe.e2e.interval`.
+const DEFAULT_E2E_INTERVAL: Duration = Duration::from_secs(5);
+/// Default `probe.e2e.timeout`.
+const DEFAULT_E2E_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `probe.e2e.window`.
+const DEFAULT_E2E_WINDOW: usize = 100;
+/// Default `probe.e2e.loss_alarm`.
+const DEFAULT_E2E_LOSS_ALARM: f64 = 0.05;
+/// Largest `probe.e2e.window`.
+const MAX_E2E_WINDOW: i64 = 10_000;
 
 /// Shortest `probe.interval`: short enough for tests to see a failure quickly, long enough
 /// that a probe every interval to every destination stays cheap.
@@ -44,11 +59,104 @@ impl Compiler<'_> {
             .and_then(|r| r.client_id.as_deref())
             .unwrap_or(DEFAULT_CLIENT_ID);
         let client_id = self.probe_client_id(template, &local_hostname());
+        let e2e = match raw.and_then(|r| r.e2e.as_ref()) {
+            None => Some(None),
+            Some(e) => self.probe_e2e(e).map(Some),
+        };
         Some(ProbeSettings {
             interval: interval?,
             timeout: timeout?,
             client_id: client_id?,
+            e2e: e2e?,
         })
+    }
+
+    fn probe_e2e(&mut self, raw: &RawProbeE2e) -> Option<E2eSettings> {
+        let interval = match &raw.interval {
+            None => Some(DEFAULT_E2E_INTERVAL),
+            Some(d) => self
+                .bounded(
+                    "probe.e2e.interval",
+                    &d.0,
+                    MIN_INTERVAL..=MAX_INTERVAL,
+                    false,
+                )
+                .flatten(),
+        };
+        let timeout = match &raw.timeout {
+            None => Some(DEFAULT_E2E_TIMEOUT),
+            Some(d) => self
+                .bounded("probe.e2e.timeout", &d.0, MIN_TIMEOUT..=MAX_TIMEOUT, false)
+                .flatten(),
+        };
+        let p99_alarm = match &raw.p99_alarm {
+            None => Some(None),
+            Some(d) => self.bounded(
+                "probe.e2e.p99_alarm",
+                &d.0,
+                Duration::from_millis(1)..=MAX_TIMEOUT,
+                false,
+            ),
+        };
+        let window = match raw.window {
+            None => Some(DEFAULT_E2E_WINDOW),
+            Some(n) if (1..=MAX_E2E_WINDOW).contains(&n) => Some(n as usize),
+            Some(n) => {
+                self.push(
+                    "probe.e2e.window",
+                    format!("must be between 1 and {MAX_E2E_WINDOW}, got {n}"),
+                );
+                None
+            }
+        };
+        let loss_alarm = match raw.loss_alarm {
+            None => Some(DEFAULT_E2E_LOSS_ALARM),
+            Some(r) if (0.0..=1.0).contains(&r) => Some(r),
+            Some(r) => {
+                self.push(
+                    "probe.e2e.loss_alarm",
+                    format!("must be a ratio between 0 and 1, got {r}"),
+                );
+                None
+            }
+        };
+        let topic = raw.topic.as_deref().unwrap_or(DEFAULT_E2E_TOPIC);
+        let topic = if topic.is_empty() || topic.len() > 256 || topic.contains(['+', '#', '\0']) {
+            self.push(
+                "probe.e2e.topic",
+                format!("must be 1 to 256 bytes without wildcards, got {topic:?}"),
+            );
+            None
+        } else {
+            Some(topic.to_owned())
+        };
+        Some(E2eSettings {
+            listener: raw.listener.clone(),
+            topic: topic?,
+            interval: interval?,
+            timeout: timeout?,
+            window: window?,
+            loss_alarm: loss_alarm?,
+            p99_alarm: p99_alarm?,
+            alarm_affects_readiness: raw.alarm_affects_readiness.unwrap_or(false),
+        })
+    }
+
+    /// `probe.e2e.listener` must name an MQTT listener.
+    pub(super) fn check_e2e_listener(&mut self, probe: &ProbeSettings, listeners: &[ListenerPlan]) {
+        let Some(e2e) = &probe.e2e else { return };
+        let found = listeners.iter().find(|l| l.name == e2e.listener);
+        match found {
+            Some(l) if matches!(l.kind, ListenerKind::Mqtt(_)) => {}
+            Some(_) => self.push(
+                "probe.e2e.listener",
+                format!("listener {:?} is not an MQTT listener", e2e.listener),
+            ),
+            None => self.push(
+                "probe.e2e.listener",
+                format!("no listener named {:?}", e2e.listener),
+            ),
+        }
     }
 
     /// A duration at `path` within `range` (`Some(Some(d))`), or an error (`None`).

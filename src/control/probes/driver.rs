@@ -6,6 +6,11 @@
 //! The shard's `upstream::connect` is not reused: it runs on a shard's io_uring reactor, and a
 //! probe must never take a shard's time, pool slots or counters.
 //!
+//! [`run_e2e`] is the end-to-end probe's device: a plain MQTT 3.1.1 client over TCP to one of
+//! simgate's own MQTT listeners (its bound address; a wildcard bind is reached on loopback),
+//! subscribed to the probe topic, publishing a numbered QoS 1 message every
+//! `probe.e2e.interval` and matching what comes back (bookkeeping in [`super::e2e`]).
+//!
 //! What this does not do: resolve names (it probes the addresses the resolver last applied,
 //! else the plan's), mint tokens (it uses the one [`super::super::tokens`] last handed to the
 //! shards, or reports no credential), or send device data: the MQTT probe publishes nothing and
@@ -22,13 +27,16 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::policy::cloud::Token;
+use crate::policy::E2eSettings;
 use crate::policy::{Adapter, DestinationId, DestinationPlan, MqttUpstreamVersion, Plan};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
-    ReasonCode, Sender,
+    PubResponse, Publish, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,
 };
+use std::num::NonZeroU16;
 
 use super::super::Control;
+use super::e2e::AlarmChange;
 use super::{Due, Outcome, Report, Stage, StateChange};
 
 /// What the probes need beyond the plan: the addresses re-resolution applied and the tokens
@@ -443,15 +451,19 @@ async fn mqtt_exchange(stream: &mut Tls, m: &MqttProbe) -> Result<(String, Optio
     ))
 }
 
-async fn send(stream: &mut Tls, packet: &Packet, version: ProtocolVersion) -> Result<(), String> {
+async fn send<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    packet: &Packet,
+    version: ProtocolVersion,
+) -> Result<(), String> {
     let mut out = BytesMut::new();
     mqtt::encode(packet, version, &mut out).map_err(|e| format!("encode: {e:?}"))?;
     stream.write_all(&out).await.map_err(|e| e.to_string())?;
     stream.flush().await.map_err(|e| e.to_string())
 }
 
-async fn read_packet(
-    stream: &mut Tls,
+async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     version: ProtocolVersion,
 ) -> Result<Packet, String> {
@@ -469,4 +481,246 @@ async fn read_packet(
             return Err("connection closed by the broker".into());
         }
     }
+}
+
+/// Log one alarm change of the end-to-end probe.
+fn log_alarm(listener: &str, change: Option<AlarmChange>) {
+    match change {
+        Some(AlarmChange::Raised(why)) => tracing::warn!(
+            listener,
+            reason = %why,
+            "end-to-end probe alarm: loss or delay through the gateway and the cloud broker is above its bound"
+        ),
+        Some(AlarmChange::Cleared(now)) => tracing::info!(
+            listener,
+            now = %now,
+            "end-to-end probe alarm cleared: loss and delay are back within their bounds"
+        ),
+        None => {}
+    }
+}
+
+/// The address the probe device connects to: the listener's bound address, loopback for a
+/// wildcard bind.
+fn device_addr(control: &Control, listener: &str) -> Option<SocketAddr> {
+    let guard = control.gateway.lock();
+    let mut addr = guard
+        .as_ref()?
+        .listener_addrs()
+        .iter()
+        .find(|(name, _)| name == listener)?
+        .1;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Some(addr)
+}
+
+/// The end-to-end probe loop (`[probe.e2e]`); returns at once when it is not configured.
+/// Every interval one message is numbered and handed to the device connection (when there is
+/// none, it is still numbered, and will be lost); a connection that ends is retried at the
+/// next interval.
+pub async fn run_e2e(control: Arc<Control>) {
+    let Some(settings) = control.probes.lock().e2e().map(|b| b.settings().clone()) else {
+        return;
+    };
+    let client_id = format!("{}-e2e", control.plan_updates().borrow().probe.client_id);
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut device: Option<(
+        tokio::sync::mpsc::Sender<u64>,
+        tokio::task::JoinHandle<String>,
+    )> = None;
+    loop {
+        let next_expiry = control
+            .probes
+            .lock()
+            .e2e()
+            .and_then(|b| b.next_expiry())
+            .unwrap_or_else(|| Instant::now() + IDLE_WAIT);
+        tokio::select! {
+            _ = ticker.tick() => {
+                if device.is_none() {
+                    if let Some(addr) = device_addr(&control, &settings.listener) {
+                        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                        let task = tokio::spawn(e2e_device(
+                            control.clone(),
+                            addr,
+                            client_id.clone(),
+                            settings.clone(),
+                            rx,
+                        ));
+                        device = Some((tx, task));
+                    }
+                }
+                let seq = control
+                    .probes
+                    .lock()
+                    .e2e_mut()
+                    .map(|b| b.send(Instant::now()));
+                if let (Some(seq), Some((tx, _))) = (seq, &device) {
+                    let _ = tx.try_send(seq);
+                }
+            }
+            _ = tokio::time::sleep_until(next_expiry.into()) => {
+                let change = control
+                    .probes
+                    .lock()
+                    .e2e_mut()
+                    .and_then(|b| b.expire(Instant::now()));
+                log_alarm(&settings.listener, change);
+            }
+            ended = async { (&mut device.as_mut().expect("checked").1).await }, if device.is_some() => {
+                let error = ended.unwrap_or_else(|e| format!("probe device task failed: {e}"));
+                tracing::debug!(listener = %settings.listener, %error, "end-to-end probe device disconnected");
+                if let Some(b) = control.probes.lock().e2e_mut() {
+                    b.set_connection(false, Some(error));
+                }
+                device = None;
+            }
+        }
+    }
+}
+
+/// One connection of the probe device: CONNECT, SUBSCRIBE, then publish what `seqs` hands
+/// over and match what comes back, until an error (returned as text).
+async fn e2e_device(
+    control: Arc<Control>,
+    addr: SocketAddr,
+    client_id: String,
+    settings: E2eSettings,
+    mut seqs: tokio::sync::mpsc::Receiver<u64>,
+) -> String {
+    let version = ProtocolVersion::V311;
+    let setup = async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {}", e.kind()))?;
+        let _ = stream.set_nodelay(true);
+        let connect = Packet::Connect(Box::new(Connect {
+            protocol_version: version,
+            clean_start: true,
+            keep_alive: 0,
+            properties: Properties::default(),
+            client_id: Bytes::copy_from_slice(client_id.as_bytes()),
+            will: None,
+            username: None,
+            password: None,
+        }));
+        let mut rbuf = BytesMut::with_capacity(1024);
+        send(&mut stream, &connect, version).await?;
+        match read_packet(&mut stream, &mut rbuf, version).await? {
+            Packet::ConnAck(c) if c.reason_code == ReasonCode::SUCCESS => {}
+            Packet::ConnAck(c) => {
+                return Err(format!("CONNACK refused: reason code {}", c.reason_code))
+            }
+            other => return Err(format!("expected CONNACK, got {:?}", other.packet_type())),
+        }
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: NonZeroU16::MIN,
+            properties: Properties::default(),
+            subscriptions: vec![Subscription {
+                filter: Bytes::copy_from_slice(settings.topic.as_bytes()),
+                options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            }],
+        });
+        send(&mut stream, &subscribe, version).await?;
+        loop {
+            match read_packet(&mut stream, &mut rbuf, version).await? {
+                Packet::SubAck(_) => break,
+                Packet::Disconnect(d) => {
+                    return Err(format!("disconnected: reason code {}", d.reason_code))
+                }
+                _ => {}
+            }
+        }
+        Ok::<_, String>((stream, rbuf))
+    };
+    let (mut stream, mut rbuf) = match tokio::time::timeout(settings.timeout, setup).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return e,
+        Err(_) => {
+            return format!(
+                "CONNECT/SUBSCRIBE not answered within {} ms",
+                settings.timeout.as_millis()
+            )
+        }
+    };
+    if let Some(b) = control.probes.lock().e2e_mut() {
+        b.set_connection(true, None);
+    }
+    let (mut rd, mut wr) = stream.split();
+    let mut packet_id: u16 = 1;
+    let limits = DecodeLimits {
+        max_packet_size: 64 * 1024,
+    };
+    loop {
+        // Packets already buffered first.
+        loop {
+            match mqtt::decode_packet(&mut rbuf, version, Sender::Server, &limits) {
+                Ok(Decoded::Complete(Packet::Publish(p))) => {
+                    if let Some(id) = p.packet_id {
+                        if let Err(e) =
+                            send(&mut wr, &Packet::PubAck(PubResponse::success(id)), version).await
+                        {
+                            return e;
+                        }
+                    }
+                    if let Some(seq) = probe_seq(&p.payload, &client_id) {
+                        let change = control
+                            .probes
+                            .lock()
+                            .e2e_mut()
+                            .and_then(|b| b.receive(seq, Instant::now()));
+                        log_alarm(&settings.listener, change);
+                    }
+                }
+                Ok(Decoded::Complete(Packet::Disconnect(d))) => {
+                    return format!("disconnected: reason code {}", d.reason_code)
+                }
+                Ok(Decoded::Complete(_)) => {}
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(e) => return format!("malformed packet from simgate: {e:?}"),
+            }
+        }
+        tokio::select! {
+            seq = seqs.recv() => {
+                let Some(seq) = seq else { return "probe stopped".into() };
+                packet_id = packet_id.wrapping_add(1).max(2);
+                let sent_ns = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let payload = serde_json::json!({"seq": seq, "sent_ns": sent_ns, "from": client_id}).to_string();
+                let publish = Packet::Publish(Publish {
+                    dup: false,
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    topic: Bytes::copy_from_slice(settings.topic.as_bytes()),
+                    packet_id: NonZeroU16::new(packet_id),
+                    properties: Properties::default(),
+                    payload: Bytes::from(payload),
+                });
+                if let Err(e) = send(&mut wr, &publish, version).await {
+                    return e;
+                }
+            }
+            n = rd.read_buf(&mut rbuf) => match n {
+                Ok(0) => return "connection closed by simgate".into(),
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            }
+        }
+    }
+}
+
+/// The sequence number of a probe message sent by `client_id` (`None`: not one of ours).
+fn probe_seq(payload: &[u8], client_id: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    (v.get("from")?.as_str()? == client_id)
+        .then(|| v.get("seq")?.as_u64())
+        .flatten()
 }

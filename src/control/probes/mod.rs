@@ -22,6 +22,12 @@
 //!
 //! [`driver`] holds the IO and the loop, like [`super::resolve`] and [`super::tokens`].
 //!
+//! The end-to-end probe (`[probe.e2e]`, [`e2e`]) is the exception to "no device traffic": the
+//! control thread connects to one of simgate's own MQTT listeners as a synthetic device and
+//! publishes numbered messages that travel through a shard and the cloud broker and back; its
+//! board lives in [`Board`] (for `/metrics` and `/admin/probes`), its IO in
+//! [`driver::run_e2e`].
+//!
 //! What this does not do: carry device traffic or touch a shard (probes never use the shards'
 //! pools, counters or reactors, so they never count as device traffic), resolve names (the
 //! probe uses the addresses the shards were last given; re-resolution is
@@ -30,6 +36,7 @@
 //! output: errors name the stage and the kind of failure, never a token or a password.
 
 pub mod driver;
+pub mod e2e;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -224,6 +231,9 @@ pub struct Board {
     plan: Arc<Plan>,
     epoch: u64,
     entries: Vec<Entry>,
+    /// The end-to-end probe, when `[probe.e2e]` was configured at start (a reload does not
+    /// change it).
+    e2e: Option<e2e::E2eBoard>,
 }
 
 impl Board {
@@ -234,6 +244,7 @@ impl Board {
             plan: plan.clone(),
             epoch: 0,
             entries: Vec::new(),
+            e2e: plan.probe.e2e.clone().map(e2e::E2eBoard::new),
         };
         board.rebuild(plan, now);
         board
@@ -276,6 +287,16 @@ impl Board {
     /// The plan this board probes.
     pub fn plan(&self) -> &Arc<Plan> {
         &self.plan
+    }
+
+    /// The end-to-end probe's board, when configured.
+    pub fn e2e(&self) -> Option<&e2e::E2eBoard> {
+        self.e2e.as_ref()
+    }
+
+    /// The end-to-end probe's board, when configured, to update.
+    pub fn e2e_mut(&mut self) -> Option<&mut e2e::E2eBoard> {
+        self.e2e.as_mut()
     }
 
     /// Probes due at `now` that are not running; each is marked running until its
@@ -345,6 +366,9 @@ impl Board {
     /// configuration), the last probe's success and time per stage, the totals by result, and
     /// the failure streak.
     pub fn render_metrics(&self, w: &mut String) {
+        if let Some(e2e) = &self.e2e {
+            e2e.render_metrics(w);
+        }
         if self.entries.is_empty() {
             return;
         }
@@ -511,6 +535,7 @@ impl Board {
             "interval_ms": self.plan.probe.interval.map(|d| d.as_millis() as u64),
             "timeout_ms": self.plan.probe.timeout.as_millis() as u64,
             "destinations": destinations,
+            "e2e": self.e2e.as_ref().map(e2e::E2eBoard::json),
         })
     }
 }

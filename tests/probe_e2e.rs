@@ -1,0 +1,164 @@
+//! Integration: the end-to-end probe (`[probe.e2e]`) of a real `simgate run` in session mode to
+//! a real TLS mosquitto: the control thread's synthetic device publishes numbered messages
+//! through simgate's own MQTT listener and reads them back through the broker (received, no
+//! loss); a SIGSTOPped broker makes the loss ratio rise and raises the alarm (one warn line,
+//! a `/readyz` detail line); SIGCONT brings the messages back and clears it (one line).
+//! `/admin/probes` is the signal polled; nothing waits on a timer.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::mosquitto::{Broker, BrokerOptions};
+use common::*;
+
+/// Longest wait for any one expected state; a bound for a failure message, not a pacing sleep.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn e2e(gw: &Simgate) -> serde_json::Value {
+    let (status, body) = gw.admin_get("/admin/probes");
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/admin/probes is not JSON ({e}): {body}"));
+    json["e2e"].clone()
+}
+
+fn wait_e2e(
+    gw: &Simgate,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let json = e2e(gw);
+        if pred(&json) {
+            return json;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what} not seen within {DEADLINE:?}; last e2e: {json}\nlog:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+#[test]
+fn e2e_probe_sees_a_frozen_broker_and_recovers() {
+    let world = World::new();
+    let broker = Broker::start(world.dir.path(), &world.pki, BrokerOptions::default());
+    let ca = world.pki.ca_pem.display().to_string();
+    let toml = format!(
+        r#"
+[gateway]
+shards = 2
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "mqtt"
+protocol = "mqtt"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "broker"
+adapter = "mqtts"
+endpoint = "127.0.0.1:{mqtt_port}"
+server_name = "localhost"
+ca = "{ca}"
+[destination.mqtt]
+mode = "session"
+[destination.pool]
+warm = 0
+
+[[group]]
+name = "default"
+routes = [
+  {{ listener = "mqtt", destination = "broker" }},
+]
+
+[probe]
+interval = "off"
+client_id = "probe-test"
+
+[probe.e2e]
+listener = "mqtt"
+topic = "simgate/probe"
+interval = "100ms"
+timeout = "500ms"
+window = 10
+loss_alarm = 0.2
+"#,
+        mqtt_port = broker.tls_port,
+    );
+    let gw = world.simgate(&toml);
+
+    // Up: messages come back, none lost.
+    let json = wait_e2e(&gw, "received messages", |j| {
+        j["received_total"].as_u64() >= Some(5) && j["connected"] == true
+    });
+    eprintln!("e2e while up: {json}");
+    assert_eq!(json["lost_total"], 0, "{json}");
+    assert_eq!(json["loss_ratio"], 0.0, "{json}");
+    assert_eq!(json["alarm"], false, "{json}");
+    assert!(json["p99_ms"].as_f64().is_some(), "{json}");
+    let (_, text) = gw.admin_get("/metrics");
+    assert!(
+        text.contains("simgate_probe_e2e_delay_seconds_count{listener=\"mqtt\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("simgate_probe_e2e_loss_ratio{listener=\"mqtt\"} 0"),
+        "{text}"
+    );
+    assert!(
+        broker.log().contains("probe-test-e2e"),
+        "the broker saw the probe device"
+    );
+
+    // SIGSTOP: messages stop coming back; loss rises above the bound, the alarm is logged.
+    broker.freeze();
+    let json = wait_e2e(&gw, "the alarm", |j| j["alarm"] == true);
+    eprintln!("e2e with the broker frozen: {json}");
+    assert!(json["loss_ratio"].as_f64() > Some(0.2), "{json}");
+    assert!(json["lost_total"].as_u64() > Some(0), "{json}");
+    let start = Instant::now();
+    while lines(&gw.stderr(), "end-to-end probe alarm:") < 1 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "alarm not logged:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = gw.admin_get("/readyz");
+    eprintln!("/readyz with the alarm up: {status} {body}");
+    assert!(body.contains("end-to-end probe alarm (mqtt)"), "{body}");
+
+    // SIGCONT: messages come back, the window fills with received ones, the alarm clears.
+    broker.thaw();
+    let json = wait_e2e(&gw, "the alarm cleared", |j| {
+        j["alarm"] == false && j["loss_ratio"].as_f64() <= Some(0.2)
+    });
+    eprintln!("e2e after thaw: {json}");
+    let start = Instant::now();
+    while lines(&gw.stderr(), "end-to-end probe alarm cleared") < 1 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "recovery not logged:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = gw.stderr();
+    assert_eq!(
+        lines(&log, "end-to-end probe alarm:"),
+        1,
+        "raised once:\n{log}"
+    );
+    let (_, body) = gw.admin_get("/readyz");
+    assert!(!body.contains("end-to-end probe alarm"), "{body}");
+}
