@@ -2165,3 +2165,77 @@ fn probe_table_defaults_off_and_ranges() {
         "unknown key"
     );
 }
+
+#[test]
+fn probe_e2e_table_defaults_bounds_and_listener() {
+    use std::time::Duration;
+    let fx = Fixture::new();
+    let plan = fx
+        .compile(MQTT_MINIMAL_SESSION)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.probe.e2e, None, "off without the table");
+    let with = |table: &str| format!("{MQTT_MINIMAL_SESSION}\n[probe.e2e]\n{table}\n");
+    let plan = fx
+        .compile(&with("listener = \"mqtt\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e2e = plan.probe.e2e.expect("configured");
+    assert_eq!(e2e.listener, "mqtt");
+    assert_eq!(e2e.topic, "simgate/probe");
+    assert_eq!(e2e.interval, Duration::from_secs(5));
+    assert_eq!(e2e.timeout, Duration::from_secs(5));
+    assert_eq!(e2e.window, 100);
+    assert_eq!(e2e.loss_alarm, 0.05);
+    assert_eq!(e2e.p99_alarm, None);
+    assert!(!e2e.alarm_affects_readiness);
+    let plan = fx
+        .compile(&with(
+            "listener = \"mqtt\"\ntopic = \"p/a\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n\
+             window = 10\nloss_alarm = 0.2\np99_alarm = \"250ms\"\nalarm_affects_readiness = true",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e2e = plan.probe.e2e.expect("configured");
+    assert_eq!(e2e.p99_alarm, Some(Duration::from_millis(250)));
+    assert_eq!(e2e.window, 10);
+    assert!(e2e.alarm_affects_readiness);
+    let cases = [
+        (
+            "listener = \"nope\"",
+            "probe.e2e.listener",
+            "no listener named",
+        ),
+        (
+            "listener = \"mqtt\"\ninterval = \"10ms\"",
+            "probe.e2e.interval",
+            "between",
+        ),
+        (
+            "listener = \"mqtt\"\ntimeout = \"2m\"",
+            "probe.e2e.timeout",
+            "between",
+        ),
+        (
+            "listener = \"mqtt\"\nwindow = 0",
+            "probe.e2e.window",
+            "between",
+        ),
+        (
+            "listener = \"mqtt\"\nloss_alarm = 1.5",
+            "probe.e2e.loss_alarm",
+            "ratio",
+        ),
+        (
+            "listener = \"mqtt\"\ntopic = \"a/#\"",
+            "probe.e2e.topic",
+            "wildcards",
+        ),
+    ];
+    for (table, path, needle) in cases {
+        assert_single(&fx.errors(&with(table)), path, needle);
+    }
+    let http = format!("{MINIMAL}\n[probe.e2e]\nlistener = \"http\"\n");
+    assert_single(
+        &fx.errors(&http),
+        "probe.e2e.listener",
+        "not an MQTT listener",
+    );
+}
