@@ -43,6 +43,35 @@ fn wait_e2e(
     }
 }
 
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("promtool is required: apt-get install prometheus (scripts/test.sh does it)");
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool rejected /metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
@@ -80,6 +109,11 @@ routes = [
   {{ listener = "mqtt", destination = "broker" }},
 ]
 
+[[sim]]
+imsi = "001010000000002"
+ip = "127.0.0.2"
+group = "default"
+
 [probe]
 interval = "off"
 client_id = "probe-test"
@@ -114,6 +148,7 @@ loss_alarm = 0.2
         text.contains("simgate_probe_e2e_loss_ratio{listener=\"mqtt\"} 0"),
         "{text}"
     );
+    promtool_check(&text);
     assert!(
         broker.log().contains("probe-test-e2e"),
         "the broker saw the probe device"
