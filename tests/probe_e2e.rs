@@ -149,6 +149,10 @@ loss_alarm = 0.2
         "{text}"
     );
     promtool_check(&text);
+    let (_, config) = gw.admin_get("/admin/config");
+    let config: serde_json::Value = serde_json::from_str(&config).expect("JSON");
+    assert_eq!(config["probe"]["e2e"]["listener"], "mqtt", "{config}");
+    assert_eq!(config["probe"]["e2e"]["window"], 10, "{config}");
     assert!(
         broker.log().contains("probe-test-e2e"),
         "the broker saw the probe device"

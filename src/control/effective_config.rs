@@ -140,6 +140,16 @@ pub fn render(plan: &Plan) -> Value {
             "interval_s": plan.probe.interval.map(secs),
             "timeout_s": secs(plan.probe.timeout),
             "client_id": plan.probe.client_id,
+            "e2e": plan.probe.e2e.as_ref().map(|e| json!({
+                "listener": e.listener,
+                "topic": e.topic,
+                "interval_s": secs(e.interval),
+                "timeout_s": secs(e.timeout),
+                "window": e.window,
+                "loss_alarm": e.loss_alarm,
+                "p99_alarm_s": e.p99_alarm.map(secs),
+                "alarm_affects_readiness": e.alarm_affects_readiness,
+            })),
         },
         "warnings": plan.warnings,
     })
