@@ -125,7 +125,9 @@ struct UsageState {
 impl Control {
     /// `/readyz`: ready (true) when every shard is alive and serves the current plan and every
     /// destination's warm pool has been filled on every shard since the plan was applied; the
-    /// text says what is missing. Blocks while asking the shards (call from a blocking task).
+    /// text says what is missing. A raised end-to-end probe alarm adds a line; it makes the
+    /// answer 503 only with `probe.e2e.alarm_affects_readiness`. Blocks while asking the shards
+    /// (call from a blocking task).
     pub fn readiness(&self) -> (bool, String) {
         let guard = self.gateway.lock();
         let Some(gateway) = guard.as_ref() else {

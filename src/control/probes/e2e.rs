@@ -398,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn readiness_only_when_configured_and_raised() {
+        let t0 = Instant::now();
+        let mut s = settings(2, None);
+        s.alarm_affects_readiness = true;
+        let mut b = E2eBoard::new(s);
+        assert!(!b.affects_readiness());
+        b.send(t0);
+        assert!(matches!(
+            b.expire(t0 + Duration::from_secs(1)),
+            Some(AlarmChange::Raised(_))
+        ));
+        assert!(b.affects_readiness());
+        assert_eq!(b.json()["alarm"], true);
+    }
+
+    #[test]
     fn p99_nearest_rank() {
         let t0 = Instant::now();
         let mut b = E2eBoard::new(settings(200, None));
