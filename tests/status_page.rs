@@ -1,6 +1,7 @@
 //! The status page (`GET /`) in a real browser: real `simgate run` (2 shards, the HTTPS sink,
 //! three SIMs, probes every 200 ms), HTTP device traffic, and Debian's headless Chromium loading
-//! the page. One load runs while devices send and takes a screenshot (a PNG of non-trivial size);
+//! the page. One load runs while devices send, takes a screenshot (a PNG of non-trivial size) and
+//! shows a positive request rate;
 //! after the traffic stopped, a second load dumps the DOM once the page polled at least twice and
 //! drew its charts, and every figure it shows is checked against what `/metrics`,
 //! `/admin/probes` and `/admin/usage` answer afterwards: the HTTP request total, MQTT publishes,
@@ -428,11 +429,12 @@ fn status_page_in_chromium_shows_what_metrics_say() {
     };
     let shot = world.dir.path().join("status.png");
     let profile = world.dir.path().join("chromium-profile");
-    run_chromium(
+    let busy = run_chromium(
         &format!("http://{addr}/"),
         &[
             &format!("--screenshot={}", shot.display()),
             "--window-size=1280,900",
+            "--dump-dom",
         ],
         &profile,
     );
@@ -442,6 +444,12 @@ fn status_page_in_chromium_shows_what_metrics_say() {
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
     assert!(png.len() > 20_000, "screenshot only {} bytes", png.len());
+    // What it showed under traffic: requests flowing, drawn in both charts.
+    let busy = &busy[..busy.find("<script>").expect("the page's script")];
+    assert!(number(by_id(busy, "polls")) >= 2.0, "{busy}");
+    assert!(number(by_id(busy, "requests-rate")) > 0.0, "{busy}");
+    assert!(number(by_id(busy, "requests-total")) > 0.0, "{busy}");
+    assert!(busy.contains("id=\"chart-latency-sink\""), "{busy}");
     if let Ok(dir) = std::env::var("SIMGATE_STATUS_SCREENSHOT") {
         let _ = std::fs::copy(&shot, Path::new(&dir).join("status.png"));
     }
