@@ -5,7 +5,7 @@
 # the built-in HTTPS sink, curl as a device, nginx as an upstream, mosquitto as an MQTTS broker
 # with mosquitto_pub/sub and Eclipse Paho (paho-mqtt 2.x for Python 3) as devices, promtool and
 # a real Prometheus scraping /metrics, FreeRADIUS's radclient as a RADIUS accounting client), the
-# live view of `simgate top` under tmux, the self-tests of the cloud contract sink (tests/python/cloud_sink.py) and of the MQTT cloud contract
+# live view of `simgate top` under tmux, the status page in headless Chromium, the self-tests of the cloud contract sink (tests/python/cloud_sink.py) and of the MQTT cloud contract
 # front (tests/python/mqtt_cloud_front.py, in front of a real mosquitto), and the fuzz corpus replay.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,8 @@ command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 command -v radclient >/dev/null 2>&1 || need_pkgs+=(freeradius-utils)
 # tmux, the terminal `simgate top`'s live view is driven in by tests/top.rs (capture-pane).
 command -v tmux >/dev/null 2>&1 || need_pkgs+=(tmux)
+# Debian's headless Chromium, which loads the status page (`GET /`) in tests/status_page.rs.
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 # Python 3 with pip, for the paho-mqtt devices (tests/mqtt_paho.rs). A python3 already on PATH
 # (pyenv, a venv) is used as it is, as long as it has pip.
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3 python3-pip)

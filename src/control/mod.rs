@@ -39,6 +39,7 @@ pub mod probes;
 pub mod radius;
 pub mod resolve;
 pub mod sessions;
+pub mod status;
 pub mod tokens;
 pub mod usage;
 pub mod usage_file;
@@ -696,6 +697,20 @@ async fn admin(
         Ok(r)
     };
     const TEXT: &str = "text/plain; charset=utf-8";
+    // The status page: a constant without data, served without the token (a browser cannot send
+    // one on navigation); its fetches carry the token from the URL fragment (see [`status`]).
+    if req.method() == Method::GET && status::is_page(req.uri().path()) {
+        let mut r = Response::new(Full::new(Bytes::from_static(status::PAGE.as_bytes())));
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        for (name, value) in status::headers() {
+            h.insert(name, hyper::header::HeaderValue::from_static(value));
+        }
+        return Ok(r);
+    }
     // The token of the plan being served: a reload that changes it applies to the next request.
     let token = control.plan_tx.borrow().gateway.admin_token.clone();
     if let Some(token) = token {
