@@ -45,9 +45,18 @@ const IMEI: &str = "490154203237518";
 /// A second SIM (source address 127.0.0.2), for the renewal test's second device.
 const IMSI2: &str = "001010000000003";
 
+/// A gateway config whose `azure-iot-hub` destination is plain mosquitto (which does not
+/// verify the token), with `mqtt_table` as its `[destination.mqtt]`.
 fn config(dir: &Path, pki: &TestPki, broker: &Broker, mqtt_table: &str) -> String {
-    // Any base64 key: mosquitto does not verify the token.
-    std::fs::write(dir.join("hub.key"), "c2VjcmV0LWtleS1mb3ItdGVzdHM=").expect("key file");
+    let endpoint = format!("127.0.0.1:{}", broker.tls_port);
+    hub_config(dir, &endpoint, &pki.ca_pem, "", mqtt_table)
+}
+
+/// The one gateway config of these tests: two SIMs (127.0.0.1 and .2), an `azure-iot-hub`
+/// destination at `endpoint` (policy key `HUB_KEY`), `dest_extra` added to the destination
+/// table and `mqtt_table` as its `[destination.mqtt]`.
+fn hub_config(dir: &Path, endpoint: &str, ca: &Path, dest_extra: &str, mqtt_table: &str) -> String {
+    std::fs::write(dir.join("hub.key"), HUB_KEY).expect("key file");
     format!(
         r#"
 [gateway]
@@ -71,9 +80,10 @@ name = "hub"
 adapter = "azure-iot-hub"
 hub = "myhub"
 credential = "hub"
-endpoint = "127.0.0.1:{port}"
+endpoint = "{endpoint}"
 server_name = "localhost"
 ca = "{ca}"
+{dest_extra}
 [destination.mqtt]
 {mqtt_table}
 
@@ -83,13 +93,17 @@ ip = "127.0.0.1"
 imei = "{IMEI}"
 group = "default"
 
+[[sim]]
+imsi = "{IMSI2}"
+ip = "127.0.0.2"
+group = "default"
+
 [[group]]
 name = "default"
 attach = ["imsi", "imei"]
 routes = [ {{ listener = "mqtt", destination = "hub" }} ]
 "#,
-        port = broker.tls_port,
-        ca = pki.ca_pem.display(),
+        ca = ca.display(),
     )
 }
 
@@ -424,58 +438,15 @@ fn check_refuses_aggregate_mode_with_the_reason() {
 /// The hub policy key (base64) the contract front checks the SAS signature with.
 const HUB_KEY: &str = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
 
-/// A gateway config whose `azure-iot-hub` destination is the contract front, with
-/// `dest_extra` added to the destination table and `mqtt_table` as its `[destination.mqtt]`.
+/// A gateway config whose `azure-iot-hub` destination is the contract front (session mode),
+/// with `dest_extra` added to the destination table.
 fn front_config(dir: &Path, front: &CloudFront, dest_extra: &str) -> String {
-    std::fs::write(dir.join("hub.key"), HUB_KEY).expect("key file");
-    format!(
-        r#"
-[gateway]
-shards = 1
-admin = "127.0.0.1:0"
-
-[[listener]]
-name = "mqtt"
-protocol = "mqtt"
-bind = "127.0.0.1:0"
-unknown = "reject"
-
-[[credential]]
-name = "hub"
-kind = "azure-sas"
-key_name = "device-gateway"
-key = {{ file = "hub.key" }}
-
-[[destination]]
-name = "hub"
-adapter = "azure-iot-hub"
-hub = "myhub"
-credential = "hub"
-endpoint = "{endpoint}"
-server_name = "localhost"
-ca = "{ca}"
-{dest_extra}
-[destination.mqtt]
-mode = "session"
-
-[[sim]]
-imsi = "{IMSI}"
-ip = "127.0.0.1"
-imei = "{IMEI}"
-group = "default"
-
-[[sim]]
-imsi = "{IMSI2}"
-ip = "127.0.0.2"
-group = "default"
-
-[[group]]
-name = "default"
-attach = ["imsi", "imei"]
-routes = [ {{ listener = "mqtt", destination = "hub" }} ]
-"#,
-        endpoint = front.addr(),
-        ca = front.ca.display(),
+    hub_config(
+        dir,
+        &front.addr(),
+        &front.ca,
+        dest_extra,
+        "mode = \"session\"",
     )
 }
 
