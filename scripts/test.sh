@@ -74,6 +74,13 @@ if ! python3 -c 'import paho.mqtt.client as m; m.CallbackAPIVersion.VERSION2' >/
   pip_install 'paho-mqtt>=2'
 fi
 
+# HdrHistogram_py (the HdrHistogram project's Python port), the independent reader of simgate's
+# interval logs in tests/histogram_interval_log.rs (tests/python/read_interval_log.py).
+if ! python3 -c 'import hdrh.log' >/dev/null 2>&1; then
+  echo "== installing hdrhistogram (pip)"
+  pip_install hdrhistogram
+fi
+
 # Builds are not incremental here (a one-shot run gains nothing from it and its cache doubles the
 # target dir); free disk is printed so a "No space left on device" failure explains itself.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"

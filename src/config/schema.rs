@@ -38,6 +38,8 @@ pub(crate) struct RawConfig {
     pub usage: Option<RawUsage>,
     /// `[probe]`: optional; destinations are probed every 30 s unless it says `interval = "off"`.
     pub probe: Option<RawProbe>,
+    /// `[metrics]`: optional; how measurement is kept and exported.
+    pub metrics: Option<RawMetrics>,
     /// `[[sim]]`.
     #[serde(default)]
     pub sim: Vec<RawSim>,
@@ -304,6 +306,16 @@ pub(crate) struct RawUsage {
     pub max_file_bytes: Option<i64>,
     pub max_file_age: Option<RawDuration>,
     pub keep_intervals: Option<i64>,
+}
+
+/// `[metrics]`: how measurement is kept and exported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    /// How often an interval of the latency histograms' interval logs is closed.
+    pub interval_log_period: Option<RawDuration>,
+    /// How many closed intervals the interval logs keep.
+    pub interval_log_keep: Option<i64>,
 }
 
 /// `[probe]`: the control thread's internal probe of every destination.

@@ -2125,6 +2125,43 @@ fn usage_table_defaults_paths_and_ranges() {
 }
 
 #[test]
+fn metrics_table_defaults_and_ranges() {
+    use std::time::Duration;
+    let fx = Fixture::new();
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.metrics, crate::policy::MetricsSettings::default());
+    assert_eq!(plan.metrics.interval_log_period, Duration::from_secs(10));
+    assert_eq!(plan.metrics.interval_log_keep, 360);
+    let with = |table: &str| format!("{MINIMAL}\n[metrics]\n{table}\n");
+    let plan = fx
+        .compile(&with("interval_log_period = \"1s\"\ninterval_log_keep = 5"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plan.metrics.interval_log_period, Duration::from_secs(1));
+    assert_eq!(plan.metrics.interval_log_keep, 5);
+    let cases = [
+        (
+            "interval_log_period = \"500ms\"",
+            "metrics.interval_log_period",
+            "between 1s and 1h",
+        ),
+        (
+            "interval_log_period = \"2h\"",
+            "metrics.interval_log_period",
+            "between 1s and 1h",
+        ),
+        ("interval_log_keep = 0", "metrics.interval_log_keep", "1..="),
+    ];
+    for (table, path, needle) in cases {
+        assert_single(&fx.errors(&with(table)), path, needle);
+    }
+    assert_eq!(
+        paths(&fx.errors(&with("period = \"1s\""))).len(),
+        1,
+        "unknown key"
+    );
+}
+
+#[test]
 fn probe_table_defaults_off_and_ranges() {
     use std::time::Duration;
     let fx = Fixture::new();

@@ -3,8 +3,11 @@
 //! HistogramLogAnalyzer read; values in milliseconds). Names are those of
 //! [`crate::stats::Latency::name`]; without `protocol` both device protocols are merged.
 //!
+//! `GET /histograms/{name}/log?…` (same parameters) is the histogram's interval log, kept by
+//! [`super::interval_log`]; this module parses its query too ([`parse`]).
+//!
 //! It answers from a merged [`ShardMetrics`] handed in; it does not collect, route or check the
-//! admin token (the admin service does, before it gets here), and writes no interval logs.
+//! admin token (the admin service does, before it gets here).
 
 use crate::shard::{Protocol, ShardMetrics};
 use crate::stats::latency::{new_latency_histogram, percentile_distribution};
@@ -17,14 +20,41 @@ pub enum HistogramError {
     NotFound(String),
     /// A malformed query (400).
     BadQuery(String),
+    /// The answer could not be rendered (500; not expected).
+    Internal(String),
 }
 
 /// The path prefix this module answers.
 pub const PREFIX: &str = "/histograms/";
 
+/// The path suffix (after the name) of a histogram's interval log.
+pub const LOG_SUFFIX: &str = "/log";
+
 /// The distribution text for `name` (the path after [`PREFIX`]) and `query` (the raw query
 /// string) from the merged metrics `m`.
 pub fn answer(m: &ShardMetrics, name: &str, query: &str) -> Result<String, HistogramError> {
+    let (latency, destination, protocol) = parse(m, name, query)?;
+    let d = m
+        .latency
+        .get(&destination)
+        .ok_or_else(|| HistogramError::NotFound(format!("no destination {destination:?}")))?;
+    let h = match protocol {
+        Some(p) => d.get(latency, p).cloned(),
+        None => d.all_protocols(latency),
+    };
+    Ok(percentile_distribution(
+        &h.unwrap_or_else(new_latency_histogram),
+    ))
+}
+
+/// The histogram kind, destination and protocol (`None`: both) `name` and `query` ask for;
+/// `NotFound` for an unknown name or a destination the merged metrics `m` do not have (every
+/// destination of the served configuration).
+pub fn parse(
+    m: &ShardMetrics,
+    name: &str,
+    query: &str,
+) -> Result<(Latency, String, Option<Protocol>), HistogramError> {
     let names = || {
         Latency::ALL
             .iter()
@@ -63,17 +93,12 @@ pub fn answer(m: &ShardMetrics, name: &str, query: &str) -> Result<String, Histo
     }
     let destination = destination
         .ok_or_else(|| HistogramError::BadQuery("destination=NAME is required".to_string()))?;
-    let d = m
-        .latency
-        .get(&destination)
-        .ok_or_else(|| HistogramError::NotFound(format!("no destination {destination:?}")))?;
-    let h = match protocol {
-        Some(p) => d.get(latency, p).cloned(),
-        None => d.all_protocols(latency),
-    };
-    Ok(percentile_distribution(
-        &h.unwrap_or_else(new_latency_histogram),
-    ))
+    if m.latency.get(&destination).is_none() {
+        return Err(HistogramError::NotFound(format!(
+            "no destination {destination:?}"
+        )));
+    }
+    Ok((latency, destination, protocol))
 }
 
 #[cfg(test)]

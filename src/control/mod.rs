@@ -25,6 +25,9 @@
 //! and the cheapest protocol exchange, on this thread, never through a shard; `/metrics` and
 //! `GET /admin/probes` show the results.
 //!
+//! Every `metrics.interval_log_period` it closes an interval of the per-destination latency
+//! histograms' interval logs ([`interval_log`]), answered by `GET /histograms/{name}/log`.
+//!
 //! `GET /admin/sessions` pages through the shards' registries of live device connections
 //! ([`sessions`], via [`Gateway::sessions`]); `GET /admin/config` renders the served plan with
 //! every secret redacted ([`effective_config`]).
@@ -34,6 +37,7 @@
 
 pub mod effective_config;
 pub mod histograms;
+pub mod interval_log;
 pub mod metrics;
 pub mod probes;
 pub mod radius;
@@ -111,6 +115,10 @@ pub struct Control {
     probes: Mutex<probes::Board>,
     /// Addresses and tokens the shards were last handed, for the probes.
     probe_inputs: Mutex<probes::driver::Inputs>,
+    /// The latency histograms' interval logs (locked briefly; the snapshot is taken before).
+    interval_log: Mutex<interval_log::IntervalLog>,
+    /// `metrics.interval_log_period` in force (fixed at start).
+    interval_log_period: std::time::Duration,
 }
 
 /// The control thread's usage state.
@@ -195,6 +203,7 @@ impl Control {
         let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
         let settings = gateway.plan().usage.clone();
         let gateway_plan = gateway.plan().clone();
+        let metrics_settings = gateway_plan.metrics.clone();
         let usage = UsageState {
             ledger: usage::Ledger::new(SystemTime::now(), settings.keep_intervals),
             file: settings.file.map(|path| {
@@ -215,6 +224,11 @@ impl Control {
             radius: Arc::new(Mutex::new(radius::RadiusStats::default())),
             probes: Mutex::new(probes::Board::new(gateway_plan, std::time::Instant::now())),
             probe_inputs: Mutex::new(probes::driver::Inputs::default()),
+            interval_log: Mutex::new(interval_log::IntervalLog::new(
+                SystemTime::now(),
+                metrics_settings.interval_log_keep,
+            )),
+            interval_log_period: metrics_settings.interval_log_period,
         })
     }
 
@@ -422,6 +436,14 @@ impl Control {
         {
             tracing::warn!("usage: changes to [usage] apply at the next restart");
         }
+        if self
+            .gateway
+            .lock()
+            .as_ref()
+            .is_some_and(|g| g.plan().metrics != plan.metrics)
+        {
+            tracing::warn!("metrics: changes to [metrics] apply at the next restart");
+        }
         let mut guard = self.gateway.lock();
         let gateway = guard
             .as_mut()
@@ -530,6 +552,30 @@ async fn usage_loop(control: Arc<Control>) {
     }
 }
 
+impl Control {
+    /// Close an interval of the latency histograms' interval logs with the shards' merged
+    /// histograms now (blocks while asking the shards).
+    pub fn close_latency_interval(&self) {
+        let Some(m) = self.metrics() else {
+            return;
+        };
+        self.interval_log.lock().tick(SystemTime::now(), m.latency);
+    }
+}
+
+/// Every `metrics.interval_log_period`: close an interval of the interval logs (on the
+/// blocking pool: it waits for shards).
+async fn interval_log_loop(control: Arc<Control>) {
+    let period = control.interval_log_period;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || c.close_latency_interval()).await;
+    }
+}
+
 /// Log each of the plan's warnings (`path: message`, e.g. an inline secret) at warn.
 fn log_plan_warnings(plan: &Plan) {
     for warning in &plan.warnings {
@@ -587,6 +633,7 @@ pub fn run(config_path: &Path) -> Result<(), RunError> {
         ));
         tokio::spawn(tokens::run(control.clone()));
         tokio::spawn(usage_loop(control.clone()));
+        tokio::spawn(interval_log_loop(control.clone()));
         tokio::spawn(probes::driver::run(control.clone()));
         tokio::spawn(probes::driver::run_e2e(control.clone()));
         if let Some(settings) = radius_settings {
@@ -848,7 +895,17 @@ async fn admin(
             let query = req.uri().query().unwrap_or("").to_string();
             let answer = tokio::task::spawn_blocking(move || {
                 let m = control.metrics().unwrap_or_default();
-                histograms::answer(&m, &name, &query)
+                match name.strip_suffix(histograms::LOG_SUFFIX) {
+                    Some(name) => {
+                        let (latency, destination, protocol) = histograms::parse(&m, name, &query)?;
+                        control
+                            .interval_log
+                            .lock()
+                            .render(latency, &destination, protocol)
+                            .map_err(histograms::HistogramError::Internal)
+                    }
+                    None => histograms::answer(&m, &name, &query),
+                }
             })
             .await;
             match answer {
@@ -858,6 +915,10 @@ async fn admin(
                 }
                 Ok(Err(histograms::HistogramError::BadQuery(e))) => {
                     reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n"))
+                }
+                Ok(Err(histograms::HistogramError::Internal(e))) => {
+                    tracing::error!(error = %e, "interval log could not be rendered");
+                    reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n"))
                 }
                 Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, "failed\n".into()),
             }

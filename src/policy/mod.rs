@@ -686,6 +686,25 @@ impl Default for UsageSettings {
     }
 }
 
+/// `[metrics]`: how measurement is kept and exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// How often the control thread closes an interval of the latency histograms' interval
+    /// logs (`/histograms/{name}/log`).
+    pub interval_log_period: std::time::Duration,
+    /// Closed intervals the interval logs keep (older ones are dropped).
+    pub interval_log_keep: usize,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> MetricsSettings {
+        MetricsSettings {
+            interval_log_period: std::time::Duration::from_secs(10),
+            interval_log_keep: 360,
+        }
+    }
+}
+
 /// `[probe]`: the control thread's internal probe of every destination (TCP connect, TLS
 /// handshake, cheapest protocol exchange).
 #[derive(Debug, Clone, PartialEq)]
@@ -753,6 +772,8 @@ pub struct Plan {
     pub usage: UsageSettings,
     /// `[probe]`.
     pub probe: ProbeSettings,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
     /// What `check` and a start or reload warn about without refusing the config
     /// (`path: message`, e.g. an inline secret). Never contains a secret.
     pub warnings: Vec<String>,

@@ -34,6 +34,7 @@ mod environment;
 mod gateway;
 mod groups;
 mod listeners;
+mod metrics;
 mod mqtt;
 mod pool;
 mod probe;
@@ -265,12 +266,14 @@ impl Compiler<'_> {
         };
         let usage = self.usage(raw.usage.as_ref());
         let probe = self.probe(raw.probe.as_ref());
+        let metrics = self.metrics(raw.metrics.as_ref());
         if let (Some(probe), Some(listeners)) = (&probe, &listeners) {
             self.check_e2e_listener(probe, listeners);
         }
         let plan = Plan {
             usage: usage?,
             probe: probe?,
+            metrics: metrics?,
             gateway: gateway?,
             listeners: listeners?,
             destinations: destinations.into_iter().collect::<Option<Vec<_>>>()?,
