@@ -146,6 +146,13 @@ fn interval_log_holds_every_request_and_hdrhistogram_py_reads_it() {
         404
     );
     assert_eq!(gw.admin_get("/histograms/nope/log?destination=sink").0, 404);
+    // An unknown admin path points at the endpoints, this one included.
+    let (status, hint) = gw.admin_get("/histogram");
+    assert_eq!(status, 404);
+    assert!(
+        hint.contains("/histograms/{name}/log?destination="),
+        "{hint}"
+    );
     assert_eq!(
         gw.admin_get("/histograms/request_duration/log?destination=sink&protocol=udp")
             .0,

@@ -939,8 +939,9 @@ async fn admin(
         _ => reply(
             StatusCode::NOT_FOUND,
             TEXT,
-            "not found; try /healthz, /readyz, /metrics, /admin/usage, /admin/probes, \
-             /admin/sessions, /admin/config, POST /-/reload\n"
+            "not found; try / (status page), /healthz, /readyz, /metrics, \
+             /histograms/{name}?destination=, /histograms/{name}/log?destination=, \
+             /admin/usage, /admin/probes, /admin/sessions, /admin/config, POST /-/reload\n"
                 .into(),
         ),
     }
