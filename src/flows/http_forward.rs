@@ -1451,9 +1451,8 @@ pub(super) async fn read_response_head_for_batch(
         })
 }
 
-/// Read until a final (non-1xx) response head is parsed or `deadline` passes.
-/// Read the response head (skipping 1xx interim heads); the bytes of the heads read are added
-/// to `head_bytes`.
+/// Read until a final (non-1xx) response head is parsed or `deadline` passes; the bytes of the
+/// heads parsed (interim 1xx ones included) are added to `head_bytes`.
 async fn read_response_head(
     conn: &mut UpstreamConn,
     is_head_request: bool,
