@@ -7,16 +7,20 @@
 //! channel and merges clones with [`ShardMetrics::merge`]. Nothing here is shared between threads
 //! while it is being written. Histograms hold microseconds from 1 µs to 60 s at 3 significant
 //! digits; the per-destination latency histograms (device-observed time, upstream round trip,
-//! connect stages, pool waits) and their percentile-distribution text are in [`latency`].
+//! connect stages, pool waits) and their percentile-distribution text are in [`latency`]; the
+//! per-destination counters (messages, bytes, errors, rejects, pool checkouts, connects) in
+//! [`destination_counts`].
 //!
 //! Usage metering per SIM and group (what a carrier bills) is in [`usage`]: also per shard,
 //! but handed to the control thread as deltas rather than snapshots.
 
+pub mod destination_counts;
 pub mod latency;
 pub mod usage;
 
 use hdrhistogram::Histogram;
 
+pub use destination_counts::{DestinationCounters, DestinationCounts, Direction, RejectReason};
 pub use latency::{DestinationLatencies, Latency};
 
 /// The device protocol an error is counted under: the same upstream failure is an HTTP 502
@@ -324,6 +328,8 @@ pub struct ShardMetrics {
     /// Latency histograms by destination and device protocol
     /// (`simgate_request_duration_seconds`, `simgate_upstream_rtt_seconds`, ...).
     pub latency: DestinationLatencies,
+    /// Counters by destination (`simgate_destination_*_total`).
+    pub destinations: DestinationCounters,
 }
 
 impl Default for ShardMetrics {
@@ -362,6 +368,7 @@ impl Default for ShardMetrics {
             request_total_us: new_histogram(),
             gateway_added_us: new_histogram(),
             latency: DestinationLatencies::default(),
+            destinations: DestinationCounters::default(),
         }
     }
 }
@@ -493,6 +500,50 @@ impl ShardMetrics {
         self.latency.record(index, name, latency, protocol, us);
     }
 
+    /// The counters of the served plan's destination `index` named `name` (see
+    /// [`DestinationCounters::slot`]); `None` if it left the configuration.
+    pub fn destination(&mut self, index: usize, name: &str) -> Option<&mut DestinationCounts> {
+        self.destinations.slot(index, name)
+    }
+
+    /// Count an error of `kind` met by a device of `protocol` routed to the served plan's
+    /// destination `index` named `name`: in the global family and in the destination's.
+    pub fn destination_error(
+        &mut self,
+        index: usize,
+        name: &str,
+        protocol: Protocol,
+        kind: ErrorKind,
+    ) {
+        self.error(protocol, kind);
+        if let Some(d) = self.destination(index, name) {
+            d.error(protocol, kind);
+        }
+    }
+
+    /// Count `n` refusals for `reason` at the served plan's destination `index` named `name`
+    /// (the global families are counted by the caller).
+    pub fn destination_reject(&mut self, index: usize, name: &str, reason: RejectReason, n: u64) {
+        if let Some(d) = self.destination(index, name) {
+            d.reject(reason, n);
+        }
+    }
+
+    /// Count `n` messages of `protocol` going `direction` at the served plan's destination
+    /// `index` named `name`.
+    pub fn destination_messages(
+        &mut self,
+        index: usize,
+        name: &str,
+        protocol: Protocol,
+        direction: Direction,
+        n: u64,
+    ) {
+        if let Some(d) = self.destination(index, name) {
+            d.message(protocol, direction, n);
+        }
+    }
+
     /// Add `other` into `self` (counters summed, histograms merged).
     pub fn merge(&mut self, other: &ShardMetrics) {
         self.connections_accepted += other.connections_accepted;
@@ -576,6 +627,7 @@ impl ShardMetrics {
         let _ = self.request_total_us.add(&other.request_total_us);
         let _ = self.gateway_added_us.add(&other.gateway_added_us);
         self.latency.merge(&other.latency);
+        self.destinations.merge(&other.destinations);
     }
 }
 

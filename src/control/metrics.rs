@@ -13,7 +13,10 @@ use hdrhistogram::Histogram;
 use super::radius::RadiusStats;
 use crate::policy::AdapterKind;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
-use crate::stats::{CloudRule, DestinationLatencies, Latency, CLOUD_STATUSES};
+use crate::stats::{
+    CloudRule, DestinationCounters, DestinationLatencies, Direction, Latency, RejectReason,
+    CLOUD_STATUSES,
+};
 
 /// Reload counters kept by the control thread.
 #[derive(Debug, Clone, Copy, Default)]
@@ -567,7 +570,131 @@ pub fn render(
     );
     histogram(w, "simgate_http_gateway_added_seconds", "Request duration minus time waiting for the upstream response head: the latency simgate adds", &m.gateway_added_us);
     render_latency(w, &m.latency);
+    render_destination_counters(w, &m.destinations);
     out
+}
+
+/// Samples of one family: rendered label sets and their values.
+type LabelledValues = Vec<(String, u64)>;
+
+/// Append the per-destination counter families: every destination of the served plan, every
+/// bounded label combination, from 0 (so `rate()` works from the first sample).
+fn render_destination_counters(w: &mut String, c: &DestinationCounters) {
+    // Destination names are [a-z0-9_-]: nothing to escape in the label value.
+    let mut messages = Vec::new();
+    let mut bytes = Vec::new();
+    let mut errors = Vec::new();
+    let mut rejects = Vec::new();
+    let mut checkouts = Vec::new();
+    let mut connects = Vec::new();
+    let mut reconnects = Vec::new();
+    for d in &c.destinations {
+        let dest = &d.name;
+        for p in Protocol::ALL {
+            for dir in Direction::ALL {
+                messages.push((
+                    format!(
+                        "destination=\"{dest}\",protocol=\"{}\",direction=\"{}\"",
+                        p.label(),
+                        dir.label()
+                    ),
+                    d.messages_of(p, dir),
+                ));
+            }
+        }
+        bytes.push((
+            format!("destination=\"{dest}\",direction=\"sent\""),
+            d.bytes_sent,
+        ));
+        bytes.push((
+            format!("destination=\"{dest}\",direction=\"received\""),
+            d.bytes_received,
+        ));
+        for p in Protocol::ALL {
+            // No route: no destination was chosen, so never counted here.
+            for kind in ErrorKind::ALL
+                .into_iter()
+                .filter(|k| *k != ErrorKind::NoRoute)
+            {
+                errors.push((
+                    format!(
+                        "destination=\"{dest}\",protocol=\"{}\",kind=\"{}\"",
+                        p.label(),
+                        kind.label()
+                    ),
+                    d.errors_of(p, kind),
+                ));
+            }
+        }
+        for reason in RejectReason::ALL {
+            rejects.push((
+                format!("destination=\"{dest}\",reason=\"{}\"", reason.label()),
+                d.rejects[reason.index()],
+            ));
+        }
+        checkouts.push((
+            format!("destination=\"{dest}\",result=\"hit\""),
+            d.pool_hits,
+        ));
+        checkouts.push((
+            format!("destination=\"{dest}\",result=\"miss\""),
+            d.pool_misses,
+        ));
+        connects.push((
+            format!("destination=\"{dest}\",result=\"ok\""),
+            d.connects_ok,
+        ));
+        connects.push((
+            format!("destination=\"{dest}\",result=\"failed\""),
+            d.connects_failed,
+        ));
+        reconnects.push((format!("destination=\"{dest}\""), d.reconnects));
+    }
+    let families: [(&str, &str, &LabelledValues); 7] = [
+        (
+            "simgate_destination_messages_total",
+            "Messages by destination, device protocol and direction: HTTP requests forwarded \
+             (uplink) and responses relayed (downlink); MQTT PUBLISHes forwarded each way",
+            &messages,
+        ),
+        (
+            "simgate_destination_bytes_total",
+            "Bytes sent to and received from each destination: HTTP/1.1 plaintext request and \
+             response bytes on its upstream connections; MQTT PUBLISH payload bytes",
+            &bytes,
+        ),
+        (
+            "simgate_destination_errors_total",
+            "Errors of devices routed to each destination, by device protocol and kind",
+            &errors,
+        ),
+        (
+            "simgate_destination_rejects_total",
+            "Device messages (or CONNECTs) simgate refused for each destination without \
+             sending them upstream, by reason",
+            &rejects,
+        ),
+        (
+            "simgate_destination_pool_checkouts_total",
+            "Upstream pool checkouts by destination: hit (an idle connection at once) or miss",
+            &checkouts,
+        ),
+        (
+            "simgate_destination_connects_total",
+            "Upstream connects (TCP and TLS) by destination and result",
+            &connects,
+        ),
+        (
+            "simgate_destination_reconnects_total",
+            "Upstream MQTT sessions re-established by destination: aggregate-mode links after a \
+             loss, session-mode renewals",
+            &reconnects,
+        ),
+    ];
+    for (name, help, values) in families {
+        let refs: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        counter(w, name, help, &refs);
+    }
 }
 
 /// Append the per-destination latency families: one series per destination and device
@@ -783,6 +910,39 @@ fn histogram_series(w: &mut String, name: &str, labels: &str, h: &Histogram<u64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destination_counter_families_list_every_destination_from_zero() {
+        let mut m = ShardMetrics::default();
+        m.destinations.set_destinations(["a", "b"]);
+        m.destination_error(1, "b", Protocol::Mqtt, ErrorKind::UpstreamTls);
+        m.destination_messages(0, "a", Protocol::Http, Direction::Uplink, 3);
+        m.destination_reject(1, "b", RejectReason::PublishRate, 2);
+        let text = render(
+            &m,
+            &[],
+            &PlanGenerations::default(),
+            ReloadCounters::default(),
+            &BTreeMap::new(),
+            None,
+        );
+        for line in [
+            "simgate_destination_messages_total{destination=\"a\",protocol=\"http\",direction=\"uplink\"} 3\n",
+            "simgate_destination_messages_total{destination=\"b\",protocol=\"mqtt\",direction=\"downlink\"} 0\n",
+            "simgate_destination_errors_total{destination=\"b\",protocol=\"mqtt\",kind=\"upstream_tls\"} 1\n",
+            "simgate_destination_errors_total{destination=\"a\",protocol=\"mqtt\",kind=\"upstream_tls\"} 0\n",
+            "simgate_destination_rejects_total{destination=\"b\",reason=\"publish_rate\"} 2\n",
+            "simgate_destination_pool_checkouts_total{destination=\"a\",result=\"miss\"} 0\n",
+            "simgate_destination_connects_total{destination=\"b\",result=\"failed\"} 0\n",
+            "simgate_destination_reconnects_total{destination=\"a\"} 0\n",
+            "simgate_destination_bytes_total{destination=\"b\",direction=\"received\"} 0\n",
+        ] {
+            assert!(text.contains(line), "missing {line}");
+        }
+        // The global family counted the error too; no_route has no per-destination series.
+        assert!(text.contains("simgate_mqtt_errors_total{kind=\"upstream_tls\"} 1\n"));
+        assert!(!text.contains("destination=\"a\",protocol=\"http\",kind=\"no_route\""));
+    }
 
     #[test]
     fn latency_families_have_a_series_per_destination_and_protocol_with_samples() {

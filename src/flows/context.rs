@@ -174,10 +174,26 @@ impl ShardState {
         name_groups(&mut self.usage.borrow_mut(), plan);
     }
 
-    /// Index the per-destination latency histograms by `plan`'s destinations (on reload;
-    /// samples of destinations that keep their name survive).
+    /// Index the per-destination latency histograms and counters by `plan`'s destinations
+    /// (on reload; samples and counts of destinations that keep their name survive).
     pub fn name_destinations(&self, plan: &Plan) {
         name_destinations(&mut self.metrics.borrow_mut(), plan);
+    }
+
+    /// Count into `dest`'s counters with `count` (nothing if `dest` left the configuration
+    /// since the message was routed).
+    pub fn count_destination(
+        &self,
+        dest: &crate::policy::DestinationPlan,
+        count: impl FnOnce(&mut crate::stats::DestinationCounts),
+    ) {
+        if let Some(d) = self
+            .metrics
+            .borrow_mut()
+            .destination(usize::from(dest.id.0), &dest.name)
+        {
+            count(d);
+        }
     }
 
     /// Record `elapsed` of `latency` for a device of `protocol` at `dest`.
@@ -239,5 +255,8 @@ fn name_groups(usage: &mut ShardUsage, plan: &Plan) {
 fn name_destinations(metrics: &mut ShardMetrics, plan: &Plan) {
     metrics
         .latency
+        .set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
+    metrics
+        .destinations
         .set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
 }

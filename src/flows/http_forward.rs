@@ -51,7 +51,7 @@ use crate::proto::http1::{
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
 use crate::stats::usage::UsageCounts;
-use crate::stats::{ErrorKind, Latency, Protocol};
+use crate::stats::{Direction, ErrorKind, Latency, Protocol};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::driver::HttpConn;
 use crate::upstream::http2::H2Handle;
@@ -354,6 +354,11 @@ impl DeviceConn {
                         .metrics
                         .borrow_mut()
                         .error(Protocol::Http, e.kind);
+                    if e.kind != ErrorKind::NoRoute {
+                        self.state.count_destination(plan.destination(dest), |d| {
+                            d.error(Protocol::Http, e.kind)
+                        });
+                    }
                     self.usage.errors += 1;
                     self.log_gateway_error(e.status, e.kind, &e.reason, false);
                     let sent = if e.kind == ErrorKind::CredentialUnavailable {
@@ -758,6 +763,8 @@ impl DeviceConn {
                     reason: format!("destination {}: {}", dest.name, e.reason),
                     kind: e.kind,
                 })?;
+            self.state
+                .count_destination(dest, |d| d.message(Protocol::Http, Direction::Uplink, 1));
             return Ok(self
                 .send_batch_answer(dest, answer, cloud_time, keep_device, received_at)
                 .await);
@@ -836,6 +843,8 @@ impl DeviceConn {
             .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
         self.state
             .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, cloud_time);
+        self.state
+            .count_destination(dest, |d| d.message(Protocol::Http, Direction::Downlink, 1));
         Relayed::Done {
             keep_device,
             status: answer.status,
@@ -863,6 +872,8 @@ impl DeviceConn {
         // An HTTP/1.1 retry takes a fresh connection, never another pooled one; an HTTP/2 retry
         // takes another stream from the pool, which no longer offers the refusing connection.
         let mut fresh = false;
+        // Counted as forwarded once, however many times it is written.
+        let mut forwarded = false;
         loop {
             let conn = if fresh {
                 self.state
@@ -901,14 +912,29 @@ impl DeviceConn {
             let deadline = started + dest.pool.response_timeout;
             let write = reactor::timeout_at(deadline, conn.stream.write_all(parts)).await;
             let sent_at = Instant::now();
+            let mut head_bytes = 0u64;
+            if let Ok(Ok(())) = write {
+                let len: usize = parts.iter().map(|p| p.len()).sum();
+                let first = !std::mem::replace(&mut forwarded, true);
+                self.state.count_destination(dest, |d| {
+                    d.bytes_sent += len as u64;
+                    if first {
+                        d.message(Protocol::Http, Direction::Uplink, 1);
+                    }
+                });
+            }
             let (write_failed, response) = match write {
                 Ok(Ok(())) => (
                     false,
-                    read_response_head(&mut conn, is_head_request, deadline).await,
+                    read_response_head(&mut conn, is_head_request, deadline, &mut head_bytes).await,
                 ),
                 Ok(Err(_)) => (true, Err(ResponseError::Closed)),
                 Err(_) => (true, Err(ResponseError::Timeout)),
             };
+            if head_bytes > 0 {
+                self.state
+                    .count_destination(dest, |d| d.bytes_received += head_bytes);
+            }
             match response {
                 Ok(response_head) => {
                     let head_at = Instant::now();
@@ -920,10 +946,13 @@ impl DeviceConn {
                             is_head_request,
                             device_minor_version,
                             keep_device,
-                            &dest.pool,
+                            dest,
                         )
                         .await;
                     if let Relayed::Done { .. } = outcome {
+                        self.state.count_destination(dest, |d| {
+                            d.message(Protocol::Http, Direction::Downlink, 1)
+                        });
                         let done = Instant::now();
                         let total = done.saturating_duration_since(received_at);
                         let upstream = head_at.saturating_duration_since(sent_at);
@@ -976,6 +1005,8 @@ impl DeviceConn {
             }
             Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
         };
+        self.state
+            .count_destination(dest, |d| d.message(Protocol::Http, Direction::Uplink, 1));
         let head_at = Instant::now();
         let (head, body) = response.into_parts();
         let response_head =
@@ -985,6 +1016,8 @@ impl DeviceConn {
         // The stream is done: the connection takes the next request.
         drop(handle);
         if let Relayed::Done { .. } = outcome {
+            self.state
+                .count_destination(dest, |d| d.message(Protocol::Http, Direction::Downlink, 1));
             let total = Instant::now().saturating_duration_since(x.received_at);
             let upstream = head_at.saturating_duration_since(started);
             self.state.metrics.borrow_mut().record_latency(
@@ -1102,8 +1135,9 @@ impl DeviceConn {
         is_head_request: bool,
         device_minor_version: u8,
         keep_device: bool,
-        pool: &crate::policy::PoolSettings,
+        dest: &crate::policy::DestinationPlan,
     ) -> Relayed {
+        let pool = &dest.pool;
         let until_close = matches!(head.body, BodyLength::UntilClose);
         // An HTTP/1.0 device cannot parse chunked framing: strip it and delimit by closing.
         let dechunk =
@@ -1153,6 +1187,7 @@ impl DeviceConn {
             if let Some(h) = pending_head.take() {
                 parts.push(h);
             }
+            let received = data.len() as u64;
             match dechunker.as_mut() {
                 Some(d) => d.feed(&data, &mut parts),
                 None if !data.is_empty() => parts.push(data),
@@ -1164,6 +1199,10 @@ impl DeviceConn {
                     return Relayed::Aborted;
                 }
                 self.state.metrics.borrow_mut().device_bytes_out += len as u64;
+            }
+            if received > 0 {
+                self.state
+                    .count_destination(dest, |d| d.bytes_received += received);
             }
             if done {
                 if upstream_reusable && conn.stream.plaintext().is_empty() {
@@ -1404,7 +1443,7 @@ pub(super) async fn read_response_head_for_batch(
     conn: &mut UpstreamConn,
     deadline: Instant,
 ) -> Result<ResponseHead, u16> {
-    read_response_head(conn, false, deadline)
+    read_response_head(conn, false, deadline, &mut 0)
         .await
         .map_err(|e| match e {
             ResponseError::Timeout => 504,
@@ -1412,11 +1451,13 @@ pub(super) async fn read_response_head_for_batch(
         })
 }
 
-/// Read until a final (non-1xx) response head is parsed or `deadline` passes.
+/// Read until a final (non-1xx) response head is parsed or `deadline` passes; the bytes of the
+/// heads parsed (interim 1xx ones included) are added to `head_bytes`.
 async fn read_response_head(
     conn: &mut UpstreamConn,
     is_head_request: bool,
     deadline: Instant,
+    head_bytes: &mut u64,
 ) -> Result<ResponseHead, ResponseError> {
     let limits = Limits {
         max_head_bytes: 64 * 1024,
@@ -1425,7 +1466,11 @@ async fn read_response_head(
     };
     let mut received_any = false;
     loop {
-        match http1::decode_response_head(conn.stream.plaintext(), &limits, is_head_request) {
+        let buffered = conn.stream.plaintext().len();
+        let decoded =
+            http1::decode_response_head(conn.stream.plaintext(), &limits, is_head_request);
+        *head_bytes += buffered.saturating_sub(conn.stream.plaintext().len()) as u64;
+        match decoded {
             Ok(Parsed::Complete(head)) if (100..200).contains(&head.status) => {
                 received_any = true;
                 continue;

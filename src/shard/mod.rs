@@ -750,6 +750,9 @@ async fn command_loop(
                         .collect();
                     snapshot.upstream = state.upstreams.counters();
                     snapshot.latency.merge(&state.upstreams.connect_latency());
+                    snapshot
+                        .destinations
+                        .merge(&state.upstreams.destination_counters());
                     let agg = &state.mqtt_aggregate;
                     let c = state.links.counters();
                     snapshot.mqtt_aggregate = crate::stats::AggregateTotals {

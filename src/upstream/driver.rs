@@ -21,7 +21,7 @@ use super::{connect, ConnectParams, H2Take, Pools, UpstreamConn, UpstreamError};
 use crate::policy::{DestinationId, DestinationPlan, Plan};
 use crate::reactor::{self, select2, Broadcast, Either, Signal};
 pub use crate::stats::UpstreamCounters;
-use crate::stats::{DestinationLatencies, Latency, Protocol};
+use crate::stats::{DestinationCounters, DestinationLatencies, Latency, Protocol};
 
 /// A connection for one HTTP request: an HTTP/1.1 connection of its own, or a stream on a
 /// shared HTTP/2 connection (the destination offers `h2` and its server selected it).
@@ -65,6 +65,9 @@ pub struct ShardUpstreams {
     counters: RefCell<UpstreamCounters>,
     /// Connect and handshake times by destination (`simgate_upstream_connect_seconds`).
     latency: RefCell<DestinationLatencies>,
+    /// Pool checkouts and connects by destination (`simgate_destination_pool_checkouts_total`,
+    /// `simgate_destination_connects_total`).
+    destinations: RefCell<DestinationCounters>,
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
     /// now rather than at its next once-a-second round, so a burst of device connects keeps
     /// finding warm ones.
@@ -119,6 +122,7 @@ impl ShardUpstreams {
             shard,
             pools: RefCell::new(Pools::new(&plan, 0, seed_for(shard))),
             latency: RefCell::new(latency_for(&plan)),
+            destinations: RefCell::new(counters_for(&plan)),
             plan: RefCell::new(plan),
             generation: Cell::new(0),
             counters: RefCell::default(),
@@ -157,6 +161,9 @@ impl ShardUpstreams {
         self.latency
             .borrow_mut()
             .set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
+        self.destinations
+            .borrow_mut()
+            .set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
         *self.plan.borrow_mut() = plan;
         self.pool_waiters.notify_all();
     }
@@ -184,6 +191,11 @@ impl ShardUpstreams {
         *self.counters.borrow()
     }
 
+    /// This shard's pool checkout and connect counters, by destination.
+    pub fn destination_counters(&self) -> DestinationCounters {
+        self.destinations.borrow().clone()
+    }
+
     /// This shard's connect and handshake time histograms, by destination.
     pub fn connect_latency(&self) -> DestinationLatencies {
         self.latency.borrow().clone()
@@ -197,7 +209,8 @@ impl ShardUpstreams {
     /// also takes a returned connection if that comes first.
     ///
     /// A checkout that found no idle connection at once is timed, from that miss to a
-    /// connection in hand (its own connect, or a returned one), as `pool_wait`.
+    /// connection in hand (its own connect, or a returned one), as `pool_wait`, and counted
+    /// as a miss of `dest`'s pool; one served at once, as a hit.
     pub async fn checkout(
         self: &Rc<Self>,
         generation: u64,
@@ -206,6 +219,16 @@ impl ShardUpstreams {
         let started = reactor::now();
         let mut waited = false;
         let result = self.checkout_inner(generation, dest, &mut waited).await;
+        if waited || result.is_ok() {
+            let mut counters = self.destinations.borrow_mut();
+            if let Some(d) = counters.slot(usize::from(dest.id.0), &dest.name) {
+                if waited {
+                    d.pool_misses += 1;
+                } else {
+                    d.pool_hits += 1;
+                }
+            }
+        }
         if waited && result.is_ok() {
             let us = reactor::now()
                 .saturating_duration_since(started)
@@ -339,6 +362,7 @@ impl ShardUpstreams {
         match result {
             Ok((stream, times)) => {
                 counters.connects += 1;
+                self.count_connect(dest, true);
                 let tls = if stream.was_resumed() {
                     counters.tls_resumed += 1;
                     Latency::ConnectTlsResumed
@@ -371,10 +395,32 @@ impl ShardUpstreams {
             }
             Err(e) => {
                 counters.connect_failures += 1;
+                self.count_connect(dest, false);
                 if still_current {
                     pools.record_connect(dest.id, Some(&e), reactor::now());
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Count a reconnect of `dest`'s aggregate-mode link (an upstream session established
+    /// again after one was lost).
+    pub fn count_reconnect(&self, dest: &DestinationPlan) {
+        let mut counters = self.destinations.borrow_mut();
+        if let Some(d) = counters.slot(usize::from(dest.id.0), &dest.name) {
+            d.reconnects += 1;
+        }
+    }
+
+    /// Count a connect to `dest` that succeeded (`ok`) or failed.
+    fn count_connect(&self, dest: &DestinationPlan, ok: bool) {
+        let mut counters = self.destinations.borrow_mut();
+        if let Some(d) = counters.slot(usize::from(dest.id.0), &dest.name) {
+            if ok {
+                d.connects_ok += 1;
+            } else {
+                d.connects_failed += 1;
             }
         }
     }
@@ -538,6 +584,12 @@ fn seed_for(shard: usize) -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x9E37_79B9);
     t ^ ((shard as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+fn counters_for(plan: &Plan) -> DestinationCounters {
+    let mut c = DestinationCounters::default();
+    c.set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
+    c
 }
 
 fn latency_for(plan: &Plan) -> DestinationLatencies {

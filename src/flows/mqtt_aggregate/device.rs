@@ -29,7 +29,7 @@ use crate::proto::mqtt::{
     SubAck, Subscribe, UnsubAck, Unsubscribe, Will,
 };
 use crate::stats::usage::UsageCounts;
-use crate::stats::CloudRule;
+use crate::stats::{CloudRule, Direction, Protocol, RejectReason};
 use crate::upstream::mqtt_link::{Enqueued, Link, LinkEvent, PublishOwner, SessionKey};
 
 /// Why a device session ends.
@@ -264,10 +264,16 @@ impl Device {
             Ok(topic) => topic,
             Err(refusal) => {
                 match refusal {
-                    TopicRefusal::Cloud(rule) => count_cloud_refusal(state, rule),
+                    TopicRefusal::Cloud(rule) => count_cloud_refusal(state, link, rule),
                     TopicRefusal::Invalid => {
                         let c = &state.links.counters().topics_refused;
                         c.set(c.get() + 1);
+                        state.metrics.borrow_mut().destination_reject(
+                            usize::MAX,
+                            link.destination(),
+                            RejectReason::TopicInvalid,
+                            1,
+                        );
                     }
                 }
                 return self.refuse_topic(&publish);
@@ -285,7 +291,7 @@ impl Device {
             // Larger than AWS IoT Core takes: DISCONNECT 0x95 (3.1.1: closed), never sent
             // upstream (the cloud would disconnect the link, and every device on it).
             if let Err(rule) = aws::check_payload(payload.len()) {
-                count_cloud_refusal(state, rule);
+                count_cloud_refusal(state, link, rule);
                 return Some(End::Abnormal(Some(ReasonCode::PACKET_TOO_LARGE)));
             }
         }
@@ -296,7 +302,15 @@ impl Device {
             Some(rate) => match rate.route(now, link, key, idle) {
                 Some((to, k)) if !Rc::ptr_eq(&to, link) => Some((to, k)),
                 Some(_) => None,
-                None => return self.refuse_over_rate(&publish),
+                None => {
+                    state.metrics.borrow_mut().destination_reject(
+                        usize::MAX,
+                        link.destination(),
+                        RejectReason::PublishRate,
+                        1,
+                    );
+                    return self.refuse_over_rate(&publish);
+                }
             },
         };
         let (link, key) = match &spilled {
@@ -330,11 +344,24 @@ impl Device {
             properties,
             payload,
         };
-        if link.with_core(|c| c.publish(now, upstream, owner)) == Enqueued::Dropped {
+        let enqueued = link.with_core(|c| c.publish(now, upstream, owner));
+        // Counted as the link counts it (`simgate_mqtt_publishes_total`): dropped QoS 0 too;
+        // bytes only for what was taken.
+        let sent_bytes = if enqueued == Enqueued::Dropped {
             tracing::trace!("qos 0 publish dropped: link down");
+            0
         } else {
             self.usage.up_msgs += 1;
             self.usage.up_bytes += device_bytes;
+            device_bytes
+        };
+        if let Some(d) = state
+            .metrics
+            .borrow_mut()
+            .destination(usize::MAX, link.destination())
+        {
+            d.message(Protocol::Mqtt, Direction::Uplink, 1);
+            d.bytes_sent += sent_bytes;
         }
         None
     }
@@ -397,7 +424,7 @@ impl Device {
             match self.upstream_filter(&s.filter) {
                 Err((code, rule)) => {
                     if let Some(rule) = rule {
-                        count_cloud_refusal(state, rule);
+                        count_cloud_refusal(state, link, rule);
                     }
                     codes[index] = Some(self.failure_code(code));
                 }
@@ -601,12 +628,12 @@ impl Device {
 }
 
 /// Count a device message or filter refused by one of AWS IoT Core's rules
-/// (`simgate_mqtt_cloud_refusals_total{adapter="aws-iot-core",rule}`).
-pub(super) fn count_cloud_refusal(state: &ShardState, rule: CloudRule) {
-    state
-        .metrics
-        .borrow_mut()
-        .cloud_refusal(AdapterKind::AwsIotCore.index(), rule, 1);
+/// (`simgate_mqtt_cloud_refusals_total{adapter="aws-iot-core",rule}`), and under the
+/// destination of `link` (`simgate_destination_rejects_total`).
+pub(super) fn count_cloud_refusal(state: &ShardState, link: &Link, rule: CloudRule) {
+    let mut m = state.metrics.borrow_mut();
+    m.cloud_refusal(AdapterKind::AwsIotCore.index(), rule, 1);
+    m.destination_reject(usize::MAX, link.destination(), RejectReason::Cloud(rule), 1);
 }
 
 fn publish_payload_len(packet: &Packet) -> u64 {

@@ -97,7 +97,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::stats::{ErrorKind, Latency, Protocol};
+use crate::stats::{Direction, ErrorKind, Latency, Protocol, RejectReason};
 use crate::upstream::mqtt_link::{Link, LinkEvent, SessionKey, SessionMailbox};
 
 mod device;
@@ -427,6 +427,12 @@ fn refuse_while_down(
     }
     let c = &state.links.counters().connects_refused_down;
     c.set(c.get() + 1);
+    state.metrics.borrow_mut().destination_reject(
+        usize::MAX,
+        link.destination(),
+        RejectReason::LinkDown,
+        1,
+    );
     tracing::debug!(
         client_id = %String::from_utf8_lossy(client_id),
         down_ms = down_for.map_or(0, |d| d.as_millis() as u64),
@@ -522,6 +528,18 @@ async fn run_session(s: &mut Session) -> End {
     loop {
         state.usage_flush(identity.usage(), &mut device.usage);
         for event in mailbox.drain() {
+            if let LinkEvent::Message(publish) = &event {
+                // Counted as the link counts it (queued for this session), with its payload.
+                let bytes = publish.payload.len() as u64;
+                if let Some(d) = state
+                    .metrics
+                    .borrow_mut()
+                    .destination(usize::from(*latency_index), link.destination())
+                {
+                    d.message(Protocol::Mqtt, Direction::Downlink, 1);
+                    d.bytes_received += bytes;
+                }
+            }
             if let Some(end) = device.on_link_event(event) {
                 let _ = flush(state, session, stream, &mut device.out).await;
                 return end;
@@ -686,14 +704,14 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
     let topic = match device.upstream_topic(&will.topic) {
         Ok(topic) => topic,
         Err(TopicRefusal::Cloud(rule)) => {
-            device::count_cloud_refusal(state, rule);
+            device::count_cloud_refusal(state, link, rule);
             return;
         }
         Err(TopicRefusal::Invalid) => return,
     };
     if device.aws {
         if let Err(rule) = crate::adapters::aws_iot_core_mqtt::check_payload(will.payload.len()) {
-            device::count_cloud_refusal(state, rule);
+            device::count_cloud_refusal(state, link, rule);
             return;
         }
     }
@@ -706,7 +724,18 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
         properties: Properties::default(),
         payload: will.payload,
     };
-    link.with_core(|c| c.publish(reactor::now(), publish, None));
+    let payload_bytes = publish.payload.len() as u64;
+    let enqueued = link.with_core(|c| c.publish(reactor::now(), publish, None));
+    if let Some(d) = state
+        .metrics
+        .borrow_mut()
+        .destination(usize::MAX, link.destination())
+    {
+        d.message(Protocol::Mqtt, Direction::Uplink, 1);
+        if enqueued != crate::upstream::mqtt_link::Enqueued::Dropped {
+            d.bytes_sent += payload_bytes;
+        }
+    }
 }
 
 /// Record the device-observed latency (device PUBLISH received → PUBACK queued for the

@@ -42,7 +42,7 @@ use crate::proto::mqtt::{
 };
 use crate::reactor::{self, TcpStream};
 use crate::reactor::{select2, Either};
-use crate::stats::{CloudRule, ErrorKind, Latency, Protocol};
+use crate::stats::{CloudRule, Direction, ErrorKind, Latency, Protocol, RejectReason};
 use crate::tls::{TlsError, TlsIoError};
 use crate::upstream::{UpstreamConn, UpstreamError};
 
@@ -163,10 +163,12 @@ pub async fn serve(session: DeviceSession) {
         Some(settings) => {
             let device_id = String::from_utf8_lossy(&mqtt.client_id.render(&vars)).into_owned();
             if !azure_mqtt::device_id_valid(&device_id) {
-                state
-                    .metrics
-                    .borrow_mut()
-                    .error(Protocol::Mqtt, ErrorKind::AdapterRejected);
+                state.metrics.borrow_mut().destination_error(
+                    usize::from(destination.0),
+                    &dest.name,
+                    Protocol::Mqtt,
+                    ErrorKind::AdapterRejected,
+                );
                 send_connack(
                     &mut stream,
                     device_version,
@@ -179,10 +181,12 @@ pub async fn serve(session: DeviceSession) {
                 .token(destination)
                 .filter(|t| t.valid_at(std::time::SystemTime::now()));
             let Some(token) = token else {
-                state
-                    .metrics
-                    .borrow_mut()
-                    .error(Protocol::Mqtt, ErrorKind::CredentialUnavailable);
+                state.metrics.borrow_mut().destination_error(
+                    usize::from(destination.0),
+                    &dest.name,
+                    Protocol::Mqtt,
+                    ErrorKind::CredentialUnavailable,
+                );
                 send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
                 return;
             };
@@ -210,8 +214,21 @@ pub async fn serve(session: DeviceSession) {
                 {
                     let mut m = state.metrics.borrow_mut();
                     match rule {
-                        Some(rule) => m.cloud_refusal(adapter_index, rule, 1),
-                        None => m.error(Protocol::Mqtt, ErrorKind::AdapterRejected),
+                        Some(rule) => {
+                            m.cloud_refusal(adapter_index, rule, 1);
+                            m.destination_reject(
+                                usize::from(destination.0),
+                                &dest.name,
+                                RejectReason::Cloud(rule),
+                                1,
+                            );
+                        }
+                        None => m.destination_error(
+                            usize::from(destination.0),
+                            &dest.name,
+                            Protocol::Mqtt,
+                            ErrorKind::AdapterRejected,
+                        ),
                     }
                 }
                 send_connack(
@@ -260,10 +277,12 @@ pub async fn serve(session: DeviceSession) {
         c
     });
     if let Err(BuildError::WillTopicInvalid) = built {
-        state
-            .metrics
-            .borrow_mut()
-            .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+        state.metrics.borrow_mut().destination_error(
+            usize::from(destination.0),
+            &dest.name,
+            Protocol::Mqtt,
+            ErrorKind::DeviceBadRequest,
+        );
         send_connack(&mut stream, device_version, ReasonCode::TOPIC_NAME_INVALID).await;
         return;
     }
@@ -280,10 +299,12 @@ pub async fn serve(session: DeviceSession) {
         )
     });
     if !matches!(encoded, Ok(Ok(()))) {
-        state
-            .metrics
-            .borrow_mut()
-            .error(Protocol::Mqtt, ErrorKind::UpstreamProtocol);
+        state.metrics.borrow_mut().destination_error(
+            usize::from(destination.0),
+            &dest.name,
+            Protocol::Mqtt,
+            ErrorKind::UpstreamProtocol,
+        );
         send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -313,10 +334,12 @@ pub async fn serve(session: DeviceSession) {
     let (mut upstream, upstream_connack) = match opened {
         Ok(ok) => ok,
         Err(e) => {
-            state
-                .metrics
-                .borrow_mut()
-                .error(Protocol::Mqtt, e.error_kind());
+            state.metrics.borrow_mut().destination_error(
+                usize::from(destination.0),
+                &dest.name,
+                Protocol::Mqtt,
+                e.error_kind(),
+            );
             send_connack(&mut stream, device_version, e.connack_code()).await;
             return;
         }
@@ -335,10 +358,12 @@ pub async fn serve(session: DeviceSession) {
         match subscribe_hub(&mut upstream, c2d, deadline, up_version, &decode_limits).await {
             Ok(early) => stashed = early,
             Err(e) => {
-                state
-                    .metrics
-                    .borrow_mut()
-                    .error(Protocol::Mqtt, e.error_kind());
+                state.metrics.borrow_mut().destination_error(
+                    usize::from(destination.0),
+                    &dest.name,
+                    Protocol::Mqtt,
+                    e.error_kind(),
+                );
                 send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
                 let _ = reactor::timeout_at(
                     goodbye_deadline(&state, GOODBYE_TIMEOUT),
@@ -365,10 +390,12 @@ pub async fn serve(session: DeviceSession) {
     let aws_keep_alive = aws.as_ref().map(|_| aws_connack(&mut connack, &connect));
     let mut out = BytesMut::new();
     if mqtt::encode(&Packet::ConnAck(connack), device_version, &mut out).is_err() {
-        state
-            .metrics
-            .borrow_mut()
-            .error(Protocol::Mqtt, ErrorKind::UpstreamProtocol);
+        state.metrics.borrow_mut().destination_error(
+            usize::from(destination.0),
+            &dest.name,
+            Protocol::Mqtt,
+            ErrorKind::UpstreamProtocol,
+        );
         send_connack(&mut stream, device_version, ReasonCode::SERVER_UNAVAILABLE).await;
         return;
     }
@@ -453,7 +480,12 @@ pub async fn serve(session: DeviceSession) {
         None => pump.run().await,
     };
     if let Some(kind) = end.error_kind() {
-        state.metrics.borrow_mut().error(Protocol::Mqtt, kind);
+        state.metrics.borrow_mut().destination_error(
+            usize::from(destination.0),
+            &dest.name,
+            Protocol::Mqtt,
+            kind,
+        );
         state.usage_error(identity.usage());
     }
     if device_version == ProtocolVersion::V5 {
@@ -704,7 +736,7 @@ struct Pump<'a> {
     /// `azure-iot-hub`: renewal of the upstream connection with newer SAS tokens.
     renew: Option<Renew<'a>>,
     /// The destination's index in the plan the session opened under and its name, for the
-    /// latency histograms.
+    /// latency histograms and the destination's counters.
     latency_dest: (usize, Box<str>),
     /// Device QoS 1 PUBLISHes forwarded upstream and not yet acknowledged, for the latency
     /// histograms.
@@ -753,6 +785,7 @@ impl Pump<'_> {
                 return Some(end.unwrap_or(SessionEnd::DeviceClosed));
             }
             self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
+            self.count_destination(Direction::Downlink, publishes, bytes);
             self.state
                 .usage_down(self.identity.usage(), publishes, bytes);
         }
@@ -903,13 +936,32 @@ impl Pump<'_> {
         None
     }
 
+    /// Count `publishes` PUBLISHes of `bytes` payload bytes going `direction` at the session's
+    /// destination.
+    fn count_destination(&self, direction: Direction, publishes: u64, bytes: u64) {
+        let (index, name) = (self.latency_dest.0, &*self.latency_dest.1);
+        let mut m = self.state.metrics.borrow_mut();
+        if let Some(d) = m.destination(index, name) {
+            d.message(Protocol::Mqtt, direction, publishes);
+            match direction {
+                Direction::Uplink => d.bytes_sent += bytes,
+                Direction::Downlink => d.bytes_received += bytes,
+            }
+        }
+    }
+
     /// Count the device messages the bridge refused by a cloud rule.
     fn count_refusals(&mut self) {
         let counts = self.bridge.take_refusals();
         if counts.iter().any(|n| *n > 0) {
+            let (index, name) = (self.latency_dest.0, &*self.latency_dest.1);
             let mut m = self.state.metrics.borrow_mut();
             for rule in CloudRule::ALL {
-                m.cloud_refusal(self.adapter_index, rule, counts[rule.index()]);
+                let n = counts[rule.index()];
+                m.cloud_refusal(self.adapter_index, rule, n);
+                if n > 0 {
+                    m.destination_reject(index, name, RejectReason::Cloud(rule), n);
+                }
             }
         }
     }
@@ -999,6 +1051,7 @@ impl Pump<'_> {
             self.last_upstream_write = reactor::now();
             self.acks.sent_upstream(self.last_upstream_write);
             self.state.metrics.borrow_mut().mqtt_publishes_uplink += publishes;
+            self.count_destination(Direction::Uplink, publishes, bytes);
             self.state.usage_up(self.identity.usage(), publishes, bytes);
         }
         if !replies.is_empty()
@@ -1086,6 +1139,7 @@ impl Pump<'_> {
             }
             self.record_acks();
             self.state.metrics.borrow_mut().mqtt_publishes_downlink += publishes;
+            self.count_destination(Direction::Downlink, publishes, bytes);
             self.state
                 .usage_down(self.identity.usage(), publishes, bytes);
         }

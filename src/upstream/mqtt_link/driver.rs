@@ -162,6 +162,8 @@ pub async fn run_link(
     let mut delay = settings.backoff_initial;
     let mut salt = upstreams.shard() as u64 ^ fingerprint;
     let _running = GaugeHold::new(&counters.links_running);
+    // Once the link has had an upstream session, every further one is a reconnect.
+    let mut was_up = false;
     loop {
         if link.idle_and_retired() {
             break;
@@ -181,6 +183,9 @@ pub async fn run_link(
                 match handshake(&mut tls, &settings).await {
                     Ok(receive_maximum) => {
                         bump(&counters.link_connects);
+                        if std::mem::replace(&mut was_up, true) {
+                            upstreams.count_reconnect(dest);
+                        }
                         let up = GaugeHold::new(&counters.links_up);
                         link.status.set(LinkStatus::Up);
                         delay = settings.backoff_initial;

@@ -134,7 +134,8 @@ impl Pump<'_> {
                 r.schedule.failed(reactor::now());
                 let mut metrics = self.state.metrics.borrow_mut();
                 metrics.mqtt_session_renewals_failed += 1;
-                metrics.error(Protocol::Mqtt, kind);
+                let (index, name) = (self.latency_dest.0, &*self.latency_dest.1);
+                metrics.destination_error(index, name, Protocol::Mqtt, kind);
                 return Ok(true);
             }
         };
@@ -143,7 +144,14 @@ impl Pump<'_> {
         drop(conn);
         r.schedule.renewed(expires_at, on_reactor_clock(expires_at));
         let again = r.carry.switch();
-        self.state.metrics.borrow_mut().mqtt_session_renewals_ok += 1;
+        {
+            let (index, name) = (self.latency_dest.0, &*self.latency_dest.1);
+            let mut metrics = self.state.metrics.borrow_mut();
+            metrics.mqtt_session_renewals_ok += 1;
+            if let Some(d) = metrics.destination(index, name) {
+                d.reconnects += 1;
+            }
+        }
         if !again.is_empty() {
             let parts: Vec<&[u8]> = again.iter().map(|b| &b[..]).collect();
             if self.upstream.stream.write_all(&parts).await.is_err() {
