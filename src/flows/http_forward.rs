@@ -832,10 +832,7 @@ impl DeviceConn {
             );
         }
         // The batch's round trip, shared by the messages it carried.
-        self.state
-            .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
-        self.state
-            .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, cloud_time);
+        self.record_exchange(dest, total, cloud_time);
         Relayed::Done {
             keep_device,
             status: answer.status,
@@ -998,7 +995,8 @@ impl DeviceConn {
 
     /// Record a relayed exchange with `dest` in its latency histograms: `total` from the
     /// request fully received to the response fully sent, `upstream` from the request
-    /// written upstream to the response head received.
+    /// written upstream to the response head received, and their difference (what simgate
+    /// added).
     fn record_exchange(
         &self,
         dest: &crate::policy::DestinationPlan,
@@ -1009,6 +1007,12 @@ impl DeviceConn {
             .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
         self.state
             .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, upstream);
+        self.state.record_latency(
+            dest,
+            Latency::GatewayAdded,
+            Protocol::Http,
+            total.saturating_sub(upstream),
+        );
     }
 
     /// Count a cloud adapter's answer status (not for generic `https`).

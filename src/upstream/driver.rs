@@ -64,7 +64,7 @@ pub struct ShardUpstreams {
     pools: RefCell<Pools>,
     counters: RefCell<UpstreamCounters>,
     /// Connect and handshake times by destination (`simgate_upstream_connect_seconds`).
-    latency: RefCell<DestinationLatencies>,
+    latency: Rc<RefCell<DestinationLatencies>>,
     /// A warm connection was taken and left its pool below `warm`: the pool keeper tops it up
     /// now rather than at its next once-a-second round, so a burst of device connects keeps
     /// finding warm ones.
@@ -118,7 +118,7 @@ impl ShardUpstreams {
         ShardUpstreams {
             shard,
             pools: RefCell::new(Pools::new(&plan, 0, seed_for(shard))),
-            latency: RefCell::new(latency_for(&plan)),
+            latency: Rc::new(RefCell::new(latency_for(&plan))),
             plan: RefCell::new(plan),
             generation: Cell::new(0),
             counters: RefCell::default(),
@@ -184,9 +184,16 @@ impl ShardUpstreams {
         *self.counters.borrow()
     }
 
-    /// This shard's connect and handshake time histograms, by destination.
+    /// This shard's upstream latency histograms (connect and handshake times, pool waits,
+    /// aggregate links' round trips and waits), by destination.
     pub fn connect_latency(&self) -> DestinationLatencies {
         self.latency.borrow().clone()
+    }
+
+    /// The histograms behind [`Self::connect_latency`], for aggregate links to record into
+    /// (borrowed only for one sample at a time).
+    pub fn latency_histograms(&self) -> Rc<RefCell<DestinationLatencies>> {
+        self.latency.clone()
     }
 
     /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
