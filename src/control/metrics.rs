@@ -600,7 +600,8 @@ fn render_latency(w: &mut String, l: &DestinationLatencies) {
         (
             "simgate_upstream_pool_wait_seconds",
             "Time a request or MQTT session waited for an upstream connection when the pool \
-             had no idle one (to its own connect or a returned connection), by destination",
+             had no idle one (to its own connect or a returned connection; HTTP/2: to a stream \
+             handle, or to its stream opening on a connection at its stream limit), by destination",
             &[Latency::PoolWait],
         ),
         (

@@ -963,17 +963,27 @@ impl DeviceConn {
                 return H2Outcome::Done(Err(h2_forward_error(&dest.name, e)));
             }
         };
-        let response = match http2_exchange::round_trip(&handle, request, body, deadline).await {
-            Ok(response) => response,
-            Err(e @ H2Failure::Refused(_)) => {
-                return H2Outcome::Refused(h2_forward_error(&dest.name, e))
-            }
-            Err(e @ H2Failure::Broken(_)) => {
-                return H2Outcome::Broken(h2_forward_error(&dest.name, e))
-            }
-            Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
-        };
+        let (response, sent_at) =
+            match http2_exchange::round_trip(&handle, request, body, deadline).await {
+                Ok(answer) => answer,
+                Err(e @ H2Failure::Refused(_)) => {
+                    return H2Outcome::Refused(h2_forward_error(&dest.name, e))
+                }
+                Err(e @ H2Failure::Broken(_)) => {
+                    return H2Outcome::Broken(h2_forward_error(&dest.name, e))
+                }
+                Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
+            };
         let head_at = Instant::now();
+        if let Some(since) = handle.waiting_since {
+            // It queued for a stream slot: the pool wait ends as its stream opens.
+            self.state.record_latency(
+                dest,
+                Latency::PoolWait,
+                Protocol::Http,
+                sent_at.saturating_duration_since(since),
+            );
+        }
         let (head, body) = response.into_parts();
         let response_head =
             http2_exchange::response_head(&head, body.is_end_stream(), x.is_head_request);
@@ -983,7 +993,7 @@ impl DeviceConn {
         drop(handle);
         if let Relayed::Done { .. } = outcome {
             let total = Instant::now().saturating_duration_since(x.received_at);
-            let upstream = head_at.saturating_duration_since(started);
+            let upstream = head_at.saturating_duration_since(sent_at);
             self.state.metrics.borrow_mut().record_latency(
                 total.as_micros() as u64,
                 total.saturating_sub(upstream).as_micros() as u64,

@@ -53,7 +53,9 @@ pub enum Latency {
     /// Time an HTTP/1.1 request or an MQTT session-mode CONNECT waited for an upstream
     /// connection when the pool had no idle one: the miss → a connection in hand (its own
     /// connect, or one returned meanwhile). Checkouts served from the pool at once are not
-    /// samples.
+    /// samples. HTTP/2: a request that found no pooled connection (the miss → a stream handle
+    /// on its own new connection or one another request opened), or only connections at their
+    /// server's stream limit (→ its stream opened on one of them).
     PoolWait,
     /// Latency simgate adds: [`Latency::RequestDuration`] minus the [`Latency::UpstreamRtt`]
     /// of the same request (HTTP) or QoS 1 PUBLISH (MQTT, both modes).
