@@ -5,7 +5,8 @@
 //! connection without failing any, that timeouts map to 504, and that without `h2` on both
 //! sides everything stays HTTP/1.1, that a connection cut under a request retries a GET and answers a
 //! POST with 502 (never sent twice), and that a small SETTINGS_MAX_CONCURRENT_STREAMS spreads
-//! streams over a few connections.
+//! streams over a few connections. Issue #14: pool waits, round trips and gateway-added time of
+//! HTTP/2 requests are counted per destination.
 
 mod common;
 
@@ -301,4 +302,63 @@ fn a_small_max_concurrent_streams_spreads_requests_over_a_few_connections() {
     // Two streams per connection, eight devices: more than one connection, at most the pool's
     // cap of four (beyond it, streams queue in h2).
     assert!((2..=4).contains(&connections), "{connections} connections");
+    // Issue #14: which requests waited for a connection (or a stream slot) depends on arrival
+    // order, so `pool_wait` is bounded: at least one sample per connection a request opened
+    // (all but the warm one: its opener waited for it), at most one per checkout (a request,
+    // or a retry of a stream the server refused). Every request has one gateway-added sample.
+    let connections = world.sink.stats().h2_connections;
+    let waits = metric(&gw, POOL_WAIT);
+    let retries = metric(&gw, "simgate_upstream_retries_total");
+    assert!(
+        (connections - 1..=32 + retries).contains(&waits),
+        "{waits} pool waits, {connections} connections, {retries} retries"
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "simgate_gateway_added_seconds_count{destination=\"sink\",protocol=\"http\"}"
+        ),
+        32
+    );
+}
+
+/// The value of `series` (name and labels exactly as exposed) on simgate's /metrics, 0 if absent.
+fn metric(gw: &Simgate, series: &str) -> u64 {
+    let (status, text) = gw.admin_get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+const POOL_WAIT: &str = "simgate_upstream_pool_wait_seconds_count{destination=\"sink\"}";
+
+/// Issue #14: a cold HTTP/2 pool makes its first request wait for the connection (one
+/// `pool_wait` sample); the requests after it find a stream slot at once (none). Every request
+/// has one round trip and one gateway-added sample.
+#[test]
+fn a_cold_h2_pool_counts_one_pool_wait_and_every_request_once() {
+    let world = h2_world(|_| {});
+    let toml = one_shard(&world, &format!("{H2_ALPN}\n[destination.pool]\nwarm = 0"));
+    let gw = world.simgate(&toml);
+    const N: u64 = 12;
+    let mut device = Device::connect(gw.http);
+    for i in 0..N {
+        let resp = device.request(&post("/cold", format!("{i}").as_bytes(), ""));
+        assert_eq!(resp.status, 200, "{}", resp.body_text());
+    }
+    assert_eq!(world.sink.stats().h2_connections, 1);
+    assert_eq!(metric(&gw, POOL_WAIT), 1);
+    let http = "destination=\"sink\",protocol=\"http\"";
+    for family in [
+        "simgate_request_duration_seconds",
+        "simgate_upstream_rtt_seconds",
+        "simgate_gateway_added_seconds",
+    ] {
+        assert_eq!(
+            metric(&gw, &format!("{family}_count{{{http}}}")),
+            N,
+            "{family}"
+        );
+    }
 }

@@ -217,6 +217,7 @@ routes = [
         for family in [
             "simgate_request_duration_seconds",
             "simgate_upstream_rtt_seconds",
+            "simgate_gateway_added_seconds",
         ] {
             assert_eq!(
                 sample(&text, &format!("{family}_count{{{labels}}}")),

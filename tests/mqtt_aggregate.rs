@@ -301,6 +301,79 @@ fn sample(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Issue #14: the per-destination histograms of aggregate mode count every message exactly:
+/// each QoS 1 PUBLISH has one upstream round trip (link write → broker PUBACK), one
+/// device-observed duration and one gateway-added sample; every PUBLISH written on the link,
+/// QoS 0 or 1, has one link-wait sample. Two shards, so the control thread's merge is counted
+/// too.
+#[test]
+fn aggregate_histograms_count_every_publish_once() {
+    let (dir, pki) = world();
+    let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+    let checker = Sub::start(broker.plain_port, "devices/#", &["-q", "1"]);
+    let gw = start_gateway(dir.path(), &pki, &broker, 2, "");
+    const DEVICES: u16 = 4;
+    const QOS1_EACH: u16 = 5;
+    const QOS0_EACH: u16 = 3;
+    // Kept connected until the broker has everything (their QoS 0 messages are not acked).
+    let mut devices = Vec::new();
+    for d in 0..DEVICES {
+        let name = format!("hist-{d}");
+        let mut c = Client::connect(gw.mqtt, &name, ProtocolVersion::V5, true)
+            .unwrap_or_else(|e| panic!("{name}: connect: {e:?}\n{}", gw.simgate.stderr()));
+        for i in 1..=QOS1_EACH {
+            c.publish("q1", "one", QoS::AtLeastOnce, i)
+                .expect("publish");
+            expect_puback(&gw, &mut c, i);
+        }
+        for _ in 0..QOS0_EACH {
+            c.publish("q0", "zero", QoS::AtMostOnce, 0)
+                .expect("publish");
+        }
+        devices.push(c);
+    }
+    let (qos1, qos0) = (
+        u64::from(DEVICES * QOS1_EACH),
+        u64::from(DEVICES * QOS0_EACH),
+    );
+    // Every message at the broker: every one was written on a link (and timed before that).
+    assert_eq!(
+        checker
+            .messages((qos1 + qos0) as usize, Duration::from_secs(20))
+            .len() as u64,
+        qos1 + qos0,
+        "{}",
+        gw.simgate.stderr()
+    );
+    let mqtt = "destination=\"broker\",protocol=\"mqtt\"";
+    for family in [
+        "simgate_upstream_rtt_seconds",
+        "simgate_request_duration_seconds",
+        "simgate_gateway_added_seconds",
+    ] {
+        assert_eq!(
+            metric(&gw, &format!("{family}_count{{{mqtt}}}")),
+            qos1,
+            "{family}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &gw,
+            "simgate_upstream_link_wait_seconds_count{destination=\"broker\"}"
+        ),
+        qos1 + qos0
+    );
+    let (status, dist) = gw
+        .simgate
+        .admin_get("/histograms/link_wait?destination=broker&protocol=mqtt");
+    assert_eq!(status, 200, "{dist}");
+    assert!(
+        dist.contains(&format!("Total count    = {:>12}]", qos1 + qos0)),
+        "{dist}"
+    );
+}
+
 /// Issue #10 part 2: simgate is the devices' broker in aggregate mode, so a second connection
 /// with a connected client id takes the id over — the first is told (5.0: DISCONNECT 0x8E
 /// "session taken over") and closed — on whichever shard each lands (two shards here; eight

@@ -202,11 +202,15 @@ fn uplink_qos_0_1_2_arrives_rewritten_and_client_id_template_applies() {
     assert_eq!(m.mqtt_publishes_uplink, 6);
     assert_eq!(m.mqtt_sessions_started, 6);
     // The two QoS 1 PUBLISHes (one per version), timed device in -> PUBACK to the device and
-    // written upstream -> broker PUBACK; QoS 0 and 2 are not.
+    // written upstream -> broker PUBACK, and the difference (what simgate added); QoS 0 and 2
+    // are not.
     let broker = m.latency.get("broker").expect("destination histograms");
     let count = |l| broker.get(l, Protocol::Mqtt).map_or(0, |h| h.len());
     assert_eq!(count(Latency::RequestDuration), 2);
     assert_eq!(count(Latency::UpstreamRtt), 2);
+    assert_eq!(count(Latency::GatewayAdded), 2);
+    // Session mode has no shared link: no link waits.
+    assert_eq!(count(Latency::LinkWait), 0);
     assert!(broker
         .get(Latency::RequestDuration, Protocol::Http)
         .is_none());

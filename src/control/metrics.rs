@@ -700,7 +700,7 @@ fn render_destination_counters(w: &mut String, c: &DestinationCounters) {
 /// Append the per-destination latency families: one series per destination and device
 /// protocol (or connect stage) that has samples, so bounded by the configuration.
 fn render_latency(w: &mut String, l: &DestinationLatencies) {
-    let families: [(&str, &str, &[Latency]); 4] = [
+    let families: [(&str, &str, &[Latency]); 6] = [
         (
             "simgate_request_duration_seconds",
             "Device-observed time in simgate by destination and device protocol: HTTP request \
@@ -727,8 +727,22 @@ fn render_latency(w: &mut String, l: &DestinationLatencies) {
         (
             "simgate_upstream_pool_wait_seconds",
             "Time a request or MQTT session waited for an upstream connection when the pool \
-             had no idle one (to its own connect or a returned connection), by destination",
+             had no idle one (to its own connect or a returned connection; HTTP/2: to a stream \
+             handle, or to its stream opening on a connection at its stream limit), by destination",
             &[Latency::PoolWait],
+        ),
+        (
+            "simgate_gateway_added_seconds",
+            "Latency simgate adds by destination and device protocol: device-observed duration \
+             minus the upstream round trip of the same request or QoS 1 PUBLISH",
+            &[Latency::GatewayAdded],
+        ),
+        (
+            "simgate_upstream_link_wait_seconds",
+            "Aggregate mode: time a device PUBLISH (QoS 0 or 1) waited for the shared upstream \
+             link (down, in-flight window full, publish-rate pacing) before it was written, by \
+             destination",
+            &[Latency::LinkWait],
         ),
     ];
     for (name, help, kinds) in families {
@@ -738,7 +752,7 @@ fn render_latency(w: &mut String, l: &DestinationLatencies) {
             let dest = &d.name;
             for &kind in kinds {
                 match kind {
-                    Latency::RequestDuration | Latency::UpstreamRtt => {
+                    Latency::RequestDuration | Latency::UpstreamRtt | Latency::GatewayAdded => {
                         for p in Protocol::ALL {
                             if let Some(h) = d.get(kind, p) {
                                 let labels =
@@ -760,7 +774,7 @@ fn render_latency(w: &mut String, l: &DestinationLatencies) {
                             histogram_series(w, name, &labels, &h);
                         }
                     }
-                    Latency::PoolWait => {
+                    Latency::PoolWait | Latency::LinkWait => {
                         if let Some(h) = d.all_protocols(kind) {
                             let labels = format!("destination=\"{dest}\"");
                             histogram_series(w, name, &labels, &h);
@@ -953,6 +967,9 @@ mod tests {
         m.record_destination(1, "b", Latency::UpstreamRtt, Protocol::Mqtt, 70);
         m.record_destination(1, "b", Latency::ConnectTlsResumed, Protocol::Mqtt, 900);
         m.record_destination(1, "b", Latency::PoolWait, Protocol::Http, 1_500);
+        m.record_destination(0, "a", Latency::GatewayAdded, Protocol::Mqtt, 40);
+        m.record_destination(1, "b", Latency::LinkWait, Protocol::Mqtt, 5);
+        m.record_destination(1, "b", Latency::LinkWait, Protocol::Mqtt, 250_000);
         let text = render(
             &m,
             &[],
@@ -978,6 +995,14 @@ mod tests {
         assert!(text.contains(
             "simgate_upstream_connect_seconds_count{destination=\"b\",stage=\"tls\",resumed=\"true\"} 1\n"
         ));
+        assert!(text.contains(
+            "simgate_gateway_added_seconds_count{destination=\"a\",protocol=\"mqtt\"} 1\n"
+        ));
+        assert!(!text.contains("simgate_gateway_added_seconds_count{destination=\"b\""));
+        assert!(text.contains(
+            "simgate_upstream_link_wait_seconds_bucket{destination=\"b\",le=\"0.1\"} 1\n"
+        ));
+        assert!(text.contains("simgate_upstream_link_wait_seconds_count{destination=\"b\"} 2\n"));
         assert_eq!(
             text.matches("# TYPE simgate_upstream_rtt_seconds histogram")
                 .count(),

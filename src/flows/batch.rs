@@ -275,11 +275,19 @@ async fn send_batch(
             HttpConn::Http1(conn) => conn,
             HttpConn::Http2(handle) => {
                 // One stream on the shared HTTP/2 connection.
-                let sent_at = Instant::now();
                 let (request, body) =
                     http2_exchange::request_from_http1(&parts).map_err(|_| closed())?;
                 match http2_exchange::round_trip(&handle, request, body, deadline).await {
-                    Ok(response) => {
+                    Ok((response, sent_at)) => {
+                        if let Some(since) = handle.waiting_since {
+                            // It queued for a stream slot: the pool wait ends as it opens.
+                            state.record_latency(
+                                dest,
+                                crate::stats::Latency::PoolWait,
+                                crate::stats::Protocol::Http,
+                                sent_at.saturating_duration_since(since),
+                            );
+                        }
                         let (head, mut body) = response.into_parts();
                         let retry_after = head
                             .headers

@@ -129,12 +129,15 @@ fn classify(e: &h2::Error, sent: bool) -> H2Failure {
 
 /// Send `request` with `body` on the connection of `handle` and wait for the response head,
 /// all before `deadline` (the destination's `response_timeout`, which covers sending too).
+/// Also answers when the request went out: for a handle that queued for a stream slot
+/// ([`H2Handle::waiting_since`]), when its stream opened; otherwise when it was handed to
+/// `h2`.
 pub(crate) async fn round_trip(
     handle: &H2Handle,
     request: Request<()>,
     body: Vec<Bytes>,
     deadline: Instant,
-) -> Result<Response<h2::RecvStream>, H2Failure> {
+) -> Result<(Response<h2::RecvStream>, Instant), H2Failure> {
     let exchange = async {
         let mut send = handle.send.clone();
         // `ready` fails when the connection takes no new streams (GOAWAY, closed): nothing of
@@ -153,6 +156,13 @@ pub(crate) async fn round_trip(
                 return Err(classify(&e, false));
             }
         };
+        if handle.waiting_since.is_some() {
+            // Beyond the server's stream limit, h2 keeps the stream pending until a slot
+            // frees; `ready` on the handle that sent it resolves when it opens. An error here
+            // is the connection's, and the response below reports it.
+            let _ = send.ready().await;
+        }
+        let sent_at = Instant::now();
         let mut body_error = None;
         let count = body.len();
         for (i, mut chunk) in body.into_iter().enumerate() {
@@ -181,7 +191,7 @@ pub(crate) async fn round_trip(
         // A server may answer (and reset the upload) before taking the whole body: its
         // response is still the answer.
         match response.await {
-            Ok(response) => Ok(response),
+            Ok(response) => Ok((response, sent_at)),
             Err(e) => {
                 if e.is_go_away() || e.is_io() {
                     handle.state.mark_dead();

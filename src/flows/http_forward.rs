@@ -839,10 +839,7 @@ impl DeviceConn {
             );
         }
         // The batch's round trip, shared by the messages it carried.
-        self.state
-            .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
-        self.state
-            .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, cloud_time);
+        self.record_exchange(dest, total, cloud_time);
         self.state
             .count_destination(dest, |d| d.message(Protocol::Http, Direction::Downlink, 1));
         Relayed::Done {
@@ -995,19 +992,29 @@ impl DeviceConn {
                 return H2Outcome::Done(Err(h2_forward_error(&dest.name, e)));
             }
         };
-        let response = match http2_exchange::round_trip(&handle, request, body, deadline).await {
-            Ok(response) => response,
-            Err(e @ H2Failure::Refused(_)) => {
-                return H2Outcome::Refused(h2_forward_error(&dest.name, e))
-            }
-            Err(e @ H2Failure::Broken(_)) => {
-                return H2Outcome::Broken(h2_forward_error(&dest.name, e))
-            }
-            Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
-        };
+        let (response, sent_at) =
+            match http2_exchange::round_trip(&handle, request, body, deadline).await {
+                Ok(answer) => answer,
+                Err(e @ H2Failure::Refused(_)) => {
+                    return H2Outcome::Refused(h2_forward_error(&dest.name, e))
+                }
+                Err(e @ H2Failure::Broken(_)) => {
+                    return H2Outcome::Broken(h2_forward_error(&dest.name, e))
+                }
+                Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
+            };
         self.state
             .count_destination(dest, |d| d.message(Protocol::Http, Direction::Uplink, 1));
         let head_at = Instant::now();
+        if let Some(since) = handle.waiting_since {
+            // It queued for a stream slot: the pool wait ends as its stream opens.
+            self.state.record_latency(
+                dest,
+                Latency::PoolWait,
+                Protocol::Http,
+                sent_at.saturating_duration_since(since),
+            );
+        }
         let (head, body) = response.into_parts();
         let response_head =
             http2_exchange::response_head(&head, body.is_end_stream(), x.is_head_request);
@@ -1019,7 +1026,7 @@ impl DeviceConn {
             self.state
                 .count_destination(dest, |d| d.message(Protocol::Http, Direction::Downlink, 1));
             let total = Instant::now().saturating_duration_since(x.received_at);
-            let upstream = head_at.saturating_duration_since(started);
+            let upstream = head_at.saturating_duration_since(sent_at);
             self.state.metrics.borrow_mut().record_latency(
                 total.as_micros() as u64,
                 total.saturating_sub(upstream).as_micros() as u64,
@@ -1031,7 +1038,8 @@ impl DeviceConn {
 
     /// Record a relayed exchange with `dest` in its latency histograms: `total` from the
     /// request fully received to the response fully sent, `upstream` from the request
-    /// written upstream to the response head received.
+    /// written upstream to the response head received, and their difference (what simgate
+    /// added).
     fn record_exchange(
         &self,
         dest: &crate::policy::DestinationPlan,
@@ -1042,6 +1050,12 @@ impl DeviceConn {
             .record_latency(dest, Latency::RequestDuration, Protocol::Http, total);
         self.state
             .record_latency(dest, Latency::UpstreamRtt, Protocol::Http, upstream);
+        self.state.record_latency(
+            dest,
+            Latency::GatewayAdded,
+            Protocol::Http,
+            total.saturating_sub(upstream),
+        );
     }
 
     /// Count a cloud adapter's answer status (not for generic `https`).

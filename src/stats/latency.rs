@@ -53,19 +53,30 @@ pub enum Latency {
     /// Time an HTTP/1.1 request or an MQTT session-mode CONNECT waited for an upstream
     /// connection when the pool had no idle one: the miss → a connection in hand (its own
     /// connect, or one returned meanwhile). Checkouts served from the pool at once are not
-    /// samples.
+    /// samples. HTTP/2: a request that found no pooled connection (the miss → a stream handle
+    /// on its own new connection or one another request opened), or only connections at their
+    /// server's stream limit (→ its stream opened on one of them).
     PoolWait,
+    /// Latency simgate adds: [`Latency::RequestDuration`] minus the [`Latency::UpstreamRtt`]
+    /// of the same request (HTTP) or QoS 1 PUBLISH (MQTT, both modes).
+    GatewayAdded,
+    /// Aggregate mode: a device PUBLISH (QoS 0 or 1, and Wills) handed to the shared link →
+    /// encoded into the link's outbox for writing (waiting for the link to be up, for room in
+    /// the in-flight window, for the publish-rate pacing, or for PUBLISHes queued ahead).
+    LinkWait,
 }
 
 impl Latency {
     /// Every kind, in exposition order.
-    pub const ALL: [Latency; 6] = [
+    pub const ALL: [Latency; 8] = [
         Latency::RequestDuration,
         Latency::UpstreamRtt,
         Latency::ConnectTcp,
         Latency::ConnectTlsFull,
         Latency::ConnectTlsResumed,
         Latency::PoolWait,
+        Latency::GatewayAdded,
+        Latency::LinkWait,
     ];
 
     /// The name in `/histograms/{name}`.
@@ -77,6 +88,8 @@ impl Latency {
             Latency::ConnectTlsFull => "upstream_connect_tls_full",
             Latency::ConnectTlsResumed => "upstream_connect_tls_resumed",
             Latency::PoolWait => "pool_wait",
+            Latency::GatewayAdded => "gateway_added",
+            Latency::LinkWait => "link_wait",
         }
     }
 

@@ -64,7 +64,7 @@ pub struct ShardUpstreams {
     pools: RefCell<Pools>,
     counters: RefCell<UpstreamCounters>,
     /// Connect and handshake times by destination (`simgate_upstream_connect_seconds`).
-    latency: RefCell<DestinationLatencies>,
+    latency: Rc<RefCell<DestinationLatencies>>,
     /// Pool checkouts and connects by destination (`simgate_destination_pool_checkouts_total`,
     /// `simgate_destination_connects_total`).
     destinations: RefCell<DestinationCounters>,
@@ -121,7 +121,7 @@ impl ShardUpstreams {
         ShardUpstreams {
             shard,
             pools: RefCell::new(Pools::new(&plan, 0, seed_for(shard))),
-            latency: RefCell::new(latency_for(&plan)),
+            latency: Rc::new(RefCell::new(latency_for(&plan))),
             destinations: RefCell::new(counters_for(&plan)),
             plan: RefCell::new(plan),
             generation: Cell::new(0),
@@ -196,9 +196,16 @@ impl ShardUpstreams {
         self.destinations.borrow().clone()
     }
 
-    /// This shard's connect and handshake time histograms, by destination.
+    /// This shard's upstream latency histograms (connect and handshake times, pool waits,
+    /// aggregate links' round trips and waits), by destination.
     pub fn connect_latency(&self) -> DestinationLatencies {
         self.latency.borrow().clone()
+    }
+
+    /// The histograms behind [`Self::connect_latency`], for aggregate links to record into
+    /// (borrowed only for one sample at a time).
+    pub fn latency_histograms(&self) -> Rc<RefCell<DestinationLatencies>> {
+        self.latency.clone()
     }
 
     /// A connection to `dest` of the plan of `generation`: a live idle one from the pool if
@@ -430,10 +437,50 @@ impl ShardUpstreams {
     /// for the whole shard while other requests wait for it (up to `connect_timeout`); once the
     /// server answers a connect with `http/1.1`, and for every other destination, exactly
     /// [`ShardUpstreams::checkout`].
+    ///
+    /// `pool_wait` for HTTP/2: a request that found no usable connection is timed from that
+    /// miss to a stream handle in hand (recorded here); one that got a handle only by queueing
+    /// on a connection at its stream limit carries [`H2Handle::waiting_since`] (from its first
+    /// miss), and whoever opens the stream records the wait.
     pub async fn checkout_http(
         self: &Rc<Self>,
         generation: u64,
         dest: &DestinationPlan,
+    ) -> Result<HttpConn, UpstreamError> {
+        let started = reactor::now();
+        let mut waited = false;
+        let result = self
+            .checkout_http_inner(generation, dest, &mut waited)
+            .await;
+        match result {
+            Ok(HttpConn::Http2(mut handle)) if waited => {
+                if handle.waiting_since.is_some() {
+                    handle.waiting_since = Some(started);
+                } else {
+                    let us = reactor::now()
+                        .saturating_duration_since(started)
+                        .as_micros() as u64;
+                    self.latency.borrow_mut().record(
+                        usize::from(dest.id.0),
+                        &dest.name,
+                        Latency::PoolWait,
+                        Protocol::Http,
+                        us,
+                    );
+                }
+                Ok(HttpConn::Http2(handle))
+            }
+            other => other,
+        }
+    }
+
+    /// [`Self::checkout_http`]; sets `waited` when there was no HTTP/2 connection to take a
+    /// stream on at first (the HTTP/1.1 pool's misses are [`Self::checkout`]'s).
+    async fn checkout_http_inner(
+        self: &Rc<Self>,
+        generation: u64,
+        dest: &DestinationPlan,
+        waited: &mut bool,
     ) -> Result<HttpConn, UpstreamError> {
         let give_up = reactor::now() + dest.pool.connect_timeout;
         loop {
@@ -453,6 +500,7 @@ impl ShardUpstreams {
                 H2Take::Use(handle) => return Ok(HttpConn::Http2(handle)),
                 H2Take::Http1 => return self.checkout(generation, dest).await.map(HttpConn::Http1),
                 H2Take::Connect if claimed => {
+                    *waited = true;
                     let _claim = H2ConnectClaim {
                         state: self,
                         generation,
@@ -462,6 +510,7 @@ impl ShardUpstreams {
                     return self.adopt(conn).await;
                 }
                 H2Take::Connect => {
+                    *waited = true;
                     if reactor::timeout_at(give_up, self.pool_waiters.changed())
                         .await
                         .is_err()

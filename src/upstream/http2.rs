@@ -305,6 +305,7 @@ impl H2Conn {
             send: self.send.clone(),
             state: self.state.clone(),
             reused,
+            waiting_since: None,
         }
     }
 }
@@ -317,6 +318,10 @@ pub struct H2Handle {
     pub state: Rc<H2State>,
     /// The connection carried other requests before or alongside this one.
     pub reused: bool,
+    /// Set when the request got this handle only by queueing for a stream slot (every pooled
+    /// connection was at its server's stream limit): since when it has been waiting, for
+    /// `pool_wait`, which ends when its stream opens.
+    pub waiting_since: Option<Instant>,
 }
 
 impl Drop for H2Handle {

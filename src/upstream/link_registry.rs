@@ -138,6 +138,11 @@ impl LinkRegistry {
             );
             core.set_name(&settings.client_id);
             core.set_publish_rate(settings.max_publish_rate);
+            core.set_latency_histograms(
+                upstreams.latency_histograms(),
+                usize::from(dest.id.0),
+                &dest.name,
+            );
             let link = Link::new(core);
             link.set_destination(&dest.name);
             tasks.push(run_link(

@@ -382,7 +382,11 @@ impl Pools {
         }
         // Every connection is at its server's limit: queue on the least loaded one.
         match pool.h2.iter().min_by_key(|c| c.state.in_flight()) {
-            Some(conn) => H2Take::Use(conn.stream_handle()),
+            Some(conn) => {
+                let mut handle = conn.stream_handle();
+                handle.waiting_since = Some(now);
+                H2Take::Use(handle)
+            }
             None => H2Take::Connect,
         }
     }

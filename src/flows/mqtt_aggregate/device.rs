@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::rate::DeviceRate;
 
@@ -84,8 +84,8 @@ pub(super) struct Tracking {
     /// each was received (for the latency histograms).
     pub(super) outstanding: HashMap<u16, Instant>,
     /// When the QoS 1 PUBLISHes acknowledged to the device since the session last looked were
-    /// received ([`Device::take_acked`]).
-    pub(super) acked: Vec<Instant>,
+    /// received, with their upstream round trips ([`Device::drain_acked`]).
+    pub(super) acked: Vec<(Instant, Duration)>,
     /// QoS 2 ids answered with PUBREC, waiting for the device's PUBREL.
     pub(super) awaiting_pubrel: HashSet<u16>,
     /// Device filter -> upstream filter, for granted or pending subscriptions.
@@ -495,9 +495,10 @@ impl Device {
         }));
     }
 
-    /// When the QoS 1 PUBLISHes acknowledged to the device since the last call were received
-    /// (their PUBACKs are in [`Device::out`]); the buffer is kept for the next ones.
-    pub(super) fn drain_acked(&mut self) -> impl Iterator<Item = Instant> + '_ {
+    /// When the QoS 1 PUBLISHes acknowledged to the device since the last call were received,
+    /// and their upstream round trips (their PUBACKs are in [`Device::out`]); the buffer is
+    /// kept for the next ones.
+    pub(super) fn drain_acked(&mut self) -> impl Iterator<Item = (Instant, Duration)> + '_ {
         self.tracking
             .as_mut()
             .into_iter()
@@ -511,6 +512,7 @@ impl Device {
                 device_packet_id,
                 device_qos,
                 reason,
+                upstream_rtt,
             } => {
                 let received = self
                     .tracking_mut()
@@ -535,7 +537,7 @@ impl Device {
                 } else {
                     self.write(&Packet::PubAck(response));
                     if let Some(received) = received {
-                        self.tracking_mut().acked.push(received);
+                        self.tracking_mut().acked.push((received, upstream_rtt));
                     }
                 }
                 None
@@ -747,14 +749,16 @@ mod tests {
             .on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(3),
                 device_qos: QoS::AtLeastOnce,
-                reason: ReasonCode::SUCCESS
+                reason: ReasonCode::SUCCESS,
+                upstream_rtt: Duration::ZERO,
             })
             .is_none());
         assert!(d
             .on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(4),
                 device_qos: QoS::ExactlyOnce,
-                reason: ReasonCode::SUCCESS
+                reason: ReasonCode::SUCCESS,
+                upstream_rtt: Duration::ZERO,
             })
             .is_none());
         assert_eq!(
@@ -776,7 +780,8 @@ mod tests {
             d.on_link_event(LinkEvent::Acked {
                 device_packet_id: nz(1),
                 device_qos: QoS::AtLeastOnce,
-                reason: ReasonCode::NOT_AUTHORIZED
+                reason: ReasonCode::NOT_AUTHORIZED,
+                upstream_rtt: Duration::ZERO,
             }),
             Some(End::Abnormal(None))
         );

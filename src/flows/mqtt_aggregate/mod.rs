@@ -740,11 +740,12 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
 
 /// Record the device-observed latency (device PUBLISH received → PUBACK queued for the
 /// device, in the same turn as the link's PUBACK from the broker) of acknowledged QoS 1
-/// PUBLISHes received at `received`.
+/// PUBLISHes received at `received`, and what simgate added to it (that minus the PUBLISH's
+/// upstream round trip, which the link recorded itself).
 fn record_acked(
     state: &ShardState,
     (index, name): (u16, &str),
-    received: impl Iterator<Item = Instant>,
+    received: impl Iterator<Item = (Instant, Duration)>,
 ) {
     let mut received = received.peekable();
     if received.peek().is_none() {
@@ -752,14 +753,21 @@ fn record_acked(
     }
     let now = reactor::now();
     let mut m = state.metrics.borrow_mut();
-    for r in received {
-        let us = now.saturating_duration_since(r).as_micros() as u64;
+    for (r, upstream_rtt) in received {
+        let observed = now.saturating_duration_since(r);
         m.record_destination(
             usize::from(index),
             name,
             Latency::RequestDuration,
             Protocol::Mqtt,
-            us,
+            observed.as_micros() as u64,
+        );
+        m.record_destination(
+            usize::from(index),
+            name,
+            Latency::GatewayAdded,
+            Protocol::Mqtt,
+            observed.saturating_sub(upstream_rtt).as_micros() as u64,
         );
     }
 }

@@ -1064,8 +1064,9 @@ impl Pump<'_> {
         end
     }
 
-    /// Record the device-observed latency and upstream round trip of the QoS 1 PUBLISHes whose
-    /// PUBACK was just sent to the device.
+    /// Record the device-observed latency, upstream round trip and what simgate added (the
+    /// first minus the second) of the QoS 1 PUBLISHes whose PUBACK was just sent to the
+    /// device.
     fn record_acks(&mut self) {
         let now = reactor::now();
         let (index, name) = (&self.latency_dest.0, &*self.latency_dest.1);
@@ -1082,6 +1083,8 @@ impl Pump<'_> {
             if let Some(rtt) = t.upstream_rtt() {
                 let rtt = rtt.as_micros() as u64;
                 m.record_destination(*index, name, Latency::UpstreamRtt, Protocol::Mqtt, rtt);
+                let added = device.saturating_sub(rtt);
+                m.record_destination(*index, name, Latency::GatewayAdded, Protocol::Mqtt, added);
             }
         }
     }

@@ -11,6 +11,7 @@
 //! What this module does not do: sockets, TLS, timers, pings, backoff or reading a clock (all in
 //! the driver, `super::driver`); it encodes packets into its outbox and nothing more.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::rc::Rc;
@@ -27,6 +28,7 @@ use crate::proto::mqtt::{
     self, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
     SubscriptionOptions, Unsubscribe,
 };
+use crate::stats::{DestinationLatencies, Latency, Protocol};
 
 /// QoS 0 PUBLISHes that may queue behind waiting QoS 1 ones before further QoS 0 is dropped.
 const QUEUED_QOS0_LIMIT: usize = 4096;
@@ -39,6 +41,18 @@ struct Outgoing {
     /// Upstream PUBLISH; its packet id is set once it is in flight.
     publish: Publish,
     owner: Option<PublishOwner>,
+    /// While waiting: when it was handed to the link (for `link_wait`). Once written: when it
+    /// was last written (for `upstream_rtt`). The caller's clock (the reactor's), so no epoch
+    /// to keep; 16 bytes on a PUBLISH that already holds ~150.
+    since: Instant,
+}
+
+/// Where a link records its latency samples (`upstream_rtt`, `link_wait`, protocol mqtt): the
+/// shard's upstream histograms, under the link's destination.
+struct LatencySink {
+    histograms: Rc<RefCell<DestinationLatencies>>,
+    index: usize,
+    name: Box<str>,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +91,8 @@ pub struct LinkCore {
     counters: Rc<AggregateCounters>,
     /// `max_publish_rate`: spaces every PUBLISH written (first sends, resends, QoS 0, Wills).
     pacer: Option<PublishPacer>,
+    /// Latency histograms to record into (`None`: not recorded, as in most unit tests).
+    latency: Option<LatencySink>,
 }
 
 impl LinkCore {
@@ -107,6 +123,34 @@ impl LinkCore {
             pending_subscribes: HashMap::new(),
             counters,
             pacer: None,
+            latency: None,
+        }
+    }
+
+    /// Record `upstream_rtt` (QoS 1 PUBLISH written → its PUBACK read) and `link_wait` (a
+    /// PUBLISH handed over → written) into `histograms` for destination `index` named `name`.
+    pub fn set_latency_histograms(
+        &mut self,
+        histograms: Rc<RefCell<DestinationLatencies>>,
+        index: usize,
+        name: &str,
+    ) {
+        self.latency = Some(LatencySink {
+            histograms,
+            index,
+            name: name.into(),
+        });
+    }
+
+    fn record(&self, latency: Latency, elapsed: Duration) {
+        if let Some(sink) = &self.latency {
+            sink.histograms.borrow_mut().record(
+                sink.index,
+                &sink.name,
+                latency,
+                Protocol::Mqtt,
+                elapsed.as_micros() as u64,
+            );
         }
     }
 
@@ -233,18 +277,24 @@ impl LinkCore {
             if self.connected && self.waiting.is_empty() && self.pacer_ready(now) {
                 self.write(&Packet::Publish(publish));
                 self.paced(now);
+                self.record(Latency::LinkWait, Duration::ZERO);
                 return Enqueued::Sent;
             }
             self.queued_qos0 += 1;
             self.waiting.push_back(Outgoing {
                 publish,
                 owner: None,
+                since: now,
             });
             return Enqueued::Queued;
         }
         publish.qos = QoS::AtLeastOnce;
         let was_waiting = self.waiting.len();
-        self.waiting.push_back(Outgoing { publish, owner });
+        self.waiting.push_back(Outgoing {
+            publish,
+            owner,
+            since: now,
+        });
         self.pump(now);
         if self.waiting.len() > was_waiting {
             Enqueued::Queued
@@ -467,12 +517,15 @@ impl LinkCore {
         self.free_id(id);
         bump(&self.counters.upstream_acks);
         trace_publish(&self.name, "broker PUBACK", &done);
+        let upstream_rtt = now.saturating_duration_since(done.since);
+        self.record(Latency::UpstreamRtt, upstream_rtt);
         if let Some(owner) = done.owner {
             if let Some(mailbox) = self.sessions.get(&owner.session) {
                 mailbox.push(LinkEvent::Acked {
                     device_packet_id: owner.device_packet_id,
                     device_qos: owner.device_qos,
                     reason: ack.reason_code,
+                    upstream_rtt,
                 });
             }
         }
@@ -567,6 +620,7 @@ impl LinkCore {
                     self.queued_qos0 = self.queued_qos0.saturating_sub(1);
                     self.write(&Packet::Publish(out.publish));
                     self.paced(now);
+                    self.record(Latency::LinkWait, now.saturating_duration_since(out.since));
                 }
                 continue;
             }
@@ -583,6 +637,11 @@ impl LinkCore {
             out.publish.packet_id = Some(id);
             self.write(&Packet::Publish(out.publish.clone()));
             self.paced(now);
+            if resend.is_none() {
+                // A resend's wait was counted when it was first written.
+                self.record(Latency::LinkWait, now.saturating_duration_since(out.since));
+            }
+            out.since = now;
             if resend.is_some() {
                 bump(&self.counters.resent_after_reconnect);
                 trace_publish(&self.name, "uplink publish resent", &out);
@@ -731,27 +790,108 @@ mod tests {
         let mut c = core(8);
         let mailbox = Rc::new(SessionMailbox::default());
         let s = c.register(mailbox.clone());
-        c.on_connected(now(), None);
+        let t0 = now();
+        c.on_connected(t0, None);
         assert_eq!(
-            c.publish(now(), publish("d/1/t", QoS::AtLeastOnce, "a"), owner(s, 7)),
+            c.publish(t0, publish("d/1/t", QoS::AtLeastOnce, "a"), owner(s, 7)),
             Enqueued::Sent
         );
         let sent = publishes(&mut c);
         assert_eq!(sent.len(), 1);
         let upstream_id = sent[0].packet_id.expect("QoS 1 has an id");
         assert!(mailbox.drain().is_empty(), "nothing acked before PUBACK");
-        c.handle(now(), Packet::PubAck(PubResponse::success(upstream_id)))
-            .expect("valid");
+        c.handle(
+            t0 + Duration::from_millis(3),
+            Packet::PubAck(PubResponse::success(upstream_id)),
+        )
+        .expect("valid");
         let events: Vec<_> = mailbox.drain().into_iter().collect();
         assert_eq!(
             events,
             vec![LinkEvent::Acked {
                 device_packet_id: id(7),
                 device_qos: QoS::AtLeastOnce,
-                reason: mqtt::ReasonCode::SUCCESS
+                reason: mqtt::ReasonCode::SUCCESS,
+                upstream_rtt: Duration::from_millis(3),
             }]
         );
         assert_eq!(c.inflight_len(), 0);
+    }
+
+    /// The samples of one histogram, as (value in µs, count) pairs.
+    fn samples(h: &RefCell<DestinationLatencies>, latency: Latency) -> Vec<(u64, u64)> {
+        h.borrow()
+            .get("dest")
+            .and_then(|d| d.get(latency, Protocol::Mqtt))
+            .map(|h| {
+                h.iter_recorded()
+                    .map(|v| {
+                        (
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `link_wait` is handed over → first written, for QoS 0 and QoS 1 alike (a resend after a
+    /// reconnect adds none); `upstream_rtt` is last written → PUBACK, once per PUBACK.
+    #[test]
+    fn waits_and_round_trips_are_recorded_once_per_publish() {
+        let histograms = Rc::new(RefCell::new(DestinationLatencies::default()));
+        histograms.borrow_mut().set_destinations(["dest"]);
+        let mut c = core(1);
+        c.set_latency_histograms(histograms.clone(), 0, "dest");
+        let s = c.register(Rc::new(SessionMailbox::default()));
+        let ms = Duration::from_millis;
+        let t0 = now();
+        // Before the first connection: both wait for it.
+        c.publish(t0, publish("t", QoS::AtLeastOnce, "a"), owner(s, 1));
+        c.publish(t0 + ms(1), publish("t", QoS::AtMostOnce, "b"), None);
+        assert!(samples(&histograms, Latency::LinkWait).is_empty());
+        // Connected at 10 ms: the QoS 1 one goes (waited 10 ms), the QoS 0 one queues behind
+        // it in order... and goes too (QoS 0 takes no window slot): waited 9 ms.
+        c.on_connected(t0 + ms(10), None);
+        assert_eq!(publishes(&mut c).len(), 2);
+        // A second QoS 1 waits for the window (1) until the first PUBACK at 30 ms.
+        c.publish(
+            t0 + ms(12),
+            publish("t", QoS::AtLeastOnce, "c"),
+            owner(s, 2),
+        );
+        assert!(publishes(&mut c).is_empty());
+        c.handle(t0 + ms(30), Packet::PubAck(PubResponse::success(id(1))))
+            .expect("valid");
+        let second = publishes(&mut c);
+        assert_eq!(second.len(), 1);
+        // Lost at 35 ms, resent at 100 ms, acknowledged at 104 ms: its round trip is from the
+        // resend, and the resend is no second wait.
+        c.on_disconnected();
+        c.on_connected(t0 + ms(100), None);
+        assert_eq!(publishes(&mut c).len(), 1);
+        c.handle(
+            t0 + ms(104),
+            Packet::PubAck(PubResponse::success(second[0].packet_id.expect("id"))),
+        )
+        .expect("valid");
+        // Connected and idle: a QoS 0 one goes at once (1 µs, the histogram's floor).
+        c.publish(t0 + ms(105), publish("t", QoS::AtMostOnce, "d"), None);
+        let close = |v: u64, want_us: u64| v.abs_diff(want_us) <= want_us / 500 + 1;
+        let waits = samples(&histograms, Latency::LinkWait);
+        let wanted_waits = [1, 9_000, 10_000, 18_000];
+        assert_eq!(waits.iter().map(|w| w.1).sum::<u64>(), 4, "{waits:?}");
+        for (got, want) in waits.iter().zip(wanted_waits) {
+            assert!(close(got.0, want), "{waits:?}");
+        }
+        let rtts = samples(&histograms, Latency::UpstreamRtt);
+        assert_eq!(rtts.len(), 2, "{rtts:?}");
+        assert!(
+            close(rtts[0].0, 4_000) && close(rtts[1].0, 20_000),
+            "{rtts:?}"
+        );
+        assert_eq!((rtts[0].1, rtts[1].1), (1, 1));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 use std::rc::Rc;
+use std::time::Duration;
 
 use crate::proto::mqtt::{self, Publish, QoS};
 use crate::reactor::Signal;
@@ -29,6 +30,8 @@ pub enum LinkEvent {
         device_qos: QoS,
         /// The broker's reason code (always Success from a 3.1.1 broker).
         reason: mqtt::ReasonCode,
+        /// The upstream round trip: the upstream PUBLISH last written → this PUBACK read.
+        upstream_rtt: Duration,
     },
     /// The broker answered the upstream SUBSCRIBE for subscription `index` of the session's
     /// SUBSCRIBE `device_packet_id`.

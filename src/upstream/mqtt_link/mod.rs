@@ -42,6 +42,11 @@
 //! - Upstream sessions are clean (Clean Session / Clean Start = 1): the link re-subscribes every
 //!   upstream filter still wanted after each reconnect.
 //!
+//! Latency (issue #14): each queued PUBLISH carries one timestamp on the caller's clock; the core
+//! records `link_wait` (handed over → first written, QoS 0 and 1) and `upstream_rtt` (last
+//! written → PUBACK) into the shard's histograms given with
+//! [`LinkCore::set_latency_histograms`], and passes the round trip on in [`LinkEvent::Acked`].
+//!
 //! What this module does not do: device-side protocol (see `flows::mqtt_aggregate`), topic
 //! rewriting (the session does it before calling in), QoS 2 upstream, Topic Aliases, AUTH
 //! exchanges, or persisting anything across a simgate restart.
