@@ -26,6 +26,7 @@ use tracing::Dispatch;
 use super::context::{ShardState, LOG_THROTTLE};
 use super::identity::DeviceIdentity;
 use super::throttle::LogThrottle;
+use crate::identity::Imsi;
 use crate::policy::ListenerId;
 
 /// The span of one device connection on `state`'s shard, accepted on `listener` from `peer`,
@@ -37,26 +38,38 @@ pub fn connection_span(
     peer: SocketAddr,
     protocol: &'static str,
 ) -> tracing::Span {
-    // No parent: the accept loop runs in no span, and a connection belongs to no other.
-    let span = tracing::info_span!(
+    // No parent: the accept loop runs in no span, and a connection belongs to no other. The
+    // field values are evaluated only when the span is enabled (no SIM lookup otherwise), and
+    // the SIM is set at creation rather than recorded after it: the subscriber formats a
+    // span's fields once more for each `record`.
+    tracing::info_span!(
         parent: None,
         "connection",
         shard = state.id.0,
         %peer,
         protocol,
-        sim = Empty,
+        sim = %SimLabel(sim_of(state, listener, peer)),
         destination = Empty,
-    );
-    if !span.is_disabled() {
-        let (plan, generation) = state.current();
-        let imsi = DeviceIdentity::resolve(&state.bindings, &plan, generation, listener, peer.ip())
-            .and_then(|identity| identity.usage().imsi);
-        match imsi {
-            Some(imsi) => span.record("sim", tracing::field::display(imsi)),
-            None => span.record("sim", tracing::field::display("unknown")),
-        };
+    )
+}
+
+/// The IMSI of the SIM a connection from `peer` on `listener` belongs to, if any.
+fn sim_of(state: &ShardState, listener: ListenerId, peer: SocketAddr) -> Option<Imsi> {
+    let (plan, generation) = state.current();
+    DeviceIdentity::resolve(&state.bindings, &plan, generation, listener, peer.ip())
+        .and_then(|identity| identity.usage().imsi)
+}
+
+/// A span's `sim` field: the IMSI, or `unknown`.
+struct SimLabel(Option<Imsi>);
+
+impl std::fmt::Display for SimLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(imsi) => imsi.fmt(f),
+            None => f.write_str("unknown"),
+        }
     }
-    span
 }
 
 /// `future` running in `span`: the span is entered around every poll, so every line the future
