@@ -8,8 +8,12 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
+use common::mosquitto::{Broker, BrokerOptions};
+use common::mqtt_client::Client;
 use common::{post, raw_exchange, Device, Simgate, World};
 use serde_json::Value;
+use simgate::proto::mqtt::ProtocolVersion;
+use simgate::testkit::TestPki;
 
 const KNOWN_SIM_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 const KNOWN_IMSI: &str = "001010000000042";
@@ -171,4 +175,44 @@ fn a_flood_of_bad_requests_logs_a_few_lines_that_account_for_all_of_them() {
         assert!(line["fields"]["detail"].is_string(), "{line}");
     }
     assert!(!log.contains("NOT\\u0001HTTP"), "no request bytes: {log}");
+}
+
+/// Both MQTT modes: a device of a known SIM that sends a malformed packet after its CONNECT
+/// gets a line carrying its span (protocol mqtt, the SIM, the destination routed at CONNECT).
+#[test]
+fn a_bad_mqtt_packet_line_carries_the_session_span_in_both_modes() {
+    for (mode, mqtt_table) in [
+        ("aggregate", "mode = \"aggregate\"\n"),
+        (
+            "session",
+            "mode = \"session\"\nversion = \"device\"\nclient_id = \"gw-{client_id}\"\n\
+             topic = \"devices/{client_id}/{topic}\"\n",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = TestPki::new(dir.path()).expect("pki");
+        let broker = Broker::start(dir.path(), &pki, BrokerOptions::default());
+        let toml = broker.gateway_toml(1, &pki.ca_pem, mqtt_table, "warm = 0")
+            + &format!(
+                "\n[[sim]]\nimsi = \"{KNOWN_IMSI}\"\nip = \"{KNOWN_SIM_IP}\"\ngroup = \"default\"\n"
+            );
+        let gw = Simgate::start_with_args(dir.path(), &toml, JSON);
+        let mut device = Client::connect_from(
+            gw.listener("mqtt"),
+            KNOWN_SIM_IP,
+            "meter-42",
+            ProtocolVersion::V5,
+        )
+        .unwrap_or_else(|e| panic!("{mode}: CONNECT: {e:?}"));
+        // Packet type 0 is reserved: malformed.
+        device.send_raw(&[0x00, 0x00]).expect("send");
+        let line = wait_for_line(&gw, |l| l["fields"]["fault"] == "bad_mqtt_packet");
+        let span = &line["span"];
+        assert_eq!(span["name"], "connection", "{mode}: {line}");
+        assert_eq!(span["protocol"], "mqtt", "{mode}: {line}");
+        assert_eq!(span["shard"], 0, "{mode}: {line}");
+        assert_eq!(span["sim"], KNOWN_IMSI, "{mode}: {line}");
+        assert_eq!(span["destination"], "broker", "{mode}: {line}");
+        assert_eq!(line["level"], "INFO", "{mode}: {line}");
+    }
 }
