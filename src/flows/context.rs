@@ -55,6 +55,9 @@ pub struct ShardState {
     /// Keeps "client id taken over" (MQTT aggregate mode) to one info line per interval: a
     /// device reconnecting in a loop with the same id must not fill the log.
     pub takeover_log: LogThrottle,
+    /// Keeps each kind of device-triggered fault (malformed requests and packets, unknown
+    /// sources) to one info line per interval.
+    pub device_faults: super::device_log::DeviceFaultLog,
     /// Aggregate-mode MQTT client ids of every shard: a CONNECT with a connected client id
     /// takes the id over from the session holding it, on whichever shard that is.
     pub client_ids: Arc<ClientIds>,
@@ -97,6 +100,7 @@ impl ShardState {
             plan_changed: Broadcast::default(),
             gateway_error_log: LogThrottle::new(LOG_THROTTLE),
             takeover_log: LogThrottle::new(LOG_THROTTLE),
+            device_faults: super::device_log::DeviceFaultLog::default(),
             client_ids,
             bindings,
             mqtt_aggregate: AggregateShard::default(),

@@ -39,6 +39,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::device_log::{record_destination, DeviceFault};
 use super::identity::DeviceIdentity;
 use super::sessions::RegistryKey;
 use super::ShardState;
@@ -121,6 +122,7 @@ pub async fn serve(
         error_detail: ErrorDetail::Generic,
         identity: None,
         usage: UsageCounts::default(),
+        destination_logged: false,
     };
     conn.run().await;
     conn.flush_usage();
@@ -150,6 +152,8 @@ struct DeviceConn {
     /// errors since the last [`DeviceConn::flush_usage`] (at each request's start and at the
     /// connection's end; the request count is added when the request is identified).
     usage: UsageCounts,
+    /// The connection's span has its `destination` (recorded at the first routed request).
+    destination_logged: bool,
 }
 
 /// How reading a request ended.
@@ -252,6 +256,11 @@ impl DeviceConn {
                         m.error(Protocol::Http, kind);
                     }
                     self.usage.errors += 1;
+                    self.state.device_faults.log(
+                        DeviceFault::BadHttpRequest,
+                        &reason,
+                        reactor::now(),
+                    );
                     // Boxed, as are the other rare sends below: the connection task is allocated at the
                     // size of its largest await, and an idle connection should not pay for them.
                     let _ = Box::pin(self.send_error(status, &reason, false)).await;
@@ -298,6 +307,11 @@ impl DeviceConn {
                                 .metrics
                                 .borrow_mut()
                                 .unknown_source_rejected(usize::from(self.listener.0));
+                            self.state.device_faults.log(
+                                DeviceFault::UnknownSource,
+                                &"no SIM has this source address (listener refuses unknown)",
+                                reactor::now(),
+                            );
                             let _ = Box::pin(self.send_error(403, "unknown device", false)).await;
                             return;
                         }
@@ -332,6 +346,10 @@ impl DeviceConn {
                 dest,
                 &plan.destination(dest).name,
             );
+            if !self.destination_logged {
+                self.destination_logged = true;
+                record_destination(&plan.destination(dest).name);
+            }
             // Boxed: the forward state (TLS connect, relay) is large and lives only while a
             // request is in flight, so an idle keep-alive connection does not carry it.
             let forwarded =

@@ -9,6 +9,7 @@ pub mod ack_timing;
 pub mod batch;
 pub mod client_ids;
 pub mod context;
+pub mod device_log;
 pub mod drain;
 pub mod http2_exchange;
 pub mod http_forward;

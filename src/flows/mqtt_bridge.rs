@@ -30,6 +30,7 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 
+use super::device_log::{record_destination, DeviceFault};
 use super::identity::DeviceIdentity;
 use super::mqtt_common::{send_connack, DeviceSession, SessionFuture};
 use super::sessions::{RegistryKey, SessionProtocol};
@@ -84,6 +85,9 @@ async fn connect_phase(
             Ok(Decoded::Complete(c)) => break c,
             Ok(Decoded::Incomplete { .. }) => {}
             Err(e) => {
+                state
+                    .device_faults
+                    .log(DeviceFault::BadMqttPacket, &e, reactor::now());
                 refuse_connect(&mut stream, &buf, e).await;
                 return None;
             }
@@ -110,6 +114,11 @@ async fn connect_phase(
             .metrics
             .borrow_mut()
             .unknown_source_rejected(usize::from(listener.0));
+        state.device_faults.log(
+            DeviceFault::UnknownSource,
+            &"no SIM has this source address (listener refuses unknown)",
+            reactor::now(),
+        );
         send_connack(
             &mut stream,
             connect.protocol_version,
@@ -127,6 +136,7 @@ async fn connect_phase(
         .await;
         return None;
     };
+    record_destination(&plan.destination(destination).name);
     let mode = plan.destination(destination).mqtt().map(|m| m.mode);
     {
         let mut sessions = state.sessions.borrow_mut();

@@ -36,6 +36,12 @@ impl LogThrottle {
         self.next.set(Some(now + self.interval));
         Some(self.held_back.replace(0))
     }
+
+    /// The occurrences held back since the last line, reset to zero (for a closing summary
+    /// line, e.g. at shutdown).
+    pub fn take_held_back(&self) -> u64 {
+        self.held_back.replace(0)
+    }
 }
 
 #[cfg(test)]
@@ -51,5 +57,8 @@ mod tests {
         assert_eq!(t.allow(start + Duration::from_secs(9)), None);
         assert_eq!(t.allow(start + Duration::from_secs(10)), Some(2));
         assert_eq!(t.allow(start + Duration::from_secs(11)), None);
+        assert_eq!(t.take_held_back(), 1);
+        assert_eq!(t.take_held_back(), 0);
+        assert_eq!(t.allow(start + Duration::from_secs(20)), Some(0));
     }
 }

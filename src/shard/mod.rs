@@ -34,6 +34,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::flows::client_ids::ClientIds;
 use crate::flows::context::LOG_THROTTLE;
+use crate::flows::device_log::{connection_span, in_span};
 use crate::flows::sessions::{merge_pages, RegistryKey, SessionProtocol};
 pub use crate::flows::sessions::{SessionPage, SessionQuery, SessionRow};
 use crate::flows::throttle::LogThrottle;
@@ -684,6 +685,7 @@ fn shard_main(
         {
             reactor::sleep(Duration::from_millis(20)).await;
         }
+        state.device_faults.flush(id.0);
         // What was counted up to the end of the drain (the last batch this shard sends).
         let records = take_usage(&state);
         let _ = usage.send(UsageBatch {
@@ -887,6 +889,7 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                 // costs in memory.
                 match protocol {
                     ListenerProtocol::Http => {
+                        let span = connection_span(&state, listener_id, peer, "http");
                         let f = crate::flows::http_forward::serve(
                             state,
                             listener_id,
@@ -894,9 +897,10 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                             peer,
                             session,
                         );
-                        reactor::spawn(reactor::Guarded::new(f, gauge)).detach();
+                        reactor::spawn(reactor::Guarded::new(in_span(span, f), gauge)).detach();
                     }
                     ListenerProtocol::Mqtt => {
+                        let span = connection_span(&state, listener_id, peer, "mqtt");
                         let f = crate::flows::mqtt_bridge::serve(
                             state,
                             listener_id,
@@ -904,7 +908,7 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                             peer,
                             session,
                         );
-                        reactor::spawn(reactor::Guarded::new(f, gauge)).detach();
+                        reactor::spawn(reactor::Guarded::new(in_span(span, f), gauge)).detach();
                     }
                 }
             }

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use super::driver::ShardUpstreams;
 use super::mqtt_link::{
     destination_fingerprint, run_link, AggregateCounters, Link, LinkCore, LinkSettings,
@@ -145,14 +147,26 @@ impl LinkRegistry {
             );
             let link = Link::new(core);
             link.set_destination(&dest.name);
-            tasks.push(run_link(
-                upstreams.clone(),
-                link.clone(),
-                dest.name.clone(),
-                fingerprint,
-                settings,
-                self.counters.clone(),
-            ));
+            // Shared by many devices, so not in the span of the device whose session created it
+            // (hence no parent): a span of its own.
+            let span = tracing::info_span!(
+                parent: None,
+                "upstream_link",
+                shard = upstreams.shard(),
+                destination = %dest.name,
+                link = conn,
+            );
+            tasks.push(
+                run_link(
+                    upstreams.clone(),
+                    link.clone(),
+                    dest.name.clone(),
+                    fingerprint,
+                    settings,
+                    self.counters.clone(),
+                )
+                .instrument(span),
+            );
             links.push(link);
         }
         let set = Rc::new(LinkSet { links });

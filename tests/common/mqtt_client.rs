@@ -143,6 +143,13 @@ impl Client {
             .map_err(|e| ClientError::Io(e.kind()))
     }
 
+    /// Write `bytes` as they are (e.g. a malformed packet).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| ClientError::Io(e.kind()))
+    }
+
     /// The next packet, or `None` if none arrived within `timeout`.
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Packet>, ClientError> {
         let deadline = Instant::now() + timeout;

@@ -81,6 +81,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::client_ids::Claim;
+use super::device_log::DeviceFault;
 use super::identity::{group_key, AttachedProperties, DeviceIdentity};
 use super::mqtt_common::{
     assign_client_id, drain_ack_deadline, goodbye_deadline, send_connack, DeviceSession,
@@ -594,6 +595,9 @@ async fn run_session(s: &mut Session) -> End {
                         .metrics
                         .borrow_mut()
                         .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+                    state
+                        .device_faults
+                        .log(DeviceFault::BadMqttPacket, &e, reactor::now());
                     device.usage.errors += 1;
                     Some(End::Abnormal(Some(e.reason_code())))
                 }

@@ -27,6 +27,7 @@ mod renew;
 use self::renew::{jitter_of, on_reactor_clock, renewal_wake, Renew};
 use crate::adapters::azure_iot_hub_mqtt as azure_mqtt;
 use crate::flows::ack_timing::AckTimes;
+use crate::flows::device_log::DeviceFault;
 use crate::flows::identity::AttachedProperties;
 use crate::flows::identity::{group_key, DeviceIdentity};
 use crate::flows::mqtt_common::{
@@ -989,6 +990,9 @@ impl Pump<'_> {
                 Ok(Decoded::Complete(p)) => p,
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
+                    self.state
+                        .device_faults
+                        .log(DeviceFault::BadMqttPacket, &e, reactor::now());
                     end = Some(SessionEnd::DeviceProtocol(device_error_code(e)));
                     break;
                 }
