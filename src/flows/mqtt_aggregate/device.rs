@@ -512,7 +512,7 @@ impl Device {
                 device_packet_id,
                 device_qos,
                 reason,
-                upstream_rtt,
+                upstream_rtt_us,
             } => {
                 let received = self
                     .tracking_mut()
@@ -537,7 +537,9 @@ impl Device {
                 } else {
                     self.write(&Packet::PubAck(response));
                     if let Some(received) = received {
-                        self.tracking_mut().acked.push((received, upstream_rtt));
+                        self.tracking_mut()
+                            .acked
+                            .push((received, Duration::from_micros(u64::from(upstream_rtt_us))));
                     }
                 }
                 None
@@ -750,7 +752,7 @@ mod tests {
                 device_packet_id: nz(3),
                 device_qos: QoS::AtLeastOnce,
                 reason: ReasonCode::SUCCESS,
-                upstream_rtt: Duration::ZERO,
+                upstream_rtt_us: 0,
             })
             .is_none());
         assert!(d
@@ -758,7 +760,7 @@ mod tests {
                 device_packet_id: nz(4),
                 device_qos: QoS::ExactlyOnce,
                 reason: ReasonCode::SUCCESS,
-                upstream_rtt: Duration::ZERO,
+                upstream_rtt_us: 0,
             })
             .is_none());
         assert_eq!(
@@ -781,7 +783,7 @@ mod tests {
                 device_packet_id: nz(1),
                 device_qos: QoS::AtLeastOnce,
                 reason: ReasonCode::NOT_AUTHORIZED,
-                upstream_rtt: Duration::ZERO,
+                upstream_rtt_us: 0,
             }),
             Some(End::Abnormal(None))
         );

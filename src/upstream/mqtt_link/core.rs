@@ -525,7 +525,7 @@ impl LinkCore {
                     device_packet_id: owner.device_packet_id,
                     device_qos: owner.device_qos,
                     reason: ack.reason_code,
-                    upstream_rtt,
+                    upstream_rtt_us: u32::try_from(upstream_rtt.as_micros()).unwrap_or(u32::MAX),
                 });
             }
         }
@@ -812,7 +812,7 @@ mod tests {
                 device_packet_id: id(7),
                 device_qos: QoS::AtLeastOnce,
                 reason: mqtt::ReasonCode::SUCCESS,
-                upstream_rtt: Duration::from_millis(3),
+                upstream_rtt_us: 3_000,
             }]
         );
         assert_eq!(c.inflight_len(), 0);

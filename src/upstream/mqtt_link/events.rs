@@ -10,7 +10,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::num::NonZeroU16;
 use std::rc::Rc;
-use std::time::Duration;
 
 use crate::proto::mqtt::{self, Publish, QoS};
 use crate::reactor::Signal;
@@ -30,8 +29,10 @@ pub enum LinkEvent {
         device_qos: QoS,
         /// The broker's reason code (always Success from a 3.1.1 broker).
         reason: mqtt::ReasonCode,
-        /// The upstream round trip: the upstream PUBLISH last written → this PUBACK read.
-        upstream_rtt: Duration,
+        /// The upstream round trip in µs (saturating): the upstream PUBLISH last written →
+        /// this PUBACK read. A `u32`, not a `Duration`, to keep `LinkEvent` (held by every
+        /// aggregate-mode device session's task) at 16 bytes.
+        upstream_rtt_us: u32,
     },
     /// The broker answered the upstream SUBSCRIBE for subscription `index` of the session's
     /// SUBSCRIBE `device_packet_id`.
