@@ -433,3 +433,42 @@ fn reactor_counters_are_exported_per_shard_and_consistent() {
         assert!(again[s] >= completions[s], "shard {s}");
     }
 }
+
+#[test]
+fn with_measurement_off_there_are_no_destination_histograms_and_usage_refuses() {
+    let world = World::new();
+    let toml = format!(
+        "{}\n[metrics]\nhistograms = false\n\n[usage]\nenabled = false\nfile = \"usage.jsonl\"\n",
+        world.config("", "")
+    );
+    let gw = world.simgate(&toml);
+    for _ in 0..4 {
+        let mut d = Device::connect(gw.http);
+        for _ in 0..3 {
+            assert_eq!(d.request(&post("/m", b"x", "")).status, 200);
+        }
+    }
+    let (status, text) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    promtool_accepts(&text);
+    // Traffic was counted...
+    assert_eq!(sample(&text, "simgate_http_requests_total"), Some(12.0));
+    // ...but no per-destination histogram family is exported at all.
+    for family in [
+        "simgate_request_duration_seconds",
+        "simgate_upstream_rtt_seconds",
+        "simgate_upstream_connect_seconds",
+        "simgate_upstream_pool_wait_seconds",
+    ] {
+        assert!(!text.contains(family), "{family} exported:\n{text}");
+    }
+    let (status, body) = gw.admin_get("/histograms/request_duration?destination=sink");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics.histograms = false"), "{body}");
+    let (status, body) = gw.admin_get("/admin/usage");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body.trim(), "usage metering is off (usage.enabled = false)");
+    // A clean stop closes the partial usage interval; with metering off there is no file.
+    assert_eq!(gw.stop(), Some(0));
+    assert!(!world.dir.path().join("usage.jsonl").exists());
+}

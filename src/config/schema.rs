@@ -34,8 +34,10 @@ pub(crate) struct RawConfig {
     pub group: Vec<RawGroup>,
     /// `[radius]`: optional.
     pub radius: Option<RawRadius>,
-    /// `[usage]`: optional; usage is metered either way.
+    /// `[usage]`: optional; usage is metered unless it says `enabled = false`.
     pub usage: Option<RawUsage>,
+    /// `[metrics]`: optional; what the shards measure for `/metrics`.
+    pub metrics: Option<RawMetrics>,
     /// `[probe]`: optional; destinations are probed every 30 s unless it says `interval = "off"`.
     pub probe: Option<RawProbe>,
     /// `[[sim]]`.
@@ -298,12 +300,22 @@ pub(crate) struct RawRadius {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUsage {
+    /// Meter usage per SIM on the shards (default true).
+    pub enabled: Option<bool>,
     /// JSON-lines file, relative to the config file's directory.
     pub file: Option<PathBuf>,
     pub interval: Option<RawDuration>,
     pub max_file_bytes: Option<i64>,
     pub max_file_age: Option<RawDuration>,
     pub keep_intervals: Option<i64>,
+}
+
+/// `[metrics]`: measurement switches.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    /// Keep the per-destination latency histograms (default true).
+    pub histograms: Option<bool>,
 }
 
 /// `[probe]`: the control thread's internal probe of every destination.

@@ -25,6 +25,11 @@ pub const PREFIX: &str = "/histograms/";
 /// The distribution text for `name` (the path after [`PREFIX`]) and `query` (the raw query
 /// string) from the merged metrics `m`.
 pub fn answer(m: &ShardMetrics, name: &str, query: &str) -> Result<String, HistogramError> {
+    if m.latency.is_switched_off() {
+        return Err(HistogramError::NotFound(
+            "latency histograms are off (metrics.histograms = false)".to_string(),
+        ));
+    }
     let names = || {
         Latency::ALL
             .iter()
@@ -108,6 +113,23 @@ mod tests {
         assert_eq!(total(&http), "3");
         let empty = answer(&m, "upstream_rtt", "destination=other").unwrap();
         assert_eq!(total(&empty), "0");
+    }
+
+    #[test]
+    fn switched_off_histograms_answer_not_found_saying_why() {
+        let mut off = ShardMetrics::default();
+        off.latency.switch_off();
+        off.latency.set_destinations(["sink"]);
+        off.record_destination(0, "sink", Latency::RequestDuration, Protocol::Http, 100);
+        // What the control thread does: merge shard snapshots into a default set.
+        let mut merged = ShardMetrics::default();
+        merged.merge(&off);
+        match answer(&merged, "request_duration", "destination=sink") {
+            Err(HistogramError::NotFound(e)) => {
+                assert!(e.contains("metrics.histograms = false"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

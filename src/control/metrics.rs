@@ -675,6 +675,9 @@ fn render_reactor(w: &mut String, shards: &[ReactorCounters]) {
 /// Append the per-destination latency families: one series per destination and device
 /// protocol (or connect stage) that has samples, so bounded by the configuration.
 fn render_latency(w: &mut String, l: &DestinationLatencies) {
+    if l.is_switched_off() {
+        return;
+    }
     let families: [(&str, &str, &[Latency]); 4] = [
         (
             "simgate_request_duration_seconds",
@@ -970,6 +973,26 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert_eq!(text.matches("simgate_reactor_loop_turns_total{").count(), 2);
+    }
+
+    #[test]
+    fn switched_off_latency_histograms_have_no_families() {
+        let mut shard = ShardMetrics::default();
+        shard.latency.switch_off();
+        shard.record_destination(0, "a", Latency::RequestDuration, Protocol::Http, 80);
+        let mut m = ShardMetrics::default();
+        m.merge(&shard);
+        let text = render_plain(&m);
+        for family in [
+            "simgate_request_duration_seconds",
+            "simgate_upstream_rtt_seconds",
+            "simgate_upstream_connect_seconds",
+            "simgate_upstream_pool_wait_seconds",
+        ] {
+            assert!(!text.contains(family), "{family} present:\n{text}");
+        }
+        // The unlabelled request histograms are not per destination: still there.
+        assert!(text.contains("# TYPE simgate_http_request_duration_seconds histogram"));
     }
 
     #[test]

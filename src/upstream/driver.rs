@@ -540,8 +540,13 @@ fn seed_for(shard: usize) -> u64 {
     t ^ ((shard as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
+/// The connect-latency histograms for the shard's first plan; switched off for good if that
+/// plan says `metrics.histograms = false` (read at start, reloads do not switch it).
 fn latency_for(plan: &Plan) -> DestinationLatencies {
     let mut l = DestinationLatencies::default();
+    if !plan.metrics.histograms {
+        l.switch_off();
+    }
     l.set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
     l
 }

@@ -264,12 +264,14 @@ impl Compiler<'_> {
             Some(r) => self.radius(r).map(Some),
         };
         let usage = self.usage(raw.usage.as_ref());
+        let metrics = self.metrics(raw.metrics.as_ref());
         let probe = self.probe(raw.probe.as_ref());
         if let (Some(probe), Some(listeners)) = (&probe, &listeners) {
             self.check_e2e_listener(probe, listeners);
         }
         let plan = Plan {
             usage: usage?,
+            metrics,
             probe: probe?,
             gateway: gateway?,
             listeners: listeners?,

@@ -1,5 +1,7 @@
-//! Compiles `[usage]`: the usage file (relative to the config's directory), its interval, its
+//! Compiles `[usage]`: whether usage is metered at all (`enabled`), the usage file (relative to the config's directory), its interval, its
 //! rotation by size and age, and how many closed intervals `/admin/usage?since=` can reach.
+//!
+//! It also compiles `[metrics]` (`histograms`): both are measurement switches read at start.
 //!
 //! What this module does not do: meter (`stats::usage`, the flows) or write the file
 //! (`control::usage`).
@@ -7,8 +9,8 @@
 use std::time::Duration;
 
 use super::Compiler;
-use crate::config::schema::RawUsage;
-use crate::policy::UsageSettings;
+use crate::config::schema::{RawMetrics, RawUsage};
+use crate::policy::{MetricsSettings, UsageSettings};
 
 /// Shortest `usage.interval`: each interval costs a round of shard commands and a file write.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -68,6 +70,7 @@ impl Compiler<'_> {
         );
         let file = raw.file.as_ref().map(|f| self.base_dir.join(f));
         let settings = UsageSettings {
+            enabled: raw.enabled.unwrap_or(defaults.enabled),
             file,
             interval: interval?,
             max_file_bytes: max_file_bytes?,
@@ -75,5 +78,15 @@ impl Compiler<'_> {
             keep_intervals: keep_intervals?,
         };
         Some(settings)
+    }
+
+    /// Compile `[metrics]` (only switches: nothing to range-check).
+    pub(super) fn metrics(&mut self, raw: Option<&RawMetrics>) -> MetricsSettings {
+        let defaults = MetricsSettings::default();
+        MetricsSettings {
+            histograms: raw
+                .and_then(|r| r.histograms)
+                .unwrap_or(defaults.histograms),
+        }
     }
 }
