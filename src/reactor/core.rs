@@ -606,8 +606,8 @@ impl Reactor {
         // SAFETY: every pointer in `entry` points into memory owned by its op slot or the buffer
         // pool, which outlive the op (see the module INVARIANT).
         if unsafe { ring.submission().push(entry) }.is_err() {
-            self.mark_submitted();
             ring.submit()?;
+            self.mark_submitted();
             // SAFETY: as above.
             unsafe { ring.submission().push(entry) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
