@@ -247,6 +247,38 @@ pub struct RateLimitedTotals {
     pub refused: u64,
 }
 
+/// The io_uring reactor's counters of one shard, copied from `reactor::stats()` by the shard
+/// on its own thread when it answers a snapshot (the reactor itself knows nothing of metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReactorCounters {
+    /// The shard these are of (the `shard` label).
+    pub shard: usize,
+    /// Submission batches: kernel entries that handed at least one SQE over.
+    pub submissions: u64,
+    /// SQEs pushed (including cancels).
+    pub sqes: u64,
+    /// CQEs reaped.
+    pub completions: u64,
+    /// Event-loop turns.
+    pub loop_turns: u64,
+    /// Multishot recvs re-armed after the buffer ring ran dry (`ENOBUFS`).
+    pub enobufs_rearms: u64,
+    /// Multishot recvs paused because one peer had too many buffers queued unread.
+    pub recv_pauses: u64,
+    /// Provided receive buffers held by user code or queued now (gauge).
+    pub recv_buffers_in_use: u64,
+    /// Provided receive buffers in the shard's ring (gauge).
+    pub recv_buffers_total: u64,
+    /// Ops waiting for their final completion now (gauge).
+    pub ops_in_flight: u64,
+    /// Spawned tasks alive now (gauge).
+    pub tasks: u64,
+    /// Timers armed now (gauge).
+    pub timers_armed: u64,
+    /// Timers fired since the shard started.
+    pub timers_fired: u64,
+}
+
 /// Counters and histograms of one shard (or, after merging, of the whole gateway).
 #[derive(Debug, Clone)]
 pub struct ShardMetrics {
@@ -330,6 +362,9 @@ pub struct ShardMetrics {
     pub latency: DestinationLatencies,
     /// Counters by destination (`simgate_destination_*_total`).
     pub destinations: DestinationCounters,
+    /// The reactor's counters, one entry per shard (a shard's snapshot has its own; merging
+    /// keeps every shard's apart, in shard order: they are exported with a `shard` label).
+    pub reactor: Vec<ReactorCounters>,
 }
 
 impl Default for ShardMetrics {
@@ -369,6 +404,7 @@ impl Default for ShardMetrics {
             gateway_added_us: new_histogram(),
             latency: DestinationLatencies::default(),
             destinations: DestinationCounters::default(),
+            reactor: Vec::new(),
         }
     }
 }
@@ -628,6 +664,8 @@ impl ShardMetrics {
         let _ = self.gateway_added_us.add(&other.gateway_added_us);
         self.latency.merge(&other.latency);
         self.destinations.merge(&other.destinations);
+        self.reactor.extend_from_slice(&other.reactor);
+        self.reactor.sort_by_key(|r| r.shard);
     }
 }
 
@@ -654,5 +692,26 @@ mod tests {
         assert_eq!(a.errors_of(Protocol::Http, ErrorKind::UpstreamBackoff), 0);
         assert_eq!(a.request_total_us.len(), 2);
         assert_eq!(a.gateway_added_us.max(), 30);
+    }
+
+    #[test]
+    fn merge_keeps_each_shards_reactor_counters_apart_in_shard_order() {
+        let shard = |shard, completions| ShardMetrics {
+            reactor: vec![ReactorCounters {
+                shard,
+                completions,
+                ..ReactorCounters::default()
+            }],
+            ..ShardMetrics::default()
+        };
+        let mut total = ShardMetrics::default();
+        total.merge(&shard(1, 10));
+        total.merge(&shard(0, 7));
+        let got: Vec<(usize, u64)> = total
+            .reactor
+            .iter()
+            .map(|r| (r.shard, r.completions))
+            .collect();
+        assert_eq!(got, vec![(0, 7), (1, 10)]);
     }
 }

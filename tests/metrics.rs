@@ -363,3 +363,113 @@ routes = [
     let (_, dist) = gw.admin_get("/histograms/request_duration?destination=alpha");
     assert_eq!(distribution_total(&dist), alpha + 1);
 }
+
+/// The value of every `family{shard="N",...}` sample in `text`, by shard, for `extra` labels
+/// (empty or `,state="in_use"`).
+fn per_shard(text: &str, family: &str, extra: &str, shards: usize) -> Vec<f64> {
+    (0..shards)
+        .map(|s| {
+            sample(text, &format!("{family}{{shard=\"{s}\"{extra}}}"))
+                .unwrap_or_else(|| panic!("no {family} for shard {s}{extra}:\n{text}"))
+        })
+        .collect()
+}
+
+#[test]
+fn reactor_counters_are_exported_per_shard_and_consistent() {
+    let world = World::new();
+    let gw = world.simgate(&world.config("", ""));
+    // Several connections, so the kernel spreads them over both shards.
+    for _ in 0..8 {
+        let mut d = Device::connect(gw.http);
+        for _ in 0..3 {
+            assert_eq!(d.request(&post("/m", b"x", "")).status, 200);
+        }
+    }
+    let (status, text) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    promtool_accepts(&text);
+    let shards = 2;
+    let submissions = per_shard(&text, "simgate_reactor_submissions_total", "", shards);
+    let sqes = per_shard(&text, "simgate_reactor_sqes_total", "", shards);
+    let completions = per_shard(&text, "simgate_reactor_completions_total", "", shards);
+    let turns = per_shard(&text, "simgate_reactor_loop_turns_total", "", shards);
+    let in_use = per_shard(
+        &text,
+        "simgate_reactor_recv_buffers",
+        ",state=\"in_use\"",
+        shards,
+    );
+    let total = per_shard(
+        &text,
+        "simgate_reactor_recv_buffers",
+        ",state=\"total\"",
+        shards,
+    );
+    for s in 0..shards {
+        assert!(completions[s] > 0.0, "shard {s}:\n{text}");
+        assert!(submissions[s] > 0.0, "shard {s}:\n{text}");
+        assert!(
+            sqes[s] >= submissions[s],
+            "shard {s}: every batch carries an SQE\n{text}"
+        );
+        assert!(turns[s] > 0.0, "shard {s}:\n{text}");
+        assert!(in_use[s] <= total[s], "shard {s}:\n{text}");
+        // gateway.recv_buffers defaults to 4096 per shard.
+        assert_eq!(total[s], 4096.0, "shard {s}");
+        // Each shard runs its accept loop and pool maintenance as tasks, and arms timers.
+        assert!(per_shard(&text, "simgate_reactor_tasks", "", shards)[s] >= 1.0);
+        assert!(per_shard(&text, "simgate_reactor_ops_in_flight", "", shards)[s] >= 1.0);
+        per_shard(&text, "simgate_reactor_timers", "", shards);
+        per_shard(&text, "simgate_reactor_timers_fired_total", "", shards);
+        per_shard(&text, "simgate_reactor_enobufs_rearms_total", "", shards);
+        per_shard(&text, "simgate_reactor_recv_pauses_total", "", shards);
+    }
+    // Bounded label set: a third shard does not exist.
+    assert!(!text.contains("shard=\"2\""), "{text}");
+    // Counters only grow: a later scrape sees at least as many completions on each shard.
+    let (_, later) = gw.admin_get("/metrics");
+    let again = per_shard(&later, "simgate_reactor_completions_total", "", shards);
+    for s in 0..shards {
+        assert!(again[s] >= completions[s], "shard {s}");
+    }
+}
+
+#[test]
+fn with_measurement_off_there_are_no_destination_histograms_and_usage_refuses() {
+    let world = World::new();
+    let toml = format!(
+        "{}\n[metrics]\nhistograms = false\n\n[usage]\nenabled = false\nfile = \"usage.jsonl\"\n",
+        world.config("", "")
+    );
+    let gw = world.simgate(&toml);
+    for _ in 0..4 {
+        let mut d = Device::connect(gw.http);
+        for _ in 0..3 {
+            assert_eq!(d.request(&post("/m", b"x", "")).status, 200);
+        }
+    }
+    let (status, text) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    promtool_accepts(&text);
+    // Traffic was counted...
+    assert_eq!(sample(&text, "simgate_http_requests_total"), Some(12.0));
+    // ...but no per-destination histogram family is exported at all.
+    for family in [
+        "simgate_request_duration_seconds",
+        "simgate_upstream_rtt_seconds",
+        "simgate_upstream_connect_seconds",
+        "simgate_upstream_pool_wait_seconds",
+    ] {
+        assert!(!text.contains(family), "{family} exported:\n{text}");
+    }
+    let (status, body) = gw.admin_get("/histograms/request_duration?destination=sink");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics.histograms = false"), "{body}");
+    let (status, body) = gw.admin_get("/admin/usage");
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body.trim(), "usage metering is off (usage.enabled = false)");
+    // A clean stop closes the partial usage interval; with metering off there is no file.
+    assert_eq!(gw.stop(), Some(0));
+    assert!(!world.dir.path().join("usage.jsonl").exists());
+}

@@ -13,6 +13,12 @@
 //! | MQTT → MQTTS | direct (devices → plaintext MQTT sink), floor (a plain mosquitto the devices publish to, no bridge, no subscriber), simgate aggregate, simgate aggregate linger (`linger = "1ms"`), simgate session, mosquitto bridge (peer: a local mosquitto bridging `#` out to the MQTTS sink) |
 //! | TCP → TLS (same scenario, carried as bytes) | stunnel (client mode, verifying the sink), simgate: "n/a — simgate TCP flow not built yet" |
 //!
+//! Opt-in rows, run only when named in `--only` (they measure simgate against itself, not a
+//! peer): simgate unmeasured (HTTP), simgate aggregate unmeasured and simgate session unmeasured
+//! (MQTT) — the row of the same name without "unmeasured", with `[metrics] histograms = false`
+//! and `[usage] enabled = false` ([`MEASUREMENT_OFF`]). Their CPU µs/msg against the measured
+//! row's is the cost of measurement (`loadtest/compare-measurement.sh`).
+//!
 //! Columns: messages delivered to the sink per second; that rate over direct's and over the
 //! peer's; end-to-end p50/p99/p99.9 at the sink (receive − intended send time); CPU µs per
 //! delivered message of the proxy process (user + system from `/proc/PID/stat` over the run);
@@ -109,9 +115,30 @@ const CALLS_NOTE: &str = "calls/msg: HTTP requests (MQTT: -) the sink read ÷ me
 counted (after the warm-up when there is one); one call per message reads 1.000, an Event Hubs \
 batch call (application/vnd.microsoft.servicebus.json) carries one message per array element.";
 
+/// Appended to the config of the "unmeasured" rows: simgate with its measurement switched off.
+pub const MEASUREMENT_OFF: &str = "[metrics]\nhistograms = false\n[usage]\nenabled = false\n";
+
+/// Systems that run only when `--only` names them.
+const OPT_IN: [&str; 3] = [
+    "simgate-unmeasured",
+    "simgate-aggregate-unmeasured",
+    "simgate-session-unmeasured",
+];
+
 /// The `--only` spelling of a table's system name: "simgate aggregate" → "simgate-aggregate".
 fn system_slug(system: &str) -> String {
     system.to_lowercase().replace(' ', "-")
+}
+
+/// Whether the row `system` runs under `--only` `only`: named there, or, with no `--only`, any
+/// row but the opt-in ones.
+fn runs(system: &str, only: &[String]) -> bool {
+    let slug = system_slug(system);
+    if only.is_empty() {
+        !OPT_IN.contains(&slug.as_str())
+    } else {
+        only.contains(&slug)
+    }
 }
 
 /// One row of the comparison.
@@ -184,6 +211,20 @@ impl Measured {
             }
             _ => None,
         }
+    }
+}
+
+impl Comparison {
+    /// Each row's proxy CPU µs per delivered message (after the warm-up when there was one), in
+    /// table order; `None` for a row without a proxy or that failed.
+    pub fn cpu_us_per_msg(&self) -> Vec<(&str, Option<f64>)> {
+        self.rows
+            .iter()
+            .map(|r| {
+                let cpu = r.outcome.as_ref().ok().and_then(Measured::cpu_us_per_msg);
+                (r.system.as_str(), cpu)
+            })
+            .collect()
     }
 }
 
@@ -339,6 +380,7 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             "simgate-h2",
             "simgate-event-hubs",
             "simgate-event-hubs-batch",
+            "simgate-unmeasured",
             "nginx",
             "haproxy",
             "stunnel",
@@ -349,6 +391,8 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             "simgate-aggregate",
             "simgate-aggregate-linger",
             "simgate-session",
+            "simgate-aggregate-unmeasured",
+            "simgate-session-unmeasured",
             "mosquitto-bridge",
             "stunnel",
         ],
@@ -359,8 +403,7 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             systems.join(", ")
         );
     }
-    let wanted =
-        |system: &str| options.only.is_empty() || options.only.contains(&system_slug(system));
+    let wanted = |system: &str| runs(system, &options.only);
     let mut row = |system: &str, path: &'static str, run: &dyn Fn() -> Result<Measured>| {
         if !wanted(system) {
             return;
@@ -387,8 +430,11 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             let p = "HTTP→HTTPS";
             row("direct", p, &|| env.direct(SinkKind::Http));
             row(FLOOR, "HTTP (no upstream)", &|| env.nginx_floor());
-            row("simgate", p, &|| env.simgate_http(false));
-            row("simgate h2", p, &|| env.simgate_http(true));
+            row("simgate", p, &|| env.simgate_http(false, ""));
+            row("simgate unmeasured", p, &|| {
+                env.simgate_http(false, MEASUREMENT_OFF)
+            });
+            row("simgate h2", p, &|| env.simgate_http(true, ""));
             row("simgate event-hubs", p, &|| env.simgate_event_hubs(None));
             row("simgate event-hubs batch", p, &|| {
                 env.simgate_event_hubs(Some(EVENT_HUBS_BATCH))
@@ -403,12 +449,20 @@ pub fn compare(scenario: &Scenario, options: &CompareOptions) -> Result<Comparis
             row("direct", p, &|| env.direct(SinkKind::Mqtt));
             row(FLOOR, "MQTT (no upstream)", &|| env.mosquitto_floor());
             row("simgate aggregate", p, &|| {
-                env.simgate_mqtt("aggregate", None)
+                env.simgate_mqtt("aggregate", None, "")
+            });
+            row("simgate aggregate unmeasured", p, &|| {
+                env.simgate_mqtt("aggregate", None, MEASUREMENT_OFF)
             });
             row("simgate aggregate linger", p, &|| {
-                env.simgate_mqtt("aggregate", Some(AGGREGATE_LINGER))
+                env.simgate_mqtt("aggregate", Some(AGGREGATE_LINGER), "")
             });
-            row("simgate session", p, &|| env.simgate_mqtt("session", None));
+            row("simgate session", p, &|| {
+                env.simgate_mqtt("session", None, "")
+            });
+            row("simgate session unmeasured", p, &|| {
+                env.simgate_mqtt("session", None, MEASUREMENT_OFF)
+            });
             row("mosquitto bridge", p, &|| env.mosquitto_bridge());
             row("stunnel", "TCP→TLS", &|| env.stunnel(SinkKind::Mqtt));
             "mosquitto bridge"
@@ -597,8 +651,9 @@ impl Env<'_> {
     }
 
     /// simgate with one `https` destination; `h2`: the sink offers HTTP/2 and simgate's
-    /// destination `alpn = ["h2", "http/1.1"]` (one shared connection per shard).
-    fn simgate_http(&self, h2: bool) -> Result<Measured> {
+    /// destination `alpn = ["h2", "http/1.1"]` (one shared connection per shard). `tables`:
+    /// TOML tables appended to the config (e.g. [`MEASUREMENT_OFF`]).
+    fn simgate_http(&self, h2: bool, tables: &str) -> Result<Measured> {
         let sink = Sink::start(SinkOptions {
             tls: Some(self.cert.clone()),
             http2: h2,
@@ -630,12 +685,16 @@ max_idle = 256
 {extra}[[group]]
 name = "default"
 routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
-"#,
+{tables}"#,
             sink = sink.addr(),
             ca = self.ca(),
             extra = self.pool_extra(),
         );
-        let name = if h2 { "simgate-h2" } else { "simgate-http" };
+        let name = match (h2, tables.is_empty()) {
+            (true, _) => "simgate-h2",
+            (false, true) => "simgate-http",
+            (false, false) => "simgate-http-unmeasured",
+        };
         self.run_simgate(name, &config, &sink)
     }
 
@@ -694,8 +753,9 @@ routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
         Ok(measured)
     }
 
-    /// simgate with one MQTT destination in `mode`; `linger` sets `destination.mqtt.linger`.
-    fn simgate_mqtt(&self, mode: &str, linger: Option<&str>) -> Result<Measured> {
+    /// simgate with one MQTT destination in `mode`; `linger` sets `destination.mqtt.linger`;
+    /// `tables`: TOML tables appended to the config (e.g. [`MEASUREMENT_OFF`]).
+    fn simgate_mqtt(&self, mode: &str, linger: Option<&str>, tables: &str) -> Result<Measured> {
         let sink = self.sink(SinkKind::Mqtt, true)?;
         let extra = self.pool_extra();
         let pool = if mode == "session" {
@@ -725,14 +785,15 @@ mode = "{mode}"
 {linger}[[group]]
 name = "default"
 routes = [ {{ listener = "mqtt", destination = "sink" }} ]
-"#,
+{tables}"#,
             sink = sink.addr(),
             ca = self.ca(),
             linger = linger.map_or(String::new(), |l| format!("linger = \"{l}\"\n")),
         );
-        let name = match linger {
-            Some(_) => format!("simgate-{mode}-linger"),
-            None => format!("simgate-{mode}"),
+        let name = match (linger, tables.is_empty()) {
+            (Some(_), _) => format!("simgate-{mode}-linger"),
+            (None, true) => format!("simgate-{mode}"),
+            (None, false) => format!("simgate-{mode}-unmeasured"),
         };
         self.run_simgate(&name, &config, &sink)
     }
@@ -1069,7 +1130,47 @@ impl Comparison {
 
 #[cfg(test)]
 mod tests {
-    use super::{median, rounds_summary, times_floor, Comparison, Measured, Row, FLOOR};
+    use super::{
+        median, rounds_summary, runs, times_floor, Comparison, Measured, Row, FLOOR,
+        MEASUREMENT_OFF,
+    };
+
+    #[test]
+    fn unmeasured_rows_run_only_when_named() {
+        let only = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(runs("simgate", &[]));
+        assert!(!runs("simgate unmeasured", &[]));
+        assert!(!runs("simgate session unmeasured", &[]));
+        let pair = only(&["simgate", "simgate-unmeasured"]);
+        assert!(runs("simgate unmeasured", &pair));
+        assert!(runs("simgate", &pair));
+        assert!(!runs("nginx", &pair));
+    }
+
+    #[test]
+    fn measurement_off_tables_compile_in_simgate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = simgate::testkit::TestPki::new(dir.path()).expect("pki");
+        let toml = format!(
+            r#"[[listener]]
+name = "http"
+protocol = "http"
+bind = "127.0.0.1:0"
+[[destination]]
+name = "sink"
+adapter = "https"
+endpoint = "127.0.0.1:1"
+ca = "{ca}"
+[[group]]
+name = "default"
+routes = [ {{ listener = "http", path = "/", destination = "sink" }} ]
+{MEASUREMENT_OFF}"#,
+            ca = pki.ca_pem.display()
+        );
+        let plan = simgate::config::compile_str(&toml, dir.path()).expect("compiles");
+        assert!(!plan.metrics.histograms);
+        assert!(!plan.usage.enabled);
+    }
     use crate::stats::{new_latency_histogram, Counts, LatencySummary, Report};
 
     /// A measured row whose proxy CPU per message is `cpu_us` (None: no proxy, like direct).

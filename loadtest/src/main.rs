@@ -120,7 +120,10 @@ enum Command {
         /// dashes: direct, floor, simgate, simgate-h2, simgate-event-hubs,
         /// simgate-event-hubs-batch, simgate-aggregate, simgate-aggregate-linger, simgate-session,
         /// nginx, haproxy, stunnel, mosquitto-bridge). Default: all of the
-        /// scenario's protocol.
+        /// scenario's protocol but the opt-in rows simgate-unmeasured,
+        /// simgate-aggregate-unmeasured and simgate-session-unmeasured (simgate with
+        /// `[metrics] histograms = false` and `[usage] enabled = false`), which run only when
+        /// named here.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Run the whole comparison this many times in a row and end with the median proxy CPU
@@ -139,6 +142,11 @@ enum Command {
         /// then shows its error.
         #[arg(long)]
         simgate_pool: Vec<String>,
+        /// Append one CSV line per row and round to this file: `round,system,cpu_us_per_msg`
+        /// (empty CPU for a row without a proxy or that failed); a header is written when the
+        /// file is new. For scripts (loadtest/compare-measurement.sh).
+        #[arg(long)]
+        cpu_csv: Option<PathBuf>,
         /// tokio worker threads of the device simulator.
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -488,6 +496,7 @@ fn main() -> Result<()> {
             rounds,
             warmup,
             simgate_pool,
+            cpu_csv,
             threads,
             progress,
         } => {
@@ -558,6 +567,9 @@ fn main() -> Result<()> {
                 );
                 print!("{comparison}");
                 std::io::stdout().flush()?;
+                if let Some(path) = &cpu_csv {
+                    append_cpu_csv(path, round, &comparison)?;
+                }
                 all.push(comparison);
             }
             if rounds > 1 {
@@ -677,6 +689,31 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Append `round`'s CPU µs/msg per row of `comparison` to the CSV at `path` (header first when
+/// the file is new).
+fn append_cpu_csv(
+    path: &std::path::Path,
+    round: u32,
+    comparison: &compare::Comparison,
+) -> Result<()> {
+    let new = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let mut text = String::new();
+    if new {
+        text.push_str("round,system,cpu_us_per_msg\n");
+    }
+    for (system, cpu) in comparison.cpu_us_per_msg() {
+        let cpu = cpu.map_or_else(String::new, |c| format!("{c:.3}"));
+        text.push_str(&format!("{round},{system},{cpu}\n"));
+    }
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn idle(target: SocketAddr, connections: usize, hold: u64, warm_request: bool) -> Result<()> {

@@ -34,12 +34,12 @@ pub(crate) struct RawConfig {
     pub group: Vec<RawGroup>,
     /// `[radius]`: optional.
     pub radius: Option<RawRadius>,
-    /// `[usage]`: optional; usage is metered either way.
+    /// `[usage]`: optional; usage is metered unless it says `enabled = false`.
     pub usage: Option<RawUsage>,
+    /// `[metrics]`: optional; what the shards measure for `/metrics`.
+    pub metrics: Option<RawMetrics>,
     /// `[probe]`: optional; destinations are probed every 30 s unless it says `interval = "off"`.
     pub probe: Option<RawProbe>,
-    /// `[metrics]`: optional; how measurement is kept and exported.
-    pub metrics: Option<RawMetrics>,
     /// `[[sim]]`.
     #[serde(default)]
     pub sim: Vec<RawSim>,
@@ -300,6 +300,8 @@ pub(crate) struct RawRadius {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUsage {
+    /// Meter usage per SIM on the shards (default true).
+    pub enabled: Option<bool>,
     /// JSON-lines file, relative to the config file's directory.
     pub file: Option<PathBuf>,
     pub interval: Option<RawDuration>,
@@ -308,10 +310,12 @@ pub(crate) struct RawUsage {
     pub keep_intervals: Option<i64>,
 }
 
-/// `[metrics]`: how measurement is kept and exported.
+/// `[metrics]`: measurement switches, and how measurement is kept and exported.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
+    /// Keep the per-destination latency histograms (default true).
+    pub histograms: Option<bool>,
     /// How often an interval of the latency histograms' interval logs is closed.
     pub interval_log_period: Option<RawDuration>,
     /// How many closed intervals the interval logs keep.

@@ -994,6 +994,9 @@ fn every_schema_key_is_documented() {
         "sim_id",
         "group",
         "tags",
+        // Measurement switches.
+        "enabled",
+        "histograms",
     ];
     for key in keys {
         assert!(
@@ -2159,6 +2162,29 @@ fn metrics_table_defaults_and_ranges() {
         1,
         "unknown key"
     );
+}
+
+#[test]
+fn measurement_switches_default_on_and_errors_name_their_path() {
+    let fx = Fixture::new();
+    let plan = fx.compile(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.usage.enabled);
+    assert!(plan.metrics.histograms);
+    let off = format!("{MINIMAL}\n[usage]\nenabled = false\n\n[metrics]\nhistograms = false\n");
+    let plan = fx.compile(&off).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!plan.usage.enabled);
+    assert!(!plan.metrics.histograms);
+    // The rest of [usage] keeps its defaults when only the switch is given.
+    assert_eq!(plan.usage.interval, std::time::Duration::from_secs(60));
+    let on = format!("{MINIMAL}\n[usage]\nenabled = true\n\n[metrics]\nhistograms = true\n");
+    let plan = fx.compile(&on).unwrap_or_else(|e| panic!("{e}"));
+    assert!(plan.usage.enabled && plan.metrics.histograms);
+    let error = fx.errors(&format!("{MINIMAL}\n[metrics]\nhistograms = \"no\"\n"));
+    assert_single(&error, "metrics.histograms", "invalid type");
+    let error = fx.errors(&format!("{MINIMAL}\n[usage]\nenabled = 0\n"));
+    assert_single(&error, "usage.enabled", "invalid type");
+    let error = fx.errors(&format!("{MINIMAL}\n[metrics]\nhistogram = false\n"));
+    assert_eq!(paths(&error).len(), 1, "unknown key: {error}");
 }
 
 #[test]

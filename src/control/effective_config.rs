@@ -1,8 +1,8 @@
 //! `GET /admin/config`: the effective configuration, rendered as JSON from the [`Plan`] being
 //! served (not by re-reading the file, which may have changed since the last reload):
 //! gateway settings, listeners, destinations with their adapter kind and non-secret settings,
-//! groups with their routes, the number of SIMs (not the table), RADIUS, usage and probe
-//! settings.
+//! groups with their routes, the number of SIMs (not the table), RADIUS, usage, the
+//! measurement switches and probe settings.
 //!
 //! Secrets are never rendered: every field that holds one (a [`crate::policy::Secret`], a
 //! signing key, a credential's key material, a token recipe's key) is written as
@@ -130,11 +130,15 @@ pub fn render(plan: &Plan) -> Value {
             },
         })),
         "usage": {
+            "enabled": plan.usage.enabled,
             "file": plan.usage.file.as_ref().map(|f| f.display().to_string()),
             "interval_s": secs(plan.usage.interval),
             "max_file_bytes": plan.usage.max_file_bytes,
             "max_file_age_s": secs(plan.usage.max_file_age),
             "keep_intervals": plan.usage.keep_intervals,
+        },
+        "metrics": {
+            "histograms": plan.metrics.histograms,
         },
         "probe": {
             "interval_s": plan.probe.interval.map(secs),

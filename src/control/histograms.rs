@@ -55,6 +55,11 @@ pub fn parse(
     name: &str,
     query: &str,
 ) -> Result<(Latency, String, Option<Protocol>), HistogramError> {
+    if m.latency.is_switched_off() {
+        return Err(HistogramError::NotFound(
+            "latency histograms are off (metrics.histograms = false)".to_string(),
+        ));
+    }
     let names = || {
         Latency::ALL
             .iter()
@@ -133,6 +138,23 @@ mod tests {
         assert_eq!(total(&http), "3");
         let empty = answer(&m, "upstream_rtt", "destination=other").unwrap();
         assert_eq!(total(&empty), "0");
+    }
+
+    #[test]
+    fn switched_off_histograms_answer_not_found_saying_why() {
+        let mut off = ShardMetrics::default();
+        off.latency.switch_off();
+        off.latency.set_destinations(["sink"]);
+        off.record_destination(0, "sink", Latency::RequestDuration, Protocol::Http, 100);
+        // What the control thread does: merge shard snapshots into a default set.
+        let mut merged = ShardMetrics::default();
+        merged.merge(&off);
+        match answer(&merged, "request_duration", "destination=sink") {
+            Err(HistogramError::NotFound(e)) => {
+                assert!(e.contains("metrics.histograms = false"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

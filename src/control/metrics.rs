@@ -14,8 +14,8 @@ use super::radius::RadiusStats;
 use crate::policy::AdapterKind;
 use crate::shard::{CapReason, ErrorKind, Protocol, ShardMetrics};
 use crate::stats::{
-    CloudRule, DestinationCounters, DestinationLatencies, Direction, Latency, RejectReason,
-    CLOUD_STATUSES,
+    CloudRule, DestinationCounters, DestinationLatencies, Direction, Latency, ReactorCounters,
+    RejectReason, CLOUD_STATUSES,
 };
 
 /// Reload counters kept by the control thread.
@@ -562,6 +562,7 @@ pub fn render(
             &[("", r.bindings)],
         );
     }
+    render_reactor(w, &m.reactor);
     histogram(
         w,
         "simgate_http_request_duration_seconds",
@@ -697,9 +698,113 @@ fn render_destination_counters(w: &mut String, c: &DestinationCounters) {
     }
 }
 
+/// Append the io_uring reactor families: one series per shard (label `shard`), so bounded by
+/// the shard count.
+fn render_reactor(w: &mut String, shards: &[ReactorCounters]) {
+    type Field = fn(&ReactorCounters) -> u64;
+    let per_shard = |f: Field| -> Vec<(String, u64)> {
+        shards
+            .iter()
+            .map(|r| (format!("shard=\"{}\"", r.shard), f(r)))
+            .collect()
+    };
+    let families: [(&str, &str, &str, Field); 10] = [
+        (
+            "simgate_reactor_submissions_total",
+            "counter",
+            "io_uring submission batches: kernel entries that handed at least one SQE over \
+             (simgate_reactor_sqes_total / this = mean batch size)",
+            |r| r.submissions,
+        ),
+        (
+            "simgate_reactor_sqes_total",
+            "counter",
+            "io_uring submission queue entries pushed, cancels included",
+            |r| r.sqes,
+        ),
+        (
+            "simgate_reactor_completions_total",
+            "counter",
+            "io_uring completion queue entries reaped",
+            |r| r.completions,
+        ),
+        (
+            "simgate_reactor_loop_turns_total",
+            "counter",
+            "Event-loop turns of the shard's reactor",
+            |r| r.loop_turns,
+        ),
+        (
+            "simgate_reactor_enobufs_rearms_total",
+            "counter",
+            "Multishot receives re-armed after the provided-buffer ring ran dry (ENOBUFS)",
+            |r| r.enobufs_rearms,
+        ),
+        (
+            "simgate_reactor_recv_pauses_total",
+            "counter",
+            "Multishot receives paused because one peer had too many buffers queued unread",
+            |r| r.recv_pauses,
+        ),
+        (
+            "simgate_reactor_ops_in_flight",
+            "gauge",
+            "io_uring operations waiting for their final completion",
+            |r| r.ops_in_flight,
+        ),
+        (
+            "simgate_reactor_tasks",
+            "gauge",
+            "Tasks alive on the shard's executor",
+            |r| r.tasks,
+        ),
+        (
+            "simgate_reactor_timers",
+            "gauge",
+            "Timers armed (neither fired nor dropped)",
+            |r| r.timers_armed,
+        ),
+        (
+            "simgate_reactor_timers_fired_total",
+            "counter",
+            "Timers fired",
+            |r| r.timers_fired,
+        ),
+    ];
+    for (name, kind, help, field) in families {
+        let values = per_shard(field);
+        let refs: Vec<(&str, u64)> = values.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        header(w, name, help, kind);
+        samples(w, name, &refs);
+    }
+    let mut buffers: Vec<(String, u64)> = Vec::with_capacity(shards.len() * 2);
+    for r in shards {
+        let shard = r.shard;
+        buffers.push((
+            format!("shard=\"{shard}\",state=\"in_use\""),
+            r.recv_buffers_in_use,
+        ));
+        buffers.push((
+            format!("shard=\"{shard}\",state=\"total\""),
+            r.recv_buffers_total,
+        ));
+    }
+    let refs: Vec<(&str, u64)> = buffers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    gauge(
+        w,
+        "simgate_reactor_recv_buffers",
+        "Provided receive buffers of the shard's ring: in_use (held by connections or queued \
+         unread) and total",
+        &refs,
+    );
+}
+
 /// Append the per-destination latency families: one series per destination and device
 /// protocol (or connect stage) that has samples, so bounded by the configuration.
 fn render_latency(w: &mut String, l: &DestinationLatencies) {
+    if l.is_switched_off() {
+        return;
+    }
     let families: [(&str, &str, &[Latency]); 6] = [
         (
             "simgate_request_duration_seconds",
@@ -1008,6 +1113,71 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    fn render_plain(m: &ShardMetrics) -> String {
+        render(
+            m,
+            &[],
+            &PlanGenerations::default(),
+            ReloadCounters::default(),
+            &BTreeMap::new(),
+            None,
+        )
+    }
+
+    #[test]
+    fn reactor_families_have_one_series_per_shard() {
+        let shard = |shard, in_use| ShardMetrics {
+            reactor: vec![ReactorCounters {
+                shard,
+                submissions: 4,
+                sqes: 10,
+                recv_buffers_in_use: in_use,
+                recv_buffers_total: 4096,
+                timers_armed: 2,
+                ..ReactorCounters::default()
+            }],
+            ..ShardMetrics::default()
+        };
+        let mut m = ShardMetrics::default();
+        m.merge(&shard(1, 3));
+        m.merge(&shard(0, 1));
+        let text = render_plain(&m);
+        for line in [
+            "# TYPE simgate_reactor_submissions_total counter\n",
+            "simgate_reactor_submissions_total{shard=\"0\"} 4\n",
+            "simgate_reactor_sqes_total{shard=\"1\"} 10\n",
+            "# TYPE simgate_reactor_timers gauge\n",
+            "simgate_reactor_timers{shard=\"1\"} 2\n",
+            "# TYPE simgate_reactor_recv_buffers gauge\n",
+            "simgate_reactor_recv_buffers{shard=\"0\",state=\"in_use\"} 1\n",
+            "simgate_reactor_recv_buffers{shard=\"1\",state=\"in_use\"} 3\n",
+            "simgate_reactor_recv_buffers{shard=\"1\",state=\"total\"} 4096\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert_eq!(text.matches("simgate_reactor_loop_turns_total{").count(), 2);
+    }
+
+    #[test]
+    fn switched_off_latency_histograms_have_no_families() {
+        let mut shard = ShardMetrics::default();
+        shard.latency.switch_off();
+        shard.record_destination(0, "a", Latency::RequestDuration, Protocol::Http, 80);
+        let mut m = ShardMetrics::default();
+        m.merge(&shard);
+        let text = render_plain(&m);
+        for family in [
+            "simgate_request_duration_seconds",
+            "simgate_upstream_rtt_seconds",
+            "simgate_upstream_connect_seconds",
+            "simgate_upstream_pool_wait_seconds",
+        ] {
+            assert!(!text.contains(family), "{family} present:\n{text}");
+        }
+        // The unlabelled request histograms are not per destination: still there.
+        assert!(text.contains("# TYPE simgate_http_request_duration_seconds histogram"));
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub struct Control {
 
 /// The control thread's usage state.
 struct UsageState {
+    /// `usage.enabled` (fixed at start): false means no metering, no intervals, no file.
+    enabled: bool,
     ledger: usage::Ledger,
     file: Option<usage_file::UsageFile>,
     /// `usage.interval` in force (fixed at start).
@@ -203,10 +205,12 @@ impl Control {
         let (plan_tx, _) = tokio::sync::watch::channel(gateway.plan().clone());
         let settings = gateway.plan().usage.clone();
         let gateway_plan = gateway.plan().clone();
-        let metrics_settings = gateway_plan.metrics.clone();
+        let metrics_settings = gateway_plan.metrics;
         let usage = UsageState {
+            enabled: settings.enabled,
             ledger: usage::Ledger::new(SystemTime::now(), settings.keep_intervals),
-            file: settings.file.map(|path| {
+            // No usage file when metering is off: there would be nothing to write.
+            file: settings.file.filter(|_| settings.enabled).map(|path| {
                 usage_file::UsageFile::new(path, settings.max_file_bytes, settings.max_file_age)
             }),
             interval: settings.interval,
@@ -524,6 +528,9 @@ impl Control {
     }
 }
 
+/// What `/admin/usage` answers (409) when usage metering is off.
+const USAGE_OFF: &str = "usage metering is off (usage.enabled = false)";
+
 /// Close the open usage interval now and append its lines to the usage file (if any).
 fn close_interval(usage: &mut UsageState) {
     let now = SystemTime::now();
@@ -542,6 +549,9 @@ fn close_interval(usage: &mut UsageState) {
 
 /// Every `usage.interval`: close an interval (on the blocking pool: it waits for shards).
 async fn usage_loop(control: Arc<Control>) {
+    if !control.usage.lock().enabled {
+        return;
+    }
     let period = control.usage_interval();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -834,6 +844,9 @@ async fn admin(
                     "reload failed\n".into(),
                 ),
             }
+        }
+        (&Method::GET, "/admin/usage") if !control.usage.lock().enabled => {
+            reply(StatusCode::CONFLICT, TEXT, format!("{USAGE_OFF}\n"))
         }
         (&Method::GET, "/admin/usage") => {
             let csv = req

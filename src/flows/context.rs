@@ -45,6 +45,9 @@ pub struct ShardState {
     pub metrics: RefCell<ShardMetrics>,
     /// Usage per SIM and group since the control thread last took it (borrow briefly).
     pub usage: RefCell<ShardUsage>,
+    /// `usage.enabled` of the plan the shard started with (read at start): when false the
+    /// `usage_*` methods return at their first branch, before reading the clock.
+    pub usage_enabled: bool,
     /// Fired when shutdown begins; idle connections wait on it to close at once.
     pub drain: DrainSignal,
     /// Notified when a reload replaced the plan: long-lived sessions check whether their
@@ -89,10 +92,14 @@ impl ShardState {
         let mut usage = ShardUsage::default();
         name_groups(&mut usage, &plan);
         let mut metrics = ShardMetrics::default();
+        if !plan.metrics.histograms {
+            metrics.latency.switch_off();
+        }
         name_destinations(&mut metrics, &plan);
         ShardState {
             id,
             usage: RefCell::new(usage),
+            usage_enabled: plan.usage.enabled,
             upstreams: Rc::new(ShardUpstreams::new(id.0, plan)),
             links: LinkRegistry::default(),
             metrics: RefCell::new(metrics),
@@ -220,18 +227,27 @@ impl ShardState {
     /// Count usage from the device: `msgs` messages, `bytes` bytes (docs/metrics.md says what
     /// each protocol counts).
     pub fn usage_up(&self, key: UsageKey, msgs: u64, bytes: u64) {
+        if !self.usage_enabled {
+            return;
+        }
         let now = crate::reactor::now();
         self.usage.borrow_mut().uplink(key, msgs, bytes, now);
     }
 
     /// Count usage to the device.
     pub fn usage_down(&self, key: UsageKey, msgs: u64, bytes: u64) {
+        if !self.usage_enabled {
+            return;
+        }
         let now = crate::reactor::now();
         self.usage.borrow_mut().downlink(key, msgs, bytes, now);
     }
 
     /// Add a connection's pending usage counts at once.
     pub fn usage_add(&self, key: UsageKey, counts: &crate::stats::usage::UsageCounts) {
+        if !self.usage_enabled {
+            return;
+        }
         let now = crate::reactor::now();
         self.usage.borrow_mut().add(key, counts, now);
     }
@@ -245,6 +261,9 @@ impl ShardState {
 
     /// Count an error of the device's usage (one per error counted in `/metrics`).
     pub fn usage_error(&self, key: UsageKey) {
+        if !self.usage_enabled {
+            return;
+        }
         let now = crate::reactor::now();
         self.usage.borrow_mut().error(key, now);
     }

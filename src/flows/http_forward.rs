@@ -212,6 +212,10 @@ impl DeviceConn {
             sessions.add_in(self.session, self.usage.up_bytes);
             sessions.add_out(self.session, self.usage.down_bytes);
         }
+        if !self.state.usage_enabled {
+            self.usage = UsageCounts::default();
+            return;
+        }
         let key = match self.identity {
             Some(identity) => Some(identity.usage()),
             None => {

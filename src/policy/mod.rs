@@ -658,9 +658,12 @@ pub enum UnknownImsi {
     Default,
 }
 
-/// `[usage]`: where and how often usage records are written (usage is metered either way).
+/// `[usage]`: whether usage is metered, and where and how often usage records are written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSettings {
+    /// Meter usage per SIM on the shards (`usage.enabled`, read at start). When false nothing
+    /// is metered, `/admin/usage` refuses and no usage file is written.
+    pub enabled: bool,
     /// The JSON-lines usage file (absolute, or relative to the working directory after the
     /// config's directory was applied); `None`: no file, `/admin/usage` only.
     pub file: Option<std::path::PathBuf>,
@@ -677,6 +680,7 @@ pub struct UsageSettings {
 impl Default for UsageSettings {
     fn default() -> UsageSettings {
         UsageSettings {
+            enabled: true,
             file: None,
             interval: std::time::Duration::from_secs(60),
             max_file_bytes: 64 * 1024 * 1024,
@@ -686,9 +690,14 @@ impl Default for UsageSettings {
     }
 }
 
-/// `[metrics]`: how measurement is kept and exported.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[metrics]`: what the shards measure for `/metrics` beyond counters, and how the control
+/// thread keeps it (read at start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsSettings {
+    /// Keep the per-destination latency histograms (`simgate_request_duration_seconds`,
+    /// `simgate_upstream_rtt_seconds`, `simgate_upstream_connect_seconds`,
+    /// `simgate_upstream_pool_wait_seconds`, ..., `/histograms`).
+    pub histograms: bool,
     /// How often the control thread closes an interval of the latency histograms' interval
     /// logs (`/histograms/{name}/log`).
     pub interval_log_period: std::time::Duration,
@@ -699,6 +708,7 @@ pub struct MetricsSettings {
 impl Default for MetricsSettings {
     fn default() -> MetricsSettings {
         MetricsSettings {
+            histograms: true,
             interval_log_period: std::time::Duration::from_secs(10),
             interval_log_keep: 360,
         }
@@ -770,10 +780,10 @@ pub struct Plan {
     pub radius: Option<RadiusSettings>,
     /// `[usage]`.
     pub usage: UsageSettings,
-    /// `[probe]`.
-    pub probe: ProbeSettings,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
+    /// `[probe]`.
+    pub probe: ProbeSettings,
     /// What `check` and a start or reload warn about without refusing the config
     /// (`path: message`, e.g. an inline secret). Never contains a secret.
     pub warnings: Vec<String>,

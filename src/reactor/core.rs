@@ -283,6 +283,8 @@ impl Wake for MainWake {
 #[derive(Default)]
 struct Counters {
     ops_submitted: Cell<u64>,
+    /// Kernel entries that handed at least one queued SQE over.
+    submissions: Cell<u64>,
     completions: Cell<u64>,
     loop_turns: Cell<u64>,
     enobufs_rearms: Cell<u64>,
@@ -464,6 +466,7 @@ impl Reactor {
     pub(crate) fn stats(&self) -> ReactorStats {
         ReactorStats {
             ops_submitted: self.counters.ops_submitted.get(),
+            submissions: self.counters.submissions.get(),
             completions: self.counters.completions.get(),
             loop_turns: self.counters.loop_turns.get(),
             recv_buffers_in_use: self.bufs.in_use(),
@@ -472,6 +475,8 @@ impl Reactor {
             recv_pauses: self.counters.recv_pauses.get(),
             ops_in_flight: self.ops.borrow().len() as u32,
             tasks_alive: self.tasks.borrow().len() as u32,
+            timers_armed: self.timers.borrow().armed(),
+            timers_fired: self.timers.borrow().fired_total(),
             setup_mode: self.setup_mode,
         }
     }
@@ -602,7 +607,7 @@ impl Reactor {
         // pool, which outlive the op (see the module INVARIANT).
         if unsafe { ring.submission().push(entry) }.is_err() {
             ring.submit()?;
-            self.submitted_upto.set(self.counters.ops_submitted.get());
+            self.mark_submitted();
             // SAFETY: as above.
             unsafe { ring.submission().push(entry) }
                 .map_err(|_| io::Error::other("io_uring submission queue full"))?;
@@ -623,9 +628,19 @@ impl Reactor {
             return;
         }
         let ring = self.ring.borrow();
-        self.submitted_upto.set(self.counters.ops_submitted.get());
+        self.mark_submitted();
         // An error here leaves the SQEs queued; the next loop turn submits them.
         let _ = ring.submit();
+    }
+
+    /// Note that every SQE pushed so far is about to be handed to the kernel (call right before
+    /// a submitting `io_uring_enter`): counts a submission batch if any was still queued.
+    fn mark_submitted(&self) {
+        let pushed = self.counters.ops_submitted.get();
+        if pushed > self.submitted_upto.get() {
+            bump(&self.counters.submissions);
+        }
+        self.submitted_upto.set(pushed);
     }
 
     /// The sequence number of the latest push (see [`Reactor::submit_pending`]).
@@ -648,7 +663,7 @@ impl Reactor {
 
     fn enter_with(&self, wait: Option<Duration>) -> io::Result<()> {
         let ring = self.ring.borrow();
-        self.submitted_upto.set(self.counters.ops_submitted.get());
+        self.mark_submitted();
         let result = match wait {
             None => ring.submit_and_wait(1),
             Some(d) => {

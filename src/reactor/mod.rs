@@ -102,6 +102,9 @@ impl Default for ReactorConfig {
 pub struct ReactorStats {
     /// SQEs pushed to the submission queue (including cancels).
     pub ops_submitted: u64,
+    /// Submission batches: `io_uring_enter` calls (or submits) that handed at least one queued
+    /// SQE to the kernel. `ops_submitted / submissions` is the mean batch size.
+    pub submissions: u64,
     /// CQEs reaped.
     pub completions: u64,
     /// Event-loop turns.
@@ -120,6 +123,10 @@ pub struct ReactorStats {
     pub ops_in_flight: u32,
     /// Tasks started with [`spawn`] and not yet finished or dropped.
     pub tasks_alive: u32,
+    /// Timers ([`sleep`], [`timeout`]) armed now: neither fired nor dropped.
+    pub timers_armed: u32,
+    /// Timers fired since the reactor started.
+    pub timers_fired: u64,
     /// Which ring setup flags the kernel accepted.
     pub setup_mode: SetupMode,
 }

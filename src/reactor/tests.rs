@@ -395,6 +395,76 @@ fn sleeps_fire_in_deadline_order_and_timeouts_elapse() -> io::Result<()> {
 }
 
 #[test]
+fn timer_counters_show_armed_timers_and_count_fired_ones() -> io::Result<()> {
+    block_on(&small_cfg(), async {
+        let before = stats();
+        // Two armed timers that will not fire within the test.
+        let long_a = spawn(sleep(Duration::from_secs(3600)));
+        let long_b = spawn(sleep(Duration::from_secs(3600)));
+        // Three that are armed (deadline after the cached turn time) and fire. A deadline
+        // already passed is ready at once and never armed, so none of these is zero.
+        for ms in [1u64, 2, 3] {
+            sleep_until(now() + Duration::from_millis(ms)).await;
+        }
+        let s = stats();
+        assert_eq!(s.timers_armed, before.timers_armed + 2, "{s:?}");
+        assert_eq!(s.timers_fired, before.timers_fired + 3, "{s:?}");
+        // A timer dropped before its deadline is disarmed and never counted as fired (a
+        // cancelled task's future is dropped when the executor next runs it: yield until then).
+        drop(long_a);
+        drop(long_b);
+        let deadline = Instant::now() + LIMIT;
+        while stats().tasks_alive > before.tasks_alive && Instant::now() < deadline {
+            YieldNow(false).await;
+        }
+        let lost = timeout(Duration::from_secs(3600), async { 7 }).await;
+        assert_eq!(lost, Ok(7));
+        let s = stats();
+        assert_eq!(s.timers_armed, before.timers_armed, "{s:?}");
+        assert_eq!(s.timers_fired, before.timers_fired + 3, "{s:?}");
+        Ok(())
+    })?
+}
+
+#[test]
+fn submission_batches_count_kernel_entries_that_carried_sqes() -> io::Result<()> {
+    block_on(&small_cfg(), async {
+        let (listener, addr) = listen()?;
+        let server = spawn(echo_server(listener, 8));
+        let before = stats();
+        // Eight connects pushed in the same turn: one batch carries them all.
+        let mut connects = Vec::new();
+        for _ in 0..8 {
+            connects.push(spawn(TcpStream::connect(addr)));
+        }
+        let mut streams = Vec::new();
+        for c in connects {
+            streams.push(timeout(LIMIT, c).await.map_err(io::Error::other)??);
+        }
+        for (i, s) in streams.iter_mut().enumerate() {
+            let data = pattern(i as u8, 100);
+            s.send_all(Bytes::from(data.clone())).await?;
+            s.shutdown_write().await?;
+            let back = timeout(LIMIT, read_to_end(s))
+                .await
+                .map_err(io::Error::other)??;
+            assert_eq!(back, data);
+        }
+        drop(streams);
+        timeout(LIMIT, server).await.map_err(io::Error::other)??;
+        let s = stats();
+        let sqes = s.ops_submitted - before.ops_submitted;
+        let batches = s.submissions - before.submissions;
+        assert!(batches > 0, "{s:?}");
+        assert!(
+            sqes > batches,
+            "8 connects in one turn should share a batch: {sqes} SQEs in {batches} batches"
+        );
+        Ok(())
+    })?
+}
+
+#[test]
 fn timer_heap_compacts_stale_entries() {
     let mut timers = timers::Timers::default();
     let base = Instant::now() + Duration::from_secs(60);

@@ -2,6 +2,9 @@
 //! removed before it fires leaves a stale heap record, skipped when popped; the heap is rebuilt
 //! when stale records outnumber live ones (bounded memory under many short-lived timeouts).
 //!
+//! It also counts what a metrics reader wants of it: timers armed now (inserted, neither fired
+//! nor removed) and timers fired since the reactor started.
+//!
 //! What this module does not do: read the clock or wait (the event loop in `core` does), or
 //! offer futures (`time`: `sleep`, `timeout`).
 
@@ -25,6 +28,8 @@ pub(crate) struct Timers {
     entries: Slab<TimerEntry>,
     next_seq: u64,
     stale: usize,
+    armed: usize,
+    fired_total: u64,
 }
 
 impl Timers {
@@ -37,6 +42,7 @@ impl Timers {
             fired: false,
         });
         self.heap.push(Reverse((deadline, seq, key)));
+        self.armed += 1;
         (key, seq)
     }
 
@@ -66,6 +72,7 @@ impl Timers {
         }
         let entry = self.entries.remove(key);
         if !entry.fired {
+            self.armed -= 1;
             self.stale += 1;
             if self.stale > 1024 && self.stale > 2 * self.entries.len() {
                 self.compact();
@@ -92,11 +99,23 @@ impl Timers {
             match self.entries.get_mut(key) {
                 Some(e) if e.seq == seq => {
                     e.fired = true;
+                    self.armed -= 1;
+                    self.fired_total += 1;
                     wakers.extend(e.waker.take());
                 }
                 _ => self.stale = self.stale.saturating_sub(1),
             }
         }
+    }
+
+    /// Timers armed now: inserted, neither fired nor removed.
+    pub(crate) fn armed(&self) -> u32 {
+        u32::try_from(self.armed).unwrap_or(u32::MAX)
+    }
+
+    /// Timers fired since this heap was built.
+    pub(crate) fn fired_total(&self) -> u64 {
+        self.fired_total
     }
 
     /// The earliest live deadline.

@@ -785,6 +785,7 @@ async fn command_loop(
                             (name.clone(), totals)
                         })
                         .collect();
+                    snapshot.reactor = vec![reactor_counters(state.id.0, reactor::stats())];
                     let _ = reply.send(snapshot);
                 }
                 ShardCommand::Sessions(query, reply) => {
@@ -951,5 +952,24 @@ impl Drop for OpenConnection {
             .close(self.session);
         let mut m = self.acceptor.state.metrics.borrow_mut();
         m.connections_open = m.connections_open.saturating_sub(1);
+    }
+}
+
+/// The reactor's counters of shard `shard` as plain metrics data (read on the shard's thread).
+fn reactor_counters(shard: usize, r: reactor::ReactorStats) -> crate::stats::ReactorCounters {
+    crate::stats::ReactorCounters {
+        shard,
+        submissions: r.submissions,
+        sqes: r.ops_submitted,
+        completions: r.completions,
+        loop_turns: r.loop_turns,
+        enobufs_rearms: r.enobufs_rearms,
+        recv_pauses: r.recv_pauses,
+        recv_buffers_in_use: u64::from(r.recv_buffers_in_use),
+        recv_buffers_total: u64::from(r.recv_buffers_total),
+        ops_in_flight: u64::from(r.ops_in_flight),
+        tasks: u64::from(r.tasks_alive),
+        timers_armed: u64::from(r.timers_armed),
+        timers_fired: r.timers_fired,
     }
 }

@@ -171,12 +171,32 @@ impl DestinationLatency {
 pub struct DestinationLatencies {
     /// One entry per destination.
     pub destinations: Vec<DestinationLatency>,
+    /// `metrics.histograms = false`: nothing is recorded or named, and a merge with a
+    /// switched-off set is switched off (so the control thread knows not to export the
+    /// families at all).
+    switched_off: bool,
 }
 
 impl DestinationLatencies {
+    /// Stop recording for good (`metrics.histograms = false`, read at start): drop what is
+    /// kept; [`DestinationLatencies::record`] then costs one branch.
+    pub fn switch_off(&mut self) {
+        self.switched_off = true;
+        self.destinations = Vec::new();
+    }
+
+    /// True once [`DestinationLatencies::switch_off`] was called (on this set or on one
+    /// merged into it).
+    pub fn is_switched_off(&self) -> bool {
+        self.switched_off
+    }
+
     /// Index the histograms by `names` (the plan's destinations, in order), keeping the
     /// samples of names already present and dropping those of names no longer listed.
     pub fn set_destinations<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        if self.switched_off {
+            return;
+        }
         let mut old = std::mem::take(&mut self.destinations);
         self.destinations = names
             .into_iter()
@@ -198,6 +218,9 @@ impl DestinationLatencies {
         protocol: Protocol,
         us: u64,
     ) {
+        if self.switched_off {
+            return;
+        }
         let slot = match self.destinations.get_mut(index) {
             Some(d) if d.name == name => Some(d),
             _ => self.destinations.iter_mut().find(|d| d.name == name),
@@ -214,6 +237,11 @@ impl DestinationLatencies {
 
     /// Add `other` into `self`, destination by destination name.
     pub fn merge(&mut self, other: &DestinationLatencies) {
+        self.switched_off |= other.switched_off;
+        if self.switched_off {
+            self.destinations.clear();
+            return;
+        }
         for theirs in &other.destinations {
             match self.destinations.iter_mut().find(|d| d.name == theirs.name) {
                 Some(mine) => mine.merge(theirs),

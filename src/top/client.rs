@@ -112,11 +112,21 @@ impl Admin {
                 path: "/admin/probes".into(),
                 error: e,
             })?;
-        let usage =
-            parse_usage(&self.get_ok("/admin/usage")?).map_err(|e| TopError::BadAnswer {
+        // 409: the gateway runs with `usage.enabled = false`; no SIM rows to show.
+        let usage_answer = self.get("/admin/usage")?;
+        let usage = match usage_answer.status {
+            409 => Vec::new(),
+            200 => parse_usage(&usage_answer.body).map_err(|e| TopError::BadAnswer {
                 path: "/admin/usage".into(),
                 error: e,
-            })?;
+            })?,
+            status => {
+                return Err(TopError::BadAnswer {
+                    path: "/admin/usage".into(),
+                    error: format!("HTTP {status}: {}", usage_answer.body.trim()),
+                })
+            }
+        };
         Ok(Sample {
             at,
             metrics,

@@ -641,8 +641,13 @@ fn counters_for(plan: &Plan) -> DestinationCounters {
     c
 }
 
+/// The connect-latency histograms for the shard's first plan; switched off for good if that
+/// plan says `metrics.histograms = false` (read at start, reloads do not switch it).
 fn latency_for(plan: &Plan) -> DestinationLatencies {
     let mut l = DestinationLatencies::default();
+    if !plan.metrics.histograms {
+        l.switch_off();
+    }
     l.set_destinations(plan.destinations.iter().map(|d| d.name.as_str()));
     l
 }

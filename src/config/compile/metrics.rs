@@ -1,4 +1,5 @@
-//! Compiles `[metrics]`: the period and depth of the latency histograms' interval logs.
+//! Compiles `[metrics]`: whether the shards keep the per-destination latency histograms
+//! (`histograms`, a switch read at start), and the period and depth of their interval logs.
 //!
 //! What this module does not do: keep or render the logs (`control::interval_log`).
 
@@ -46,6 +47,7 @@ impl Compiler<'_> {
             1..=MAX_KEEP,
         );
         Some(MetricsSettings {
+            histograms: raw.histograms.unwrap_or(defaults.histograms),
             interval_log_period: period?,
             interval_log_keep: keep?,
         })

@@ -1,4 +1,4 @@
-//! Compiles `[usage]`: the usage file (relative to the config's directory), its interval, its
+//! Compiles `[usage]`: whether usage is metered at all (`enabled`), the usage file (relative to the config's directory), its interval, its
 //! rotation by size and age, and how many closed intervals `/admin/usage?since=` can reach.
 //!
 //! What this module does not do: meter (`stats::usage`, the flows) or write the file
@@ -68,6 +68,7 @@ impl Compiler<'_> {
         );
         let file = raw.file.as_ref().map(|f| self.base_dir.join(f));
         let settings = UsageSettings {
+            enabled: raw.enabled.unwrap_or(defaults.enabled),
             file,
             interval: interval?,
             max_file_bytes: max_file_bytes?,
