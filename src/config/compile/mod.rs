@@ -264,10 +264,7 @@ impl Compiler<'_> {
             Some(r) => self.radius(r).map(Some),
         };
         let usage = self.usage(raw.usage.as_ref());
-        let probe = self.probe(raw.probe.as_ref());
-        if let (Some(probe), Some(listeners)) = (&probe, &listeners) {
-            self.check_e2e_listener(probe, listeners);
-        }
+        let probe = self.probe(raw.probe.as_ref(), listeners.as_deref());
         let plan = Plan {
             usage: usage?,
             probe: probe?,
