@@ -1086,6 +1086,9 @@ class Server(ThreadingHTTPServer):
 
     def get_request(self):
         sock, addr = self.socket.accept()
+        # BaseHTTPRequestHandler writes the head and the body separately: without NODELAY the
+        # body waits for the client's delayed ACK (~40 ms) on every keep-alive response.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # The handshake runs in the handler thread (on first read), not in the accept loop.
         return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
