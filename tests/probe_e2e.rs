@@ -1,14 +1,22 @@
-//! Integration: the end-to-end probe (`[probe.e2e]`) of a real `simgate run` in session mode to
-//! a real TLS mosquitto: the control thread's synthetic device publishes numbered messages
-//! through simgate's own MQTT listener and reads them back through the broker (received, no
-//! loss); a SIGSTOPped broker makes the loss ratio rise and raises the alarm (one warn line,
-//! a `/readyz` detail line); SIGCONT brings the messages back and clears it (one line).
+//! Integration: the end-to-end probe (`[probe.e2e]`) of a real `simgate run`, both transports.
+//!
+//! MQTT, in session mode to a real TLS mosquitto: the control thread's synthetic device
+//! publishes numbered messages through simgate's own MQTT listener and reads them back through
+//! the broker (received, no loss); a SIGSTOPped broker makes the loss ratio rise and raises the
+//! alarm (one warn line, a `/readyz` detail line); SIGCONT brings the messages back and clears
+//! it (one line).
+//!
+//! HTTP, to the cloud sink's `/echo` (tests/python/cloud_sink.py, a real TLS server in its own
+//! process): the device `POST`s numbered messages through simgate's own HTTP listener, routed
+//! to the sink, which echoes them; the same freeze / alarm / thaw / clear sequence.
+//!
 //! `/admin/probes` is the signal polled; nothing waits on a timer.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::cloud_sink::CloudSink;
 use common::mosquitto::{Broker, BrokerOptions};
 use common::*;
 
@@ -197,6 +205,140 @@ loss_alarm = 0.2
         lines(&log, "end-to-end probe alarm:"),
         1,
         "raised once:\n{log}"
+    );
+    let (_, body) = gw.admin_get("/readyz");
+    assert!(!body.contains("end-to-end probe alarm"), "{body}");
+}
+
+#[test]
+fn e2e_probe_over_http_sees_a_frozen_echo_server_and_recovers() {
+    let world = World::new();
+    let sink = CloudSink::start(
+        world.dir.path(),
+        &world.pki,
+        serde_json::json!({"echo": {}}),
+    );
+    let ca = world.pki.ca_pem.display().to_string();
+    let toml = format!(
+        r#"
+[gateway]
+shards = 2
+admin = "127.0.0.1:0"
+
+[[listener]]
+name = "http"
+protocol = "http"
+bind = "127.0.0.1:0"
+
+[[destination]]
+name = "echo"
+adapter = "https"
+endpoint = "{sink}"
+server_name = "localhost"
+ca = "{ca}"
+[destination.pool]
+warm = 0
+
+[[group]]
+name = "default"
+routes = [
+  {{ listener = "http", path = "/echo", destination = "echo" }},
+]
+
+[probe]
+interval = "off"
+client_id = "probe-test"
+
+[probe.e2e]
+listener = "http"
+path = "/echo/probe"
+interval = "100ms"
+timeout = "500ms"
+window = 10
+loss_alarm = 0.2
+"#,
+        sink = sink.addr(),
+    );
+    let gw = world.simgate(&toml);
+
+    // Up: every POST comes back echoed, none lost.
+    let json = wait_e2e(&gw, "received messages", |j| {
+        j["received_total"].as_u64() >= Some(5) && j["connected"] == true
+    });
+    eprintln!("e2e while up: {json}");
+    assert_eq!(json["path"], "/echo/probe", "{json}");
+    assert_eq!(json["topic"], serde_json::Value::Null, "{json}");
+    assert_eq!(json["lost_total"], 0, "{json}");
+    assert_eq!(json["loss_ratio"], 0.0, "{json}");
+    assert_eq!(json["alarm"], false, "{json}");
+    assert!(json["p99_ms"].as_f64().is_some(), "{json}");
+    let echoed = sink.accepted("echo");
+    assert!(
+        echoed.len() >= 5,
+        "the echo server saw the probe: {echoed:?}"
+    );
+    assert_eq!(echoed[0]["path"], "/echo/probe", "{:?}", echoed[0]);
+    let (_, text) = gw.admin_get("/metrics");
+    assert!(
+        text.contains("simgate_probe_e2e_delay_seconds_count{listener=\"http\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("simgate_probe_e2e_alarm{listener=\"http\"} 0"),
+        "{text}"
+    );
+    promtool_check(&text);
+    let (_, config) = gw.admin_get("/admin/config");
+    let config: serde_json::Value = serde_json::from_str(&config).expect("JSON");
+    assert_eq!(config["probe"]["e2e"]["path"], "/echo/probe", "{config}");
+
+    // SIGSTOP: no answers; the requests time out, loss rises above the bound, alarm logged.
+    sink.freeze();
+    let json = wait_e2e(&gw, "the alarm and why", |j| {
+        j["alarm"] == true && j["last_error"].is_string()
+    });
+    eprintln!("e2e with the echo server frozen: {json}");
+    assert!(json["loss_ratio"].as_f64() > Some(0.2), "{json}");
+    assert!(json["lost_total"].as_u64() > Some(0), "{json}");
+    let (_, text) = gw.admin_get("/metrics");
+    assert!(
+        text.contains("simgate_probe_e2e_alarm{listener=\"http\"} 1"),
+        "{text}"
+    );
+    let start = Instant::now();
+    while lines(&gw.stderr(), "end-to-end probe alarm:") < 1 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "alarm not logged:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = gw.admin_get("/readyz");
+    eprintln!("/readyz with the alarm up: {status} {body}");
+    assert!(body.contains("end-to-end probe alarm (http)"), "{body}");
+
+    // SIGCONT: echoes come back, the window fills with received ones, the alarm clears.
+    let received_frozen = json["received_total"].as_u64().expect("received_total");
+    sink.thaw();
+    let json = wait_e2e(&gw, "the alarm cleared", |j| {
+        j["alarm"] == false && j["received_total"].as_u64() > Some(received_frozen)
+    });
+    eprintln!("e2e after thaw: {json}");
+    assert!(json["loss_ratio"].as_f64() <= Some(0.2), "{json}");
+    let start = Instant::now();
+    while lines(&gw.stderr(), "end-to-end probe alarm cleared") < 1 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "recovery not logged:\n{}",
+            gw.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, text) = gw.admin_get("/metrics");
+    assert!(
+        text.contains("simgate_probe_e2e_alarm{listener=\"http\"} 0"),
+        "{text}"
     );
     let (_, body) = gw.admin_get("/readyz");
     assert!(!body.contains("end-to-end probe alarm"), "{body}");

@@ -336,12 +336,14 @@ pub(crate) struct RawProbe {
     pub e2e: Option<RawProbeE2e>,
 }
 
-/// `[probe.e2e]`: the end-to-end probe through an MQTT listener.
+/// `[probe.e2e]`: the end-to-end probe through an MQTT listener (`topic`) or an HTTP listener
+/// (`path`); which of the two applies is checked in `compile`, which knows the listener.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawProbeE2e {
     pub listener: String,
     pub topic: Option<String>,
+    pub path: Option<String>,
     pub interval: Option<RawDuration>,
     pub timeout: Option<RawDuration>,
     pub window: Option<i64>,

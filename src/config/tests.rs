@@ -2243,7 +2243,10 @@ fn probe_e2e_table_defaults_bounds_and_listener() {
         .unwrap_or_else(|e| panic!("{e}"));
     let e2e = plan.probe.e2e.expect("configured");
     assert_eq!(e2e.listener, "mqtt");
-    assert_eq!(e2e.topic, "simgate/probe");
+    assert_eq!(
+        e2e.target,
+        crate::policy::E2eTarget::MqttTopic("simgate/probe".into())
+    );
     assert_eq!(e2e.interval, Duration::from_secs(5));
     assert_eq!(e2e.timeout, Duration::from_secs(5));
     assert_eq!(e2e.window, 100);
@@ -2295,10 +2298,36 @@ fn probe_e2e_table_defaults_bounds_and_listener() {
     for (table, path, needle) in cases {
         assert_single(&fx.errors(&with(table)), path, needle);
     }
-    let http = format!("{MINIMAL}\n[probe.e2e]\nlistener = \"http\"\n");
     assert_single(
-        &fx.errors(&http),
-        "probe.e2e.listener",
-        "not an MQTT listener",
+        &fx.errors(&with("listener = \"mqtt\"\npath = \"/p\"")),
+        "probe.e2e.path",
+        "is MQTT (use topic)",
     );
+}
+
+#[test]
+fn probe_e2e_on_an_http_listener_takes_a_path_not_a_topic() {
+    use crate::policy::E2eTarget;
+    let fx = Fixture::new();
+    let with = |table: &str| format!("{MINIMAL}\n[probe.e2e]\nlistener = \"http\"\n{table}\n");
+    let plan = fx.compile(&with("")).unwrap_or_else(|e| panic!("{e}"));
+    let e2e = plan.probe.e2e.expect("configured");
+    assert_eq!(e2e.target, E2eTarget::HttpPath("/simgate/probe".into()));
+    let plan = fx
+        .compile(&with("path = \"/echo/node-a\""))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let e2e = plan.probe.e2e.expect("configured");
+    assert_eq!(e2e.target, E2eTarget::HttpPath("/echo/node-a".into()));
+    assert_single(
+        &fx.errors(&with("topic = \"simgate/probe\"")),
+        "probe.e2e.topic",
+        "is HTTP (use path)",
+    );
+    for bad in ["echo", "/a/../b", "/a//b", "/a%2fb", "/a b", "/a?x=1", ""] {
+        assert_single(
+            &fx.errors(&with(&format!("path = {bad:?}"))),
+            "probe.e2e.path",
+            "must start with '/'",
+        );
+    }
 }

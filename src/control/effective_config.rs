@@ -146,7 +146,8 @@ pub fn render(plan: &Plan) -> Value {
             "client_id": plan.probe.client_id,
             "e2e": plan.probe.e2e.as_ref().map(|e| json!({
                 "listener": e.listener,
-                "topic": e.topic,
+                "topic": e.target.topic(),
+                "path": e.target.path(),
                 "interval_s": secs(e.interval),
                 "timeout_s": secs(e.timeout),
                 "window": e.window,

@@ -576,6 +576,10 @@ impl Control {
 /// Every `metrics.interval_log_period`: close an interval of the interval logs (on the
 /// blocking pool: it waits for shards).
 async fn interval_log_loop(control: Arc<Control>) {
+    if !control.plan_tx.borrow().metrics.histograms {
+        // `metrics.histograms = false` (read at start): nothing to log.
+        return;
+    }
     let period = control.interval_log_period;
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -729,14 +729,15 @@ pub struct ProbeSettings {
     pub e2e: Option<E2eSettings>,
 }
 
-/// `[probe.e2e]`: a synthetic device on the control thread publishing numbered QoS 1 messages
-/// to simgate's own MQTT listener and reading them back through the cloud broker.
+/// `[probe.e2e]`: a synthetic device on the control thread sending numbered messages through
+/// one of simgate's own listeners and reading them back: through the cloud broker (MQTT) or
+/// from an HTTPS server that echoes the request body (HTTP).
 #[derive(Debug, Clone, PartialEq)]
 pub struct E2eSettings {
-    /// The MQTT listener the probe connects to (by name).
+    /// The listener the probe connects to (by name); its protocol is the target's.
     pub listener: String,
-    /// The device topic published to and subscribed to.
-    pub topic: String,
+    /// Where the probe messages go: a topic (MQTT listener) or a path (HTTP listener).
+    pub target: E2eTarget,
     /// Time between two probe messages.
     pub interval: std::time::Duration,
     /// A message not back within this long counts as lost.
@@ -749,6 +750,33 @@ pub struct E2eSettings {
     pub p99_alarm: Option<std::time::Duration>,
     /// Whether a raised alarm makes `/readyz` answer 503 (default: only a detail line).
     pub alarm_affects_readiness: bool,
+}
+
+/// Where the end-to-end probe sends its messages, by the listener's protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum E2eTarget {
+    /// MQTT: the device topic published to (QoS 1) and subscribed to.
+    MqttTopic(String),
+    /// HTTP: the path of the `POST` whose response must echo the body.
+    HttpPath(String),
+}
+
+impl E2eTarget {
+    /// The MQTT topic (`None` on an HTTP listener).
+    pub fn topic(&self) -> Option<&str> {
+        match self {
+            E2eTarget::MqttTopic(t) => Some(t),
+            E2eTarget::HttpPath(_) => None,
+        }
+    }
+
+    /// The HTTP path (`None` on an MQTT listener).
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            E2eTarget::HttpPath(p) => Some(p),
+            E2eTarget::MqttTopic(_) => None,
+        }
+    }
 }
 
 impl Default for ProbeSettings {

@@ -207,4 +207,14 @@ impl CloudSink {
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
+
+    /// SIGSTOP the sink: it stops accepting, reading and answering, with its sockets open.
+    pub fn freeze(&self) {
+        super::signal(self.child.id(), "STOP");
+    }
+
+    /// SIGCONT a sink stopped with [`CloudSink::freeze`].
+    pub fn thaw(&self) {
+        super::signal(self.child.id(), "CONT");
+    }
 }

@@ -209,6 +209,17 @@ impl Drop for Simgate {
     }
 }
 
+/// Send `SIG<name>` (e.g. `"STOP"`, `"CONT"`) to process `pid` with kill(1); panics if that
+/// fails.
+pub fn signal(pid: u32, name: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {pid} failed");
+}
+
 /// A test world: temp dir, CA, an HTTPS sink, and helpers to write configs.
 pub struct World {
     pub dir: tempfile::TempDir,

@@ -210,24 +210,12 @@ impl Broker {
     /// SIGSTOP the broker: it stops reading, answering and saving, with its sockets open (what
     /// clients write piles up unread in the kernel). `kill9` still works on it.
     pub fn freeze(&self) {
-        let pid = self.child.as_ref().expect("broker running").id();
-        let ok = Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -STOP {pid} failed");
+        super::signal(self.child.as_ref().expect("broker running").id(), "STOP");
     }
 
     /// SIGCONT a broker stopped with [`Broker::freeze`].
     pub fn thaw(&self) {
-        let pid = self.child.as_ref().expect("broker running").id();
-        let ok = Command::new("kill")
-            .args(["-CONT", &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -CONT {pid} failed");
+        super::signal(self.child.as_ref().expect("broker running").id(), "CONT");
     }
 
     /// Bytes clients wrote to the TLS listener's connections that the broker has not read yet

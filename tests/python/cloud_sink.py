@@ -12,7 +12,8 @@ sink.json (any cloud section may be absent; its paths then answer 404):
      "event_hubs": {"namespace", "hub", "key_name", "key" (used as-is)},
      "gcp": {"project", "topic", "service_account_file", "token_ttl_s"},
      "lambda": {"function", "region"},
-     "things_cloud": {"tenant", "username", "password"}}
+     "things_cloud": {"tenant", "username", "password"},
+     "echo": {}}
 
 What is checked, per cloud (the cloud's own status and an error body naming what failed):
   aws-iot-core     POST /topics/{url-encoded topic}[?qos=0|1]. SigV4, signing name "iotdata"
@@ -68,6 +69,10 @@ What is checked, per cloud (the cloud's own status and an error body naming what
                    ISO-8601 with zone, type string, >= 1 fragment whose series all have a numeric
                    value; event: source.id, time, type, text. Invalid -> 422. OK -> 201 + object.
 
+  echo             POST /echo or /echo/...: no auth, no checks (not a cloud: the HTTPS server
+                   simgate's end-to-end probe needs). OK -> 200 with the request body as the
+                   response body and the request's Content-Type.
+
 What is NOT checked or not like the cloud:
   - No mutual TLS (AWS X.509 auth), no ALPN, no SNI checks; one Host serves every cloud, so Host is
     only used as signed/as-received, never matched against a cloud endpoint name.
@@ -114,7 +119,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, quote_plus, unquote, unquote_plus, urlsplit
 
 CLOUDS = ("aws-iot-core", "azure-iot-hub", "azure-event-hubs", "gcp-pubsub", "aws-lambda",
-          "things-cloud", "token")
+          "things-cloud", "token", "echo")
 
 AWS_IOT_MAX_BODY = 128 * 1024
 IOT_HUB_MAX_BODY = 256 * 1024
@@ -588,13 +593,15 @@ class Handler(BaseHTTPRequestHandler):
             return "aws-lambda"
         if path in ("/measurement/measurements", "/event/events"):
             return "things-cloud"
+        if path == "/echo" or path.startswith("/echo/"):
+            return "echo"
         if re.fullmatch(r"/[^/]+(/partitions/[^/]+)?/messages", path):
             return "azure-event-hubs"
         return None
 
     CONFIG_KEY = {"aws-iot-core": "aws", "azure-iot-hub": "azure_iot_hub",
                   "azure-event-hubs": "event_hubs", "gcp-pubsub": "gcp", "token": "gcp",
-                  "aws-lambda": "lambda", "things-cloud": "things_cloud"}
+                  "aws-lambda": "lambda", "things-cloud": "things_cloud", "echo": "echo"}
 
     def dispatch(self, body):
         st = self.server.state
@@ -621,7 +628,7 @@ class Handler(BaseHTTPRequestHandler):
                              headers={"Retry-After": str(injected["retry_after"])}
                              if injected.get("retry_after") is not None else {})
             cfg = self.server.config.get(self.CONFIG_KEY[cloud])
-            if not cfg or (cloud == "aws-lambda" and not self.server.config.get("aws")) \
+            if cfg is None or (not cfg and cloud != "echo") or (cloud == "aws-lambda" and not self.server.config.get("aws")) \
                     or (cloud == "aws-iot-core" and not cfg.get("region")):
                 raise Reject(404, f"{cloud} is not configured in this sink")
             if self.command != "POST":
@@ -701,6 +708,13 @@ class Handler(BaseHTTPRequestHandler):
             st.reset()
             return self.send(200, {"ok": True})
         return self.send(404, {"error": f"no control endpoint {self.command} {path}"})
+
+    # -- echo ------------------------------------------------------------------------------
+
+    def handle_echo(self, cfg, split, body):
+        self.record("echo", body, {})
+        self.send(200, body, content_type=self.headers.get("Content-Type") or
+                  "application/octet-stream")
 
     # -- AWS IoT Core ----------------------------------------------------------------------
 
@@ -1072,6 +1086,9 @@ class Server(ThreadingHTTPServer):
 
     def get_request(self):
         sock, addr = self.socket.accept()
+        # BaseHTTPRequestHandler writes the head and the body separately: without NODELAY the
+        # body waits for the client's delayed ACK (~40 ms) on every keep-alive response.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # The handshake runs in the handler thread (on first read), not in the accept loop.
         return self.ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 

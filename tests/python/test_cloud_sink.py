@@ -95,7 +95,7 @@ class CloudSinkTest(unittest.TestCase):
                   "gcp": {"project": "p", "topic": "t", "service_account_file": cls.sa_path,
                           "token_ttl_s": 3600},
                   "lambda": {"function": "fn", "region": "eu-west-1"},
-                  "things_cloud": C8Y}
+                  "things_cloud": C8Y, "echo": {}}
         cfg_path = os.path.join(d, "sink.json")
         with open(cfg_path, "w") as f:
             json.dump(config, f)
@@ -468,6 +468,17 @@ class CloudSinkTest(unittest.TestCase):
         self.json_of("POST", "/_sink/reset")
         stats = self.json_of("GET", "/_sink/stats")
         self.assertEqual(stats, {"calls": {}, "accepted": {}, "rejected": {}, "tokens_issued": 0})
+
+    def test_echo(self):
+        body = b'{"seq":7,"sent_ns":1,"from":"probe-e2e"}'
+        status, headers, data = self.request("POST", "/echo/node-a", body,
+                                             {"Content-Type": "application/json"})
+        self.assertEqual(status, 200)
+        self.assertEqual(data, body)
+        self.assertEqual(headers["content-type"], "application/json")
+        self.assertEqual(self.request("GET", "/echo", b"")[0], 405)
+        self.assertEqual(self.request("POST", "/echoes", body)[0], 404)
+        self.assertEqual(self.json_of("GET", "/_sink/stats")["accepted"]["echo"], 1)
 
     def test_keep_alive(self):
         conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=10)

@@ -265,11 +265,8 @@ impl Compiler<'_> {
             Some(r) => self.radius(r).map(Some),
         };
         let usage = self.usage(raw.usage.as_ref());
-        let probe = self.probe(raw.probe.as_ref());
+        let probe = self.probe(raw.probe.as_ref(), listeners.as_deref());
         let metrics = self.metrics(raw.metrics.as_ref());
-        if let (Some(probe), Some(listeners)) = (&probe, &listeners) {
-            self.check_e2e_listener(probe, listeners);
-        }
         let plan = Plan {
             usage: usage?,
             probe: probe?,

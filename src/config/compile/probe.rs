@@ -1,7 +1,8 @@
 //! Compiles `[probe]`: how often the control thread probes every destination, how long one
 //! probe may take, and the client id of its MQTT CONNECT (`{hostname}` replaced here, once);
-//! and `[probe.e2e]`, the end-to-end probe through one MQTT listener (its bounds checked here,
-//! its listener checked against the compiled listeners).
+//! and `[probe.e2e]`, the end-to-end probe through one MQTT listener (`topic`) or one HTTP
+//! listener (`path`): its bounds checked here, its listener looked up in the compiled
+//! listeners, and the key of the other protocol refused.
 //!
 //! What this module does not do: probe (`control::probes`).
 
@@ -10,10 +11,14 @@ use std::time::Duration;
 use super::Compiler;
 use crate::config::schema::{RawProbe, RawProbeE2e};
 use crate::config::values::{format_duration, parse_duration};
-use crate::policy::{E2eSettings, ListenerKind, ListenerPlan, ProbeSettings};
+use crate::policy::{E2eSettings, E2eTarget, ListenerKind, ListenerPlan, ProbeSettings};
 
-/// Default `probe.e2e.topic`.
+/// Default `probe.e2e.topic` (MQTT listeners).
 const DEFAULT_E2E_TOPIC: &str = "simgate/probe";
+/// Default `probe.e2e.path` (HTTP listeners).
+const DEFAULT_E2E_PATH: &str = "/simgate/probe";
+/// Longest `probe.e2e.topic` and `probe.e2e.path`.
+const MAX_E2E_TARGET: usize = 256;
 /// Default `probe.e2e.interval`.
 const DEFAULT_E2E_INTERVAL: Duration = Duration::from_secs(5);
 /// Default `probe.e2e.timeout`.
@@ -42,7 +47,13 @@ const DEFAULT_CLIENT_ID: &str = "simgate-probe-{hostname}";
 const MAX_CLIENT_ID: usize = 128;
 
 impl Compiler<'_> {
-    pub(super) fn probe(&mut self, raw: Option<&RawProbe>) -> Option<ProbeSettings> {
+    /// `[probe]`; `listeners` are the compiled listeners (`None`: they failed, with their own
+    /// errors, and `[probe.e2e]`'s listener is not judged).
+    pub(super) fn probe(
+        &mut self,
+        raw: Option<&RawProbe>,
+        listeners: Option<&[ListenerPlan]>,
+    ) -> Option<ProbeSettings> {
         let defaults = ProbeSettings::default();
         let interval = match raw.and_then(|r| r.interval.as_ref()) {
             None => Some(defaults.interval),
@@ -61,7 +72,7 @@ impl Compiler<'_> {
         let client_id = self.probe_client_id(template, &local_hostname());
         let e2e = match raw.and_then(|r| r.e2e.as_ref()) {
             None => Some(None),
-            Some(e) => self.probe_e2e(e).map(Some),
+            Some(e) => self.probe_e2e(e, listeners).map(Some),
         };
         Some(ProbeSettings {
             interval: interval?,
@@ -71,7 +82,11 @@ impl Compiler<'_> {
         })
     }
 
-    fn probe_e2e(&mut self, raw: &RawProbeE2e) -> Option<E2eSettings> {
+    fn probe_e2e(
+        &mut self,
+        raw: &RawProbeE2e,
+        listeners: Option<&[ListenerPlan]>,
+    ) -> Option<E2eSettings> {
         let interval = match &raw.interval {
             None => Some(DEFAULT_E2E_INTERVAL),
             Some(d) => self
@@ -120,19 +135,10 @@ impl Compiler<'_> {
                 None
             }
         };
-        let topic = raw.topic.as_deref().unwrap_or(DEFAULT_E2E_TOPIC);
-        let topic = if topic.is_empty() || topic.len() > 256 || topic.contains(['+', '#', '\0']) {
-            self.push(
-                "probe.e2e.topic",
-                format!("must be 1 to 256 bytes without wildcards, got {topic:?}"),
-            );
-            None
-        } else {
-            Some(topic.to_owned())
-        };
+        let target = self.e2e_target(raw, listeners);
         Some(E2eSettings {
             listener: raw.listener.clone(),
-            topic: topic?,
+            target: target?,
             interval: interval?,
             timeout: timeout?,
             window: window?,
@@ -142,20 +148,80 @@ impl Compiler<'_> {
         })
     }
 
-    /// `probe.e2e.listener` must name an MQTT listener.
-    pub(super) fn check_e2e_listener(&mut self, probe: &ProbeSettings, listeners: &[ListenerPlan]) {
-        let Some(e2e) = &probe.e2e else { return };
-        let found = listeners.iter().find(|l| l.name == e2e.listener);
-        match found {
-            Some(l) if matches!(l.kind, ListenerKind::Mqtt(_)) => {}
-            Some(_) => self.push(
+    /// `probe.e2e.listener` must name an MQTT listener (then `topic` applies) or an HTTP
+    /// listener (then `path` applies); the other protocol's key is an error.
+    fn e2e_target(
+        &mut self,
+        raw: &RawProbeE2e,
+        listeners: Option<&[ListenerPlan]>,
+    ) -> Option<E2eTarget> {
+        let listeners = listeners?;
+        let Some(listener) = listeners.iter().find(|l| l.name == raw.listener) else {
+            self.push(
                 "probe.e2e.listener",
-                format!("listener {:?} is not an MQTT listener", e2e.listener),
-            ),
-            None => self.push(
-                "probe.e2e.listener",
-                format!("no listener named {:?}", e2e.listener),
-            ),
+                format!("no listener named {:?}", raw.listener),
+            );
+            return None;
+        };
+        match listener.kind {
+            ListenerKind::Mqtt(_) => {
+                if raw.path.is_some() {
+                    self.push(
+                        "probe.e2e.path",
+                        format!(
+                            "applies to an HTTP listener only; listener {:?} is MQTT (use topic)",
+                            raw.listener
+                        ),
+                    );
+                    return None;
+                }
+                let topic = raw.topic.as_deref().unwrap_or(DEFAULT_E2E_TOPIC);
+                if topic.is_empty()
+                    || topic.len() > MAX_E2E_TARGET
+                    || topic.contains(['+', '#', '\0'])
+                {
+                    self.push(
+                        "probe.e2e.topic",
+                        format!(
+                            "must be 1 to {MAX_E2E_TARGET} bytes without wildcards, got {topic:?}"
+                        ),
+                    );
+                    return None;
+                }
+                Some(E2eTarget::MqttTopic(topic.to_owned()))
+            }
+            ListenerKind::Http(_) => {
+                if raw.topic.is_some() {
+                    self.push(
+                        "probe.e2e.topic",
+                        format!(
+                            "applies to an MQTT listener only; listener {:?} is HTTP (use path)",
+                            raw.listener
+                        ),
+                    );
+                    return None;
+                }
+                let path = raw.path.as_deref().unwrap_or(DEFAULT_E2E_PATH);
+                let printable = path
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+                if !path.starts_with('/')
+                    || path.len() > MAX_E2E_TARGET
+                    || !printable
+                    || crate::proto::http1::check_request_path(path.as_bytes()).is_err()
+                {
+                    self.push(
+                        "probe.e2e.path",
+                        format!(
+                            "must start with '/', be at most {MAX_E2E_TARGET} bytes of printable \
+                             ASCII without spaces, '?' or '#', and have no dot segments, empty \
+                             segments or encoded '.', '/' or '\\', got {path:?}"
+                        ),
+                    );
+                    return None;
+                }
+                Some(E2eTarget::HttpPath(path.to_owned()))
+            }
         }
     }
 

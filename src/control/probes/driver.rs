@@ -6,10 +6,10 @@
 //! The shard's `upstream::connect` is not reused: it runs on a shard's io_uring reactor, and a
 //! probe must never take a shard's time, pool slots or counters.
 //!
-//! [`run_e2e`] is the end-to-end probe's device: a plain MQTT 3.1.1 client over TCP to one of
-//! simgate's own MQTT listeners (its bound address; a wildcard bind is reached on loopback),
-//! subscribed to the probe topic, publishing a numbered QoS 1 message every
-//! `probe.e2e.interval` and matching what comes back (bookkeeping in [`super::e2e`]).
+//! [`run_e2e`] is the end-to-end probe's loop: it numbers one message every
+//! `probe.e2e.interval`, expires the ones not back in time (bookkeeping in [`super::e2e`]) and
+//! keeps one device connection to simgate's own listener (its bound address; a wildcard bind
+//! is reached on loopback) running: [`super::e2e_mqtt`] or [`super::e2e_http`].
 //!
 //! What this does not do: resolve names (it probes the addresses the resolver last applied,
 //! else the plan's), mint tokens (it uses the one [`super::super::tokens`] last handed to the
@@ -27,13 +27,12 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::policy::cloud::Token;
-use crate::policy::E2eSettings;
 use crate::policy::{Adapter, DestinationId, DestinationPlan, MqttUpstreamVersion, Plan};
+use crate::policy::{E2eSettings, E2eTarget};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResponse, Publish, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,
+    ReasonCode, Sender,
 };
-use std::num::NonZeroU16;
 
 use super::super::Control;
 use super::e2e::AlarmChange;
@@ -451,7 +450,7 @@ async fn mqtt_exchange(stream: &mut Tls, m: &MqttProbe) -> Result<(String, Optio
     ))
 }
 
-async fn send<S: tokio::io::AsyncWrite + Unpin>(
+pub(super) async fn send<S: tokio::io::AsyncWrite + Unpin>(
     stream: &mut S,
     packet: &Packet,
     version: ProtocolVersion,
@@ -462,7 +461,7 @@ async fn send<S: tokio::io::AsyncWrite + Unpin>(
     stream.flush().await.map_err(|e| e.to_string())
 }
 
-async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
+pub(super) async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     version: ProtocolVersion,
@@ -489,7 +488,7 @@ fn log_alarm(listener: &str, change: Option<AlarmChange>) {
         Some(AlarmChange::Raised(why)) => tracing::warn!(
             listener,
             reason = %why,
-            "end-to-end probe alarm: loss or delay through the gateway and the cloud broker is above its bound"
+            "end-to-end probe alarm: loss or delay through the gateway and the cloud is above its bound"
         ),
         Some(AlarmChange::Cleared(now)) => tracing::info!(
             listener,
@@ -519,10 +518,21 @@ fn device_addr(control: &Control, listener: &str) -> Option<SocketAddr> {
     Some(addr)
 }
 
+/// A probe message numbered by the loop and handed to the device connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbered {
+    /// Its sequence number.
+    pub seq: u64,
+    /// When it was numbered (its delay and its timeout count from here).
+    pub at: Instant,
+}
+
 /// The end-to-end probe loop (`[probe.e2e]`); returns at once when it is not configured.
 /// Every interval one message is numbered and handed to the device connection (when there is
 /// none, it is still numbered, and will be lost); a connection that ends is retried at the
-/// next interval.
+/// next interval. The device is [`super::e2e_mqtt::device`] or [`super::e2e_http::device`],
+/// by the listener's protocol; the numbering, expiry and alarm logic here and in
+/// [`super::e2e`] is the same for both.
 pub async fn run_e2e(control: Arc<Control>) {
     let Some(settings) = control.probes.lock().e2e().map(|b| b.settings().clone()) else {
         return;
@@ -532,7 +542,7 @@ pub async fn run_e2e(control: Arc<Control>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     let mut device: Option<(
-        tokio::sync::mpsc::Sender<u64>,
+        tokio::sync::mpsc::Sender<Numbered>,
         tokio::task::JoinHandle<String>,
     )> = None;
     loop {
@@ -547,23 +557,28 @@ pub async fn run_e2e(control: Arc<Control>) {
                 if device.is_none() {
                     if let Some(addr) = device_addr(&control, &settings.listener) {
                         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-                        let task = tokio::spawn(e2e_device(
-                            control.clone(),
+                        let device_task = DeviceTask {
+                            control: control.clone(),
                             addr,
-                            client_id.clone(),
-                            settings.clone(),
-                            rx,
-                        ));
+                            client_id: client_id.clone(),
+                            settings: settings.clone(),
+                            messages: rx,
+                        };
+                        let task = match &settings.target {
+                            E2eTarget::MqttTopic(topic) => {
+                                tokio::spawn(super::e2e_mqtt::device(device_task, topic.clone()))
+                            }
+                            E2eTarget::HttpPath(path) => {
+                                tokio::spawn(super::e2e_http::device(device_task, path.clone()))
+                            }
+                        };
                         device = Some((tx, task));
                     }
                 }
-                let seq = control
-                    .probes
-                    .lock()
-                    .e2e_mut()
-                    .map(|b| b.send(Instant::now()));
+                let now = Instant::now();
+                let seq = control.probes.lock().e2e_mut().map(|b| b.send(now));
                 if let (Some(seq), Some((tx, _))) = (seq, &device) {
-                    let _ = tx.try_send(seq);
+                    let _ = tx.try_send(Numbered { seq, at: now });
                 }
             }
             _ = tokio::time::sleep_until(next_expiry.into()) => {
@@ -586,141 +601,38 @@ pub async fn run_e2e(control: Arc<Control>) {
     }
 }
 
-/// One connection of the probe device: CONNECT, SUBSCRIBE, then publish what `seqs` hands
-/// over and match what comes back, until an error (returned as text).
-async fn e2e_device(
-    control: Arc<Control>,
-    addr: SocketAddr,
-    client_id: String,
-    settings: E2eSettings,
-    mut seqs: tokio::sync::mpsc::Receiver<u64>,
-) -> String {
-    let version = ProtocolVersion::V311;
-    let setup = async {
-        let mut stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {}", e.kind()))?;
-        let _ = stream.set_nodelay(true);
-        let connect = Packet::Connect(Box::new(Connect {
-            protocol_version: version,
-            clean_start: true,
-            keep_alive: 0,
-            properties: Properties::default(),
-            client_id: Bytes::copy_from_slice(client_id.as_bytes()),
-            will: None,
-            username: None,
-            password: None,
-        }));
-        let mut rbuf = BytesMut::with_capacity(1024);
-        send(&mut stream, &connect, version).await?;
-        match read_packet(&mut stream, &mut rbuf, version).await? {
-            Packet::ConnAck(c) if c.reason_code == ReasonCode::SUCCESS => {}
-            Packet::ConnAck(c) => {
-                return Err(format!("CONNACK refused: reason code {}", c.reason_code))
-            }
-            other => return Err(format!("expected CONNACK, got {:?}", other.packet_type())),
-        }
-        let subscribe = Packet::Subscribe(Subscribe {
-            packet_id: NonZeroU16::MIN,
-            properties: Properties::default(),
-            subscriptions: vec![Subscription {
-                filter: Bytes::copy_from_slice(settings.topic.as_bytes()),
-                options: SubscriptionOptions::with_qos(QoS::AtLeastOnce),
-            }],
-        });
-        send(&mut stream, &subscribe, version).await?;
-        loop {
-            match read_packet(&mut stream, &mut rbuf, version).await? {
-                Packet::SubAck(_) => break,
-                Packet::Disconnect(d) => {
-                    return Err(format!("disconnected: reason code {}", d.reason_code))
-                }
-                _ => {}
-            }
-        }
-        Ok::<_, String>((stream, rbuf))
-    };
-    let (mut stream, mut rbuf) = match tokio::time::timeout(settings.timeout, setup).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return e,
-        Err(_) => {
-            return format!(
-                "CONNECT/SUBSCRIBE not answered within {} ms",
-                settings.timeout.as_millis()
-            )
-        }
-    };
-    if let Some(b) = control.probes.lock().e2e_mut() {
-        b.set_connection(true, None);
+/// What a device connection task gets: where to connect, who it is, and the messages to send.
+pub(super) struct DeviceTask {
+    /// For the board (received, lost, connected).
+    pub control: Arc<Control>,
+    /// The listener's address.
+    pub addr: SocketAddr,
+    /// The `from` of its messages (and its MQTT client id).
+    pub client_id: String,
+    /// `[probe.e2e]`.
+    pub settings: E2eSettings,
+    /// The numbered messages, in order.
+    pub messages: tokio::sync::mpsc::Receiver<Numbered>,
+}
+
+impl DeviceTask {
+    /// Record an outcome on the board and log an alarm change.
+    pub fn record(&self, outcome: impl FnOnce(&mut super::e2e::E2eBoard) -> Option<AlarmChange>) {
+        let change = self.control.probes.lock().e2e_mut().and_then(outcome);
+        log_alarm(&self.settings.listener, change);
     }
-    let (mut rd, mut wr) = stream.split();
-    let mut packet_id: u16 = 1;
-    let limits = DecodeLimits {
-        max_packet_size: 64 * 1024,
-    };
-    loop {
-        // Packets already buffered first.
-        loop {
-            match mqtt::decode_packet(&mut rbuf, version, Sender::Server, &limits) {
-                Ok(Decoded::Complete(Packet::Publish(p))) => {
-                    if let Some(id) = p.packet_id {
-                        if let Err(e) =
-                            send(&mut wr, &Packet::PubAck(PubResponse::success(id)), version).await
-                        {
-                            return e;
-                        }
-                    }
-                    if let Some(seq) = probe_seq(&p.payload, &client_id) {
-                        let change = control
-                            .probes
-                            .lock()
-                            .e2e_mut()
-                            .and_then(|b| b.receive(seq, Instant::now()));
-                        log_alarm(&settings.listener, change);
-                    }
-                }
-                Ok(Decoded::Complete(Packet::Disconnect(d))) => {
-                    return format!("disconnected: reason code {}", d.reason_code)
-                }
-                Ok(Decoded::Complete(_)) => {}
-                Ok(Decoded::Incomplete { .. }) => break,
-                Err(e) => return format!("malformed packet from simgate: {e:?}"),
-            }
-        }
-        tokio::select! {
-            seq = seqs.recv() => {
-                let Some(seq) = seq else { return "probe stopped".into() };
-                packet_id = packet_id.wrapping_add(1).max(2);
-                let sent_ns = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-                let payload = serde_json::json!({"seq": seq, "sent_ns": sent_ns, "from": client_id}).to_string();
-                let publish = Packet::Publish(Publish {
-                    dup: false,
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    topic: Bytes::copy_from_slice(settings.topic.as_bytes()),
-                    packet_id: NonZeroU16::new(packet_id),
-                    properties: Properties::default(),
-                    payload: Bytes::from(payload),
-                });
-                if let Err(e) = send(&mut wr, &publish, version).await {
-                    return e;
-                }
-            }
-            n = rd.read_buf(&mut rbuf) => match n {
-                Ok(0) => return "connection closed by simgate".into(),
-                Ok(_) => {}
-                Err(e) => return e.to_string(),
-            }
+
+    /// The device connection is up.
+    pub fn connected(&self) {
+        if let Some(b) = self.control.probes.lock().e2e_mut() {
+            b.set_connection(true, None);
         }
     }
 }
 
-/// The sequence number of a probe message sent by `client_id` (`None`: not one of ours).
-fn probe_seq(payload: &[u8], client_id: &str) -> Option<u64> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    (v.get("from")?.as_str()? == client_id)
-        .then(|| v.get("seq")?.as_u64())
-        .flatten()
+/// Nanoseconds since the Unix epoch (0 before it), the `sent_ns` of a probe message.
+pub(super) fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -1,14 +1,19 @@
 //! The end-to-end probe's bookkeeping (`[probe.e2e]`), pure: no IO and no clock (time is
-//! passed in). The control thread acts as a synthetic device on one of simgate's own MQTT
-//! listeners and publishes QoS 1 messages `{"seq":N,"sent_ns":T}` to the probe topic, which it
-//! also subscribes to; each message goes through a shard, the upstream broker and back down.
+//! passed in), and the same for both transports. The control thread acts as a synthetic
+//! device on one of simgate's own listeners and sends numbered messages
+//! `{"seq":N,"sent_ns":T,"from":"<client id>"}` ([`message`]): on an MQTT listener it
+//! publishes them (QoS 1) to the probe topic, which it also subscribes to, and each comes back
+//! through a shard and the upstream broker; on an HTTP listener it `POST`s them to the probe
+//! path, routed through a shard to an HTTPS server that echoes the body in its response.
 //! [`E2eBoard`] numbers the messages ([`E2eBoard::send`]), matches what comes back
-//! ([`E2eBoard::receive`]), declares a message lost when it is not back within the timeout
-//! ([`E2eBoard::expire`]), and keeps the last `window` outcomes, from which the loss ratio and
-//! the p99 delay are computed. It decides when the alarm is raised (loss ratio above
-//! `loss_alarm`, or p99 above `p99_alarm`) and cleared: only those changes are logged.
+//! ([`E2eBoard::receive`], [`echoed_seq`]), counts one lost when its answer is not the echo
+//! ([`E2eBoard::lose`]) or it is not back within the timeout ([`E2eBoard::expire`]), and keeps
+//! the last `window` outcomes, from which the loss ratio and the p99 delay are computed. It
+//! decides when the alarm is raised (loss ratio above `loss_alarm`, or p99 above `p99_alarm`)
+//! and cleared: only those changes are logged.
 //!
-//! The IO (the MQTT client) is [`super::driver::run_e2e`].
+//! The IO is [`super::driver::run_e2e`] (the loop) with [`super::e2e_mqtt`] or
+//! [`super::e2e_http`] (the device connection).
 //!
 //! What this does not do: talk to the network, keep an HDR histogram (the delay histogram uses
 //! the `/metrics` bucket layout, like the internal probe's round trips), count a message that
@@ -22,6 +27,21 @@ use std::time::{Duration, Instant};
 use super::RoundTrips;
 use crate::control::metrics::BUCKETS_SECONDS;
 use crate::policy::E2eSettings;
+
+/// The body of probe message `seq` sent by `client_id` at `sent_ns` (nanoseconds since the
+/// Unix epoch): `{"seq":N,"sent_ns":T,"from":"<client id>"}`.
+pub fn message(seq: u64, sent_ns: u64, client_id: &str) -> String {
+    serde_json::json!({"seq": seq, "sent_ns": sent_ns, "from": client_id}).to_string()
+}
+
+/// The sequence number of a probe message sent by `client_id` (`None`: not one of ours, or
+/// not a probe message at all).
+pub fn echoed_seq(payload: &[u8], client_id: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    (v.get("from")?.as_str()? == client_id)
+        .then(|| v.get("seq")?.as_u64())
+        .flatten()
+}
 
 /// A change of the alarm, worth one log line.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +123,18 @@ impl E2eBoard {
                 None
             }
         }
+    }
+
+    /// Message `seq` will not come back (answered, but not with itself; or its request
+    /// failed or timed out): it is lost, and `why` becomes `last_error`. A `seq` no longer in
+    /// flight (already expired) is not counted twice; `why` is still kept.
+    pub fn lose(&mut self, seq: u64, why: String) -> Option<AlarmChange> {
+        self.last_error = Some(why);
+        let i = self.in_flight.iter().position(|(s, _)| *s == seq)?;
+        self.in_flight.remove(i);
+        self.lost_total += 1;
+        self.push(None);
+        self.evaluate()
     }
 
     /// Declare lost every message sent more than the timeout before `now`.
@@ -231,7 +263,7 @@ impl E2eBoard {
         let d = &self.delays;
         let mut out = String::new();
         let l = &self.settings.listener;
-        let _ = writeln!(out, "# HELP simgate_probe_e2e_delay_seconds Delay of end-to-end probe messages, published by the probe device until received back");
+        let _ = writeln!(out, "# HELP simgate_probe_e2e_delay_seconds Delay of end-to-end probe messages, numbered by the probe device until received back");
         let _ = writeln!(out, "# TYPE simgate_probe_e2e_delay_seconds histogram");
         for (count, le) in d.buckets.iter().zip(BUCKETS_SECONDS) {
             let _ = writeln!(
@@ -267,7 +299,7 @@ impl E2eBoard {
             ),
             (
                 "simgate_probe_e2e_lost_total",
-                "End-to-end probe messages not received back within probe.e2e.timeout",
+                "End-to-end probe messages not received back within probe.e2e.timeout, or (HTTP) answered with anything but their echo",
                 self.lost_total,
             ),
             (
@@ -303,7 +335,8 @@ impl E2eBoard {
         let s = &self.settings;
         serde_json::json!({
             "listener": s.listener,
-            "topic": s.topic,
+            "topic": s.target.topic(),
+            "path": s.target.path(),
             "interval_ms": s.interval.as_millis() as u64,
             "timeout_ms": s.timeout.as_millis() as u64,
             "window": s.window,
@@ -329,11 +362,12 @@ impl E2eBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::E2eTarget;
 
     fn settings(window: usize, p99: Option<u64>) -> E2eSettings {
         E2eSettings {
             listener: "mqtt".into(),
-            topic: "simgate/probe".into(),
+            target: E2eTarget::MqttTopic("simgate/probe".into()),
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(1000),
             window,
@@ -426,5 +460,35 @@ mod tests {
         b.render_metrics(&mut m);
         assert!(m.contains("simgate_probe_e2e_received_total{listener=\"mqtt\"} 100"));
         assert!(m.contains("simgate_probe_e2e_delay_seconds_count{listener=\"mqtt\"} 100"));
+    }
+
+    #[test]
+    fn a_wrong_answer_is_lost_with_its_reason() {
+        let t0 = Instant::now();
+        let mut b = E2eBoard::new(settings(2, None));
+        let first = b.send(t0);
+        let second = b.send(t0);
+        assert_eq!(b.receive(second, t0 + Duration::from_millis(5)), None);
+        assert!(matches!(
+            b.lose(first, "HTTP 502".into()),
+            Some(AlarmChange::Raised(ref why)) if why.contains("loss ratio 0.500")
+        ));
+        let json = b.json();
+        assert_eq!(json["lost_total"], 1);
+        assert_eq!(json["in_flight"], 0);
+        assert_eq!(json["last_error"], "HTTP 502");
+        // Already lost: a second verdict and the expiry count nothing more.
+        assert_eq!(b.lose(first, "again".into()), None);
+        assert_eq!(b.expire(t0 + Duration::from_secs(5)), None);
+        assert_eq!(b.json()["lost_total"], 1);
+        assert_eq!(b.json()["last_error"], "again");
+    }
+
+    #[test]
+    fn echoed_seq_needs_our_client_id() {
+        let body = message(7, 123, "probe-e2e");
+        assert_eq!(echoed_seq(body.as_bytes(), "probe-e2e"), Some(7));
+        assert_eq!(echoed_seq(body.as_bytes(), "other-e2e"), None);
+        assert_eq!(echoed_seq(b"ok", "probe-e2e"), None);
     }
 }

@@ -23,10 +23,11 @@
 //! [`driver`] holds the IO and the loop, like [`super::resolve`] and [`super::tokens`].
 //!
 //! The end-to-end probe (`[probe.e2e]`, [`e2e`]) is the exception to "no device traffic": the
-//! control thread connects to one of simgate's own MQTT listeners as a synthetic device and
-//! publishes numbered messages that travel through a shard and the cloud broker and back; its
-//! board lives in [`Board`] (for `/metrics` and `/admin/probes`), its IO in
-//! [`driver::run_e2e`].
+//! control thread connects to one of simgate's own listeners as a synthetic device and sends
+//! numbered messages that travel through a shard to the cloud and back (an MQTT broker's
+//! delivery to the device's subscription, [`e2e_mqtt`], or an HTTPS server's echo of the
+//! request body, [`e2e_http`]); its board lives in [`Board`] (for `/metrics` and
+//! `/admin/probes`), its loop in [`driver::run_e2e`].
 //!
 //! What this does not do: carry device traffic or touch a shard (probes never use the shards'
 //! pools, counters or reactors, so they never count as device traffic), resolve names (the
@@ -37,6 +38,8 @@
 
 pub mod driver;
 pub mod e2e;
+pub mod e2e_http;
+pub mod e2e_mqtt;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
