@@ -528,6 +528,10 @@ async fn run_session(s: &mut Session) -> End {
     let mut was_paused = false;
     loop {
         state.usage_flush(identity.usage(), &mut device.usage);
+        // The session's end, if an event ends it; the flush is awaited after the loop so the
+        // drained queue and the event are not held across it (that would grow every idle
+        // device's task by their size).
+        let mut ended = None;
         for event in mailbox.drain() {
             if let LinkEvent::Message(publish) = &event {
                 // Counted as the link counts it (queued for this session), with its payload.
@@ -542,9 +546,13 @@ async fn run_session(s: &mut Session) -> End {
                 }
             }
             if let Some(end) = device.on_link_event(event) {
-                let _ = flush(state, session, stream, &mut device.out).await;
-                return end;
+                ended = Some(end);
+                break;
             }
+        }
+        if let Some(end) = ended {
+            let _ = flush(state, session, stream, &mut device.out).await;
+            return end;
         }
         record_acked(
             state,
