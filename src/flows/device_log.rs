@@ -6,9 +6,11 @@
 //! back are logged ([`DeviceFaultLog::flush`]), so every fault is accounted for in the log.
 //!
 //! The span is created once per connection and the connection's task runs in it ([`in_span`],
-//! entered around each poll), so nothing is allocated for it per message. The SIM (IMSI, an identifier, not a secret) is
-//! looked up once when the span is made; `unknown` when the source address is no SIM's. The
-//! destination is recorded once, when the first request or CONNECT is routed.
+//! entered around each poll), so nothing is allocated for it per message. The SIM (IMSI, an
+//! identifier, not a secret; `unknown` when the source address is no SIM's) is recorded by the
+//! flow when it identifies the device ([`record_sim`]: the connection's one identity lookup, no
+//! second one for the log), the destination when the first request or CONNECT is routed
+//! ([`record_destination`]).
 //!
 //! What this module does not do: set up the subscriber or the output format (`main.rs`), count
 //! the faults in metrics (the flows do, every time), or log payloads, topics or header values
@@ -24,40 +26,34 @@ use tracing::field::Empty;
 use tracing::Dispatch;
 
 use super::context::{ShardState, LOG_THROTTLE};
-use super::identity::DeviceIdentity;
 use super::throttle::LogThrottle;
 use crate::identity::Imsi;
-use crate::policy::ListenerId;
 
 /// The span of one device connection on `state`'s shard, accepted on `listener` from `peer`,
-/// speaking `protocol` (`"http"` or `"mqtt"`). Its `destination` is recorded later with
-/// [`record_destination`]. A disabled span (log level above info) costs no SIM lookup.
+/// speaking `protocol` (`"http"` or `"mqtt"`). Its `sim` and `destination` are recorded later
+/// with [`record_sim`] and [`record_destination`].
 pub fn connection_span(
     state: &ShardState,
-    listener: ListenerId,
     peer: SocketAddr,
     protocol: &'static str,
 ) -> tracing::Span {
-    // No parent: the accept loop runs in no span, and a connection belongs to no other. The
-    // field values are evaluated only when the span is enabled (no SIM lookup otherwise), and
-    // the SIM is set at creation rather than recorded after it: the subscriber formats a
-    // span's fields once more for each `record`.
+    // No parent: the accept loop runs in no span, and a connection belongs to no other.
     tracing::info_span!(
         parent: None,
         "connection",
         shard = state.id.0,
         %peer,
         protocol,
-        sim = %SimLabel(sim_of(state, listener, peer)),
+        sim = Empty,
         destination = Empty,
     )
 }
 
-/// The IMSI of the SIM a connection from `peer` on `listener` belongs to, if any.
-fn sim_of(state: &ShardState, listener: ListenerId, peer: SocketAddr) -> Option<Imsi> {
-    let (plan, generation) = state.current();
-    DeviceIdentity::resolve(&state.bindings, &plan, generation, listener, peer.ip())
-        .and_then(|identity| identity.usage().imsi)
+/// Record the SIM the flow identified the current connection's device as (`None`: a source
+/// no SIM has, served as the default group: `unknown`). Call it once per connection, where the
+/// flow looks the identity up (a field recorded twice shows twice in the text format).
+pub fn record_sim(imsi: Option<Imsi>) {
+    tracing::Span::current().record("sim", tracing::field::display(SimLabel(imsi)));
 }
 
 /// A span's `sim` field: the IMSI, or `unknown`.
@@ -174,14 +170,30 @@ impl DeviceFaultLog {
     /// The info line carries `similar_since_last_line`: the occurrences held back since the
     /// previous info line of that kind on this shard.
     pub fn log(&self, fault: DeviceFault, detail: &dyn std::fmt::Display, now: Instant) {
+        self.log_with(fault, detail, now, || {});
+    }
+
+    /// [`DeviceFaultLog::log`], calling `before_line` first when the fault gets an info line
+    /// (not when it is held back): e.g. to look the device's SIM up and [`record_sim`] it on
+    /// the connection's span for that line only when the flow has not identified it yet.
+    pub fn log_with(
+        &self,
+        fault: DeviceFault,
+        detail: &dyn std::fmt::Display,
+        now: Instant,
+        before_line: impl FnOnce(),
+    ) {
         let throttle = &self.throttles[fault as usize];
         match throttle.allow(now) {
-            Some(held_back) => tracing::info!(
-                fault = fault.label(),
-                %detail,
-                similar_since_last_line = held_back,
-                "device fault"
-            ),
+            Some(held_back) => {
+                before_line();
+                tracing::info!(
+                    fault = fault.label(),
+                    %detail,
+                    similar_since_last_line = held_back,
+                    "device fault"
+                )
+            }
             None => tracing::debug!(fault = fault.label(), %detail, "device fault"),
         }
     }

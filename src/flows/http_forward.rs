@@ -39,7 +39,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::device_log::{record_destination, DeviceFault};
+use super::device_log::{record_destination, record_sim, DeviceFault};
 use super::identity::DeviceIdentity;
 use super::sessions::RegistryKey;
 use super::ShardState;
@@ -260,10 +260,28 @@ impl DeviceConn {
                         m.error(Protocol::Http, kind);
                     }
                     self.usage.errors += 1;
-                    self.state.device_faults.log(
+                    // The line names the device's SIM even when its first request is the bad
+                    // one (the flow identifies it at its first good request): looked up only
+                    // for a line that is written, never for one held back.
+                    self.state.device_faults.log_with(
                         DeviceFault::BadHttpRequest,
                         &reason,
                         reactor::now(),
+                        || {
+                            if self.identity.is_none() {
+                                let (plan, generation) = self.state.current();
+                                record_sim(
+                                    DeviceIdentity::resolve(
+                                        &self.state.bindings,
+                                        &plan,
+                                        generation,
+                                        self.listener,
+                                        self.peer.ip(),
+                                    )
+                                    .and_then(|i| i.usage().imsi),
+                                );
+                            }
+                        },
                     );
                     // Boxed, as are the other rare sends below: the connection task is allocated at the
                     // size of its largest await, and an idle connection should not pay for them.
@@ -298,6 +316,9 @@ impl DeviceConn {
                         self.peer.ip(),
                     ) {
                         Some(identity) => {
+                            if self.identity.is_none() {
+                                record_sim(identity.usage().imsi);
+                            }
                             self.identity = Some(identity);
                             self.state
                                 .sessions
@@ -311,10 +332,11 @@ impl DeviceConn {
                                 .metrics
                                 .borrow_mut()
                                 .unknown_source_rejected(usize::from(self.listener.0));
-                            self.state.device_faults.log(
+                            self.state.device_faults.log_with(
                                 DeviceFault::UnknownSource,
                                 &"no SIM has this source address (listener refuses unknown)",
                                 reactor::now(),
+                                || record_sim(None),
                             );
                             let _ = Box::pin(self.send_error(403, "unknown device", false)).await;
                             return;

@@ -30,7 +30,7 @@ use std::rc::Rc;
 
 use bytes::BytesMut;
 
-use super::device_log::{record_destination, DeviceFault};
+use super::device_log::{record_destination, record_sim, DeviceFault};
 use super::identity::DeviceIdentity;
 use super::mqtt_common::{send_connack, DeviceSession, SessionFuture};
 use super::sessions::{RegistryKey, SessionProtocol};
@@ -85,9 +85,25 @@ async fn connect_phase(
             Ok(Decoded::Complete(c)) => break c,
             Ok(Decoded::Incomplete { .. }) => {}
             Err(e) => {
-                state
-                    .device_faults
-                    .log(DeviceFault::BadMqttPacket, &e, reactor::now());
+                // The line names the device's SIM (looked up only for a line written).
+                state.device_faults.log_with(
+                    DeviceFault::BadMqttPacket,
+                    &e,
+                    reactor::now(),
+                    || {
+                        let (plan, generation) = state.current();
+                        record_sim(
+                            DeviceIdentity::resolve(
+                                &state.bindings,
+                                &plan,
+                                generation,
+                                listener,
+                                peer.ip(),
+                            )
+                            .and_then(|i| i.usage().imsi),
+                        );
+                    },
+                );
                 refuse_connect(&mut stream, &buf, e).await;
                 return None;
             }
@@ -114,10 +130,11 @@ async fn connect_phase(
             .metrics
             .borrow_mut()
             .unknown_source_rejected(usize::from(listener.0));
-        state.device_faults.log(
+        state.device_faults.log_with(
             DeviceFault::UnknownSource,
             &"no SIM has this source address (listener refuses unknown)",
             reactor::now(),
+            || record_sim(None),
         );
         send_connack(
             &mut stream,
@@ -127,6 +144,7 @@ async fn connect_phase(
         .await;
         return None;
     };
+    record_sim(identity.usage().imsi);
     let Some(destination) = plan.route_mqtt(identity.group(), listener) else {
         send_connack(
             &mut stream,
