@@ -532,11 +532,14 @@ fn token_renewal_under_qos1_load_loses_nothing_and_the_device_sees_nothing() {
         "devices/+/messages/events/#",
         &["-q", "1"],
     );
-    // Tokens live 5 s: a newer one reaches the shard every 4 s, and the front closes any
-    // connection whose token's `se` passes (rule "sas_expired").
+    // Tokens live 10 s: a newer one reaches the shard every 8 s (2 s before the old one
+    // expires; the renewal is placed in the first second of that), and the front closes any
+    // connection whose token's `se` passes (rule "sas_expired"). With 5 s (1 s left, renewal in
+    // the first 0.5 s) a renewal — a new TLS connect, CONNECT and subscriptions — could run past
+    // the old token on a loaded 2-core machine (seen once with a build running beside the suite).
     // Receive Maximum 8, as many as a device keeps in flight: a session holds at most 8
     // requests for resending, and a ninth would wait at that bound.
-    let toml = front_config(dir.path(), &front, "token_ttl = \"5s\"").replace(
+    let toml = front_config(dir.path(), &front, "token_ttl = \"10s\"").replace(
         "unknown = \"reject\"",
         "unknown = \"reject\"\nreceive_maximum = 8",
     );
