@@ -322,6 +322,43 @@ fn a_small_max_concurrent_streams_spreads_requests_over_a_few_connections() {
     );
 }
 
+#[test]
+fn a_cold_pool_never_opens_more_streams_than_the_server_allows() {
+    // A server allowing 2 streams per connection, and no warm connection that could have
+    // learned it: 16 devices at once. Before the server's SETTINGS arrive, a new connection
+    // opens one stream and holds the rest (h2's default, and simgate's before, was to send up
+    // to 100 and have the excess refused with REFUSED_STREAM and retried, three times at most).
+    let world = h2_world(|c| {
+        c.max_concurrent_streams = Some(2);
+        c.response_delay = Some(Duration::from_millis(100));
+    });
+    let toml = one_shard(
+        &world,
+        &format!("{H2_ALPN}\n[destination.pool]\nwarm = 0\n"),
+    );
+    let gw = world.simgate(&toml);
+    std::thread::scope(|s| {
+        for d in 0..16 {
+            let http = gw.http;
+            s.spawn(move || {
+                let mut device = Device::connect(http);
+                for i in 0..2 {
+                    let resp = device.request(&post("/m", format!("{d}-{i}").as_bytes(), ""));
+                    assert_eq!(resp.status, 200, "{}", resp.body_text());
+                }
+            });
+        }
+    });
+    assert_eq!(world.sink.wait_for_requests(32, WAIT), 32);
+    assert_eq!(
+        metric(&gw, "simgate_upstream_retries_total"),
+        0,
+        "no stream was refused and sent again"
+    );
+    let connections = connection_ids(&world).len();
+    assert!((1..=4).contains(&connections), "{connections} connections");
+}
+
 /// The value of `series` (name and labels exactly as exposed) on simgate's /metrics, 0 if absent.
 fn metric(gw: &Simgate, series: &str) -> u64 {
     let (status, text) = gw.admin_get("/metrics");

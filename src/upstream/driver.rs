@@ -546,7 +546,15 @@ impl ShardUpstreams {
             return Ok(HttpConn::Http1(conn));
         }
         let waiters = Rc::clone(self);
-        let h2 = http2::start(conn, move || waiters.pool_waiters.notify_all()).await?;
+        let initial_streams = if generation == self.generation.get() {
+            self.pools.borrow().h2_initial_streams(dest)
+        } else {
+            http2::UNANNOUNCED_OPEN_STREAMS
+        };
+        let h2 = http2::start(conn, initial_streams, move || {
+            waiters.pool_waiters.notify_all()
+        })
+        .await?;
         self.counters.borrow_mut().h2_connections += 1;
         let handle = h2.stream_handle();
         self.pools.borrow_mut().add_h2(h2);

@@ -54,8 +54,15 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// Stream-level receive window we advertise: a whole typical cloud answer fits without a
 /// WINDOW_UPDATE round trip.
 const STREAM_WINDOW: u32 = 1024 * 1024;
-/// Streams opened before the server's SETTINGS announce its limit.
-const INITIAL_MAX_STREAMS: usize = 100;
+/// Streams simgate's pool assumes a connection takes before its server's SETTINGS announced a
+/// limit, when no earlier connection of the destination told it (RFC 9113 §6.5.2 asks servers
+/// to allow at least 100). Only the pool's accounting: `h2` itself opens at most
+/// [`UNANNOUNCED_OPEN_STREAMS`] until the SETTINGS arrive.
+pub const ASSUMED_MAX_STREAMS: usize = 100;
+/// Streams `h2` opens on a new connection before its server's SETTINGS arrive, when no earlier
+/// connection of the destination announced a limit: the rest wait inside `h2` (about one round
+/// trip) rather than being sent and refused (`REFUSED_STREAM`) by a server whose limit is low.
+pub const UNANNOUNCED_OPEN_STREAMS: usize = 1;
 /// Connection-level receive window.
 const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
@@ -287,9 +294,19 @@ pub struct H2Conn {
     pub destination: DestinationId,
     /// Plan generation it was made for.
     pub generation: u64,
+    /// The stream limit `h2` was started with (before the server's SETTINGS).
+    initial_streams: usize,
 }
 
 impl H2Conn {
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS once its SETTINGS told it (`usize::MAX`
+    /// for no limit); `None` while `h2` still runs on the limit it was started with (a server
+    /// announcing exactly that value is indistinguishable, and is served by it anyway).
+    pub fn announced_max_streams(&self) -> Option<usize> {
+        let now = self.max_streams();
+        (now != self.initial_streams).then_some(now)
+    }
+
     /// The server's current SETTINGS_MAX_CONCURRENT_STREAMS (h2 assumes no limit until the
     /// server's SETTINGS arrive).
     pub fn max_streams(&self) -> usize {
@@ -340,9 +357,13 @@ pub fn negotiated_h2(conn: &UpstreamConn) -> bool {
 
 /// Turn a fresh TLS connection that negotiated `h2` into an HTTP/2 connection: send the
 /// client preface and SETTINGS, and spawn the task that drives the connection until it ends.
-/// `on_end` runs in that task when the connection is gone (to tell the pool's waiters).
+/// `initial_streams`: how many streams `h2` may open before the server's SETTINGS arrive (the
+/// limit an earlier connection of the destination announced, else
+/// [`UNANNOUNCED_OPEN_STREAMS`]). `on_end` runs in that task when the connection is gone (to
+/// tell the pool's waiters).
 pub async fn start(
     conn: UpstreamConn,
+    initial_streams: usize,
     on_end: impl FnOnce() + 'static,
 ) -> Result<H2Conn, UpstreamError> {
     let UpstreamConn {
@@ -358,9 +379,9 @@ pub async fn start(
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .enable_push(false)
-        // Until the server's SETTINGS arrive, open at most as many streams as RFC 9113 §6.5.2
-        // asks servers to allow (h2's default is unlimited); more wait inside h2.
-        .initial_max_send_streams(INITIAL_MAX_STREAMS)
+        // Until the server's SETTINGS arrive, open at most this many streams (h2's default is
+        // unlimited, and a server with a lower limit refuses the excess); more wait inside h2.
+        .initial_max_send_streams(initial_streams.max(1))
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| UpstreamError::Tls(format!("HTTP/2 handshake failed: {e}")))?;
@@ -384,5 +405,6 @@ pub async fn start(
         state,
         destination,
         generation,
+        initial_streams: initial_streams.max(1),
     })
 }

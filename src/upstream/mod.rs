@@ -242,6 +242,10 @@ pub struct DestPool {
     h2_mode: bool,
     /// A connect for an HTTP/2 connection is under way (others wait for it).
     h2_connecting: bool,
+    /// The SETTINGS_MAX_CONCURRENT_STREAMS the destination's server last announced on one of
+    /// this shard's connections: what a new connection may open before its own SETTINGS
+    /// arrive, and what the pool assumes of it until then.
+    h2_announced_streams: Option<usize>,
     /// The pool has held its `warm` target of ready connections at least once since these
     /// pools were made (start or reload): what `/readyz` asks. Not cleared when traffic takes
     /// the idle connections, so readiness does not flap under load.
@@ -295,6 +299,7 @@ impl Pools {
                 h2: Vec::new(),
                 h2_mode: d.tls.alpn_protocols.iter().any(|p| p == http2::ALPN_H2),
                 h2_connecting: false,
+                h2_announced_streams: None,
                 warmed: d.pool.warm == 0,
             })
             .collect();
@@ -369,10 +374,23 @@ impl Pools {
         }
         let settings = &pool.settings;
         pool.h2.retain(|c| !h2_expired(c, settings, now));
+        if let Some(limit) = pool
+            .h2
+            .iter()
+            .find_map(http2::H2Conn::announced_max_streams)
+        {
+            pool.h2_announced_streams = Some(limit);
+        }
+        // A connection whose SETTINGS have not arrived yet takes what the server announced
+        // before, else the RFC's minimum: `h2` holds the streams beyond what it may open until
+        // its SETTINGS arrive, so none is refused.
+        let assumed = pool
+            .h2_announced_streams
+            .unwrap_or(http2::ASSUMED_MAX_STREAMS);
         let best = pool
             .h2
             .iter()
-            .filter(|c| c.state.in_flight() < c.max_streams())
+            .filter(|c| c.state.in_flight() < c.announced_max_streams().unwrap_or(assumed))
             .min_by_key(|c| c.state.in_flight());
         if let Some(conn) = best {
             return H2Take::Use(conn.stream_handle());
@@ -389,6 +407,16 @@ impl Pools {
             }
             None => H2Take::Connect,
         }
+    }
+
+    /// How many streams a new HTTP/2 connection to `dest` may open before its server's
+    /// SETTINGS arrive: the limit the server announced on an earlier connection of this shard,
+    /// else [`http2::UNANNOUNCED_OPEN_STREAMS`].
+    pub fn h2_initial_streams(&self, dest: DestinationId) -> usize {
+        self.dests
+            .get(usize::from(dest.0))
+            .and_then(|pool| pool.h2_announced_streams)
+            .unwrap_or(http2::UNANNOUNCED_OPEN_STREAMS)
     }
 
     /// Pool a new HTTP/2 connection (of this generation; others are not pooled).
