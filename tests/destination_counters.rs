@@ -86,8 +86,12 @@ fn config(
         https("sink-a", world.sink.addr().to_string()),
         https("sink-b", sink_b.addr().to_string()),
         https("dead", dead.to_string()),
-        broker.destination_toml("broker-session", &world.pki.ca_pem, "mode = \"session\""),
-        broker.destination_toml("broker-agg", &world.pki.ca_pem, "mode = \"aggregate\""),
+        // No warm connections anywhere: every connect counted is one the traffic made (a
+        // session-mode broker destination warms 2 by default, which raced the first scrape).
+        broker.destination_toml("broker-session", &world.pki.ca_pem, "mode = \"session\"")
+            + "[destination.pool]\nwarm = 0\n",
+        broker.destination_toml("broker-agg", &world.pki.ca_pem, "mode = \"aggregate\"")
+            + "[destination.pool]\nwarm = 0\n",
     ];
     if reversed {
         destinations.reverse();

@@ -14,7 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::http2::{self, H2Handle};
 use super::{connect, ConnectParams, H2Take, Pools, UpstreamConn, UpstreamError};
@@ -237,16 +237,7 @@ impl ShardUpstreams {
             }
         }
         if waited && result.is_ok() {
-            let us = reactor::now()
-                .saturating_duration_since(started)
-                .as_micros() as u64;
-            self.latency.borrow_mut().record(
-                usize::from(dest.id.0),
-                &dest.name,
-                Latency::PoolWait,
-                Protocol::Http,
-                us,
-            );
+            self.record_pool_wait(dest, started);
         }
         result
     }
@@ -457,16 +448,7 @@ impl ShardUpstreams {
                 if handle.waiting_since.is_some() {
                     handle.waiting_since = Some(started);
                 } else {
-                    let us = reactor::now()
-                        .saturating_duration_since(started)
-                        .as_micros() as u64;
-                    self.latency.borrow_mut().record(
-                        usize::from(dest.id.0),
-                        &dest.name,
-                        Latency::PoolWait,
-                        Protocol::Http,
-                        us,
-                    );
+                    self.record_pool_wait(dest, started);
                 }
                 Ok(HttpConn::Http2(handle))
             }
@@ -560,6 +542,20 @@ impl ShardUpstreams {
         self.pools.borrow_mut().add_h2(h2);
         self.pool_waiters.notify_all();
         Ok(HttpConn::Http2(handle))
+    }
+
+    /// Record a pool wait of `dest` that began at `started` and ends now (`pool_wait`).
+    fn record_pool_wait(&self, dest: &DestinationPlan, started: Instant) {
+        let us = reactor::now()
+            .saturating_duration_since(started)
+            .as_micros() as u64;
+        self.latency.borrow_mut().record(
+            usize::from(dest.id.0),
+            &dest.name,
+            Latency::PoolWait,
+            Protocol::Http,
+            us,
+        );
     }
 
     /// HTTP/2 connections pooled now.
