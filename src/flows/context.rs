@@ -31,7 +31,7 @@ use crate::upstream::link_registry::LinkRegistry;
 pub struct ShardId(pub usize);
 
 /// How often a fault that repeats per request or connection is logged at info/warn.
-pub const LOG_THROTTLE: std::time::Duration = std::time::Duration::from_secs(10);
+pub use super::throttle::LOG_THROTTLE;
 
 /// Everything a shard's flows share. Lives in an `Rc` on the shard thread only.
 pub struct ShardState {

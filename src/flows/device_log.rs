@@ -25,23 +25,18 @@ use std::time::Instant;
 use tracing::field::Empty;
 use tracing::Dispatch;
 
-use super::context::{ShardState, LOG_THROTTLE};
-use super::throttle::LogThrottle;
+use super::throttle::{LogThrottle, LOG_THROTTLE};
 use crate::identity::Imsi;
 
-/// The span of one device connection on `state`'s shard, accepted on `listener` from `peer`,
+/// The span of one device connection on shard `shard`, accepted from `peer`,
 /// speaking `protocol` (`"http"` or `"mqtt"`). Its `sim` and `destination` are recorded later
 /// with [`record_sim`] and [`record_destination`].
-pub fn connection_span(
-    state: &ShardState,
-    peer: SocketAddr,
-    protocol: &'static str,
-) -> tracing::Span {
+pub fn connection_span(shard: usize, peer: SocketAddr, protocol: &'static str) -> tracing::Span {
     // No parent: the accept loop runs in no span, and a connection belongs to no other.
     tracing::info_span!(
         parent: None,
         "connection",
-        shard = state.id.0,
+        shard,
         %peer,
         protocol,
         sim = Empty,

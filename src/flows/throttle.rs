@@ -7,6 +7,10 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+/// How often a fault that repeats per request or connection is logged at info/warn (the
+/// interval of the flows' and the accept loop's throttles).
+pub const LOG_THROTTLE: Duration = Duration::from_secs(10);
+
 /// One log line per `interval` for a fault that repeats: [`LogThrottle::allow`] says whether
 /// to log now and how many occurrences were held back since the last line.
 #[derive(Debug)]

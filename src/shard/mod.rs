@@ -890,7 +890,7 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                 // costs in memory.
                 match protocol {
                     ListenerProtocol::Http => {
-                        let span = connection_span(&state, peer, "http");
+                        let span = connection_span(state.id.0, peer, "http");
                         let f = crate::flows::http_forward::serve(
                             state,
                             listener_id,
@@ -901,7 +901,7 @@ async fn accept_loop(acceptor: Rc<Acceptor>, listener_id: ListenerId, mut listen
                         reactor::spawn(reactor::Guarded::new(in_span(span, f), gauge)).detach();
                     }
                     ListenerProtocol::Mqtt => {
-                        let span = connection_span(&state, peer, "mqtt");
+                        let span = connection_span(state.id.0, peer, "mqtt");
                         let f = crate::flows::mqtt_bridge::serve(
                             state,
                             listener_id,

@@ -24,18 +24,16 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http_body_util::Empty;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::policy::cloud::Token;
+use crate::policy::E2eTarget;
 use crate::policy::{Adapter, DestinationId, DestinationPlan, MqttUpstreamVersion, Plan};
-use crate::policy::{E2eSettings, E2eTarget};
-use crate::proto::mqtt::{
-    self, Connect, DecodeLimits, Decoded, Disconnect, Packet, Properties, ProtocolVersion,
-    ReasonCode, Sender,
-};
+use crate::proto::mqtt::{Connect, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
 
 use super::super::Control;
-use super::e2e::AlarmChange;
+use super::e2e_device::{log_alarm, DeviceTask, Numbered};
+use super::mqtt_io::{read_packet, send};
 use super::{Due, Outcome, Report, Stage, StateChange};
 
 /// What the probes need beyond the plan: the addresses re-resolution applied and the tokens
@@ -450,55 +448,6 @@ async fn mqtt_exchange(stream: &mut Tls, m: &MqttProbe) -> Result<(String, Optio
     ))
 }
 
-pub(super) async fn send<S: tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-    packet: &Packet,
-    version: ProtocolVersion,
-) -> Result<(), String> {
-    let mut out = BytesMut::new();
-    mqtt::encode(packet, version, &mut out).map_err(|e| format!("encode: {e:?}"))?;
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())
-}
-
-pub(super) async fn read_packet<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    version: ProtocolVersion,
-) -> Result<Packet, String> {
-    let limits = DecodeLimits {
-        max_packet_size: 64 * 1024,
-    };
-    loop {
-        match mqtt::decode_packet(buf, version, Sender::Server, &limits) {
-            Ok(Decoded::Complete(p)) => return Ok(p),
-            Ok(Decoded::Incomplete { .. }) => {}
-            Err(e) => return Err(format!("malformed answer: {e:?}")),
-        }
-        let n = stream.read_buf(buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed by the broker".into());
-        }
-    }
-}
-
-/// Log one alarm change of the end-to-end probe.
-fn log_alarm(listener: &str, change: Option<AlarmChange>) {
-    match change {
-        Some(AlarmChange::Raised(why)) => tracing::warn!(
-            listener,
-            reason = %why,
-            "end-to-end probe alarm: loss or delay through the gateway and the cloud is above its bound"
-        ),
-        Some(AlarmChange::Cleared(now)) => tracing::info!(
-            listener,
-            now = %now,
-            "end-to-end probe alarm cleared: loss and delay are back within their bounds"
-        ),
-        None => {}
-    }
-}
-
 /// The address the probe device connects to: the listener's bound address, loopback for a
 /// wildcard bind.
 fn device_addr(control: &Control, listener: &str) -> Option<SocketAddr> {
@@ -516,15 +465,6 @@ fn device_addr(control: &Control, listener: &str) -> Option<SocketAddr> {
         });
     }
     Some(addr)
-}
-
-/// A probe message numbered by the loop and handed to the device connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Numbered {
-    /// Its sequence number.
-    pub seq: u64,
-    /// When it was numbered (its delay and its timeout count from here).
-    pub at: Instant,
 }
 
 /// The end-to-end probe loop (`[probe.e2e]`); returns at once when it is not configured.
@@ -599,40 +539,4 @@ pub async fn run_e2e(control: Arc<Control>) {
             }
         }
     }
-}
-
-/// What a device connection task gets: where to connect, who it is, and the messages to send.
-pub(super) struct DeviceTask {
-    /// For the board (received, lost, connected).
-    pub control: Arc<Control>,
-    /// The listener's address.
-    pub addr: SocketAddr,
-    /// The `from` of its messages (and its MQTT client id).
-    pub client_id: String,
-    /// `[probe.e2e]`.
-    pub settings: E2eSettings,
-    /// The numbered messages, in order.
-    pub messages: tokio::sync::mpsc::Receiver<Numbered>,
-}
-
-impl DeviceTask {
-    /// Record an outcome on the board and log an alarm change.
-    pub fn record(&self, outcome: impl FnOnce(&mut super::e2e::E2eBoard) -> Option<AlarmChange>) {
-        let change = self.control.probes.lock().e2e_mut().and_then(outcome);
-        log_alarm(&self.settings.listener, change);
-    }
-
-    /// The device connection is up.
-    pub fn connected(&self) {
-        if let Some(b) = self.control.probes.lock().e2e_mut() {
-            b.set_connection(true, None);
-        }
-    }
-}
-
-/// Nanoseconds since the Unix epoch (0 before it), the `sent_ns` of a probe message.
-pub(super) fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }

@@ -28,8 +28,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 
-use super::driver::{unix_ns, DeviceTask};
 use super::e2e::{echoed_seq, message};
+use super::e2e_device::{unix_ns, DeviceTask};
 
 /// Longest answer body read (a probe message is about 100 bytes).
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;

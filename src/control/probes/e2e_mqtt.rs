@@ -14,8 +14,9 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
-use super::driver::{read_packet, send, unix_ns, DeviceTask};
 use super::e2e::{echoed_seq, message};
+use super::e2e_device::{unix_ns, DeviceTask};
+use super::mqtt_io::{read_packet, send};
 use crate::proto::mqtt::{
     self, Connect, DecodeLimits, Decoded, Packet, Properties, ProtocolVersion, PubResponse,
     Publish, QoS, ReasonCode, Sender, Subscribe, Subscription, SubscriptionOptions,

@@ -38,8 +38,10 @@
 
 pub mod driver;
 pub mod e2e;
+pub mod e2e_device;
 pub mod e2e_http;
 pub mod e2e_mqtt;
+pub mod mqtt_io;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
