@@ -362,3 +362,74 @@ fn destination_counters_match_the_traffic_across_a_reload() {
         aggregate * "payload-7".len() as u64
     );
 }
+
+/// A response that breaks off after its head was relayed (`upstream_closed`, the device's
+/// connection closed mid-body) is counted under its destination as well as in the global
+/// family. The upstream is a real TLS server that answers `Content-Length: 100` with 10 bytes
+/// and closes (tests/python/truncating_https_server.py).
+#[test]
+fn a_response_broken_off_mid_body_counts_under_its_destination() {
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+
+    let world = World::new();
+    let cert = world
+        .pki
+        .server_cert("truncating", &["localhost", "127.0.0.1"])
+        .expect("cert");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/truncating_https_server.py"
+    );
+    let mut server = Command::new("python3")
+        .arg(script)
+        .arg(&cert.cert)
+        .arg(&cert.key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 is required for this test (scripts/test.sh installs it)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("server announces its port");
+    let _server = Kill(server);
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+
+    let toml = world.config("", "").replace(
+        &format!("endpoint = \"{}\"", world.sink.addr()),
+        &format!("endpoint = \"127.0.0.1:{port}\""),
+    );
+    let gw = world.simgate(&toml);
+    let mut device = Device::connect(gw.http);
+    device.send(&post("/m", BODY, ""));
+    let mut got = Vec::new();
+    let _ = device.stream.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "the head was relayed: {got}"
+    );
+    assert!(
+        got.ends_with("0123456789"),
+        "then the 10 bytes, then close: {got}"
+    );
+
+    let closed = "simgate_destination_errors_total{destination=\"sink\",protocol=\"http\",kind=\"upstream_closed\"}";
+    let m = metrics_when(&gw, |m| m.get(closed) == Some(&1));
+    assert_eq!(value(&m, closed), 1, "{}", gw.stderr());
+    assert_eq!(
+        value(&m, "simgate_http_errors_total{kind=\"upstream_closed\"}"),
+        1
+    );
+}

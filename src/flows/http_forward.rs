@@ -1063,7 +1063,7 @@ impl DeviceConn {
         let response_head =
             http2_exchange::response_head(&head, body.is_end_stream(), x.is_head_request);
         self.count_cloud_response(dest, response_head.status);
-        let outcome = self.relay_h2(response_head, body, x, &dest.pool).await;
+        let outcome = self.relay_h2(response_head, body, x, dest).await;
         // The stream is done: the connection takes the next request.
         drop(handle);
         if let Relayed::Done { .. } = outcome {
@@ -1121,8 +1121,9 @@ impl DeviceConn {
         head: ResponseHead,
         mut body: h2::RecvStream,
         x: Exchange,
-        pool: &crate::policy::PoolSettings,
+        dest: &crate::policy::DestinationPlan,
     ) -> Relayed {
+        let pool = &dest.pool;
         let chunked = head.body == BodyLength::Chunked;
         let device_chunked = chunked && x.device_minor_version >= 1;
         let keep_device =
@@ -1164,7 +1165,7 @@ impl DeviceConn {
                         // A head still in `parts` never reached the device: it gets a 502.
                         let head_unsent = !parts.is_empty();
                         return self
-                            .abort_relay(head_unsent, "upstream HTTP/2 stream broke off")
+                            .abort_relay(dest, head_unsent, "upstream HTTP/2 stream broke off")
                             .await;
                     }
                 }
@@ -1205,6 +1206,7 @@ impl DeviceConn {
             // as plain data, and an HTTP/1.0 device cannot be told otherwise.
             return self
                 .abort_relay(
+                    dest,
                     true,
                     "upstream used a transfer coding an HTTP/1.0 device cannot receive",
                 )
@@ -1235,7 +1237,7 @@ impl DeviceConn {
                 Ok(BodyChunk::Incomplete) => (Bytes::new(), false),
                 Err(_) => {
                     return self
-                        .abort_relay(pending_head.is_some(), "upstream response broke off")
+                        .abort_relay(dest, pending_head.is_some(), "upstream response broke off")
                         .await
                 }
             };
@@ -1282,12 +1284,12 @@ impl DeviceConn {
                         };
                     }
                     return self
-                        .abort_relay(pending_head.is_some(), "upstream response broke off")
+                        .abort_relay(dest, pending_head.is_some(), "upstream response broke off")
                         .await;
                 }
                 Ok(Err(_)) | Err(_) => {
                     return self
-                        .abort_relay(pending_head.is_some(), "upstream response broke off")
+                        .abort_relay(dest, pending_head.is_some(), "upstream response broke off")
                         .await
                 }
             }
@@ -1320,13 +1322,21 @@ impl DeviceConn {
         }
     }
 
-    /// The upstream broke mid-body. If the response head has not reached the device yet it gets
-    /// a 502; either way the device connection closes, because its response cannot be completed.
-    async fn abort_relay(&mut self, head_unsent: bool, reason: &str) -> Relayed {
-        self.state
-            .metrics
-            .borrow_mut()
-            .error(Protocol::Http, ErrorKind::UpstreamClosed);
+    /// The upstream of `dest` broke mid-body. If the response head has not reached the device
+    /// yet it gets a 502; either way the device connection closes, because its response cannot
+    /// be completed. Counted in the global and the destination's error families.
+    async fn abort_relay(
+        &mut self,
+        dest: &crate::policy::DestinationPlan,
+        head_unsent: bool,
+        reason: &str,
+    ) -> Relayed {
+        self.state.metrics.borrow_mut().destination_error(
+            usize::from(dest.id.0),
+            &dest.name,
+            Protocol::Http,
+            ErrorKind::UpstreamClosed,
+        );
         self.usage.errors += 1;
         self.log_gateway_error(502, ErrorKind::UpstreamClosed, reason, !head_unsent);
         if head_unsent {
