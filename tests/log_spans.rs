@@ -214,5 +214,25 @@ fn a_bad_mqtt_packet_line_carries_the_session_span_in_both_modes() {
         assert_eq!(span["sim"], KNOWN_IMSI, "{mode}: {line}");
         assert_eq!(span["destination"], "broker", "{mode}: {line}");
         assert_eq!(line["level"], "INFO", "{mode}: {line}");
+        // Counted too, under the session's destination as well as globally (the device's
+        // error is counted when its session ends, just after the line: polled).
+        let series = "simgate_destination_errors_total{destination=\"broker\",protocol=\"mqtt\",kind=\"device_bad_request\"} 1";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, text) = gw.admin_get("/metrics");
+            if text.lines().any(|l| l == series) {
+                assert!(
+                    text.lines()
+                        .any(|l| l == "simgate_mqtt_errors_total{kind=\"device_bad_request\"} 1"),
+                    "{mode}: {text}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mode}: no {series}:\n{text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }

@@ -599,10 +599,12 @@ async fn run_session(s: &mut Session) -> End {
                 }
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
-                    state
-                        .metrics
-                        .borrow_mut()
-                        .error(Protocol::Mqtt, ErrorKind::DeviceBadRequest);
+                    state.metrics.borrow_mut().destination_error(
+                        usize::from(*latency_index),
+                        link.destination(),
+                        Protocol::Mqtt,
+                        ErrorKind::DeviceBadRequest,
+                    );
                     state
                         .device_faults
                         .log(DeviceFault::BadMqttPacket, &e, reactor::now());
