@@ -115,6 +115,21 @@ fn large_bodies_cross_the_flow_control_windows_both_ways() {
         assert!(got.body[..] == body[..], "upload changed in transit");
     }
     assert_eq!(connection_ids(&world).len(), 1);
+    // Per-destination bytes over HTTP/2 are the bodies (DATA payloads), exactly.
+    assert_eq!(
+        metric(
+            &gw,
+            "simgate_destination_bytes_total{destination=\"sink\",direction=\"sent\"}"
+        ),
+        2 * body.len() as u64
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "simgate_destination_bytes_total{destination=\"sink\",direction=\"received\"}"
+        ),
+        2 * answer.len() as u64
+    );
 }
 
 #[test]

@@ -1036,6 +1036,9 @@ impl DeviceConn {
                 return H2Outcome::Done(Err(h2_forward_error(&dest.name, e)));
             }
         };
+        // HTTP/2 bytes counted per destination: DATA payloads (the bodies) each way; HEADERS
+        // are HPACK-compressed against the connection's table, so not attributable per request.
+        let body_bytes: u64 = body.iter().map(|b| b.len() as u64).sum();
         let (response, sent_at) =
             match http2_exchange::round_trip(&handle, request, body, deadline).await {
                 Ok(answer) => answer,
@@ -1047,8 +1050,10 @@ impl DeviceConn {
                 }
                 Err(e) => return H2Outcome::Done(Err(h2_forward_error(&dest.name, e))),
             };
-        self.state
-            .count_destination(dest, |d| d.message(Protocol::Http, Direction::Uplink, 1));
+        self.state.count_destination(dest, |d| {
+            d.message(Protocol::Http, Direction::Uplink, 1);
+            d.bytes_sent += body_bytes;
+        });
         let head_at = Instant::now();
         if let Some(since) = handle.waiting_since {
             // It queued for a stream slot: the pool wait ends as its stream opens.
@@ -1147,6 +1152,9 @@ impl DeviceConn {
                     .await
                 {
                     Ok(Some(Ok(data))) => {
+                        let len = data.len() as u64;
+                        self.state
+                            .count_destination(dest, |d| d.bytes_received += len);
                         if device_chunked && !data.is_empty() {
                             parts.push(Bytes::from(format!("{:x}\r\n", data.len())));
                             parts.push(data);
