@@ -146,7 +146,7 @@ impl LinkRegistry {
                 &dest.name,
             );
             let link = Link::new(core);
-            link.set_destination(&dest.name);
+            link.set_destination(&dest.name, usize::from(dest.id.0));
             // Shared by many devices, so not in the span of the device whose session created it
             // (hence no parent): a span of its own.
             let span = tracing::info_span!(

@@ -269,7 +269,7 @@ impl Device {
                         let c = &state.links.counters().topics_refused;
                         c.set(c.get() + 1);
                         state.metrics.borrow_mut().destination_reject(
-                            usize::MAX,
+                            link.destination_index(),
                             link.destination(),
                             RejectReason::TopicInvalid,
                             1,
@@ -304,7 +304,7 @@ impl Device {
                 Some(_) => None,
                 None => {
                     state.metrics.borrow_mut().destination_reject(
-                        usize::MAX,
+                        link.destination_index(),
                         link.destination(),
                         RejectReason::PublishRate,
                         1,
@@ -358,7 +358,7 @@ impl Device {
         if let Some(d) = state
             .metrics
             .borrow_mut()
-            .destination(usize::MAX, link.destination())
+            .destination(link.destination_index(), link.destination())
         {
             d.message(Protocol::Mqtt, Direction::Uplink, 1);
             d.bytes_sent += sent_bytes;
@@ -637,7 +637,12 @@ impl Device {
 pub(super) fn count_cloud_refusal(state: &ShardState, link: &Link, rule: CloudRule) {
     let mut m = state.metrics.borrow_mut();
     m.cloud_refusal(AdapterKind::AwsIotCore.index(), rule, 1);
-    m.destination_reject(usize::MAX, link.destination(), RejectReason::Cloud(rule), 1);
+    m.destination_reject(
+        link.destination_index(),
+        link.destination(),
+        RejectReason::Cloud(rule),
+        1,
+    );
 }
 
 fn publish_payload_len(packet: &Packet) -> u64 {

@@ -429,7 +429,7 @@ fn refuse_while_down(
     let c = &state.links.counters().connects_refused_down;
     c.set(c.get() + 1);
     state.metrics.borrow_mut().destination_reject(
-        usize::MAX,
+        link.destination_index(),
         link.destination(),
         RejectReason::LinkDown,
         1,
@@ -743,7 +743,7 @@ fn publish_will(state: &ShardState, device: &Device, link: &Rc<Link>, will: Will
     if let Some(d) = state
         .metrics
         .borrow_mut()
-        .destination(usize::MAX, link.destination())
+        .destination(link.destination_index(), link.destination())
     {
         d.message(Protocol::Mqtt, Direction::Uplink, 1);
         if enqueued != crate::upstream::mqtt_link::Enqueued::Dropped {

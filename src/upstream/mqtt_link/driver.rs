@@ -49,14 +49,26 @@ pub struct Link {
     ended: Cell<bool>,
     status: Cell<LinkStatus>,
     /// The name of the destination the link serves (empty until set), for the sessions'
-    /// latency histograms.
+    /// latency histograms and per-destination counters.
     destination: std::cell::OnceCell<Box<str>>,
+    /// The destination's index in the plan the link was made under (`usize::MAX` until set):
+    /// where the per-destination counters look first, before searching by name (a reload
+    /// that moved the destination).
+    destination_index: Cell<usize>,
 }
 
 impl Link {
-    /// Name the destination the link serves (once; later calls are ignored).
-    pub fn set_destination(&self, name: &str) {
-        let _ = self.destination.set(name.into());
+    /// Name the destination the link serves, and its index in the plan the link is made
+    /// under (once; later calls are ignored).
+    pub fn set_destination(&self, name: &str, index: usize) {
+        if self.destination.set(name.into()).is_ok() {
+            self.destination_index.set(index);
+        }
+    }
+
+    /// The index given with [`Link::set_destination`] (`usize::MAX` if none).
+    pub fn destination_index(&self) -> usize {
+        self.destination_index.get()
     }
 
     /// The name given with [`Link::set_destination`] (empty if none).
@@ -75,6 +87,7 @@ impl Link {
                 since: reactor::now(),
             }),
             destination: std::cell::OnceCell::new(),
+            destination_index: Cell::new(usize::MAX),
         })
     }
 
