@@ -33,7 +33,12 @@ pub const LOG_SUFFIX: &str = "/log";
 /// The distribution text for `name` (the path after [`PREFIX`]) and `query` (the raw query
 /// string) from the merged metrics `m`.
 pub fn answer(m: &ShardMetrics, name: &str, query: &str) -> Result<String, HistogramError> {
-    let (latency, destination, protocol) = parse(m, name, query)?;
+    let (latency, destination, protocol) = parse(
+        m.latency.is_switched_off(),
+        &|d| m.latency.get(d).is_some(),
+        name,
+        query,
+    )?;
     let d = m
         .latency
         .get(&destination)
@@ -48,14 +53,15 @@ pub fn answer(m: &ShardMetrics, name: &str, query: &str) -> Result<String, Histo
 }
 
 /// The histogram kind, destination and protocol (`None`: both) `name` and `query` ask for;
-/// `NotFound` for an unknown name or a destination the merged metrics `m` do not have (every
-/// destination of the served configuration).
+/// `NotFound` when the histograms are `switched_off`, for an unknown name, or for a destination
+/// `known` denies (one not in the served configuration).
 pub fn parse(
-    m: &ShardMetrics,
+    switched_off: bool,
+    known: &dyn Fn(&str) -> bool,
     name: &str,
     query: &str,
 ) -> Result<(Latency, String, Option<Protocol>), HistogramError> {
-    if m.latency.is_switched_off() {
+    if switched_off {
         return Err(HistogramError::NotFound(
             "latency histograms are off (metrics.histograms = false)".to_string(),
         ));
@@ -98,7 +104,7 @@ pub fn parse(
     }
     let destination = destination
         .ok_or_else(|| HistogramError::BadQuery("destination=NAME is required".to_string()))?;
-    if m.latency.get(&destination).is_none() {
+    if !known(&destination) {
         return Err(HistogramError::NotFound(format!(
             "no destination {destination:?}"
         )));

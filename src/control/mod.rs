@@ -119,6 +119,8 @@ pub struct Control {
     interval_log: Mutex<interval_log::IntervalLog>,
     /// `metrics.interval_log_period` in force (fixed at start).
     interval_log_period: std::time::Duration,
+    /// `metrics.histograms` in force (fixed at start, as on the shards).
+    histograms_on: bool,
 }
 
 /// The control thread's usage state.
@@ -233,6 +235,7 @@ impl Control {
                 metrics_settings.interval_log_keep,
             )),
             interval_log_period: metrics_settings.interval_log_period,
+            histograms_on: metrics_settings.histograms,
         })
     }
 
@@ -576,7 +579,7 @@ impl Control {
 /// Every `metrics.interval_log_period`: close an interval of the interval logs (on the
 /// blocking pool: it waits for shards).
 async fn interval_log_loop(control: Arc<Control>) {
-    if !control.plan_tx.borrow().metrics.histograms {
+    if !control.histograms_on {
         // `metrics.histograms = false` (read at start): nothing to log.
         return;
     }
@@ -911,17 +914,27 @@ async fn admin(
             let name = path[histograms::PREFIX.len()..].to_string();
             let query = req.uri().query().unwrap_or("").to_string();
             let answer = tokio::task::spawn_blocking(move || {
-                let m = control.metrics().unwrap_or_default();
                 match name.strip_suffix(histograms::LOG_SUFFIX) {
+                    // The interval log is kept here: checked against the served plan, no
+                    // snapshot of the shards.
                     Some(name) => {
-                        let (latency, destination, protocol) = histograms::parse(&m, name, &query)?;
+                        let plan = control.plan_tx.borrow().clone();
+                        let (latency, destination, protocol) = histograms::parse(
+                            !control.histograms_on,
+                            &|d| plan.destinations.iter().any(|p| p.name == d),
+                            name,
+                            &query,
+                        )?;
                         control
                             .interval_log
                             .lock()
                             .render(latency, &destination, protocol)
                             .map_err(histograms::HistogramError::Internal)
                     }
-                    None => histograms::answer(&m, &name, &query),
+                    None => {
+                        let m = control.metrics().unwrap_or_default();
+                        histograms::answer(&m, &name, &query)
+                    }
                 }
             })
             .await;
