@@ -218,18 +218,7 @@ impl DeviceConn {
         }
         let key = match self.identity {
             Some(identity) => Some(identity.usage()),
-            None => {
-                let (plan, generation) = self.state.current();
-                let peer = self.peer.ip();
-                DeviceIdentity::resolve(
-                    &self.state.bindings,
-                    &plan,
-                    generation,
-                    self.listener,
-                    peer,
-                )
-                .map(|i| i.usage())
-            }
+            None => self.look_up_identity().map(|i| i.usage()),
         };
         let pending = std::mem::take(&mut self.usage);
         if let Some(key) = key {
@@ -269,17 +258,7 @@ impl DeviceConn {
                         reactor::now(),
                         || {
                             if self.identity.is_none() {
-                                let (plan, generation) = self.state.current();
-                                record_sim(
-                                    DeviceIdentity::resolve(
-                                        &self.state.bindings,
-                                        &plan,
-                                        generation,
-                                        self.listener,
-                                        self.peer.ip(),
-                                    )
-                                    .and_then(|i| i.usage().imsi),
-                                );
+                                record_sim(self.look_up_identity().and_then(|i| i.usage().imsi));
                             }
                         },
                     );
@@ -1105,6 +1084,19 @@ impl DeviceConn {
             Protocol::Http,
             total.saturating_sub(upstream),
         );
+    }
+
+    /// The device's identity under the plan the shard serves now, looked up from its source
+    /// address (for a connection that has not identified its device yet).
+    fn look_up_identity(&self) -> Option<DeviceIdentity> {
+        let (plan, generation) = self.state.current();
+        DeviceIdentity::resolve(
+            &self.state.bindings,
+            &plan,
+            generation,
+            self.listener,
+            self.peer.ip(),
+        )
     }
 
     /// Count a cloud adapter's answer status (not for generic `https`).
