@@ -20,11 +20,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::cloud_sink::CloudSink;
+use common::promtool_check;
 use simgate::control::tokens::{fetch_oauth2, MintError, Outcome, Tokens};
 use simgate::policy::cloud::TokenSpec;
 use simgate::testkit::TestPki;
@@ -250,35 +250,6 @@ fn oauth2_fetch_refuses_an_untrusted_endpoint() {
         other => panic!("expected a TLS error, got {other:?}"),
     }
     assert_eq!(sink.tokens_issued(), 0);
-}
-
-/// `promtool check metrics` over `text` (with the credential series present), when promtool is
-/// installed (tests/metrics.rs requires it; here it is a bonus).
-fn promtool_check(text: &str) {
-    use std::io::Write as _;
-    let Ok(mut check) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        eprintln!("promtool not found: exposition not checked");
-        return;
-    };
-    check
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("feed promtool");
-    let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool rejected /metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The value of the sample `series` (name with labels) in a `/metrics` text.

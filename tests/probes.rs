@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::mosquitto::{Broker, BrokerOptions};
@@ -78,34 +77,6 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("{series} missing from /metrics:\n{text}"))
         .parse()
         .expect("a number")
-}
-
-fn promtool_check(text: &str) {
-    let Some(promtool) = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        panic!("promtool is required: apt-get install prometheus (scripts/test.sh does it)");
-    };
-    let mut check = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    {
-        use std::io::Write;
-        let mut stdin = check.stdin.take().expect("stdin");
-        stdin.write_all(text.as_bytes()).expect("feed promtool");
-    }
-    let out = check.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool rejected /metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

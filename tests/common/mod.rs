@@ -506,3 +506,34 @@ pub mod cloud_sink;
 pub mod mosquitto;
 pub mod mqtt_client;
 pub mod paho;
+
+/// Check a `/metrics` text with `promtool check metrics` (Prometheus's own linter); panics with
+/// promtool's complaint and the text. Fails, never skips, when promtool is missing.
+pub fn promtool_check(text: &str) {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or_else(|| {
+            panic!("promtool is required: apt-get install prometheus (scripts/test.sh does it)")
+        });
+    let mut check = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    check
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let out = check.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool rejected /metrics:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
